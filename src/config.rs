@@ -1,0 +1,177 @@
+//! Daemon configuration: one struct, its documented defaults, and the figment layering
+//! (TOML file, then `PULLGATE_*` environment, then CLI flags).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Where the kubelet will look for an image service next to containerd.
+const DEFAULT_LISTEN: &str = "/run/pullgate/pullgate.sock";
+/// containerd's own CRI socket on a stock install.
+const DEFAULT_UPSTREAM: &str = "/run/containerd/containerd.sock";
+/// Long enough for an in-flight image pull of a few hundred MiB to finish on SIGTERM, short
+/// enough that systemd (TimeoutStopSec=30 in our unit) never has to SIGKILL us.
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// A local Unix socket either connects at once or not at all; waiting longer only delays the
+/// UNAVAILABLE answer the kubelet needs to retry.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Unix socket pullgate serves the CRI on.
+    pub listen: PathBuf,
+    /// containerd's CRI socket that every call is relayed to.
+    pub upstream: PathBuf,
+    /// How long a SIGTERM waits for in-flight calls before exiting anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// How long to wait for the upstream socket to accept a connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing `EnvFilter` directive, e.g. `info` or `pullgate=debug`.
+    pub level: String,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: PathBuf::from(DEFAULT_LISTEN),
+            upstream: PathBuf::from(DEFAULT_UPSTREAM),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".to_owned() }
+    }
+}
+
+/// Values given on the command line; only the ones present override the layers below.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogOverrides>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LogOverrides {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+impl Config {
+    /// The figment that `serve` and the other commands extract from; exposed so tests can layer
+    /// their own providers without touching the process environment.
+    pub fn figment(file: Option<&Path>, overrides: &Overrides) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        // `__` separates nesting, so PULLGATE_LOG__FORMAT sets `log.format`.
+        figment
+            .merge(Env::prefixed("PULLGATE_").split("__"))
+            .merge(Serialized::defaults(overrides))
+    }
+
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::from_figment(Self::figment(file, overrides))
+    }
+
+    pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        figment.extract().map_err(|e| ConfigError(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_in_jail(jail: &Jail, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Config::load(Some(&jail.directory().join("pullgate.toml")), overrides)
+    }
+
+    #[test]
+    fn defaults_apply_without_a_file() {
+        Jail::expect_with(|_| {
+            let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config, Config::default());
+            assert_eq!(config.listen, PathBuf::from(DEFAULT_LISTEN));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        Jail::expect_with(|jail| {
+            jail.create_file("pullgate.toml", "listen = \"/a.sock\"\nupstream = \"/u.sock\"\n")?;
+            jail.set_env("PULLGATE_UPSTREAM", "/env.sock");
+            jail.set_env("PULLGATE_LOG__FORMAT", "json");
+            let flags = Overrides { listen: Some("/flag.sock".into()), ..Default::default() };
+            let config = load_in_jail(jail, &flags).map_err(|e| e.to_string())?;
+            assert_eq!(config.listen, PathBuf::from("/flag.sock"));
+            assert_eq!(config.upstream, PathBuf::from("/env.sock"));
+            assert_eq!(config.log.format, LogFormat::Json);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file("pullgate.toml", "listne = \"/a.sock\"\n")?;
+            let err = load_in_jail(jail, &Overrides::default()).expect_err("unknown key accepted");
+            assert!(err.to_string().contains("listne"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file("pullgate.toml", "shutdown_grace = \"soon\"\n[log]\nformat = \"xml\"\n")?;
+            let err = load_in_jail(jail, &Overrides::default()).expect_err("bad value accepted");
+            let text = err.to_string();
+            assert!(text.contains("shutdown_grace") || text.contains("format"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        Jail::expect_with(|jail| {
+            let err = load_in_jail(jail, &Overrides::default()).expect_err("missing file accepted");
+            assert!(err.to_string().contains("pullgate.toml"), "{err}");
+            Ok(())
+        });
+    }
+}

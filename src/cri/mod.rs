@@ -1,0 +1,17 @@
+//! The CRI edge: the socket the kubelet talks to, the relay to containerd, and PullImage
+//! interception.
+
+pub mod observe;
+pub mod proxy;
+pub mod pull;
+pub mod server;
+pub mod socket;
+pub mod status;
+pub mod upstream;
+pub mod wire;
+
+/// Types generated from `proto/runtime/v1/api.proto`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("runtime.v1");
+}

@@ -1,0 +1,620 @@
+#!/usr/bin/env bash
+# Hermetic test lab for pullgate: a private containerd (CRI plugin on) and one
+# or two docker-registry instances, all under one directory and on 127.0.0.1.
+#
+#   lab.sh install
+#   lab.sh start DIR [--auth USER:PASS]
+#   lab.sh start-auth-registry DIR USER PASS
+#   lab.sh stop DIR
+#   lab.sh containerd-stop DIR
+#   lab.sh containerd-start DIR
+#   lab.sh push-image DIR REGISTRY_HOSTPORT NAME:TAG SEED [--creds USER:PASS] [--layer-bytes N]
+#
+# Nothing here touches the host's containerd (/run/containerd, /var/lib/containerd,
+# /etc/containerd) and nothing reaches past loopback. State lives in DIR/lab.env
+# (KEY=value lines); `stop` only signals the pids recorded there, after checking
+# that each one's command line still names DIR (guards against pid reuse).
+#
+# Environment knobs:
+#   LAB_TIMEOUT     seconds to wait for each daemon to become ready (default 20)
+#   LAB_SNAPSHOTTER force "overlayfs" or "native" instead of probing
+#   LAB_OWNER_PID   if set, a watchdog tears the lab down once that pid exits
+#                   (tests/common/lab.rs passes the test process, so a crashed or
+#                   killed test binary still leaves no daemons behind)
+#   LAB_IMAGE_ARCH  architecture written into pushed images (default: the host's,
+#                   i.e. amd64 on x86_64), so containerd's CRI can actually pull them
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+SELF="$HERE/$(basename "${BASH_SOURCE[0]}")"
+TIMEOUT="${LAB_TIMEOUT:-20}"
+
+# Use Debian's python3 when present: its 3.11 still ships `crypt` (needed for
+# bcrypt htpasswd lines); a pyenv/other python3 earlier on PATH may not.
+if [[ -x /usr/bin/python3 ]]; then PY=/usr/bin/python3; else PY=python3; fi
+
+die() { echo "lab.sh: $*" >&2; exit 1; }
+log() { echo "lab.sh: $*" >&2; }
+usage() { sed -n '2,13p' "$SELF" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+# ---------------------------------------------------------------- processes --
+
+# True while PID exists and is not a zombie. `kill -0` alone is not enough: a
+# daemon that died while still our child stays a zombie until reaped.
+alive() {
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    stat="${stat##*) }"        # drop "pid (comm) ", comm may contain spaces
+    [[ -n "$stat" && "${stat%% *}" != Z ]]
+}
+
+# True when PID's command line contains NEEDLE (a path under DIR), i.e. the pid
+# still belongs to this lab and was not recycled for something else.
+ours() {
+    local pid="$1" needle="$2" cmdline
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+    [[ "$cmdline" == *"$needle"* ]]
+}
+
+# TERM, wait up to $3 seconds, then KILL. Only if the pid is still ours.
+# With GROUP=1 the whole process group is signalled (the watchdog is a setsid
+# session leader and may have a `sleep` child).
+terminate() {
+    local pid="$1" needle="$2" grace="${3:-5}" target i
+    ours "$pid" "$needle" || return 0
+    target="$pid"
+    if [[ "${GROUP:-0}" == 1 && "$(ps_pgid "$pid")" == "$pid" ]]; then target="-$pid"; fi
+    kill -TERM -- "$target" 2>/dev/null || true
+    for ((i = 0; i < grace * 10; i++)); do
+        alive "$pid" || return 0
+        sleep 0.1
+    done
+    log "pid $pid did not exit after SIGTERM within ${grace}s; sending SIGKILL"
+    kill -KILL -- "$target" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        alive "$pid" || return 0
+        sleep 0.1
+    done
+    log "pid $pid survived SIGKILL"
+    return 1
+}
+
+# Pids whose command line contains NEEDLE (a /proc scan: procps may be absent).
+pids_matching() {
+    local d
+    for d in /proc/[0-9]*; do
+        ours "${d#/proc/}" "$1" && echo "${d#/proc/}"
+    done
+    return 0
+}
+
+ps_pgid() {
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 0
+    stat="${stat##*) }"
+    echo "$stat" | cut -d' ' -f3
+}
+
+# Start a daemon detached: own session (no terminal signals from the caller),
+# stdin from /dev/null and stdout/stderr to LOG. The redirections matter: the
+# Rust helper reads lab.sh's stdout to EOF, so a daemon that inherited that pipe
+# would make it hang forever. `exec setsid` inside the subshell keeps $! equal
+# to the daemon's own pid (setsid only forks when already a group leader).
+spawn() {
+    local logfile="$1"; shift
+    (exec setsid "$@" </dev/null >>"$logfile" 2>&1) &
+    SPAWNED_PID=$!
+}
+
+# Poll CHECK (a command) every 0.1s until it succeeds (return 0), PID dies
+# (return 1) or TIMEOUT seconds pass (return 2).
+wait_ready() {
+    local pid="$1"; shift
+    local deadline=$((SECONDS + TIMEOUT))
+    while ((SECONDS < deadline)); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        alive "$pid" || return 1
+        sleep 0.1
+    done
+    "$@" >/dev/null 2>&1 && return 0
+    return 2
+}
+
+tail_log() {
+    echo "----- last lines of $1 -----" >&2
+    tail -n "${2:-40}" "$1" >&2 2>/dev/null || echo "(no log)" >&2
+    echo "-----" >&2
+}
+
+# ------------------------------------------------------------------ lab.env --
+
+env_get() {  # env_get KEY -> value or empty
+    [[ -f "$DIR/lab.env" ]] || return 0
+    sed -n "s/^$1=//p" "$DIR/lab.env" | tail -n 1
+}
+
+env_set() {  # env_set KEY VALUE (atomic rewrite, keeps key order)
+    local tmp="$DIR/lab.env.tmp.$$"
+    if [[ -f "$DIR/lab.env" ]] && grep -q "^$1=" "$DIR/lab.env"; then
+        sed "s|^$1=.*|$1=$2|" "$DIR/lab.env" >"$tmp"
+    else
+        { [[ -f "$DIR/lab.env" ]] && cat "$DIR/lab.env"; echo "$1=$2"; } >"$tmp"
+    fi
+    mv -f "$tmp" "$DIR/lab.env"
+}
+
+set_dir() {
+    [[ -n "${1:-}" ]] || usage
+    mkdir -p "$1"
+    DIR="$(cd "$1" && pwd -P)"
+    SOCK="$DIR/containerd.sock"
+    CTR_CFG="$DIR/containerd/config.toml"
+    CTR_LOG="$DIR/containerd/containerd.log"
+}
+
+# ----------------------------------------------------------------- install --
+
+cmd_install() {
+    local pkgs=(containerd docker-registry skopeo python3) missing=() p
+    for p in "${pkgs[@]}"; do
+        if [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]]; then
+            missing+=("$p")
+        fi
+    done
+    if ((${#missing[@]} == 0)); then
+        log "install: all present (${pkgs[*]})"
+    else
+        [[ "$(id -u)" == 0 ]] || die "install: need root to apt-get install ${missing[*]}"
+        log "install: installing ${missing[*]}"
+        # Serialise concurrent installs (several test binaries may call this).
+        exec 9>/var/lock/pullgate-lab-install.lock
+        flock 9
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update
+        apt-get install -y "${pkgs[@]}"
+        exec 9>&-
+    fi
+    # Debian's package may start a system containerd via systemd; that is fine,
+    # the lab never uses /run/containerd. Sanity-check what the lab relies on.
+    local c
+    for c in containerd ctr docker-registry skopeo setsid flock; do
+        command -v "$c" >/dev/null || die "install: '$c' not found after install"
+    done
+    "$PY" "$HERE/labutil.py" htpasswd probe probe >/dev/null ||
+        die "install: $PY cannot make bcrypt hashes (needs Debian 12's python3 with crypt)"
+}
+
+# -------------------------------------------------------------- registries --
+
+# start_registry NAME [USER PASS] -> sets REG_ADDR, REG_PID
+# Picks a free port, writes DIR/NAME/config.yml and starts docker-registry.
+# The port can be stolen between probing and binding, so retry a few times.
+start_registry() {
+    local name="$1" user="${2:-}" pass="${3:-}" rdir="$DIR/$1" port attempt rc
+    mkdir -p "$rdir/data"
+    local auth_yaml=""
+    if [[ -n "$user" ]]; then
+        "$PY" "$HERE/labutil.py" htpasswd "$user" "$pass" >"$rdir/htpasswd" || return 1
+        auth_yaml="auth:
+  htpasswd:
+    realm: pullgate-lab
+    path: $rdir/htpasswd"
+    fi
+    for attempt in 1 2 3 4 5; do
+        port="$("$PY" "$HERE/labutil.py" free-port)"
+        cat >"$rdir/config.yml" <<EOF
+# Generated by tests/lab/lab.sh -- docker-registry (distribution 2.x) for tests.
+version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: $rdir/data
+  delete:
+    enabled: true
+  maintenance:
+    # No background upload purging: a test lab lives for seconds.
+    uploadpurging:
+      enabled: false
+http:
+  # Loopback only, plain HTTP (containerd is told so via certs.d/hosts.toml).
+  addr: 127.0.0.1:$port
+  # Fixed secret: avoids the "no secret set, generating random" warning.
+  secret: pullgate-lab-not-a-secret
+$auth_yaml
+EOF
+        spawn "$rdir/registry.log" docker-registry serve "$rdir/config.yml"
+        REG_PID="$SPAWNED_PID"
+        REG_ADDR="127.0.0.1:$port"
+        rc=0
+        wait_ready "$REG_PID" "$PY" "$HERE/labutil.py" registry-ready "$REG_ADDR" || rc=$?
+        if ((rc == 0)); then
+            write_hosts_toml "$REG_ADDR"
+            return 0
+        fi
+        if ((rc == 1)) && grep -q "address already in use" "$rdir/registry.log"; then
+            log "$name: port $port was taken, retrying ($attempt/5)"
+            continue
+        fi
+        terminate "$REG_PID" "$rdir/config.yml" 2 || true
+        if ((rc == 1)); then
+            log "$name (docker-registry) exited during startup"
+        else
+            log "$name (docker-registry) did not answer GET http://$REG_ADDR/v2/ within ${TIMEOUT}s"
+        fi
+        tail_log "$rdir/registry.log"
+        return 1
+    done
+    log "$name: no free port after 5 attempts"
+    tail_log "$rdir/registry.log"
+    return 1
+}
+
+# containerd's CRI resolves registries through DIR/certs.d/<host>/hosts.toml
+# (config_path below). Declaring the server as http:// is what makes it talk
+# plain HTTP to the lab registry instead of trying HTTPS first.
+write_hosts_toml() {
+    local host="$1"
+    mkdir -p "$DIR/certs.d/$host"
+    cat >"$DIR/certs.d/$host/hosts.toml" <<EOF
+# Generated by tests/lab/lab.sh: lab registry, plain HTTP on loopback.
+server = "http://$host"
+
+[host."http://$host"]
+  capabilities = ["pull", "resolve", "push"]
+EOF
+}
+
+# --------------------------------------------------------------- containerd --
+
+# Pick a snapshotter that works here. overlayfs is what production uses, but
+# it cannot work when DIR sits on a filesystem that can't be an overlay upper
+# dir (overlayfs itself, as in docker-in-docker CI, some FUSE/9p mounts) or
+# when mounting is not permitted. So try a real overlay mount inside DIR and
+# fall back to `native` (plain directory copies, no mounts at all) if it fails.
+# On this project's Debian 12 VM (ext4 /tmp, full root) overlayfs works.
+pick_snapshotter() {
+    if [[ -n "${LAB_SNAPSHOTTER:-}" ]]; then echo "$LAB_SNAPSHOTTER"; return; fi
+    local p="$DIR/containerd/overlay-probe" ok=native
+    mkdir -p "$p/lower" "$p/upper" "$p/work" "$p/merged"
+    echo probe >"$p/lower/f"
+    if mount -t overlay overlay \
+        -o "lowerdir=$p/lower,upperdir=$p/upper,workdir=$p/work" "$p/merged" 2>/dev/null; then
+        [[ "$(cat "$p/merged/f" 2>/dev/null)" == probe ]] && ok=overlayfs
+        umount "$p/merged" 2>/dev/null || umount -l "$p/merged" 2>/dev/null || true
+    fi
+    rm -rf "$p"
+    echo "$ok"
+}
+
+write_containerd_config() {
+    local snapshotter="$1" sandbox_image="$2" c="$DIR/containerd"
+    mkdir -p "$c/root" "$c/state" "$c/opt" "$c/tmp" "$c/cni" "$DIR/certs.d"
+    # A loopback-only CNI network so the CRI runtime status reports
+    # NetworkReady=true (otherwise it logs "no network config found" and
+    # reports NetworkReady=false). Image service calls don't need it; it just
+    # keeps Status() honest and the log clean. No bridges, no host networking.
+    cat >"$c/cni/10-lab-loopback.conflist" <<EOF
+{
+  "cniVersion": "0.4.0",
+  "name": "pullgate-lab-lo",
+  "plugins": [ { "type": "loopback" } ]
+}
+EOF
+    cat >"$CTR_CFG" <<EOF
+# Generated by tests/lab/lab.sh -- private containerd for pullgate tests.
+version = 2
+root = "$c/root"
+state = "$c/state"
+# Fail fast (containerd exits) instead of running without CRI if the CRI
+# plugin cannot initialise: the tests are pointless without it.
+required_plugins = ["io.containerd.grpc.v1.cri"]
+# Snapshotters that cannot work here: btrfs/zfs need such a filesystem,
+# devmapper needs a thin pool, aufs is not in modern kernels. They would only
+# add "skip"/error noise to the log (and Debian's build lacks some anyway).
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "$SOCK"
+
+[ttrpc]
+  address = "$SOCK.ttrpc"
+
+# No debug socket, no metrics listener: nothing besides the two sockets above.
+[debug]
+  address = ""
+  level = "info"
+
+[metrics]
+  address = ""
+
+[plugins]
+  # Default is /opt/containerd (shared with the host); keep it private.
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "$c/opt"
+
+  [plugins."io.containerd.grpc.v1.cri"]
+    # Never pulled by the image-service tests, but point it at the lab
+    # registry anyway so no code path can reach the internet for a pause image.
+    sandbox_image = "$sandbox_image"
+    # The CRI streaming server (exec/attach/port-forward) gets a random
+    # loopback port instead of the default 0.0.0.0-ish bind.
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+    enable_selinux = false
+
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      snapshotter = "$snapshotter"
+      default_runtime_name = "runc"
+
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "/usr/lib/cni"
+      conf_dir = "$c/cni"
+
+    [plugins."io.containerd.grpc.v1.cri".registry]
+      # Per-registry hosts.toml files; see write_hosts_toml.
+      config_path = "$DIR/certs.d"
+EOF
+}
+
+# run_containerd -> sets CONTAINERD_PID; waits until it serves gRPC and CRI.
+run_containerd() {
+    [[ -f "$CTR_CFG" ]] || die "no containerd config in $DIR (did 'lab.sh start' run?)"
+    local offset rc=0
+    # Remember where this run's log output starts (the log is appended across
+    # containerd-stop/containerd-start) so readiness checks only see this run.
+    offset=$(($(stat -c %s "$CTR_LOG" 2>/dev/null || echo 0) + 1))
+    # containerd does temporary mounts (layer unpack) under $XDG_RUNTIME_DIR,
+    # else $TMPDIR: keep those under DIR too.
+    spawn "$CTR_LOG" env TMPDIR="$DIR/containerd/tmp" XDG_RUNTIME_DIR="$DIR/containerd/tmp" \
+        containerd --config "$CTR_CFG"
+    CONTAINERD_PID="$SPAWNED_PID"
+    # Ready = the gRPC socket answers AND the CRI service has finished its
+    # startup (it answers "server is not initialized yet" until then; the
+    # "Start streaming server" line is logged right before it flips to ready).
+    containerd_ready() {
+        timeout 5 ctr --address "$SOCK" version &&
+            tail -c +"$offset" "$CTR_LOG" | grep -q "Start streaming server"
+    }
+    wait_ready "$CONTAINERD_PID" containerd_ready || rc=$?
+    if ((rc != 0)); then
+        if ((rc == 1)); then
+            log "containerd exited during startup"
+        else
+            log "containerd did not become ready on $SOCK within ${TIMEOUT}s"
+        fi
+        terminate "$CONTAINERD_PID" "$CTR_CFG" 5 || true
+        tail_log "$CTR_LOG"
+        return 1
+    fi
+    local cri
+    cri="$(timeout 5 ctr --address "$SOCK" plugins ls | awk '$1 == "io.containerd.grpc.v1" && $2 == "cri" {print $NF}')"
+    if [[ "$cri" != ok ]]; then
+        log "containerd's CRI plugin status is '${cri:-missing}', expected 'ok'"
+        terminate "$CONTAINERD_PID" "$CTR_CFG" 5 || true
+        tail_log "$CTR_LOG"
+        return 1
+    fi
+}
+
+# ---------------------------------------------------------------- commands --
+
+cmd_start() {
+    set_dir "${1:-}"; shift || true
+    local auth=""
+    while (($#)); do
+        case "$1" in
+            --auth) auth="${2:?--auth needs USER:PASS}"; shift 2 ;;
+            *) usage ;;
+        esac
+    done
+    [[ "$(id -u)" == 0 ]] || die "start: containerd needs root"
+    if [[ -f "$DIR/lab.env" ]] && alive "$(env_get CONTAINERD_PID)" 2>/dev/null; then
+        die "a lab is already running in $DIR (lab.sh stop $DIR first)"
+    fi
+    # Unix socket paths are limited to 107 bytes (sun_path).
+    ((${#SOCK} + 6 < 108)) || die "DIR too long for a unix socket path: $SOCK.ttrpc"
+
+    local t0=$SECONDS
+    rm -f "$DIR/lab.env"
+    env_set LAB_DIR "$DIR"
+    # Whatever fails from here on, tear down what was already started.
+    trap 'rc=$?; if ((rc != 0)); then log "start failed; cleaning up"; do_stop >/dev/null 2>&1 || true; fi' EXIT
+
+    start_registry registry
+    env_set REGISTRY "$REG_ADDR"
+    env_set REGISTRY_PID "$REG_PID"
+    env_set REGISTRY_LOG "$DIR/registry/registry.log"
+
+    if [[ -n "$auth" ]]; then
+        [[ "$auth" == *:* ]] || die "--auth expects USER:PASS"
+        start_auth_registry "${auth%%:*}" "${auth#*:}"
+    fi
+
+    local snapshotter
+    snapshotter="$(pick_snapshotter)"
+    write_containerd_config "$snapshotter" "$REG_ADDR/pullgate-lab/pause:lab"
+    env_set CONTAINERD_SOCK "$SOCK"
+    env_set CONTAINERD_LOG "$CTR_LOG"
+    env_set SNAPSHOTTER "$snapshotter"
+    run_containerd
+    env_set CONTAINERD_PID "$CONTAINERD_PID"
+
+    if [[ -n "${LAB_OWNER_PID:-}" ]]; then
+        spawn "$DIR/watchdog.log" bash "$SELF" __watchdog "$DIR" "$LAB_OWNER_PID"
+        env_set WATCHDOG_PID "$SPAWNED_PID"
+    fi
+    trap - EXIT
+    log "lab up in $((SECONDS - t0))s ($snapshotter snapshotter)"
+    cat "$DIR/lab.env"
+}
+
+start_auth_registry() {
+    start_registry auth-registry "$1" "$2"
+    env_set AUTH_REGISTRY "$REG_ADDR"
+    env_set AUTH_REGISTRY_PID "$REG_PID"
+    env_set AUTH_REGISTRY_LOG "$DIR/auth-registry/registry.log"
+}
+
+cmd_start_auth_registry() {
+    set_dir "${1:-}"
+    (($# == 3)) || usage
+    [[ -f "$DIR/lab.env" ]] || die "no lab in $DIR (run lab.sh start first)"
+    if ours "$(env_get AUTH_REGISTRY_PID)" "$DIR/auth-registry/config.yml"; then
+        die "auth registry already running in $DIR"
+    fi
+    start_auth_registry "$2" "$3"
+    # containerd re-reads certs.d on every pull: no restart needed.
+    cat "$DIR/lab.env"
+}
+
+# Stop everything recorded in lab.env, then unmount anything left under DIR.
+do_stop() {
+    local self_pid="${WATCHDOG_SELF:-}" pid
+    pid="$(env_get WATCHDOG_PID)"
+    if [[ -n "$pid" && "$pid" != "$self_pid" ]]; then
+        GROUP=1 terminate "$pid" "__watchdog $DIR" 2 || true
+    fi
+    # containerd first, so it stops pulling from the registries.
+    terminate "$(env_get CONTAINERD_PID)" "$CTR_CFG" 10 || true
+    # Shims exist only if a test ran a pod/container; they are started by this
+    # lab's containerd and name its socket in their command line.
+    # (Leading space: must not match a client's "--address $SOCK".)
+    for pid in $(pids_matching " -address $SOCK"); do
+        terminate "$pid" " -address $SOCK" 5 || true
+    done
+    terminate "$(env_get REGISTRY_PID)" "$DIR/registry/config.yml" 5 || true
+    terminate "$(env_get AUTH_REGISTRY_PID)" "$DIR/auth-registry/config.yml" 5 || true
+    unmount_under_dir
+    if [[ -f "$DIR/lab.env" ]]; then mv -f "$DIR/lab.env" "$DIR/lab.env.stopped"; fi
+}
+
+# Snapshot/unpack mounts live under DIR (root, and TMPDIR for temp mounts).
+# Unmount deepest first; fall back to a lazy unmount so that deleting DIR
+# afterwards never descends into a still-mounted filesystem.
+unmount_under_dir() {
+    local m
+    # Field 5 of mountinfo is the mount point (octal-escaped, e.g. \040).
+    awk -v d="$DIR/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo |
+        awk '{print length, $0}' | sort -rn | cut -d' ' -f2- |
+        while read -r m; do
+            m="$(printf '%b' "$m")"
+            umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "could not unmount $m"
+        done
+}
+
+cmd_stop() {
+    set_dir "${1:-}"
+    do_stop
+    local left
+    left="$(awk -v d="$DIR/" 'index($5, d) == 1' /proc/self/mountinfo)"
+    [[ -z "$left" ]] || die "mounts left under $DIR: $left"
+    log "lab in $DIR stopped"
+}
+
+cmd_containerd_stop() {
+    set_dir "${1:-}"
+    [[ -f "$DIR/lab.env" ]] || die "no lab in $DIR"
+    terminate "$(env_get CONTAINERD_PID)" "$CTR_CFG" 10 || die "could not stop containerd"
+    env_set CONTAINERD_PID ""
+    log "containerd stopped (socket $SOCK)"
+}
+
+cmd_containerd_start() {
+    set_dir "${1:-}"
+    [[ -f "$DIR/lab.env" ]] || die "no lab in $DIR"
+    if ours "$(env_get CONTAINERD_PID)" "$CTR_CFG"; then die "containerd already running in $DIR"; fi
+    local t0=$SECONDS
+    run_containerd
+    env_set CONTAINERD_PID "$CONTAINERD_PID"
+    log "containerd restarted in $((SECONDS - t0))s (pid $CONTAINERD_PID)"
+}
+
+host_arch() {
+    case "$(uname -m)" in
+        x86_64) echo amd64 ;;
+        aarch64) echo arm64 ;;
+        *) uname -m ;;
+    esac
+}
+
+cmd_push_image() {
+    set_dir "${1:-}"
+    (($# >= 4)) || usage
+    local registry="$2" ref="$3" seed="$4" creds="" layer_bytes=0
+    shift 4
+    while (($#)); do
+        case "$1" in
+            --creds) creds="${2:?--creds needs USER:PASS}"; shift 2 ;;
+            --layer-bytes) layer_bytes="${2:?}"; shift 2 ;;
+            *) usage ;;
+        esac
+    done
+    # NAME:TAG -- the tag is after the last ':' unless that ':' is in a path.
+    local name="$ref" tag=latest
+    if [[ "${ref##*/}" == *:* ]]; then name="${ref%:*}"; tag="${ref##*:}"; fi
+
+    mkdir -p "$DIR/images" "$DIR/skopeo/tmp"
+    # skopeo must not consult the host's policy/registries/auth files.
+    [[ -f "$DIR/skopeo/policy.json" ]] ||
+        echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$DIR/skopeo/policy.json"
+    : >"$DIR/skopeo/registries.conf"
+    mkdir -p "$DIR/skopeo/registries.d"
+
+    local layout digest
+    layout="$(mktemp -d "$DIR/images/layout.XXXXXX")"
+    digest="$("$PY" "$HERE/mkimage.py" --arch "${LAB_IMAGE_ARCH:-$(host_arch)}" \
+        --layer-bytes "$layer_bytes" "$layout" "$tag" "$seed")"
+
+    local args=(--policy "$DIR/skopeo/policy.json" --registries.d "$DIR/skopeo/registries.d"
+        --tmpdir "$DIR/skopeo/tmp" copy --quiet --retry-times 2
+        # Push the manifest bytes as built so the digest printed below is the
+        # digest the registry (and containerd) will report.
+        --preserve-digests --dest-tls-verify=false
+        --dest-authfile "$DIR/skopeo/auth.json")
+    [[ -n "$creds" ]] && args+=(--dest-creds "$creds")
+    # skopeo's chatter goes to stderr: stdout carries only the digest.
+    CONTAINERS_REGISTRIES_CONF="$DIR/skopeo/registries.conf" \
+        skopeo "${args[@]}" "oci:$layout:$tag" "docker://$registry/$name:$tag" >&2 ||
+        die "skopeo failed to push $registry/$name:$tag"
+
+    "$PY" "$HERE/labutil.py" verify-manifest "$registry" "$name" "$tag" "$digest" ${creds:+"$creds"}
+    rm -rf "$layout"
+    echo "$digest"
+}
+
+# Internal: tear the lab down once the owner process (the test binary) is gone.
+cmd_watchdog() {
+    set_dir "$1"
+    local owner="$2"
+    while alive "$owner" && [[ -f "$DIR/lab.env" ]]; do sleep 1; done
+    if [[ -f "$DIR/lab.env" ]]; then
+        log "owner pid $owner is gone; stopping lab"
+        WATCHDOG_SELF=$$ do_stop
+    fi
+}
+
+# -------------------------------------------------------------------- main --
+
+(($# >= 1)) || usage
+cmd="$1"; shift
+case "$cmd" in
+    install) cmd_install ;;
+    start) cmd_start "$@" ;;
+    start-auth-registry) cmd_start_auth_registry "$@" ;;
+    stop) cmd_stop "$@" ;;
+    containerd-stop) cmd_containerd_stop "$@" ;;
+    containerd-start) cmd_containerd_start "$@" ;;
+    push-image) cmd_push_image "$@" ;;
+    __watchdog) cmd_watchdog "$@" ;;
+    -h | --help | help) usage ;;
+    *) usage ;;
+esac
