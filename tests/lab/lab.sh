@@ -53,7 +53,7 @@ alive() {
 ours() {
     local pid="$1" needle="$2" cmdline
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+    cmdline="$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline")" || return 1
     [[ "$cmdline" == *"$needle"* ]]
 }
 
@@ -381,7 +381,10 @@ run_containerd() {
     # startup (it answers "server is not initialized yet" until then; the
     # "Start streaming server" line is logged right before it flips to ready).
     containerd_ready() {
-        timeout 5 ctr --address "$SOCK" version &&
+        # (Check the socket first: ctr would otherwise keep re-dialling a
+        # missing socket until its connect timeout.)
+        [[ -S "$SOCK" ]] &&
+            timeout 5 ctr --connect-timeout 1s --address "$SOCK" version &&
             tail -c +"$offset" "$CTR_LOG" | grep -q "Start streaming server"
     }
     wait_ready "$CONTAINERD_PID" containerd_ready || rc=$?
@@ -396,7 +399,7 @@ run_containerd() {
         return 1
     fi
     local cri
-    cri="$(timeout 5 ctr --address "$SOCK" plugins ls | awk '$1 == "io.containerd.grpc.v1" && $2 == "cri" {print $NF}')"
+    cri="$(timeout 5 ctr --connect-timeout 1s --address "$SOCK" plugins ls | awk '$1 == "io.containerd.grpc.v1" && $2 == "cri" {print $NF}')"
     if [[ "$cri" != ok ]]; then
         log "containerd's CRI plugin status is '${cri:-missing}', expected 'ok'"
         terminate "$CONTAINERD_PID" "$CTR_CFG" 5 || true
@@ -416,6 +419,7 @@ cmd_start() {
             *) usage ;;
         esac
     done
+    [[ -z "$auth" || "$auth" == *:* ]] || die "--auth expects USER:PASS"
     [[ "$(id -u)" == 0 ]] || die "start: containerd needs root"
     if [[ -f "$DIR/lab.env" ]] && alive "$(env_get CONTAINERD_PID)" 2>/dev/null; then
         die "a lab is already running in $DIR (lab.sh stop $DIR first)"
@@ -435,7 +439,6 @@ cmd_start() {
     env_set REGISTRY_LOG "$DIR/registry/registry.log"
 
     if [[ -n "$auth" ]]; then
-        [[ "$auth" == *:* ]] || die "--auth expects USER:PASS"
         start_auth_registry "${auth%%:*}" "${auth#*:}"
     fi
 
@@ -571,6 +574,9 @@ cmd_push_image() {
 
     local layout digest
     layout="$(mktemp -d "$DIR/images/layout.XXXXXX")"
+    # The layout is only a staging area: drop it whether or not the push works.
+    # shellcheck disable=SC2064 # expand $layout now
+    trap "rm -rf '$layout'" EXIT
     digest="$("$PY" "$HERE/mkimage.py" --arch "${LAB_IMAGE_ARCH:-$(host_arch)}" \
         --layer-bytes "$layer_bytes" "$layout" "$tag" "$seed")"
 
@@ -587,7 +593,6 @@ cmd_push_image() {
         die "skopeo failed to push $registry/$name:$tag"
 
     "$PY" "$HERE/labutil.py" verify-manifest "$registry" "$name" "$tag" "$digest" ${creds:+"$creds"}
-    rm -rf "$layout"
     echo "$digest"
 }
 

@@ -1,0 +1,87 @@
+//! The relay against an in-process recording upstream: what goes in comes out, byte for byte.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::raw::{self, RecordingUpstream};
+use prost::Message;
+use pullgate::cri::proto::{ImageSpec, PullImageRequest};
+
+#[tokio::test]
+async fn unknown_method_is_relayed_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_socket = dir.path().join("upstream.sock");
+    let upstream = RecordingUpstream::start(&upstream_socket);
+    let pullgate = common::pullgate::start(&upstream_socket).await;
+
+    // Not valid protobuf: proves the passthrough path never decodes.
+    let body = raw::frame(&[0xff, 0x00, 0x13, 0x37]);
+    let path = "/runtime.v1.ImageService/StreamImages";
+    let response = raw::call(&pullgate.socket, path, body.clone(), &[("x-request-id", "r-1")]).await;
+
+    let calls = upstream.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].path, path);
+    assert_eq!(calls[0].body, body);
+    assert_eq!(calls[0].headers["x-request-id"], "r-1");
+    assert_eq!(response.body, body);
+    assert_eq!(response.headers["x-upstream-header"], "kept");
+    assert_eq!(response.grpc_status(), Some("5"));
+    assert_eq!(response.grpc_message(), "echo not found");
+    assert_eq!(response.trailers["grpc-status-details-bin"], raw::ECHO_DETAILS);
+    assert_eq!(response.trailers["x-upstream-trailer"], "kept");
+    pullgate.stop().await;
+}
+
+#[tokio::test]
+async fn pull_request_keeps_fields_pullgate_does_not_know() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_socket = dir.path().join("upstream.sock");
+    let upstream = RecordingUpstream::start(&upstream_socket);
+    let pullgate = common::pullgate::start(&upstream_socket).await;
+
+    let mut message = PullImageRequest {
+        image: Some(ImageSpec { image: "example.com/app:1".into(), ..Default::default() }),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    // Field 42, length-delimited: a field a future CRI might add.
+    message.extend_from_slice(&[0xd2, 0x02, 0x03, b'n', b'e', b'w']);
+    let body = raw::frame(&message);
+    raw::call(&pullgate.socket, "/runtime.v1.ImageService/PullImage", body.clone(), &[]).await;
+
+    let calls = upstream.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].body, body, "PullImage body changed on the way");
+    pullgate.stop().await;
+}
+
+#[tokio::test]
+async fn missing_upstream_fails_fast_with_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_socket = dir.path().join("nobody-here.sock");
+    let pullgate = common::pullgate::start(&upstream_socket).await;
+
+    let started = Instant::now();
+    let response = raw::call(&pullgate.socket, "/runtime.v1.ImageService/ListImages", raw::frame(&[]), &[]).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert_eq!(response.grpc_status(), Some("14"), "{response:?}");
+    assert!(response.grpc_message().contains("nobody-here.sock"), "{}", response.grpc_message());
+    pullgate.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_pull_request_is_refused_without_reaching_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_socket = dir.path().join("upstream.sock");
+    let upstream = RecordingUpstream::start(&upstream_socket);
+    let pullgate = common::pullgate::start(&upstream_socket).await;
+
+    let response =
+        raw::call(&pullgate.socket, "/runtime.v1.ImageService/PullImage", Bytes::from_static(&[0, 0, 0, 0, 9, 1]), &[]).await;
+    assert_eq!(response.grpc_status(), Some("3"), "{response:?}");
+    assert!(upstream.calls.lock().unwrap().is_empty());
+    pullgate.stop().await;
+}
