@@ -81,12 +81,13 @@ terminate() {
 }
 
 # Pids whose command line contains NEEDLE (a /proc scan: procps may be absent).
+# One grep over all cmdlines for the path part (cheap), then an exact check.
 pids_matching() {
-    local d
-    for d in /proc/[0-9]*; do
-        ours "${d#/proc/}" "$1" && echo "${d#/proc/}"
+    local f pid
+    for f in $(grep -lsaF -- "${2:-$1}" /proc/[0-9]*/cmdline 2>/dev/null || true); do
+        pid="${f#/proc/}"; pid="${pid%/cmdline}"
+        if ours "$pid" "$1"; then echo "$pid"; fi
     done
-    return 0
 }
 
 ps_pgid() {
@@ -119,6 +120,12 @@ wait_ready() {
     done
     "$@" >/dev/null 2>&1 && return 0
     return 2
+}
+
+# Seconds since T0 (an $EPOCHREALTIME value), with 2 decimals.
+elapsed() {
+    local now=$EPOCHREALTIME
+    awk -v a="${1/,/.}" -v b="${now/,/.}" 'BEGIN { printf "%.2f", b - a }'
 }
 
 tail_log() {
@@ -171,8 +178,9 @@ cmd_install() {
         exec 9>/var/lock/pullgate-lab-install.lock
         flock 9
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update
-        apt-get install -y "${pkgs[@]}"
+        # apt's chatter goes to stderr: callers parse our stdout.
+        apt-get update >&2
+        apt-get install -y "${pkgs[@]}" >&2
         exec 9>&-
     fi
     # Debian's package may start a system containerd via systemd; that is fine,
@@ -181,8 +189,15 @@ cmd_install() {
     for c in containerd ctr docker-registry skopeo setsid flock; do
         command -v "$c" >/dev/null || die "install: '$c' not found after install"
     done
-    "$PY" "$HERE/labutil.py" htpasswd probe probe >/dev/null ||
-        die "install: $PY cannot make bcrypt hashes (needs Debian 12's python3 with crypt)"
+    # bcrypt for htpasswd: Debian 12's python3.11 `crypt` does it. A python
+    # without `crypt` (3.13+) falls back to apache2-utils' htpasswd binary.
+    if ! "$PY" "$HERE/labutil.py" htpasswd probe probe >/dev/null 2>&1; then
+        log "install: $PY cannot make bcrypt hashes; installing apache2-utils (htpasswd)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y apache2-utils >&2 ||
+            { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y apache2-utils >&2; }
+        "$PY" "$HERE/labutil.py" htpasswd probe probe >/dev/null ||
+            die "install: still cannot make bcrypt htpasswd lines"
+    fi
 }
 
 # -------------------------------------------------------------- registries --
@@ -345,10 +360,14 @@ disabled_plugins = [
     # Never pulled by the image-service tests, but point it at the lab
     # registry anyway so no code path can reach the internet for a pause image.
     sandbox_image = "$sandbox_image"
-    # The CRI streaming server (exec/attach/port-forward) gets a random
-    # loopback port instead of the default 0.0.0.0-ish bind.
+    # The CRI streaming server (exec/attach/port-forward) listens on TCP:
+    # pinned to loopback and a kernel-chosen port (1.6's defaults, spelled out
+    # so two labs never collide and nothing listens beyond 127.0.0.1).
     stream_server_address = "127.0.0.1"
     stream_server_port = "0"
+    # Default too; no SELinux on Debian. The CRI plugin needed no other
+    # sandbox tweaks (cgroups/apparmor/oom) to initialise: those only matter
+    # once containers run, and these tests only use the image service.
     enable_selinux = false
 
     [plugins."io.containerd.grpc.v1.cri".containerd]
@@ -427,7 +446,7 @@ cmd_start() {
     # Unix socket paths are limited to 107 bytes (sun_path).
     ((${#SOCK} + 6 < 108)) || die "DIR too long for a unix socket path: $SOCK.ttrpc"
 
-    local t0=$SECONDS
+    local t0=$EPOCHREALTIME
     rm -f "$DIR/lab.env"
     env_set LAB_DIR "$DIR"
     # Whatever fails from here on, tear down what was already started.
@@ -456,7 +475,7 @@ cmd_start() {
         env_set WATCHDOG_PID "$SPAWNED_PID"
     fi
     trap - EXIT
-    log "lab up in $((SECONDS - t0))s ($snapshotter snapshotter)"
+    log "lab up in $(elapsed "$t0")s ($snapshotter snapshotter)"
     cat "$DIR/lab.env"
 }
 
@@ -491,7 +510,7 @@ do_stop() {
     # Shims exist only if a test ran a pod/container; they are started by this
     # lab's containerd and name its socket in their command line.
     # (Leading space: must not match a client's "--address $SOCK".)
-    for pid in $(pids_matching " -address $SOCK"); do
+    for pid in $(pids_matching " -address $SOCK" "$SOCK"); do
         terminate "$pid" " -address $SOCK" 5 || true
     done
     terminate "$(env_get REGISTRY_PID)" "$DIR/registry/config.yml" 5 || true
@@ -535,10 +554,10 @@ cmd_containerd_start() {
     set_dir "${1:-}"
     [[ -f "$DIR/lab.env" ]] || die "no lab in $DIR"
     if ours "$(env_get CONTAINERD_PID)" "$CTR_CFG"; then die "containerd already running in $DIR"; fi
-    local t0=$SECONDS
+    local t0=$EPOCHREALTIME
     run_containerd
     env_set CONTAINERD_PID "$CONTAINERD_PID"
-    log "containerd restarted in $((SECONDS - t0))s (pid $CONTAINERD_PID)"
+    log "containerd restarted in $(elapsed "$t0")s (pid $CONTAINERD_PID)"
 }
 
 host_arch() {

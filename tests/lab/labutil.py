@@ -14,7 +14,9 @@
 
 import base64
 import hashlib
+import shutil
 import socket
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -34,15 +36,24 @@ def htpasswd(user: str, password: str) -> str:
     # stdlib, but Debian 12's python3.11 `crypt` (libxcrypt) does bcrypt via
     # METHOD_BLOWFISH ($2b$). Cost 4 (rounds=16) is the minimum Go's bcrypt
     # accepts; it keeps each authenticated request fast (cost 12 is ~0.2 s).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import crypt  # deprecated in 3.11, removed in 3.13
-    if crypt.METHOD_BLOWFISH not in crypt.methods:
-        raise SystemExit("labutil.py: this python's crypt module has no bcrypt support")
-    hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
-    if not hashed or not hashed.startswith("$2"):
-        raise SystemExit("labutil.py: crypt() did not produce a bcrypt hash")
-    return f"{user}:{hashed}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt  # deprecated in 3.11, removed in 3.13
+        if crypt.METHOD_BLOWFISH in crypt.methods:
+            hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
+            if hashed and hashed.startswith("$2"):
+                return f"{user}:{hashed}"
+    except ImportError:
+        pass
+    # Fallback: apache2-utils' htpasswd (-B bcrypt, -C 4 cost, -n to stdout).
+    if shutil.which("htpasswd"):
+        out = subprocess.run(["htpasswd", "-nbBC", "4", user, password],
+                             check=True, capture_output=True, text=True).stdout
+        line = out.strip().splitlines()[0]
+        if line.startswith(f"{user}:$2"):
+            return line
+    raise SystemExit("labutil.py: no bcrypt: python3 lacks crypt and htpasswd is not installed")
 
 
 def _no_proxy_opener():

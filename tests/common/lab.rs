@@ -1,0 +1,217 @@
+//! A throwaway containerd + docker-registry lab for integration tests.
+//!
+//! Thin wrapper around `tests/lab/lab.sh`: every `Lab` owns a temp dir holding
+//! a private containerd (CRI plugin on, its own socket/root/state) and a
+//! plain-HTTP registry on 127.0.0.1, optionally a second registry with basic
+//! auth. Dropping the `Lab` stops all of it.
+//!
+//! Tests must fail loudly rather than skip: every failure of the script panics
+//! with its stdout/stderr (which include the tail of the failing daemon's log).
+//!
+//! Needs root (containerd mounts snapshots). The first `Lab` in a process runs
+//! `lab.sh install`, which apt-installs whatever of containerd,
+//! docker-registry, skopeo and python3 is missing.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    /// containerd's gRPC socket (CRI is served here too).
+    pub containerd_sock: PathBuf,
+    /// `127.0.0.1:PORT` of the open, plain-HTTP registry.
+    pub registry: String,
+    /// `127.0.0.1:PORT` of the basic-auth registry, for `start_with_auth`.
+    pub auth_registry: Option<String>,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lab/lab.sh")
+}
+
+/// Run `lab.sh ARGS...`, returning stdout; panic with everything on failure.
+fn lab_sh(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(script())
+        .args(args)
+        // Lets lab.sh's watchdog tear the lab down even if this test binary
+        // dies without running destructors (abort, SIGKILL, std::process::exit).
+        .env("LAB_OWNER_PID", std::process::id().to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("could not run {}: {e}", script().display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        panic!(
+            "lab.sh {} failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            args.join(" "),
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    stdout
+}
+
+/// `lab.sh install` once per test process. A failure is remembered and
+/// re-reported by every later `Lab::start` in the same process (a plain
+/// `Once` would only report "poisoned" after the first panic).
+fn install_once() {
+    static INSTALL: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = INSTALL.get_or_init(|| {
+        std::panic::catch_unwind(|| {
+            lab_sh(&["install"]);
+        })
+        .map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "lab.sh install panicked".into())
+        })
+    });
+    if let Err(msg) = result {
+        panic!("{msg}");
+    }
+}
+
+fn read_env(dir: &Path) -> HashMap<String, String> {
+    let path = dir.join("lab.env");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl Lab {
+    pub fn start() -> Lab {
+        Self::start_inner(None)
+    }
+
+    pub fn start_with_auth(user: &str, pass: &str) -> Lab {
+        Self::start_inner(Some((user, pass)))
+    }
+
+    fn start_inner(auth: Option<(&str, &str)>) -> Lab {
+        install_once();
+        // Short prefix: the socket path must fit in sun_path (107 bytes).
+        let dir = tempfile::Builder::new()
+            .prefix("pullgate-lab-")
+            .tempdir()
+            .expect("create lab temp dir");
+        let dir_str = dir.path().to_str().expect("utf-8 temp dir").to_owned();
+        let auth_arg = auth.map(|(u, p)| format!("{u}:{p}"));
+        let mut args = vec!["start", dir_str.as_str()];
+        if let Some(a) = &auth_arg {
+            args.extend(["--auth", a.as_str()]);
+        }
+        // lab.sh cleans up after itself when start fails, so panicking here
+        // (and letting `dir` be deleted) leaves nothing behind.
+        lab_sh(&args);
+
+        let env = read_env(dir.path());
+        let get = |k: &str| {
+            env.get(k)
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .unwrap_or_else(|| panic!("lab.env has no {k}"))
+        };
+        Lab {
+            containerd_sock: PathBuf::from(get("CONTAINERD_SOCK")),
+            registry: get("REGISTRY"),
+            auth_registry: auth.map(|_| get("AUTH_REGISTRY")),
+            dir,
+        }
+    }
+
+    fn dir_str(&self) -> &str {
+        self.dir.path().to_str().expect("utf-8 temp dir")
+    }
+
+    /// Push a fresh single-layer image to the open registry; returns its
+    /// manifest digest (`sha256:...`). Same seed, same digest.
+    pub fn push_image(&self, name_tag: &str, seed: &str) -> String {
+        self.push_image_to(&self.registry, name_tag, seed, None)
+    }
+
+    pub fn push_image_to(
+        &self,
+        registry: &str,
+        name_tag: &str,
+        seed: &str,
+        creds: Option<(&str, &str)>,
+    ) -> String {
+        let creds_arg = creds.map(|(u, p)| format!("{u}:{p}"));
+        let mut args = vec!["push-image", self.dir_str(), registry, name_tag, seed];
+        if let Some(c) = &creds_arg {
+            args.extend(["--creds", c.as_str()]);
+        }
+        let out = lab_sh(&args);
+        let digest = out
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
+        assert!(
+            digest.starts_with("sha256:") && digest.len() == 71,
+            "lab.sh push-image printed no digest; stdout was:\n{out}"
+        );
+        digest.to_string()
+    }
+
+    /// Stop containerd only (registries keep running). Its socket goes away.
+    pub fn stop_containerd(&self) {
+        lab_sh(&["containerd-stop", self.dir_str()]);
+    }
+
+    /// Start containerd again with the same config, socket and state; returns
+    /// once it serves CRI again.
+    pub fn start_containerd(&self) {
+        lab_sh(&["containerd-start", self.dir_str()]);
+    }
+
+    /// The lab's daemon logs, for a failing test to print.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for name in [
+            "containerd/containerd.log",
+            "registry/registry.log",
+            "auth-registry/registry.log",
+        ] {
+            if let Ok(text) = std::fs::read_to_string(self.dir.path().join(name)) {
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                s.push_str(&format!("----- {name} (last {} lines) -----\n", tail.len()));
+                for line in tail.iter().rev() {
+                    s.push_str(line);
+                    s.push('\n');
+                }
+            }
+        }
+        s
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Never panic in drop (a panic while unwinding aborts the process and
+        // hides the original failure); report and let TempDir clean up.
+        match Command::new("bash")
+            .arg(script())
+            .args(["stop", self.dir_str()])
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "lab.sh stop {} failed ({}): {}",
+                self.dir_str(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("could not run lab.sh stop: {e}"),
+        }
+    }
+}
