@@ -2,7 +2,7 @@
 //! compiler, so building pullgate never needs a `protoc` binary on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    const PROTOS: &[&str] = &["proto/runtime/v1/api.proto"];
+    const PROTOS: &[&str] = &["proto/runtime/v1/api.proto", "proto/containerd/services/images/v1/images.proto"];
     let descriptors = protox::compile(PROTOS, ["proto"])?;
     tonic_build::configure()
         .build_server(true)

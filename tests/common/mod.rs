@@ -1,4 +1,6 @@
 #![allow(dead_code)]
 
+pub mod cri;
+pub mod lab;
 pub mod pullgate;
 pub mod raw;
