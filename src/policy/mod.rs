@@ -1,0 +1,288 @@
+//! Node-local pull policy: which images need which signatures.
+//!
+//! Loaded from every `*.toml` in a policy directory (see `toml_file`) and optionally one
+//! containers-policy.json (see `policy_json`). Any problem fails the whole load: a policy
+//! that is half understood must not be half enforced.
+
+mod error;
+pub mod identity;
+mod load;
+mod policy_json;
+pub mod scope;
+mod toml_file;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use error::{PolicyError, Problem};
+pub use identity::{IdentityConfigError, IdentityMismatch, IdentityRule};
+pub use scope::{Scope, ScopeError, Specificity};
+
+use crate::reference::ImageRef;
+use crate::verify::keys::TrustedKey;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Requirement {
+    /// Signatures by `threshold` distinct trusted keys are required.
+    Signed,
+    /// Pulled without any signature check.
+    Accept,
+    /// Never pulled.
+    Reject,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// A failed check blocks the pull.
+    Enforce,
+    /// A failed check is reported, and the pull goes ahead.
+    Audit,
+}
+
+/// A trusted public key and where it came from.
+#[derive(Clone, Debug)]
+pub struct KeyRef {
+    /// None for keys given inline (policy.json `keyData`).
+    pub path: Option<PathBuf>,
+    pub key: Arc<TrustedKey>,
+}
+
+/// One scope's requirement. A TOML rule with several scopes becomes one `Rule` per scope.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub scope: Scope,
+    /// Kubernetes namespaces the rule is limited to; None for all.
+    pub namespaces: Option<Vec<String>>,
+    pub require: Requirement,
+    /// Empty unless `require` is `Signed`; never holds the same key twice.
+    pub keys: Vec<KeyRef>,
+    /// Distinct keys needed; 1..=keys.len() for `Signed`.
+    pub threshold: usize,
+    pub identity: IdentityRule,
+    pub mode: Mode,
+    /// The file the rule was read from.
+    pub source: PathBuf,
+}
+
+impl Rule {
+    fn applies_in(&self, namespace: Option<&str>) -> bool {
+        match (&self.namespaces, namespace) {
+            (None, _) => true,
+            (Some(list), Some(ns)) => list.iter().any(|n| n == ns),
+            // Why: when the caller cannot tell the namespace, a namespace-limited rule
+            // (often an exemption) must not apply.
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// The loaded policy. Immutable; reloads build a new one.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    rules: Vec<Rule>,
+}
+
+// === impl Policy ===
+
+impl Policy {
+    /// Load all `*.toml` files in `policy_dir` (which must exist) and, if given,
+    /// `policy_json`. Every problem in every file is reported together.
+    pub fn load(policy_dir: &Path, policy_json: Option<&Path>) -> Result<Policy, PolicyError> {
+        let mut loader = load::Loader::default();
+        toml_file::load_dir(policy_dir, &mut loader);
+        if let Some(path) = policy_json {
+            policy_json::load_file(path, &mut loader);
+        }
+        loader.finish().map(|rules| Policy { rules })
+    }
+
+    /// A policy from rules built elsewhere (tests, tools). Skips the loader's checks.
+    pub fn from_rules(rules: Vec<Rule>) -> Policy {
+        Policy { rules }
+    }
+
+    /// The rule for `image` pulled into `namespace`: the most specific matching scope; at
+    /// equal scope, a rule naming the namespace beats a general one. None means no rule
+    /// matches, which callers treat as reject.
+    pub fn find(&self, image: &ImageRef, namespace: Option<&str>) -> Option<&Rule> {
+        let mut best: Option<(&Rule, (Specificity, bool))> = None;
+        for rule in self
+            .rules
+            .iter()
+            .filter(|r| r.applies_in(namespace) && r.scope.matches(image))
+        {
+            let rank = (rule.scope.specificity(), rule.namespaces.is_some());
+            // Strictly greater: on a (loader-prevented) tie the earlier rule stays.
+            if best.is_none_or(|(_, best_rank)| rank > best_rank) {
+                best = Some((rule, rank));
+            }
+        }
+        best.map(|(rule, _)| rule)
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// True when no rule exists, so every pull would be rejected; worth a loud warning.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support;
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{KEY_A, TestDir};
+    use super::*;
+
+    fn img(s: &str) -> ImageRef {
+        s.parse().unwrap()
+    }
+
+    fn rule(scope: &str, namespaces: Option<&[&str]>, require: Requirement) -> Rule {
+        Rule {
+            scope: scope.parse().unwrap(),
+            namespaces: namespaces.map(|n| n.iter().map(|s| s.to_string()).collect()),
+            require,
+            keys: vec![],
+            threshold: 0,
+            identity: IdentityRule::MatchRepository,
+            mode: Mode::Enforce,
+            source: PathBuf::from("test.toml"),
+        }
+    }
+
+    fn found(policy: &Policy, image: &str, ns: Option<&str>) -> Option<String> {
+        policy
+            .find(&img(image), ns)
+            .map(|r| format!("{}{:?}", r.scope, r.namespaces))
+    }
+
+    #[test]
+    fn most_specific_scope_wins() {
+        let policy = Policy::from_rules(vec![
+            rule("*", None, Requirement::Reject),
+            rule("*.example.com", None, Requirement::Signed),
+            rule("r.example.com", None, Requirement::Signed),
+            rule("r.example.com/team", None, Requirement::Signed),
+            rule("r.example.com/team/app", None, Requirement::Accept),
+            rule("r.example.com/team/app:dev", None, Requirement::Accept),
+        ]);
+        let cases = [
+            ("nginx", "*"),
+            ("x.example.com/a", "*.example.com"),
+            ("r.example.com/other", "r.example.com"),
+            ("r.example.com/team/b", "r.example.com/team"),
+            ("r.example.com/team/app:v1", "r.example.com/team/app"),
+            ("r.example.com/team/app/sub", "r.example.com/team/app"),
+            ("r.example.com/team/app:dev", "r.example.com/team/app:dev"),
+            ("r.example.com:5000/team/app", "*.example.com"),
+        ];
+        for (image, scope) in cases {
+            assert_eq!(
+                found(&policy, image, None),
+                Some(format!("{scope}None")),
+                "{image}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_match_is_none() {
+        let policy = Policy::from_rules(vec![rule("r.io", None, Requirement::Accept)]);
+        assert!(policy.find(&img("other.io/a"), None).is_none());
+        assert!(Policy::default().find(&img("nginx"), None).is_none());
+        assert!(Policy::default().is_empty());
+    }
+
+    #[test]
+    fn namespace_rule_beats_general_rule_at_equal_scope() {
+        let policy = Policy::from_rules(vec![
+            rule("r.io/team", Some(&["kube-system"]), Requirement::Accept),
+            rule("r.io/team", None, Requirement::Signed),
+        ]);
+        let ns = |n| policy.find(&img("r.io/team/app"), n).map(|r| r.require);
+        assert_eq!(ns(Some("kube-system")), Some(Requirement::Accept));
+        assert_eq!(ns(Some("default")), Some(Requirement::Signed));
+        assert_eq!(
+            ns(None),
+            Some(Requirement::Signed),
+            "unknown namespace never gets the exemption"
+        );
+    }
+
+    #[test]
+    fn more_specific_scope_beats_namespace_rule() {
+        let policy = Policy::from_rules(vec![
+            rule("r.io", Some(&["dev"]), Requirement::Accept),
+            rule("r.io/team", None, Requirement::Signed),
+        ]);
+        let r = policy
+            .find(&img("r.io/team/app"), Some("dev"))
+            .map(|r| r.require);
+        assert_eq!(r, Some(Requirement::Signed));
+        let r = policy
+            .find(&img("r.io/other"), Some("dev"))
+            .map(|r| r.require);
+        assert_eq!(r, Some(Requirement::Accept));
+    }
+
+    #[test]
+    fn namespace_only_rule_does_not_match_other_namespaces() {
+        let policy = Policy::from_rules(vec![rule("*", Some(&["dev"]), Requirement::Accept)]);
+        assert!(policy.find(&img("nginx"), Some("prod")).is_none());
+        assert!(policy.find(&img("nginx"), Some("dev")).is_some());
+    }
+
+    #[test]
+    fn load_combines_toml_and_json() {
+        let dir = TestDir::new();
+        dir.write("keys/a.pub", KEY_A);
+        dir.write(
+            "policy.d/a.toml",
+            "[[rule]]\nscope = \"r.io/team\"\nrequire = \"signed\"\nkeys = [\"../keys/a.pub\"]\n",
+        );
+        dir.write("policy.json", r#"{"default": [{"type": "reject"}]}"#);
+        let json = dir.path("policy.json");
+        let policy = Policy::load(&dir.path("policy.d"), Some(&json)).unwrap();
+        assert_eq!(policy.rules().len(), 2);
+        assert_eq!(
+            policy.find(&img("r.io/team/x"), None).map(|r| r.require),
+            Some(Requirement::Signed)
+        );
+        assert_eq!(
+            policy.find(&img("nginx"), None).map(|r| r.require),
+            Some(Requirement::Reject)
+        );
+    }
+
+    #[test]
+    fn load_reports_problems_from_both_formats() {
+        let dir = TestDir::new();
+        dir.write(
+            "policy.d/a.toml",
+            "[[rule]]\nscope = \"*\"\nrequire = \"reject\"\n",
+        );
+        dir.write("policy.json", "{\"default\": [{\"type\": \"signedBy\"}]}");
+        let json = dir.path("policy.json");
+        let err = Policy::load(&dir.path("policy.d"), Some(&json)).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("signedBy"), "{text}");
+        assert!(
+            text.contains("duplicate rule") || err.problems.len() == 1,
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn missing_policy_json_is_an_error() {
+        let dir = TestDir::new();
+        dir.write("policy.d/a.toml", "");
+        let missing = dir.path("nope.json");
+        let err = Policy::load(&dir.path("policy.d"), Some(&missing)).unwrap_err();
+        assert!(err.problems[0].file.ends_with("nope.json"), "{err}");
+    }
+}

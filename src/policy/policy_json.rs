@@ -1,0 +1,842 @@
+//! A containers-policy.json(5) file, for nodes that already have one.
+//!
+//! Read: `default` and `transports.docker`, each scope with exactly one requirement of type
+//! `insecureAcceptAnything`, `reject` or `sigstoreSigned` with public keys (`keyPath`,
+//! `keyPaths`, `keyData`, `keyDatas`; base64 of PEM for the data forms) and `signedIdentity`.
+//! Other transports are ignored: they never apply to a CRI pull.
+//!
+//! Refused with a load error, never silently accepted: every other requirement type
+//! (`signedBy`, `signedBaseLayer`, …), Fulcio/PKI certificates and Rekor keys (pullgate cannot
+//! honour them), `exactReference` identities, several requirements for one scope, unknown
+//! or duplicate fields.
+//!
+//! Mapping: keys mean "any one of them" (threshold 1), as in containers/image; a missing
+//! `signedIdentity` means matchRepoDigestOrExact (containers' default, which cosign's tagless
+//! signatures only satisfy for pulls by digest); relative key paths are taken relative to
+//! the policy.json's directory; `transports.docker[""]`, being more specific for docker
+//! images, replaces `default` entirely.
+
+use std::fs;
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::identity::IdentityRule;
+use super::load::{self, Loader, line_of};
+use super::{KeyRef, Mode, Requirement, Rule, Scope};
+
+// === raw serde types ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy<'a> {
+    #[serde(borrow)]
+    default: Option<&'a RawValue>,
+    #[serde(borrow)]
+    transports: Option<Entries<'a>>,
+}
+
+/// A JSON object kept in document order, refusing duplicate keys (as containers/image does;
+/// serde_json alone would let the last duplicate silently win).
+struct Entries<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(EntriesVisitor)
+    }
+}
+
+struct EntriesVisitor;
+
+impl<'de> Visitor<'de> for EntriesVisitor {
+    type Value = Entries<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<'de>, A::Error> {
+        let mut entries: Vec<(String, &'de RawValue)> = Vec::new();
+        while let Some((key, value)) = map.next_entry::<String, &'de RawValue>()? {
+            if entries.iter().any(|(k, _)| *k == key) {
+                return Err(de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            entries.push((key, value));
+        }
+        Ok(Entries(entries))
+    }
+}
+
+#[derive(Deserialize)]
+struct TypeOnly {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// `insecureAcceptAnything` and `reject` take no other field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Bare {
+    #[serde(rename = "type")]
+    _kind: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawSigstore {
+    #[serde(rename = "type")]
+    _kind: String,
+    key_path: Option<String>,
+    key_paths: Option<Vec<String>>,
+    key_data: Option<String>,
+    key_datas: Option<Vec<String>>,
+    signed_identity: Option<RawSignedIdentity>,
+    // Known but unsupported: recorded as present (even when null) so they can be refused.
+    #[serde(default, deserialize_with = "present")]
+    fulcio: bool,
+    #[serde(default, deserialize_with = "present")]
+    pki: bool,
+    #[serde(default, deserialize_with = "present")]
+    rekor_public_key_path: bool,
+    #[serde(default, deserialize_with = "present")]
+    rekor_public_key_paths: bool,
+    #[serde(default, deserialize_with = "present")]
+    rekor_public_key_data: bool,
+    #[serde(default, deserialize_with = "present")]
+    rekor_public_key_datas: bool,
+}
+
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(deserializer).map(|_| true)
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+enum RawSignedIdentity {
+    #[serde(rename = "matchExact")]
+    MatchExact {},
+    #[serde(rename = "matchRepoDigestOrExact")]
+    MatchRepoDigestOrExact {},
+    #[serde(rename = "matchRepository")]
+    MatchRepository {},
+    #[serde(rename = "exactReference", rename_all = "camelCase")]
+    ExactReference {
+        #[allow(dead_code)] // only its presence matters: it is refused
+        docker_reference: String,
+    },
+    #[serde(rename = "exactRepository", rename_all = "camelCase")]
+    ExactRepository { docker_repository: String },
+    #[serde(rename = "remapIdentity", rename_all = "camelCase")]
+    RemapIdentity {
+        prefix: String,
+        signed_prefix: String,
+    },
+}
+
+// === loading ===
+
+pub(super) fn load_file(path: &Path, loader: &mut Loader) {
+    match fs::read_to_string(path) {
+        Ok(text) => JsonCtx {
+            path,
+            text: &text,
+            loader,
+        }
+        .load(),
+        Err(e) => loader.problem(path, None, format!("cannot read: {e}")),
+    }
+}
+
+struct JsonCtx<'a> {
+    path: &'a Path,
+    text: &'a str,
+    loader: &'a mut Loader,
+}
+
+// === impl JsonCtx: document structure ===
+
+impl<'a> JsonCtx<'a> {
+    fn problem(&mut self, line: Option<usize>, message: impl Into<String>) {
+        self.loader.problem(self.path, line, message);
+    }
+
+    /// Line where `raw` starts. RawValue borrows from `self.text`, so its address gives
+    /// its offset; this is what lets policy.json errors carry line numbers.
+    fn line(&self, raw: &RawValue) -> Option<usize> {
+        let offset = (raw.get().as_ptr() as usize).checked_sub(self.text.as_ptr() as usize)?;
+        let inside = offset
+            .checked_add(raw.get().len())
+            .is_some_and(|end| end <= self.text.len());
+        inside.then(|| line_of(self.text, offset))
+    }
+
+    /// Report a serde_json error found while parsing the fragment `raw`.
+    fn json_problem(&mut self, raw: Option<&RawValue>, context: &str, e: &serde_json::Error) {
+        let base = raw.and_then(|r| self.line(r)).unwrap_or(1);
+        let line = (e.line() > 0).then(|| base + e.line() - 1);
+        self.problem(
+            line,
+            format!("{context}{e}")
+                .replace(&format!(" at line {} column {}", e.line(), e.column()), ""),
+        );
+    }
+
+    fn load(mut self) {
+        let text = self.text;
+        let raw: RawPolicy<'_> = match serde_json::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => return self.json_problem(None, "", &e),
+        };
+        let docker = raw
+            .transports
+            .map(|t| self.docker_scopes(t))
+            .unwrap_or_default();
+        let transport_default = docker.iter().any(|(scope, _)| scope.is_empty());
+        match raw.default {
+            None => self.problem(
+                None,
+                "\"default\" is missing (containers-policy.json requires it)",
+            ),
+            Some(_) if transport_default => {} // transports.docker[""] replaces it
+            Some(value) => self.scope(Scope::Default, value),
+        }
+        for (key, value) in docker {
+            self.scope_key(&key, value);
+        }
+    }
+
+    fn docker_scopes(&mut self, transports: Entries<'a>) -> Vec<(String, &'a RawValue)> {
+        let Some((_, docker)) = transports.0.into_iter().find(|(name, _)| name == "docker") else {
+            return Vec::new();
+        };
+        match serde_json::from_str::<Entries<'a>>(docker.get()) {
+            Ok(entries) => entries.0,
+            Err(e) => {
+                self.json_problem(Some(docker), "transports.docker: ", &e);
+                Vec::new()
+            }
+        }
+    }
+
+    fn scope_key(&mut self, key: &str, value: &RawValue) {
+        let line = self.line(value);
+        let parsed = match key {
+            "" => Ok(Scope::Default),
+            // In containers/image "*" never matches a docker image; refuse the likely mistake.
+            "*" => Err(
+                "scope \"*\" is not a containers-policy.json scope; use \"\" or \"default\""
+                    .to_owned(),
+            ),
+            _ => key.parse::<Scope>().map_err(|e| e.to_string()),
+        };
+        match parsed {
+            Ok(scope) => self.scope(scope, value),
+            Err(e) => self.problem(line, e),
+        }
+    }
+
+    fn scope(&mut self, scope: Scope, value: &RawValue) {
+        let line = self.line(value);
+        let list: Vec<&RawValue> = match serde_json::from_str(value.get()) {
+            Ok(list) => list,
+            Err(e) => return self.json_problem(Some(value), &format!("scope \"{scope}\": "), &e),
+        };
+        match list.as_slice() {
+            [one] => self.requirement(scope, one),
+            [] => self.problem(line, format!("scope \"{scope}\" has no requirement")),
+            many => self.problem(
+                line,
+                format!("scope \"{scope}\" has {} requirements; pullgate supports exactly one per scope", many.len()),
+            ),
+        }
+    }
+}
+
+// === impl JsonCtx: requirements ===
+
+const CERTS: &str =
+    "pullgate verifies with public keys only; use keyPath, keyPaths, keyData or keyDatas";
+const REKOR: &str = "pullgate does not check Rekor transparency-log entries";
+
+impl JsonCtx<'_> {
+    fn requirement(&mut self, scope: Scope, raw: &RawValue) {
+        let line = self.line(raw);
+        let kind = match serde_json::from_str::<TypeOnly>(raw.get()) {
+            Ok(TypeOnly { kind: Some(kind) }) => kind,
+            Ok(TypeOnly { kind: None }) => {
+                return self.problem(line, "requirement has no \"type\"");
+            }
+            Err(e) => return self.json_problem(Some(raw), "requirement: ", &e),
+        };
+        match kind.as_str() {
+            "insecureAcceptAnything" => self.bare(scope, raw, Requirement::Accept),
+            "reject" => self.bare(scope, raw, Requirement::Reject),
+            "sigstoreSigned" => self.sigstore(scope, raw),
+            other => self.problem(
+                line,
+                format!(
+                    "requirement type {other:?} is not supported (pullgate supports insecureAcceptAnything, reject and sigstoreSigned)"
+                ),
+            ),
+        }
+    }
+
+    fn bare(&mut self, scope: Scope, raw: &RawValue, require: Requirement) {
+        if let Err(e) = serde_json::from_str::<Bare>(raw.get()) {
+            return self.json_problem(Some(raw), "", &e);
+        }
+        let identity = IdentityRule::MatchRepoDigestOrExact; // unused without keys
+        self.push(scope, raw, require, Vec::new(), identity);
+    }
+
+    fn sigstore(&mut self, scope: Scope, raw: &RawValue) {
+        let line = self.line(raw);
+        let before = self.loader.problem_count();
+        let mut sig: RawSigstore = match serde_json::from_str(raw.get()) {
+            Ok(sig) => sig,
+            Err(e) => return self.json_problem(Some(raw), "sigstoreSigned: ", &e),
+        };
+        self.refuse_unsupported(&sig, line);
+        let identity = self.identity(sig.signed_identity.take(), line);
+        let keys = self.keys(&sig, line);
+        if let Err(e) = load::check_distinct_keys(&keys) {
+            self.problem(line, e);
+        }
+        if self.loader.problem_count() == before {
+            self.push(scope, raw, Requirement::Signed, keys, identity);
+        }
+    }
+
+    fn refuse_unsupported(&mut self, sig: &RawSigstore, line: Option<usize>) {
+        let unsupported = [
+            (sig.fulcio, "fulcio", CERTS),
+            (sig.pki, "pki", CERTS),
+            (sig.rekor_public_key_path, "rekorPublicKeyPath", REKOR),
+            (sig.rekor_public_key_paths, "rekorPublicKeyPaths", REKOR),
+            (sig.rekor_public_key_data, "rekorPublicKeyData", REKOR),
+            (sig.rekor_public_key_datas, "rekorPublicKeyDatas", REKOR),
+        ];
+        for (_, field, why) in unsupported.into_iter().filter(|(set, _, _)| *set) {
+            self.problem(
+                line,
+                format!("sigstoreSigned: \"{field}\" is not supported ({why})"),
+            );
+        }
+    }
+
+    fn identity(&mut self, raw: Option<RawSignedIdentity>, line: Option<usize>) -> IdentityRule {
+        let built = match raw {
+            None | Some(RawSignedIdentity::MatchRepoDigestOrExact {}) => {
+                Ok(IdentityRule::MatchRepoDigestOrExact)
+            }
+            Some(RawSignedIdentity::MatchExact {}) => Ok(IdentityRule::MatchExact),
+            Some(RawSignedIdentity::MatchRepository {}) => Ok(IdentityRule::MatchRepository),
+            Some(RawSignedIdentity::ExactRepository { docker_repository }) => {
+                IdentityRule::exact_repository(&docker_repository).map_err(|e| e.to_string())
+            }
+            Some(RawSignedIdentity::RemapIdentity {
+                prefix,
+                signed_prefix,
+            }) => IdentityRule::remap(&prefix, &signed_prefix).map_err(|e| e.to_string()),
+            Some(RawSignedIdentity::ExactReference { .. }) => {
+                Err("\"exactReference\" is not supported".to_owned())
+            }
+        };
+        built.unwrap_or_else(|e| {
+            self.problem(line, format!("signedIdentity: {e}"));
+            IdentityRule::MatchRepoDigestOrExact
+        })
+    }
+
+    fn push(
+        &mut self,
+        scope: Scope,
+        raw: &RawValue,
+        require: Requirement,
+        keys: Vec<KeyRef>,
+        identity: IdentityRule,
+    ) {
+        let threshold = usize::from(require == Requirement::Signed);
+        let source = self.path.to_owned();
+        let rule = Rule {
+            scope,
+            namespaces: None,
+            require,
+            keys,
+            threshold,
+            identity,
+            mode: Mode::Enforce,
+            source,
+        };
+        let line = self.line(raw);
+        self.loader.push(rule, line);
+    }
+}
+
+// === impl JsonCtx: keys ===
+
+impl JsonCtx<'_> {
+    fn keys(&mut self, sig: &RawSigstore, line: Option<usize>) -> Vec<KeyRef> {
+        let given = [
+            sig.key_path.is_some(),
+            sig.key_paths.is_some(),
+            sig.key_data.is_some(),
+            sig.key_datas.is_some(),
+        ];
+        let message = match given.iter().filter(|g| **g).count() {
+            // Fulcio/PKI without keys was already refused; one message is enough.
+            0 if sig.fulcio || sig.pki => return Vec::new(),
+            0 => "sigstoreSigned needs one of keyPath, keyPaths, keyData, keyDatas",
+            1 if sig.key_paths.as_ref().is_some_and(Vec::is_empty) => {
+                "sigstoreSigned: keyPaths is empty"
+            }
+            1 if sig.key_datas.as_ref().is_some_and(Vec::is_empty) => {
+                "sigstoreSigned: keyDatas is empty"
+            }
+            1 => return self.load_keys(sig, line),
+            _ => "sigstoreSigned: give only one of keyPath, keyPaths, keyData, keyDatas",
+        };
+        self.problem(line, message);
+        Vec::new()
+    }
+
+    fn load_keys(&mut self, sig: &RawSigstore, line: Option<usize>) -> Vec<KeyRef> {
+        let mut keys = Vec::new();
+        for path in sig.key_path.iter().chain(sig.key_paths.iter().flatten()) {
+            match self.loader.key_file(&load::resolve(self.path, path)) {
+                Ok(key) => keys.push(key),
+                Err(e) => self.problem(line, e),
+            }
+        }
+        for (i, data) in sig
+            .key_data
+            .iter()
+            .chain(sig.key_datas.iter().flatten())
+            .enumerate()
+        {
+            match decode_key_data(data) {
+                Ok(key) => keys.push(key),
+                Err(e) => self.problem(line, format!("keyData #{}: {e}", i + 1)),
+            }
+        }
+        keys
+    }
+}
+
+fn decode_key_data(data: &str) -> Result<KeyRef, String> {
+    let pem = BASE64
+        .decode(data.trim())
+        .map_err(|e| format!("not valid base64 ({e})"))?;
+    let key = load::parse_key(&pem)?;
+    Ok(KeyRef { path: None, key })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{KEY_A, KEY_B, KEY_ED, TestDir};
+    use super::super::{Policy, PolicyError};
+    use super::*;
+
+    /// A dir with keys/{a,b,ed}.pub, an empty policy.d/ and policy.json holding `json`.
+    fn setup(json: &str) -> TestDir {
+        let dir = TestDir::new();
+        dir.write("keys/a.pub", KEY_A);
+        dir.write("keys/b.pub", KEY_B);
+        dir.write("keys/ed.pub", KEY_ED);
+        dir.write("policy.d/README", "");
+        dir.write("policy.json", json);
+        dir
+    }
+
+    fn load(dir: &TestDir) -> Result<Policy, PolicyError> {
+        Policy::load(&dir.path("policy.d"), Some(&dir.path("policy.json")))
+    }
+
+    fn load_err(json: &str) -> PolicyError {
+        match load(&setup(json)) {
+            Ok(p) => panic!("loaded {} rules, expected an error", p.rules().len()),
+            Err(e) => e,
+        }
+    }
+
+    fn assert_one(err: &PolicyError, line: Option<usize>, needle: &str) {
+        assert_eq!(err.problems.len(), 1, "{err}");
+        let p = &err.problems[0];
+        assert!(p.file.ends_with("policy.json"), "{err}");
+        assert_eq!(p.line, line, "{err}");
+        assert!(p.message.contains(needle), "{err}");
+    }
+
+    /// `{"default": [reject], "transports": {"docker": {scope: [req]}}}` on separate lines;
+    /// the requirement sits on line 4.
+    fn with_scope(scope: &str, requirement: &str) -> String {
+        format!(
+            "{{\n\"default\": [{{\"type\": \"reject\"}}],\n\"transports\": {{\"docker\": {{\n  {scope:?}: [{requirement}]\n}}}}}}\n"
+        )
+    }
+
+    fn b64(s: &str) -> String {
+        BASE64.encode(s)
+    }
+
+    /// A policy.json exercising every supported form; `abs` is an absolute key path.
+    fn full_json(abs: &Path) -> String {
+        format!(
+            r#"{{
+  "default": [{{"type": "reject"}}],
+  "transports": {{
+    "docker": {{
+      "r.io/abs": [{{"type": "sigstoreSigned", "keyPath": {abs:?}}}],
+      "r.io/rel": [{{"type": "sigstoreSigned", "keyPath": "keys/b.pub", "signedIdentity": {{"type": "matchRepository"}}}}],
+      "r.io/many": [{{"type": "sigstoreSigned", "keyPaths": ["keys/a.pub", "keys/ed.pub"]}}],
+      "r.io/data": [{{"type": "sigstoreSigned", "keyData": "{}"}}],
+      "r.io/datas": [{{"type": "sigstoreSigned", "keyDatas": ["{}", "{}"]}}],
+      "*.trusted.io": [{{"type": "insecureAcceptAnything"}}],
+      "docker.io/library/busybox:1": [{{"type": "reject"}}]
+    }},
+    "containers-storage": {{"": [{{"type": "signedBy", "keyType": "GPGKeys"}}]}}
+  }}
+}}"#,
+            b64(KEY_A),
+            b64(KEY_A),
+            b64(KEY_B)
+        )
+    }
+
+    #[test]
+    fn full_policy() {
+        let dir = setup("");
+        let abs = dir.path("keys/a.pub");
+        let json = full_json(&abs);
+        dir.write("policy.json", &json);
+        let policy = load(&dir).unwrap();
+        let rules = policy.rules();
+        let summary: Vec<_> = rules
+            .iter()
+            .map(|r| (r.scope.to_string(), r.require, r.keys.len(), r.threshold))
+            .collect();
+        let expect = [
+            ("*", Requirement::Reject, 0, 0),
+            ("r.io/abs", Requirement::Signed, 1, 1),
+            ("r.io/rel", Requirement::Signed, 1, 1),
+            ("r.io/many", Requirement::Signed, 2, 1),
+            ("r.io/data", Requirement::Signed, 1, 1),
+            ("r.io/datas", Requirement::Signed, 2, 1),
+            ("*.trusted.io", Requirement::Accept, 0, 0),
+            ("docker.io/library/busybox:1", Requirement::Reject, 0, 0),
+        ];
+        let expect: Vec<_> = expect
+            .iter()
+            .map(|(s, r, k, t)| (s.to_string(), *r, *k, *t))
+            .collect();
+        assert_eq!(summary, expect);
+        assert_eq!(
+            rules[1].identity,
+            IdentityRule::MatchRepoDigestOrExact,
+            "containers' default"
+        );
+        assert_eq!(rules[2].identity, IdentityRule::MatchRepository);
+        assert_eq!(
+            rules[2].keys[0].path.as_deref(),
+            Some(dir.path("keys/b.pub").as_path()),
+            "relative to policy.json"
+        );
+        assert!(rules[4].keys[0].path.is_none(), "inline key has no path");
+        assert!(
+            rules
+                .iter()
+                .all(|r| r.mode == Mode::Enforce && r.namespaces.is_none())
+        );
+    }
+
+    #[test]
+    fn transport_default_replaces_global_default() {
+        let json = r#"{"default": [{"type": "insecureAcceptAnything"}], "transports": {"docker": {"": [{"type": "reject"}]}}}"#;
+        let policy = load(&setup(json)).unwrap();
+        assert_eq!(policy.rules().len(), 1);
+        assert_eq!(
+            (policy.rules()[0].scope.clone(), policy.rules()[0].require),
+            (Scope::Default, Requirement::Reject)
+        );
+    }
+
+    #[test]
+    fn signed_identities() {
+        let cases = [
+            (r#"{"type": "matchExact"}"#, IdentityRule::MatchExact),
+            (
+                r#"{"type": "matchRepoDigestOrExact"}"#,
+                IdentityRule::MatchRepoDigestOrExact,
+            ),
+            (
+                r#"{"type": "matchRepository"}"#,
+                IdentityRule::MatchRepository,
+            ),
+            (
+                r#"{"type": "exactRepository", "dockerRepository": "v.io/app"}"#,
+                IdentityRule::ExactRepository("v.io/app".into()),
+            ),
+            (
+                r#"{"type": "remapIdentity", "prefix": "m.io/v", "signedPrefix": "v.io"}"#,
+                IdentityRule::Remap {
+                    prefix: "m.io/v".into(),
+                    signed_prefix: "v.io".into(),
+                },
+            ),
+        ];
+        for (identity, expected) in cases {
+            let req = format!(
+                r#"{{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "signedIdentity": {identity}}}"#
+            );
+            let policy = load(&setup(&with_scope("r.io", &req))).unwrap();
+            assert_eq!(policy.rules()[1].identity, expected, "{identity}");
+        }
+    }
+
+    #[test]
+    fn bad_signed_identities() {
+        let req = |id: &str| {
+            format!(
+                r#"{{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "signedIdentity": {id}}}"#
+            )
+        };
+        let err = load_err(&with_scope(
+            "r.io",
+            &req(r#"{"type": "exactReference", "dockerReference": "r.io/a:v1"}"#),
+        ));
+        assert_one(&err, Some(4), "\"exactReference\" is not supported");
+        let err = load_err(&with_scope("r.io", &req(r#"{"type": "matchSomething"}"#)));
+        assert_one(&err, Some(4), "unknown variant `matchSomething`");
+        let err = load_err(&with_scope(
+            "r.io",
+            &req(r#"{"type": "matchRepository", "extra": 1}"#),
+        ));
+        assert_one(&err, Some(4), "unknown field `extra`");
+        let err = load_err(&with_scope(
+            "r.io",
+            &req(r#"{"type": "remapIdentity", "prefix": "busybox", "signedPrefix": "r.io"}"#),
+        ));
+        assert_one(&err, Some(4), "signedIdentity: remap prefix \"busybox\"");
+        let err = load_err(&with_scope(
+            "r.io",
+            &req(r#"{"type": "exactRepository", "dockerRepository": "r.io/a:v1"}"#),
+        ));
+        assert_one(&err, Some(4), "without tag or digest");
+    }
+
+    #[test]
+    fn unsupported_requirement_types_are_named() {
+        for kind in ["signedBy", "signedBaseLayer", "somethingNew"] {
+            let err = load_err(&with_scope(
+                "r.io",
+                &format!(r#"{{"type": "{kind}", "keyType": "GPGKeys"}}"#),
+            ));
+            assert_one(
+                &err,
+                Some(4),
+                &format!("requirement type \"{kind}\" is not supported"),
+            );
+        }
+        let err = load_err(r#"{"default": [{"type": "signedBy"}]}"#);
+        assert_one(&err, Some(1), "\"signedBy\" is not supported");
+    }
+
+    #[test]
+    fn fulcio_rekor_and_pki_are_refused() {
+        let fulcio = r#"{"type": "sigstoreSigned", "fulcio": {"caPath": "/x", "oidcIssuer": "https://i", "subjectEmail": "a@b"}, "rekorPublicKeyPath": "/r.pub"}"#;
+        let err = load_err(&with_scope("r.io", fulcio));
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(
+            err.problems[0]
+                .message
+                .contains("\"fulcio\" is not supported"),
+            "{err}"
+        );
+        assert!(
+            err.problems[1]
+                .message
+                .contains("\"rekorPublicKeyPath\" is not supported"),
+            "{err}"
+        );
+        let rekor =
+            r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "rekorPublicKeyData": null}"#;
+        assert_one(
+            &load_err(&with_scope("r.io", rekor)),
+            Some(4),
+            "\"rekorPublicKeyData\" is not supported",
+        );
+        let pki = r#"{"type": "sigstoreSigned", "pki": {}}"#;
+        assert_one(
+            &load_err(&with_scope("r.io", pki)),
+            Some(4),
+            "\"pki\" is not supported",
+        );
+    }
+
+    #[test]
+    fn key_source_problems() {
+        let cases = [
+            (r#"{"type": "sigstoreSigned"}"#, "needs one of keyPath"),
+            (
+                r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "keyData": "eA=="}"#,
+                "only one of",
+            ),
+            (
+                r#"{"type": "sigstoreSigned", "keyPaths": []}"#,
+                "keyPaths is empty",
+            ),
+            (
+                r#"{"type": "sigstoreSigned", "keyDatas": []}"#,
+                "keyDatas is empty",
+            ),
+            (
+                r#"{"type": "sigstoreSigned", "keyPath": "keys/missing.pub"}"#,
+                "keys/missing.pub: cannot open",
+            ),
+            (
+                r#"{"type": "sigstoreSigned", "keyData": "!!!"}"#,
+                "keyData #1: not valid base64",
+            ),
+            (
+                r#"{"type": "sigstoreSigned", "keyData": "aGVsbG8="}"#,
+                "keyData #1: ",
+            ),
+            (
+                r#"{"type": "sigstoreSigned", "keyPaths": ["keys/a.pub", "/k/a.pub"]}"#,
+                "/k/a.pub: cannot open",
+            ),
+            (
+                r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "keyType": "GPGKeys"}"#,
+                "unknown field `keyType`",
+            ),
+        ];
+        for (req, needle) in cases {
+            assert_one(&load_err(&with_scope("r.io", req)), Some(4), needle);
+        }
+    }
+
+    #[test]
+    fn same_key_twice_is_refused() {
+        let req = format!(
+            r#"{{"type": "sigstoreSigned", "keyDatas": ["{}", "{}"]}}"#,
+            b64(KEY_A),
+            b64(KEY_A)
+        );
+        assert_one(
+            &load_err(&with_scope("r.io", &req)),
+            Some(4),
+            "are the same key",
+        );
+    }
+
+    #[test]
+    fn requirement_list_shape() {
+        let two = r#"{"type": "reject"}, {"type": "insecureAcceptAnything"}"#;
+        assert_one(
+            &load_err(&with_scope("r.io", two)),
+            Some(4),
+            "has 2 requirements; pullgate supports exactly one",
+        );
+        assert_one(
+            &load_err(&with_scope("r.io", "")),
+            Some(4),
+            "scope \"r.io\" has no requirement",
+        );
+        assert_one(
+            &load_err(&with_scope("r.io", "{}")),
+            Some(4),
+            "requirement has no \"type\"",
+        );
+        assert_one(
+            &load_err(&with_scope("r.io", r#"{"type": "reject", "x": 1}"#)),
+            Some(4),
+            "unknown field `x`",
+        );
+        let not_list = "{\"default\": [{\"type\": \"reject\"}],\n\"transports\": {\"docker\": {\"r.io\": {}}}}";
+        assert_one(&load_err(not_list), Some(2), "scope \"r.io\": invalid type");
+    }
+
+    #[test]
+    fn bad_scopes() {
+        let reject = r#"{"type": "reject"}"#;
+        assert_one(
+            &load_err(&with_scope("busybox", reject)),
+            Some(4),
+            "no registry host",
+        );
+        assert_one(
+            &load_err(&with_scope("*", reject)),
+            Some(4),
+            "use \"\" or \"default\"",
+        );
+        assert_one(
+            &load_err(&with_scope("*.r.io:5000", reject)),
+            Some(4),
+            "invalid wildcard",
+        );
+    }
+
+    #[test]
+    fn document_level_problems() {
+        assert_one(
+            &load_err(r#"{"transports": {}}"#),
+            None,
+            "\"default\" is missing",
+        );
+        assert_one(
+            &load_err("{\"default\": [{\"type\": \"reject\"}],\n\"extra\": 1}"),
+            Some(2),
+            "unknown field `extra`",
+        );
+        assert_one(
+            &load_err("{\n\"default\": [\n{\"type\": \"reject\"},\n]}"),
+            Some(4),
+            "expected value",
+        );
+        let dup = "{\"default\": [{\"type\": \"reject\"}],\n\"transports\": {\"docker\": {\n\"r.io\": [{\"type\": \"reject\"}],\n\"r.io\": [{\"type\": \"insecureAcceptAnything\"}]}}}";
+        assert_one(&load_err(dup), Some(4), "duplicate key \"r.io\"");
+    }
+
+    #[test]
+    fn duplicates_after_normalisation_and_across_formats() {
+        let json = "{\"default\": [{\"type\": \"reject\"}],\n\"transports\": {\"docker\": {\n\"index.docker.io/library\": [{\"type\": \"reject\"}],\n\"docker.io/library\": [{\"type\": \"reject\"}]}}}";
+        assert_one(
+            &load_err(json),
+            Some(4),
+            "duplicate rule: scope \"docker.io/library\"",
+        );
+        let dir = setup(r#"{"default": [{"type": "reject"}]}"#);
+        dir.write(
+            "policy.d/base.toml",
+            "[[rule]]\nscope = \"*\"\nrequire = \"accept\"\n",
+        );
+        let err = load(&dir).unwrap_err();
+        assert_one(&err, Some(1), "duplicate rule: scope \"*\"");
+        assert!(err.problems[0].message.contains("base.toml:2"), "{err}");
+    }
+
+    #[test]
+    fn line_of_fragment_is_accurate() {
+        let dir = setup("{\"default\": [{\"type\": \"reject\"}]}");
+        let text = "{\n\n  \"a\": [1]}";
+        let raw: Entries<'_> = serde_json::from_str(text).unwrap();
+        let mut loader = Loader::default();
+        let ctx = JsonCtx {
+            path: &dir.path("policy.json"),
+            text,
+            loader: &mut loader,
+        };
+        assert_eq!(ctx.line(raw.0[0].1), Some(3));
+        let other = String::from("[2]");
+        let foreign = serde_json::from_str::<&RawValue>(&other).unwrap();
+        assert_eq!(
+            ctx.line(foreign),
+            None,
+            "a fragment of another string has no line here"
+        );
+    }
+}
