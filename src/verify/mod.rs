@@ -1,0 +1,463 @@
+//! Decides whether the cosign signatures found for an image digest satisfy a policy rule.
+
+pub mod keys;
+pub mod payload;
+pub mod signatures;
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+
+pub use keys::{BadSignature, KeyError, TrustedKey};
+pub use payload::{MAX_PAYLOAD_BYTES, PayloadError, SignedPayload};
+pub use signatures::{ManifestError, SignatureLayer, parse_signature_manifest};
+
+use crate::policy::{KeyRef, Rule};
+use crate::reference::{Digest, ImageRef};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation {
+    pub accepted: bool,
+    /// Distinct trusted keys with at least one fully valid signature.
+    pub satisfied_keys: usize,
+    pub required: usize,
+    pub signatures: Vec<SignatureOutcome>,
+    pub reason: String,
+}
+
+/// A signature counts towards the threshold exactly when `rejected_because` is `None`.
+/// `verified_by` is set whenever the cryptographic check passed, even if the payload was then
+/// refused, so an operator can see "signed by the right key, but for something else".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureOutcome {
+    pub layer: Digest,
+    pub verified_by: Option<String>,
+    pub rejected_because: Option<String>,
+}
+
+/// `digest` is the manifest digest the pull will be pinned to; `sigs` pairs each signature layer
+/// with its payload blob.
+pub fn evaluate(
+    image: &ImageRef,
+    digest: &Digest,
+    rule: &Rule,
+    sigs: &[(SignatureLayer, Bytes)],
+) -> Evaluation {
+    let keys = distinct_keys(&rule.keys);
+    // A threshold of 0 would accept an image with no signature at all; policy loading forbids
+    // it, and this keeps a mistake there from turning into an open door.
+    let required = rule.threshold.max(1);
+    let mut satisfied: HashSet<&str> = HashSet::new();
+    let mut outcomes = Vec::with_capacity(sigs.len());
+    for (layer, payload) in sigs {
+        let (key, problem) = check_signature(image, digest, rule, &keys, layer, payload);
+        if let (Some(key), None) = (key, &problem) {
+            satisfied.insert(key.key.fingerprint());
+        }
+        outcomes.push(SignatureOutcome {
+            layer: layer.digest.clone(),
+            verified_by: key.map(key_label),
+            rejected_because: problem,
+        });
+    }
+    let accepted = satisfied.len() >= required;
+    let reason = summarize(accepted, satisfied.len(), required, &outcomes);
+    Evaluation {
+        accepted,
+        satisfied_keys: satisfied.len(),
+        required,
+        signatures: outcomes,
+        reason,
+    }
+}
+
+/// The same key listed twice (two paths, or a path and inline data) must not count twice.
+fn distinct_keys(keys: &[KeyRef]) -> Vec<&KeyRef> {
+    let mut seen = HashSet::new();
+    keys.iter()
+        .filter(|k| seen.insert(k.key.fingerprint()))
+        .collect()
+}
+
+fn key_label(key: &KeyRef) -> String {
+    match &key.path {
+        Some(path) => path.display().to_string(),
+        None => format!(
+            "inline {} key {}",
+            key.key.algorithm(),
+            key.key.short_fingerprint()
+        ),
+    }
+}
+
+// The signature is checked before the payload is interpreted: until then the payload is
+// attacker-chosen text, and "does not verify" is the only honest thing to say about it.
+fn check_signature<'k>(
+    image: &ImageRef,
+    digest: &Digest,
+    rule: &Rule,
+    keys: &[&'k KeyRef],
+    layer: &SignatureLayer,
+    payload: &[u8],
+) -> (Option<&'k KeyRef>, Option<String>) {
+    if !layer.digest.verify(payload) {
+        return (
+            None,
+            Some("payload blob does not match the layer digest".to_string()),
+        );
+    }
+    let Some(key) = keys
+        .iter()
+        .copied()
+        .find(|k| k.key.verify(payload, &layer.signature).is_ok())
+    else {
+        let n = keys.len();
+        return (
+            None,
+            Some(format!(
+                "signature does not verify with any of the {n} trusted {}",
+                plural(n, "key")
+            )),
+        );
+    };
+    (Some(key), check_payload(image, digest, rule, payload).err())
+}
+
+fn check_payload(
+    image: &ImageRef,
+    digest: &Digest,
+    rule: &Rule,
+    payload: &[u8],
+) -> Result<(), String> {
+    let signed = SignedPayload::parse(payload).map_err(|e| match e {
+        PayloadError::WrongType(t) => {
+            format!("signature payload has type {t:?}, not a cosign container image signature")
+        }
+        other => other.to_string(),
+    })?;
+    if signed.manifest_digest != *digest {
+        return Err(format!(
+            "signature payload names digest {}, not {digest}",
+            signed.manifest_digest
+        ));
+    }
+    rule.identity
+        .check(image, &signed.docker_reference)
+        .map_err(|e| format!("identity mismatch: {e}"))
+}
+
+fn summarize(
+    accepted: bool,
+    satisfied: usize,
+    required: usize,
+    outcomes: &[SignatureOutcome],
+) -> String {
+    if accepted {
+        return format!(
+            "signed by {satisfied} of {required} required {}",
+            plural(required, "key")
+        );
+    }
+    if outcomes.is_empty() {
+        return "no signature by a trusted key: no signatures found".to_string();
+    }
+    let problems = problem_summary(outcomes);
+    if satisfied == 0 {
+        format!("no signature by a trusted key ({problems})")
+    } else {
+        format!("only {satisfied} of {required} required keys signed ({problems})")
+    }
+}
+
+/// "2 signatures: X; 1 signature: Y", in first-seen order, at most a few kinds so that a hostile
+/// manifest cannot produce an unbounded message.
+fn problem_summary(outcomes: &[SignatureOutcome]) -> String {
+    const MAX_KINDS: usize = 3;
+    let mut kinds: Vec<(&str, usize)> = Vec::new();
+    for reason in outcomes
+        .iter()
+        .filter_map(|o| o.rejected_because.as_deref())
+    {
+        match kinds.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, count)) => *count += 1,
+            None => kinds.push((reason, 1)),
+        }
+    }
+    if kinds.is_empty() {
+        return format!(
+            "{} valid {}",
+            outcomes.len(),
+            plural(outcomes.len(), "signature")
+        );
+    }
+    let mut parts: Vec<String> = kinds
+        .iter()
+        .take(MAX_KINDS)
+        .map(|(r, n)| format!("{n} {}: {r}", plural(*n, "signature")))
+        .collect();
+    if kinds.len() > MAX_KINDS {
+        parts.push(format!(
+            "and {} other kinds of problem",
+            kinds.len() - MAX_KINDS
+        ));
+    }
+    parts.join("; ")
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        word.to_string()
+    } else {
+        format!("{word}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{IdentityRule, Mode, Requirement, Scope};
+    use p256::ecdsa::signature::Signer as _;
+    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+    use rand_core::OsRng;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    const REPO: &str = "registry.example/team/app";
+    const DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const OTHER: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    struct Signer(p256::ecdsa::SigningKey);
+
+    impl Signer {
+        fn new() -> Signer {
+            Signer(p256::ecdsa::SigningKey::random(&mut OsRng))
+        }
+        fn key_ref(&self, path: Option<&str>) -> KeyRef {
+            let pem = self
+                .0
+                .verifying_key()
+                .to_public_key_pem(LineEnding::LF)
+                .unwrap();
+            KeyRef {
+                path: path.map(PathBuf::from),
+                key: Arc::new(TrustedKey::from_pem(pem.as_bytes()).unwrap()),
+            }
+        }
+        fn sign(&self, payload: &[u8]) -> (SignatureLayer, Bytes) {
+            let sig: p256::ecdsa::Signature = self.0.sign(payload);
+            let layer = SignatureLayer {
+                digest: Digest::sha256_of(payload),
+                size: payload.len() as u64,
+                signature: sig.to_der().as_bytes().to_vec(),
+            };
+            (layer, Bytes::copy_from_slice(payload))
+        }
+        fn sign_for(&self, reference: &str, digest: &str) -> (SignatureLayer, Bytes) {
+            self.sign(&payload_json(
+                reference,
+                digest,
+                payload::COSIGN_SIGNATURE_TYPE,
+            ))
+        }
+    }
+
+    fn payload_json(reference: &str, digest: &str, kind: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "critical": {"identity": {"docker-reference": reference}, "image": {"docker-manifest-digest": digest}, "type": kind},
+            "optional": null,
+        }))
+        .unwrap()
+    }
+
+    fn rule(keys: Vec<KeyRef>, threshold: usize) -> Rule {
+        Rule {
+            scope: REPO.parse::<Scope>().expect("scope"),
+            namespaces: None,
+            require: Requirement::Signed,
+            keys,
+            threshold,
+            identity: IdentityRule::MatchRepository,
+            mode: Mode::Enforce,
+            source: PathBuf::from("/etc/pullgate/policy.d/test.toml"),
+        }
+    }
+
+    fn run(rule: &Rule, sigs: &[(SignatureLayer, Bytes)]) -> Evaluation {
+        let image: ImageRef = format!("{REPO}:v1").parse().unwrap();
+        evaluate(&image, &DIGEST.parse().unwrap(), rule, sigs)
+    }
+
+    #[test]
+    fn one_valid_signature_satisfies_threshold_one() {
+        let a = Signer::new();
+        let ev = run(
+            &rule(vec![a.key_ref(Some("/keys/a.pub"))], 1),
+            &[a.sign_for(REPO, DIGEST)],
+        );
+        assert!(ev.accepted, "{ev:?}");
+        assert_eq!((ev.satisfied_keys, ev.required), (1, 1));
+        assert_eq!(ev.signatures[0].verified_by.as_deref(), Some("/keys/a.pub"));
+        assert_eq!(ev.signatures[0].rejected_because, None);
+        assert_eq!(ev.reason, "signed by 1 of 1 required key");
+    }
+
+    #[test]
+    fn threshold_counts_distinct_keys_not_signatures() {
+        let (a, b) = (Signer::new(), Signer::new());
+        let r = rule(vec![a.key_ref(Some("a.pub")), b.key_ref(Some("b.pub"))], 2);
+        let twice_by_a = [a.sign_for(REPO, DIGEST), a.sign_for(REPO, DIGEST)];
+        let ev = run(&r, &twice_by_a);
+        assert!(!ev.accepted);
+        assert_eq!(ev.satisfied_keys, 1);
+        assert!(
+            ev.reason.starts_with("only 1 of 2 required keys signed"),
+            "{}",
+            ev.reason
+        );
+        let ev = run(&r, &[a.sign_for(REPO, DIGEST), b.sign_for(REPO, DIGEST)]);
+        assert!(ev.accepted, "{ev:?}");
+        assert_eq!(ev.reason, "signed by 2 of 2 required keys");
+    }
+
+    #[test]
+    fn the_same_key_listed_twice_counts_once() {
+        let a = Signer::new();
+        let r = rule(vec![a.key_ref(Some("a.pub")), a.key_ref(None)], 2);
+        let ev = run(&r, &[a.sign_for(REPO, DIGEST)]);
+        assert!(!ev.accepted);
+        assert_eq!(ev.satisfied_keys, 1);
+    }
+
+    #[test]
+    fn untrusted_signer_is_reported_with_key_count() {
+        let (a, b, mallory) = (Signer::new(), Signer::new(), Signer::new());
+        let r = rule(vec![a.key_ref(None), b.key_ref(None)], 1);
+        let ev = run(&r, &[mallory.sign_for(REPO, DIGEST)]);
+        assert!(!ev.accepted);
+        assert_eq!(ev.signatures[0].verified_by, None);
+        assert_eq!(
+            ev.reason,
+            "no signature by a trusted key (1 signature: signature does not verify with any of the 2 trusted keys)"
+        );
+    }
+
+    #[test]
+    fn digest_mismatch_is_explained() {
+        let a = Signer::new();
+        let ev = run(&rule(vec![a.key_ref(None)], 1), &[a.sign_for(REPO, OTHER)]);
+        assert!(!ev.accepted);
+        let outcome = &ev.signatures[0];
+        assert!(
+            outcome
+                .verified_by
+                .as_deref()
+                .is_some_and(|v| v.starts_with("inline ECDSA P-256 key sha256:"))
+        );
+        assert_eq!(
+            outcome.rejected_because,
+            Some(format!(
+                "signature payload names digest {OTHER}, not {DIGEST}"
+            ))
+        );
+        assert!(
+            ev.reason
+                .contains(&format!("names digest {OTHER}, not {DIGEST}")),
+            "{}",
+            ev.reason
+        );
+    }
+
+    #[test]
+    fn identity_mismatch_is_explained() {
+        let a = Signer::new();
+        let ev = run(
+            &rule(vec![a.key_ref(None)], 1),
+            &[a.sign_for("registry.example/other/app", DIGEST)],
+        );
+        assert!(!ev.accepted);
+        let because = ev.signatures[0]
+            .rejected_because
+            .as_deref()
+            .unwrap_or_default();
+        assert!(because.starts_with("identity mismatch: "), "{because}");
+    }
+
+    #[test]
+    fn wrong_payload_type_is_explained() {
+        let a = Signer::new();
+        let sig = a.sign(&payload_json(REPO, DIGEST, "atomic container signature"));
+        let ev = run(&rule(vec![a.key_ref(None)], 1), &[sig]);
+        let because = ev.signatures[0]
+            .rejected_because
+            .as_deref()
+            .unwrap_or_default();
+        assert!(
+            because.contains("type \"atomic container signature\""),
+            "{because}"
+        );
+    }
+
+    #[test]
+    fn tampered_payload_does_not_count() {
+        let a = Signer::new();
+        let (layer, _) = a.sign_for(REPO, OTHER);
+        let forged = Bytes::from(payload_json(REPO, DIGEST, payload::COSIGN_SIGNATURE_TYPE));
+        let layer = SignatureLayer {
+            digest: Digest::sha256_of(&forged),
+            ..layer
+        };
+        let ev = run(&rule(vec![a.key_ref(None)], 1), &[(layer, forged)]);
+        assert!(!ev.accepted);
+        assert!(
+            ev.signatures[0]
+                .rejected_because
+                .as_deref()
+                .is_some_and(|r| r.contains("does not verify"))
+        );
+    }
+
+    #[test]
+    fn payload_not_matching_layer_digest_does_not_count() {
+        let a = Signer::new();
+        let (layer, _) = a.sign_for(REPO, DIGEST);
+        let other = Bytes::from_static(b"{}");
+        let ev = run(&rule(vec![a.key_ref(None)], 1), &[(layer, other)]);
+        assert_eq!(
+            ev.signatures[0].rejected_because.as_deref(),
+            Some("payload blob does not match the layer digest")
+        );
+    }
+
+    #[test]
+    fn no_signatures_and_zero_threshold_never_accept() {
+        let a = Signer::new();
+        let ev = run(&rule(vec![a.key_ref(None)], 0), &[]);
+        assert!(!ev.accepted);
+        assert_eq!(ev.required, 1);
+        assert_eq!(
+            ev.reason,
+            "no signature by a trusted key: no signatures found"
+        );
+    }
+
+    #[test]
+    fn mixed_outcomes_are_grouped_in_the_reason() {
+        let (a, b, mallory) = (Signer::new(), Signer::new(), Signer::new());
+        let r = rule(vec![a.key_ref(Some("a.pub")), b.key_ref(Some("b.pub"))], 2);
+        let sigs = [
+            mallory.sign_for(REPO, DIGEST),
+            a.sign_for(REPO, DIGEST),
+            mallory.sign_for(REPO, DIGEST),
+            b.sign_for(REPO, OTHER),
+        ];
+        let ev = run(&r, &sigs);
+        assert!(!ev.accepted);
+        assert_eq!(
+            ev.reason,
+            format!(
+                "only 1 of 2 required keys signed (2 signatures: signature does not verify with any of the 2 trusted keys; \
+                 1 signature: signature payload names digest {OTHER}, not {DIGEST})"
+            )
+        );
+    }
+}

@@ -1,0 +1,355 @@
+//! Test-only cosign stand-in: makes keys, payloads and signatures the way `cosign sign --key`
+//! does, and pushes signature manifests to a registry (skopeo for well-formed ones, plain HTTP
+//! PUTs via curl for arbitrary bytes). Panics freely: it is test code.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use p256::ecdsa::signature::Signer as _;
+use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+pub const SIMPLESIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+pub const OCI_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+
+pub struct TestKey {
+    signing: p256::ecdsa::SigningKey,
+}
+
+impl TestKey {
+    pub fn generate() -> TestKey {
+        TestKey {
+            signing: p256::ecdsa::SigningKey::random(&mut rand_core::OsRng),
+        }
+    }
+
+    /// PEM SubjectPublicKeyInfo, as in cosign.pub.
+    pub fn public_pem(&self) -> String {
+        self.signing
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .expect("encode public key")
+    }
+
+    pub fn write_public_pem(&self, path: &Path) {
+        fs::write(path, self.public_pem()).expect("write public key");
+    }
+
+    /// ASN.1 DER ECDSA signature over SHA-256(payload), as cosign produces.
+    pub fn sign_payload(&self, payload: &[u8]) -> Vec<u8> {
+        let sig: p256::ecdsa::Signature = self.signing.sign(payload);
+        sig.to_der().as_bytes().to_vec()
+    }
+}
+
+/// The SimpleSigning payload `cosign sign` creates for `docker_reference` (repository, no tag).
+pub fn payload(docker_reference: &str, digest: &str) -> Vec<u8> {
+    let doc = json!({
+        "critical": {
+            "identity": {"docker-reference": docker_reference},
+            "image": {"docker-manifest-digest": digest},
+            "type": "cosign container image signature",
+        },
+        "optional": null,
+    });
+    serde_json::to_vec(&doc).expect("serialize payload")
+}
+
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex_lower(&Sha256::digest(bytes)))
+}
+
+/// The tag cosign stores signatures under: "sha256:abc…" → "sha256-abc….sig".
+pub fn signature_tag(image_digest: &str) -> String {
+    format!("{}.sig", image_digest.replacen(':', "-", 1))
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A manifest plus every blob it references (config first, then one payload per layer).
+pub struct Artifact {
+    pub manifest: Vec<u8>,
+    pub media_type: String,
+    pub blobs: Vec<Vec<u8>>,
+}
+
+impl Artifact {
+    pub fn manifest_digest(&self) -> String {
+        sha256_digest(&self.manifest)
+    }
+}
+
+fn descriptor(media_type: &str, bytes: &[u8]) -> serde_json::Value {
+    json!({"mediaType": media_type, "size": bytes.len(), "digest": sha256_digest(bytes)})
+}
+
+/// The OCI signature manifest cosign writes: one simplesigning layer per (payload, DER signature).
+pub fn signature_manifest(sigs: &[(Vec<u8>, Vec<u8>)]) -> Artifact {
+    let diff_ids: Vec<String> = sigs.iter().map(|(p, _)| sha256_digest(p)).collect();
+    let config = serde_json::to_vec(&json!({
+        "architecture": "", "os": "", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .expect("serialize config");
+    let layers: Vec<serde_json::Value> = sigs
+        .iter()
+        .map(|(payload, sig)| {
+            let mut layer = descriptor(SIMPLESIGNING_MEDIA_TYPE, payload);
+            layer["annotations"] = json!({ SIGNATURE_ANNOTATION: STANDARD.encode(sig) });
+            layer
+        })
+        .collect();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST_MEDIA_TYPE,
+        "config": descriptor(OCI_CONFIG_MEDIA_TYPE, &config),
+        "layers": layers,
+    });
+    let mut blobs = vec![config];
+    blobs.extend(sigs.iter().map(|(p, _)| p.clone()));
+    Artifact {
+        manifest: serde_json::to_vec(&manifest).expect("serialize manifest"),
+        media_type: OCI_MANIFEST_MEDIA_TYPE.into(),
+        blobs,
+    }
+}
+
+/// Pushes the signatures for `image_digest` to `REGISTRY/REPO:sha256-<hex>.sig` over plain HTTP.
+/// Returns the signature manifest digest.
+pub fn push_signatures(
+    registry: &str,
+    repo: &str,
+    image_digest: &str,
+    sigs: &[(Vec<u8>, Vec<u8>)],
+) -> String {
+    push_signatures_with_creds(registry, repo, image_digest, sigs, None)
+}
+
+/// `creds` is "user:password".
+pub fn push_signatures_with_creds(
+    registry: &str,
+    repo: &str,
+    image_digest: &str,
+    sigs: &[(Vec<u8>, Vec<u8>)],
+    creds: Option<&str>,
+) -> String {
+    let artifact = signature_manifest(sigs);
+    push_artifact(
+        registry,
+        repo,
+        &signature_tag(image_digest),
+        &artifact,
+        creds,
+    );
+    artifact.manifest_digest()
+}
+
+/// Writes `artifact` as an OCI layout and copies it with skopeo, digests preserved.
+pub fn push_artifact(
+    registry: &str,
+    repo: &str,
+    tag: &str,
+    artifact: &Artifact,
+    creds: Option<&str>,
+) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let layout = work.path().join("layout");
+    write_oci_layout(&layout, artifact);
+    // skopeo must not consult the host's policy, registries or auth files.
+    let policy = work.path().join("policy.json");
+    fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .expect("write policy");
+    fs::write(work.path().join("registries.conf"), "").expect("write registries.conf");
+    fs::create_dir_all(work.path().join("registries.d")).expect("create registries.d");
+    let mut cmd = Command::new("skopeo");
+    cmd.env(
+        "CONTAINERS_REGISTRIES_CONF",
+        work.path().join("registries.conf"),
+    );
+    cmd.arg("--policy")
+        .arg(&policy)
+        .arg("--registries.d")
+        .arg(work.path().join("registries.d"));
+    cmd.arg("--tmpdir").arg(work.path()).args([
+        "copy",
+        "--quiet",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+    ]);
+    cmd.arg("--dest-authfile")
+        .arg(work.path().join("auth.json"));
+    if let Some(creds) = creds {
+        cmd.args(["--dest-creds", creds]);
+    }
+    cmd.arg(format!("oci:{}:pushed", layout.display()))
+        .arg(format!("docker://{registry}/{repo}:{tag}"));
+    run(cmd, "skopeo copy");
+}
+
+pub fn write_oci_layout(dir: &Path, artifact: &Artifact) {
+    let blob_dir = dir.join("blobs").join("sha256");
+    fs::create_dir_all(&blob_dir).expect("create blob dir");
+    for blob in artifact
+        .blobs
+        .iter()
+        .chain(std::iter::once(&artifact.manifest))
+    {
+        let digest = sha256_digest(blob);
+        fs::write(blob_dir.join(&digest["sha256:".len()..]), blob).expect("write blob");
+    }
+    let mut entry = descriptor(&artifact.media_type, &artifact.manifest);
+    entry["annotations"] = json!({"org.opencontainers.image.ref.name": "pushed"});
+    let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [entry]});
+    fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&index).expect("serialize index"),
+    )
+    .expect("write index");
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .expect("write oci-layout");
+}
+
+/// Uploads a blob (POST for an upload session, then one PUT with the bytes); for hostile
+/// manifests that skopeo would refuse to copy.
+pub fn put_blob(registry: &str, repo: &str, bytes: &[u8], creds: Option<&str>) -> String {
+    let digest = sha256_digest(bytes);
+    let headers = curl_send(
+        "POST",
+        &format!("http://{registry}/v2/{repo}/blobs/uploads/"),
+        "application/octet-stream",
+        b"",
+        creds,
+    );
+    let location = headers
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("location"))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .expect("upload session Location header");
+    let location = if location.starts_with('/') {
+        format!("http://{registry}{location}")
+    } else {
+        location
+    };
+    let separator = if location.contains('?') { '&' } else { '?' };
+    curl_send(
+        "PUT",
+        &format!("{location}{separator}digest={digest}"),
+        "application/octet-stream",
+        bytes,
+        creds,
+    );
+    digest
+}
+
+/// PUTs raw manifest bytes under `reference` (tag or digest) with the given Content-Type. The
+/// registry still checks that referenced blobs exist, so put those first with `put_blob`.
+pub fn put_manifest(
+    registry: &str,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    bytes: &[u8],
+    creds: Option<&str>,
+) {
+    let url = format!("http://{registry}/v2/{repo}/manifests/{reference}");
+    curl_send("PUT", &url, media_type, bytes, creds);
+}
+
+pub fn push_artifact_http(
+    registry: &str,
+    repo: &str,
+    reference: &str,
+    artifact: &Artifact,
+    creds: Option<&str>,
+) {
+    for blob in &artifact.blobs {
+        put_blob(registry, repo, blob, creds);
+    }
+    put_manifest(
+        registry,
+        repo,
+        reference,
+        &artifact.media_type,
+        &artifact.manifest,
+        creds,
+    );
+}
+
+/// Returns the response headers followed by the body.
+fn curl_send(
+    method: &str,
+    url: &str,
+    content_type: &str,
+    body: &[u8],
+    creds: Option<&str>,
+) -> String {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    fs::write(file.path(), body).expect("write request body");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail-with-body", "-D", "-", "-X", method, "-H"])
+        .arg(format!("Content-Type: {content_type}"));
+    cmd.arg("--data-binary")
+        .arg(format!("@{}", file.path().display()));
+    if let Some(creds) = creds {
+        cmd.args(["-u", creds]);
+    }
+    cmd.arg(url);
+    run(cmd, &format!("curl {method} {url}"))
+}
+
+pub struct HttpResponse {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+/// Plain-HTTP GET with curl, so the test checks the registry independently of our own client.
+pub fn http_get(url: &str, accept: &str, creds: Option<&str>) -> HttpResponse {
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-L", "-H"])
+        .arg(format!("Accept: {accept}"));
+    cmd.arg("-o")
+        .arg(out.path())
+        .args(["-w", "%{http_code}\n%{content_type}"]);
+    if let Some(creds) = creds {
+        cmd.args(["-u", creds]);
+    }
+    cmd.arg(url);
+    let stdout = run(cmd, &format!("curl GET {url}"));
+    let (status, content_type) = stdout.split_once('\n').unwrap_or((&stdout, ""));
+    HttpResponse {
+        status: status.trim().parse().expect("curl status code"),
+        content_type: content_type.trim().to_string(),
+        body: fs::read(out.path()).expect("read response body"),
+    }
+}
+
+fn run(mut cmd: Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
