@@ -5,6 +5,9 @@
 //!
 //! - [`cri`] — the kubelet-facing socket; relays every call to containerd and hands PullImage
 //!   to the gate first. Errors become gRPC statuses only in [`cri::status`].
+//! - [`reference`] — image names and digests, normalised as containerd does.
+//! - [`policy`] — the node's rules: which scope needs which signatures.
+//! - [`verify`] — cosign signature checks against a rule's keys and identity.
 //! - [`decision`] — the interception point: admit, pin or reject a pull.
 //! - [`config`], [`telemetry`], [`daemon`], [`cli`] — wiring: configuration, logs, lifecycle.
 #![forbid(unsafe_code)]
@@ -14,4 +17,8 @@ pub mod config;
 pub mod cri;
 pub mod daemon;
 pub mod decision;
+pub mod policy;
+pub mod reference;
+pub mod registry;
+pub mod verify;
 pub mod telemetry;

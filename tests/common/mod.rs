@@ -1,6 +1,8 @@
 #![allow(dead_code)]
 
+pub mod cosign;
 pub mod cri;
+pub mod fake_registry;
 pub mod lab;
 pub mod pullgate;
 pub mod raw;

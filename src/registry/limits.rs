@@ -1,0 +1,47 @@
+//! Hard limits on what a registry can make us do. Each bound exists because the registry is
+//! remote input: without it a broken or hostile registry could pin memory or a pull forever.
+
+use std::time::Duration;
+
+/// The OCI distribution spec only obliges registries to accept manifests up to 4 MiB and
+/// containerd refuses larger ones, so anything bigger is broken or hostile.
+pub const MANIFEST_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// Blob storage commonly sits behind one or two redirects (CDN, presigned object store); a
+/// longer chain is a loop or a detour we have no reason to follow.
+pub const MAX_REDIRECTS: usize = 3;
+
+/// Token responses are a JWT plus a little JSON (a few KiB even with large claim sets);
+/// the cap keeps a misbehaving token endpoint from streaming into memory.
+pub const TOKEN_RESPONSE_MAX_BYTES: usize = 256 * 1024;
+
+/// The docker token spec says a token without `expires_in` lives 60 seconds.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Reusing a token for longer than this would hide revocation from us, and clamping also
+/// keeps `Instant + expires_in` from overflowing on absurd values.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
+
+/// A token is dropped this long before it expires so that a request started just before
+/// expiry does not arrive with a dead token and cost a 401 round-trip.
+pub const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+
+/// One entry per (registry, repository, credentials); the bound keeps a node that pulls from
+/// very many repositories from growing the cache without end.
+pub const TOKEN_CACHE_MAX_ENTRIES: usize = 1024;
+
+/// Connecting should take milliseconds; a node that cannot reach its registry should learn
+/// that well before the whole request timeout, so the kubelet can back off and retry.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default whole-request deadline (connect, headers and body) when the config gives none:
+/// long enough for a slow registry, short enough to stay inside the kubelet's pull deadline.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Tags are at most 128 characters and digests at most `sha512:` + 128 hex; anything longer
+/// is not a reference and must not reach a URL.
+pub const MAX_REFERENCE_LEN: usize = 135;
+
+/// Transport error chains are quoted into error messages; the cap keeps a chatty TLS or IO
+/// error from flooding the CRI status message.
+pub const MAX_ERROR_DETAIL_CHARS: usize = 300;

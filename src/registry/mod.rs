@@ -1,0 +1,132 @@
+//! Registry access: resolve a reference to a manifest and fetch blobs, with every byte
+//! bounded and digest-checked. The `Registry` trait lets policy and verification be tested
+//! against canned responses; `HttpRegistry` is the OCI distribution client.
+
+mod auth;
+pub mod credentials;
+mod http;
+pub mod limits;
+mod response;
+mod token;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub use credentials::{Credentials, CredentialsError};
+pub use http::{BuildError, HttpRegistry};
+
+use crate::reference::{Digest, ImageRef};
+
+/// A manifest exactly as the registry sent it: signatures cover these bytes, so they are
+/// never re-serialised.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    pub bytes: Bytes,
+    pub media_type: String,
+    /// sha256 over `bytes`, computed here; the registry's `Docker-Content-Digest` is not trusted.
+    pub digest: Digest,
+}
+
+pub trait Registry: Send + Sync {
+    /// `reference` is a tag or a digest ("sha256:…"); a digest is checked against the bytes.
+    /// Ok(None) when the registry has no such manifest (e.g. an image without a `.sig` tag).
+    fn manifest(
+        &self,
+        image: &ImageRef,
+        reference: &str,
+        creds: &Credentials,
+    ) -> impl Future<Output = Result<Option<Manifest>, RegistryError>> + Send;
+
+    /// The blob's bytes, at most `max_bytes`, checked against `digest`.
+    fn blob(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        max_bytes: usize,
+        creds: &Credentials,
+    ) -> impl Future<Output = Result<Bytes, RegistryError>> + Send;
+}
+
+/// Messages name the registry and repository, never credentials or tokens.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Connect failure, timeout, 5xx or 429: worth retrying later.
+    #[error("registry unreachable: {0}")]
+    Unreachable(String),
+    #[error("registry denied access: {0}")]
+    Unauthorized(String),
+    #[error("{what} is larger than the limit of {limit} bytes")]
+    TooLarge { what: String, limit: usize },
+    #[error("{what} does not match its digest: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("registry protocol error: {0}")]
+    Protocol(String),
+}
+
+impl RegistryError {
+    /// True for failures the kubelet should report as `RegistryUnavailable` and retry.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, RegistryError::Unreachable(_))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Registries spoken to over plain HTTP: "host:port" matches exactly, "host" matches any
+    /// port. Default: none, everything else is HTTPS.
+    pub insecure: Vec<String>,
+    /// PEM bundle of extra CAs trusted on top of the system roots. Default: none.
+    pub ca_file: Option<PathBuf>,
+    /// Deadline for each HTTP request, body included. Default: 10s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            insecure: Vec::new(),
+            ca_file: None,
+            timeout: limits::DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_apply_to_missing_fields() {
+        let config: RegistryConfig = toml::from_str("").unwrap();
+        assert_eq!(config, RegistryConfig::default());
+        assert_eq!(config.timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn config_parses_humantime_and_rejects_unknown_fields() {
+        let config: RegistryConfig = toml::from_str(
+            "insecure = [\"127.0.0.1:5000\"]\ntimeout = \"1500ms\"\nca_file = \"/etc/ca.pem\"",
+        )
+        .unwrap();
+        assert_eq!(config.timeout, Duration::from_millis(1500));
+        assert_eq!(config.insecure, vec!["127.0.0.1:5000".to_owned()]);
+        assert!(toml::from_str::<RegistryConfig>("timeouts = \"1s\"").is_err());
+    }
+
+    #[test]
+    fn only_unreachable_is_unavailable() {
+        assert!(RegistryError::Unreachable("r".into()).is_unavailable());
+        assert!(!RegistryError::Unauthorized("r".into()).is_unavailable());
+        assert!(!RegistryError::Protocol("r".into()).is_unavailable());
+    }
+}
