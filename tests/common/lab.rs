@@ -78,12 +78,8 @@ fn install_once() {
 
 fn read_env(dir: &Path) -> HashMap<String, String> {
     let path = dir.join("lab.env");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 impl Lab {
@@ -98,10 +94,7 @@ impl Lab {
     fn start_inner(auth: Option<(&str, &str)>) -> Lab {
         install_once();
         // Short prefix: the socket path must fit in sun_path (107 bytes).
-        let dir = tempfile::Builder::new()
-            .prefix("pullgate-lab-")
-            .tempdir()
-            .expect("create lab temp dir");
+        let dir = tempfile::Builder::new().prefix("pullgate-lab-").tempdir().expect("create lab temp dir");
         let dir_str = dir.path().to_str().expect("utf-8 temp dir").to_owned();
         let auth_arg = auth.map(|(u, p)| format!("{u}:{p}"));
         let mut args = vec!["start", dir_str.as_str()];
@@ -113,12 +106,8 @@ impl Lab {
         lab_sh(&args);
 
         let env = read_env(dir.path());
-        let get = |k: &str| {
-            env.get(k)
-                .filter(|v| !v.is_empty())
-                .cloned()
-                .unwrap_or_else(|| panic!("lab.env has no {k}"))
-        };
+        let get =
+            |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned().unwrap_or_else(|| panic!("lab.env has no {k}"));
         Lab {
             containerd_sock: PathBuf::from(get("CONTAINERD_SOCK")),
             registry: get("REGISTRY"),
@@ -137,25 +126,14 @@ impl Lab {
         self.push_image_to(&self.registry, name_tag, seed, None)
     }
 
-    pub fn push_image_to(
-        &self,
-        registry: &str,
-        name_tag: &str,
-        seed: &str,
-        creds: Option<(&str, &str)>,
-    ) -> String {
+    pub fn push_image_to(&self, registry: &str, name_tag: &str, seed: &str, creds: Option<(&str, &str)>) -> String {
         let creds_arg = creds.map(|(u, p)| format!("{u}:{p}"));
         let mut args = vec!["push-image", self.dir_str(), registry, name_tag, seed];
         if let Some(c) = &creds_arg {
             args.extend(["--creds", c.as_str()]);
         }
         let out = lab_sh(&args);
-        let digest = out
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim();
+        let digest = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
         assert!(
             digest.starts_with("sha256:") && digest.len() == 71,
             "lab.sh push-image printed no digest; stdout was:\n{out}"
@@ -177,11 +155,7 @@ impl Lab {
     /// The lab's daemon logs, for a failing test to print.
     pub fn logs(&self) -> String {
         let mut s = String::new();
-        for name in [
-            "containerd/containerd.log",
-            "registry/registry.log",
-            "auth-registry/registry.log",
-        ] {
+        for name in ["containerd/containerd.log", "registry/registry.log", "auth-registry/registry.log"] {
             if let Ok(text) = std::fs::read_to_string(self.dir.path().join(name)) {
                 let tail: Vec<&str> = text.lines().rev().take(60).collect();
                 s.push_str(&format!("----- {name} (last {} lines) -----\n", tail.len()));
@@ -199,11 +173,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         // Never panic in drop (a panic while unwinding aborts the process and
         // hides the original failure); report and let TempDir clean up.
-        match Command::new("bash")
-            .arg(script())
-            .args(["stop", self.dir_str()])
-            .output()
-        {
+        match Command::new("bash").arg(script()).args(["stop", self.dir_str()]).output() {
             Ok(out) if out.status.success() => {}
             Ok(out) => eprintln!(
                 "lab.sh stop {} failed ({}): {}",

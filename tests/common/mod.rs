@@ -3,6 +3,7 @@
 pub mod cosign;
 pub mod cri;
 pub mod fake_registry;
+pub mod front;
 pub mod lab;
 pub mod pullgate;
 pub mod raw;

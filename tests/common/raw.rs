@@ -119,7 +119,8 @@ impl RecordingUpstream {
     }
 }
 
-type EchoBody = StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>>>;
+type EchoBody =
+    StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>>>;
 
 async fn answer(
     calls: Arc<Mutex<Vec<Recorded>>>,
@@ -129,7 +130,11 @@ async fn answer(
     let (parts, body) = request.into_parts();
     tokio::time::sleep(delay.0).await;
     let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    calls.lock().unwrap().push(Recorded { path: parts.uri.path().to_owned(), headers: parts.headers, body: body.clone() });
+    calls.lock().unwrap().push(Recorded {
+        path: parts.uri.path().to_owned(),
+        headers: parts.headers,
+        body: body.clone(),
+    });
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from_static("5"));
     trailers.insert("grpc-message", HeaderValue::from_static("echo%20not%20found"));
