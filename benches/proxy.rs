@@ -32,12 +32,16 @@ impl Drop for Pullgate {
 
 fn start_pullgate(dir: &Path, upstream: &Path) -> Pullgate {
     let socket = dir.join("pullgate.sock");
+    let policy_dir = dir.join("policy.d");
+    std::fs::create_dir_all(&policy_dir).expect("policy dir");
+    std::fs::write(policy_dir.join("all.toml"), common::pullgate::ACCEPT_ALL).expect("policy");
     let child = Command::new(env!("CARGO_BIN_EXE_pullgate"))
         .args(["serve", "--listen"])
         .arg(&socket)
         .arg("--upstream")
         .arg(upstream)
         .env("PULLGATE_LOG__LEVEL", "warn")
+        .env("PULLGATE_POLICY_DIR", &policy_dir)
         .stderr(Stdio::null())
         .spawn()
         .expect("start pullgate");

@@ -8,8 +8,12 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::registry::RegistryConfig;
+
 /// Where the kubelet will look for an image service next to containerd.
 const DEFAULT_LISTEN: &str = "/run/pullgate/pullgate.sock";
+/// Where node operators (and configuration management) drop policy files.
+const DEFAULT_POLICY_DIR: &str = "/etc/pullgate/policy.d";
 /// containerd's own CRI socket on a stock install.
 const DEFAULT_UPSTREAM: &str = "/run/containerd/containerd.sock";
 /// Long enough for an in-flight image pull of a few hundred MiB to finish on SIGTERM, short
@@ -32,6 +36,11 @@ pub struct Config {
     /// How long to wait for the upstream socket to accept a connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Every `*.toml` file here is part of the policy.
+    pub policy_dir: PathBuf,
+    /// An optional containers-policy.json file, read in addition to `policy_dir`.
+    pub policy_json: Option<PathBuf>,
+    pub registry: RegistryConfig,
     pub log: LogConfig,
 }
 
@@ -57,6 +66,9 @@ impl Default for Config {
             upstream: PathBuf::from(DEFAULT_UPSTREAM),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            policy_dir: PathBuf::from(DEFAULT_POLICY_DIR),
+            policy_json: None,
+            registry: RegistryConfig::default(),
             log: LogConfig::default(),
         }
     }

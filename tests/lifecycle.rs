@@ -12,7 +12,11 @@ use common::raw::{self, Delay, RecordingUpstream};
 const BIN: &str = env!("CARGO_BIN_EXE_pullgate");
 
 fn spawn_serve(listen: &Path, upstream: &Path, notify: Option<&Path>) -> Child {
+    let policy_dir = listen.parent().unwrap().join("policy.d");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("all.toml"), "[[rule]]\nscope = \"*\"\nrequire = \"accept\"\n").unwrap();
     let mut command = Command::new(BIN);
+    command.env("PULLGATE_POLICY_DIR", &policy_dir);
     command.args(["serve", "--listen"]).arg(listen).arg("--upstream").arg(upstream);
     command.stdout(Stdio::null()).stderr(Stdio::piped());
     if let Some(notify) = notify {

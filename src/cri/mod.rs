@@ -7,6 +7,7 @@ pub mod pull;
 pub mod server;
 pub mod socket;
 pub mod status;
+pub mod tagger;
 pub mod upstream;
 pub mod wire;
 
@@ -14,4 +15,10 @@ pub mod wire;
 pub mod proto {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("runtime.v1");
+}
+
+/// Types generated from `proto/containerd/services/images/v1/images.proto`.
+pub mod images_proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("containerd.services.images.v1");
 }

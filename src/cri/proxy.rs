@@ -10,23 +10,26 @@ use tonic::body::BoxBody;
 
 use crate::cri::observe::CallLog;
 use crate::cri::pull;
+use crate::cri::tagger::Tagger;
 use crate::cri::upstream::Upstream;
 use crate::decision::PullGate;
 
 pub struct Proxy<G> {
     gate: G,
     upstream: Upstream,
+    tagger: Tagger,
 }
 
 impl<G: PullGate> Proxy<G> {
     pub fn new(gate: G, upstream: Upstream) -> Arc<Self> {
-        Arc::new(Proxy { gate, upstream })
+        let tagger = Tagger::new(upstream.channel());
+        Arc::new(Proxy { gate, upstream, tagger })
     }
 
     pub async fn handle(self: Arc<Self>, request: http::Request<Incoming>) -> Result<http::Response<BoxBody>, Infallible> {
         let log = CallLog::start(request.uri().path());
         let response = if request.uri().path() == pull::PATH {
-            pull::handle(&self.gate, &self.upstream, request).await
+            pull::Puller { upstream: &self.upstream, tagger: &self.tagger }.handle(&self.gate, request).await
         } else {
             self.passthrough(request).await
         };

@@ -1,15 +1,18 @@
 //! PullImage: decode just enough of the request to ask the gate, then forward what it allows.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
 use prost::Message;
+use tonic::Status;
 use tonic::body::BoxBody;
 
-use crate::cri::proto::PullImageRequest;
+use crate::cri::proto::{AuthConfig, PullImageRequest, PullImageResponse};
+use crate::cri::tagger::{TagError, Tagger};
 use crate::cri::upstream::Upstream;
 use crate::cri::{status, wire};
 use crate::decision::{Admission, PullGate, PullRequest, Rejection};
+use crate::registry::Credentials;
 
 pub const PATH: &str = "/runtime.v1.ImageService/PullImage";
 
@@ -27,21 +30,67 @@ pub enum PullError {
     Decode(#[from] prost::DecodeError),
     #[error(transparent)]
     Rejected(#[from] Rejection),
+    #[error("containerd pulled the verified digest, but {0}")]
+    Tag(#[from] TagError),
+    #[error("unreadable PullImage response from containerd: {0}")]
+    Response(String),
 }
 
-pub async fn handle<G: PullGate>(
-    gate: &G,
-    upstream: &Upstream,
-    request: http::Request<Incoming>,
-) -> http::Response<BoxBody> {
-    let (parts, body) = request.into_parts();
-    match admit(gate, body).await {
-        Ok((Admission::Forward, body)) => {
-            let body = Full::new(body).map_err(|never| match never {}).boxed_unsync();
-            upstream.call(http::Request::from_parts(parts, body)).await
-        }
-        Err(error) => status::pull_error(&error).into_http(),
+/// The CRI edge's view of a pull in progress: where to forward and how to tag.
+pub struct Puller<'a> {
+    pub upstream: &'a Upstream,
+    pub tagger: &'a Tagger,
+}
+
+impl Puller<'_> {
+    pub async fn handle<G: PullGate>(&self, gate: &G, request: http::Request<Incoming>) -> http::Response<BoxBody> {
+        let (parts, body) = request.into_parts();
+        let (admission, body) = match admit(gate, body).await {
+            Ok(admitted) => admitted,
+            Err(error) => return status::pull_error(&error).into_http(),
+        };
+        let result = match admission {
+            Admission::Forward => Ok(self.forward(parts, body).await),
+            Admission::Pinned { pinned, tag } => self.pinned(parts, &body, &pinned, tag.as_deref()).await,
+        };
+        result.unwrap_or_else(|error| status::pull_error(&error).into_http())
     }
+
+    async fn forward(&self, parts: http::request::Parts, body: Bytes) -> http::Response<BoxBody> {
+        let body = Full::new(body).map_err(|never| match never {}).boxed_unsync();
+        self.upstream.call(http::Request::from_parts(parts, body)).await
+    }
+
+    /// Forwards the pull as `pinned` (repo@digest) and, once containerd has it, points `tag`
+    /// (repo:tag) at that content.
+    async fn pinned(
+        &self,
+        parts: http::request::Parts,
+        body: &[u8],
+        pinned: &str,
+        tag: Option<&str>,
+    ) -> Result<http::Response<BoxBody>, PullError> {
+        let rewritten = wire::frame(&wire::rewrite_pull_image(wire::unframe(body)?, pinned)?)?;
+        let response = self.forward(parts, rewritten).await;
+        let Some(tag) = tag else { return Ok(response) };
+        let (parts, body) = response.into_parts();
+        let collected = body.collect().await.map_err(|status| PullError::Response(status.message().to_owned()))?;
+        let trailers = collected.trailers().cloned();
+        let data = collected.to_bytes();
+        let code = Status::from_header_map(trailers.as_ref().unwrap_or(&parts.headers)).map(|s| s.code());
+        if code == Some(tonic::Code::Ok) {
+            let pulled = PullImageResponse::decode(wire::unframe(&data)?)?;
+            self.tagger.tag(tag, pinned, &pulled.image_ref).await?;
+        }
+        Ok(http::Response::from_parts(parts, replay(data, trailers)))
+    }
+}
+
+/// Rebuilds a buffered response body, trailers included.
+fn replay(data: Bytes, trailers: Option<http::HeaderMap>) -> BoxBody {
+    let mut frames = vec![Ok::<_, Status>(Frame::data(data))];
+    frames.extend(trailers.map(|t| Ok(Frame::trailers(t))));
+    StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
 }
 
 async fn admit<G: PullGate>(gate: &G, body: Incoming) -> Result<(Admission, Bytes), PullError> {
@@ -62,5 +111,17 @@ fn pull_request(decoded: &PullImageRequest) -> PullRequest {
         .and_then(|config| config.metadata.as_ref())
         .map(|metadata| metadata.namespace.clone())
         .filter(|namespace| !namespace.is_empty());
-    PullRequest { image: decoded.image.as_ref().map(|spec| spec.image.clone()).unwrap_or_default(), namespace }
+    let image = decoded.image.as_ref().map(|spec| spec.image.clone()).unwrap_or_default();
+    PullRequest { image, namespace, credentials: credentials(decoded.auth.as_ref()) }
+}
+
+fn credentials(auth: Option<&AuthConfig>) -> Credentials {
+    let Some(auth) = auth else { return Credentials::anonymous() };
+    Credentials {
+        username: auth.username.clone(),
+        password: auth.password.clone(),
+        auth: auth.auth.clone(),
+        identity_token: auth.identity_token.clone(),
+        registry_token: auth.registry_token.clone(),
+    }
 }

@@ -3,12 +3,27 @@
 use tonic::Status;
 
 use crate::cri::pull::PullError;
+use crate::decision::Rejection;
+
+/// The kubelet turns a pull error starting with these into the pod's waiting reason
+/// (`SignatureValidationFailed`) or treats it as a registry outage to retry (`RegistryUnavailable`).
+const SIGNATURE_VALIDATION_FAILED: &str = "SignatureValidationFailed";
+const REGISTRY_UNAVAILABLE: &str = "RegistryUnavailable";
 
 pub fn pull_error(error: &PullError) -> Status {
     match error {
         PullError::Body(_) | PullError::Wire(_) | PullError::Decode(_) => {
             Status::invalid_argument(format!("pullgate: {error}"))
         }
-        PullError::Rejected(rejection) => match *rejection {},
+        PullError::Rejected(rejection) => rejected(rejection),
+        PullError::Tag(_) | PullError::Response(_) => Status::unknown(format!("pullgate: {error}")),
+    }
+}
+
+/// UNKNOWN, as containerd itself reports pull failures, so the kubelet reads the message.
+fn rejected(rejection: &Rejection) -> Status {
+    match rejection {
+        Rejection::Denied(message) => Status::unknown(format!("{SIGNATURE_VALIDATION_FAILED}: {message}")),
+        Rejection::RegistryUnavailable(message) => Status::unknown(format!("{REGISTRY_UNAVAILABLE}: {message}")),
     }
 }

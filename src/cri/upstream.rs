@@ -35,6 +35,11 @@ impl Upstream {
         Upstream { channel, socket }
     }
 
+    /// The shared connection, for pullgate's own typed calls to containerd.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub fn socket(&self) -> &Path {
         &self.socket
     }

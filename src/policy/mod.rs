@@ -9,6 +9,7 @@ pub mod identity;
 mod load;
 mod policy_json;
 pub mod scope;
+mod shared;
 mod toml_file;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use std::sync::Arc;
 pub use error::{PolicyError, Problem};
 pub use identity::{IdentityConfigError, IdentityMismatch, IdentityRule};
 pub use scope::{Scope, ScopeError, Specificity};
+pub use shared::SharedPolicy;
 
 use crate::reference::ImageRef;
 use crate::verify::keys::TrustedKey;

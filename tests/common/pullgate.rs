@@ -1,4 +1,4 @@
-//! Runs pullgate in-process on a socket in a temp dir.
+//! Runs pullgate in-process on a socket in a temp dir, with a policy written by the test.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,31 +7,44 @@ use pullgate::config::Config;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// Lets every image through unverified: for tests of the relay itself.
+pub const ACCEPT_ALL: &str = "[[rule]]\nscope = \"*\"\nrequire = \"accept\"\n";
+
 pub struct Running {
     pub socket: PathBuf,
+    pub policy_dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
 pub async fn start(upstream: &Path) -> Running {
-    start_with(Config { upstream: upstream.to_owned(), ..Config::default() }).await
+    let config = Config { upstream: upstream.to_owned(), ..Config::default() };
+    start_with(config, &[("policy.toml", ACCEPT_ALL)]).await
 }
 
-pub async fn start_with(mut config: Config) -> Running {
+/// Starts pullgate with `config`, its `policy_dir` replaced by a temp dir holding `files`
+/// (name, content): policy files and the keys they reference.
+pub async fn start_with(mut config: Config, files: &[(&str, &str)]) -> Running {
     let dir = tempfile::tempdir().expect("temp dir");
     config.listen = dir.path().join("pullgate.sock");
     config.shutdown_grace = Duration::from_secs(5);
+    config.policy_dir = dir.path().join("policy.d");
+    std::fs::create_dir_all(&config.policy_dir).expect("policy dir");
+    for (name, content) in files {
+        std::fs::write(config.policy_dir.join(name), content).expect("write policy file");
+    }
+    let prepared = pullgate::daemon::prepare(&config).expect("policy and registry set up");
     let listener = pullgate::cri::socket::bind(&config.listen).await.expect("bind pullgate socket");
-    let socket = config.listen.clone();
+    let (socket, policy_dir) = (config.listen.clone(), config.policy_dir.clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        pullgate::daemon::run(config, listener, shutdown).await.expect("pullgate ran");
+        pullgate::daemon::run(config, prepared, listener, shutdown).await.expect("pullgate ran");
     });
-    Running { socket, stop: Some(stop), task: Some(task), _dir: dir }
+    Running { socket, policy_dir, stop: Some(stop), task: Some(task), _dir: dir }
 }
 
 impl Running {

@@ -1,0 +1,98 @@
+//! Points the requested tag at the digest containerd just pulled.
+//!
+//! pullgate forwards a verified pull as `repo@digest`, so the tag cannot move between
+//! verification and pull. containerd's CRI records such a pull under the digest name only, so
+//! the kubelet would not find `repo:tag` afterwards and would pull again. The tag is therefore
+//! written through containerd's own images API, onto exactly the target containerd resolved for
+//! the verified digest, and pullgate waits until the CRI image store shows it.
+
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+use crate::cri::proto::image_service_client::ImageServiceClient;
+use crate::cri::proto::{ImageSpec, ImageStatusRequest};
+use crate::cri::images_proto::images_client::ImagesClient;
+use crate::cri::images_proto::{CreateImageRequest, GetImageRequest, Image, UpdateImageRequest};
+
+/// The containerd namespace the CRI plugin keeps Kubernetes images in.
+const CRI_NAMESPACE: &str = "k8s.io";
+/// containerd updates the CRI image store from an image event, asynchronously; in practice
+/// within milliseconds. Past this, the pull is reported as failed rather than half-done.
+const STORE_SYNC_LIMIT: Duration = Duration::from_secs(3);
+const STORE_SYNC_POLL: Duration = Duration::from_millis(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TagError {
+    #[error("containerd has no image record for {name}: {message}")]
+    Lookup { name: String, message: String },
+    #[error("cannot record tag {name}: {message}")]
+    Write { name: String, message: String },
+    #[error("containerd's CRI store did not show {name} as {image_id} within {limit:?}")]
+    NotVisible { name: String, image_id: String, limit: Duration },
+}
+
+pub struct Tagger {
+    images: ImagesClient<Channel>,
+    cri: ImageServiceClient<Channel>,
+}
+
+impl Tagger {
+    pub fn new(channel: Channel) -> Tagger {
+        Tagger { images: ImagesClient::new(channel.clone()), cri: ImageServiceClient::new(channel) }
+    }
+
+    /// Makes `name` (repo:tag) refer to the image pulled as `pinned` (repo@digest), whose CRI
+    /// image id is `image_id`.
+    pub async fn tag(&self, name: &str, pinned: &str, image_id: &str) -> Result<(), TagError> {
+        let mut image = self.lookup(pinned).await?;
+        image.name = name.to_owned();
+        self.write(image).await?;
+        self.await_visible(name, image_id).await
+    }
+
+    async fn lookup(&self, pinned: &str) -> Result<Image, TagError> {
+        let lookup_error = |message: String| TagError::Lookup { name: pinned.to_owned(), message };
+        let request = namespaced(GetImageRequest { name: pinned.to_owned() });
+        let response = self.images.clone().get(request).await.map_err(|s| lookup_error(s.message().to_owned()))?;
+        response.into_inner().image.ok_or_else(|| lookup_error("empty response".to_owned()))
+    }
+
+    async fn write(&self, image: Image) -> Result<(), TagError> {
+        let name = image.name.clone();
+        let write_error = |status: Status| TagError::Write { name: name.clone(), message: status.message().to_owned() };
+        let mut images = self.images.clone();
+        match images.create(namespaced(CreateImageRequest { image: Some(image.clone()) })).await {
+            Ok(_) => Ok(()),
+            // The tag already exists (an earlier version, or a concurrent pull): move it.
+            Err(status) if status.code() == Code::AlreadyExists => {
+                images.update(namespaced(UpdateImageRequest { image: Some(image) })).await.map(|_| ()).map_err(write_error)
+            }
+            Err(status) => Err(write_error(status)),
+        }
+    }
+
+    async fn await_visible(&self, name: &str, image_id: &str) -> Result<(), TagError> {
+        let deadline = tokio::time::Instant::now() + STORE_SYNC_LIMIT;
+        let request = ImageStatusRequest { image: Some(ImageSpec { image: name.to_owned(), ..Default::default() }), verbose: false };
+        loop {
+            let status = self.cri.clone().image_status(request.clone()).await;
+            let shown = status.ok().and_then(|r| r.into_inner().image).map(|image| image.id);
+            if shown.as_deref() == Some(image_id) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let (name, image_id) = (name.to_owned(), image_id.to_owned());
+                return Err(TagError::NotVisible { name, image_id, limit: STORE_SYNC_LIMIT });
+            }
+            tokio::time::sleep(STORE_SYNC_POLL).await;
+        }
+    }
+}
+
+fn namespaced<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("containerd-namespace", tonic::metadata::MetadataValue::from_static(CRI_NAMESPACE));
+    request
+}

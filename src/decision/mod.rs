@@ -1,0 +1,107 @@
+//! The interception point: for each PullImage, find the rule, check the image against it, and
+//! turn the result into an admission (forward, or forward pinned to the verified digest) or a
+//! rejection.
+
+mod check;
+mod report;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::policy::{Mode, Requirement, SharedPolicy};
+use crate::reference::ImageRef;
+use crate::registry::{Credentials, Registry};
+
+pub use report::{Decision, Verdict};
+
+/// What the CRI edge hands over about one pull. Credentials never appear in `Debug`.
+#[derive(Debug, Default)]
+pub struct PullRequest {
+    /// The image exactly as the kubelet asked for it.
+    pub image: String,
+    /// The pod's Kubernetes namespace, when the kubelet sent a sandbox config.
+    pub namespace: Option<String>,
+    /// Registry credentials from the request, used for the signature fetch.
+    pub credentials: Credentials,
+}
+
+/// What the gate lets containerd do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Forward the request unchanged.
+    Forward,
+    /// Pull exactly `pinned` (`registry/repo@digest`), then point `tag` (`registry/repo:tag`)
+    /// at it when the request named a tag.
+    Pinned { pinned: String, tag: Option<String> },
+}
+
+/// Why a pull was refused; the CRI edge turns it into the kubelet-facing status.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    /// The policy says no, or the signatures do not satisfy it.
+    #[error("{0}")]
+    Denied(String),
+    /// The registry could not be asked, so nothing could be verified.
+    #[error("{0}")]
+    RegistryUnavailable(String),
+}
+
+pub trait PullGate: Send + Sync + 'static {
+    fn admit(&self, pull: &PullRequest) -> impl Future<Output = Result<Admission, Rejection>> + Send;
+}
+
+/// The policy-enforcing gate.
+pub struct Gate<R> {
+    policy: SharedPolicy,
+    registry: Arc<R>,
+    /// One time budget for a pull's whole verification, however many requests it takes.
+    budget: Duration,
+}
+
+impl<R: Registry + 'static> Gate<R> {
+    pub fn new(policy: SharedPolicy, registry: Arc<R>, budget: Duration) -> Gate<R> {
+        Gate { policy, registry, budget }
+    }
+
+    /// Decides without acting: the daemon forwards or rejects on it, `pullgate verify` prints it.
+    pub async fn decide(&self, pull: &PullRequest) -> Decision {
+        let started = Instant::now();
+        let image = match ImageRef::parse_for_pull(&pull.image) {
+            Ok(image) => image,
+            Err(error) => return Decision::unparsable(&pull.image, &error, started),
+        };
+        let policy = self.policy.current();
+        let Some(rule) = policy.find(&image, pull.namespace.as_deref()) else {
+            return Decision::no_rule(image, started);
+        };
+        let outcome = match rule.require {
+            Requirement::Accept => check::Outcome::accept("the rule accepts images without verification"),
+            Requirement::Reject => check::Outcome::reject("the rule rejects every image in its scope"),
+            Requirement::Signed => self.check_signed(&image, rule, &pull.credentials).await,
+        };
+        Decision::new(image, rule.clone(), outcome, started)
+    }
+
+    async fn check_signed(&self, image: &ImageRef, rule: &crate::policy::Rule, credentials: &Credentials) -> check::Outcome {
+        let check = check::signed(&*self.registry, image, rule, credentials);
+        match tokio::time::timeout(self.budget, check).await {
+            Ok(outcome) => outcome,
+            Err(_) => check::Outcome::unavailable(format!("verification did not finish within {:?}", self.budget)),
+        }
+    }
+}
+
+impl<R: Registry + 'static> PullGate for Gate<R> {
+    async fn admit(&self, pull: &PullRequest) -> Result<Admission, Rejection> {
+        let decision = self.decide(pull).await;
+        decision.log();
+        match (decision.verdict, decision.mode()) {
+            (Verdict::Accepted, _) => Ok(decision.admission()),
+            // Audit: the verdict is logged and counted, the pull goes ahead as asked.
+            (_, Some(Mode::Audit)) => Ok(Admission::Forward),
+            (Verdict::Rejected, _) => Err(Rejection::Denied(decision.message())),
+            (Verdict::Unavailable, _) => Err(Rejection::RegistryUnavailable(decision.message())),
+        }
+    }
+}
