@@ -7,6 +7,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash tests/lab/lab.sh install
 command -v systemd-analyze >/dev/null || { apt-get update -qq && apt-get install -y -qq systemd; }
+# tests/install.rs runs `make install` into a temp dir.
+command -v make >/dev/null || { apt-get update -qq && apt-get install -y -qq make; }
+
+# The README's demo runs start to finish first, so cargo's summary is the suite's last word.
+bash tests/demo.sh
 
 # --lib --bins --tests: everything but the benchmarks, which are programs that print figures.
 cargo test --locked --lib --bins --tests
