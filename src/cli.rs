@@ -1,4 +1,7 @@
-//! Command-line interface.
+//! Command-line interface: parses arguments and hands each command its configuration.
+
+mod policy_check;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,6 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat, LogOverrides, Overrides};
+
+/// `verify` and `policy check`: the image or policy is refused / has problems.
+const EXIT_REFUSED: u8 = 1;
+/// Every command: pullgate could not do what was asked (configuration, registry unreachable).
+const EXIT_ERROR: u8 = 2;
 
 #[derive(Parser)]
 #[command(name = "pullgate", version, about = "Verifies image signatures before containerd pulls")]
@@ -18,13 +26,40 @@ struct Cli {
 enum Command {
     /// Serve the CRI on the listen socket, relaying to containerd.
     Serve(ServeArgs),
+    /// Decide on IMAGE exactly as the daemon would, without pulling, and explain why.
+    ///
+    /// Exit status: 0 accepted, 1 rejected, 2 error (bad configuration or policy, registry
+    /// unreachable). It follows the verdict even under an audit-mode rule, where the daemon
+    /// would let the pull go ahead.
+    Verify(verify::VerifyArgs),
+    /// Inspect the node policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Load configuration and policy as `serve` would, then list the rules or every problem.
+    ///
+    /// Exit status: 0 the policy loads, 1 it has problems, 2 the configuration is unusable.
+    Check(ConfigArgs),
+}
+
+/// Where the configuration comes from; shared by every command so they all read the same.
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Directory of policy files (overrides `policy_dir`).
+    #[arg(long)]
+    policy_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// TOML configuration file.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Socket to serve on (overrides `listen`).
     #[arg(long)]
     listen: Option<PathBuf>,
@@ -39,6 +74,15 @@ struct ServeArgs {
 pub fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Policy(PolicyCommand::Check(args)) => policy_check::run(&args),
+    }
+}
+
+impl ConfigArgs {
+    fn load(&self, overrides: Overrides) -> Result<Config, ExitCode> {
+        let overrides = Overrides { policy_dir: self.policy_dir.clone(), ..overrides };
+        Config::load(self.config.as_deref(), &overrides).map_err(|error| fail(&error))
     }
 }
 
@@ -47,10 +91,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         listen: args.listen,
         upstream: args.upstream,
         log: args.log_format.map(|format| LogOverrides { format }),
+        ..Overrides::default()
     };
-    let config = match Config::load(args.config.as_deref(), &overrides) {
+    let config = match args.config.load(overrides) {
         Ok(config) => config,
-        Err(error) => return fail(&error),
+        Err(code) => return code,
     };
     if let Err(error) = crate::telemetry::init(&config.log) {
         return fail(&error);
@@ -70,5 +115,25 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 fn fail(error: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("pullgate: {error}");
-    ExitCode::from(2)
+    ExitCode::from(EXIT_ERROR)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn arguments_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn password_needs_a_username_and_one_source() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["pullgate", "verify", "nginx"], args].concat());
+        assert!(parse(&["--password", "p"]).is_err());
+        assert!(parse(&["--username", "u", "--password", "p", "--password-stdin"]).is_err());
+        assert!(parse(&["--username", "u", "--password-stdin", "--output", "json"]).is_ok());
+    }
 }

@@ -1,0 +1,300 @@
+//! One pull decision, explained: what `pullgate verify` prints as text or JSON.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::cri::status;
+use crate::decision::{Admission, Decision, Verdict};
+use crate::verify::SignatureOutcome;
+
+use super::rule::RuleView;
+
+/// Field names are a stable interface for scripts reading `--output json`.
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    /// The image exactly as given.
+    pub requested: String,
+    pub namespace: Option<String>,
+    /// The normalised image, or the request itself when it does not parse.
+    pub image: String,
+    /// The digest that was (or would be) verified and pulled, once known.
+    pub digest: Option<String>,
+    /// The rule that decided; None when no rule matches.
+    pub rule: Option<RuleView>,
+    pub signatures: Vec<SignatureView>,
+    /// Distinct trusted keys with a valid signature; None when no signature check ran.
+    pub satisfied_keys: Option<usize>,
+    pub required_keys: Option<usize>,
+    pub verdict: Verdict,
+    pub reason: String,
+    pub daemon: DaemonAction,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SignatureView {
+    /// The signature layer's digest in the `.sig` manifest.
+    pub layer: String,
+    /// The key whose check passed, even when the payload was then refused.
+    pub verified_by: Option<String>,
+    /// Whether the signature counts towards the threshold.
+    pub counted: bool,
+    pub rejected_because: Option<String>,
+}
+
+/// What the daemon would do with this decision.
+#[derive(Debug, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum DaemonAction {
+    /// containerd pulls exactly `pinned`, and `tag` is pointed at it.
+    PullPinned { pinned: String, tag: Option<String> },
+    /// The request goes to containerd unchanged; `audit` when only an audit-mode rule let it through.
+    Forward { audit: bool },
+    /// The kubelet gets this error message.
+    Refuse { message: String },
+}
+
+impl Explanation {
+    pub fn new(requested: &str, namespace: Option<&str>, decision: &Decision) -> Explanation {
+        let evaluation = decision.evaluation.as_ref();
+        Explanation {
+            requested: requested.to_owned(),
+            namespace: namespace.map(str::to_owned),
+            image: decision.image.clone(),
+            digest: decision.digest.as_ref().map(ToString::to_string),
+            rule: decision.rule.as_ref().map(RuleView::new),
+            signatures: evaluation.map(|e| e.signatures.iter().map(SignatureView::new).collect()).unwrap_or_default(),
+            satisfied_keys: evaluation.map(|e| e.satisfied_keys),
+            required_keys: evaluation.map(|e| e.required),
+            verdict: decision.verdict,
+            reason: decision.reason.clone(),
+            daemon: DaemonAction::new(decision),
+            elapsed_ms: u64::try_from(decision.elapsed.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl SignatureView {
+    fn new(outcome: &SignatureOutcome) -> SignatureView {
+        SignatureView {
+            layer: outcome.layer.to_string(),
+            verified_by: outcome.verified_by.clone(),
+            counted: outcome.rejected_because.is_none(),
+            rejected_because: outcome.rejected_because.clone(),
+        }
+    }
+}
+
+impl DaemonAction {
+    fn new(decision: &Decision) -> DaemonAction {
+        match decision.action() {
+            Ok(Admission::Pinned { pinned, tag }) => DaemonAction::PullPinned { pinned, tag },
+            Ok(Admission::Forward) => DaemonAction::Forward { audit: decision.verdict != Verdict::Accepted },
+            Err(rejection) => DaemonAction::Refuse { message: status::rejected(&rejection).message().to_owned() },
+        }
+    }
+}
+
+// === text ===
+
+/// Labels are padded to this width so values line up.
+const LABEL: usize = 11;
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        line(f, "image", &self.image)?;
+        line(f, "namespace", self.namespace.as_deref().unwrap_or("(none given)"))?;
+        line(f, "digest", self.digest.as_deref().unwrap_or("(not resolved)"))?;
+        match &self.rule {
+            Some(rule) => write_rule(f, rule)?,
+            None => line(f, "rule", "none matches; a pull no rule covers is refused")?,
+        }
+        self.write_signatures(f)?;
+        line(f, "verdict", &format!("{}: {}", verdict_name(self.verdict), self.reason))?;
+        line(f, "daemon", &self.daemon.to_string())
+    }
+}
+
+impl Explanation {
+    fn write_signatures(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (Some(satisfied), Some(required)) = (self.satisfied_keys, self.required_keys) else {
+            return Ok(());
+        };
+        let found = self.signatures.len();
+        line(f, "signatures", &format!("{found} found; {satisfied} of {required} required keys satisfied"))?;
+        self.signatures.iter().try_for_each(|signature| writeln!(f, "  {signature}"))
+    }
+}
+
+fn write_rule(f: &mut fmt::Formatter<'_>, rule: &RuleView) -> fmt::Result {
+    line(f, "rule", &rule.scope)?;
+    line(f, "  file", &rule.file.display().to_string())?;
+    line(f, "  applies", &format!("in namespaces: {}", rule.namespaces_label()))?;
+    let require = match rule.threshold {
+        Some(threshold) => format!("signed by {threshold} of: {}", rule.keys_label()),
+        None => rule.require.to_owned(),
+    };
+    line(f, "  require", &require)?;
+    if rule.threshold.is_some() {
+        line(f, "  identity", &rule.identity)?;
+    }
+    line(f, "  mode", rule.mode)
+}
+
+impl fmt::Display for SignatureView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.layer)?;
+        match (&self.verified_by, &self.rejected_because) {
+            (Some(key), None) => write!(f, "counts, verified by {key}"),
+            (Some(key), Some(why)) => write!(f, "does not count, verified by {key} but {why}"),
+            (None, Some(why)) => write!(f, "does not count: {why}"),
+            (None, None) => write!(f, "counts"),
+        }
+    }
+}
+
+impl fmt::Display for DaemonAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DaemonAction::PullPinned { pinned, tag: Some(tag) } => write!(f, "pulls {pinned} and tags it {tag}"),
+            DaemonAction::PullPinned { pinned, tag: None } => write!(f, "pulls {pinned}"),
+            DaemonAction::Forward { audit: false } => write!(f, "forwards the pull unchanged"),
+            DaemonAction::Forward { audit: true } => {
+                write!(
+                    f,
+                    "forwards the pull unchanged anyway: the rule is in audit mode, so the verdict is only logged"
+                )
+            }
+            DaemonAction::Refuse { message } => write!(f, "refuses the pull; the kubelet sees: {message}"),
+        }
+    }
+}
+
+fn verdict_name(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Accepted => "accepted",
+        Verdict::Rejected => "rejected",
+        Verdict::Unavailable => "unavailable",
+    }
+}
+
+fn line(f: &mut fmt::Formatter<'_>, label: &str, value: &str) -> fmt::Result {
+    writeln!(f, "{label:<LABEL$} {value}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::{Gate, PullRequest};
+    use crate::policy::{IdentityRule, Mode, Policy, Requirement, Rule, SharedPolicy};
+    use crate::reference::{Digest, ImageRef};
+    use crate::registry::{Credentials, Manifest, Registry, RegistryError};
+    use bytes::Bytes;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Every request fails as if the registry were down.
+    struct Down;
+
+    impl Registry for Down {
+        async fn manifest(&self, _: &ImageRef, _: &str, _: &Credentials) -> Result<Option<Manifest>, RegistryError> {
+            Err(RegistryError::Unreachable("connection refused".into()))
+        }
+        async fn blob(&self, _: &ImageRef, _: &Digest, _: usize, _: &Credentials) -> Result<Bytes, RegistryError> {
+            Err(RegistryError::Unreachable("connection refused".into()))
+        }
+    }
+
+    const DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    fn rule(scope: &str, require: Requirement, mode: Mode) -> Rule {
+        Rule {
+            scope: scope.parse().unwrap(),
+            namespaces: Some(vec!["default".into()]),
+            require,
+            keys: vec![],
+            threshold: 1,
+            identity: IdentityRule::MatchRepository,
+            mode,
+            source: PathBuf::from("/etc/pullgate/policy.d/10.toml"),
+        }
+    }
+
+    async fn explain(image: &str) -> Explanation {
+        let policy = Policy::from_rules(vec![
+            rule("r.example/open", Requirement::Accept, Mode::Enforce),
+            rule("r.example/closed", Requirement::Reject, Mode::Enforce),
+            rule("r.example/trial", Requirement::Reject, Mode::Audit),
+            rule("r.example/signed", Requirement::Signed, Mode::Enforce),
+        ]);
+        let gate = Gate::new(SharedPolicy::new(policy), Arc::new(Down), Duration::from_secs(5));
+        let pull = PullRequest { image: image.into(), namespace: Some("default".into()), ..Default::default() };
+        Explanation::new(image, Some("default"), &gate.decide(&pull).await)
+    }
+
+    #[tokio::test]
+    async fn accept_rule_forwards_or_pins_a_given_digest() {
+        let by_tag = explain("r.example/open/app").await;
+        assert_eq!(by_tag.image, "r.example/open/app:latest");
+        assert!(matches!(by_tag.daemon, DaemonAction::Forward { audit: false }), "{by_tag:?}");
+        let by_digest = explain(&format!("r.example/open/app@{DIGEST}")).await;
+        let pinned = format!("r.example/open/app@{DIGEST}");
+        assert!(matches!(&by_digest.daemon, DaemonAction::PullPinned { pinned: p, tag: None } if *p == pinned));
+        assert_eq!(by_digest.digest.as_deref(), Some(DIGEST));
+    }
+
+    #[tokio::test]
+    async fn refusal_shows_the_kubelet_message_and_names_the_rule() {
+        let refused = explain("r.example/closed/app:v1").await;
+        assert_eq!(refused.verdict, Verdict::Rejected);
+        let DaemonAction::Refuse { message } = &refused.daemon else { panic!("{refused:?}") };
+        assert!(message.starts_with("SignatureValidationFailed: image r.example/closed/app:v1 refused"), "{message}");
+        let text = refused.to_string();
+        assert!(text.contains("rule        r.example/closed\n"), "{text}");
+        assert!(text.contains("  file      /etc/pullgate/policy.d/10.toml\n"), "{text}");
+        assert!(text.contains("verdict     rejected: the rule rejects every image in its scope\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn audit_rule_forwards_a_rejected_image() {
+        let audited = explain("r.example/trial/app:v1").await;
+        assert_eq!(audited.verdict, Verdict::Rejected);
+        assert!(matches!(audited.daemon, DaemonAction::Forward { audit: true }));
+        assert!(audited.to_string().contains("audit mode"), "{audited}");
+    }
+
+    #[tokio::test]
+    async fn registry_down_is_unavailable_not_rejected() {
+        let down = explain("r.example/signed/app:v1").await;
+        assert_eq!(down.verdict, Verdict::Unavailable);
+        assert!(down.reason.contains("connection refused"), "{}", down.reason);
+        let DaemonAction::Refuse { message } = &down.daemon else { panic!("{down:?}") };
+        assert!(message.starts_with("RegistryUnavailable: "), "{message}");
+    }
+
+    #[tokio::test]
+    async fn no_rule_and_unparsable_images_are_explained() {
+        let stray = explain("elsewhere.example/app:v1").await;
+        assert!(stray.rule.is_none());
+        assert!(stray.to_string().contains("rule        none matches"), "{stray}");
+        let bad = explain("r.example//app").await;
+        assert_eq!((bad.verdict, bad.image.as_str()), (Verdict::Rejected, "r.example//app"));
+        assert!(bad.reason.starts_with("not a valid image reference"), "{}", bad.reason);
+    }
+
+    #[tokio::test]
+    async fn json_field_names_are_stable() {
+        let value = serde_json::to_value(explain("r.example/closed/app:v1").await).unwrap();
+        let fields: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+        // serde_json sorts keys.
+        let expected = "daemon digest elapsed_ms image namespace reason requested required_keys rule \
+                        satisfied_keys signatures verdict";
+        assert_eq!(fields.join(" "), expected);
+        assert_eq!(value["verdict"], "rejected");
+        assert_eq!(value["daemon"]["action"], "refuse");
+        assert_eq!(value["rule"]["require"], "reject");
+        assert_eq!(value["rule"]["namespaces"], serde_json::json!(["default"]));
+    }
+}

@@ -1,0 +1,157 @@
+//! A policy rule as operators read it: plain strings and numbers, no key material.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::policy::{IdentityRule, KeyRef, Mode, Requirement, Rule};
+
+#[derive(Debug, Serialize)]
+pub struct RuleView {
+    pub scope: String,
+    /// None: the rule applies in every namespace.
+    pub namespaces: Option<Vec<String>>,
+    /// `signed`, `accept` or `reject`, as written in a policy file.
+    pub require: &'static str,
+    pub keys: Vec<KeyView>,
+    /// Distinct keys needed; None unless `require` is `signed`.
+    pub threshold: Option<usize>,
+    pub identity: String,
+    /// `enforce` or `audit`.
+    pub mode: &'static str,
+    /// The file the rule was read from.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KeyView {
+    /// None for keys given inline (policy.json `keyData`).
+    pub path: Option<PathBuf>,
+    pub algorithm: &'static str,
+    pub fingerprint: String,
+}
+
+impl RuleView {
+    pub fn new(rule: &Rule) -> RuleView {
+        let signed = rule.require == Requirement::Signed;
+        RuleView {
+            scope: rule.scope.to_string(),
+            namespaces: rule.namespaces.clone(),
+            require: requirement_name(rule.require),
+            keys: rule.keys.iter().map(KeyView::new).collect(),
+            threshold: signed.then_some(rule.threshold),
+            identity: identity_label(&rule.identity),
+            mode: mode_name(rule.mode),
+            file: rule.source.clone(),
+        }
+    }
+
+    /// "all" or the namespaces, comma-separated.
+    pub fn namespaces_label(&self) -> String {
+        match &self.namespaces {
+            Some(list) => list.join(", "),
+            None => "all".to_owned(),
+        }
+    }
+
+    /// The keys, short enough for one table cell: a key beside the rule's file by its file name,
+    /// any other by its path, an inline key by its fingerprint.
+    pub fn keys_label(&self) -> String {
+        let dir = self.file.parent();
+        let labels: Vec<String> = self.keys.iter().map(|key| key.label(dir)).collect();
+        labels.join(", ")
+    }
+}
+
+impl KeyView {
+    fn new(key: &KeyRef) -> KeyView {
+        KeyView {
+            path: key.path.clone(),
+            algorithm: key.key.algorithm(),
+            fingerprint: key.key.fingerprint().to_owned(),
+        }
+    }
+
+    fn label(&self, rule_dir: Option<&Path>) -> String {
+        let Some(path) = &self.path else {
+            let short = self.fingerprint.get(..23).unwrap_or(&self.fingerprint);
+            return format!("inline {short}");
+        };
+        match (rule_dir, path.file_name()) {
+            (Some(dir), Some(name)) if path.parent() == Some(dir) => name.to_string_lossy().into_owned(),
+            _ => path.display().to_string(),
+        }
+    }
+}
+
+fn requirement_name(requirement: Requirement) -> &'static str {
+    match requirement {
+        Requirement::Signed => "signed",
+        Requirement::Accept => "accept",
+        Requirement::Reject => "reject",
+    }
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Enforce => "enforce",
+        Mode::Audit => "audit",
+    }
+}
+
+/// The identity rule's name, with its argument where it has one.
+fn identity_label(identity: &IdentityRule) -> String {
+    match identity {
+        IdentityRule::Remap { prefix, signed_prefix } => format!("remap {prefix} -> {signed_prefix}"),
+        IdentityRule::ExactRepository(repository) => format!("exact-repository {repository}"),
+        other => other.name().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Scope;
+    use crate::verify::TrustedKey;
+    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+    use std::sync::Arc;
+
+    fn key(path: Option<&str>) -> KeyRef {
+        let signing = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+        let pem = signing.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
+        KeyRef { path: path.map(PathBuf::from), key: Arc::new(TrustedKey::from_pem(pem.as_bytes()).unwrap()) }
+    }
+
+    fn rule(require: Requirement, keys: Vec<KeyRef>) -> Rule {
+        Rule {
+            scope: "r.example/team".parse::<Scope>().unwrap(),
+            namespaces: None,
+            require,
+            threshold: keys.len(),
+            keys,
+            identity: IdentityRule::remap("r.example/team", "mirror.example/team").unwrap(),
+            mode: Mode::Audit,
+            source: PathBuf::from("/etc/pullgate/policy.d/team.toml"),
+        }
+    }
+
+    #[test]
+    fn keys_beside_the_rule_show_by_name_others_by_path_or_fingerprint() {
+        let keys = vec![key(Some("/etc/pullgate/policy.d/a.pub")), key(Some("/etc/keys/b.pub")), key(None)];
+        let view = RuleView::new(&rule(Requirement::Signed, keys));
+        let label = view.keys_label();
+        let parts: Vec<&str> = label.split(", ").collect();
+        assert_eq!(parts[..2], ["a.pub", "/etc/keys/b.pub"]);
+        assert!(parts[2].starts_with("inline sha256:") && parts[2].len() == "inline ".len() + 23, "{label}");
+        assert_eq!(view.threshold, Some(3));
+        assert_eq!(view.keys[0].algorithm, "ECDSA P-256");
+    }
+
+    #[test]
+    fn names_match_the_policy_file_spelling() {
+        let view = RuleView::new(&rule(Requirement::Accept, vec![]));
+        assert_eq!((view.require, view.mode, view.threshold), ("accept", "audit", None));
+        assert_eq!(view.identity, "remap r.example/team -> mirror.example/team");
+        assert_eq!(view.namespaces_label(), "all");
+    }
+}

@@ -1,0 +1,415 @@
+//! `pullgate verify` and `pullgate policy check`, run as the built binary: verify against the
+//! verification matrix in a real lab registry (and against the daemon's own verdicts through
+//! a real containerd), exit codes, JSON output, credentials; policy check's table and errors.
+
+mod common;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::cosign::{self, TestKey};
+use common::cri;
+use common::lab::Lab;
+use common::matrix::{self, Keys, MATRIX, Row};
+use pullgate::config::Config;
+use serde_json::Value;
+
+// === running the binary ===
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn pullgate(args: &[&str]) -> Run {
+    pullgate_with_stdin(args, "")
+}
+
+fn pullgate_with_stdin(args: &[&str], stdin: &str) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pullgate"));
+    command.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // The configuration must come from the test alone, not from the environment it runs in.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PULLGATE_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command.spawn().expect("run pullgate");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    let out = child.wait_with_output().expect("wait for pullgate");
+    Run {
+        code: out.status.code().expect("pullgate exited by a signal"),
+        stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
+        stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
+    }
+}
+
+impl Run {
+    /// The value of a `label  value` line of verify's text output.
+    fn field(&self, label: &str) -> &str {
+        self.stdout
+            .lines()
+            .filter_map(|line| line.trim_start().strip_prefix(label))
+            .find(|rest| rest.starts_with(' '))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {label:?} line in:\n{}", self.stdout))
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// A node's /etc/pullgate in a temp dir: pullgate.toml, policy.d with `files`, maybe policy.json.
+struct Node {
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new(registry: &str, files: &[(&str, &str)], policy_json: Option<&Value>) -> Node {
+        let node = Node { dir: tempfile::tempdir().expect("temp dir") };
+        std::fs::create_dir_all(node.policy_dir()).expect("policy dir");
+        for (name, content) in files {
+            std::fs::write(node.policy_dir().join(name), content).expect("write policy file");
+        }
+        let mut config = format!("policy_dir = {:?}\n", node.policy_dir());
+        if let Some(json) = policy_json {
+            std::fs::write(node.policy_json(), serde_json::to_vec_pretty(json).unwrap()).expect("write policy.json");
+            config.push_str(&format!("policy_json = {:?}\n", node.policy_json()));
+        }
+        config.push_str(&format!("[registry]\ninsecure = [{registry:?}]\n"));
+        std::fs::write(node.config(), config).expect("write config");
+        node
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("pullgate.toml")
+    }
+
+    fn policy_dir(&self) -> PathBuf {
+        self.dir.path().join("policy.d")
+    }
+
+    fn policy_json(&self) -> PathBuf {
+        self.dir.path().join("policy.json")
+    }
+
+    fn verify(&self, image: &str, extra: &[&str]) -> Run {
+        let config = self.config();
+        let mut args = vec!["verify", image, "--config", config.to_str().unwrap(), "--namespace", "default"];
+        args.extend(extra);
+        pullgate(&args)
+    }
+}
+
+fn native_node(lab: &Lab, keys: &Keys) -> Node {
+    let policy = matrix::native_policy(&lab.registry);
+    let (a, c) = (keys.a.public_pem(), keys.c.public_pem());
+    Node::new(&lab.registry, &[("a.pub", &a), ("c.pub", &c), ("10-team.toml", &policy)], None)
+}
+
+/// The rule scope a matrix row falls under, None for the row no rule covers.
+fn scope_of(registry: &str, repo: &str) -> Option<String> {
+    let top = repo.split('/').next().unwrap_or_default();
+    (top != "stray").then(|| format!("{registry}/{top}"))
+}
+
+// === verify: the matrix ===
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_gives_the_daemons_verdict_for_every_matrix_row() {
+    let lab = Lab::start();
+    let keys = Keys::generate();
+    matrix::populate(&lab, &keys);
+    let node = native_node(&lab, &keys);
+    let file = node.policy_dir().join("10-team.toml");
+    for row in MATRIX {
+        assert_text_explains(&lab, &node, row, &file);
+        assert_json_explains(&lab, &node, row, &file);
+    }
+    let daemon = daemon_verdicts(&lab, &keys).await;
+    let cli: Vec<bool> = MATRIX.iter().map(|(repo, ..)| node.verify(&image(&lab, repo), &[]).code == 0).collect();
+    assert_eq!(cli, daemon, "verify and the daemon disagree; rows: {MATRIX:?}");
+}
+
+fn image(lab: &Lab, repo: &str) -> String {
+    format!("{}/{repo}:v1", lab.registry)
+}
+
+fn assert_text_explains(lab: &Lab, node: &Node, &(repo, accepted, words): &Row, file: &Path) {
+    let image = image(lab, repo);
+    let run = node.verify(&image, &[]);
+    assert_eq!(run.code, if accepted { 0 } else { 1 }, "{image}:\n{}{}", run.stdout, run.stderr);
+    assert_eq!(run.field("image"), image);
+    let verdict = run.field("verdict");
+    let expected = if accepted { "accepted: " } else { "rejected: " };
+    assert!(verdict.starts_with(expected) && verdict.contains(words), "{image}: {verdict}");
+    match scope_of(&lab.registry, repo) {
+        Some(scope) => {
+            assert_eq!(run.field("rule"), scope, "{image}");
+            assert_eq!(run.field("file"), file.display().to_string(), "{image}");
+        }
+        None => assert!(run.field("rule").starts_with("none matches"), "{image}"),
+    }
+    if !accepted {
+        let daemon = run.field("daemon");
+        assert!(daemon.contains("SignatureValidationFailed: ") && daemon.contains(words), "{image}: {daemon}");
+    }
+}
+
+fn assert_json_explains(lab: &Lab, node: &Node, &(repo, accepted, words): &Row, file: &Path) {
+    let image = image(lab, repo);
+    let run = node.verify(&image, &["--output", "json"]);
+    assert_eq!(run.code, if accepted { 0 } else { 1 }, "{image}: {}", run.stderr);
+    let json = run.json();
+    assert_eq!(json["requested"], image.as_str());
+    assert_eq!(json["image"], image.as_str());
+    assert_eq!(json["namespace"], "default");
+    assert_eq!(json["verdict"], if accepted { "accepted" } else { "rejected" }, "{json:#}");
+    assert!(json["reason"].as_str().unwrap().contains(words), "{json:#}");
+    match scope_of(&lab.registry, repo) {
+        Some(scope) => {
+            assert_eq!(json["rule"]["scope"], scope.as_str(), "{json:#}");
+            assert_eq!(json["rule"]["file"], file.to_str().unwrap(), "{json:#}");
+        }
+        None => assert!(json["rule"].is_null(), "{json:#}"),
+    }
+    let action = json["daemon"]["action"].as_str().unwrap();
+    let signed_rule = json["rule"]["require"] == "signed";
+    let expected_action = match (accepted, signed_rule) {
+        (true, true) => "pull-pinned",
+        (true, false) => "forward",
+        (false, _) => "refuse",
+    };
+    assert_eq!(action, expected_action, "{json:#}");
+    if signed_rule {
+        let digest = json["digest"].as_str().unwrap();
+        assert!(digest.starts_with("sha256:"), "{json:#}");
+        if accepted {
+            assert_eq!(json["daemon"]["pinned"], format!("{}/{repo}@{digest}", lab.registry));
+            assert_eq!(json["daemon"]["tag"], image.as_str());
+        }
+    }
+}
+
+/// The daemon's own verdicts, pulling every row through pullgate into the lab's containerd.
+async fn daemon_verdicts(lab: &Lab, keys: &Keys) -> Vec<bool> {
+    let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
+    config.registry.insecure = vec![lab.registry.clone()];
+    let policy = matrix::native_policy(&lab.registry);
+    let (a, c) = (keys.a.public_pem(), keys.c.public_pem());
+    let files = [("a.pub", a.as_str()), ("c.pub", c.as_str()), ("10-team.toml", policy.as_str())];
+    let pullgate = common::pullgate::start_with(config, &files).await;
+    let mut images = cri::images(&pullgate.socket);
+    let mut verdicts = Vec::new();
+    for (repo, ..) in MATRIX {
+        let result = images.pull_image(cri::pull_request(&image(lab, repo), Some("default"))).await;
+        verdicts.push(result.is_ok());
+    }
+    pullgate.stop().await;
+    verdicts
+}
+
+// === verify: what each signature did ===
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_names_the_key_behind_each_signature_or_why_it_did_not_count() {
+    let lab = Lab::start();
+    let keys = Keys::generate();
+    matrix::populate(&lab, &keys);
+    let node = native_node(&lab, &keys);
+    let a_pub = node.policy_dir().join("a.pub").display().to_string();
+    let signatures = |repo: &str| node.verify(&image(&lab, repo), &["--output", "json"]).json()["signatures"].clone();
+
+    let signed = signatures("team/signed");
+    assert_eq!(signed.as_array().map(Vec::len), Some(1), "{signed:#}");
+    assert_eq!((&signed[0]["verified_by"], &signed[0]["counted"]), (&Value::from(a_pub.as_str()), &Value::Bool(true)));
+
+    let by_b = signatures("team/by-b");
+    assert!(by_b[0]["verified_by"].is_null() && by_b[0]["counted"] == false, "{by_b:#}");
+    assert!(by_b[0]["rejected_because"].as_str().unwrap().contains("does not verify with any of the 1 trusted key"));
+
+    let copied = signatures("team/copied");
+    assert_eq!(copied[0]["verified_by"], a_pub.as_str(), "signed by the right key, but for another digest");
+    assert!(copied[0]["rejected_because"].as_str().unwrap().contains("names digest"), "{copied:#}");
+
+    let pair = node.verify(&image(&lab, "pair/one"), &[]);
+    assert_eq!(pair.field("signatures"), "1 found; 1 of 2 required keys satisfied");
+    assert_eq!(pair.field("require"), "signed by 2 of: a.pub, c.pub");
+    assert!(pair.stdout.contains(&format!(": counts, verified by {a_pub}\n")), "{}", pair.stdout);
+}
+
+// === verify: containers-policy.json and audit mode ===
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_judges_policy_json_and_notes_audit_mode() {
+    let lab = Lab::start();
+    let keys = Keys::generate();
+    matrix::populate(&lab, &keys);
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("a.pub");
+    keys.a.write_public_pem(&key_path);
+    let json = matrix::containers_policy_json(&lab.registry, &key_path);
+    let node = Node::new(&lab.registry, &[], Some(&json));
+    for &(repo, accepted, words) in &matrix::policy_json_rows() {
+        let run = node.verify(&image(&lab, repo), &[]);
+        assert_eq!(run.code, if accepted { 0 } else { 1 }, "{repo}:\n{}{}", run.stdout, run.stderr);
+        assert!(run.field("verdict").contains(words), "{repo}: {}", run.stdout);
+        assert_eq!(run.field("file"), node.policy_json().display().to_string());
+    }
+
+    let audit = format!(
+        "[[rule]]\nscope = \"{}/team\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\nmode = \"audit\"\n",
+        lab.registry
+    );
+    let node = Node::new(&lab.registry, &[("a.pub", &keys.a.public_pem()), ("audit.toml", &audit)], None);
+    let run = node.verify(&image(&lab, "team/unsigned"), &[]);
+    assert_eq!(run.code, 1, "the exit status follows the verdict, even in audit mode:\n{}", run.stdout);
+    assert!(run.field("verdict").starts_with("rejected: no signature by a trusted key"), "{}", run.stdout);
+    assert!(run.field("daemon").contains("forwards the pull unchanged anyway") && run.field("mode") == "audit");
+    let json = node.verify(&image(&lab, "team/unsigned"), &["--output", "json"]).json();
+    assert_eq!(json["daemon"], serde_json::json!({"action": "forward", "audit": true}));
+    assert_eq!(json["rule"]["mode"], "audit");
+}
+
+// === verify: credentials ===
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_fetches_signatures_with_the_given_credentials() {
+    const USER: &str = "operator";
+    const PASSWORD: &str = "pa55-w0rd";
+    let lab = Lab::start_with_auth(USER, PASSWORD);
+    let registry = lab.auth_registry.clone().expect("auth registry");
+    let key = TestKey::generate();
+    let digest = lab.push_image_to(&registry, "private/app:v1", "private", Some((USER, PASSWORD)));
+    let payload = cosign::payload(&format!("{registry}/private/app"), &digest);
+    let sigs = [(payload.clone(), key.sign_payload(&payload))];
+    cosign::push_signatures_with_creds(&registry, "private/app", &digest, &sigs, Some(&format!("{USER}:{PASSWORD}")));
+    let policy = format!("[[rule]]\nscope = \"{registry}/private\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");
+    let node = Node::new(&registry, &[("a.pub", &key.public_pem()), ("policy.toml", &policy)], None);
+    let image = format!("{registry}/private/app:v1");
+
+    let anonymous = node.verify(&image, &[]);
+    assert_eq!(anonymous.code, 1, "{}", anonymous.stdout);
+    assert!(anonymous.field("verdict").contains("denied"), "{}", anonymous.stdout);
+    let wrong = node.verify(&image, &["--username", USER, "--password", "not-it"]);
+    assert_eq!(wrong.code, 1, "{}", wrong.stdout);
+    assert!(!wrong.stdout.contains("not-it") && !wrong.stderr.contains("not-it"), "password leaked:\n{}", wrong.stdout);
+
+    let given = node.verify(&image, &["--username", USER, "--password", PASSWORD]);
+    assert_eq!(given.code, 0, "{}{}", given.stdout, given.stderr);
+    assert_eq!(given.field("digest"), digest);
+    let config = node.config();
+    let args = ["verify", image.as_str(), "-c", config.to_str().unwrap(), "--username", USER, "--password-stdin"];
+    let piped = pullgate_with_stdin(&args, &format!("{PASSWORD}\n"));
+    assert_eq!(piped.code, 0, "{}{}", piped.stdout, piped.stderr);
+}
+
+// === verify: errors ===
+
+#[test]
+fn verify_exits_2_when_the_registry_refuses_connections() {
+    // A port that was just free on loopback refuses connections.
+    let registry = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let key = TestKey::generate().public_pem();
+    let policy = format!("[[rule]]\nscope = \"{registry}\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");
+    let node = Node::new(&registry, &[("a.pub", &key), ("policy.toml", &policy)], None);
+    let image = format!("{registry}/team/app:v1");
+    let run = node.verify(&image, &[]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.field("verdict").starts_with("unavailable: cannot resolve the image: registry unreachable"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.field("daemon").contains("RegistryUnavailable: "), "{}", run.stdout);
+    let json = node.verify(&image, &["--output", "json"]);
+    assert_eq!((json.code, json.json()["verdict"].clone()), (2, Value::from("unavailable")));
+}
+
+#[test]
+fn verify_exits_2_on_a_bad_config_or_policy() {
+    let node = Node::new("127.0.0.1:5000", &[("policy.toml", "[[rule]]\nscope = \"*\"\nrequire = \"accept\"\n")], None);
+    assert_eq!(node.verify("nginx", &[]).code, 0, "the good node accepts");
+
+    std::fs::write(node.config(), "policy_dri = \"/etc\"\n").unwrap();
+    let run = node.verify("nginx", &[]);
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    assert!(run.stderr.contains("policy_dri") && run.stdout.is_empty(), "{}", run.stderr);
+
+    let missing = pullgate(&["verify", "nginx", "--config", "/nonexistent/pullgate.toml"]);
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+
+    let node = Node::new("127.0.0.1:5000", &[("policy.toml", "[[rule]]\nscope = \"*\"\nrequire = \"maybe\"\n")], None);
+    let run = node.verify("nginx", &[]);
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    let location = format!("{}:3:", node.policy_dir().join("policy.toml").display());
+    assert!(run.stderr.contains(&location), "{}", run.stderr);
+}
+
+// === policy check ===
+
+#[test]
+fn policy_check_prints_the_rules_as_serve_would_load_them() {
+    let (a, c) = (TestKey::generate().public_pem(), TestKey::generate().public_pem());
+    let policy = matrix::native_policy("127.0.0.1:5000");
+    let limited = "[[rule]]\nscope = \"*\"\nnamespaces = [\"dev\", \"ci\"]\nrequire = \"accept\"\nmode = \"audit\"\n";
+    let files = [("a.pub", a.as_str()), ("c.pub", c.as_str()), ("10-team.toml", &policy), ("20-dev.toml", limited)];
+    let node = Node::new("127.0.0.1:5000", &files, None);
+    let config = node.config();
+    let run = pullgate(&["policy", "check", "--config", config.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let lines: Vec<Vec<&str>> =
+        run.stdout.lines().map(|line| line.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect()).collect();
+    assert_eq!(lines[0], ["SCOPE", "NAMESPACES", "REQUIRE", "KEYS", "THRESHOLD", "IDENTITY", "MODE", "FILE"]);
+    let team = node.policy_dir().join("10-team.toml").display().to_string();
+    let dev = node.policy_dir().join("20-dev.toml").display().to_string();
+    let expected = [
+        ["127.0.0.1:5000/team", "all", "signed", "a.pub", "1", "match-repository", "enforce", team.as_str()],
+        ["127.0.0.1:5000/loose", "all", "signed", "a.pub", "1", "ignore", "enforce", team.as_str()],
+        ["127.0.0.1:5000/pair", "all", "signed", "a.pub, c.pub", "2", "match-repository", "enforce", team.as_str()],
+        ["127.0.0.1:5000/open", "all", "accept", "-", "-", "-", "enforce", team.as_str()],
+        ["127.0.0.1:5000/closed", "all", "reject", "-", "-", "-", "enforce", team.as_str()],
+        ["*", "dev, ci", "accept", "-", "-", "-", "audit", dev.as_str()],
+    ];
+    assert_eq!(lines[1..=expected.len()], expected, "{}", run.stdout);
+    assert!(run.stdout.ends_with(&format!("6 rules from {}\n", node.policy_dir().display())), "{}", run.stdout);
+}
+
+#[test]
+fn policy_check_reports_a_broken_file_with_its_path_and_line() {
+    let good = "[[rule]]\nscope = \"*\"\nrequire = \"reject\"\n";
+    let broken = "# team rules\n[[rule]]\nscope = \"registry.example/team\"\nrequire = \"signed\"\nkeys = [\"missing.pub\"]\nthreshold = \"one\"\n";
+    let node = Node::new("127.0.0.1:5000", &[("10-good.toml", good), ("20-broken.toml", broken)], None);
+    let config = node.config();
+    let run = pullgate(&["policy", "check", "--config", config.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.is_empty(), "no table for a broken policy:\n{}", run.stdout);
+    let broken_path = node.policy_dir().join("20-broken.toml").display().to_string();
+    assert!(run.stderr.contains(&format!("{broken_path}:6: ")), "{}", run.stderr);
+
+    // --policy-dir overrides the file's policy_dir, as for serve.
+    let other = Node::new("127.0.0.1:5000", &[("10-good.toml", good)], None);
+    let dir = other.policy_dir();
+    let run =
+        pullgate(&["policy", "check", "--config", config.to_str().unwrap(), "--policy-dir", dir.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.ends_with(&format!("1 rule from {}\n", dir.display())), "{}", run.stdout);
+}
+
+#[test]
+fn policy_check_exits_2_for_an_unusable_config() {
+    let missing = pullgate(&["policy", "check", "--config", "/nonexistent/pullgate.toml"]);
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+    assert!(missing.stderr.contains("/nonexistent/pullgate.toml"), "{}", missing.stderr);
+    let node = Node::new("127.0.0.1:5000", &[], None);
+    std::fs::write(node.config(), "[registry]\ntimeout = \"soon\"\n").unwrap();
+    let bad = pullgate(&["policy", "check", "--config", node.config().to_str().unwrap()]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("timeout"), "{}", bad.stderr);
+}

@@ -1,0 +1,141 @@
+//! The verification matrix: images pushed and signed in a lab registry, the policies that judge
+//! them, and the verdict each must get. Shared by the daemon's end-to-end test
+//! (tests/verification.rs) and `pullgate verify`'s (tests/cli.rs), so both judge the same cases.
+//!
+//! | image (under the lab registry)   | rule                          | signatures              | verdict  |
+//! |----------------------------------|-------------------------------|-------------------------|----------|
+//! | team/signed:v1                   | team: signed by A             | A                       | accepted |
+//! | team/unsigned:v1                 | team: signed by A             | none                    | rejected |
+//! | team/by-b:v1                     | team: signed by A             | B                       | rejected |
+//! | team/copied:v1                   | team: signed by A             | A's, copied from signed | rejected |
+//! | team/renamed:v1                  | team: match-repository        | A, payload names other  | rejected |
+//! | loose/renamed:v1                 | loose: identity = ignore      | A, payload names other  | accepted |
+//! | pair/one:v1                      | pair: A and C, threshold 2    | A                       | rejected |
+//! | pair/both:v1                     | pair: A and C, threshold 2    | A, C                    | accepted |
+//! | open/unsigned:v1                 | open: accept                  | none                    | accepted |
+//! | closed/signed:v1                 | closed: reject                | A                       | rejected |
+//! | stray/signed:v1                  | (no rule)                     | A                       | rejected |
+
+use std::path::Path;
+
+use super::cosign::{self, TestKey};
+use super::lab::Lab;
+
+/// (image under the lab registry, accepted, words the refusal must contain)
+pub type Row = (&'static str, bool, &'static str);
+
+pub const MATRIX: &[Row] = &[
+    ("team/signed", true, ""),
+    ("team/unsigned", false, "no signature by a trusted key"),
+    ("team/by-b", false, "no signature by a trusted key"),
+    ("team/copied", false, "names digest"),
+    ("team/renamed", false, "elsewhere/app"),
+    ("loose/renamed", true, ""),
+    ("pair/one", false, "1 of 2"),
+    ("pair/both", true, ""),
+    ("open/unsigned", true, ""),
+    ("closed/signed", false, "rejects every image"),
+    ("stray/signed", false, "no policy rule matches"),
+];
+
+/// A and C are trusted by the policies; B never is.
+pub struct Keys {
+    pub a: TestKey,
+    pub b: TestKey,
+    pub c: TestKey,
+}
+
+impl Keys {
+    pub fn generate() -> Keys {
+        Keys { a: TestKey::generate(), b: TestKey::generate(), c: TestKey::generate() }
+    }
+}
+
+/// Pushes `repo:v1` and returns its digest.
+fn push(lab: &Lab, repo: &str) -> String {
+    lab.push_image(&format!("{repo}:v1"), repo)
+}
+
+/// Signs `digest` of `repo` with each key; the payload claims `claimed_repo`.
+fn sign(lab: &Lab, repo: &str, digest: &str, claimed_repo: &str, keys: &[&TestKey]) {
+    let payload = cosign::payload(&format!("{}/{claimed_repo}", lab.registry), digest);
+    let sigs: Vec<_> = keys.iter().map(|key| (payload.clone(), key.sign_payload(&payload))).collect();
+    cosign::push_signatures(&lab.registry, repo, digest, &sigs);
+}
+
+/// Pushes and signs every image of the matrix.
+pub fn populate(lab: &Lab, keys: &Keys) {
+    let signed = push(lab, "team/signed");
+    sign(lab, "team/signed", &signed, "team/signed", &[&keys.a]);
+    push(lab, "team/unsigned");
+    let by_b = push(lab, "team/by-b");
+    sign(lab, "team/by-b", &by_b, "team/by-b", &[&keys.b]);
+    // A valid signature by A, but for team/signed's digest, stored under copied's .sig tag.
+    let copied = push(lab, "team/copied");
+    let payload = cosign::payload(&format!("{}/team/signed", lab.registry), &signed);
+    cosign::push_signatures(&lab.registry, "team/copied", &copied, &[(payload.clone(), keys.a.sign_payload(&payload))]);
+    for repo in ["team/renamed", "loose/renamed"] {
+        let digest = push(lab, repo);
+        sign(lab, repo, &digest, "elsewhere/app", &[&keys.a]);
+    }
+    let one = push(lab, "pair/one");
+    sign(lab, "pair/one", &one, "pair/one", &[&keys.a]);
+    let both = push(lab, "pair/both");
+    sign(lab, "pair/both", &both, "pair/both", &[&keys.a, &keys.c]);
+    push(lab, "open/unsigned");
+    for repo in ["closed/signed", "stray/signed"] {
+        let digest = push(lab, repo);
+        sign(lab, repo, &digest, repo, &[&keys.a]);
+    }
+}
+
+/// The matrix's rules as a native TOML policy file; keys `a.pub` and `c.pub` lie beside it.
+pub fn native_policy(registry: &str) -> String {
+    format!(
+        r#"
+[[rule]]
+scope = "{registry}/team"
+require = "signed"
+keys = ["a.pub"]
+
+[[rule]]
+scope = "{registry}/loose"
+require = "signed"
+keys = ["a.pub"]
+identity = "ignore"
+
+[[rule]]
+scope = "{registry}/pair"
+require = "signed"
+keys = ["a.pub", "c.pub"]
+threshold = 2
+
+[[rule]]
+scope = "{registry}/open"
+require = "accept"
+
+[[rule]]
+scope = "{registry}/closed"
+require = "reject"
+"#
+    )
+}
+
+/// The same rules in containers-policy.json, as far as it can say them; `key_path` holds A.
+pub fn containers_policy_json(registry: &str, key_path: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "default": [{"type": "reject"}],
+        "transports": {"docker": {
+            format!("{registry}/team"): [{"type": "sigstoreSigned", "keyPath": key_path, "signedIdentity": {"type": "matchRepository"}}],
+            format!("{registry}/open"): [{"type": "insecureAcceptAnything"}],
+            format!("{registry}/closed"): [{"type": "reject"}],
+        }}
+    })
+}
+
+/// The rows containers-policy.json can express: it has no `ignore` identity and no thresholds,
+/// and its default rejects, so "no rule matches" cannot happen either.
+pub fn policy_json_rows() -> Vec<Row> {
+    let expressible = |repo: &str| ["team/", "open/", "closed/"].iter().any(|prefix| repo.starts_with(prefix));
+    MATRIX.iter().copied().filter(|(repo, ..)| expressible(repo)).collect()
+}
