@@ -2,14 +2,19 @@
 //! turn the result into an admission (forward, or forward pinned to the verified digest) or a
 //! rejection.
 
+mod cache;
 mod check;
+mod flight;
 mod report;
+mod verifier;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::policy::{Mode, Requirement, SharedPolicy};
+use crate::config::CacheConfig;
+use crate::metrics::Metrics;
+use crate::policy::{Requirement, SharedPolicy};
 use crate::reference::ImageRef;
 use crate::registry::{Credentials, Registry};
 
@@ -54,14 +59,25 @@ pub trait PullGate: Send + Sync + 'static {
 /// The policy-enforcing gate.
 pub struct Gate<R> {
     policy: SharedPolicy,
-    registry: Arc<R>,
-    /// One time budget for a pull's whole verification, however many requests it takes.
-    budget: Duration,
+    verifier: Arc<verifier::Verifier<R>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<R: Registry + 'static> Gate<R> {
+    /// `budget` bounds each verification, however many registry requests it takes.
     pub fn new(policy: SharedPolicy, registry: Arc<R>, budget: Duration) -> Gate<R> {
-        Gate { policy, registry, budget }
+        Gate::with_cache(policy, registry, budget, &CacheConfig::default())
+    }
+
+    /// A gate whose verification results are cached as `cache` says.
+    pub fn with_cache(policy: SharedPolicy, registry: Arc<R>, budget: Duration, cache: &CacheConfig) -> Gate<R> {
+        Gate { policy, verifier: Arc::new(verifier::Verifier::new(registry, cache, budget)), metrics: None }
+    }
+
+    /// Counts every decision `admit` acts on in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Gate<R> {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Decides without acting: the daemon forwards or rejects on it, `pullgate verify` prints it.
@@ -72,23 +88,18 @@ impl<R: Registry + 'static> Gate<R> {
             Err(error) => return Decision::unparsable(&pull.image, &error, started),
         };
         let policy = self.policy.current();
-        let Some(rule) = policy.find(&image, pull.namespace.as_deref()) else {
+        let Some((index, rule)) = policy.find_indexed(&image, pull.namespace.as_deref()) else {
             return Decision::no_rule(image, started);
         };
         let outcome = match rule.require {
             Requirement::Accept => check::Outcome::accept("the rule accepts images without verification"),
             Requirement::Reject => check::Outcome::reject("the rule rejects every image in its scope"),
-            Requirement::Signed => self.check_signed(&image, rule, &pull.credentials).await,
+            Requirement::Signed => {
+                let in_force = verifier::RuleInForce { generation: policy.generation(), index, rule };
+                self.verifier.check(&image, in_force, &pull.credentials).await
+            }
         };
         Decision::new(image, rule.clone(), outcome, started)
-    }
-
-    async fn check_signed(&self, image: &ImageRef, rule: &crate::policy::Rule, credentials: &Credentials) -> check::Outcome {
-        let check = check::signed(&*self.registry, image, rule, credentials);
-        match tokio::time::timeout(self.budget, check).await {
-            Ok(outcome) => outcome,
-            Err(_) => check::Outcome::unavailable(format!("verification did not finish within {:?}", self.budget)),
-        }
     }
 }
 
@@ -96,12 +107,9 @@ impl<R: Registry + 'static> PullGate for Gate<R> {
     async fn admit(&self, pull: &PullRequest) -> Result<Admission, Rejection> {
         let decision = self.decide(pull).await;
         decision.log();
-        match (decision.verdict, decision.mode()) {
-            (Verdict::Accepted, _) => Ok(decision.admission()),
-            // Audit: the verdict is logged and counted, the pull goes ahead as asked.
-            (_, Some(Mode::Audit)) => Ok(Admission::Forward),
-            (Verdict::Rejected, _) => Err(Rejection::Denied(decision.message())),
-            (Verdict::Unavailable, _) => Err(Rejection::RegistryUnavailable(decision.message())),
+        if let Some(metrics) = &self.metrics {
+            metrics.decision(&decision);
         }
+        decision.action()
     }
 }

@@ -7,7 +7,7 @@ use crate::policy::{Mode, Rule};
 use crate::reference::{Digest, ImageRef};
 use crate::verify::Evaluation;
 
-use super::Admission;
+use super::{Admission, Rejection};
 use super::check::Outcome;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -75,9 +75,20 @@ impl Decision {
         self.rule.as_ref().map(|rule| rule.mode)
     }
 
+    /// What the daemon does on this decision; `pullgate verify` shows the same.
+    pub fn action(&self) -> Result<Admission, Rejection> {
+        match (self.verdict, self.mode()) {
+            (Verdict::Accepted, _) => Ok(self.admission()),
+            // Audit: the verdict is logged and counted, the pull goes ahead as asked.
+            (_, Some(Mode::Audit)) => Ok(Admission::Forward),
+            (Verdict::Rejected, _) => Err(Rejection::Denied(self.message())),
+            (Verdict::Unavailable, _) => Err(Rejection::RegistryUnavailable(self.message())),
+        }
+    }
+
     /// What an accepted decision lets containerd do: a verified image is pulled by the digest
     /// that was verified, never by a tag that could have moved since.
-    pub(super) fn admission(&self) -> Admission {
+    fn admission(&self) -> Admission {
         let (Some(image), Some(digest)) = (&self.parsed, &self.digest) else { return Admission::Forward };
         let pinned = image.with_digest(digest.clone());
         match pinned.pinned() {

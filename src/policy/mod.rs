@@ -82,6 +82,9 @@ impl Rule {
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     rules: Vec<Rule>,
+    /// Which replacement in a `SharedPolicy` this is (0 for the first), so results derived
+    /// from one policy, such as cached verdicts, are never taken for another's.
+    generation: u64,
 }
 
 // === impl Policy ===
@@ -95,35 +98,47 @@ impl Policy {
         if let Some(path) = policy_json {
             policy_json::load_file(path, &mut loader);
         }
-        loader.finish().map(|rules| Policy { rules })
+        loader.finish().map(Policy::from_rules)
     }
 
     /// A policy from rules built elsewhere (tests, tools). Skips the loader's checks.
     pub fn from_rules(rules: Vec<Rule>) -> Policy {
-        Policy { rules }
+        Policy { rules, generation: 0 }
     }
 
     /// The rule for `image` pulled into `namespace`: the most specific matching scope; at
     /// equal scope, a rule naming the namespace beats a general one. None means no rule
     /// matches, which callers treat as reject.
     pub fn find(&self, image: &ImageRef, namespace: Option<&str>) -> Option<&Rule> {
-        let mut best: Option<(&Rule, (Specificity, bool))> = None;
-        for rule in self
+        self.find_indexed(image, namespace).map(|(_, rule)| rule)
+    }
+
+    /// `find`, with the rule's position in `rules()`: together with the generation, an
+    /// identity for the rule that results derived from it (cached verdicts) can be keyed on.
+    pub fn find_indexed(&self, image: &ImageRef, namespace: Option<&str>) -> Option<(usize, &Rule)> {
+        let mut best: Option<(usize, &Rule, (Specificity, bool))> = None;
+        for (index, rule) in self
             .rules
             .iter()
-            .filter(|r| r.applies_in(namespace) && r.scope.matches(image))
+            .enumerate()
+            .filter(|(_, r)| r.applies_in(namespace) && r.scope.matches(image))
         {
             let rank = (rule.scope.specificity(), rule.namespaces.is_some());
             // Strictly greater: on a (loader-prevented) tie the earlier rule stays.
-            if best.is_none_or(|(_, best_rank)| rank > best_rank) {
-                best = Some((rule, rank));
+            if best.is_none_or(|(_, _, best_rank)| rank > best_rank) {
+                best = Some((index, rule, rank));
             }
         }
-        best.map(|(rule, _)| rule)
+        best.map(|(index, rule, _)| (index, rule))
     }
 
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// Counts the `SharedPolicy::replace` calls before this policy was put in force.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// True when no rule exists, so every pull would be rejected; worth a loud warning.

@@ -12,7 +12,8 @@ pub struct SharedPolicy {
 }
 
 impl SharedPolicy {
-    pub fn new(policy: Policy) -> SharedPolicy {
+    pub fn new(mut policy: Policy) -> SharedPolicy {
+        policy.generation = 0;
         SharedPolicy { current: Arc::new(RwLock::new(Arc::new(policy))) }
     }
 
@@ -21,7 +22,28 @@ impl SharedPolicy {
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    pub fn replace(&self, policy: Policy) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
+    /// Puts `policy` in force with the next generation number, so nothing derived from the
+    /// policy it replaces (cached verdicts) applies to it.
+    pub fn replace(&self, mut policy: Policy) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        policy.generation = current.generation.wrapping_add(1);
+        *current = Arc::new(policy);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_replacement_gets_the_next_generation() {
+        let shared = SharedPolicy::new(Policy::default());
+        let before = shared.current();
+        assert_eq!(before.generation(), 0);
+        shared.replace(Policy::default());
+        shared.replace(Policy::default());
+        assert_eq!(shared.current().generation(), 2);
+        // A snapshot taken earlier keeps the generation it was read under.
+        assert_eq!(before.generation(), 0);
     }
 }

@@ -1,0 +1,261 @@
+//! Checking images against `signed` rules in as few registry round trips as a correct answer
+//! allows: a tag is resolved on every pull (it can move), the signature check runs once per
+//! digest and rule while its result is cached, and concurrent pulls of one image share one
+//! check.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::CacheConfig;
+use crate::policy::Rule;
+use crate::reference::ImageRef;
+use crate::registry::{Credentials, Registry};
+
+use super::cache::{self, VerdictCache};
+use super::check::{self, Outcome};
+use super::flight::Flights;
+
+/// The rule an image falls under, and which one it is: its position in the policy of
+/// `generation`.
+pub struct RuleInForce<'a> {
+    pub generation: u64,
+    pub index: usize,
+    pub rule: &'a Rule,
+}
+
+pub struct Verifier<R> {
+    registry: Arc<R>,
+    cache: VerdictCache,
+    flights: Flights<FlightKey, Outcome>,
+    /// One time budget for a check, however many requests it takes.
+    budget: Duration,
+}
+
+/// Pulls that can share one check: the same image under the same rule, asked with the same
+/// credentials (the check's requests are made with them, so their failures are theirs).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct FlightKey {
+    generation: u64,
+    rule: usize,
+    image: String,
+    credentials: String,
+}
+
+/// One check, owning what it needs to run as a task of its own.
+struct Job {
+    image: ImageRef,
+    rule: Rule,
+    generation: u64,
+    rule_index: usize,
+    credentials: Credentials,
+}
+
+// === impl Verifier ===
+
+impl<R: Registry + 'static> Verifier<R> {
+    pub fn new(registry: Arc<R>, cache: &CacheConfig, budget: Duration) -> Verifier<R> {
+        Verifier { registry, cache: VerdictCache::new(cache), flights: Flights::new(), budget }
+    }
+
+    /// Joins the check already running for this pull's image and rule, or starts one.
+    pub async fn check(self: &Arc<Self>, image: &ImageRef, rule: RuleInForce<'_>, credentials: &Credentials) -> Outcome {
+        let key = FlightKey {
+            generation: rule.generation,
+            rule: rule.index,
+            image: image.to_string(),
+            credentials: credentials.fingerprint(),
+        };
+        let flight = self.flights.join(key, || {
+            let verifier = Arc::clone(self);
+            let job = Job {
+                image: image.clone(),
+                rule: rule.rule.clone(),
+                generation: rule.generation,
+                rule_index: rule.index,
+                credentials: credentials.clone(),
+            };
+            async move { verifier.run(job).await }
+        });
+        flight.await.unwrap_or_else(|lost| Outcome::unavailable(lost.to_string()))
+    }
+
+    /// The budget covers the whole check, so every pull sharing it fails at the same moment.
+    async fn run(&self, job: Job) -> Outcome {
+        match tokio::time::timeout(self.budget, self.resolve_and_verify(&job)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::unavailable(format!("verification did not finish within {:?}", self.budget)),
+        }
+    }
+
+    async fn resolve_and_verify(&self, job: &Job) -> Outcome {
+        let digest = match check::resolve(&*self.registry, &job.image, &job.credentials).await {
+            Ok(digest) => digest,
+            Err(outcome) => return outcome,
+        };
+        let key = cache::Key {
+            generation: job.generation,
+            rule: job.rule_index,
+            image: job.image.to_string(),
+            digest: digest.clone(),
+        };
+        if let Some(outcome) = self.cache.get(&key) {
+            tracing::debug!(image = %job.image, %digest, "signature check result reused from the cache");
+            return outcome;
+        }
+        let outcome = check::signatures(&*self.registry, &job.image, digest, &job.rule, &job.credentials).await;
+        self.cache.insert(key, &outcome);
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::decision::{Gate, PullRequest, Verdict};
+    use crate::policy::{IdentityRule, Mode, Policy, Requirement, SharedPolicy};
+    use crate::reference::Digest;
+    use crate::registry::{Manifest, RegistryError};
+
+    const IMAGE: &str = "registry.test/team/app";
+
+    /// Serves one image manifest for every tag and no signatures, recording each request; with
+    /// `stall`, never answers at all.
+    #[derive(Default)]
+    struct Canned {
+        requests: Mutex<Vec<String>>,
+        stall: bool,
+    }
+
+    impl Canned {
+        fn requests(&self) -> Vec<String> {
+            self.requests.lock().unwrap().clone()
+        }
+
+        fn take(&self) -> usize {
+            std::mem::take(&mut *self.requests.lock().unwrap()).len()
+        }
+    }
+
+    impl Registry for Canned {
+        async fn manifest(&self, _: &ImageRef, reference: &str, _: &Credentials) -> Result<Option<Manifest>, RegistryError> {
+            self.requests.lock().unwrap().push(format!("manifest {reference}"));
+            if self.stall {
+                std::future::pending::<()>().await;
+            }
+            if reference.ends_with(".sig") {
+                return Ok(None);
+            }
+            let bytes = Bytes::from_static(br#"{"schemaVersion":2}"#);
+            Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type: "application/json".into(), bytes }))
+        }
+
+        async fn blob(&self, _: &ImageRef, digest: &Digest, _: usize, _: &Credentials) -> Result<Bytes, RegistryError> {
+            self.requests.lock().unwrap().push(format!("blob {digest}"));
+            Err(RegistryError::Protocol("no blobs here".into()))
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy::from_rules(vec![Rule {
+            scope: "registry.test/team".parse().unwrap(),
+            namespaces: None,
+            require: Requirement::Signed,
+            keys: Vec::new(),
+            threshold: 1,
+            identity: IdentityRule::MatchRepository,
+            mode: Mode::Enforce,
+            source: PathBuf::from("test.toml"),
+        }])
+    }
+
+    fn gate(registry: &Arc<Canned>, shared: &SharedPolicy, budget: Duration) -> Gate<Canned> {
+        Gate::with_cache(shared.clone(), Arc::clone(registry), budget, &CacheConfig::default())
+    }
+
+    fn pull(image: &str) -> PullRequest {
+        PullRequest { image: image.to_owned(), ..PullRequest::default() }
+    }
+
+    fn digest_ref() -> String {
+        format!("{IMAGE}@{}", Digest::sha256_of(b"image"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_digest_checked_recently_needs_no_request() {
+        let registry = Arc::new(Canned::default());
+        let gate = gate(&registry, &SharedPolicy::new(policy()), Duration::from_secs(5));
+        let first = gate.decide(&pull(&digest_ref())).await;
+        assert_eq!(first.verdict, Verdict::Rejected, "{}", first.reason);
+        assert_eq!(registry.requests(), vec![format!("manifest {}", check::signature_tag(&Digest::sha256_of(b"image")))]);
+        registry.take();
+        let second = gate.decide(&pull(&digest_ref())).await;
+        assert_eq!((second.verdict, second.reason), (Verdict::Rejected, first.reason));
+        assert_eq!(registry.take(), 0, "a cached result still asked the registry");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tag_is_resolved_on_every_pull_even_when_the_result_is_cached() {
+        let registry = Arc::new(Canned::default());
+        let gate = gate(&registry, &SharedPolicy::new(policy()), Duration::from_secs(5));
+        gate.decide(&pull(&format!("{IMAGE}:v1"))).await;
+        assert_eq!(registry.take(), 2, "resolve and signature manifest");
+        gate.decide(&pull(&format!("{IMAGE}:v1"))).await;
+        assert_eq!(registry.requests(), vec!["manifest v1".to_owned()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replacing_the_policy_invalidates_cached_results() {
+        let registry = Arc::new(Canned::default());
+        let shared = SharedPolicy::new(policy());
+        let gate = gate(&registry, &shared, Duration::from_secs(5));
+        gate.decide(&pull(&digest_ref())).await;
+        gate.decide(&pull(&digest_ref())).await;
+        assert_eq!(registry.take(), 1);
+        shared.replace(policy());
+        gate.decide(&pull(&digest_ref())).await;
+        assert_eq!(registry.take(), 1, "a result of the old policy was reused");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejection_is_checked_again_after_a_few_seconds() {
+        let registry = Arc::new(Canned::default());
+        let gate = gate(&registry, &SharedPolicy::new(policy()), Duration::from_secs(5));
+        gate.decide(&pull(&digest_ref())).await;
+        tokio::time::advance(cache::REJECTION_TTL).await;
+        gate.decide(&pull(&digest_ref())).await;
+        assert_eq!(registry.take(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_pulls_share_one_check_and_its_timeout() {
+        let registry = Arc::new(Canned { stall: true, ..Canned::default() });
+        let gate = gate(&registry, &SharedPolicy::new(policy()), Duration::from_secs(3));
+        let image = format!("{IMAGE}:v1");
+        let request = pull(&image);
+        let decisions = futures_util::future::join_all((0..50).map(|_| gate.decide(&request))).await;
+        for decision in &decisions {
+            assert_eq!(decision.verdict, Verdict::Unavailable);
+            assert!(decision.reason.contains("did not finish within 3s"), "{}", decision.reason);
+        }
+        assert_eq!(registry.requests(), vec!["manifest v1".to_owned()]);
+        // Nothing of the failed check lingers: the next pull starts afresh.
+        gate.decide(&request).await;
+        assert_eq!(registry.take(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn different_credentials_do_not_share_a_check() {
+        let registry = Arc::new(Canned { stall: true, ..Canned::default() });
+        let gate = gate(&registry, &SharedPolicy::new(policy()), Duration::from_secs(1));
+        let anonymous = pull(&format!("{IMAGE}:v1"));
+        let mut with_login = pull(&format!("{IMAGE}:v1"));
+        with_login.credentials.username = "someone".into();
+        futures_util::future::join(gate.decide(&anonymous), gate.decide(&with_login)).await;
+        assert_eq!(registry.take(), 2);
+    }
+}

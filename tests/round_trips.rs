@@ -1,0 +1,157 @@
+//! Registry round trips per verified pull, counted at a front between pullgate and the lab
+//! registry: only pullgate's reads of `/v2/<repo>/manifests|blobs/…` are counted (containerd's
+//! own pull through the front, the `/v2/` ping and token fetches are not).
+//!
+//! | pull                                          | pullgate's registry reads             |
+//! |-----------------------------------------------|---------------------------------------|
+//! | cold, by tag                                  | 3: resolve, signature manifest, payload |
+//! | again within the cache TTL                    | 1: resolve (a tag can move)           |
+//! | cold, by digest                               | 2: signature manifest, payload        |
+//! | again within the cache TTL                    | 0                                     |
+//! | 200 at once, uncached                         | 1 signature manifest for all of them  |
+
+mod common;
+
+use std::time::Duration;
+
+use common::cosign::{self, TestKey};
+use common::cri;
+use common::front::{Front, Hostile};
+use common::lab::Lab;
+use common::pullgate::Running;
+use pullgate::config::Config;
+
+/// Pushes `repo:v1` (content from `seed`) to the lab registry and signs it with `key` for the
+/// name it is pulled by through the front. Returns the image digest.
+fn push_signed(lab: &Lab, front: &Front, repo: &str, seed: &str, key: &TestKey) -> String {
+    let digest = lab.push_image(&format!("{repo}:v1"), seed);
+    let payload = cosign::payload(&format!("{}/{repo}", front.addr()), &digest);
+    cosign::push_signatures(&lab.registry, repo, &digest, &[(payload.clone(), key.sign_payload(&payload))]);
+    digest
+}
+
+async fn start(lab: &Lab, front: &Front, key: &TestKey, budget: Duration) -> Running {
+    let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
+    config.registry.insecure = vec![front.addr()];
+    config.registry.timeout = budget;
+    let policy = format!("[[rule]]\nscope = \"{}/rt\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n", front.addr());
+    let pem = key.public_pem();
+    common::pullgate::start_with(config, &[("a.pub", pem.as_str()), ("rt.toml", policy.as_str())]).await
+}
+
+/// Pulls `image` through pullgate on a connection of its own; Err holds the status message.
+async fn pull(running: &Running, image: &str) -> Result<(), String> {
+    let mut images = cri::images(&running.socket);
+    match images.pull_image(cri::pull_request(image, Some("default"))).await {
+        Ok(_) => Ok(()),
+        Err(status) => Err(status.message().to_owned()),
+    }
+}
+
+/// pullgate's reads of `repo`, as "manifests/<ref>" or "blobs/<digest>", and forgets them.
+fn take_reads(front: &Front, repo: &str) -> Vec<String> {
+    let prefix = format!("/v2/{repo}/");
+    let reads = front
+        .requests()
+        .into_iter()
+        .filter(|seen| seen.reads_repo(repo) && !seen.is_containerd())
+        .map(|seen| seen.path.trim_start_matches(&prefix).to_owned())
+        .collect();
+    front.clear_requests();
+    reads
+}
+
+fn signature_manifest(digest: &str) -> String {
+    format!("manifests/{}", cosign::signature_tag(digest))
+}
+
+/// How often pullgate read rt/popular's tag and its signature manifest, and forgets the reads.
+fn resolves_and_signature_reads(front: &Front, digest: &str) -> (usize, usize) {
+    let reads = take_reads(front, "rt/popular");
+    let count = |path: &str| reads.iter().filter(|read| *read == path).count();
+    (count("manifests/v1"), count(&signature_manifest(digest)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_verified_pull_costs_the_fewest_round_trips() {
+    let lab = Lab::start();
+    let front = Front::start(&lab.registry);
+    front.trust_in(&lab);
+    let key = TestKey::generate();
+    let by_tag = push_signed(&lab, &front, "rt/tagged", "tagged", &key);
+    let by_digest = push_signed(&lab, &front, "rt/pinned", "pinned", &key);
+    let running = start(&lab, &front, &key, Duration::from_secs(10)).await;
+
+    let tagged = format!("{}/rt/tagged:v1", front.addr());
+    pull(&running, &tagged).await.expect("signed image by tag");
+    let reads = take_reads(&front, "rt/tagged");
+    assert_eq!(reads.len(), 3, "cold pull by tag: {reads:?}");
+    assert_eq!(&reads[..2], ["manifests/v1".to_owned(), signature_manifest(&by_tag)], "{reads:?}");
+    assert!(reads[2].starts_with("blobs/sha256:"), "{reads:?}");
+
+    pull(&running, &tagged).await.expect("signed image by tag, again");
+    assert_eq!(take_reads(&front, "rt/tagged"), ["manifests/v1"], "warm pull by tag");
+
+    let pinned = format!("{}/rt/pinned@{by_digest}", front.addr());
+    pull(&running, &pinned).await.expect("signed image by digest");
+    let reads = take_reads(&front, "rt/pinned");
+    assert_eq!(reads.len(), 2, "cold pull by digest: {reads:?}");
+    assert_eq!(reads[0], signature_manifest(&by_digest));
+
+    pull(&running, &pinned).await.expect("signed image by digest, again");
+    assert_eq!(take_reads(&front, "rt/pinned"), Vec::<String>::new(), "warm pull by digest");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_moved_tag_is_verified_again_despite_the_cache() {
+    let lab = Lab::start();
+    let front = Front::start(&lab.registry);
+    front.trust_in(&lab);
+    let key = TestKey::generate();
+    push_signed(&lab, &front, "rt/moving", "first", &key);
+    let running = start(&lab, &front, &key, Duration::from_secs(10)).await;
+    let image = format!("{}/rt/moving:v1", front.addr());
+    pull(&running, &image).await.expect("signed image");
+
+    let unsigned = lab.push_image("rt/moving:v1", "second");
+    let message = pull(&running, &image).await.expect_err("the tag now names an unsigned image");
+    assert!(message.starts_with("SignatureValidationFailed: "), "{message}");
+    assert!(message.contains(&unsigned), "{message}");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_pulls_of_one_image_fetch_its_signatures_once() {
+    let lab = Lab::start();
+    let front = Front::start(&lab.registry);
+    front.trust_in(&lab);
+    let key = TestKey::generate();
+    let digest = push_signed(&lab, &front, "rt/popular", "popular", &key);
+    let budget = Duration::from_secs(3);
+    let running = start(&lab, &front, &key, budget).await;
+    let image = format!("{}/rt/popular:v1", front.addr());
+    let all_at_once = || futures_util::future::join_all((0..200).map(|_| pull(&running, &image)));
+
+    // While the signature manifest stalls, every pull that arrives joins the one check, and its
+    // timeout reaches all of them. (Stalling makes the overlap certain, not a matter of speed.)
+    let stalled_path = format!("/v2/rt/popular/{}", signature_manifest(&digest));
+    front.hostile(&stalled_path, Hostile::StallAfterHeaders);
+    let started = std::time::Instant::now();
+    for result in all_at_once().await {
+        let message = result.expect_err("the signature fetch never finishes");
+        assert!(message.starts_with("RegistryUnavailable: "), "{message}");
+    }
+    assert!(started.elapsed() < budget * 2, "took {:?}", started.elapsed());
+    let (resolves, signatures) = resolves_and_signature_reads(&front, &digest);
+    assert_eq!((resolves, signatures), (1, 1), "resolves and signature manifest reads of one shared check");
+
+    // The failure was not kept; the image is still uncached, and now verifies.
+    front.clear_rules();
+    for result in all_at_once().await {
+        result.expect("signed image");
+    }
+    let (_, signatures) = resolves_and_signature_reads(&front, &digest);
+    assert_eq!(signatures, 1, "signature manifest reads for 200 concurrent pulls");
+    running.stop().await;
+}
