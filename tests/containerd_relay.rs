@@ -28,8 +28,11 @@ async fn image_service_answers_as_containerd_does() {
     assert!(pulled_via.image_ref.starts_with("sha256:"));
     direct.pull_image(cri::pull_request(&second, None)).await.unwrap();
 
-    let list_via = via.list_images(ListImagesRequest::default()).await.unwrap().into_inner();
-    let list_direct = direct.list_images(ListImagesRequest::default()).await.unwrap().into_inner();
+    let mut list_via = via.list_images(ListImagesRequest::default()).await.unwrap().into_inner();
+    let mut list_direct = direct.list_images(ListImagesRequest::default()).await.unwrap().into_inner();
+    // containerd lists from a map: the order may differ between two calls, the content may not.
+    list_via.images.sort_by(|a, b| a.id.cmp(&b.id));
+    list_direct.images.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(list_via, list_direct);
     assert_eq!(list_via.images.len(), 2, "{list_via:?}");
 
