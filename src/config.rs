@@ -1,6 +1,7 @@
 //! Daemon configuration: one struct, its documented defaults, and the figment layering
 //! (TOML file, then `PULLGATE_*` environment, then CLI flags).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,6 +23,13 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// A local Unix socket either connects at once or not at all; waiting longer only delays the
 /// UNAVAILABLE answer the kubelet needs to retry.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Long enough that a deployment rolling out over a few minutes verifies its image once per
+/// node; short enough that a signature deleted from the registry stops admitting its image
+/// soon. (A policy change needs no TTL: it empties the cache.)
+const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(5 * 60);
+/// Far more distinct (image, rule) pairs than a node runs (the kubelet's default is 110 pods);
+/// an entry is at most a few KiB, so the cache stays within a few MiB whatever a registry sends.
+const DEFAULT_CACHE_MAX_ENTRIES: usize = 1024;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -41,7 +49,22 @@ pub struct Config {
     /// An optional containers-policy.json file, read in addition to `policy_dir`.
     pub policy_json: Option<PathBuf>,
     pub registry: RegistryConfig,
+    pub cache: CacheConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The verification result cache (see `decision::cache`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// How long an accepted verification is reused for the same digest and rule; 0 disables
+    /// the cache, and more than a day counts as a day. Rejections are kept for at most a few
+    /// seconds whatever this says.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Most results kept at once; when full, the entry closest to expiry goes first.
+    pub max_entries: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -50,6 +73,15 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing `EnvFilter` directive, e.g. `info` or `pullgate=debug`.
     pub level: String,
+}
+
+/// The Prometheus endpoint. Off unless an address is given: the daemon runs as root on every
+/// node, so it opens no TCP port the operator did not ask for.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address to serve `GET /metrics` on, e.g. `127.0.0.1:9464`.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
@@ -69,8 +101,16 @@ impl Default for Config {
             policy_dir: PathBuf::from(DEFAULT_POLICY_DIR),
             policy_json: None,
             registry: RegistryConfig::default(),
+            cache: CacheConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
         }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { ttl: DEFAULT_CACHE_TTL, max_entries: DEFAULT_CACHE_MAX_ENTRIES }
     }
 }
 
@@ -87,6 +127,8 @@ pub struct Overrides {
     pub listen: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<LogOverrides>,
 }
@@ -158,6 +200,20 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listener_is_off_unless_given() {
+        Jail::expect_with(|jail| {
+            assert_eq!(Config::default().metrics.listen, None);
+            jail.create_file("pullgate.toml", "[metrics]\nlisten = \"127.0.0.1:9464\"\n")?;
+            let config = load_in_jail(jail, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+            jail.create_file("pullgate.toml", "[metrics]\nlisten = \"localhost\"\n")?;
+            let err = load_in_jail(jail, &Overrides::default()).expect_err("address without port accepted");
+            assert!(err.to_string().contains("listen"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         Jail::expect_with(|jail| {
             jail.create_file("pullgate.toml", "listne = \"/a.sock\"\n")?;
@@ -176,6 +232,14 @@ mod tests {
             assert!(text.contains("shutdown_grace") || text.contains("format"), "{text}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_documented_file_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pullgate.toml");
+        // The file alone, without the environment layer the other tests jail.
+        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::file_exact(path));
+        assert_eq!(Config::from_figment(figment).unwrap(), Config::default());
     }
 
     #[test]

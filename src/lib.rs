@@ -10,6 +10,8 @@
 //! - [`verify`] — cosign signature checks against a rule's keys and identity.
 //! - [`decision`] — the interception point: admit, pin or reject a pull.
 //! - [`config`], [`telemetry`], [`daemon`], [`cli`] — wiring: configuration, logs, lifecycle.
+//! - [`reload`], [`metrics`] — operating it: policy hot reload, Prometheus metrics.
+//! - [`explain`] — what `pullgate verify` and `pullgate policy check` print.
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -17,8 +19,11 @@ pub mod config;
 pub mod cri;
 pub mod daemon;
 pub mod decision;
+pub mod explain;
+pub mod metrics;
 pub mod policy;
 pub mod reference;
 pub mod registry;
+pub mod reload;
 pub mod verify;
 pub mod telemetry;

@@ -1,6 +1,7 @@
 //! The CRI edge: the socket the kubelet talks to, the relay to containerd, and PullImage
 //! interception.
 
+pub mod health;
 pub mod observe;
 pub mod proxy;
 pub mod pull;

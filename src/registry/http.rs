@@ -15,6 +15,7 @@ use super::limits::{CONNECT_TIMEOUT, MANIFEST_MAX_BYTES, MAX_REDIRECTS, MAX_REFE
 use super::response::{Origin, check_status, read_capped, transport_error, verify_digest};
 use super::token::{self, TokenRequest, bearer_header};
 use super::{Credentials, Manifest, Registry, RegistryConfig, RegistryError};
+use crate::metrics::Metrics;
 use crate::reference::{Digest, ImageRef};
 
 /// Both OCI and Docker schema 2, single manifests and indexes: a registry that only has the
@@ -47,6 +48,7 @@ pub struct HttpRegistry {
     insecure: Arc<[String]>,
     auth: AuthState,
     requests: AtomicU64,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// One manifest or blob request, with what error messages may say about it.
@@ -108,7 +110,14 @@ impl HttpRegistry {
             insecure,
             auth: AuthState::default(),
             requests: AtomicU64::new(0),
+            metrics: None,
         })
+    }
+
+    /// Counts every response (and every request that got none) by status in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Requests sent to `/v2/<name>/manifests|blobs/…` so far, retries after a 401 included
@@ -267,10 +276,11 @@ impl HttpRegistry {
             request = request.header(AUTHORIZATION, value.clone());
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
-        request
-            .send()
-            .await
-            .map_err(|e| transport_error(target.registry, e))
+        let result = request.send().await;
+        if let Some(metrics) = &self.metrics {
+            metrics.registry_response(result.as_ref().ok().map(|r| r.status().as_u16()));
+        }
+        result.map_err(|e| transport_error(target.registry, e))
     }
 
     /// What to send before the registry has asked: a registry token as is, otherwise what this

@@ -5,5 +5,7 @@ pub mod cri;
 pub mod fake_registry;
 pub mod front;
 pub mod lab;
+pub mod matrix;
+pub mod metrics;
 pub mod pullgate;
 pub mod raw;

@@ -1,9 +1,11 @@
 //! Runs pullgate in-process on a socket in a temp dir, with a policy written by the test.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pullgate::config::Config;
+use pullgate::reload::Trigger;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -13,6 +15,10 @@ pub const ACCEPT_ALL: &str = "[[rule]]\nscope = \"*\"\nrequire = \"accept\"\n";
 pub struct Running {
     pub socket: PathBuf,
     pub policy_dir: PathBuf,
+    /// Where `/metrics` is served, when the config asked for it (port 0 picks a free one).
+    pub metrics: Option<SocketAddr>,
+    /// Reloads the policy, as SIGHUP does for the binary.
+    pub reload: Trigger,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -35,16 +41,17 @@ pub async fn start_with(mut config: Config, files: &[(&str, &str)]) -> Running {
         std::fs::write(config.policy_dir.join(name), content).expect("write policy file");
     }
     let prepared = pullgate::daemon::prepare(&config).expect("policy and registry set up");
-    let listener = pullgate::cri::socket::bind(&config.listen).await.expect("bind pullgate socket");
-    let (socket, policy_dir) = (config.listen.clone(), config.policy_dir.clone());
+    let listeners = pullgate::daemon::bind(&config).await.expect("bind pullgate's sockets");
+    let metrics = listeners.metrics.as_ref().map(|listener| listener.local_addr().expect("metrics address"));
+    let (socket, policy_dir, reload) = (config.listen.clone(), config.policy_dir.clone(), prepared.reload.clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        pullgate::daemon::run(config, prepared, listener, shutdown).await.expect("pullgate ran");
+        pullgate::daemon::run(config, prepared, listeners, shutdown).await.expect("pullgate ran");
     });
-    Running { socket, policy_dir, stop: Some(stop), task: Some(task), _dir: dir }
+    Running { socket, policy_dir, metrics, reload, stop: Some(stop), task: Some(task), _dir: dir }
 }
 
 impl Running {

@@ -1,0 +1,145 @@
+//! Hot reload: when a policy file, policy.json or a key file the policy uses changes (seen
+//! through inotify), or on request (SIGHUP), the policy is loaded again and applies from the
+//! next pull. A policy that does not load changes nothing: the last good one stays in force.
+
+mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::policy::{Policy, PolicyError, SharedPolicy};
+
+pub use watch::Sources;
+use watch::{Plan, Watcher};
+
+/// Editors and ConfigMap updates touch several files in a burst; one reload after the burst
+/// is enough, and the pause keeps a reload well inside the 2 s a change may take to apply.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+/// A file rewritten without pause must still be picked up.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// Asks for a reload. Requests made while one is already pending count once.
+#[derive(Clone, Debug, Default)]
+pub struct Trigger(Arc<Notify>);
+
+impl Trigger {
+    pub fn request(&self) {
+        self.0.notify_one();
+    }
+
+    async fn requested(&self) {
+        self.0.notified().await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("the policy load task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+pub struct Reloader {
+    sources: Sources,
+    policy: SharedPolicy,
+    metrics: Arc<Metrics>,
+    trigger: Trigger,
+}
+
+// === impl Reloader ===
+
+impl Reloader {
+    pub fn new(config: &Config, policy: SharedPolicy, metrics: Arc<Metrics>, trigger: Trigger) -> Reloader {
+        let sources = Sources { policy_dir: config.policy_dir.clone(), policy_json: config.policy_json.clone() };
+        Reloader { sources, policy, metrics, trigger }
+    }
+
+    /// Watches and reloads until the task is dropped.
+    pub async fn run(self) {
+        let mut watcher = Watcher::new();
+        if let Some(plan) = self.plan_for_current().await {
+            watcher.arm(plan);
+        }
+        loop {
+            tokio::select! {
+                () = watcher.changed() => {}
+                () = self.trigger.requested() => {}
+            }
+            self.settle(&mut watcher).await;
+            if let Some(plan) = self.reload().await {
+                watcher.arm(plan);
+            }
+        }
+    }
+
+    /// Waits until nothing has changed for `DEBOUNCE`, or `MAX_DEBOUNCE` has passed.
+    async fn settle(&self, watcher: &mut Watcher) {
+        let deadline = Instant::now() + MAX_DEBOUNCE;
+        loop {
+            let quiet = tokio::time::sleep_until((Instant::now() + DEBOUNCE).min(deadline));
+            tokio::select! {
+                () = quiet => return,
+                () = watcher.changed() => {}
+                () = self.trigger.requested() => {}
+            }
+        }
+    }
+
+    /// Loads the policy off the async threads (it reads files) and puts it in force if it
+    /// loads. Returns the watches the policy in force needs afterwards.
+    async fn reload(&self) -> Option<Plan> {
+        let sources = self.sources.clone();
+        let current = self.policy.current();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let result = Policy::load(&sources.policy_dir, sources.policy_json.as_deref());
+            let plan = Plan::new(&sources, result.as_ref().unwrap_or(&current));
+            (result, plan)
+        })
+        .await;
+        match loaded {
+            Ok((Ok(policy), plan)) => {
+                self.put_in_force(policy);
+                Some(plan)
+            }
+            Ok((Err(error), plan)) => {
+                self.failed(&error.into());
+                Some(plan)
+            }
+            Err(error) => {
+                self.failed(&error.into());
+                None
+            }
+        }
+    }
+
+    fn put_in_force(&self, policy: Policy) {
+        let rules = policy.rules().len();
+        self.policy.replace(policy);
+        self.metrics.reload_succeeded();
+        tracing::info!(rules, "policy reloaded");
+        if rules == 0 {
+            tracing::warn!(policy_dir = %self.sources.policy_dir.display(), "policy has no rules: every pull will be rejected");
+        }
+    }
+
+    fn failed(&self, error: &ReloadError) {
+        self.metrics.reload_failed();
+        tracing::error!(%error, "policy reload failed; the previous policy stays in force");
+    }
+
+    async fn plan_for_current(&self) -> Option<Plan> {
+        let sources = self.sources.clone();
+        let current = self.policy.current();
+        let planned = tokio::task::spawn_blocking(move || Plan::new(&sources, &current)).await;
+        planned.inspect_err(|error| tracing::warn!(%error, "cannot plan policy file watches")).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,192 @@
+//! Hot reload in a running daemon: policy edits apply to the next pull within 2 s, pulls the
+//! edit does not concern keep working meanwhile, a broken edit leaves the last good policy in
+//! force, and SIGHUP reloads the binary.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::lab::Lab;
+use common::metrics;
+use common::{cri, raw};
+use pullgate::config::Config;
+
+/// What pullgate promises for a policy change.
+const LIMIT: Duration = Duration::from_secs(2);
+const FAILED_RELOADS: &str = r#"pullgate_policy_reloads_total{result="failure"}"#;
+const RELOADS: &str = r#"pullgate_policy_reloads_total{result="success"}"#;
+
+fn rule(scope: &str, require: &str) -> String {
+    format!("[[rule]]\nscope = \"{scope}\"\nrequire = \"{require}\"\n")
+}
+
+/// Saves as editors do: a new file renamed over the old one.
+fn replace(path: &Path, content: &str) {
+    let tmp = path.with_extension("swp");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn pull(socket: &Path, image: &str) -> Result<(), tonic::Status> {
+    cri::images(socket).pull_image(cri::pull_request(image, Some("default"))).await.map(drop)
+}
+
+/// Pulls `image` until its outcome is `accepted`; returns how long that took.
+async fn until_outcome(socket: &Path, image: &str, accepted: bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        let result = pull(socket, image).await;
+        if result.is_ok() == accepted {
+            if let Err(status) = &result {
+                assert!(status.message().starts_with("SignatureValidationFailed: "), "{status:?}");
+            }
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < LIMIT, "{image}: still {result:?} after {LIMIT:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Pulls `image` over and over until `stop` (or a bound on time and count, should the test
+/// fail before it stops the loop); returns the failures and the number of pulls.
+fn steady_pulls(socket: &Path, image: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(Vec<String>, usize)> {
+    const MAX_PULLS: usize = 2000;
+    const MAX_TIME: Duration = Duration::from_secs(60);
+    let socket = socket.to_owned();
+    tokio::spawn(async move {
+        let (started, mut failures, mut pulls) = (Instant::now(), Vec::new(), 0);
+        while !stop.load(Ordering::Relaxed) && pulls < MAX_PULLS && started.elapsed() < MAX_TIME {
+            if let Err(status) = pull(&socket, &image).await {
+                failures.push(format!("{:?}: {}", status.code(), status.message()));
+            }
+            pulls += 1;
+            // Also a point where the runtime can stop this task if the test panicked.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (failures, pulls)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_flips_apply_within_two_seconds_and_other_pulls_never_fail() {
+    let lab = Lab::start();
+    lab.push_image("flip/app:v1", "reload-flip");
+    lab.push_image("steady/app:v1", "reload-steady");
+    let (flip, steady) = (format!("{}/flip", lab.registry), format!("{}/steady", lab.registry));
+    let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
+    config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    let files = [("10-flip.toml", rule(&flip, "accept")), ("20-steady.toml", rule(&steady, "accept"))];
+    let files: Vec<(&str, &str)> = files.iter().map(|(name, text)| (*name, text.as_str())).collect();
+    let pullgate = common::pullgate::start_with(config, &files).await;
+    let (socket, flip_file) = (pullgate.socket.clone(), pullgate.policy_dir.join("10-flip.toml"));
+    let address = pullgate.metrics.expect("metrics listener");
+    let image = format!("{flip}/app:v1");
+    pull(&socket, &image).await.expect("accepted before any change");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let background = steady_pulls(&socket, format!("{steady}/app:v1"), stop.clone());
+
+    replace(&flip_file, &rule(&flip, "reject"));
+    let to_reject = until_outcome(&socket, &image, false).await;
+
+    let failed_before = metrics::scrape(address).await.value(FAILED_RELOADS);
+    std::fs::write(&flip_file, "[[rule]\nscope = ").unwrap();
+    wait_for_metric(address, FAILED_RELOADS, failed_before + 1.0).await;
+    let refused = pull(&socket, &image).await.expect_err("a broken edit must leave the reject rule in force");
+    assert!(refused.message().contains("rejects every image"), "{refused:?}");
+
+    replace(&flip_file, &rule(&flip, "accept"));
+    let to_accept = until_outcome(&socket, &image, true).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let (failures, pulls) = background.await.unwrap();
+    assert!(failures.is_empty(), "unrelated pulls failed during reloads: {failures:?}");
+    assert!(pulls >= 5, "only {pulls} unrelated pulls ran during the flips");
+    eprintln!("accept→reject applied after {to_reject:?}, reject→accept after {to_accept:?}; {pulls} unrelated pulls, none failed");
+    pullgate.stop().await;
+}
+
+async fn wait_for_metric(address: SocketAddr, series: &str, at_least: f64) {
+    let started = Instant::now();
+    loop {
+        let value = metrics::scrape(address).await.value(series);
+        if value >= at_least {
+            return;
+        }
+        assert!(started.elapsed() < LIMIT, "{series} = {value} after {LIMIT:?}, expected {at_least}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+// === SIGHUP, with the binary ===
+
+const BIN: &str = env!("CARGO_BIN_EXE_pullgate");
+
+/// Kills the child when the test ends, however it ends.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `pullgate serve` with metrics on a free port; returns it and the metrics address,
+/// read from its JSON log.
+fn spawn_serve(dir: &Path) -> (Daemon, SocketAddr) {
+    let policy_dir = dir.join("policy.d");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("all.toml"), rule("*", "reject")).unwrap();
+    let mut command = Command::new(BIN);
+    command.args(["serve", "--log-format", "json", "--listen"]).arg(dir.join("pg.sock"));
+    command.arg("--upstream").arg(dir.join("containerd.sock"));
+    command.env("PULLGATE_POLICY_DIR", &policy_dir).env("PULLGATE_METRICS__LISTEN", "127.0.0.1:0");
+    command.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut daemon = Daemon(command.spawn().expect("spawn pullgate"));
+    let stderr = BufReader::new(daemon.0.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let address = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let event: serde_json::Value = serde_json::from_str(&line).ok()?;
+            (event["message"] == "serving metrics").then(|| event["address"].as_str()?.parse().ok())?
+        })
+        .expect("pullgate logged no metrics address");
+    // Keep draining the log so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (daemon, address)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, address) = spawn_serve(dir.path());
+    // A rejected pull never reaches containerd, so none is needed here.
+    let refused = raw_pull(&dir.path().join("pg.sock")).await;
+    assert!(refused.contains("rejects every image"), "{refused}");
+    assert_eq!(metrics::scrape(address).await.value(RELOADS), 0.0);
+
+    let status = Command::new("kill").args(["-HUP", &daemon.0.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    wait_for_metric(address, RELOADS, 1.0).await;
+    assert_eq!(metrics::scrape(address).await.value(FAILED_RELOADS), 0.0);
+    // Still serving, with the policy it reloaded.
+    assert!(raw_pull(&dir.path().join("pg.sock")).await.contains("rejects every image"));
+}
+
+/// The refusal message of a PullImage of an arbitrary image.
+async fn raw_pull(socket: &Path) -> String {
+    use prost::Message;
+    let request = cri::pull_request("registry.invalid/app:v1", None).encode_to_vec();
+    let response = raw::call(socket, "/runtime.v1.ImageService/PullImage", raw::frame(&request), &[]).await;
+    assert_eq!(response.grpc_status(), Some("2"), "{response:?}");
+    response.grpc_message()
+}
