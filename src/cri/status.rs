@@ -21,7 +21,8 @@ pub fn pull_error(error: &PullError) -> Status {
 }
 
 /// UNKNOWN, as containerd itself reports pull failures, so the kubelet reads the message.
-fn rejected(rejection: &Rejection) -> Status {
+/// Public so `pullgate verify` can show the exact status the kubelet would get.
+pub fn rejected(rejection: &Rejection) -> Status {
     match rejection {
         Rejection::Denied(message) => Status::unknown(format!("{SIGNATURE_VALIDATION_FAILED}: {message}")),
         Rejection::RegistryUnavailable(message) => Status::unknown(format!("{REGISTRY_UNAVAILABLE}: {message}")),
