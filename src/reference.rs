@@ -30,6 +30,10 @@ pub enum ReferenceError {
     InvalidDigest(String),
     #[error("invalid registry host {0:?}")]
     InvalidRegistry(String),
+    #[error(
+        "registry host {0:?} is a host only because of its capital letters; write it with a domain or a port"
+    )]
+    CapitalisedRegistry(String),
     #[error("invalid repository name {0:?}")]
     InvalidRepository(String),
     #[error("repository name {0:?} must be lowercase")]
@@ -219,10 +223,22 @@ fn valid_path_component(c: &str) -> bool {
 /// Split "host/path" (or a bare Hub path) into (registry, repository), docker-style.
 fn split_registry(name: &str) -> Result<(String, String), ReferenceError> {
     let (registry, path) = match name.split_once('/') {
-        Some((first, rest)) if looks_like_registry(first) => (normalize_registry(first)?, rest),
+        Some((first, rest)) if looks_like_registry(first) => (registry_host(first)?, rest),
         _ => (DOCKER_HUB.to_owned(), name),
     };
     Ok((registry.clone(), hub_library(&registry, path)))
+}
+
+/// A first component that docker reads as a host, normalised.
+fn registry_host(first: &str) -> Result<String, ReferenceError> {
+    let registry = normalize_registry(first)?;
+    // Lowercased, "Host/app" would read as the Hub image "host/app": the name verified and the
+    // one containerd is told to pull would then be on different registries.
+    if looks_like_registry(&registry) {
+        Ok(registry)
+    } else {
+        Err(ReferenceError::CapitalisedRegistry(quote(first)))
+    }
 }
 
 /// Docker Hub's official images live under "library/".
@@ -475,6 +491,9 @@ mod tests {
             }),
             ("[::1/a", |e| {
                 matches!(e, ReferenceError::InvalidRegistry(_))
+            }),
+            ("Host/a", |e| {
+                matches!(e, ReferenceError::CapitalisedRegistry(_))
             }),
             ("user:pw@host/a", |e| {
                 matches!(e, ReferenceError::InvalidDigest(_))

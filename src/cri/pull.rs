@@ -99,8 +99,14 @@ async fn admit<G: PullGate>(gate: &G, body: Incoming) -> Result<(Admission, Byte
         .await
         .map_err(|e| PullError::Body(e.to_string()))?
         .to_bytes();
-    let decoded = PullImageRequest::decode(wire::unframe(&body)?)?;
-    let admission = gate.admit(&pull_request(&decoded)).await?;
+    let message = wire::unframe(&body)?;
+    let pull = pull_request(&PullImageRequest::decode(message)?);
+    // containerd will read the image by wire types; judging prost's reading could verify one
+    // image and let containerd pull another (see `wire::pull_image_name`).
+    if wire::pull_image_name(message)? != pull.image {
+        return Err(wire::WireError::Ambiguous.into());
+    }
+    let admission = gate.admit(&pull).await?;
     Ok((admission, body))
 }
 

@@ -23,6 +23,8 @@ pub enum WireError {
     Compressed,
     #[error("malformed protobuf message")]
     Protobuf,
+    #[error("the image field reads differently depending on the protobuf decoder")]
+    Ambiguous,
 }
 
 /// Returns the message inside a body that must hold exactly one uncompressed gRPC frame.
@@ -85,6 +87,28 @@ fn put_bytes_field(number: u32, payload: &[u8], out: &mut BytesMut) {
     encode_key(number, WireType::LengthDelimited, out);
     encode_varint(payload.len() as u64, out);
     out.put_slice(payload);
+}
+
+/// `image.image` of an encoded `PullImageRequest` as containerd's protobuf library reads it:
+/// every field framed by its own wire type, each occurrence of `image` parsed on its own, the
+/// last value winning. prost frames some malformed messages differently (it reads a map entry
+/// whatever wire type its key claims), so the gate checks that both readings agree before it
+/// judges an image: otherwise it could verify one image while containerd pulls another.
+pub fn pull_image_name(message: &[u8]) -> Result<String, WireError> {
+    let mut name: &[u8] = &[];
+    for spec in fields(message)?.iter().filter(|f| f.number == PULL_REQUEST_IMAGE_FIELD) {
+        for field in fields(length_delimited(spec)?)?.iter().filter(|f| f.number == IMAGE_SPEC_IMAGE_FIELD) {
+            name = length_delimited(field)?;
+        }
+    }
+    String::from_utf8(name.to_vec()).map_err(|_| WireError::Protobuf)
+}
+
+fn length_delimited<'a>(field: &RawField<'a>) -> Result<&'a [u8], WireError> {
+    if field.wire_type != WireType::LengthDelimited {
+        return Err(WireError::Protobuf);
+    }
+    Ok(field.payload)
 }
 
 /// Replaces `image.image` in an encoded `PullImageRequest`, keeping every other field byte for
@@ -162,6 +186,29 @@ mod tests {
         original.extend_from_slice(&unknown);
         let rewritten = rewrite_pull_image(&original, "a/b@sha256:11").unwrap();
         assert!(rewritten.ends_with(&unknown), "unknown field lost");
+    }
+
+    #[test]
+    fn image_name_is_read_by_wire_types() {
+        let encoded = request("example.com/app:1").encode_to_vec();
+        assert_eq!(pull_image_name(&encoded).as_deref(), Ok("example.com/app:1"));
+        assert_eq!(pull_image_name(&[]).as_deref(), Ok(""));
+        let mut twice = encoded.clone();
+        twice.extend(request("example.com/other:2").encode_to_vec());
+        assert_eq!(pull_image_name(&twice).as_deref(), Ok("example.com/other:2"));
+    }
+
+    // Found by the wire_rewrite fuzz target: inside `image`, an annotations entry (field 2)
+    // whose key claims a 64-bit value. Go's protobuf skips it as 8 bytes and sees no image;
+    // prost reads it as an empty map entry and then finds an `image` field in those 8 bytes.
+    #[test]
+    fn prost_and_wire_readings_can_differ() {
+        let spec = [0x11, 0x00, 0x0a, 0x05, b'e', b'v', b'i', b'l', b'!'];
+        let mut message = vec![0x0a, spec.len() as u8];
+        message.extend_from_slice(&spec);
+        let prost_image = PullImageRequest::decode(&message[..]).unwrap().image.unwrap().image;
+        assert_eq!(prost_image, "evil!");
+        assert_eq!(pull_image_name(&message).as_deref(), Ok(""));
     }
 
     #[test]
