@@ -4,6 +4,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::payload::MAX_PAYLOAD_BYTES;
 use crate::reference::Digest;
@@ -53,13 +54,21 @@ pub enum ManifestError {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RawManifest {
+struct RawManifest<'a> {
     schema_version: u64,
     media_type: Option<String>,
-    // Kept as raw values so that layers of other media types, which we ignore, cannot make the
-    // whole manifest unparseable by carrying fields in shapes we do not expect.
-    #[serde(default)]
-    layers: Vec<serde_json::Value>,
+    // Kept as raw text so that layers of other media types, which we ignore, cannot make the
+    // whole manifest unparseable by carrying fields in shapes we do not expect, and so that a
+    // manifest listing thousands of layers costs a pointer per layer until the count is checked.
+    #[serde(default, borrow)]
+    layers: Vec<&'a RawValue>,
+}
+
+/// Just enough of a layer to tell whether it is a signature layer.
+#[derive(Deserialize)]
+struct LayerKind {
+    #[serde(rename = "mediaType")]
+    media_type: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -87,13 +96,11 @@ pub fn parse_signature_manifest(
     if raw.schema_version != 2 {
         return Err(ManifestError::SchemaVersion(raw.schema_version));
     }
-    let candidates: Vec<(usize, serde_json::Value)> = raw
+    let candidates: Vec<(usize, &RawValue)> = raw
         .layers
         .into_iter()
         .enumerate()
-        .filter(|(_, layer)| {
-            layer.get("mediaType").and_then(|m| m.as_str()) == Some(SIMPLESIGNING_MEDIA_TYPE)
-        })
+        .filter(|(_, layer)| is_signature_layer(layer))
         .collect();
     if candidates.len() > MAX_SIGNATURE_LAYERS {
         return Err(ManifestError::TooManyLayers {
@@ -134,12 +141,17 @@ fn check_media_type(content_type: &str, body: Option<&str>) -> Result<(), Manife
     }
 }
 
-fn parse_layer(
-    index: usize,
-    value: serde_json::Value,
-) -> Result<Option<SignatureLayer>, ManifestError> {
+/// A layer that is not an object with a string `mediaType` is some other kind of layer.
+fn is_signature_layer(layer: &RawValue) -> bool {
+    serde_json::from_str::<LayerKind>(layer.get())
+        .ok()
+        .and_then(|kind| kind.media_type)
+        .is_some_and(|media_type| media_type == SIMPLESIGNING_MEDIA_TYPE)
+}
+
+fn parse_layer(index: usize, value: &RawValue) -> Result<Option<SignatureLayer>, ManifestError> {
     let bad = |reason: String| ManifestError::BadLayer { index, reason };
-    let raw: RawLayer = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    let raw: RawLayer = serde_json::from_str(value.get()).map_err(|e| bad(e.to_string()))?;
     let digest = raw
         .digest
         .parse::<Digest>()

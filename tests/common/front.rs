@@ -207,6 +207,10 @@ impl Front {
             HeaderValue::from_str(content_type)
                 .expect("front: Hostile::Body content type must be a valid header value");
         }
+        if let Hostile::OversizedManifest(n) = &behaviour {
+            // Hashed here, on the caller's thread, so serving it does not stall the runtime.
+            junk_digest(*n);
+        }
         lock(&self.state).hostile.push((path_prefix.into(), behaviour));
     }
 
@@ -328,12 +332,7 @@ where
 fn hostile_response(behaviour: Hostile) -> Response<Body> {
     match behaviour {
         Hostile::OversizedManifest(n) => {
-            let mut hasher = Sha256::new();
-            junk(n).for_each(|chunk| hasher.update(&chunk));
-            let headers = [
-                ("content-length", n.to_string()),
-                ("docker-content-digest", format!("sha256:{:x}", hasher.finalize())),
-            ];
+            let headers = [("content-length", n.to_string()), ("docker-content-digest", junk_digest(n))];
             streaming(StatusCode::OK, &headers, stream::iter(junk(n)))
         }
         Hostile::EndlessBody => streaming(StatusCode::OK, &[], stream::repeat_with(|| Bytes::from_static(&FILL))),
@@ -345,6 +344,20 @@ fn hostile_response(behaviour: Hostile) -> Response<Body> {
             serve(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &content_type, bytes)
         }
     }
+}
+
+/// The digest of `junk(n)`, computed once per n per process: hashing 100 MiB takes seconds.
+fn junk_digest(n: usize) -> String {
+    static DIGESTS: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
+    let mut digests = DIGESTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, digest)) = digests.iter().find(|(size, _)| *size == n) {
+        return digest.clone();
+    }
+    let mut hasher = Sha256::new();
+    junk(n).for_each(|chunk| hasher.update(&chunk));
+    let digest = format!("sha256:{:x}", hasher.finalize());
+    digests.push((n, digest.clone()));
+    digest
 }
 
 /// Exactly n bytes: `{"schemaVersion":2,"junk":"aaaa…"}` (just `a`s when n is too small for that).

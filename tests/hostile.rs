@@ -1,0 +1,429 @@
+//! Hostile registries: the pullgate binary in front of a real containerd, pulling through a
+//! registry front that lies or misbehaves. Every pull must fail within the time budget with the
+//! kubelet prefix that fits, containerd must never be asked for the image, pullgate's memory
+//! stays bounded (read from /proc while it runs), and other CRI calls do not queue behind a
+//! stalled verification.
+//!
+//! | repository (under the front)  | what the front does                               | prefix                    |
+//! |-------------------------------|---------------------------------------------------|---------------------------|
+//! | hostile/oversized-manifest    | 100 MiB manifest for the tag (Content-Length set) | SignatureValidationFailed |
+//! | hostile/oversized-sig         | 100 MiB `.sig` manifest                           | SignatureValidationFailed |
+//! | hostile/endless-manifest      | chunked manifest body that never ends             | SignatureValidationFailed |
+//! | hostile/endless-sig           | chunked `.sig` manifest body that never ends      | SignatureValidationFailed |
+//! | hostile/endless-payload       | chunked signature payload blob that never ends    | SignatureValidationFailed |
+//! | hostile/many-layers           | `.sig` manifest with 10,000 signature layers      | SignatureValidationFailed |
+//! | hostile/html-sig              | HTML page (200) instead of the `.sig` manifest    | SignatureValidationFailed |
+//! | hostile/non-json-payload      | (nothing) trusted key signed a non-JSON payload   | SignatureValidationFailed |
+//! | hostile/stall-manifest        | headers, then silence, for the tag's manifest     | RegistryUnavailable       |
+//! | hostile/stall-sig             | headers, then silence, for the `.sig` manifest    | RegistryUnavailable       |
+//! | hostile/stall-payload         | headers, then silence, for the payload blob       | RegistryUnavailable       |
+//! | hostile/control               | (nothing) signed by the trusted key               | accepted                  |
+//!
+//! And a hostile client: a PullImage request that prost and containerd's protobuf would read as
+//! two different images is refused with InvalidArgument, never forwarded.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::cosign::{self, TestKey};
+use common::cri;
+use common::front::{Front, Hostile};
+use common::lab::Lab;
+use pullgate::cri::proto::{ImageStatusRequest, ListImagesRequest};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pullgate");
+/// pullgate's registry timeout, which is also its budget for one pull's whole verification.
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// Scheduling slack on a loaded 2-core CI machine, on top of the budget.
+const MARGIN: Duration = Duration::from_secs(1);
+/// The issue's bound on pullgate's resident memory while under attack.
+const RSS_LIMIT_KIB: u64 = 64 * 1024;
+const HUNDRED_MIB: usize = 100 * 1024 * 1024;
+
+/// The two tests take turns: the latency one measures pullgate, not the other's load on two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+// === the pullgate binary, watched ===
+
+/// The pullgate binary with a config and policy written by the test; its memory is sampled
+/// from /proc every few milliseconds until it is stopped.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+    memory: MemoryWatch,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// `files` are (name, content) pairs for the policy directory.
+    fn start(upstream: &Path, insecure: &str, files: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (socket, policy_dir, log) =
+            (dir.path().join("pullgate.sock"), dir.path().join("policy.d"), dir.path().join("pullgate.log"));
+        std::fs::create_dir_all(&policy_dir).expect("policy dir");
+        for (name, content) in files {
+            std::fs::write(policy_dir.join(name), content).expect("write policy file");
+        }
+        let config = format!(
+            "listen = {socket:?}\nupstream = {upstream:?}\npolicy_dir = {policy_dir:?}\n\n\
+             [registry]\ninsecure = [{insecure:?}]\ntimeout = \"{}s\"\n",
+            TIMEOUT.as_secs()
+        );
+        let config_path = dir.path().join("pullgate.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let stderr = std::fs::File::create(&log).expect("create log file");
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn pullgate");
+        let memory = MemoryWatch::start(child.id());
+        let mut daemon = Daemon { child, socket, log, memory, _dir: dir };
+        daemon.wait_for_socket();
+        daemon
+    }
+
+    fn wait_for_socket(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.socket.exists() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("pullgate exited at startup ({status}):\n{}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "pullgate did not bind its socket:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the memory watch and returns (largest VmRSS sampled, VmHWM), in KiB.
+    fn memory(&mut self) -> (u64, u64) {
+        let hwm = read_status_kib(self.child.id(), "VmHWM:")
+            .unwrap_or_else(|| panic!("no VmHWM for pullgate; is it still running?\n{}", self.log_text()));
+        (self.memory.stop(), hwm)
+    }
+
+    fn assert_memory_bounded(&mut self) {
+        let (peak_rss, hwm) = self.memory();
+        eprintln!("pullgate memory: largest VmRSS sample {peak_rss} KiB, VmHWM {hwm} KiB");
+        assert!(peak_rss > 0, "no VmRSS sample was taken");
+        assert!(hwm < RSS_LIMIT_KIB, "pullgate's VmHWM reached {hwm} KiB (limit {RSS_LIMIT_KIB})");
+        assert!(peak_rss < RSS_LIMIT_KIB, "pullgate's VmRSS reached {peak_rss} KiB (limit {RSS_LIMIT_KIB})");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.memory.stop();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Samples VmRSS of one process on a thread of its own.
+struct MemoryWatch {
+    stop: Arc<AtomicBool>,
+    peak_kib: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MemoryWatch {
+    fn start(pid: u32) -> MemoryWatch {
+        let (stop, peak_kib) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (stop_flag, peak) = (stop.clone(), peak_kib.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop_flag.load(Ordering::Relaxed) {
+                if let Some(rss) = read_status_kib(pid, "VmRSS:") {
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        MemoryWatch { stop, peak_kib, thread: Some(thread) }
+    }
+
+    /// Ends sampling; returns the largest VmRSS seen, in KiB.
+    fn stop(&mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.peak_kib.load(Ordering::Relaxed)
+    }
+}
+
+/// A "Name:   1234 kB" line of /proc/<pid>/status, in KiB.
+fn read_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+// === the cases ===
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Stage {
+    /// GET /v2/<repo>/manifests/v1: resolving the tag.
+    Resolve,
+    /// GET /v2/<repo>/manifests/sha256-<hex>.sig: the signature manifest.
+    SignatureManifest,
+    /// GET /v2/<repo>/blobs/<digest>: a signature payload.
+    Payload,
+}
+
+const SVF: &str = "SignatureValidationFailed: ";
+const UNAVAILABLE: &str = "RegistryUnavailable: ";
+
+struct Case {
+    name: &'static str,
+    /// What the front does, and where; None for an image that is hostile by its own content.
+    hostile: Option<(Stage, Hostile)>,
+    prefix: &'static str,
+    /// Words the refusal must contain, so the test knows which limit stopped the pull.
+    words: &'static [&'static str],
+}
+
+fn cases() -> Vec<Case> {
+    let case = |name, hostile, prefix, words| Case { name, hostile, prefix, words };
+    use Stage::*;
+    vec![
+        case("oversized-manifest", Some((Resolve, Hostile::OversizedManifest(HUNDRED_MIB))), SVF, &["resolve", "larger than the limit"]),
+        case("oversized-sig", Some((SignatureManifest, Hostile::OversizedManifest(HUNDRED_MIB))), SVF, &["signatures", "larger than the limit"]),
+        case("endless-manifest", Some((Resolve, Hostile::EndlessBody)), SVF, &["resolve", "larger than the limit"]),
+        case("endless-sig", Some((SignatureManifest, Hostile::EndlessBody)), SVF, &["signatures", "larger than the limit"]),
+        case("endless-payload", Some((Payload, Hostile::EndlessBody)), SVF, &["1 signature payload is unusable", "larger than the limit"]),
+        case("many-layers", Some((SignatureManifest, Hostile::SignatureLayers(10_000))), SVF, &["10000 signature layers"]),
+        case(
+            "html-sig",
+            Some((SignatureManifest, Hostile::Body(200, "text/html".into(), Bytes::from_static(b"<html>login</html>")))),
+            SVF,
+            &["not valid manifest JSON"],
+        ),
+        case("non-json-payload", None, SVF, &["not a cosign SimpleSigning document"]),
+        case("stall-manifest", Some((Resolve, Hostile::StallAfterHeaders)), UNAVAILABLE, &[]),
+        case("stall-sig", Some((SignatureManifest, Hostile::StallAfterHeaders)), UNAVAILABLE, &[]),
+        case("stall-payload", Some((Payload, Hostile::StallAfterHeaders)), UNAVAILABLE, &[]),
+    ]
+}
+
+fn repo(name: &str) -> String {
+    format!("hostile/{name}")
+}
+
+fn hostile_path(repo: &str, stage: Stage, digest: &str) -> String {
+    match stage {
+        Stage::Resolve => format!("/v2/{repo}/manifests/v1"),
+        Stage::SignatureManifest => format!("/v2/{repo}/manifests/{}", cosign::signature_tag(digest)),
+        Stage::Payload => format!("/v2/{repo}/blobs/"),
+    }
+}
+
+/// Pushes `repo:v1` and a signature by `key` whose payload is the cosign document naming the
+/// image as pulled through the front, or `payload` when given. Returns the image digest.
+fn push_signed(lab: &Lab, front: &Front, repo: &str, key: &TestKey, payload: Option<&[u8]>) -> String {
+    let digest = lab.push_image(&format!("{repo}:v1"), repo);
+    let payload = payload.map_or_else(|| cosign::payload(&format!("{}/{repo}", front.addr()), &digest), <[u8]>::to_vec);
+    let signature = key.sign_payload(&payload);
+    cosign::push_signatures(&lab.registry, repo, &digest, &[(payload, signature)]);
+    digest
+}
+
+fn policy(front: &Front) -> String {
+    format!("[[rule]]\nscope = \"{}/hostile\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n", front.addr())
+}
+
+/// Pushes every case's image (in parallel: each push is a skopeo run) and arms the front.
+fn arm(lab: &Lab, front: &Front, key: &TestKey, cases: &[Case]) {
+    std::thread::scope(|scope| {
+        for case in cases {
+            scope.spawn(move || {
+                let repo = repo(case.name);
+                let payload = (case.name == "non-json-payload").then_some(&b"this is not JSON {"[..]);
+                let digest = push_signed(lab, front, &repo, key, payload);
+                if let Some((stage, hostile)) = &case.hostile {
+                    front.hostile(&hostile_path(&repo, *stage, &digest), hostile.clone());
+                }
+            });
+        }
+    });
+}
+
+/// Pulls the case's image through pullgate; Err names everything wrong with the outcome.
+async fn run_case(socket: &Path, front: &Front, case: &Case) -> Result<(), String> {
+    let image = format!("{}/{}:v1", front.addr(), repo(case.name));
+    let started = Instant::now();
+    let result = cri::images(socket).pull_image(cri::pull_request(&image, Some("default"))).await;
+    let elapsed = started.elapsed();
+    let status = match result {
+        Ok(_) => return Err(format!("{}: pulled; it must be refused", case.name)),
+        Err(status) => status,
+    };
+    let message = status.message();
+    let mut problems = Vec::new();
+    if status.code() != tonic::Code::Unknown {
+        problems.push(format!("code {:?}", status.code()));
+    }
+    if !message.starts_with(case.prefix) || !case.words.iter().all(|words| message.contains(words)) {
+        problems.push(format!("want {:?}…{:?}", case.prefix, case.words));
+    }
+    if elapsed >= TIMEOUT + MARGIN {
+        problems.push(format!("took {elapsed:?}, budget {TIMEOUT:?} + {MARGIN:?}"));
+    }
+    let reached = |stage: Stage| front.count(|s| s.path.contains(&format!("/{}/", repo(case.name))) && stage_of(&s.path) == Some(stage) && !s.is_containerd());
+    if let Some((stage, _)) = &case.hostile
+        && reached(*stage) == 0
+    {
+        problems.push(format!("pullgate never reached the hostile {stage:?} request"));
+    }
+    eprintln!("{:<20} {:>5} ms  {message}", case.name, elapsed.as_millis());
+    if problems.is_empty() { Ok(()) } else { Err(format!("{}: {}; got {message:?}", case.name, problems.join(", "))) }
+}
+
+fn stage_of(path: &str) -> Option<Stage> {
+    if path.contains("/blobs/") {
+        return Some(Stage::Payload);
+    }
+    let (_, reference) = path.split_once("/manifests/")?;
+    Some(if reference.ends_with(".sig") { Stage::SignatureManifest } else { Stage::Resolve })
+}
+
+/// Names of every image containerd holds.
+async fn containerd_images(lab: &Lab) -> Vec<String> {
+    let listed = cri::images(&lab.containerd_sock).list_images(ListImagesRequest::default()).await.expect("ListImages");
+    listed.into_inner().images.iter().flat_map(|i| [&i.repo_tags[..], &i.repo_digests[..]].concat()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_registries_fail_fast_with_the_right_prefix_and_bounded_memory() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let lab = Lab::start();
+    let front = Front::start(&lab.registry);
+    let key = TestKey::generate();
+    let cases = cases();
+    arm(&lab, &front, &key, &cases);
+    let (public, policy) = (key.public_pem(), policy(&front));
+    let mut daemon = Daemon::start(&lab.containerd_sock, &front.addr(), &[("a.pub", &public), ("10-hostile.toml", &policy)]);
+
+    // All at once: the memory bound must hold with every attack in flight together.
+    let results = futures_util::future::join_all(cases.iter().map(|case| run_case(&daemon.socket, &front, case))).await;
+    let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    assert!(failures.is_empty(), "{}\n--- pullgate log ---\n{}", failures.join("\n"), daemon.log_text());
+
+    let held = containerd_images(&lab).await;
+    assert!(!held.iter().any(|name| name.contains("/hostile/")), "a refused image reached containerd: {held:?}");
+
+    // The same setup with a well-behaved registry accepts, so the refusals above are the attacks' doing.
+    front.trust_in(&lab);
+    push_signed(&lab, &front, "hostile/control", &key, None);
+    let control = format!("{}/hostile/control:v1", front.addr());
+    let pulled = cri::images(&daemon.socket).pull_image(cri::pull_request(&control, Some("default"))).await;
+    assert!(pulled.is_ok(), "control image refused: {pulled:?}\n{}", daemon.log_text());
+
+    daemon.assert_memory_bounded();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn passthrough_calls_do_not_wait_behind_stalled_verifications() {
+    const STALLED: usize = 4;
+    const CALLS: usize = 100;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let lab = Lab::start();
+    let front = Front::start(&lab.registry);
+    let key = TestKey::generate();
+    // Every tag stalls; the images need not exist, as no verification gets past the headers.
+    front.hostile("/v2/hostile/slow/manifests/", Hostile::StallAfterHeaders);
+    let (public, policy) = (key.public_pem(), policy(&front));
+    let mut daemon = Daemon::start(&lab.containerd_sock, &front.addr(), &[("a.pub", &public), ("10-hostile.toml", &policy)]);
+    // One connection for everything, as the kubelet has: the calls share it with the stalled pulls.
+    let mut images = cri::images(&daemon.socket);
+    images.list_images(ListImagesRequest::default()).await.expect("warm-up ListImages");
+
+    // Distinct tags: pulls of one image would share a single verification.
+    let image = |n: usize| format!("{}/hostile/slow:v{n}", front.addr());
+    let pulls: Vec<_> = (0..STALLED)
+        .map(|n| {
+            let (mut client, request) = (images.clone(), cri::pull_request(&image(n), Some("default")));
+            tokio::spawn(async move { client.pull_image(request).await })
+        })
+        .collect();
+    let stalled = || front.count(|s| s.path.starts_with("/v2/hostile/slow/manifests/") && !s.is_containerd());
+    let deadline = Instant::now() + TIMEOUT;
+    while stalled() < STALLED {
+        assert!(Instant::now() < deadline, "only {} of {STALLED} verifications reached the registry", stalled());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let mut latencies = Vec::with_capacity(CALLS);
+    for _ in 0..CALLS {
+        let started = Instant::now();
+        images.image_status(ImageStatusRequest { image: cri::spec(&image(0)), verbose: false }).await.expect("ImageStatus");
+        latencies.push(started.elapsed());
+    }
+    assert!(pulls.iter().all(|pull| !pull.is_finished()), "a stalled pull ended before the ImageStatus calls did");
+    latencies.sort();
+    let (p50, p99) = (latencies[CALLS / 2], latencies[CALLS * 99 / 100 - 1]);
+    eprintln!("ImageStatus during {STALLED} stalled verifications: p50 {p50:?}, p99 {p99:?}, max {:?}", latencies[CALLS - 1]);
+    assert!(p99 < Duration::from_millis(50), "ImageStatus p99 {p99:?} while verifications stall");
+
+    for pull in pulls {
+        let status = pull.await.expect("pull task").expect_err("a stalled pull succeeded");
+        assert!(status.message().starts_with(UNAVAILABLE), "{}", status.message());
+    }
+    daemon.assert_memory_bounded();
+}
+
+// === a hostile client ===
+
+/// A PullImage request that prost and containerd's Go protobuf read as two different images:
+/// inside `image`, an annotations entry whose key claims a 64-bit value. Go skips those 8
+/// bytes and sees `evil.example/x:1`; prost reads an empty map entry, then an `image` field
+/// hidden in the 8 bytes, `a.b/c`, which the policy accepts unverified.
+fn ambiguous_pull() -> Vec<u8> {
+    let evil = b"evil.example/x:1";
+    let mut spec = vec![0x0a, evil.len() as u8];
+    spec.extend_from_slice(evil);
+    spec.extend_from_slice(&[0x11, 0x00, 0x0a, 0x05]);
+    spec.extend_from_slice(b"a.b/c");
+    let mut message = vec![0x0a, spec.len() as u8];
+    message.extend_from_slice(&spec);
+    message
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_read_two_ways_is_refused_not_forwarded() {
+    use common::raw::{self, RecordingUpstream};
+    use prost::Message as _;
+    use pullgate::cri::proto::PullImageRequest;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let upstream_socket = dir.path().join("upstream.sock");
+    let upstream = RecordingUpstream::start(&upstream_socket);
+    let config = pullgate::config::Config { upstream: upstream_socket, ..Default::default() };
+    let pullgate = common::pullgate::start_with(config, &[("p.toml", "[[rule]]\nscope = \"a.b\"\nrequire = \"accept\"\n")]).await;
+    let path = "/runtime.v1.ImageService/PullImage";
+
+    let message = ambiguous_pull();
+    assert_eq!(PullImageRequest::decode(&message[..]).expect("prost reads it").image.expect("image").image, "a.b/c");
+    let response = raw::call(&pullgate.socket, path, raw::frame(&message), &[]).await;
+    assert_eq!(response.grpc_status(), Some("3"), "{}", response.grpc_message());
+    assert!(response.grpc_message().contains("image field reads differently"), "{}", response.grpc_message());
+    assert!(upstream.calls.lock().expect("calls").is_empty(), "the ambiguous request reached containerd");
+
+    // The same image, encoded plainly, goes through: the refusal is about the encoding.
+    let plain = PullImageRequest { image: cri::spec("a.b/c"), ..Default::default() }.encode_to_vec();
+    let response = raw::call(&pullgate.socket, path, raw::frame(&plain), &[]).await;
+    assert_eq!(upstream.calls.lock().expect("calls").len(), 1, "{response:?}");
+    pullgate.stop().await;
+}

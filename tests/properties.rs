@@ -1,0 +1,382 @@
+//! Property tests for everything pullgate parses from outside: image references (kubelet),
+//! policy files (operator), signature manifests and payloads (registry), and the PullImage
+//! wire rewrite (kubelet). Each property runs on random input and on input built from a
+//! grammar of near-valid documents, so that the deep paths are reached too.
+//!
+//! Cases per property: proptest's default of 256, or `PROPTEST_CASES` (see docs/fuzzing.md).
+//! The coverage-guided fuzz targets for the same parsers are in `fuzz/`.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+use prost::Message as _;
+use proptest::prelude::*;
+use proptest::sample::select;
+use pullgate::cri::proto::{AuthConfig, ImageSpec, PodSandboxConfig, PodSandboxMetadata, PullImageRequest};
+use pullgate::cri::wire::{WireError, pull_image_name, rewrite_pull_image};
+use pullgate::policy::Policy;
+use pullgate::reference::{Digest, ImageRef};
+use pullgate::verify::signatures::{
+    MAX_SIGNATURE_LAYERS, ManifestError, OCI_MANIFEST_MEDIA_TYPE, SIGNATURE_ANNOTATION, SIMPLESIGNING_MEDIA_TYPE,
+    parse_signature_manifest,
+};
+use pullgate::verify::{PayloadError, SignedPayload};
+use serde_json::{Value, json};
+
+const DIGEST: &str = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b";
+
+// === image references ===
+
+/// Reference-shaped text: optional host[:port], path components, optional tag and digest,
+/// with the characters that sit on the grammar's edges mixed in.
+fn reference_like() -> impl Strategy<Value = String> {
+    let host = "(([a-zA-Z0-9-]{1,8}\\.)?[a-zA-Z0-9-]{1,8}(:[0-9]{0,6})?/|localhost/|\\[[0-9a-f:]{1,8}\\](:[0-9]{1,5})?/)?";
+    let path = "[a-zA-Z0-9._-]{1,10}(/[a-z0-9._-]{0,8}){0,3}";
+    let tag = "(:[A-Za-z0-9_.-]{0,12})?";
+    let digest = "(@sha(256|512):[0-9a-fA-F]{62,66})?";
+    proptest::string::string_regex(&format!("{host}{path}{tag}{digest}")).expect("valid regex")
+}
+
+fn assert_round_trips(text: &str) -> Result<(), TestCaseError> {
+    if let Ok(image) = text.parse::<ImageRef>() {
+        let shown = image.to_string();
+        prop_assert_eq!(shown.parse::<ImageRef>(), Ok(image.clone()), "{:?} shown as {:?}", text, shown);
+        if let Some(pinned) = image.pinned() {
+            prop_assert!(pinned.parse::<ImageRef>().is_ok(), "{:?} pinned as {:?}", text, pinned);
+        }
+    }
+    if let Ok(image) = ImageRef::parse_for_pull(text) {
+        prop_assert!(image.tag().is_some() || image.digest().is_some());
+        prop_assert_eq!(ImageRef::parse_for_pull(&image.to_string()), Ok(image.clone()));
+    }
+    if let Ok(digest) = text.parse::<Digest>() {
+        prop_assert_eq!(digest.to_string().parse::<Digest>(), Ok(digest.clone()));
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn any_text_parses_or_fails_cleanly_as_a_reference(text in any::<String>()) {
+        assert_round_trips(&text)?;
+    }
+
+    #[test]
+    fn reference_shaped_text_round_trips_through_display(text in reference_like()) {
+        assert_round_trips(&text)?;
+    }
+}
+
+// === policy files ===
+
+/// A policy directory holding one real public key, `a.pub`, reused by every case.
+fn policy_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+        let pem = key.verifying_key().to_public_key_pem(LineEnding::LF).expect("encode key");
+        std::fs::write(dir.path().join("a.pub"), pem).expect("write key");
+        dir
+    })
+    .path()
+}
+
+/// Loads `toml` as the only policy file (and `json` as policy.json); must not panic.
+/// Each proptest case runs on one thread, so the fixed file names are not raced.
+fn load_policy(name: &str, toml: &[u8], json: Option<&[u8]>) -> Result<(), TestCaseError> {
+    let dir = policy_dir().join(name);
+    std::fs::create_dir_all(&dir).expect("case dir");
+    std::fs::copy(policy_dir().join("a.pub"), dir.join("a.pub")).expect("copy key");
+    std::fs::write(dir.join("policy.toml"), toml).expect("write policy");
+    let json_path = dir.join("policy.json");
+    if let Some(json) = json {
+        std::fs::write(&json_path, json).expect("write policy.json");
+    }
+    let loaded = Policy::load(&dir, json.map(|_| json_path.as_path()));
+    if let Err(error) = loaded {
+        prop_assert!(!error.to_string().is_empty());
+    }
+    Ok(())
+}
+
+fn toml_string() -> impl Strategy<Value = String> {
+    prop_oneof![
+        select(vec!["*", "registry.example/team", "*.example.com", "docker.io/library/nginx:1", "Reg.Example:5000/a@sha256:00", "", "nginx", "*.", "[::1]:5000/x"])
+            .prop_map(str::to_owned),
+        any::<String>(),
+    ]
+    .prop_map(|s| serde_json::to_string(&s).expect("JSON string"))
+}
+
+fn toml_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        toml_string(),
+        prop::collection::vec(toml_string(), 0..4).prop_map(|v| format!("[{}]", v.join(", "))),
+        any::<i64>().prop_map(|n| n.to_string()),
+        select(vec!["true", "1.5", "{}", "{ remap = { prefix = \"a.io/x\", signed_prefix = \"b.io/y\" } }", "{ exact-repository = \"a.io/x\" }", "{ remap = {} }"])
+            .prop_map(str::to_owned),
+    ]
+}
+
+/// A `[[rule]]` table of known and unknown keys with plausible and implausible values.
+fn toml_rule() -> impl Strategy<Value = String> {
+    let key = select(vec!["scope", "require", "keys", "threshold", "identity", "mode", "namespaces", "scopes"]);
+    let known_value = select(vec![
+        "\"signed\"", "\"accept\"", "\"reject\"", "[\"a.pub\"]", "[\"a.pub\", \"a.pub\"]", "[\"./a.pub\", \"a.pub\"]",
+        "[\"missing.pub\"]", "[\"policy.toml\"]", "\"match-repository\"", "\"match-exact\"", "\"ignore\"", "\"audit\"",
+        "\"enforce\"", "[\"kube-system\"]", "0", "1", "2", "-1",
+    ])
+    .prop_map(str::to_owned);
+    let value = prop_oneof![3 => known_value, 1 => toml_value()];
+    prop::collection::vec((key, value), 0..8).prop_map(|fields| {
+        let body: Vec<String> = fields.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+        format!("[[rule]]\n{}\n", body.join("\n"))
+    })
+}
+
+fn json_requirement() -> impl Strategy<Value = Value> + Clone {
+    let identity = select(vec![
+        json!({"type": "matchRepository"}),
+        json!({"type": "matchExact"}),
+        json!({"type": "exactReference", "dockerReference": "a.io/x:1"}),
+        json!({"type": "remapIdentity", "prefix": "a.io", "signedPrefix": "b.io"}),
+        json!({"type": "exactRepository"}),
+        json!(null),
+    ]);
+    let base = select(vec![
+        json!({"type": "insecureAcceptAnything"}),
+        json!({"type": "reject"}),
+        json!({"type": "sigstoreSigned", "keyPath": "a.pub"}),
+        json!({"type": "sigstoreSigned", "keyPaths": ["a.pub", "a.pub"]}),
+        json!({"type": "sigstoreSigned", "keyData": "bm90IGEga2V5"}),
+        json!({"type": "sigstoreSigned", "keyPath": "a.pub", "fulcio": null}),
+        json!({"type": "signedBy", "keyType": "GPGKeys"}),
+        json!({"type": 7}),
+        json!({}),
+    ]);
+    (base, prop::option::of(identity)).prop_map(|(mut requirement, identity)| {
+        if let (Some(identity), Some(object)) = (identity, requirement.as_object_mut()) {
+            object.insert("signedIdentity".into(), identity);
+        }
+        requirement
+    })
+}
+
+fn json_policy() -> impl Strategy<Value = Vec<u8>> {
+    let requirements = prop::collection::vec(json_requirement(), 0..3);
+    let scope = prop_oneof![select(vec!["", "a.io", "a.io/team", "*.a.io", "a.io/x@sha256:00", "docker.io"]).prop_map(str::to_owned), any::<String>()];
+    let scopes = prop::collection::vec((scope, requirements.clone()), 0..4);
+    (requirements, scopes).prop_map(|(default, scopes)| {
+        let docker: serde_json::Map<String, Value> = scopes.into_iter().map(|(s, r)| (s, Value::from(r))).collect();
+        serde_json::to_vec(&json!({"default": default, "transports": {"docker": docker}})).expect("JSON")
+    })
+}
+
+proptest! {
+    #[test]
+    fn policy_loading_survives_arbitrary_bytes(toml in prop::collection::vec(any::<u8>(), 0..512), json in prop::collection::vec(any::<u8>(), 0..512)) {
+        load_policy("bytes", &toml, Some(&json))?;
+    }
+
+    #[test]
+    fn policy_loading_survives_near_valid_files(rules in prop::collection::vec(toml_rule(), 0..4), json in prop::option::of(json_policy())) {
+        load_policy("grammar", rules.concat().as_bytes(), json.as_deref())?;
+    }
+}
+
+// === signature payloads ===
+
+fn json_text() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        select(vec!["cosign container image signature", "registry.example/app", DIGEST, "sha256:ABC", ""]).prop_map(Value::from),
+        any::<String>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        Just(Value::Null),
+    ]
+}
+
+/// A cosign document with each field present, missing, or replaced, plus stray fields.
+fn payload_document() -> impl Strategy<Value = Value> {
+    let field = || prop::option::of(json_text());
+    (field(), field(), field(), field(), field()).prop_map(|(reference, digest, kind, stray, optional)| {
+        let mut critical = json!({"identity": {}, "image": {}});
+        if let Some(reference) = reference {
+            critical["identity"]["docker-reference"] = reference;
+        }
+        if let Some(digest) = digest {
+            critical["image"]["docker-manifest-digest"] = digest;
+        }
+        if let Some(kind) = kind {
+            critical["type"] = kind;
+        }
+        if let Some(stray) = stray {
+            critical["extra"] = stray;
+        }
+        json!({"critical": critical, "optional": optional})
+    })
+}
+
+proptest! {
+    #[test]
+    fn payload_parsing_survives_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+        if let Ok(payload) = SignedPayload::parse(&bytes) {
+            prop_assert!(payload.manifest_digest.to_string().parse::<Digest>().is_ok());
+        }
+    }
+
+    #[test]
+    fn payload_parsing_keeps_what_was_signed(document in payload_document()) {
+        let bytes = serde_json::to_vec(&document).expect("JSON");
+        let critical = &document["critical"];
+        let valid = critical.get("extra").is_none()
+            && critical["type"] == "cosign container image signature"
+            && critical["identity"]["docker-reference"].is_string()
+            && critical["image"]["docker-manifest-digest"].as_str().is_some_and(|d| d.parse::<Digest>().is_ok());
+        match SignedPayload::parse(&bytes) {
+            Ok(payload) => {
+                prop_assert!(valid, "accepted {}", document);
+                prop_assert_eq!(Some(payload.docker_reference.as_str()), critical["identity"]["docker-reference"].as_str());
+                prop_assert_eq!(Some(payload.manifest_digest.as_str()), critical["image"]["docker-manifest-digest"].as_str());
+            }
+            Err(error) => {
+                prop_assert!(!valid, "refused {}: {}", document, error);
+                let too_large = matches!(error, PayloadError::TooLarge { .. });
+                prop_assert!(!too_large);
+            }
+        }
+    }
+}
+
+// === signature manifests ===
+
+/// What the parser must make of one layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Expect {
+    /// A well-formed signature layer: returned.
+    Returned,
+    /// Another media type, or a signature layer without a signature: skipped.
+    Skipped,
+    /// A signature layer with a bad digest, size or signature: the manifest is refused.
+    Refused,
+}
+
+/// One layer as a hostile or sloppy registry might list it, with what the parser must do.
+fn manifest_layer() -> impl Strategy<Value = (Value, Expect)> {
+    let media_type = select(vec![SIMPLESIGNING_MEDIA_TYPE, SIMPLESIGNING_MEDIA_TYPE, "application/vnd.oci.image.layer.v1.tar", ""]);
+    let digest = prop_oneof![4 => Just(DIGEST.to_owned()), 1 => any::<String>()];
+    let size = prop_oneof![4 => 0u64..70_000, 1 => any::<u64>()];
+    let signature = prop_oneof![
+        4 => prop::collection::vec(any::<u8>(), 1..80).prop_map(|sig| Some(STANDARD.encode(sig))),
+        1 => Just(None),
+        1 => any::<String>().prop_map(Some),
+    ];
+    (media_type, digest, size, signature).prop_map(|(media_type, digest, size, signature)| {
+        let mut layer = json!({"mediaType": media_type, "digest": digest, "size": size});
+        if let Some(signature) = &signature {
+            layer["annotations"] = json!({ SIGNATURE_ANNOTATION: signature });
+        }
+        let sound = digest.parse::<Digest>().is_ok() && size <= pullgate::verify::MAX_PAYLOAD_BYTES as u64;
+        let expect = match (media_type == SIMPLESIGNING_MEDIA_TYPE, sound, signature.as_deref()) {
+            (false, ..) => Expect::Skipped,
+            (true, false, _) => Expect::Refused,
+            (true, true, None) => Expect::Skipped,
+            (true, true, Some(s)) if STANDARD.decode(s).is_ok() => Expect::Returned,
+            (true, true, Some(_)) => Expect::Refused,
+        };
+        (layer, expect)
+    })
+}
+
+proptest! {
+    #[test]
+    fn signature_manifest_parsing_survives_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..2048), content_type in any::<String>()) {
+        let _ = parse_signature_manifest(&bytes, &content_type);
+    }
+
+    #[test]
+    fn signature_manifest_parsing_returns_exactly_the_signature_layers(
+        layers in prop::collection::vec(manifest_layer(), 0..80),
+        content_type in select(vec![OCI_MANIFEST_MEDIA_TYPE, "application/json", "", "text/html"]),
+    ) {
+        let values: Vec<&Value> = layers.iter().map(|(layer, _)| layer).collect();
+        let manifest = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST_MEDIA_TYPE, "layers": values});
+        let bytes = serde_json::to_vec(&manifest).expect("JSON");
+        let candidates = layers.iter().filter(|(layer, _)| layer["mediaType"] == SIMPLESIGNING_MEDIA_TYPE).count();
+        let count = |want: Expect| layers.iter().filter(|(_, expect)| *expect == want).count();
+        match parse_signature_manifest(&bytes, content_type) {
+            Ok(parsed) => {
+                prop_assert!(candidates <= MAX_SIGNATURE_LAYERS && count(Expect::Refused) == 0);
+                prop_assert_eq!(parsed.len(), count(Expect::Returned));
+            }
+            Err(ManifestError::TooManyLayers { count }) => prop_assert!(count == candidates && count > MAX_SIGNATURE_LAYERS),
+            Err(ManifestError::BadLayer { .. }) => prop_assert!(candidates <= MAX_SIGNATURE_LAYERS && count(Expect::Refused) > 0),
+            Err(other) => prop_assert!(false, "unexpected {}", other),
+        }
+    }
+}
+
+// === PullImage wire rewrite ===
+
+fn pull_request() -> impl Strategy<Value = PullImageRequest> {
+    let annotations = prop::collection::hash_map(any::<String>(), any::<String>(), 0..3);
+    let spec = (any::<String>(), annotations, any::<String>(), any::<String>()).prop_map(|(image, annotations, user, handler)| ImageSpec {
+        image,
+        annotations,
+        user_specified_image: user,
+        runtime_handler: handler,
+    });
+    let auth = (any::<String>(), any::<String>(), any::<String>()).prop_map(|(username, password, registry_token)| AuthConfig {
+        username,
+        password,
+        registry_token,
+        ..Default::default()
+    });
+    let sandbox = any::<String>().prop_map(|namespace| PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata { name: "pod".into(), namespace, ..Default::default() }),
+        ..Default::default()
+    });
+    (prop::option::of(spec), prop::option::of(auth), prop::option::of(sandbox))
+        .prop_map(|(image, auth, sandbox_config)| PullImageRequest { image, auth, sandbox_config })
+}
+
+/// A field pullgate's copy of the CRI does not know: (number, payload), length-delimited.
+fn unknown_field() -> impl Strategy<Value = Vec<u8>> {
+    (4u32..100_000, prop::collection::vec(any::<u8>(), 0..16)).prop_map(|(number, payload)| {
+        let mut out = Vec::new();
+        prost::encoding::encode_key(number, prost::encoding::WireType::LengthDelimited, &mut out);
+        prost::encoding::encode_varint(payload.len() as u64, &mut out);
+        out.extend_from_slice(&payload);
+        out
+    })
+}
+
+proptest! {
+    #[test]
+    fn wire_rewrite_survives_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512), image in any::<String>()) {
+        if let Ok(rewritten) = rewrite_pull_image(&bytes, &image) {
+            // Whatever it accepted, containerd will read the new image from what it emits.
+            prop_assert_eq!(pull_image_name(&rewritten), Ok(image));
+        }
+    }
+
+    #[test]
+    fn wire_rewrite_changes_only_the_image(request in pull_request(), unknown in prop::option::of(unknown_field()), image in any::<String>()) {
+        let mut encoded = request.encode_to_vec();
+        if let Some(unknown) = &unknown {
+            encoded.extend_from_slice(unknown);
+        }
+        let rewritten = rewrite_pull_image(&encoded, &image).map_err(|e: WireError| TestCaseError::fail(e.to_string()))?;
+        let mut expected = request.clone();
+        expected.image.get_or_insert_with(ImageSpec::default).image = image.clone();
+        prop_assert_eq!(pull_image_name(&encoded), Ok(request.image.as_ref().map(|spec| spec.image.clone()).unwrap_or_default()));
+        prop_assert_eq!(PullImageRequest::decode(&rewritten[..]).ok(), Some(expected));
+        prop_assert_eq!(pull_image_name(&rewritten), Ok(image));
+        if let Some(unknown) = &unknown {
+            prop_assert!(rewritten.windows(unknown.len()).any(|w| w == &unknown[..]), "unknown field lost");
+        }
+    }
+}
