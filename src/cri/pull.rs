@@ -71,14 +71,14 @@ impl Puller<'_> {
         tag: Option<&str>,
     ) -> Result<http::Response<BoxBody>, PullError> {
         let rewritten = wire::frame(&wire::rewrite_pull_image(wire::unframe(body)?, pinned)?)?;
-        let response = self.forward(parts, rewritten).await;
-        let Some(tag) = tag else { return Ok(response) };
+        let Some(tag) = tag else { return Ok(self.forward(parts, rewritten).await) };
+        let (response, tagged) = tokio::join!(self.forward(parts, rewritten), self.tagger.points_at(tag, pinned));
         let (parts, body) = response.into_parts();
         let collected = body.collect().await.map_err(|status| PullError::Response(status.message().to_owned()))?;
         let trailers = collected.trailers().cloned();
         let data = collected.to_bytes();
         let code = Status::from_header_map(trailers.as_ref().unwrap_or(&parts.headers)).map(|s| s.code());
-        if code == Some(tonic::Code::Ok) {
+        if code == Some(tonic::Code::Ok) && !tagged {
             let pulled = PullImageResponse::decode(wire::unframe(&data)?)?;
             self.tagger.tag(tag, pinned, &pulled.image_ref).await?;
         }

@@ -52,6 +52,16 @@ impl Tagger {
         self.await_visible(name, image_id).await
     }
 
+    /// Whether `name` already targets the manifest digest in `pinned`, so a repeat pull of an
+    /// unchanged tag needs no write. Asked while containerd pulls, to keep it off the warm path.
+    pub async fn points_at(&self, name: &str, pinned: &str) -> bool {
+        let Some((_, digest)) = pinned.rsplit_once('@') else { return false };
+        let request = namespaced(GetImageRequest { name: name.to_owned() });
+        let Ok(response) = self.images.clone().get(request).await else { return false };
+        let target = response.into_inner().image.and_then(|image| image.target);
+        target.is_some_and(|target| target.digest == digest)
+    }
+
     async fn lookup(&self, pinned: &str) -> Result<Image, TagError> {
         let lookup_error = |message: String| TagError::Lookup { name: pinned.to_owned(), message };
         let request = namespaced(GetImageRequest { name: pinned.to_owned() });
