@@ -100,7 +100,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Err(error) = crate::telemetry::init(&config.log) {
         return fail(&error);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => return fail(&error),
     };
