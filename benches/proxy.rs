@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cri::{self, spec};
@@ -17,41 +16,6 @@ use pullgate::cri::proto::ImageStatusRequest;
 
 const CALLS: usize = 10_000;
 const CONCURRENCY: [usize; 2] = [1, 64];
-
-struct Pullgate {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Drop for Pullgate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_pullgate(dir: &Path, upstream: &Path) -> Pullgate {
-    let socket = dir.join("pullgate.sock");
-    let policy_dir = dir.join("policy.d");
-    std::fs::create_dir_all(&policy_dir).expect("policy dir");
-    std::fs::write(policy_dir.join("all.toml"), common::pullgate::ACCEPT_ALL).expect("policy");
-    let child = Command::new(env!("CARGO_BIN_EXE_pullgate"))
-        .args(["serve", "--listen"])
-        .arg(&socket)
-        .arg("--upstream")
-        .arg(upstream)
-        .env("PULLGATE_LOG__LEVEL", "warn")
-        .env("PULLGATE_POLICY_DIR", &policy_dir)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start pullgate");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "pullgate did not bind its socket");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Pullgate { child, socket }
-}
 
 /// Runs `CALLS` ImageStatus calls split over `concurrency` clients; returns sorted latencies.
 async fn measure(socket: &Path, image: &str, concurrency: usize) -> Vec<Duration> {
@@ -97,24 +61,62 @@ async fn main() {
     let image = format!("{}/bench/app:v1", lab.registry);
     cri::images(&lab.containerd_sock).pull_image(cri::pull_request(&image, None)).await.expect("pull bench image");
     let dir = tempfile::tempdir().expect("temp dir");
-    let pullgate = start_pullgate(dir.path(), &lab.containerd_sock);
+    let bin = env!("CARGO_BIN_EXE_pullgate");
+    let pullgate = common::process::start(bin, dir.path(), &lab.containerd_sock, common::pullgate::ACCEPT_ALL, &[], &[]);
 
     println!("ImageStatus, {CALLS} calls per row, pullgate {}", env!("CARGO_PKG_VERSION"));
-    println!("| clients | direct p50 | direct p99 | pullgate p50 | pullgate p99 | added p50 | added p99 |");
+    println!("| path, clients | direct p50 | direct p99 | through p50 | through p99 | added p50 | added p99 |");
     println!("|---|---|---|---|---|---|---|");
+    let relay = byte_relay(dir.path(), &lab.containerd_sock);
     for concurrency in CONCURRENCY {
         let direct = measure(&lab.containerd_sock, &image, concurrency).await;
         let via = measure(&pullgate.socket, &image, concurrency).await;
-        let (d50, d99) = (percentile(&direct, 0.50), percentile(&direct, 0.99));
-        let (v50, v99) = (percentile(&via, 0.50), percentile(&via, 0.99));
-        println!(
-            "| {concurrency} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:+.0} µs | {:+.0} µs |",
-            micros(d50),
-            micros(d99),
-            micros(v50),
-            micros(v99),
-            micros(v50) - micros(d50),
-            micros(v99) - micros(d99)
-        );
+        row(&format!("pullgate, {concurrency}"), &direct, &via);
+        if let Some(relay) = &relay {
+            let relayed = measure(&relay.socket, &image, concurrency).await;
+            row(&format!("socat byte relay (reference), {concurrency}"), &direct, &relayed);
+        }
     }
+}
+
+fn row(name: &str, direct: &[Duration], via: &[Duration]) {
+    let (d50, d99) = (percentile(direct, 0.50), percentile(direct, 0.99));
+    let (v50, v99) = (percentile(via, 0.50), percentile(via, 0.99));
+    println!(
+        "| {name} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:+.0} µs | {:+.0} µs |",
+        micros(d50),
+        micros(d99),
+        micros(v50),
+        micros(v99),
+        micros(v50) - micros(d50),
+        micros(v99) - micros(d99)
+    );
+}
+
+struct Relay {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A relay that copies bytes without understanding them: the cost of any extra hop between
+/// two processes on this machine, the floor for what pullgate can add. Skipped without socat.
+fn byte_relay(dir: &Path, upstream: &Path) -> Option<Relay> {
+    let socket = dir.join("relay.sock");
+    let child = std::process::Command::new("socat")
+        .arg(format!("UNIX-LISTEN:{},fork", socket.display()))
+        .arg(format!("UNIX-CONNECT:{}", upstream.display()))
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Some(Relay { child, socket })
 }

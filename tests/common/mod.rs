@@ -8,4 +8,5 @@ pub mod lab;
 pub mod matrix;
 pub mod metrics;
 pub mod pullgate;
+pub mod process;
 pub mod raw;
