@@ -19,6 +19,7 @@ pub mod config;
 pub mod cri;
 pub mod daemon;
 pub mod decision;
+mod error_text;
 pub mod explain;
 pub mod metrics;
 pub mod policy;

@@ -90,7 +90,7 @@ impl Upstream {
         Status::unavailable(format!(
             "pullgate: upstream {} unavailable: {}",
             self.socket.display(),
-            error_chain(error)
+            crate::error_text::with_causes(error)
         ))
     }
 }
@@ -106,14 +106,3 @@ fn with_authority(request: http::Request<BoxBody>) -> http::Request<BoxBody> {
     http::Request::from_parts(parts, body)
 }
 
-/// tonic's transport errors say little at the top ("transport error"); the cause says why.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

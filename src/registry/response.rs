@@ -1,7 +1,6 @@
 //! Turning a registry's HTTP answer into bytes or a `RegistryError`: status classes, transport
 //! failures, and reading a body under a hard cap.
 
-use std::error::Error as _;
 
 use bytes::{Bytes, BytesMut};
 use reqwest::{Response, StatusCode};
@@ -67,17 +66,8 @@ pub fn transport_error(registry: &str, err: reqwest::Error) -> RegistryError {
     RegistryError::Unreachable(format!("{registry}: {}", detail(&err)))
 }
 
-/// The outer reqwest message alone ("error sending request") says nothing; the cause chain
-/// names the real problem (refused, reset, certificate).
 fn detail(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text.chars().take(MAX_ERROR_DETAIL_CHARS).collect()
+    crate::error_text::with_causes(err).chars().take(MAX_ERROR_DETAIL_CHARS).collect()
 }
 
 /// Reads at most `limit` bytes. Fails as soon as the declared length or the received bytes pass
