@@ -1,8 +1,8 @@
 //! PullImage: decode just enough of the request to ask the gate, then forward what it allows.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use prost::Message;
 use tonic::Status;
 use tonic::body::BoxBody;
@@ -88,9 +88,8 @@ impl Puller<'_> {
 
 /// Rebuilds a buffered response body, trailers included.
 fn replay(data: Bytes, trailers: Option<http::HeaderMap>) -> BoxBody {
-    let mut frames = vec![Ok::<_, Status>(Frame::data(data))];
-    frames.extend(trailers.map(|t| Ok(Frame::trailers(t))));
-    StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    let body = Full::new(data).map_err(|never| match never {});
+    body.with_trailers(std::future::ready(trailers.map(Ok))).boxed_unsync()
 }
 
 async fn admit<G: PullGate>(gate: &G, body: Incoming) -> Result<(Admission, Bytes), PullError> {
