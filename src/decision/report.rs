@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::policy::{Mode, Rule};
+use crate::policy::{Mode, Requirement, Rule};
 use crate::reference::{Digest, ImageRef};
 use crate::verify::Evaluation;
 
@@ -78,7 +78,7 @@ impl Decision {
     /// What the daemon does on this decision; `pullgate verify` shows the same.
     pub fn action(&self) -> Result<Admission, Rejection> {
         match (self.verdict, self.mode()) {
-            (Verdict::Accepted, _) => Ok(self.admission()),
+            (Verdict::Accepted, _) => self.admission(),
             // Audit: the verdict is logged and counted, the pull goes ahead as asked.
             (_, Some(Mode::Audit)) => Ok(Admission::Forward),
             (Verdict::Rejected, _) => Err(Rejection::Denied(self.message())),
@@ -87,16 +87,21 @@ impl Decision {
     }
 
     /// What an accepted decision lets containerd do: a verified image is pulled by the digest
-    /// that was verified, never by a tag that could have moved since.
-    fn admission(&self) -> Admission {
-        let (Some(image), Some(digest)) = (&self.parsed, &self.digest) else { return Admission::Forward };
-        let pinned = image.with_digest(digest.clone());
-        match pinned.pinned() {
-            Some(reference) => {
+    /// that was verified, never by a tag that could have moved since. A `signed` rule without a
+    /// digest to pin cannot happen; if it ever did, the pull is refused rather than forwarded.
+    fn admission(&self) -> Result<Admission, Rejection> {
+        let pinned = match (&self.parsed, &self.digest) {
+            (Some(image), Some(digest)) => image.with_digest(digest.clone()).pinned().map(|reference| {
                 let tag = image.digest().is_none().then(|| image.to_string());
                 Admission::Pinned { pinned: reference, tag }
-            }
-            None => Admission::Forward,
+            }),
+            _ => None,
+        };
+        let signed = self.rule.as_ref().is_some_and(|rule| rule.require == Requirement::Signed);
+        match pinned {
+            Some(admission) => Ok(admission),
+            None if signed => Err(Rejection::Denied(format!("{}: no verified digest to pin", self.message()))),
+            None => Ok(Admission::Forward),
         }
     }
 
@@ -131,5 +136,64 @@ impl Decision {
             duration_ms = self.elapsed.as_millis() as u64,
             "decision"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::policy::IdentityRule;
+
+    fn rule(require: Requirement, mode: Mode) -> Rule {
+        Rule {
+            scope: "example.com/team".parse().expect("scope"),
+            namespaces: None,
+            require,
+            keys: Vec::new(),
+            threshold: 1,
+            identity: IdentityRule::MatchRepository,
+            mode,
+            source: PathBuf::from("/etc/pullgate/policy.d/team.toml"),
+        }
+    }
+
+    fn decide(require: Requirement, mode: Mode, outcome: Outcome) -> Result<Admission, Rejection> {
+        let image = ImageRef::parse_for_pull("example.com/team/app:1").expect("image");
+        Decision::new(image, rule(require, mode), outcome, Instant::now()).action()
+    }
+
+    fn digest() -> Digest {
+        format!("sha256:{}", "ab".repeat(32)).parse().expect("digest")
+    }
+
+    #[test]
+    fn accepted_signed_pull_is_pinned_and_retagged() {
+        let outcome = Outcome { digest: Some(digest()), ..Outcome::accept("signed") };
+        let admission = decide(Requirement::Signed, Mode::Enforce, outcome).expect("admitted");
+        let pinned = format!("example.com/team/app@{}", digest());
+        assert_eq!(admission, Admission::Pinned { pinned, tag: Some("example.com/team/app:1".into()) });
+    }
+
+    #[test]
+    fn signed_rule_without_a_digest_is_refused_not_forwarded() {
+        let refused = decide(Requirement::Signed, Mode::Enforce, Outcome::accept("signed"));
+        assert!(matches!(refused, Err(Rejection::Denied(message)) if message.contains("no verified digest")));
+    }
+
+    #[test]
+    fn accept_rule_forwards_as_asked() {
+        let admitted = decide(Requirement::Accept, Mode::Enforce, Outcome::accept("accept"));
+        assert_eq!(admitted.expect("admitted"), Admission::Forward);
+    }
+
+    #[test]
+    fn audit_forwards_a_rejection_and_enforce_refuses_it() {
+        assert_eq!(decide(Requirement::Signed, Mode::Audit, Outcome::reject("unsigned")).expect("audit"), Admission::Forward);
+        let refused = decide(Requirement::Signed, Mode::Enforce, Outcome::reject("unsigned"));
+        assert!(matches!(refused, Err(Rejection::Denied(message)) if message.contains("team.toml") && message.contains("unsigned")));
+        let unavailable = decide(Requirement::Signed, Mode::Enforce, Outcome::unavailable("registry down".into()));
+        assert!(matches!(unavailable, Err(Rejection::RegistryUnavailable(_))));
     }
 }
