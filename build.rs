@@ -4,10 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     const PROTOS: &[&str] = &["proto/runtime/v1/api.proto", "proto/containerd/services/images/v1/images.proto"];
     let descriptors = protox::compile(PROTOS, ["proto"])?;
-    tonic_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .compile_fds(descriptors)?;
+    tonic_build::configure().build_server(true).build_client(true).compile_fds(descriptors)?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -122,14 +122,26 @@ async fn main() {
     println!("|---|---|---|---|---|---|");
     row(&format!("cold, {COLD} images"), &pulls(direct, &cold_direct).await, &pulls(&pullgate.socket, &cold_via).await);
     let warm_image = vec![cold_via[0].clone(); WARM];
-    row(&format!("warm, {WARM} repeats"), &pulls(direct, &warm_image).await, &pulls(&pullgate.socket, &warm_image).await);
+    row(
+        &format!("warm, {WARM} repeats"),
+        &pulls(direct, &warm_image).await,
+        &pulls(&pullgate.socket, &warm_image).await,
+    );
     let crowd_d = concurrent_pulls(direct, &crowd_direct).await;
     let crowd_v = concurrent_pulls(&pullgate.socket, &crowd_via).await;
-    println!("| {CONCURRENT} concurrent, one uncached image (wall) | {:.1} ms | | {:.1} ms | | {:+.1} ms |",
-        crowd_d.as_secs_f64() * 1e3, crowd_v.as_secs_f64() * 1e3, (crowd_v.as_secs_f64() - crowd_d.as_secs_f64()) * 1e3);
+    println!(
+        "| {CONCURRENT} concurrent, one uncached image (wall) | {:.1} ms | | {:.1} ms | | {:+.1} ms |",
+        crowd_d.as_secs_f64() * 1e3,
+        crowd_v.as_secs_f64() * 1e3,
+        (crowd_v.as_secs_f64() - crowd_d.as_secs_f64()) * 1e3
+    );
     let status = status_under_load(&pullgate.socket, &cold_via[0], busy).await;
     println!();
-    println!("ImageStatus through pullgate during {COLD} cold verified pulls: {} calls, p50 {:.3} ms, p99 {:.3} ms",
-        status.len(), pct(&status, 0.5), pct(&status, 0.99));
+    println!(
+        "ImageStatus through pullgate during {COLD} cold verified pulls: {} calls, p50 {:.3} ms, p99 {:.3} ms",
+        status.len(),
+        pct(&status, 0.5),
+        pct(&status, 0.99)
+    );
     println!("pullgate RSS: idle {} KiB, peak {} KiB", idle_rss, pullgate.status_kib("VmHWM:"));
 }

@@ -151,9 +151,7 @@ impl Config {
             figment = figment.merge(Toml::file_exact(file));
         }
         // `__` separates nesting, so PULLGATE_LOG__FORMAT sets `log.format`.
-        figment
-            .merge(Env::prefixed("PULLGATE_").split("__"))
-            .merge(Serialized::defaults(overrides))
+        figment.merge(Env::prefixed("PULLGATE_").split("__")).merge(Serialized::defaults(overrides))
     }
 
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {

@@ -26,5 +26,5 @@ pub mod policy;
 pub mod reference;
 pub mod registry;
 pub mod reload;
-pub mod verify;
 pub mod telemetry;
+pub mod verify;

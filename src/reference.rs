@@ -24,15 +24,11 @@ pub enum ReferenceError {
     Empty,
     #[error("image name is too long ({0} bytes; at most 255)")]
     TooLong(usize),
-    #[error(
-        "invalid digest {0:?}: expected sha256:<64 lowercase hex> or sha512:<128 lowercase hex>"
-    )]
+    #[error("invalid digest {0:?}: expected sha256:<64 lowercase hex> or sha512:<128 lowercase hex>")]
     InvalidDigest(String),
     #[error("invalid registry host {0:?}")]
     InvalidRegistry(String),
-    #[error(
-        "registry host {0:?} is a host only because of its capital letters; write it with a domain or a port"
-    )]
+    #[error("registry host {0:?} is a host only because of its capital letters; write it with a domain or a port")]
     CapitalisedRegistry(String),
     #[error("invalid repository name {0:?}")]
     InvalidRepository(String),
@@ -132,11 +128,7 @@ pub(crate) fn validate_tag(tag: &str) -> Result<(), ReferenceError> {
     let ok = tag.len() <= MAX_TAG_LEN
         && tag.chars().next().is_some_and(word)
         && tag.chars().all(|c| word(c) || c == '.' || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ReferenceError::InvalidTag(quote(tag)))
-    }
+    if ok { Ok(()) } else { Err(ReferenceError::InvalidTag(quote(tag))) }
 }
 
 /// Validate "host[:port]" and return it lowercased, with Docker Hub's alias folded.
@@ -150,10 +142,7 @@ pub(crate) fn normalize_registry(host: &str) -> Result<String, ReferenceError> {
     }
     let valid_name = if let Some(ip6) = name.strip_prefix('[') {
         ip6.strip_suffix(']').is_some_and(|inner| {
-            !inner.is_empty()
-                && inner
-                    .chars()
-                    .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+            !inner.is_empty() && inner.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
         })
     } else {
         !name.is_empty() && name.split('.').all(valid_dns_label)
@@ -163,11 +152,7 @@ pub(crate) fn normalize_registry(host: &str) -> Result<String, ReferenceError> {
     }
     // Why lowercase: hostnames are case-insensitive, scopes are compared as strings.
     let lowered = host.to_ascii_lowercase();
-    Ok(if lowered == "index.docker.io" {
-        DOCKER_HUB.to_owned()
-    } else {
-        lowered
-    })
+    Ok(if lowered == "index.docker.io" { DOCKER_HUB.to_owned() } else { lowered })
 }
 
 /// Split "host[:port]" (host may be a bracketed IPv6 literal). None if malformed.
@@ -234,20 +219,12 @@ fn registry_host(first: &str) -> Result<String, ReferenceError> {
     let registry = normalize_registry(first)?;
     // Lowercased, "Host/app" would read as the Hub image "host/app": the name verified and the
     // one containerd is told to pull would then be on different registries.
-    if looks_like_registry(&registry) {
-        Ok(registry)
-    } else {
-        Err(ReferenceError::CapitalisedRegistry(quote(first)))
-    }
+    if looks_like_registry(&registry) { Ok(registry) } else { Err(ReferenceError::CapitalisedRegistry(quote(first))) }
 }
 
 /// Docker Hub's official images live under "library/".
 pub(crate) fn hub_library(registry: &str, path: &str) -> String {
-    if registry == DOCKER_HUB && !path.contains('/') {
-        format!("library/{path}")
-    } else {
-        path.to_owned()
-    }
+    if registry == DOCKER_HUB && !path.contains('/') { format!("library/{path}") } else { path.to_owned() }
 }
 
 // === impl ImageRef ===
@@ -283,12 +260,7 @@ impl FromStr for ImageRef {
             return Err(ReferenceError::TooLong(len));
         }
         let tag = tag.map(str::to_owned);
-        Ok(ImageRef {
-            registry,
-            repository,
-            tag,
-            digest,
-        })
+        Ok(ImageRef { registry, repository, tag, digest })
     }
 }
 
@@ -325,17 +297,12 @@ impl ImageRef {
 
     /// The same image pinned to `d`; the tag is kept for display and identity checks.
     pub fn with_digest(&self, d: Digest) -> ImageRef {
-        ImageRef {
-            digest: Some(d),
-            ..self.clone()
-        }
+        ImageRef { digest: Some(d), ..self.clone() }
     }
 
     /// "registry/repository@digest" when a digest is set: what is actually pulled.
     pub fn pinned(&self) -> Option<String> {
-        self.digest
-            .as_ref()
-            .map(|d| format!("{}@{}", self.name(), d))
+        self.digest.as_ref().map(|d| format!("{}@{}", self.name(), d))
     }
 }
 
@@ -401,36 +368,21 @@ mod tests {
     #[test]
     fn short_names_go_to_hub_library() {
         let r = parse("nginx");
-        assert_eq!(
-            (r.registry(), r.repository(), r.tag()),
-            ("docker.io", "library/nginx", None)
-        );
+        assert_eq!((r.registry(), r.repository(), r.tag()), ("docker.io", "library/nginx", None));
         assert_eq!(parse("docker.io/nginx").name(), "docker.io/library/nginx");
-        assert_eq!(
-            parse("index.docker.io/nginx:1").to_string(),
-            "docker.io/library/nginx:1"
-        );
+        assert_eq!(parse("index.docker.io/nginx:1").to_string(), "docker.io/library/nginx:1");
         assert_eq!(parse("bitnami/redis").name(), "docker.io/bitnami/redis");
     }
 
     #[test]
     fn registries_with_ports_and_localhost() {
         let r = parse("127.0.0.1:5000/team/app:v1");
-        assert_eq!(
-            (r.registry(), r.repository(), r.tag()),
-            ("127.0.0.1:5000", "team/app", Some("v1"))
-        );
+        assert_eq!((r.registry(), r.repository(), r.tag()), ("127.0.0.1:5000", "team/app", Some("v1")));
         assert_eq!(parse("localhost/app").registry(), "localhost");
         assert_eq!(parse("[::1]:5000/app").registry(), "[::1]:5000");
-        assert_eq!(
-            parse("Registry.Example.COM/app").registry(),
-            "registry.example.com"
-        );
+        assert_eq!(parse("Registry.Example.COM/app").registry(), "registry.example.com");
         // Without a '/' the ":5000" is a tag, exactly as docker reads it.
-        assert_eq!(
-            parse("localhost:5000").to_string(),
-            "docker.io/library/localhost:5000"
-        );
+        assert_eq!(parse("localhost:5000").to_string(), "docker.io/library/localhost:5000");
     }
 
     #[test]
@@ -445,10 +397,7 @@ mod tests {
     #[test]
     fn no_default_tag_unless_for_pull() {
         assert_eq!(parse("ghcr.io/a/b").tag(), None);
-        assert_eq!(
-            ImageRef::parse_for_pull("ghcr.io/a/b").unwrap().tag(),
-            Some("latest")
-        );
+        assert_eq!(ImageRef::parse_for_pull("ghcr.io/a/b").unwrap().tag(), Some("latest"));
         let by_digest = ImageRef::parse_for_pull(&format!("ghcr.io/a/b@sha256:{HEX}")).unwrap();
         assert_eq!(by_digest.tag(), None);
     }
@@ -465,39 +414,17 @@ mod tests {
         type Case = (&'static str, fn(&ReferenceError) -> bool);
         let cases: &[Case] = &[
             ("", |e| matches!(e, ReferenceError::Empty)),
-            ("ghcr.io/Team/app", |e| {
-                matches!(e, ReferenceError::UppercaseRepository(_))
-            }),
-            ("ghcr.io/a//b", |e| {
-                matches!(e, ReferenceError::InvalidRepository(_))
-            }),
-            ("ghcr.io/a/-b", |e| {
-                matches!(e, ReferenceError::InvalidRepository(_))
-            }),
-            ("ghcr.io/a/b:", |e| {
-                matches!(e, ReferenceError::InvalidTag(_))
-            }),
-            ("ghcr.io/a/b:.x", |e| {
-                matches!(e, ReferenceError::InvalidTag(_))
-            }),
-            ("ghcr.io/a/b@sha256:abc", |e| {
-                matches!(e, ReferenceError::InvalidDigest(_))
-            }),
-            ("bad_host.io/a", |e| {
-                matches!(e, ReferenceError::InvalidRegistry(_))
-            }),
-            ("host.io:99999x/a", |e| {
-                matches!(e, ReferenceError::InvalidRegistry(_))
-            }),
-            ("[::1/a", |e| {
-                matches!(e, ReferenceError::InvalidRegistry(_))
-            }),
-            ("Host/a", |e| {
-                matches!(e, ReferenceError::CapitalisedRegistry(_))
-            }),
-            ("user:pw@host/a", |e| {
-                matches!(e, ReferenceError::InvalidDigest(_))
-            }),
+            ("ghcr.io/Team/app", |e| matches!(e, ReferenceError::UppercaseRepository(_))),
+            ("ghcr.io/a//b", |e| matches!(e, ReferenceError::InvalidRepository(_))),
+            ("ghcr.io/a/-b", |e| matches!(e, ReferenceError::InvalidRepository(_))),
+            ("ghcr.io/a/b:", |e| matches!(e, ReferenceError::InvalidTag(_))),
+            ("ghcr.io/a/b:.x", |e| matches!(e, ReferenceError::InvalidTag(_))),
+            ("ghcr.io/a/b@sha256:abc", |e| matches!(e, ReferenceError::InvalidDigest(_))),
+            ("bad_host.io/a", |e| matches!(e, ReferenceError::InvalidRegistry(_))),
+            ("host.io:99999x/a", |e| matches!(e, ReferenceError::InvalidRegistry(_))),
+            ("[::1/a", |e| matches!(e, ReferenceError::InvalidRegistry(_))),
+            ("Host/a", |e| matches!(e, ReferenceError::CapitalisedRegistry(_))),
+            ("user:pw@host/a", |e| matches!(e, ReferenceError::InvalidDigest(_))),
         ];
         for (input, expected) in cases {
             let err = input.parse::<ImageRef>().unwrap_err();
@@ -511,32 +438,21 @@ mod tests {
             assert!(format!("ghcr.io/{ok}").parse::<ImageRef>().is_ok(), "{ok}");
         }
         for bad in ["a/b..c", "a/b___c", "a/b._c", "a/b.", "a/_b"] {
-            assert!(
-                format!("ghcr.io/{bad}").parse::<ImageRef>().is_err(),
-                "{bad}"
-            );
+            assert!(format!("ghcr.io/{bad}").parse::<ImageRef>().is_err(), "{bad}");
         }
     }
 
     #[test]
     fn overlong_names_and_tags() {
         let long = format!("ghcr.io/{}", "a".repeat(260));
-        assert!(matches!(
-            long.parse::<ImageRef>(),
-            Err(ReferenceError::TooLong(_))
-        ));
+        assert!(matches!(long.parse::<ImageRef>(), Err(ReferenceError::TooLong(_))));
         let long_tag = format!("ghcr.io/a:{}", "t".repeat(129));
-        assert!(matches!(
-            long_tag.parse::<ImageRef>(),
-            Err(ReferenceError::InvalidTag(_))
-        ));
+        assert!(matches!(long_tag.parse::<ImageRef>(), Err(ReferenceError::InvalidTag(_))));
     }
 
     #[test]
     fn error_quotes_are_bounded() {
-        let err = format!("ghcr.io/a:{}", "!".repeat(5000))
-            .parse::<ImageRef>()
-            .unwrap_err();
+        let err = format!("ghcr.io/a:{}", "!".repeat(5000)).parse::<ImageRef>().unwrap_err();
         assert!(err.to_string().len() < 300);
     }
 }

@@ -57,11 +57,7 @@ fn read_page() -> Page {
         if let Some((lang, body)) = &mut fence {
             if line.starts_with("```") {
                 let (lang, text) = (std::mem::take(lang), std::mem::take(body));
-                page.blocks.push(Block {
-                    section,
-                    lang,
-                    text,
-                });
+                page.blocks.push(Block { section, lang, text });
                 fence = None;
             } else {
                 body.push_str(line);
@@ -113,9 +109,7 @@ fn examples(page: &Page) -> Vec<Example> {
     for block in &page.blocks {
         match block.lang.as_str() {
             "toml" => {
-                let found = examples
-                    .iter()
-                    .position(|e| e.section == block.section && e.json.is_none());
+                let found = examples.iter().position(|e| e.section == block.section && e.json.is_none());
                 let index = found.unwrap_or_else(|| {
                     examples.push(Example {
                         toml: Vec::new(),
@@ -139,8 +133,7 @@ fn examples(page: &Page) -> Vec<Example> {
             }
             "text" if block.text.starts_with("invalid policy") => {
                 let index = last.filter(|i| examples[*i].section == block.section);
-                let index =
-                    index.expect("an expected error must follow its example in the same section");
+                let index = index.expect("an expected error must follow its example in the same section");
                 examples[index].expected_error = Some(block.text.trim_end().to_owned());
             }
             _ => {}
@@ -152,16 +145,8 @@ fn examples(page: &Page) -> Vec<Example> {
 impl Example {
     /// How failures name the example: its first line, which names its first file.
     fn name(&self) -> String {
-        let first = self
-            .toml
-            .first()
-            .or(self.json.as_ref())
-            .and_then(|t| t.lines().next());
-        format!(
-            "example at {:?} (section {})",
-            first.unwrap_or_default(),
-            self.section
-        )
+        let first = self.toml.first().or(self.json.as_ref()).and_then(|t| t.lines().next());
+        format!("example at {:?} (section {})", first.unwrap_or_default(), self.section)
     }
 }
 
@@ -190,19 +175,13 @@ impl Materialised {
     }
 
     fn load(&self, example: &Example) -> Result<Policy, PolicyError> {
-        let json = example
-            .json
-            .as_ref()
-            .map(|_| self.etc().join("containers/policy.json"));
+        let json = example.json.as_ref().map(|_| self.etc().join("containers/policy.json"));
         Policy::load(&self.policy_dir(), json.as_deref())
     }
 }
 
 fn materialise(example: &Example) -> Materialised {
-    let mut m = Materialised {
-        etc: tempfile::tempdir().expect("temp dir"),
-        keys: HashMap::new(),
-    };
+    let mut m = Materialised { etc: tempfile::tempdir().expect("temp dir"), keys: HashMap::new() };
     std::fs::create_dir_all(m.policy_dir()).expect("policy dir");
     for text in &example.toml {
         let first = text.lines().next().unwrap_or_default();
@@ -211,16 +190,9 @@ fn materialise(example: &Example) -> Materialised {
             .strip_prefix(POLICY_DIR_PREFIX)
             .and_then(|rest| rest.split_whitespace().next())
             .filter(|name| name.ends_with(".toml"))
-            .unwrap_or_else(|| {
-                panic!(
-                    "a toml example must start with `{POLICY_DIR_PREFIX}NAME.toml`, not {first:?}"
-                )
-            });
+            .unwrap_or_else(|| panic!("a toml example must start with `{POLICY_DIR_PREFIX}NAME.toml`, not {first:?}"));
         let path = m.policy_dir().join(name);
-        assert!(
-            !path.exists(),
-            "two examples in one section are both named {name}"
-        );
+        assert!(!path.exists(), "two examples in one section are both named {name}");
         write_with_keys(&mut m, &path, text);
     }
     if let Some(text) = &example.json {
@@ -244,15 +216,8 @@ fn write_with_keys(m: &mut Materialised, path: &Path, text: &str) {
         std::fs::create_dir_all(key_path.parent().expect("key in a dir")).expect("create key dir");
         let key = TestKey::generate();
         key.write_public_pem(&key_path);
-        let stem = key_path
-            .file_stem()
-            .expect("stem")
-            .to_string_lossy()
-            .into_owned();
-        assert!(
-            m.keys.insert(stem.clone(), key).is_none(),
-            "two key files named {stem}.pub"
-        );
+        let stem = key_path.file_stem().expect("stem").to_string_lossy().into_owned();
+        assert!(m.keys.insert(stem.clone(), key).is_none(), "two key files named {stem}.pub");
     }
 }
 
@@ -272,23 +237,11 @@ impl Registry for MemRegistry {
         reference: &str,
         _: &Credentials,
     ) -> Result<Option<Manifest>, RegistryError> {
-        Ok(self
-            .manifests
-            .get(&(image.name(), reference.to_owned()))
-            .cloned())
+        Ok(self.manifests.get(&(image.name(), reference.to_owned())).cloned())
     }
 
-    async fn blob(
-        &self,
-        _: &ImageRef,
-        digest: &Digest,
-        _: usize,
-        _: &Credentials,
-    ) -> Result<Bytes, RegistryError> {
-        self.blobs
-            .get(digest)
-            .cloned()
-            .ok_or_else(|| RegistryError::Unreachable(format!("no blob {digest}")))
+    async fn blob(&self, _: &ImageRef, digest: &Digest, _: usize, _: &Credentials) -> Result<Bytes, RegistryError> {
+        self.blobs.get(digest).cloned().ok_or_else(|| RegistryError::Unreachable(format!("no blob {digest}")))
     }
 }
 
@@ -331,22 +284,11 @@ fn parse_row(cells: &[String], digest: &Digest) -> Row {
 fn registry_for(row: &Row, image: &ImageRef, keys: &HashMap<String, TestKey>) -> MemRegistry {
     let mut registry = MemRegistry::default();
     let bytes = Bytes::from(format!("{{\"schemaVersion\":2,\"image\":{:?}}}", row.image));
-    let digest = image
-        .digest()
-        .cloned()
-        .unwrap_or_else(|| Digest::sha256_of(&bytes));
-    let reference = image
-        .tag()
-        .map_or_else(|| digest.to_string(), str::to_owned);
+    let digest = image.digest().cloned().unwrap_or_else(|| Digest::sha256_of(&bytes));
+    let reference = image.tag().map_or_else(|| digest.to_string(), str::to_owned);
     let media_type = cosign::OCI_MANIFEST_MEDIA_TYPE.to_owned();
-    let manifest = Manifest {
-        bytes,
-        media_type,
-        digest: digest.clone(),
-    };
-    registry
-        .manifests
-        .insert((image.name(), reference), manifest);
+    let manifest = Manifest { bytes, media_type, digest: digest.clone() };
+    registry.manifests.insert((image.name(), reference), manifest);
     if row.signatures.is_empty() {
         return registry;
     }
@@ -354,30 +296,20 @@ fn registry_for(row: &Row, image: &ImageRef, keys: &HashMap<String, TestKey>) ->
         .signatures
         .iter()
         .map(|(stem, repo)| {
-            let key = keys
-                .get(stem)
-                .unwrap_or_else(|| panic!("no key file {stem}.pub in the example"));
-            let payload = cosign::payload(
-                repo.as_deref().unwrap_or(&image.name()),
-                &digest.to_string(),
-            );
+            let key = keys.get(stem).unwrap_or_else(|| panic!("no key file {stem}.pub in the example"));
+            let payload = cosign::payload(repo.as_deref().unwrap_or(&image.name()), &digest.to_string());
             let signature = key.sign_payload(&payload);
             (payload, signature)
         })
         .collect();
     let artifact = cosign::signature_manifest(&sigs);
     let sig_bytes = Bytes::from(artifact.manifest.clone());
-    let sig_manifest = Manifest {
-        digest: Digest::sha256_of(&sig_bytes),
-        bytes: sig_bytes,
-        media_type: artifact.media_type.clone(),
-    };
+    let sig_manifest =
+        Manifest { digest: Digest::sha256_of(&sig_bytes), bytes: sig_bytes, media_type: artifact.media_type.clone() };
     let tag = format!("{}-{}.sig", digest.algorithm(), digest.hex());
     registry.manifests.insert((image.name(), tag), sig_manifest);
     for blob in artifact.blobs {
-        registry
-            .blobs
-            .insert(Digest::sha256_of(&blob), Bytes::from(blob));
+        registry.blobs.insert(Digest::sha256_of(&blob), Bytes::from(blob));
     }
     registry
 }
@@ -386,29 +318,17 @@ fn registry_for(row: &Row, image: &ImageRef, keys: &HashMap<String, TestKey>) ->
 async fn check_row(policy: &Policy, keys: &HashMap<String, TestKey>, row: &Row) -> Option<String> {
     let image = ImageRef::parse_for_pull(&row.image).expect("table image parses");
     let registry = Arc::new(registry_for(row, &image, keys));
-    let gate = Gate::new(
-        SharedPolicy::new(policy.clone()),
-        registry,
-        Duration::from_secs(5),
-    );
-    let pull = PullRequest {
-        image: row.image.clone(),
-        namespace: row.namespace.clone(),
-        ..Default::default()
-    };
+    let gate = Gate::new(SharedPolicy::new(policy.clone()), registry, Duration::from_secs(5));
+    let pull = PullRequest { image: row.image.clone(), namespace: row.namespace.clone(), ..Default::default() };
     let decision = gate.decide(&pull).await;
     let admitted = gate.admit(&pull).await.is_ok();
     let scope = decision.rule.as_ref().map(|r| r.scope.to_string());
-    println!(
-        "{} in {:?}: {:?} by {scope:?}: {}",
-        row.image, row.namespace, decision.verdict, decision.reason
-    );
+    println!("{} in {:?}: {:?} by {scope:?}: {}", row.image, row.namespace, decision.verdict, decision.reason);
     let audit = row.result.contains("audit");
     let expected_admitted = row.result.starts_with("pulled");
     let ok = scope == row.rule_scope
         && admitted == expected_admitted
-        && (!audit
-            || (decision.mode() == Some(Mode::Audit) && decision.verdict == Verdict::Rejected))
+        && (!audit || (decision.mode() == Some(Mode::Audit) && decision.verdict == Verdict::Rejected))
         && (row.result.starts_with("pulled") || row.result.starts_with("refused"));
     (!ok).then(|| {
         format!(
@@ -432,21 +352,14 @@ fn every_example_loads_or_fails_as_shown() {
         match (outcome, &example.expected_error) {
             (Ok(policy), None) => assert!(!policy.is_empty(), "{what} has no rules"),
             (Err(got), Some(expected)) if got == *expected => {}
-            (Err(got), expected) => {
-                failures.push(format!("{what}: got\n{got}\nexpected\n{expected:?}"))
-            }
-            (Ok(_), Some(expected)) => {
-                failures.push(format!("{what} loaded, expected\n{expected}"))
-            }
+            (Err(got), expected) => failures.push(format!("{what}: got\n{got}\nexpected\n{expected:?}")),
+            (Ok(_), Some(expected)) => failures.push(format!("{what} loaded, expected\n{expected}")),
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     // Guards against the conventions silently breaking, which would make this test vacuous.
     let toml_files: usize = examples.iter().map(|e| e.toml.len()).sum();
-    let broken = examples
-        .iter()
-        .filter(|e| e.expected_error.is_some())
-        .count();
+    let broken = examples.iter().filter(|e| e.expected_error.is_some()).count();
     let json = examples.iter().filter(|e| e.json.is_some()).count();
     assert!(
         toml_files >= 12 && broken >= 2 && json >= 2,

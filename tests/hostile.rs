@@ -199,15 +199,43 @@ fn cases() -> Vec<Case> {
     let case = |name, hostile, prefix, words| Case { name, hostile, prefix, words };
     use Stage::*;
     vec![
-        case("oversized-manifest", Some((Resolve, Hostile::OversizedManifest(HUNDRED_MIB))), SVF, &["resolve", "larger than the limit"]),
-        case("oversized-sig", Some((SignatureManifest, Hostile::OversizedManifest(HUNDRED_MIB))), SVF, &["signatures", "larger than the limit"]),
+        case(
+            "oversized-manifest",
+            Some((Resolve, Hostile::OversizedManifest(HUNDRED_MIB))),
+            SVF,
+            &["resolve", "larger than the limit"],
+        ),
+        case(
+            "oversized-sig",
+            Some((SignatureManifest, Hostile::OversizedManifest(HUNDRED_MIB))),
+            SVF,
+            &["signatures", "larger than the limit"],
+        ),
         case("endless-manifest", Some((Resolve, Hostile::EndlessBody)), SVF, &["resolve", "larger than the limit"]),
-        case("endless-sig", Some((SignatureManifest, Hostile::EndlessBody)), SVF, &["signatures", "larger than the limit"]),
-        case("endless-payload", Some((Payload, Hostile::EndlessBody)), SVF, &["1 signature payload is unusable", "larger than the limit"]),
-        case("many-layers", Some((SignatureManifest, Hostile::SignatureLayers(10_000))), SVF, &["10000 signature layers"]),
+        case(
+            "endless-sig",
+            Some((SignatureManifest, Hostile::EndlessBody)),
+            SVF,
+            &["signatures", "larger than the limit"],
+        ),
+        case(
+            "endless-payload",
+            Some((Payload, Hostile::EndlessBody)),
+            SVF,
+            &["1 signature payload is unusable", "larger than the limit"],
+        ),
+        case(
+            "many-layers",
+            Some((SignatureManifest, Hostile::SignatureLayers(10_000))),
+            SVF,
+            &["10000 signature layers"],
+        ),
         case(
             "html-sig",
-            Some((SignatureManifest, Hostile::Body(200, "text/html".into(), Bytes::from_static(b"<html>login</html>")))),
+            Some((
+                SignatureManifest,
+                Hostile::Body(200, "text/html".into(), Bytes::from_static(b"<html>login</html>")),
+            )),
             SVF,
             &["not valid manifest JSON"],
         ),
@@ -281,7 +309,11 @@ async fn run_case(socket: &Path, front: &Front, case: &Case) -> Result<(), Strin
     if elapsed >= TIMEOUT + MARGIN {
         problems.push(format!("took {elapsed:?}, budget {TIMEOUT:?} + {MARGIN:?}"));
     }
-    let reached = |stage: Stage| front.count(|s| s.path.contains(&format!("/{}/", repo(case.name))) && stage_of(&s.path) == Some(stage) && !s.is_containerd());
+    let reached = |stage: Stage| {
+        front.count(|s| {
+            s.path.contains(&format!("/{}/", repo(case.name))) && stage_of(&s.path) == Some(stage) && !s.is_containerd()
+        })
+    };
     if let Some((stage, _)) = &case.hostile
         && reached(*stage) == 0
     {
@@ -314,7 +346,8 @@ async fn hostile_registries_fail_fast_with_the_right_prefix_and_bounded_memory()
     let cases = cases();
     arm(&lab, &front, &key, &cases);
     let (public, policy) = (key.public_pem(), policy(&front));
-    let mut daemon = Daemon::start(&lab.containerd_sock, &front.addr(), &[("a.pub", &public), ("10-hostile.toml", &policy)]);
+    let mut daemon =
+        Daemon::start(&lab.containerd_sock, &front.addr(), &[("a.pub", &public), ("10-hostile.toml", &policy)]);
 
     // All at once: the memory bound must hold with every attack in flight together.
     let results = futures_util::future::join_all(cases.iter().map(|case| run_case(&daemon.socket, &front, case))).await;
@@ -345,7 +378,8 @@ async fn passthrough_calls_do_not_wait_behind_stalled_verifications() {
     // Every tag stalls; the images need not exist, as no verification gets past the headers.
     front.hostile("/v2/hostile/slow/manifests/", Hostile::StallAfterHeaders);
     let (public, policy) = (key.public_pem(), policy(&front));
-    let mut daemon = Daemon::start(&lab.containerd_sock, &front.addr(), &[("a.pub", &public), ("10-hostile.toml", &policy)]);
+    let mut daemon =
+        Daemon::start(&lab.containerd_sock, &front.addr(), &[("a.pub", &public), ("10-hostile.toml", &policy)]);
     // One connection for everything, as the kubelet has: the calls share it with the stalled pulls.
     let mut images = cri::images(&daemon.socket);
     images.list_images(ListImagesRequest::default()).await.expect("warm-up ListImages");
@@ -368,13 +402,19 @@ async fn passthrough_calls_do_not_wait_behind_stalled_verifications() {
     let mut latencies = Vec::with_capacity(CALLS);
     for _ in 0..CALLS {
         let started = Instant::now();
-        images.image_status(ImageStatusRequest { image: cri::spec(&image(0)), verbose: false }).await.expect("ImageStatus");
+        images
+            .image_status(ImageStatusRequest { image: cri::spec(&image(0)), verbose: false })
+            .await
+            .expect("ImageStatus");
         latencies.push(started.elapsed());
     }
     assert!(pulls.iter().all(|pull| !pull.is_finished()), "a stalled pull ended before the ImageStatus calls did");
     latencies.sort();
     let (p50, p99) = (latencies[CALLS / 2], latencies[CALLS * 99 / 100 - 1]);
-    eprintln!("ImageStatus during {STALLED} stalled verifications: p50 {p50:?}, p99 {p99:?}, max {:?}", latencies[CALLS - 1]);
+    eprintln!(
+        "ImageStatus during {STALLED} stalled verifications: p50 {p50:?}, p99 {p99:?}, max {:?}",
+        latencies[CALLS - 1]
+    );
     assert!(p99 < Duration::from_millis(50), "ImageStatus p99 {p99:?} while verifications stall");
 
     for pull in pulls {
@@ -411,7 +451,8 @@ async fn a_request_read_two_ways_is_refused_not_forwarded() {
     let upstream_socket = dir.path().join("upstream.sock");
     let upstream = RecordingUpstream::start(&upstream_socket);
     let config = pullgate::config::Config { upstream: upstream_socket, ..Default::default() };
-    let pullgate = common::pullgate::start_with(config, &[("p.toml", "[[rule]]\nscope = \"a.b\"\nrequire = \"accept\"\n")]).await;
+    let pullgate =
+        common::pullgate::start_with(config, &[("p.toml", "[[rule]]\nscope = \"a.b\"\nrequire = \"accept\"\n")]).await;
     let path = "/runtime.v1.ImageService/PullImage";
 
     let message = ambiguous_pull();

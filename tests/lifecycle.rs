@@ -56,9 +56,10 @@ async fn signals_ready_then_drains_in_flight_calls_on_sigterm() {
     assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
 
     let socket = listen.clone();
-    let in_flight = tokio::spawn(async move {
-        raw::call(&socket, "/runtime.v1.ImageService/ListImages", raw::frame(b""), &[]).await
-    });
+    let in_flight =
+        tokio::spawn(
+            async move { raw::call(&socket, "/runtime.v1.ImageService/ListImages", raw::frame(b""), &[]).await },
+        );
     tokio::time::sleep(Duration::from_millis(200)).await;
     send_sigterm(&child);
     let response = in_flight.await.unwrap();

@@ -40,15 +40,23 @@ async fn a_tag_moved_after_verification_leaves_nothing_unverified_under_the_name
     let pullgate = common::pullgate::start_with(config, &[("a.pub", &pem), ("policy.toml", &policy)]).await;
 
     let image = format!("{}/moving/app:v1", front.addr());
-    let pulled = cri::images(&pullgate.socket).pull_image(cri::pull_request(&image, None)).await.expect("verified pull");
+    let pulled =
+        cri::images(&pullgate.socket).pull_image(cri::pull_request(&image, None)).await.expect("verified pull");
     let image_ref = pulled.into_inner().image_ref;
     assert_eq!(image_ref, config_digest(&good_manifest), "containerd stored something other than the verified image");
 
     let mut direct = cri::images(&lab.containerd_sock);
     let status = direct.image_status(ImageStatusRequest { image: cri::spec(&image), verbose: false }).await.unwrap();
     assert_eq!(status.into_inner().image.expect("tag visible").id, image_ref);
-    let ids: Vec<String> =
-        direct.list_images(ListImagesRequest::default()).await.unwrap().into_inner().images.into_iter().map(|i| i.id).collect();
+    let ids: Vec<String> = direct
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
     assert!(!ids.contains(&config_digest(&evil_manifest)), "unverified image stored: {ids:?}");
     let tag_reads = front.count(|seen| seen.is_containerd() && seen.path.ends_with("/manifests/v1"));
     assert_eq!(tag_reads, 0, "containerd resolved the tag itself instead of the pinned digest");

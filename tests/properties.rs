@@ -12,9 +12,9 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use p256::pkcs8::{EncodePublicKey as _, LineEnding};
-use prost::Message as _;
 use proptest::prelude::*;
 use proptest::sample::select;
+use prost::Message as _;
 use pullgate::cri::proto::{AuthConfig, ImageSpec, PodSandboxConfig, PodSandboxMetadata, PullImageRequest};
 use pullgate::cri::wire::{WireError, pull_image_name, rewrite_pull_image};
 use pullgate::policy::Policy;
@@ -33,7 +33,8 @@ const DIGEST: &str = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c61
 /// Reference-shaped text: optional host[:port], path components, optional tag and digest,
 /// with the characters that sit on the grammar's edges mixed in.
 fn reference_like() -> impl Strategy<Value = String> {
-    let host = "(([a-zA-Z0-9-]{1,8}\\.)?[a-zA-Z0-9-]{1,8}(:[0-9]{0,6})?/|localhost/|\\[[0-9a-f:]{1,8}\\](:[0-9]{1,5})?/)?";
+    let host =
+        "(([a-zA-Z0-9-]{1,8}\\.)?[a-zA-Z0-9-]{1,8}(:[0-9]{0,6})?/|localhost/|\\[[0-9a-f:]{1,8}\\](:[0-9]{1,5})?/)?";
     let path = "[a-zA-Z0-9._-]{1,10}(/[a-z0-9._-]{0,8}){0,3}";
     let tag = "(:[A-Za-z0-9_.-]{0,12})?";
     let digest = "(@sha(256|512):[0-9a-fA-F]{62,66})?";
@@ -105,8 +106,18 @@ fn load_policy(name: &str, toml: &[u8], json: Option<&[u8]>) -> Result<(), TestC
 
 fn toml_string() -> impl Strategy<Value = String> {
     prop_oneof![
-        select(vec!["*", "registry.example/team", "*.example.com", "docker.io/library/nginx:1", "Reg.Example:5000/a@sha256:00", "", "nginx", "*.", "[::1]:5000/x"])
-            .prop_map(str::to_owned),
+        select(vec![
+            "*",
+            "registry.example/team",
+            "*.example.com",
+            "docker.io/library/nginx:1",
+            "Reg.Example:5000/a@sha256:00",
+            "",
+            "nginx",
+            "*.",
+            "[::1]:5000/x"
+        ])
+        .prop_map(str::to_owned),
         any::<String>(),
     ]
     .prop_map(|s| serde_json::to_string(&s).expect("JSON string"))
@@ -117,8 +128,15 @@ fn toml_value() -> impl Strategy<Value = String> {
         toml_string(),
         prop::collection::vec(toml_string(), 0..4).prop_map(|v| format!("[{}]", v.join(", "))),
         any::<i64>().prop_map(|n| n.to_string()),
-        select(vec!["true", "1.5", "{}", "{ remap = { prefix = \"a.io/x\", signed_prefix = \"b.io/y\" } }", "{ exact-repository = \"a.io/x\" }", "{ remap = {} }"])
-            .prop_map(str::to_owned),
+        select(vec![
+            "true",
+            "1.5",
+            "{}",
+            "{ remap = { prefix = \"a.io/x\", signed_prefix = \"b.io/y\" } }",
+            "{ exact-repository = \"a.io/x\" }",
+            "{ remap = {} }"
+        ])
+        .prop_map(str::to_owned),
     ]
 }
 
@@ -126,9 +144,24 @@ fn toml_value() -> impl Strategy<Value = String> {
 fn toml_rule() -> impl Strategy<Value = String> {
     let key = select(vec!["scope", "require", "keys", "threshold", "identity", "mode", "namespaces", "scopes"]);
     let known_value = select(vec![
-        "\"signed\"", "\"accept\"", "\"reject\"", "[\"a.pub\"]", "[\"a.pub\", \"a.pub\"]", "[\"./a.pub\", \"a.pub\"]",
-        "[\"missing.pub\"]", "[\"policy.toml\"]", "\"match-repository\"", "\"match-exact\"", "\"ignore\"", "\"audit\"",
-        "\"enforce\"", "[\"kube-system\"]", "0", "1", "2", "-1",
+        "\"signed\"",
+        "\"accept\"",
+        "\"reject\"",
+        "[\"a.pub\"]",
+        "[\"a.pub\", \"a.pub\"]",
+        "[\"./a.pub\", \"a.pub\"]",
+        "[\"missing.pub\"]",
+        "[\"policy.toml\"]",
+        "\"match-repository\"",
+        "\"match-exact\"",
+        "\"ignore\"",
+        "\"audit\"",
+        "\"enforce\"",
+        "[\"kube-system\"]",
+        "0",
+        "1",
+        "2",
+        "-1",
     ])
     .prop_map(str::to_owned);
     let value = prop_oneof![3 => known_value, 1 => toml_value()];
@@ -168,7 +201,10 @@ fn json_requirement() -> impl Strategy<Value = Value> + Clone {
 
 fn json_policy() -> impl Strategy<Value = Vec<u8>> {
     let requirements = prop::collection::vec(json_requirement(), 0..3);
-    let scope = prop_oneof![select(vec!["", "a.io", "a.io/team", "*.a.io", "a.io/x@sha256:00", "docker.io"]).prop_map(str::to_owned), any::<String>()];
+    let scope = prop_oneof![
+        select(vec!["", "a.io", "a.io/team", "*.a.io", "a.io/x@sha256:00", "docker.io"]).prop_map(str::to_owned),
+        any::<String>()
+    ];
     let scopes = prop::collection::vec((scope, requirements.clone()), 0..4);
     (requirements, scopes).prop_map(|(default, scopes)| {
         let docker: serde_json::Map<String, Value> = scopes.into_iter().map(|(s, r)| (s, Value::from(r))).collect();
@@ -192,7 +228,8 @@ proptest! {
 
 fn json_text() -> impl Strategy<Value = Value> {
     prop_oneof![
-        select(vec!["cosign container image signature", "registry.example/app", DIGEST, "sha256:ABC", ""]).prop_map(Value::from),
+        select(vec!["cosign container image signature", "registry.example/app", DIGEST, "sha256:ABC", ""])
+            .prop_map(Value::from),
         any::<String>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
         Just(Value::Null),
@@ -266,7 +303,8 @@ enum Expect {
 
 /// One layer as a hostile or sloppy registry might list it, with what the parser must do.
 fn manifest_layer() -> impl Strategy<Value = (Value, Expect)> {
-    let media_type = select(vec![SIMPLESIGNING_MEDIA_TYPE, SIMPLESIGNING_MEDIA_TYPE, "application/vnd.oci.image.layer.v1.tar", ""]);
+    let media_type =
+        select(vec![SIMPLESIGNING_MEDIA_TYPE, SIMPLESIGNING_MEDIA_TYPE, "application/vnd.oci.image.layer.v1.tar", ""]);
     let digest = prop_oneof![4 => Just(DIGEST.to_owned()), 1 => any::<String>()];
     let size = prop_oneof![4 => 0u64..70_000, 1 => any::<u64>()];
     let signature = prop_oneof![
@@ -323,17 +361,16 @@ proptest! {
 
 fn pull_request() -> impl Strategy<Value = PullImageRequest> {
     let annotations = prop::collection::hash_map(any::<String>(), any::<String>(), 0..3);
-    let spec = (any::<String>(), annotations, any::<String>(), any::<String>()).prop_map(|(image, annotations, user, handler)| ImageSpec {
-        image,
-        annotations,
-        user_specified_image: user,
-        runtime_handler: handler,
-    });
-    let auth = (any::<String>(), any::<String>(), any::<String>()).prop_map(|(username, password, registry_token)| AuthConfig {
-        username,
-        password,
-        registry_token,
-        ..Default::default()
+    let spec = (any::<String>(), annotations, any::<String>(), any::<String>()).prop_map(
+        |(image, annotations, user, handler)| ImageSpec {
+            image,
+            annotations,
+            user_specified_image: user,
+            runtime_handler: handler,
+        },
+    );
+    let auth = (any::<String>(), any::<String>(), any::<String>()).prop_map(|(username, password, registry_token)| {
+        AuthConfig { username, password, registry_token, ..Default::default() }
     });
     let sandbox = any::<String>().prop_map(|namespace| PodSandboxConfig {
         metadata: Some(PodSandboxMetadata { name: "pod".into(), namespace, ..Default::default() }),

@@ -14,21 +14,16 @@ use pullgate::registry::{Credentials, HttpRegistry, Registry, RegistryConfig, Re
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// Odd whitespace on purpose: the digest must be over these bytes, not a re-serialisation.
-const MANIFEST: &[u8] = b"{\n  \"schemaVersion\":2,   \"mediaType\": \"application/vnd.oci.image.manifest.v1+json\" }\n";
+const MANIFEST: &[u8] =
+    b"{\n  \"schemaVersion\":2,   \"mediaType\": \"application/vnd.oci.image.manifest.v1+json\" }\n";
 
 fn client(server: &FakeRegistry, timeout: Duration) -> HttpRegistry {
-    let config = RegistryConfig {
-        insecure: vec![server.authority()],
-        timeout,
-        ..RegistryConfig::default()
-    };
+    let config = RegistryConfig { insecure: vec![server.authority()], timeout, ..RegistryConfig::default() };
     HttpRegistry::new(&config).expect("client")
 }
 
 fn image(server: &FakeRegistry) -> ImageRef {
-    format!("{}/team/app:v1", server.authority())
-        .parse()
-        .expect("image ref")
+    format!("{}/team/app:v1", server.authority()).parse().expect("image ref")
 }
 
 fn anonymous() -> Credentials {
@@ -36,19 +31,14 @@ fn anonymous() -> Credentials {
 }
 
 fn user(username: &str, password: &str) -> Credentials {
-    Credentials {
-        username: username.into(),
-        password: password.into(),
-        ..Credentials::default()
-    }
+    Credentials { username: username.into(), password: password.into(), ..Credentials::default() }
 }
 
 fn manifest_server() -> impl Fn(&Request) -> Reply + Send + Sync + 'static {
     |req: &Request| match req.path() {
-        "/v2/team/app/manifests/v1" => Reply::ok(OCI_MANIFEST, MANIFEST).header(
-            "Docker-Content-Digest",
-            &Digest::sha256_of(b"lie").to_string(),
-        ),
+        "/v2/team/app/manifests/v1" => {
+            Reply::ok(OCI_MANIFEST, MANIFEST).header("Docker-Content-Digest", &Digest::sha256_of(b"lie").to_string())
+        }
         _ => Reply::status(404),
     }
 }
@@ -59,18 +49,11 @@ fn manifest_server() -> impl Fn(&Request) -> Reply + Send + Sync + 'static {
 async fn manifest_digest_is_computed_over_received_bytes() {
     let server = FakeRegistry::start(manifest_server()).await;
     let registry = client(&server, Duration::from_secs(5));
-    let manifest = registry
-        .manifest(&image(&server), "v1", &anonymous())
-        .await
-        .unwrap()
-        .unwrap();
+    let manifest = registry.manifest(&image(&server), "v1", &anonymous()).await.unwrap().unwrap();
     assert_eq!(&manifest.bytes[..], MANIFEST);
     assert_eq!(manifest.digest, Digest::sha256_of(MANIFEST));
     assert_eq!(manifest.media_type, OCI_MANIFEST);
-    let accept = server.requests()[0]
-        .header("accept")
-        .unwrap_or_default()
-        .to_owned();
+    let accept = server.requests()[0].header("accept").unwrap_or_default().to_owned();
     for media_type in [
         "application/vnd.oci.image.manifest.v1+json",
         "application/vnd.oci.image.index.v1+json",
@@ -86,11 +69,7 @@ async fn manifest_digest_is_computed_over_received_bytes() {
 async fn media_type_falls_back_to_manifest_field() {
     let server = FakeRegistry::start(|_: &Request| Reply::ok("application/json", MANIFEST)).await;
     let registry = client(&server, Duration::from_secs(5));
-    let manifest = registry
-        .manifest(&image(&server), "v1", &anonymous())
-        .await
-        .unwrap()
-        .unwrap();
+    let manifest = registry.manifest(&image(&server), "v1", &anonymous()).await.unwrap().unwrap();
     assert_eq!(manifest.media_type, OCI_MANIFEST);
 }
 
@@ -98,10 +77,7 @@ async fn media_type_falls_back_to_manifest_field() {
 async fn missing_manifest_is_none() {
     let server = FakeRegistry::start(manifest_server()).await;
     let registry = client(&server, Duration::from_secs(5));
-    let none = registry
-        .manifest(&image(&server), "sha256-abc.sig", &anonymous())
-        .await
-        .unwrap();
+    let none = registry.manifest(&image(&server), "sha256-abc.sig", &anonymous()).await.unwrap();
     assert!(none.is_none());
 }
 
@@ -110,31 +86,17 @@ async fn manifest_by_digest_must_match_its_bytes() {
     let server = FakeRegistry::start(|_: &Request| Reply::ok(OCI_MANIFEST, MANIFEST)).await;
     let registry = client(&server, Duration::from_secs(5));
     let good = Digest::sha256_of(MANIFEST).to_string();
-    let found = registry
-        .manifest(&image(&server), &good, &anonymous())
-        .await
-        .unwrap()
-        .unwrap();
+    let found = registry.manifest(&image(&server), &good, &anonymous()).await.unwrap().unwrap();
     assert_eq!(found.digest.as_str(), good);
     let wanted = Digest::sha256_of(b"another manifest");
-    match registry
-        .manifest(&image(&server), wanted.as_str(), &anonymous())
-        .await
-    {
-        Err(RegistryError::DigestMismatch {
-            expected, actual, ..
-        }) => {
+    match registry.manifest(&image(&server), wanted.as_str(), &anonymous()).await {
+        Err(RegistryError::DigestMismatch { expected, actual, .. }) => {
             assert_eq!(expected, wanted);
             assert_eq!(actual, Digest::sha256_of(MANIFEST));
         }
         other => panic!("expected DigestMismatch, got {other:?}"),
     }
-    assert!(
-        server
-            .requests()
-            .iter()
-            .all(|r| r.path().contains("/manifests/sha256:"))
-    );
+    assert!(server.requests().iter().all(|r| r.path().contains("/manifests/sha256:")));
 }
 
 #[tokio::test]
@@ -142,88 +104,45 @@ async fn endless_manifest_is_too_large_quickly() {
     let server = FakeRegistry::start(|_: &Request| Reply::Endless).await;
     let registry = client(&server, Duration::from_secs(30));
     let started = Instant::now();
-    let err = registry
-        .manifest(&image(&server), "v1", &anonymous())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, RegistryError::TooLarge { limit, .. } if limit == MANIFEST_MAX_BYTES),
-        "{err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    let err = registry.manifest(&image(&server), "v1", &anonymous()).await.unwrap_err();
+    assert!(matches!(err, RegistryError::TooLarge { limit, .. } if limit == MANIFEST_MAX_BYTES), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
 
 #[tokio::test]
 async fn declared_oversize_is_refused_before_the_body() {
     let declared = MANIFEST_MAX_BYTES + 1;
-    let server = FakeRegistry::start(move |_: &Request| Reply::StallAfterHeaders {
-        content_length: declared,
-    })
-    .await;
+    let server = FakeRegistry::start(move |_: &Request| Reply::StallAfterHeaders { content_length: declared }).await;
     let registry = client(&server, Duration::from_secs(30));
     let started = Instant::now();
-    let err = registry
-        .manifest(&image(&server), "v1", &anonymous())
-        .await
-        .unwrap_err();
+    let err = registry.manifest(&image(&server), "v1", &anonymous()).await.unwrap_err();
     assert!(matches!(err, RegistryError::TooLarge { .. }), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
 }
 
 #[tokio::test]
 async fn stall_after_headers_times_out_within_the_configured_time() {
-    let server = FakeRegistry::start(|_: &Request| Reply::StallAfterHeaders {
-        content_length: 100,
-    })
-    .await;
+    let server = FakeRegistry::start(|_: &Request| Reply::StallAfterHeaders { content_length: 100 }).await;
     let registry = client(&server, Duration::from_millis(500));
     let started = Instant::now();
-    let err = registry
-        .manifest(&image(&server), "v1", &anonymous())
-        .await
-        .unwrap_err();
+    let err = registry.manifest(&image(&server), "v1", &anonymous()).await.unwrap_err();
     let elapsed = started.elapsed();
     assert!(err.is_unavailable(), "{err}");
     assert!(err.to_string().contains("timed out"), "{err}");
-    assert!(
-        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(2),
-        "took {elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(2), "took {elapsed:?}");
 }
 
 #[tokio::test]
 async fn server_errors_and_refused_connections_are_unreachable() {
     let server = FakeRegistry::start(|_: &Request| Reply::status(503)).await;
     let registry = client(&server, Duration::from_secs(5));
-    let err = registry
-        .manifest(&image(&server), "v1", &anonymous())
-        .await
-        .unwrap_err();
+    let err = registry.manifest(&image(&server), "v1", &anonymous()).await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
 
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let config = RegistryConfig {
-        insecure: vec![closed.to_string()],
-        ..RegistryConfig::default()
-    };
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let config = RegistryConfig { insecure: vec![closed.to_string()], ..RegistryConfig::default() };
     let image: ImageRef = format!("{closed}/team/app:v1").parse().unwrap();
-    let err = HttpRegistry::new(&config)
-        .unwrap()
-        .manifest(&image, "v1", &anonymous())
-        .await
-        .unwrap_err();
+    let err = HttpRegistry::new(&config).unwrap().manifest(&image, "v1", &anonymous()).await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
     assert!(err.to_string().contains(&closed.to_string()), "{err}");
 }
@@ -233,15 +152,9 @@ async fn hosts_not_listed_insecure_get_tls_only() {
     let server = FakeRegistry::start(manifest_server()).await;
     // The fake server waits for a request head that a TLS ClientHello never completes, so a
     // short timeout keeps the test quick.
-    let config = RegistryConfig {
-        timeout: Duration::from_millis(300),
-        ..RegistryConfig::default()
-    };
+    let config = RegistryConfig { timeout: Duration::from_millis(300), ..RegistryConfig::default() };
     let registry = HttpRegistry::new(&config).unwrap();
-    let err = registry
-        .manifest(&image(&server), "v1", &anonymous())
-        .await
-        .unwrap_err();
+    let err = registry.manifest(&image(&server), "v1", &anonymous()).await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
     // The TLS ClientHello is not an HTTP request, so the server never logged one.
     assert!(server.requests().is_empty());
@@ -252,10 +165,7 @@ async fn connections_are_reused() {
     let server = FakeRegistry::start(manifest_server()).await;
     let registry = client(&server, Duration::from_secs(5));
     for _ in 0..3 {
-        registry
-            .manifest(&image(&server), "v1", &anonymous())
-            .await
-            .unwrap();
+        registry.manifest(&image(&server), "v1", &anonymous()).await.unwrap();
     }
     assert_eq!(server.connections(), 1);
 }
@@ -271,9 +181,7 @@ fn blob_server() -> impl Fn(&Request) -> Reply + Send + Sync + 'static {
         "/storage/hop1" => Reply::status(302).header("Location", "/storage/blob"),
         "/storage/blob" => Reply::ok("application/octet-stream", BLOB),
         "/storage/loop" => Reply::status(302).header("Location", "/storage/loop"),
-        p if p.starts_with("/v2/team/app/blobs/") => {
-            Reply::status(302).header("Location", "/storage/loop")
-        }
+        p if p.starts_with("/v2/team/app/blobs/") => Reply::status(302).header("Location", "/storage/loop"),
         _ => Reply::status(404),
     }
 }
@@ -282,33 +190,16 @@ fn blob_server() -> impl Fn(&Request) -> Reply + Send + Sync + 'static {
 async fn blob_follows_redirects_and_checks_digest() {
     let server = FakeRegistry::start(blob_server()).await;
     let registry = client(&server, Duration::from_secs(5));
-    let bytes = registry
-        .blob(
-            &image(&server),
-            &Digest::sha256_of(BLOB),
-            1024,
-            &anonymous(),
-        )
-        .await
-        .unwrap();
+    let bytes = registry.blob(&image(&server), &Digest::sha256_of(BLOB), 1024, &anonymous()).await.unwrap();
     assert_eq!(&bytes[..], BLOB);
     assert_eq!(registry.request_count(), 1);
 }
 
 #[tokio::test]
 async fn blob_with_wrong_bytes_is_a_mismatch() {
-    let server =
-        FakeRegistry::start(|_: &Request| Reply::ok("application/octet-stream", b"tampered")).await;
+    let server = FakeRegistry::start(|_: &Request| Reply::ok("application/octet-stream", b"tampered")).await;
     let registry = client(&server, Duration::from_secs(5));
-    let err = registry
-        .blob(
-            &image(&server),
-            &Digest::sha256_of(BLOB),
-            1024,
-            &anonymous(),
-        )
-        .await
-        .unwrap_err();
+    let err = registry.blob(&image(&server), &Digest::sha256_of(BLOB), 1024, &anonymous()).await.unwrap_err();
     assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
 }
 
@@ -316,34 +207,15 @@ async fn blob_with_wrong_bytes_is_a_mismatch() {
 async fn blob_larger_than_the_callers_cap_is_too_large() {
     let server = FakeRegistry::start(blob_server()).await;
     let registry = client(&server, Duration::from_secs(5));
-    let err = registry
-        .blob(
-            &image(&server),
-            &Digest::sha256_of(BLOB),
-            BLOB.len() - 1,
-            &anonymous(),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, RegistryError::TooLarge { limit, .. } if limit == BLOB.len() - 1),
-        "{err}"
-    );
+    let err = registry.blob(&image(&server), &Digest::sha256_of(BLOB), BLOB.len() - 1, &anonymous()).await.unwrap_err();
+    assert!(matches!(err, RegistryError::TooLarge { limit, .. } if limit == BLOB.len() - 1), "{err}");
 }
 
 #[tokio::test]
 async fn redirect_loops_stop_after_three_hops() {
     let server = FakeRegistry::start(blob_server()).await;
     let registry = client(&server, Duration::from_secs(5));
-    let err = registry
-        .blob(
-            &image(&server),
-            &Digest::sha256_of(b"other"),
-            1024,
-            &anonymous(),
-        )
-        .await
-        .unwrap_err();
+    let err = registry.blob(&image(&server), &Digest::sha256_of(b"other"), 1024, &anonymous()).await.unwrap_err();
     assert!(matches!(err, RegistryError::Protocol(_)), "{err}");
     assert_eq!(server.count("/storage/loop"), 3);
 }
@@ -352,15 +224,7 @@ async fn redirect_loops_stop_after_three_hops() {
 async fn missing_blob_is_an_error() {
     let server = FakeRegistry::start(|_: &Request| Reply::status(404)).await;
     let registry = client(&server, Duration::from_secs(5));
-    let err = registry
-        .blob(
-            &image(&server),
-            &Digest::sha256_of(BLOB),
-            1024,
-            &anonymous(),
-        )
-        .await
-        .unwrap_err();
+    let err = registry.blob(&image(&server), &Digest::sha256_of(BLOB), 1024, &anonymous()).await.unwrap_err();
     assert!(matches!(err, RegistryError::Protocol(m) if m.contains("not found")));
 }
 
@@ -368,10 +232,7 @@ async fn missing_blob_is_an_error() {
 
 /// Registry + token endpoint on one server. The registry accepts only `Bearer <good_token>`;
 /// the token endpoint hands out `tok-<n>` (n counts issued tokens) with the given lifetime.
-fn bearer_server(
-    expires_in: u64,
-    good_token: &'static str,
-) -> impl Fn(&Request) -> Reply + Send + Sync + 'static {
+fn bearer_server(expires_in: u64, good_token: &'static str) -> impl Fn(&Request) -> Reply + Send + Sync + 'static {
     let issued = Arc::new(AtomicUsize::new(0));
     move |req: &Request| {
         if req.path() == "/token" {
@@ -395,29 +256,16 @@ async fn bearer_token_is_requested_once_for_two_fetches() {
     let server = FakeRegistry::start(bearer_server(300, "tok-1")).await;
     let registry = client(&server, Duration::from_secs(5));
     for _ in 0..2 {
-        let manifest = registry
-            .manifest(&image(&server), "v1", &anonymous())
-            .await
-            .unwrap();
+        let manifest = registry.manifest(&image(&server), "v1", &anonymous()).await.unwrap();
         assert!(manifest.is_some());
     }
     assert_eq!(server.count("/token"), 1);
     // 401, retry with the token, then the second fetch sends the cached token up front.
     assert_eq!(registry.request_count(), 3);
-    let token_request = server
-        .requests()
-        .into_iter()
-        .find(|r| r.path() == "/token")
-        .unwrap();
+    let token_request = server.requests().into_iter().find(|r| r.path() == "/token").unwrap();
     let params = token_request.params();
-    assert_eq!(
-        params.get("scope").map(String::as_str),
-        Some("repository:team/app:pull")
-    );
-    assert_eq!(
-        params.get("service").map(String::as_str),
-        Some("fake-registry")
-    );
+    assert_eq!(params.get("scope").map(String::as_str), Some("repository:team/app:pull"));
+    assert_eq!(params.get("service").map(String::as_str), Some("fake-registry"));
     assert_eq!(token_request.header("authorization"), None);
 }
 
@@ -425,58 +273,30 @@ async fn bearer_token_is_requested_once_for_two_fetches() {
 async fn known_bearer_registry_gets_a_token_up_front_for_a_new_repository() {
     let server = FakeRegistry::start(bearer_server(300, "tok-2")).await;
     let registry = client(&server, Duration::from_secs(5));
-    let other: ImageRef = format!("{}/team/other:v1", server.authority())
-        .parse()
-        .unwrap();
+    let other: ImageRef = format!("{}/team/other:v1", server.authority()).parse().unwrap();
     // First fetch learns the scheme (token tok-1 accepted nowhere: repo "other" 404s after auth).
     let _ = registry.manifest(&other, "v1", &anonymous()).await;
     let before = registry.request_count();
-    assert!(
-        registry
-            .manifest(&image(&server), "v1", &anonymous())
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert_eq!(
-        registry.request_count() - before,
-        1,
-        "no 401 round-trip for the new repository"
-    );
+    assert!(registry.manifest(&image(&server), "v1", &anonymous()).await.unwrap().is_some());
+    assert_eq!(registry.request_count() - before, 1, "no 401 round-trip for the new repository");
 }
 
 #[tokio::test]
 async fn bearer_token_request_carries_basic_credentials() {
     let server = FakeRegistry::start(bearer_server(300, "tok-1")).await;
     let registry = client(&server, Duration::from_secs(5));
-    registry
-        .manifest(&image(&server), "v1", &user("alice", "s3cret"))
-        .await
-        .unwrap();
-    let token_request = server
-        .requests()
-        .into_iter()
-        .find(|r| r.path() == "/token")
-        .unwrap();
-    assert_eq!(
-        token_request.header("authorization"),
-        Some("Basic YWxpY2U6czNjcmV0")
-    );
+    registry.manifest(&image(&server), "v1", &user("alice", "s3cret")).await.unwrap();
+    let token_request = server.requests().into_iter().find(|r| r.path() == "/token").unwrap();
+    assert_eq!(token_request.header("authorization"), Some("Basic YWxpY2U6czNjcmV0"));
 }
 
 #[tokio::test]
 async fn tokens_are_not_shared_between_credentials() {
     let server = FakeRegistry::start(bearer_server(300, "tok-1")).await;
     let registry = client(&server, Duration::from_secs(5));
-    registry
-        .manifest(&image(&server), "v1", &user("alice", "a"))
-        .await
-        .unwrap();
+    registry.manifest(&image(&server), "v1", &user("alice", "a")).await.unwrap();
     // Bob gets tok-2, which this registry rejects: he must not ride on alice's tok-1.
-    let err = registry
-        .manifest(&image(&server), "v1", &user("bob", "b"))
-        .await
-        .unwrap_err();
+    let err = registry.manifest(&image(&server), "v1", &user("bob", "b")).await.unwrap_err();
     assert!(matches!(err, RegistryError::Unauthorized(_)), "{err}");
     assert_eq!(server.count("/token"), 2);
 }
@@ -486,19 +306,8 @@ async fn expired_token_is_fetched_again() {
     let server = FakeRegistry::start(bearer_server(1, "tok-2")).await;
     let registry = client(&server, Duration::from_secs(5));
     // tok-1 is rejected, so the first fetch fails after one token; the next gets tok-2.
-    assert!(
-        registry
-            .manifest(&image(&server), "v1", &anonymous())
-            .await
-            .is_err()
-    );
-    assert!(
-        registry
-            .manifest(&image(&server), "v1", &anonymous())
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(registry.manifest(&image(&server), "v1", &anonymous()).await.is_err());
+    assert!(registry.manifest(&image(&server), "v1", &anonymous()).await.unwrap().is_some());
     let tokens_after_refresh = server.count("/token");
     assert_eq!(tokens_after_refresh, 2);
     // A 1 s token is used for half its life at most.
@@ -511,10 +320,7 @@ async fn expired_token_is_fetched_again() {
 fn oauth_server() -> impl Fn(&Request) -> Reply + Send + Sync + 'static {
     |req: &Request| {
         if req.path() == "/oauth2/token" {
-            return Reply::ok(
-                "application/json",
-                br#"{"access_token":"acc","expires_in":300}"#,
-            );
+            return Reply::ok("application/json", br#"{"access_token":"acc","expires_in":300}"#);
         }
         if req.header("authorization") != Some("Bearer acc") {
             let host = req.header("host").unwrap_or_default();
@@ -529,20 +335,11 @@ fn oauth_server() -> impl Fn(&Request) -> Reply + Send + Sync + 'static {
 async fn identity_token_uses_the_refresh_token_grant() {
     let server = FakeRegistry::start(oauth_server()).await;
     let registry = client(&server, Duration::from_secs(5));
-    let creds = Credentials {
-        identity_token: "refresh-me".into(),
-        ..Credentials::default()
-    };
-    let found = registry
-        .manifest(&image(&server), "v1", &creds)
-        .await
-        .unwrap();
+    let creds = Credentials { identity_token: "refresh-me".into(), ..Credentials::default() };
+    let found = registry.manifest(&image(&server), "v1", &creds).await.unwrap();
     assert!(found.is_some());
     let requests = server.requests();
-    let token_request = requests
-        .iter()
-        .find(|r| r.path() == "/oauth2/token")
-        .unwrap();
+    let token_request = requests.iter().find(|r| r.path() == "/oauth2/token").unwrap();
     assert_eq!(token_request.method, "POST");
     let form = token_request.params();
     let field = |name: &str| form.get(name).map(String::as_str);
@@ -556,17 +353,8 @@ async fn identity_token_uses_the_refresh_token_grant() {
 async fn registry_token_is_sent_as_bearer_directly() {
     let server = FakeRegistry::start(bearer_server(300, "given-token")).await;
     let registry = client(&server, Duration::from_secs(5));
-    let creds = Credentials {
-        registry_token: "given-token".into(),
-        ..Credentials::default()
-    };
-    assert!(
-        registry
-            .manifest(&image(&server), "v1", &creds)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    let creds = Credentials { registry_token: "given-token".into(), ..Credentials::default() };
+    assert!(registry.manifest(&image(&server), "v1", &creds).await.unwrap().is_some());
     assert_eq!(registry.request_count(), 1);
     assert_eq!(server.count("/token"), 0);
 }
@@ -575,21 +363,12 @@ async fn registry_token_is_sent_as_bearer_directly() {
 async fn plain_http_realm_of_a_tls_registry_is_refused() {
     // The registry itself is insecure here, but the realm points at a host that is not.
     let server = FakeRegistry::start(|_: &Request| {
-        Reply::status(401).header(
-            "WWW-Authenticate",
-            "Bearer realm=\"http://auth.invalid/token\"",
-        )
+        Reply::status(401).header("WWW-Authenticate", "Bearer realm=\"http://auth.invalid/token\"")
     })
     .await;
     let registry = client(&server, Duration::from_secs(5));
-    let err = registry
-        .manifest(&image(&server), "v1", &user("alice", "s3cret"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, RegistryError::Protocol(m) if m.contains("https")),
-        "{err}"
-    );
+    let err = registry.manifest(&image(&server), "v1", &user("alice", "s3cret")).await.unwrap_err();
+    assert!(matches!(&err, RegistryError::Protocol(m) if m.contains("https")), "{err}");
 }
 
 // === basic auth and refusals ===
@@ -609,13 +388,7 @@ async fn basic_auth_from_username_and_password() {
     let server = FakeRegistry::start(basic_server()).await;
     let registry = client(&server, Duration::from_secs(5));
     for _ in 0..2 {
-        assert!(
-            registry
-                .manifest(&image(&server), "v1", &user("alice", "s3cret"))
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(registry.manifest(&image(&server), "v1", &user("alice", "s3cret")).await.unwrap().is_some());
     }
     // 401 + retry, then Basic up front.
     assert_eq!(registry.request_count(), 3);
@@ -626,32 +399,19 @@ async fn basic_auth_from_username_and_password() {
 async fn basic_auth_from_the_auth_field() {
     let server = FakeRegistry::start(basic_server()).await;
     let registry = client(&server, Duration::from_secs(5));
-    let creds = Credentials {
-        auth: "YWxpY2U6czNjcmV0".into(),
-        ..Credentials::default()
-    };
-    assert!(
-        registry
-            .manifest(&image(&server), "v1", &creds)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    let creds = Credentials { auth: "YWxpY2U6czNjcmV0".into(), ..Credentials::default() };
+    assert!(registry.manifest(&image(&server), "v1", &creds).await.unwrap().is_some());
 }
 
 #[tokio::test]
 async fn missing_credentials_are_unauthorized() {
     let server = FakeRegistry::start(basic_server()).await;
     let registry = client(&server, Duration::from_secs(5));
-    let err = registry
-        .manifest(&image(&server), "v1", &anonymous())
-        .await
-        .unwrap_err();
+    let err = registry.manifest(&image(&server), "v1", &anonymous()).await.unwrap_err();
     match &err {
-        RegistryError::Unauthorized(m) => assert!(
-            m.contains(&server.authority()) && m.contains("no credentials"),
-            "{m}"
-        ),
+        RegistryError::Unauthorized(m) => {
+            assert!(m.contains(&server.authority()) && m.contains("no credentials"), "{m}")
+        }
         other => panic!("expected Unauthorized, got {other:?}"),
     }
     assert_eq!(registry.request_count(), 1);
@@ -661,10 +421,7 @@ async fn missing_credentials_are_unauthorized() {
 async fn wrong_credentials_are_unauthorized_without_echoing_them() {
     let server = FakeRegistry::start(basic_server()).await;
     let registry = client(&server, Duration::from_secs(5));
-    let err = registry
-        .manifest(&image(&server), "v1", &user("mallory", "hunter2"))
-        .await
-        .unwrap_err();
+    let err = registry.manifest(&image(&server), "v1", &user("mallory", "hunter2")).await.unwrap_err();
     let text = format!("{err} {err:?}");
     assert!(matches!(err, RegistryError::Unauthorized(_)), "{text}");
     for secret in ["mallory", "hunter2", "bWFsbG9yeTpodW50ZXIy"] {
@@ -676,10 +433,7 @@ async fn wrong_credentials_are_unauthorized_without_echoing_them() {
 async fn forbidden_is_unauthorized() {
     let server = FakeRegistry::start(|_: &Request| Reply::status(403)).await;
     let registry = client(&server, Duration::from_secs(5));
-    let err = registry
-        .manifest(&image(&server), "v1", &user("alice", "s3cret"))
-        .await
-        .unwrap_err();
+    let err = registry.manifest(&image(&server), "v1", &user("alice", "s3cret")).await.unwrap_err();
     assert!(matches!(err, RegistryError::Unauthorized(_)), "{err}");
 }
 
@@ -688,10 +442,7 @@ async fn rejected_bearer_token_is_unauthorized_and_not_reused() {
     let server = FakeRegistry::start(bearer_server(300, "never")).await;
     let registry = client(&server, Duration::from_secs(5));
     for _ in 0..2 {
-        let err = registry
-            .manifest(&image(&server), "v1", &user("alice", "s3cret"))
-            .await
-            .unwrap_err();
+        let err = registry.manifest(&image(&server), "v1", &user("alice", "s3cret")).await.unwrap_err();
         let text = format!("{err} {err:?}");
         assert!(matches!(err, RegistryError::Unauthorized(_)), "{text}");
         assert!(!text.contains("tok-") && !text.contains("s3cret"), "{text}");

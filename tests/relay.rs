@@ -80,7 +80,8 @@ async fn malformed_pull_request_is_refused_without_reaching_upstream() {
     let pullgate = common::pullgate::start(&upstream_socket).await;
 
     let response =
-        raw::call(&pullgate.socket, "/runtime.v1.ImageService/PullImage", Bytes::from_static(&[0, 0, 0, 0, 9, 1]), &[]).await;
+        raw::call(&pullgate.socket, "/runtime.v1.ImageService/PullImage", Bytes::from_static(&[0, 0, 0, 0, 9, 1]), &[])
+            .await;
     assert_eq!(response.grpc_status(), Some("3"), "{response:?}");
     assert!(upstream.calls.lock().unwrap().is_empty());
     pullgate.stop().await;

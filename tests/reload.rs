@@ -108,7 +108,9 @@ async fn policy_flips_apply_within_two_seconds_and_other_pulls_never_fail() {
     let (failures, pulls) = background.await.unwrap();
     assert!(failures.is_empty(), "unrelated pulls failed during reloads: {failures:?}");
     assert!(pulls >= 5, "only {pulls} unrelated pulls ran during the flips");
-    eprintln!("accept→reject applied after {to_reject:?}, reject→accept after {to_accept:?}; {pulls} unrelated pulls, none failed");
+    eprintln!(
+        "accept→reject applied after {to_reject:?}, reject→accept after {to_accept:?}; {pulls} unrelated pulls, none failed"
+    );
     pullgate.stop().await;
 }
 

@@ -48,7 +48,8 @@ async fn assert_tag_shows(lab: &Lab, image: &str, image_ref: &str) {
 
 async fn assert_rejected_never_reached_containerd(lab: &Lab, rows: &[(&str, bool, &str)]) {
     let listed = cri::images(&lab.containerd_sock).list_images(ListImagesRequest::default()).await.unwrap();
-    let names: Vec<String> = listed.into_inner().images.iter().flat_map(|i| [&i.repo_tags[..], &i.repo_digests[..]].concat()).collect();
+    let names: Vec<String> =
+        listed.into_inner().images.iter().flat_map(|i| [&i.repo_tags[..], &i.repo_digests[..]].concat()).collect();
     for (repo, accepted, _) in rows {
         let present = names.iter().any(|name| name.starts_with(&format!("{}/{repo}", lab.registry)));
         assert_eq!(present, *accepted, "{repo} in containerd: {present}; names: {names:?}");

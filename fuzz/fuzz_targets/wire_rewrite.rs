@@ -9,7 +9,8 @@ use prost::Message as _;
 use pullgate::cri::proto::{ImageSpec, PullImageRequest};
 use pullgate::cri::wire::{pull_image_name, rewrite_pull_image};
 
-const PINNED: &str = "registry.example/team/app@sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b";
+const PINNED: &str =
+    "registry.example/team/app@sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b";
 
 /// The request with `image.image` set to `image`.
 fn with_image(mut request: PullImageRequest, image: &str) -> PullImageRequest {

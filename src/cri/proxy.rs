@@ -36,7 +36,10 @@ impl<G: PullGate> Proxy<G> {
         Arc::new(Proxy { gate, upstream, tagger, health, metrics })
     }
 
-    pub async fn handle(self: Arc<Self>, request: http::Request<Incoming>) -> Result<http::Response<BoxBody>, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        request: http::Request<Incoming>,
+    ) -> Result<http::Response<BoxBody>, Infallible> {
         let path = request.uri().path();
         let log = CallLog::start(path, &self.metrics);
         let response = if path == pull::PATH {

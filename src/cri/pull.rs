@@ -93,11 +93,8 @@ fn replay(data: Bytes, trailers: Option<http::HeaderMap>) -> BoxBody {
 }
 
 async fn admit<G: PullGate>(gate: &G, body: Incoming) -> Result<(Admission, Bytes), PullError> {
-    let body = Limited::new(body, MAX_REQUEST_BYTES)
-        .collect()
-        .await
-        .map_err(|e| PullError::Body(e.to_string()))?
-        .to_bytes();
+    let body =
+        Limited::new(body, MAX_REQUEST_BYTES).collect().await.map_err(|e| PullError::Body(e.to_string()))?.to_bytes();
     let message = wire::unframe(&body)?;
     let pull = pull_request(&PullImageRequest::decode(message)?);
     // containerd will read the image by wire types; judging prost's reading could verify one

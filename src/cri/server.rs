@@ -40,8 +40,8 @@ pub async fn run<G: PullGate>(
 fn serve_connection<G: PullGate>(graceful: &GracefulShutdown, stream: tokio::net::UnixStream, proxy: Arc<Proxy<G>>) {
     let service = hyper::service::service_fn(move |request| proxy.clone().handle(request));
     // gRPC is HTTP/2 only; the kubelet speaks it with prior knowledge.
-    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(stream), service);
+    let connection =
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service);
     let connection = graceful.watch(connection);
     tokio::spawn(async move {
         if let Err(error) = connection.await {

@@ -24,8 +24,7 @@ pub enum SocketError {
 /// Binds `path`, creating its directory and replacing a socket file that nobody serves anymore.
 pub async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|source| SocketError::Directory { path: parent.to_owned(), source })?;
+        std::fs::create_dir_all(parent).map_err(|source| SocketError::Directory { path: parent.to_owned(), source })?;
     }
     remove_stale(path).await?;
     let bind_error = |source| SocketError::Bind { path: path.to_owned(), source };

@@ -11,10 +11,10 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-use crate::cri::proto::image_service_client::ImageServiceClient;
-use crate::cri::proto::{ImageSpec, ImageStatusRequest};
 use crate::cri::images_proto::images_client::ImagesClient;
 use crate::cri::images_proto::{CreateImageRequest, GetImageRequest, Image, UpdateImageRequest};
+use crate::cri::proto::image_service_client::ImageServiceClient;
+use crate::cri::proto::{ImageSpec, ImageStatusRequest};
 
 /// The containerd namespace the CRI plugin keeps Kubernetes images in.
 const CRI_NAMESPACE: &str = "k8s.io";
@@ -76,16 +76,21 @@ impl Tagger {
         match images.create(namespaced(CreateImageRequest { image: Some(image.clone()) })).await {
             Ok(_) => Ok(()),
             // The tag already exists (an earlier version, or a concurrent pull): move it.
-            Err(status) if status.code() == Code::AlreadyExists => {
-                images.update(namespaced(UpdateImageRequest { image: Some(image) })).await.map(|_| ()).map_err(write_error)
-            }
+            Err(status) if status.code() == Code::AlreadyExists => images
+                .update(namespaced(UpdateImageRequest { image: Some(image) }))
+                .await
+                .map(|_| ())
+                .map_err(write_error),
             Err(status) => Err(write_error(status)),
         }
     }
 
     async fn await_visible(&self, name: &str, image_id: &str) -> Result<(), TagError> {
         let deadline = tokio::time::Instant::now() + STORE_SYNC_LIMIT;
-        let request = ImageStatusRequest { image: Some(ImageSpec { image: name.to_owned(), ..Default::default() }), verbose: false };
+        let request = ImageStatusRequest {
+            image: Some(ImageSpec { image: name.to_owned(), ..Default::default() }),
+            verbose: false,
+        };
         loop {
             let status = self.cri.clone().image_status(request.clone()).await;
             let shown = status.ok().and_then(|r| r.into_inner().image).map(|image| image.id);

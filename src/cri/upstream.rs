@@ -105,4 +105,3 @@ fn with_authority(request: http::Request<BoxBody>) -> http::Request<BoxBody> {
     parts.uri = http::Uri::from_parts(uri).unwrap_or_else(|_| http::Uri::from_static("http://containerd/"));
     http::Request::from_parts(parts, body)
 }
-

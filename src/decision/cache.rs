@@ -146,7 +146,12 @@ mod tests {
             signatures: Vec::new(),
             reason: format!("{verdict:?}"),
         };
-        Outcome { verdict, digest: Some(DIGEST.parse().unwrap()), evaluation: Some(evaluation), reason: format!("{verdict:?}") }
+        Outcome {
+            verdict,
+            digest: Some(DIGEST.parse().unwrap()),
+            evaluation: Some(evaluation),
+            reason: format!("{verdict:?}"),
+        }
     }
 
     fn len(cache: &VerdictCache) -> usize {

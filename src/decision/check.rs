@@ -82,7 +82,11 @@ fn reason(evaluation: &Evaluation, unusable: &[RegistryError]) -> String {
 /// The digest the pull will be pinned to: the one the reference names (no request: the
 /// signature lookup finds nothing for a digest the registry lacks, and containerd pulls by it
 /// anyway), or the digest of the manifest bytes the registry serves for the tag now.
-pub async fn resolve<R: Registry>(registry: &R, image: &ImageRef, credentials: &Credentials) -> Result<Digest, Outcome> {
+pub async fn resolve<R: Registry>(
+    registry: &R,
+    image: &ImageRef,
+    credentials: &Credentials,
+) -> Result<Digest, Outcome> {
     if let Some(digest) = image.digest() {
         return Ok(digest.clone());
     }
@@ -112,7 +116,8 @@ async fn fetch_signatures<R: Registry>(
     };
     let layers = parse_signature_manifest(&manifest.bytes, &manifest.media_type)
         .map_err(|error| Outcome::reject(&format!("unusable signature manifest: {error}")))?;
-    let payloads = join_all(layers.iter().map(|layer| registry.blob(image, &layer.digest, MAX_PAYLOAD_BYTES, credentials))).await;
+    let payloads =
+        join_all(layers.iter().map(|layer| registry.blob(image, &layer.digest, MAX_PAYLOAD_BYTES, credentials))).await;
     let (mut signatures, mut unusable) = (Vec::with_capacity(layers.len()), Vec::new());
     for (layer, payload) in layers.into_iter().zip(payloads) {
         match payload {

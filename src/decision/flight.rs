@@ -117,7 +117,11 @@ mod tests {
     }
 
     /// Work that counts its starts and returns `value` once the gate opens.
-    fn gated(starts: &Arc<AtomicUsize>, gate: &Arc<Semaphore>, value: u32) -> impl Future<Output = u32> + Send + 'static {
+    fn gated(
+        starts: &Arc<AtomicUsize>,
+        gate: &Arc<Semaphore>,
+        value: u32,
+    ) -> impl Future<Output = u32> + Send + 'static {
         starts.fetch_add(1, Ordering::SeqCst);
         let gate = Arc::clone(gate);
         async move {
@@ -178,7 +182,8 @@ mod tests {
     async fn a_panicking_run_fails_every_caller_and_is_not_joined_again() {
         let flights: Flights<&'static str, u32> = Flights::new();
         let gate = gate();
-        let callers = [flights.join("image", || explode(gate.clone())), flights.join("image", || explode(gate.clone()))];
+        let callers =
+            [flights.join("image", || explode(gate.clone())), flights.join("image", || explode(gate.clone()))];
         open(&gate);
         for caller in callers {
             assert!(caller.await.is_err());

@@ -7,8 +7,8 @@ use crate::policy::{Mode, Requirement, Rule};
 use crate::reference::{Digest, ImageRef};
 use crate::verify::Evaluation;
 
-use super::{Admission, Rejection};
 use super::check::Outcome;
+use super::{Admission, Rejection};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -190,9 +190,14 @@ mod tests {
 
     #[test]
     fn audit_forwards_a_rejection_and_enforce_refuses_it() {
-        assert_eq!(decide(Requirement::Signed, Mode::Audit, Outcome::reject("unsigned")).expect("audit"), Admission::Forward);
+        assert_eq!(
+            decide(Requirement::Signed, Mode::Audit, Outcome::reject("unsigned")).expect("audit"),
+            Admission::Forward
+        );
         let refused = decide(Requirement::Signed, Mode::Enforce, Outcome::reject("unsigned"));
-        assert!(matches!(refused, Err(Rejection::Denied(message)) if message.contains("team.toml") && message.contains("unsigned")));
+        assert!(
+            matches!(refused, Err(Rejection::Denied(message)) if message.contains("team.toml") && message.contains("unsigned"))
+        );
         let unavailable = decide(Requirement::Signed, Mode::Enforce, Outcome::unavailable("registry down".into()));
         assert!(matches!(unavailable, Err(Rejection::RegistryUnavailable(_))));
     }

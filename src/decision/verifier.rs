@@ -58,7 +58,12 @@ impl<R: Registry + 'static> Verifier<R> {
     }
 
     /// Joins the check already running for this pull's image and rule, or starts one.
-    pub async fn check(self: &Arc<Self>, image: &ImageRef, rule: RuleInForce<'_>, credentials: &Credentials) -> Outcome {
+    pub async fn check(
+        self: &Arc<Self>,
+        image: &ImageRef,
+        rule: RuleInForce<'_>,
+        credentials: &Credentials,
+    ) -> Outcome {
         let key = FlightKey {
             generation: rule.generation,
             rule: rule.index,
@@ -142,7 +147,12 @@ mod tests {
     }
 
     impl Registry for Canned {
-        async fn manifest(&self, _: &ImageRef, reference: &str, _: &Credentials) -> Result<Option<Manifest>, RegistryError> {
+        async fn manifest(
+            &self,
+            _: &ImageRef,
+            reference: &str,
+            _: &Credentials,
+        ) -> Result<Option<Manifest>, RegistryError> {
             self.requests.lock().unwrap().push(format!("manifest {reference}"));
             if self.stall {
                 std::future::pending::<()>().await;
@@ -191,7 +201,10 @@ mod tests {
         let gate = gate(&registry, &SharedPolicy::new(policy()), Duration::from_secs(5));
         let first = gate.decide(&pull(&digest_ref())).await;
         assert_eq!(first.verdict, Verdict::Rejected, "{}", first.reason);
-        assert_eq!(registry.requests(), vec![format!("manifest {}", check::signature_tag(&Digest::sha256_of(b"image")))]);
+        assert_eq!(
+            registry.requests(),
+            vec![format!("manifest {}", check::signature_tag(&Digest::sha256_of(b"image")))]
+        );
         registry.take();
         let second = gate.decide(&pull(&digest_ref())).await;
         assert_eq!((second.verdict, second.reason), (Verdict::Rejected, first.reason));

@@ -7,8 +7,8 @@
 pub mod endpoint;
 mod labels;
 
-use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use prometheus_client::encoding::prometheus_text;
@@ -21,8 +21,8 @@ use prometheus_client::registry::Registry;
 use crate::decision::{Decision, Verdict};
 use crate::policy::Mode;
 
-pub use labels::{CallOutcome, Method};
 use labels::{CallLabels, DecisionLabels, Methods, ReloadLabels, StatusLabels};
+pub use labels::{CallOutcome, Method};
 
 /// The Content-Type of what [`Metrics::encode`] returns.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;

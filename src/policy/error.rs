@@ -44,25 +44,14 @@ mod tests {
     use super::*;
 
     fn problem(line: Option<usize>, message: &str) -> Problem {
-        Problem {
-            file: PathBuf::from("/etc/pullgate/policy.d/a.toml"),
-            line,
-            message: message.into(),
-        }
+        Problem { file: PathBuf::from("/etc/pullgate/policy.d/a.toml"), line, message: message.into() }
     }
 
     #[test]
     fn display_single_and_many() {
-        let one = PolicyError {
-            problems: vec![problem(Some(3), "bad")],
-        };
-        assert_eq!(
-            one.to_string(),
-            "invalid policy: /etc/pullgate/policy.d/a.toml:3: bad"
-        );
-        let two = PolicyError {
-            problems: vec![problem(Some(3), "bad"), problem(None, "worse")],
-        };
+        let one = PolicyError { problems: vec![problem(Some(3), "bad")] };
+        assert_eq!(one.to_string(), "invalid policy: /etc/pullgate/policy.d/a.toml:3: bad");
+        let two = PolicyError { problems: vec![problem(Some(3), "bad"), problem(None, "worse")] };
         assert_eq!(
             two.to_string(),
             "invalid policy, 2 problems:\n  /etc/pullgate/policy.d/a.toml:3: bad\n  /etc/pullgate/policy.d/a.toml: worse"

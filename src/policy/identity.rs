@@ -90,18 +90,14 @@ fn parse_prefix(field: &str, value: &str) -> Result<Scope, IdentityConfigError> 
     let bad = |why: String| IdentityConfigError(format!("remap {field} {value:?}: {why}"));
     match value.parse::<Scope>() {
         Ok(scope @ (Scope::Host(_) | Scope::Path { .. })) => Ok(scope),
-        Ok(_) => Err(bad(
-            "must be host[:port] or host[:port]/path, without tag, digest or wildcard".into(),
-        )),
+        Ok(_) => Err(bad("must be host[:port] or host[:port]/path, without tag, digest or wildcard".into())),
         Err(e) => Err(bad(e.to_string())),
     }
 }
 
 fn parse_repository(value: &str) -> Result<String, IdentityConfigError> {
     let bad = |why: String| IdentityConfigError(format!("exact-repository {value:?}: {why}"));
-    let image: ImageRef = value
-        .parse()
-        .map_err(|e: crate::reference::ReferenceError| bad(e.to_string()))?;
+    let image: ImageRef = value.parse().map_err(|e: crate::reference::ReferenceError| bad(e.to_string()))?;
     if image.tag().is_some() || image.digest().is_some() {
         return Err(bad("must be a repository, without tag or digest".into()));
     }
@@ -111,11 +107,7 @@ fn parse_repository(value: &str) -> Result<String, IdentityConfigError> {
 // === impl IdentityRule: checking ===
 
 impl IdentityRule {
-    pub fn check(
-        &self,
-        pulled: &ImageRef,
-        signed_docker_reference: &str,
-    ) -> Result<(), IdentityMismatch> {
+    pub fn check(&self, pulled: &ImageRef, signed_docker_reference: &str) -> Result<(), IdentityMismatch> {
         let fail = |reason: String| IdentityMismatch {
             signed: signed_docker_reference.chars().take(QUOTE_LIMIT).collect(),
             pulled: pulled.to_string(),
@@ -125,9 +117,8 @@ impl IdentityRule {
         if *self == IdentityRule::Ignore {
             return Ok(());
         }
-        let signed: ImageRef = signed_docker_reference
-            .parse()
-            .map_err(|e| fail(format!("not a valid image reference ({e})")))?;
+        let signed: ImageRef =
+            signed_docker_reference.parse().map_err(|e| fail(format!("not a valid image reference ({e})")))?;
         self.check_parsed(pulled, &signed).map_err(fail)
     }
 
@@ -137,10 +128,7 @@ impl IdentityRule {
             IdentityRule::MatchRepository => same_repository(&pulled.name(), signed),
             IdentityRule::MatchExact => exact(pulled, signed),
             IdentityRule::MatchRepoDigestOrExact => repo_digest_or_exact(pulled, signed),
-            IdentityRule::Remap {
-                prefix,
-                signed_prefix,
-            } => {
+            IdentityRule::Remap { prefix, signed_prefix } => {
                 let remapped = remap(pulled, prefix, signed_prefix)?;
                 repo_digest_or_exact(&remapped, signed)
             }
@@ -153,11 +141,7 @@ impl IdentityRule {
 }
 
 fn same_repository(expected: &str, signed: &ImageRef) -> Result<(), String> {
-    if signed.name() == expected {
-        Ok(())
-    } else {
-        Err(format!("repository {} is not {expected}", signed.name()))
-    }
+    if signed.name() == expected { Ok(()) } else { Err(format!("repository {} is not {expected}", signed.name())) }
 }
 
 /// containers/image's matchExact: equal references, neither side a bare name. A pulled
@@ -204,9 +188,7 @@ fn remap(pulled: &ImageRef, prefix: &str, signed_prefix: &str) -> Result<ImageRe
         _ => return Err("signed_prefix is not a host or path".into()),
     };
     if repository.is_empty() {
-        return Err(format!(
-            "remapping {pulled} onto {signed_prefix} leaves no repository"
-        ));
+        return Err(format!("remapping {pulled} onto {signed_prefix} leaves no repository"));
     }
     let mut text = format!("{registry}/{repository}");
     if let Some(tag) = pulled.tag() {
@@ -215,8 +197,7 @@ fn remap(pulled: &ImageRef, prefix: &str, signed_prefix: &str) -> Result<ImageRe
     if let Some(digest) = pulled.digest() {
         text.push_str(&format!("@{digest}"));
     }
-    text.parse()
-        .map_err(|e| format!("remapped reference {text:?} is invalid ({e})"))
+    text.parse().map_err(|e| format!("remapped reference {text:?} is invalid ({e})"))
 }
 
 /// The repository part left after `prefix`, or None when `prefix` does not cover `image`.
@@ -262,10 +243,7 @@ mod tests {
         assert!(ok(&r, "r.io/a:v1", "r.io/a"));
         assert!(ok(&r, "r.io/a:v1", "r.io/a:v2"), "tags are not compared");
         assert!(ok(&r, &format!("r.io/a@{D1}"), &format!("r.io/a@{D2}")));
-        assert!(
-            ok(&r, "nginx:1", "docker.io/library/nginx"),
-            "both sides are normalised"
-        );
+        assert!(ok(&r, "nginx:1", "docker.io/library/nginx"), "both sides are normalised");
         assert!(ok(&r, "index.docker.io/library/nginx", "nginx"));
         assert!(!ok(&r, "r.io/a:v1", "r.io/b"));
         assert!(!ok(&r, "r.io/a:v1", "r.io/a/b"));
@@ -280,40 +258,22 @@ mod tests {
         assert!(ok(&r, &format!("r.io/a@{D1}"), &format!("r.io/a@{D1}")));
         assert!(ok(&r, &format!("r.io/a:v1@{D1}"), "r.io/a:v1"));
         assert!(ok(&r, &format!("r.io/a:v1@{D1}"), &format!("r.io/a@{D1}")));
-        assert!(
-            !ok(&r, "r.io/a:v1", "r.io/a"),
-            "cosign-style identity has no tag"
-        );
+        assert!(!ok(&r, "r.io/a:v1", "r.io/a"), "cosign-style identity has no tag");
         assert!(!ok(&r, "r.io/a:v1", "r.io/a:v2"));
-        assert!(
-            !ok(&r, &format!("r.io/a@{D1}"), "r.io/a:v1"),
-            "digest pull, tag signature"
-        );
+        assert!(!ok(&r, &format!("r.io/a@{D1}"), "r.io/a:v1"), "digest pull, tag signature");
         assert!(!ok(&r, &format!("r.io/a@{D1}"), &format!("r.io/a@{D2}")));
-        assert!(
-            !ok(&r, "r.io/a:v1", &format!("r.io/a:v1@{D1}")),
-            "signature names more than was pulled"
-        );
-        assert!(
-            !ok(&r, "r.io/a", "r.io/a"),
-            "a bare pulled name never matches exactly"
-        );
+        assert!(!ok(&r, "r.io/a:v1", &format!("r.io/a:v1@{D1}")), "signature names more than was pulled");
+        assert!(!ok(&r, "r.io/a", "r.io/a"), "a bare pulled name never matches exactly");
         assert!(!ok(&r, "r.io/a:v1", "r.io/b:v1"));
     }
 
     #[test]
     fn match_repo_digest_or_exact() {
         let r = IdentityRule::MatchRepoDigestOrExact;
-        assert!(
-            ok(&r, &format!("r.io/a@{D1}"), "r.io/a"),
-            "digest pull: repository is enough"
-        );
+        assert!(ok(&r, &format!("r.io/a@{D1}"), "r.io/a"), "digest pull: repository is enough");
         assert!(ok(&r, &format!("r.io/a@{D1}"), "r.io/a:anything"));
         assert!(ok(&r, "r.io/a:v1", "r.io/a:v1"));
-        assert!(
-            !ok(&r, "r.io/a:v1", "r.io/a"),
-            "tag pull needs the tag signed"
-        );
+        assert!(!ok(&r, "r.io/a:v1", "r.io/a"), "tag pull needs the tag signed");
         assert!(!ok(&r, "r.io/a:v1", "r.io/a:v2"));
         assert!(!ok(&r, &format!("r.io/a@{D1}"), "r.io/b"));
         assert!(!ok(&r, "r.io/a", "r.io/a"));
@@ -324,56 +284,25 @@ mod tests {
         let r = IdentityRule::remap("mirror.local:5000/vendor", "vendor.example.com").unwrap();
         let pulled = format!("mirror.local:5000/vendor/product/app@{D1}");
         assert!(ok(&r, &pulled, "vendor.example.com/product/app"));
-        assert!(
-            !ok(&r, &pulled, "mirror.local:5000/vendor/product/app"),
-            "original name no longer counts"
-        );
+        assert!(!ok(&r, &pulled, "mirror.local:5000/vendor/product/app"), "original name no longer counts");
         assert!(!ok(&r, &pulled, "vendor.example.com/product/other"));
-        assert!(ok(
-            &r,
-            "mirror.local:5000/vendor/product/app:v1",
-            "vendor.example.com/product/app:v1"
-        ));
-        assert!(!ok(
-            &r,
-            "mirror.local:5000/vendor/product/app:v1",
-            "vendor.example.com/product/app"
-        ));
+        assert!(ok(&r, "mirror.local:5000/vendor/product/app:v1", "vendor.example.com/product/app:v1"));
+        assert!(!ok(&r, "mirror.local:5000/vendor/product/app:v1", "vendor.example.com/product/app"));
         // Outside the prefix the image is compared unchanged (matchRepoDigestOrExact).
-        assert!(ok(
-            &r,
-            &format!("mirror.local:5000/vendorx/app@{D1}"),
-            "mirror.local:5000/vendorx/app"
-        ));
-        assert!(!ok(
-            &r,
-            &format!("mirror.local:5000/vendorx/app@{D1}"),
-            "vendor.example.com/x/app"
-        ));
+        assert!(ok(&r, &format!("mirror.local:5000/vendorx/app@{D1}"), "mirror.local:5000/vendorx/app"));
+        assert!(!ok(&r, &format!("mirror.local:5000/vendorx/app@{D1}"), "vendor.example.com/x/app"));
     }
 
     #[test]
     fn remap_onto_hub_and_paths() {
         let r = IdentityRule::remap("mirror.local", "docker.io").unwrap();
-        assert!(
-            ok(
-                &r,
-                &format!("mirror.local/nginx@{D1}"),
-                "docker.io/library/nginx"
-            ),
-            "Hub rules reapply"
-        );
+        assert!(ok(&r, &format!("mirror.local/nginx@{D1}"), "docker.io/library/nginx"), "Hub rules reapply");
         let r = IdentityRule::remap("mirror.local/hub", "docker.io/library").unwrap();
         assert!(ok(&r, &format!("mirror.local/hub/nginx@{D1}"), "nginx"));
         let r = IdentityRule::remap("mirror.local/hub/app", "r.io/app").unwrap();
-        assert!(
-            ok(&r, &format!("mirror.local/hub/app@{D1}"), "r.io/app"),
-            "whole-repository prefix"
-        );
+        assert!(ok(&r, &format!("mirror.local/hub/app@{D1}"), "r.io/app"), "whole-repository prefix");
         let r = IdentityRule::remap("mirror.local/hub", "r.io").unwrap();
-        let err = r
-            .check(&img(&format!("mirror.local/hub@{D1}")), "r.io/x")
-            .unwrap_err();
+        let err = r.check(&img(&format!("mirror.local/hub@{D1}")), "r.io/x").unwrap_err();
         assert!(err.reason.contains("leaves no repository"), "{err}");
     }
 
@@ -383,19 +312,11 @@ mod tests {
         assert!(IdentityRule::remap("r.io/a:v1", "r.io").is_err());
         assert!(IdentityRule::remap("*.r.io", "r.io").is_err());
         assert!(IdentityRule::remap("r.io", "*").is_err());
-        let msg = IdentityRule::remap("r.io", "x.io/A")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("signed_prefix") && msg.contains("lowercase"),
-            "{msg}"
-        );
+        let msg = IdentityRule::remap("r.io", "x.io/A").unwrap_err().to_string();
+        assert!(msg.contains("signed_prefix") && msg.contains("lowercase"), "{msg}");
         assert_eq!(
             IdentityRule::remap("Mirror.Local", "index.docker.io/library").unwrap(),
-            IdentityRule::Remap {
-                prefix: "mirror.local".into(),
-                signed_prefix: "docker.io/library".into()
-            }
+            IdentityRule::Remap { prefix: "mirror.local".into(), signed_prefix: "docker.io/library".into() }
         );
     }
 
@@ -404,10 +325,7 @@ mod tests {
         let r = IdentityRule::exact_repository("vendor.io/app").unwrap();
         assert!(ok(&r, "mirror.local/whatever:v1", "vendor.io/app"));
         assert!(ok(&r, "mirror.local/whatever:v1", "vendor.io/app:v7"));
-        assert!(
-            !ok(&r, "vendor.io/other:v1", "vendor.io/other"),
-            "the pulled name is irrelevant"
-        );
+        assert!(!ok(&r, "vendor.io/other:v1", "vendor.io/other"), "the pulled name is irrelevant");
         assert!(!ok(&r, "mirror.local/x", "vendor.io/app/sub"));
         assert_eq!(
             IdentityRule::exact_repository("busybox").unwrap(),
@@ -426,30 +344,18 @@ mod tests {
 
     #[test]
     fn invalid_signed_reference_is_a_mismatch() {
-        let err = IdentityRule::MatchRepository
-            .check(&img("r.io/a:v1"), "R.IO/A B")
-            .unwrap_err();
+        let err = IdentityRule::MatchRepository.check(&img("r.io/a:v1"), "R.IO/A B").unwrap_err();
         assert!(err.reason.contains("not a valid image reference"), "{err}");
         let long = "x".repeat(10_000);
-        let err = IdentityRule::MatchRepository
-            .check(&img("r.io/a:v1"), &long)
-            .unwrap_err();
-        assert!(
-            err.to_string().len() < 1000,
-            "quoted signed identity is bounded"
-        );
+        let err = IdentityRule::MatchRepository.check(&img("r.io/a:v1"), &long).unwrap_err();
+        assert!(err.to_string().len() < 1000, "quoted signed identity is bounded");
     }
 
     #[test]
     fn mismatch_message_names_rule_and_reason() {
-        let err = IdentityRule::MatchExact
-            .check(&img("r.io/a:v1"), "r.io/a")
-            .unwrap_err();
+        let err = IdentityRule::MatchExact.check(&img("r.io/a:v1"), "r.io/a").unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("match-exact") && msg.contains("neither tag nor digest"),
-            "{msg}"
-        );
+        assert!(msg.contains("match-exact") && msg.contains("neither tag nor digest"), "{msg}");
         assert!(msg.contains("r.io/a:v1"), "{msg}");
     }
 }

@@ -34,11 +34,7 @@ pub(super) struct Loader {
 
 impl Loader {
     pub fn problem(&mut self, file: &Path, line: Option<usize>, message: impl Into<String>) {
-        let problem = Problem {
-            file: file.to_owned(),
-            line,
-            message: message.into(),
-        };
+        let problem = Problem { file: file.to_owned(), line, message: message.into() };
         self.problems.push(problem);
     }
 
@@ -56,13 +52,8 @@ impl Loader {
             .key_files
             .entry(path.to_owned())
             .or_insert_with(|| read_key_file(path).and_then(|pem| parse_key(&pem)));
-        let key = cached
-            .clone()
-            .map_err(|e| format!("key file {}: {e}", path.display()))?;
-        Ok(KeyRef {
-            path: Some(path.to_owned()),
-            key,
-        })
+        let key = cached.clone().map_err(|e| format!("key file {}: {e}", path.display()))?;
+        Ok(KeyRef { path: Some(path.to_owned()), key })
     }
 
     /// All rules, or every problem found (including overlaps between rules).
@@ -71,9 +62,7 @@ impl Loader {
         if self.problems.is_empty() {
             Ok(self.rules.into_iter().map(|l| l.rule).collect())
         } else {
-            Err(PolicyError {
-                problems: self.problems,
-            })
+            Err(PolicyError { problems: self.problems })
         }
     }
 }
@@ -81,22 +70,15 @@ impl Loader {
 fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
     let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let mut pem = Vec::new();
-    file.take(MAX_KEY_FILE + 1)
-        .read_to_end(&mut pem)
-        .map_err(|e| format!("cannot read: {e}"))?;
+    file.take(MAX_KEY_FILE + 1).read_to_end(&mut pem).map_err(|e| format!("cannot read: {e}"))?;
     if pem.len() as u64 > MAX_KEY_FILE {
-        return Err(format!(
-            "larger than {} KiB; not a public key",
-            MAX_KEY_FILE / 1024
-        ));
+        return Err(format!("larger than {} KiB; not a public key", MAX_KEY_FILE / 1024));
     }
     Ok(pem)
 }
 
 pub(super) fn parse_key(pem: &[u8]) -> Result<Arc<TrustedKey>, String> {
-    TrustedKey::from_pem(pem)
-        .map(Arc::new)
-        .map_err(|e| e.to_string())
+    TrustedKey::from_pem(pem).map(Arc::new).map_err(|e| e.to_string())
 }
 
 /// Resolve a key path from a policy file: absolute as is, relative to the file's directory.
@@ -109,15 +91,9 @@ pub(super) fn resolve(policy_file: &Path, key: &str) -> PathBuf {
 /// (even under two paths) would let a single signer meet a threshold of 2.
 pub(super) fn check_distinct_keys(keys: &[KeyRef]) -> Result<(), String> {
     for (i, a) in keys.iter().enumerate() {
-        let twin = keys[..i]
-            .iter()
-            .find(|b| b.key.fingerprint() == a.key.fingerprint());
+        let twin = keys[..i].iter().find(|b| b.key.fingerprint() == a.key.fingerprint());
         if let Some(b) = twin {
-            return Err(format!(
-                "{} and {} are the same key",
-                describe(b),
-                describe(a)
-            ));
+            return Err(format!("{} and {} are the same key", describe(b), describe(a)));
         }
     }
     Ok(())
@@ -133,11 +109,7 @@ fn describe(key: &KeyRef) -> String {
 /// 1-based line of a byte offset (clamped, so a bad offset cannot panic).
 pub(super) fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 // === cross-file checks ===
@@ -146,8 +118,7 @@ pub(super) fn line_of(text: &str, offset: usize) -> usize {
 fn check_overlaps(rules: &[Loaded], problems: &mut Vec<Problem>) {
     for (i, later) in rules.iter().enumerate() {
         let earlier = rules[..i].iter().find(|e| {
-            e.rule.scope == later.rule.scope
-                && namespaces_overlap(&e.rule.namespaces, &later.rule.namespaces)
+            e.rule.scope == later.rule.scope && namespaces_overlap(&e.rule.namespaces, &later.rule.namespaces)
         });
         if let Some(earlier) = earlier {
             problems.push(Problem {
@@ -178,10 +149,7 @@ fn overlap_message(earlier: &Loaded, later: &Loaded) -> String {
         Some(ns) => format!("namespaces {ns:?}"),
     };
     // The problem itself names the later file; `at` names the earlier one.
-    format!(
-        "duplicate rule: scope \"{}\" for {namespaces} is already defined at {at}",
-        later.rule.scope
-    )
+    format!("duplicate rule: scope \"{}\" for {namespaces} is already defined at {at}", later.rule.scope)
 }
 
 #[cfg(test)]
@@ -201,14 +169,8 @@ mod tests {
     #[test]
     fn resolve_relative_and_absolute() {
         let file = Path::new("/etc/pullgate/policy.d/a.toml");
-        assert_eq!(
-            resolve(file, "keys/k.pub"),
-            Path::new("/etc/pullgate/policy.d/keys/k.pub")
-        );
-        assert_eq!(
-            resolve(file, "/etc/keys/k.pub"),
-            Path::new("/etc/keys/k.pub")
-        );
+        assert_eq!(resolve(file, "keys/k.pub"), Path::new("/etc/pullgate/policy.d/keys/k.pub"));
+        assert_eq!(resolve(file, "/etc/keys/k.pub"), Path::new("/etc/keys/k.pub"));
         assert_eq!(resolve(Path::new("a.toml"), "k.pub"), Path::new("k.pub"));
     }
 

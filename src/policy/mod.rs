@@ -117,11 +117,8 @@ impl Policy {
     /// identity for the rule that results derived from it (cached verdicts) can be keyed on.
     pub fn find_indexed(&self, image: &ImageRef, namespace: Option<&str>) -> Option<(usize, &Rule)> {
         let mut best: Option<(usize, &Rule, (Specificity, bool))> = None;
-        for (index, rule) in self
-            .rules
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.applies_in(namespace) && r.scope.matches(image))
+        for (index, rule) in
+            self.rules.iter().enumerate().filter(|(_, r)| r.applies_in(namespace) && r.scope.matches(image))
         {
             let rank = (rule.scope.specificity(), rule.namespaces.is_some());
             // Strictly greater: on a (loader-prevented) tie the earlier rule stays.
@@ -173,9 +170,7 @@ mod tests {
     }
 
     fn found(policy: &Policy, image: &str, ns: Option<&str>) -> Option<String> {
-        policy
-            .find(&img(image), ns)
-            .map(|r| format!("{}{:?}", r.scope, r.namespaces))
+        policy.find(&img(image), ns).map(|r| format!("{}{:?}", r.scope, r.namespaces))
     }
 
     #[test]
@@ -199,11 +194,7 @@ mod tests {
             ("r.example.com:5000/team/app", "*.example.com"),
         ];
         for (image, scope) in cases {
-            assert_eq!(
-                found(&policy, image, None),
-                Some(format!("{scope}None")),
-                "{image}"
-            );
+            assert_eq!(found(&policy, image, None), Some(format!("{scope}None")), "{image}");
         }
     }
 
@@ -224,11 +215,7 @@ mod tests {
         let ns = |n| policy.find(&img("r.io/team/app"), n).map(|r| r.require);
         assert_eq!(ns(Some("kube-system")), Some(Requirement::Accept));
         assert_eq!(ns(Some("default")), Some(Requirement::Signed));
-        assert_eq!(
-            ns(None),
-            Some(Requirement::Signed),
-            "unknown namespace never gets the exemption"
-        );
+        assert_eq!(ns(None), Some(Requirement::Signed), "unknown namespace never gets the exemption");
     }
 
     #[test]
@@ -237,13 +224,9 @@ mod tests {
             rule("r.io", Some(&["dev"]), Requirement::Accept),
             rule("r.io/team", None, Requirement::Signed),
         ]);
-        let r = policy
-            .find(&img("r.io/team/app"), Some("dev"))
-            .map(|r| r.require);
+        let r = policy.find(&img("r.io/team/app"), Some("dev")).map(|r| r.require);
         assert_eq!(r, Some(Requirement::Signed));
-        let r = policy
-            .find(&img("r.io/other"), Some("dev"))
-            .map(|r| r.require);
+        let r = policy.find(&img("r.io/other"), Some("dev")).map(|r| r.require);
         assert_eq!(r, Some(Requirement::Accept));
     }
 
@@ -266,32 +249,20 @@ mod tests {
         let json = dir.path("policy.json");
         let policy = Policy::load(&dir.path("policy.d"), Some(&json)).unwrap();
         assert_eq!(policy.rules().len(), 2);
-        assert_eq!(
-            policy.find(&img("r.io/team/x"), None).map(|r| r.require),
-            Some(Requirement::Signed)
-        );
-        assert_eq!(
-            policy.find(&img("nginx"), None).map(|r| r.require),
-            Some(Requirement::Reject)
-        );
+        assert_eq!(policy.find(&img("r.io/team/x"), None).map(|r| r.require), Some(Requirement::Signed));
+        assert_eq!(policy.find(&img("nginx"), None).map(|r| r.require), Some(Requirement::Reject));
     }
 
     #[test]
     fn load_reports_problems_from_both_formats() {
         let dir = TestDir::new();
-        dir.write(
-            "policy.d/a.toml",
-            "[[rule]]\nscope = \"*\"\nrequire = \"reject\"\n",
-        );
+        dir.write("policy.d/a.toml", "[[rule]]\nscope = \"*\"\nrequire = \"reject\"\n");
         dir.write("policy.json", "{\"default\": [{\"type\": \"signedBy\"}]}");
         let json = dir.path("policy.json");
         let err = Policy::load(&dir.path("policy.d"), Some(&json)).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("signedBy"), "{text}");
-        assert!(
-            text.contains("duplicate rule") || err.problems.len() == 1,
-            "{text}"
-        );
+        assert!(text.contains("duplicate rule") || err.problems.len() == 1, "{text}");
     }
 
     #[test]

@@ -131,22 +131,14 @@ enum RawSignedIdentity {
     #[serde(rename = "exactRepository", rename_all = "camelCase")]
     ExactRepository { docker_repository: String },
     #[serde(rename = "remapIdentity", rename_all = "camelCase")]
-    RemapIdentity {
-        prefix: String,
-        signed_prefix: String,
-    },
+    RemapIdentity { prefix: String, signed_prefix: String },
 }
 
 // === loading ===
 
 pub(super) fn load_file(path: &Path, loader: &mut Loader) {
     match fs::read_to_string(path) {
-        Ok(text) => JsonCtx {
-            path,
-            text: &text,
-            loader,
-        }
-        .load(),
+        Ok(text) => JsonCtx { path, text: &text, loader }.load(),
         Err(e) => loader.problem(path, None, format!("cannot read: {e}")),
     }
 }
@@ -168,9 +160,7 @@ impl<'a> JsonCtx<'a> {
     /// its offset; this is what lets policy.json errors carry line numbers.
     fn line(&self, raw: &RawValue) -> Option<usize> {
         let offset = (raw.get().as_ptr() as usize).checked_sub(self.text.as_ptr() as usize)?;
-        let inside = offset
-            .checked_add(raw.get().len())
-            .is_some_and(|end| end <= self.text.len());
+        let inside = offset.checked_add(raw.get().len()).is_some_and(|end| end <= self.text.len());
         inside.then(|| line_of(self.text, offset))
     }
 
@@ -180,8 +170,7 @@ impl<'a> JsonCtx<'a> {
         let line = (e.line() > 0).then(|| base + e.line() - 1);
         self.problem(
             line,
-            format!("{context}{e}")
-                .replace(&format!(" at line {} column {}", e.line(), e.column()), ""),
+            format!("{context}{e}").replace(&format!(" at line {} column {}", e.line(), e.column()), ""),
         );
     }
 
@@ -191,16 +180,10 @@ impl<'a> JsonCtx<'a> {
             Ok(raw) => raw,
             Err(e) => return self.json_problem(None, "", &e),
         };
-        let docker = raw
-            .transports
-            .map(|t| self.docker_scopes(t))
-            .unwrap_or_default();
+        let docker = raw.transports.map(|t| self.docker_scopes(t)).unwrap_or_default();
         let transport_default = docker.iter().any(|(scope, _)| scope.is_empty());
         match raw.default {
-            None => self.problem(
-                None,
-                "\"default\" is missing (containers-policy.json requires it)",
-            ),
+            None => self.problem(None, "\"default\" is missing (containers-policy.json requires it)"),
             Some(_) if transport_default => {} // transports.docker[""] replaces it
             Some(value) => self.scope(Scope::Default, value),
         }
@@ -227,10 +210,7 @@ impl<'a> JsonCtx<'a> {
         let parsed = match key {
             "" => Ok(Scope::Default),
             // In containers/image "*" never matches a docker image; refuse the likely mistake.
-            "*" => Err(
-                "scope \"*\" is not a containers-policy.json scope; use \"\" or \"default\""
-                    .to_owned(),
-            ),
+            "*" => Err("scope \"*\" is not a containers-policy.json scope; use \"\" or \"default\"".to_owned()),
             _ => key.parse::<Scope>().map_err(|e| e.to_string()),
         };
         match parsed {
@@ -258,8 +238,7 @@ impl<'a> JsonCtx<'a> {
 
 // === impl JsonCtx: requirements ===
 
-const CERTS: &str =
-    "pullgate verifies with public keys only; use keyPath, keyPaths, keyData or keyDatas";
+const CERTS: &str = "pullgate verifies with public keys only; use keyPath, keyPaths, keyData or keyDatas";
 const REKOR: &str = "pullgate does not check Rekor transparency-log entries";
 
 impl JsonCtx<'_> {
@@ -321,30 +300,22 @@ impl JsonCtx<'_> {
             (sig.rekor_public_key_datas, "rekorPublicKeyDatas", REKOR),
         ];
         for (_, field, why) in unsupported.into_iter().filter(|(set, _, _)| *set) {
-            self.problem(
-                line,
-                format!("sigstoreSigned: \"{field}\" is not supported ({why})"),
-            );
+            self.problem(line, format!("sigstoreSigned: \"{field}\" is not supported ({why})"));
         }
     }
 
     fn identity(&mut self, raw: Option<RawSignedIdentity>, line: Option<usize>) -> IdentityRule {
         let built = match raw {
-            None | Some(RawSignedIdentity::MatchRepoDigestOrExact {}) => {
-                Ok(IdentityRule::MatchRepoDigestOrExact)
-            }
+            None | Some(RawSignedIdentity::MatchRepoDigestOrExact {}) => Ok(IdentityRule::MatchRepoDigestOrExact),
             Some(RawSignedIdentity::MatchExact {}) => Ok(IdentityRule::MatchExact),
             Some(RawSignedIdentity::MatchRepository {}) => Ok(IdentityRule::MatchRepository),
             Some(RawSignedIdentity::ExactRepository { docker_repository }) => {
                 IdentityRule::exact_repository(&docker_repository).map_err(|e| e.to_string())
             }
-            Some(RawSignedIdentity::RemapIdentity {
-                prefix,
-                signed_prefix,
-            }) => IdentityRule::remap(&prefix, &signed_prefix).map_err(|e| e.to_string()),
-            Some(RawSignedIdentity::ExactReference { .. }) => {
-                Err("\"exactReference\" is not supported".to_owned())
+            Some(RawSignedIdentity::RemapIdentity { prefix, signed_prefix }) => {
+                IdentityRule::remap(&prefix, &signed_prefix).map_err(|e| e.to_string())
             }
+            Some(RawSignedIdentity::ExactReference { .. }) => Err("\"exactReference\" is not supported".to_owned()),
         };
         built.unwrap_or_else(|e| {
             self.problem(line, format!("signedIdentity: {e}"));
@@ -352,26 +323,10 @@ impl JsonCtx<'_> {
         })
     }
 
-    fn push(
-        &mut self,
-        scope: Scope,
-        raw: &RawValue,
-        require: Requirement,
-        keys: Vec<KeyRef>,
-        identity: IdentityRule,
-    ) {
+    fn push(&mut self, scope: Scope, raw: &RawValue, require: Requirement, keys: Vec<KeyRef>, identity: IdentityRule) {
         let threshold = usize::from(require == Requirement::Signed);
         let source = self.path.to_owned();
-        let rule = Rule {
-            scope,
-            namespaces: None,
-            require,
-            keys,
-            threshold,
-            identity,
-            mode: Mode::Enforce,
-            source,
-        };
+        let rule = Rule { scope, namespaces: None, require, keys, threshold, identity, mode: Mode::Enforce, source };
         let line = self.line(raw);
         self.loader.push(rule, line);
     }
@@ -381,22 +336,13 @@ impl JsonCtx<'_> {
 
 impl JsonCtx<'_> {
     fn keys(&mut self, sig: &RawSigstore, line: Option<usize>) -> Vec<KeyRef> {
-        let given = [
-            sig.key_path.is_some(),
-            sig.key_paths.is_some(),
-            sig.key_data.is_some(),
-            sig.key_datas.is_some(),
-        ];
+        let given = [sig.key_path.is_some(), sig.key_paths.is_some(), sig.key_data.is_some(), sig.key_datas.is_some()];
         let message = match given.iter().filter(|g| **g).count() {
             // Fulcio/PKI without keys was already refused; one message is enough.
             0 if sig.fulcio || sig.pki => return Vec::new(),
             0 => "sigstoreSigned needs one of keyPath, keyPaths, keyData, keyDatas",
-            1 if sig.key_paths.as_ref().is_some_and(Vec::is_empty) => {
-                "sigstoreSigned: keyPaths is empty"
-            }
-            1 if sig.key_datas.as_ref().is_some_and(Vec::is_empty) => {
-                "sigstoreSigned: keyDatas is empty"
-            }
+            1 if sig.key_paths.as_ref().is_some_and(Vec::is_empty) => "sigstoreSigned: keyPaths is empty",
+            1 if sig.key_datas.as_ref().is_some_and(Vec::is_empty) => "sigstoreSigned: keyDatas is empty",
             1 => return self.load_keys(sig, line),
             _ => "sigstoreSigned: give only one of keyPath, keyPaths, keyData, keyDatas",
         };
@@ -412,12 +358,7 @@ impl JsonCtx<'_> {
                 Err(e) => self.problem(line, e),
             }
         }
-        for (i, data) in sig
-            .key_data
-            .iter()
-            .chain(sig.key_datas.iter().flatten())
-            .enumerate()
-        {
+        for (i, data) in sig.key_data.iter().chain(sig.key_datas.iter().flatten()).enumerate() {
             match decode_key_data(data) {
                 Ok(key) => keys.push(key),
                 Err(e) => self.problem(line, format!("keyData #{}: {e}", i + 1)),
@@ -428,9 +369,7 @@ impl JsonCtx<'_> {
 }
 
 fn decode_key_data(data: &str) -> Result<KeyRef, String> {
-    let pem = BASE64
-        .decode(data.trim())
-        .map_err(|e| format!("not valid base64 ({e})"))?;
+    let pem = BASE64.decode(data.trim()).map_err(|e| format!("not valid base64 ({e})"))?;
     let key = load::parse_key(&pem)?;
     Ok(KeyRef { path: None, key })
 }
@@ -515,10 +454,8 @@ mod tests {
         dir.write("policy.json", &json);
         let policy = load(&dir).unwrap();
         let rules = policy.rules();
-        let summary: Vec<_> = rules
-            .iter()
-            .map(|r| (r.scope.to_string(), r.require, r.keys.len(), r.threshold))
-            .collect();
+        let summary: Vec<_> =
+            rules.iter().map(|r| (r.scope.to_string(), r.require, r.keys.len(), r.threshold)).collect();
         let expect = [
             ("*", Requirement::Reject, 0, 0),
             ("r.io/abs", Requirement::Signed, 1, 1),
@@ -529,28 +466,13 @@ mod tests {
             ("*.trusted.io", Requirement::Accept, 0, 0),
             ("docker.io/library/busybox:1", Requirement::Reject, 0, 0),
         ];
-        let expect: Vec<_> = expect
-            .iter()
-            .map(|(s, r, k, t)| (s.to_string(), *r, *k, *t))
-            .collect();
+        let expect: Vec<_> = expect.iter().map(|(s, r, k, t)| (s.to_string(), *r, *k, *t)).collect();
         assert_eq!(summary, expect);
-        assert_eq!(
-            rules[1].identity,
-            IdentityRule::MatchRepoDigestOrExact,
-            "containers' default"
-        );
+        assert_eq!(rules[1].identity, IdentityRule::MatchRepoDigestOrExact, "containers' default");
         assert_eq!(rules[2].identity, IdentityRule::MatchRepository);
-        assert_eq!(
-            rules[2].keys[0].path.as_deref(),
-            Some(dir.path("keys/b.pub").as_path()),
-            "relative to policy.json"
-        );
+        assert_eq!(rules[2].keys[0].path.as_deref(), Some(dir.path("keys/b.pub").as_path()), "relative to policy.json");
         assert!(rules[4].keys[0].path.is_none(), "inline key has no path");
-        assert!(
-            rules
-                .iter()
-                .all(|r| r.mode == Mode::Enforce && r.namespaces.is_none())
-        );
+        assert!(rules.iter().all(|r| r.mode == Mode::Enforce && r.namespaces.is_none()));
     }
 
     #[test]
@@ -558,40 +480,26 @@ mod tests {
         let json = r#"{"default": [{"type": "insecureAcceptAnything"}], "transports": {"docker": {"": [{"type": "reject"}]}}}"#;
         let policy = load(&setup(json)).unwrap();
         assert_eq!(policy.rules().len(), 1);
-        assert_eq!(
-            (policy.rules()[0].scope.clone(), policy.rules()[0].require),
-            (Scope::Default, Requirement::Reject)
-        );
+        assert_eq!((policy.rules()[0].scope.clone(), policy.rules()[0].require), (Scope::Default, Requirement::Reject));
     }
 
     #[test]
     fn signed_identities() {
         let cases = [
             (r#"{"type": "matchExact"}"#, IdentityRule::MatchExact),
-            (
-                r#"{"type": "matchRepoDigestOrExact"}"#,
-                IdentityRule::MatchRepoDigestOrExact,
-            ),
-            (
-                r#"{"type": "matchRepository"}"#,
-                IdentityRule::MatchRepository,
-            ),
+            (r#"{"type": "matchRepoDigestOrExact"}"#, IdentityRule::MatchRepoDigestOrExact),
+            (r#"{"type": "matchRepository"}"#, IdentityRule::MatchRepository),
             (
                 r#"{"type": "exactRepository", "dockerRepository": "v.io/app"}"#,
                 IdentityRule::ExactRepository("v.io/app".into()),
             ),
             (
                 r#"{"type": "remapIdentity", "prefix": "m.io/v", "signedPrefix": "v.io"}"#,
-                IdentityRule::Remap {
-                    prefix: "m.io/v".into(),
-                    signed_prefix: "v.io".into(),
-                },
+                IdentityRule::Remap { prefix: "m.io/v".into(), signed_prefix: "v.io".into() },
             ),
         ];
         for (identity, expected) in cases {
-            let req = format!(
-                r#"{{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "signedIdentity": {identity}}}"#
-            );
+            let req = format!(r#"{{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "signedIdentity": {identity}}}"#);
             let policy = load(&setup(&with_scope("r.io", &req))).unwrap();
             assert_eq!(policy.rules()[1].identity, expected, "{identity}");
         }
@@ -599,47 +507,29 @@ mod tests {
 
     #[test]
     fn bad_signed_identities() {
-        let req = |id: &str| {
-            format!(
-                r#"{{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "signedIdentity": {id}}}"#
-            )
-        };
-        let err = load_err(&with_scope(
-            "r.io",
-            &req(r#"{"type": "exactReference", "dockerReference": "r.io/a:v1"}"#),
-        ));
+        let req =
+            |id: &str| format!(r#"{{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "signedIdentity": {id}}}"#);
+        let err = load_err(&with_scope("r.io", &req(r#"{"type": "exactReference", "dockerReference": "r.io/a:v1"}"#)));
         assert_one(&err, Some(4), "\"exactReference\" is not supported");
         let err = load_err(&with_scope("r.io", &req(r#"{"type": "matchSomething"}"#)));
         assert_one(&err, Some(4), "unknown variant `matchSomething`");
-        let err = load_err(&with_scope(
-            "r.io",
-            &req(r#"{"type": "matchRepository", "extra": 1}"#),
-        ));
+        let err = load_err(&with_scope("r.io", &req(r#"{"type": "matchRepository", "extra": 1}"#)));
         assert_one(&err, Some(4), "unknown field `extra`");
         let err = load_err(&with_scope(
             "r.io",
             &req(r#"{"type": "remapIdentity", "prefix": "busybox", "signedPrefix": "r.io"}"#),
         ));
         assert_one(&err, Some(4), "signedIdentity: remap prefix \"busybox\"");
-        let err = load_err(&with_scope(
-            "r.io",
-            &req(r#"{"type": "exactRepository", "dockerRepository": "r.io/a:v1"}"#),
-        ));
+        let err =
+            load_err(&with_scope("r.io", &req(r#"{"type": "exactRepository", "dockerRepository": "r.io/a:v1"}"#)));
         assert_one(&err, Some(4), "without tag or digest");
     }
 
     #[test]
     fn unsupported_requirement_types_are_named() {
         for kind in ["signedBy", "signedBaseLayer", "somethingNew"] {
-            let err = load_err(&with_scope(
-                "r.io",
-                &format!(r#"{{"type": "{kind}", "keyType": "GPGKeys"}}"#),
-            ));
-            assert_one(
-                &err,
-                Some(4),
-                &format!("requirement type \"{kind}\" is not supported"),
-            );
+            let err = load_err(&with_scope("r.io", &format!(r#"{{"type": "{kind}", "keyType": "GPGKeys"}}"#)));
+            assert_one(&err, Some(4), &format!("requirement type \"{kind}\" is not supported"));
         }
         let err = load_err(r#"{"default": [{"type": "signedBy"}]}"#);
         assert_one(&err, Some(1), "\"signedBy\" is not supported");
@@ -650,69 +540,26 @@ mod tests {
         let fulcio = r#"{"type": "sigstoreSigned", "fulcio": {"caPath": "/x", "oidcIssuer": "https://i", "subjectEmail": "a@b"}, "rekorPublicKeyPath": "/r.pub"}"#;
         let err = load_err(&with_scope("r.io", fulcio));
         assert_eq!(err.problems.len(), 2, "{err}");
-        assert!(
-            err.problems[0]
-                .message
-                .contains("\"fulcio\" is not supported"),
-            "{err}"
-        );
-        assert!(
-            err.problems[1]
-                .message
-                .contains("\"rekorPublicKeyPath\" is not supported"),
-            "{err}"
-        );
-        let rekor =
-            r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "rekorPublicKeyData": null}"#;
-        assert_one(
-            &load_err(&with_scope("r.io", rekor)),
-            Some(4),
-            "\"rekorPublicKeyData\" is not supported",
-        );
+        assert!(err.problems[0].message.contains("\"fulcio\" is not supported"), "{err}");
+        assert!(err.problems[1].message.contains("\"rekorPublicKeyPath\" is not supported"), "{err}");
+        let rekor = r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "rekorPublicKeyData": null}"#;
+        assert_one(&load_err(&with_scope("r.io", rekor)), Some(4), "\"rekorPublicKeyData\" is not supported");
         let pki = r#"{"type": "sigstoreSigned", "pki": {}}"#;
-        assert_one(
-            &load_err(&with_scope("r.io", pki)),
-            Some(4),
-            "\"pki\" is not supported",
-        );
+        assert_one(&load_err(&with_scope("r.io", pki)), Some(4), "\"pki\" is not supported");
     }
 
     #[test]
     fn key_source_problems() {
         let cases = [
             (r#"{"type": "sigstoreSigned"}"#, "needs one of keyPath"),
-            (
-                r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "keyData": "eA=="}"#,
-                "only one of",
-            ),
-            (
-                r#"{"type": "sigstoreSigned", "keyPaths": []}"#,
-                "keyPaths is empty",
-            ),
-            (
-                r#"{"type": "sigstoreSigned", "keyDatas": []}"#,
-                "keyDatas is empty",
-            ),
-            (
-                r#"{"type": "sigstoreSigned", "keyPath": "keys/missing.pub"}"#,
-                "keys/missing.pub: cannot open",
-            ),
-            (
-                r#"{"type": "sigstoreSigned", "keyData": "!!!"}"#,
-                "keyData #1: not valid base64",
-            ),
-            (
-                r#"{"type": "sigstoreSigned", "keyData": "aGVsbG8="}"#,
-                "keyData #1: ",
-            ),
-            (
-                r#"{"type": "sigstoreSigned", "keyPaths": ["keys/a.pub", "/k/a.pub"]}"#,
-                "/k/a.pub: cannot open",
-            ),
-            (
-                r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "keyType": "GPGKeys"}"#,
-                "unknown field `keyType`",
-            ),
+            (r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "keyData": "eA=="}"#, "only one of"),
+            (r#"{"type": "sigstoreSigned", "keyPaths": []}"#, "keyPaths is empty"),
+            (r#"{"type": "sigstoreSigned", "keyDatas": []}"#, "keyDatas is empty"),
+            (r#"{"type": "sigstoreSigned", "keyPath": "keys/missing.pub"}"#, "keys/missing.pub: cannot open"),
+            (r#"{"type": "sigstoreSigned", "keyData": "!!!"}"#, "keyData #1: not valid base64"),
+            (r#"{"type": "sigstoreSigned", "keyData": "aGVsbG8="}"#, "keyData #1: "),
+            (r#"{"type": "sigstoreSigned", "keyPaths": ["keys/a.pub", "/k/a.pub"]}"#, "/k/a.pub: cannot open"),
+            (r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "keyType": "GPGKeys"}"#, "unknown field `keyType`"),
         ];
         for (req, needle) in cases {
             assert_one(&load_err(&with_scope("r.io", req)), Some(4), needle);
@@ -721,41 +568,17 @@ mod tests {
 
     #[test]
     fn same_key_twice_is_refused() {
-        let req = format!(
-            r#"{{"type": "sigstoreSigned", "keyDatas": ["{}", "{}"]}}"#,
-            b64(KEY_A),
-            b64(KEY_A)
-        );
-        assert_one(
-            &load_err(&with_scope("r.io", &req)),
-            Some(4),
-            "are the same key",
-        );
+        let req = format!(r#"{{"type": "sigstoreSigned", "keyDatas": ["{}", "{}"]}}"#, b64(KEY_A), b64(KEY_A));
+        assert_one(&load_err(&with_scope("r.io", &req)), Some(4), "are the same key");
     }
 
     #[test]
     fn requirement_list_shape() {
         let two = r#"{"type": "reject"}, {"type": "insecureAcceptAnything"}"#;
-        assert_one(
-            &load_err(&with_scope("r.io", two)),
-            Some(4),
-            "has 2 requirements; pullgate supports exactly one",
-        );
-        assert_one(
-            &load_err(&with_scope("r.io", "")),
-            Some(4),
-            "scope \"r.io\" has no requirement",
-        );
-        assert_one(
-            &load_err(&with_scope("r.io", "{}")),
-            Some(4),
-            "requirement has no \"type\"",
-        );
-        assert_one(
-            &load_err(&with_scope("r.io", r#"{"type": "reject", "x": 1}"#)),
-            Some(4),
-            "unknown field `x`",
-        );
+        assert_one(&load_err(&with_scope("r.io", two)), Some(4), "has 2 requirements; pullgate supports exactly one");
+        assert_one(&load_err(&with_scope("r.io", "")), Some(4), "scope \"r.io\" has no requirement");
+        assert_one(&load_err(&with_scope("r.io", "{}")), Some(4), "requirement has no \"type\"");
+        assert_one(&load_err(&with_scope("r.io", r#"{"type": "reject", "x": 1}"#)), Some(4), "unknown field `x`");
         let not_list = "{\"default\": [{\"type\": \"reject\"}],\n\"transports\": {\"docker\": {\"r.io\": {}}}}";
         assert_one(&load_err(not_list), Some(2), "scope \"r.io\": invalid type");
     }
@@ -763,40 +586,20 @@ mod tests {
     #[test]
     fn bad_scopes() {
         let reject = r#"{"type": "reject"}"#;
-        assert_one(
-            &load_err(&with_scope("busybox", reject)),
-            Some(4),
-            "no registry host",
-        );
-        assert_one(
-            &load_err(&with_scope("*", reject)),
-            Some(4),
-            "use \"\" or \"default\"",
-        );
-        assert_one(
-            &load_err(&with_scope("*.r.io:5000", reject)),
-            Some(4),
-            "invalid wildcard",
-        );
+        assert_one(&load_err(&with_scope("busybox", reject)), Some(4), "no registry host");
+        assert_one(&load_err(&with_scope("*", reject)), Some(4), "use \"\" or \"default\"");
+        assert_one(&load_err(&with_scope("*.r.io:5000", reject)), Some(4), "invalid wildcard");
     }
 
     #[test]
     fn document_level_problems() {
-        assert_one(
-            &load_err(r#"{"transports": {}}"#),
-            None,
-            "\"default\" is missing",
-        );
+        assert_one(&load_err(r#"{"transports": {}}"#), None, "\"default\" is missing");
         assert_one(
             &load_err("{\"default\": [{\"type\": \"reject\"}],\n\"extra\": 1}"),
             Some(2),
             "unknown field `extra`",
         );
-        assert_one(
-            &load_err("{\n\"default\": [\n{\"type\": \"reject\"},\n]}"),
-            Some(4),
-            "expected value",
-        );
+        assert_one(&load_err("{\n\"default\": [\n{\"type\": \"reject\"},\n]}"), Some(4), "expected value");
         let dup = "{\"default\": [{\"type\": \"reject\"}],\n\"transports\": {\"docker\": {\n\"r.io\": [{\"type\": \"reject\"}],\n\"r.io\": [{\"type\": \"insecureAcceptAnything\"}]}}}";
         assert_one(&load_err(dup), Some(4), "duplicate key \"r.io\"");
     }
@@ -804,16 +607,9 @@ mod tests {
     #[test]
     fn duplicates_after_normalisation_and_across_formats() {
         let json = "{\"default\": [{\"type\": \"reject\"}],\n\"transports\": {\"docker\": {\n\"index.docker.io/library\": [{\"type\": \"reject\"}],\n\"docker.io/library\": [{\"type\": \"reject\"}]}}}";
-        assert_one(
-            &load_err(json),
-            Some(4),
-            "duplicate rule: scope \"docker.io/library\"",
-        );
+        assert_one(&load_err(json), Some(4), "duplicate rule: scope \"docker.io/library\"");
         let dir = setup(r#"{"default": [{"type": "reject"}]}"#);
-        dir.write(
-            "policy.d/base.toml",
-            "[[rule]]\nscope = \"*\"\nrequire = \"accept\"\n",
-        );
+        dir.write("policy.d/base.toml", "[[rule]]\nscope = \"*\"\nrequire = \"accept\"\n");
         let err = load(&dir).unwrap_err();
         assert_one(&err, Some(1), "duplicate rule: scope \"*\"");
         assert!(err.problems[0].message.contains("base.toml:2"), "{err}");
@@ -825,18 +621,10 @@ mod tests {
         let text = "{\n\n  \"a\": [1]}";
         let raw: Entries<'_> = serde_json::from_str(text).unwrap();
         let mut loader = Loader::default();
-        let ctx = JsonCtx {
-            path: &dir.path("policy.json"),
-            text,
-            loader: &mut loader,
-        };
+        let ctx = JsonCtx { path: &dir.path("policy.json"), text, loader: &mut loader };
         assert_eq!(ctx.line(raw.0[0].1), Some(3));
         let other = String::from("[2]");
         let foreign = serde_json::from_str::<&RawValue>(&other).unwrap();
-        assert_eq!(
-            ctx.line(foreign),
-            None,
-            "a fragment of another string has no line here"
-        );
+        assert_eq!(ctx.line(foreign), None, "a fragment of another string has no line here");
     }
 }

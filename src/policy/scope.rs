@@ -10,8 +10,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::reference::{
-    Digest, ImageRef, ReferenceError, hub_library, normalize_registry, split_tag, valid_dns_label,
-    validate_repository, validate_tag,
+    Digest, ImageRef, ReferenceError, hub_library, normalize_registry, split_tag, valid_dns_label, validate_repository,
+    validate_tag,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,10 +29,7 @@ pub enum ScopeError {
     #[error("scope {0:?} has both a tag and a digest; use one")]
     TagAndDigest(String),
     #[error("scope {scope:?}: {source}")]
-    Reference {
-        scope: String,
-        source: ReferenceError,
-    },
+    Reference { scope: String, source: ReferenceError },
 }
 
 /// A parsed scope. Registries are lowercased; `index.docker.io` is folded into `docker.io`.
@@ -47,17 +44,9 @@ pub enum Scope {
     /// `host/ns…` or `host/repo`: that repository and everything below it.
     Path { registry: String, path: String },
     /// `host/repo:tag`: one tag of one repository.
-    Tag {
-        registry: String,
-        repository: String,
-        tag: String,
-    },
+    Tag { registry: String, repository: String, tag: String },
     /// `host/repo@digest`: one manifest of one repository.
-    Digest {
-        registry: String,
-        repository: String,
-        digest: Digest,
-    },
+    Digest { registry: String, repository: String, digest: Digest },
 }
 
 /// Total order of how specific a scope is; only meaningful between scopes that match one image.
@@ -84,9 +73,7 @@ impl FromStr for Scope {
 }
 
 fn parse_wildcard(s: &str) -> Result<Scope, ScopeError> {
-    let domain = s
-        .strip_prefix("*.")
-        .ok_or_else(|| ScopeError::BadWildcard(s.to_owned()))?;
+    let domain = s.strip_prefix("*.").ok_or_else(|| ScopeError::BadWildcard(s.to_owned()))?;
     // Why no port or path: containers/image strips the port before building wildcard
     // candidates, so `*.example.com:5000` could never match; refuse it instead of ignoring it.
     if domain.is_empty() || !domain.split('.').all(valid_dns_label) {
@@ -96,10 +83,7 @@ fn parse_wildcard(s: &str) -> Result<Scope, ScopeError> {
 }
 
 fn parse_named(s: &str) -> Result<Scope, ScopeError> {
-    let wrap = |source| ScopeError::Reference {
-        scope: s.to_owned(),
-        source,
-    };
+    let wrap = |source| ScopeError::Reference { scope: s.to_owned(), source };
     let (first, rest) = match s.split_once('/') {
         Some((first, rest)) => (first, Some(rest)),
         None => (s, None),
@@ -126,10 +110,7 @@ fn is_host(first: &str) -> bool {
 }
 
 fn parse_path(s: &str, registry: String, rest: &str) -> Result<Scope, ScopeError> {
-    let wrap = |source| ScopeError::Reference {
-        scope: s.to_owned(),
-        source,
-    };
+    let wrap = |source| ScopeError::Reference { scope: s.to_owned(), source };
     let (rest, digest) = match rest.split_once('@') {
         Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(wrap)?)),
         None => (rest, None),
@@ -137,28 +118,17 @@ fn parse_path(s: &str, registry: String, rest: &str) -> Result<Scope, ScopeError
     let (path, tag) = split_tag(rest);
     validate_repository(path).map_err(wrap)?;
     match (tag, digest) {
-        (None, None) => Ok(Scope::Path {
-            registry,
-            path: path.to_owned(),
-        }),
+        (None, None) => Ok(Scope::Path { registry, path: path.to_owned() }),
         (Some(_), Some(_)) => Err(ScopeError::TagAndDigest(s.to_owned())),
         (Some(tag), None) => {
             validate_tag(tag).map_err(wrap)?;
             // An individual-image scope is unambiguous, so Hub short forms can be expanded.
             let repository = hub_library(&registry, path);
-            Ok(Scope::Tag {
-                registry,
-                repository,
-                tag: tag.to_owned(),
-            })
+            Ok(Scope::Tag { registry, repository, tag: tag.to_owned() })
         }
         (None, Some(digest)) => {
             let repository = hub_library(&registry, path);
-            Ok(Scope::Digest {
-                registry,
-                repository,
-                digest,
-            })
+            Ok(Scope::Digest { registry, repository, digest })
         }
     }
 }
@@ -167,9 +137,8 @@ fn parse_path(s: &str, registry: String, rest: &str) -> Result<Scope, ScopeError
 
 impl Scope {
     pub fn matches(&self, image: &ImageRef) -> bool {
-        let same_repo = |registry: &str, repository: &str| {
-            image.registry() == registry && image.repository() == repository
-        };
+        let same_repo =
+            |registry: &str, repository: &str| image.registry() == registry && image.repository() == repository;
         match self {
             Scope::Default => true,
             Scope::Wildcard(domain) => wildcard_matches(domain, image.registry()),
@@ -177,16 +146,12 @@ impl Scope {
             Scope::Path { registry, path } => {
                 image.registry() == registry && path_prefix_matches(path, image.repository())
             }
-            Scope::Tag {
-                registry,
-                repository,
-                tag,
-            } => same_repo(registry, repository) && image.tag() == Some(tag.as_str()),
-            Scope::Digest {
-                registry,
-                repository,
-                digest,
-            } => same_repo(registry, repository) && image.digest() == Some(digest),
+            Scope::Tag { registry, repository, tag } => {
+                same_repo(registry, repository) && image.tag() == Some(tag.as_str())
+            }
+            Scope::Digest { registry, repository, digest } => {
+                same_repo(registry, repository) && image.digest() == Some(digest)
+            }
         }
     }
 
@@ -207,17 +172,13 @@ impl Scope {
 
 /// `repository` equals `path` or lies below it; "team/a" must not match "team/ab".
 pub(crate) fn path_prefix_matches(path: &str, repository: &str) -> bool {
-    repository
-        .strip_prefix(path)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    repository.strip_prefix(path).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// containers/image drops the port, then tries `*.<parent>` for each strict parent domain.
 fn wildcard_matches(domain: &str, registry: &str) -> bool {
     let host = strip_port(registry);
-    host.len() > domain.len() + 1
-        && host.ends_with(domain)
-        && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+    host.len() > domain.len() + 1 && host.ends_with(domain) && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
 }
 
 fn strip_port(registry: &str) -> &str {
@@ -235,16 +196,8 @@ impl fmt::Display for Scope {
             Scope::Wildcard(domain) => write!(f, "*.{domain}"),
             Scope::Host(host) => f.write_str(host),
             Scope::Path { registry, path } => write!(f, "{registry}/{path}"),
-            Scope::Tag {
-                registry,
-                repository,
-                tag,
-            } => write!(f, "{registry}/{repository}:{tag}"),
-            Scope::Digest {
-                registry,
-                repository,
-                digest,
-            } => {
+            Scope::Tag { registry, repository, tag } => write!(f, "{registry}/{repository}:{tag}"),
+            Scope::Digest { registry, repository, digest } => {
                 write!(f, "{registry}/{repository}@{digest}")
             }
         }
@@ -268,29 +221,16 @@ mod tests {
     #[test]
     fn parses_every_form() {
         assert_eq!(scope("*"), Scope::Default);
-        assert_eq!(
-            scope("*.Example.com"),
-            Scope::Wildcard("example.com".into())
-        );
-        assert_eq!(
-            scope("Registry.io:5000"),
-            Scope::Host("registry.io:5000".into())
-        );
+        assert_eq!(scope("*.Example.com"), Scope::Wildcard("example.com".into()));
+        assert_eq!(scope("Registry.io:5000"), Scope::Host("registry.io:5000".into()));
         assert_eq!(scope("localhost"), Scope::Host("localhost".into()));
         assert_eq!(
             scope("index.docker.io/library"),
-            Scope::Path {
-                registry: "docker.io".into(),
-                path: "library".into()
-            }
+            Scope::Path { registry: "docker.io".into(), path: "library".into() }
         );
         assert_eq!(
             scope("r.io:5000/ns/app:v1"),
-            Scope::Tag {
-                registry: "r.io:5000".into(),
-                repository: "ns/app".into(),
-                tag: "v1".into()
-            }
+            Scope::Tag { registry: "r.io:5000".into(), repository: "ns/app".into(), tag: "v1".into() }
         );
         let d = scope(&format!("r.io/app@sha256:{HEX}"));
         assert!(matches!(d, Scope::Digest { ref repository, .. } if repository == "app"));
@@ -298,24 +238,14 @@ mod tests {
 
     #[test]
     fn display_roundtrips() {
-        for s in [
-            "*",
-            "*.example.com",
-            "r.io:5000",
-            "r.io/a/b",
-            "r.io/a:v1",
-            &format!("r.io/a@sha256:{HEX}"),
-        ] {
+        for s in ["*", "*.example.com", "r.io:5000", "r.io/a/b", "r.io/a:v1", &format!("r.io/a@sha256:{HEX}")] {
             assert_eq!(scope(s).to_string(), s);
         }
     }
 
     #[test]
     fn hub_individual_images_are_expanded_but_namespaces_are_not() {
-        assert_eq!(
-            scope("docker.io/nginx:1.25").to_string(),
-            "docker.io/library/nginx:1.25"
-        );
+        assert_eq!(scope("docker.io/nginx:1.25").to_string(), "docker.io/library/nginx:1.25");
         // "docker.io/bitnami" is a namespace (docker.io/bitnami/redis), so it stays literal.
         assert_eq!(scope("docker.io/bitnami").to_string(), "docker.io/bitnami");
         assert!(scope("docker.io/bitnami").matches(&image("bitnami/redis")));
@@ -371,10 +301,7 @@ mod tests {
     #[test]
     fn unqualified_error_mentions_the_fix() {
         let msg = "nginx".parse::<Scope>().unwrap_err().to_string();
-        assert!(
-            msg.contains("docker.io/library/nginx") && msg.contains("\"*\""),
-            "{msg}"
-        );
+        assert!(msg.contains("docker.io/library/nginx") && msg.contains("\"*\""), "{msg}");
     }
 
     #[test]
@@ -419,14 +346,8 @@ mod tests {
         let s = scope("*.example.com");
         assert!(s.matches(&image("a.example.com/x")));
         assert!(s.matches(&image("b.a.example.com/x")));
-        assert!(
-            s.matches(&image("a.example.com:5000/x")),
-            "port is ignored, as containers/image does"
-        );
-        assert!(
-            !s.matches(&image("example.com/x")),
-            "the domain itself is not a subdomain"
-        );
+        assert!(s.matches(&image("a.example.com:5000/x")), "port is ignored, as containers/image does");
+        assert!(!s.matches(&image("example.com/x")), "the domain itself is not a subdomain");
         assert!(!s.matches(&image("badexample.com/x")));
         assert!(!s.matches(&image("example.com.evil.io/x")));
         assert!(!s.matches(&image("[::1]:5000/x")));
@@ -455,16 +376,8 @@ mod tests {
         let img = image(&format!("a.team.example.com:5000/ns/app:v1@sha256:{HEX}"));
         for pair in ordered.windows(2) {
             let (lo, hi) = (scope(pair[0]), scope(pair[1]));
-            assert!(
-                lo.matches(&img) && hi.matches(&img),
-                "{pair:?} should both match"
-            );
-            assert!(
-                lo.specificity() < hi.specificity(),
-                "{} < {}",
-                pair[0],
-                pair[1]
-            );
+            assert!(lo.matches(&img) && hi.matches(&img), "{pair:?} should both match");
+            assert!(lo.specificity() < hi.specificity(), "{} < {}", pair[0], pair[1]);
         }
     }
 }

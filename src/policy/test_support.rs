@@ -27,8 +27,7 @@ pub struct TestDir(PathBuf);
 impl TestDir {
     pub fn new() -> TestDir {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("pullgate-policy-test-{}-{n}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("pullgate-policy-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TestDir(dir)

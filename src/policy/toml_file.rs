@@ -73,10 +73,7 @@ enum RawIdentity {
     MatchExact,
     MatchRepoDigestOrExact,
     Ignore,
-    Remap {
-        prefix: String,
-        signed_prefix: String,
-    },
+    Remap { prefix: String, signed_prefix: String },
     ExactRepository(String),
 }
 
@@ -180,10 +177,7 @@ fn load_str(path: &Path, text: &str, loader: &mut Loader) {
     // broken rule at once. Each `[[…]]` section is re-read alone, the rest of the file blanked
     // out so that line numbers stay true. Only when every section is valid TOML by itself:
     // a header look-alike inside a multi-line string would otherwise invent errors.
-    let alone: Vec<String> = sections(text)
-        .iter()
-        .map(|r| blank_outside(text, r))
-        .collect();
+    let alone: Vec<String> = sections(text).iter().map(|r| blank_outside(text, r)).collect();
     let syntax_ok = |doc: &str| toml::from_str::<toml::Table>(doc).is_ok();
     if !syntax_ok(text) || !alone.iter().all(|doc| syntax_ok(doc)) {
         return toml_problem(path, text, &first_error, loader);
@@ -224,22 +218,13 @@ fn sections(text: &str) -> Vec<Range<usize>> {
         offset += line.len();
     }
     let ends = starts.iter().skip(1).copied().chain([text.len()]);
-    starts
-        .iter()
-        .copied()
-        .zip(ends)
-        .map(|(s, e)| s..e)
-        .collect()
+    starts.iter().copied().zip(ends).map(|(s, e)| s..e).collect()
 }
 
 /// `text` with everything outside `keep` turned into spaces, newlines kept.
 fn blank_outside(text: &str, keep: &Range<usize>) -> String {
     let blank = |(i, c): (usize, char)| {
-        if keep.contains(&i) || c == '\n' {
-            c
-        } else {
-            ' '
-        }
+        if keep.contains(&i) || c == '\n' { c } else { ' ' }
     };
     text.char_indices().map(blank).collect()
 }
@@ -268,11 +253,7 @@ impl FileCtx<'_> {
         let require = *raw.require.get_ref();
         let scopes = self.scopes(raw.scope);
         let namespaces = self.namespaces(raw.namespaces);
-        let signed_only = SignedOnly {
-            keys: raw.keys,
-            threshold: raw.threshold,
-            identity: raw.identity,
-        };
+        let signed_only = SignedOnly { keys: raw.keys, threshold: raw.threshold, identity: raw.identity };
         let (keys, threshold, identity) = if require == RawRequire::Signed {
             self.signed_fields(signed_only, raw.require.span())
         } else {
@@ -293,13 +274,7 @@ impl FileCtx<'_> {
             source: self.path.to_owned(),
         };
         for (scope, line) in scopes {
-            self.loader.push(
-                Rule {
-                    scope,
-                    ..template.clone()
-                },
-                line,
-            );
+            self.loader.push(Rule { scope, ..template.clone() }, line);
         }
     }
 }
@@ -356,19 +331,13 @@ impl FileCtx<'_> {
         let field = field?;
         if field.get_ref().is_empty() {
             // An empty list would make the rule match nothing, which is surely a mistake.
-            self.problem(
-                &field.span(),
-                "namespaces list is empty; leave it out to mean all namespaces",
-            );
+            self.problem(&field.span(), "namespaces list is empty; leave it out to mean all namespaces");
         }
         let mut names: Vec<String> = Vec::new();
         for ns in field.into_inner() {
             let name = ns.get_ref();
             if !valid_namespace(name) {
-                self.problem(
-                    &ns.span(),
-                    format!("{name:?} is not a valid Kubernetes namespace name"),
-                );
+                self.problem(&ns.span(), format!("{name:?} is not a valid Kubernetes namespace name"));
             } else if names.contains(name) {
                 self.problem(&ns.span(), format!("namespace {name:?} is listed twice"));
             } else {
@@ -378,16 +347,10 @@ impl FileCtx<'_> {
         Some(names)
     }
 
-    fn signed_fields(
-        &mut self,
-        raw: SignedOnly,
-        require_span: Range<usize>,
-    ) -> (Vec<KeyRef>, usize, IdentityRule) {
+    fn signed_fields(&mut self, raw: SignedOnly, require_span: Range<usize>) -> (Vec<KeyRef>, usize, IdentityRule) {
         let (keys, listed) = self.keys(raw.keys, &require_span);
         let threshold = self.threshold(raw.threshold, listed);
-        let identity = raw
-            .identity
-            .map_or(IdentityRule::MatchRepository, |id| self.identity(id));
+        let identity = raw.identity.map_or(IdentityRule::MatchRepository, |id| self.identity(id));
         (keys, threshold, identity)
     }
 
@@ -400,10 +363,7 @@ impl FileCtx<'_> {
             raw.identity.map(|i| ("identity", i.span())),
         ];
         for (name, span) in spans.into_iter().flatten() {
-            self.problem(
-                &span,
-                format!("`{name}` is only allowed with require = \"signed\""),
-            );
+            self.problem(&span, format!("`{name}` is only allowed with require = \"signed\""));
         }
     }
 
@@ -414,20 +374,14 @@ impl FileCtx<'_> {
         require_span: &Range<usize>,
     ) -> (Vec<KeyRef>, usize) {
         let Some(field) = field.filter(|f| !f.get_ref().is_empty()) else {
-            self.problem(
-                require_span,
-                "require = \"signed\" needs at least one key in `keys`",
-            );
+            self.problem(require_span, "require = \"signed\" needs at least one key in `keys`");
             return (Vec::new(), 0);
         };
         let span = field.span();
         let listed = field.get_ref().len();
         let mut keys = Vec::new();
         for key in field.into_inner() {
-            match self
-                .loader
-                .key_file(&load::resolve(self.path, key.get_ref()))
-            {
+            match self.loader.key_file(&load::resolve(self.path, key.get_ref())) {
                 Ok(k) => keys.push(k),
                 Err(e) => self.problem(&key.span(), e),
             }
@@ -464,10 +418,7 @@ impl FileCtx<'_> {
             RawIdentity::MatchExact => Ok(IdentityRule::MatchExact),
             RawIdentity::MatchRepoDigestOrExact => Ok(IdentityRule::MatchRepoDigestOrExact),
             RawIdentity::Ignore => Ok(IdentityRule::Ignore),
-            RawIdentity::Remap {
-                prefix,
-                signed_prefix,
-            } => IdentityRule::remap(&prefix, &signed_prefix),
+            RawIdentity::Remap { prefix, signed_prefix } => IdentityRule::remap(&prefix, &signed_prefix),
             RawIdentity::ExactRepository(repo) => IdentityRule::exact_repository(&repo),
         };
         built.unwrap_or_else(|e| {
@@ -521,10 +472,7 @@ mod tests {
         assert!(p.file.ends_with(file), "{err}");
         assert_eq!(p.line, Some(line), "{err}");
         assert!(p.message.contains(needle), "{err}");
-        assert!(
-            err.to_string().contains(&format!("{file}:{line}: ")),
-            "{err}"
-        );
+        assert!(err.to_string().contains(&format!("{file}:{line}: ")), "{err}");
     }
 
     const FULL: &str = r#"
@@ -548,26 +496,14 @@ namespaces = ["kube-system", "team-a"]
         assert_eq!(rules[0].scope.to_string(), "registry.example.com/team-a");
         assert_eq!(rules[1].scope.to_string(), "*.team-a.internal");
         let r = &rules[0];
-        assert_eq!(
-            (r.require, r.threshold, r.mode),
-            (Requirement::Signed, 2, Mode::Audit)
-        );
+        assert_eq!((r.require, r.threshold, r.mode), (Requirement::Signed, 2, Mode::Audit));
         assert_eq!(r.keys.len(), 3);
-        assert_eq!(
-            r.keys[0].path.as_deref(),
-            Some(dir.path("policy.d/keys/a.pub").as_path())
-        );
+        assert_eq!(r.keys[0].path.as_deref(), Some(dir.path("policy.d/keys/a.pub").as_path()));
         assert_eq!(r.keys[2].key.algorithm(), "Ed25519");
-        assert_eq!(
-            r.namespaces,
-            Some(vec!["kube-system".to_owned(), "team-a".to_owned()])
-        );
+        assert_eq!(r.namespaces, Some(vec!["kube-system".to_owned(), "team-a".to_owned()]));
         assert_eq!(
             r.identity,
-            IdentityRule::Remap {
-                prefix: "registry.example.com/team-a".into(),
-                signed_prefix: "upstream.io/a".into()
-            }
+            IdentityRule::Remap { prefix: "registry.example.com/team-a".into(), signed_prefix: "upstream.io/a".into() }
         );
         assert!(r.source.ends_with("policy.d/a.toml"));
     }
@@ -578,10 +514,7 @@ namespaces = ["kube-system", "team-a"]
         let dir = setup(&[("a.toml", text)]);
         let policy = load(&dir).unwrap();
         let r = &policy.rules()[0];
-        assert_eq!(
-            (r.threshold, r.mode, r.namespaces.clone()),
-            (1, Mode::Enforce, None)
-        );
+        assert_eq!((r.threshold, r.mode, r.namespaces.clone()), (1, Mode::Enforce, None));
         assert_eq!(r.identity, IdentityRule::MatchRepository);
     }
 
@@ -590,43 +523,27 @@ namespaces = ["kube-system", "team-a"]
         let cases = [
             ("\"match-repository\"", IdentityRule::MatchRepository),
             ("\"match-exact\"", IdentityRule::MatchExact),
-            (
-                "\"match-repo-digest-or-exact\"",
-                IdentityRule::MatchRepoDigestOrExact,
-            ),
+            ("\"match-repo-digest-or-exact\"", IdentityRule::MatchRepoDigestOrExact),
             ("\"ignore\"", IdentityRule::Ignore),
-            (
-                "{ exact-repository = \"busybox\" }",
-                IdentityRule::ExactRepository("docker.io/library/busybox".into()),
-            ),
+            ("{ exact-repository = \"busybox\" }", IdentityRule::ExactRepository("docker.io/library/busybox".into())),
         ];
         for (spelling, expected) in cases {
             let text = format!(
                 "[[rule]]\nscope = \"r.io\"\nrequire = \"signed\"\nkeys = [\"keys/a.pub\"]\nidentity = {spelling}\n"
             );
             let dir = setup(&[("a.toml", &text)]);
-            assert_eq!(
-                load(&dir).unwrap().rules()[0].identity,
-                expected,
-                "{spelling}"
-            );
+            assert_eq!(load(&dir).unwrap().rules()[0].identity, expected, "{spelling}");
         }
     }
 
     #[test]
     fn accept_and_reject_rules() {
-        let text = "[[rule]]\nscope = \"*\"\nrequire = \"reject\"\n\n[[rule]]\nscope = \"r.io\"\nrequire = \"accept\"\n";
+        let text =
+            "[[rule]]\nscope = \"*\"\nrequire = \"reject\"\n\n[[rule]]\nscope = \"r.io\"\nrequire = \"accept\"\n";
         let dir = setup(&[("a.toml", text)]);
         let policy = load(&dir).unwrap();
-        let req: Vec<_> = policy
-            .rules()
-            .iter()
-            .map(|r| (r.require, r.keys.len()))
-            .collect();
-        assert_eq!(
-            req,
-            vec![(Requirement::Reject, 0), (Requirement::Accept, 0)]
-        );
+        let req: Vec<_> = policy.rules().iter().map(|r| (r.require, r.keys.len())).collect();
+        assert_eq!(req, vec![(Requirement::Reject, 0), (Requirement::Accept, 0)]);
     }
 
     #[test]
@@ -638,10 +555,7 @@ namespaces = ["kube-system", "team-a"]
         );
         dir.write("policy.d/a.toml", &text);
         let policy = load(&dir).unwrap();
-        let (a, b) = (
-            &policy.rules()[0].keys[0].key,
-            &policy.rules()[1].keys[0].key,
-        );
+        let (a, b) = (&policy.rules()[0].keys[0].key, &policy.rules()[1].keys[0].key);
         assert!(Arc::ptr_eq(a, b), "one key file is parsed once and shared");
     }
 
@@ -674,10 +588,7 @@ namespaces = ["kube-system", "team-a"]
         let err = Policy::load(&dir.path("nope"), None).unwrap_err();
         assert_eq!(err.problems.len(), 1);
         assert!(err.problems[0].file.ends_with("nope"));
-        assert!(
-            err.to_string().contains("cannot read policy directory"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("cannot read policy directory"), "{err}");
     }
 
     #[cfg(unix)]
@@ -698,10 +609,7 @@ namespaces = ["kube-system", "team-a"]
 
     #[test]
     fn unknown_field_names_line() {
-        let err = load_err(&[(
-            "a.toml",
-            "[[rule]]\nscope = \"r.io\"\nrequire = \"accept\"\nkeyz = []\n",
-        )]);
+        let err = load_err(&[("a.toml", "[[rule]]\nscope = \"r.io\"\nrequire = \"accept\"\nkeyz = []\n")]);
         assert_one(&err, "a.toml", 4, "unknown field `keyz`");
     }
 
@@ -721,24 +629,15 @@ namespaces = ["kube-system", "team-a"]
     fn missing_require() {
         let err = load_err(&[("a.toml", "\n[[rule]]\nscope = \"r.io\"\n")]);
         assert_eq!(err.problems.len(), 1, "{err}");
-        assert!(
-            err.problems[0].message.contains("missing field `require`"),
-            "{err}"
-        );
+        assert!(err.problems[0].message.contains("missing field `require`"), "{err}");
         assert!(err.problems[0].line.is_some(), "{err}");
     }
 
     #[test]
     fn bad_enum_values() {
-        let err = load_err(&[(
-            "a.toml",
-            "[[rule]]\nscope = \"r.io\"\nrequire = \"maybe\"\n",
-        )]);
+        let err = load_err(&[("a.toml", "[[rule]]\nscope = \"r.io\"\nrequire = \"maybe\"\n")]);
         assert_one(&err, "a.toml", 3, "unknown variant `maybe`");
-        let err = load_err(&[(
-            "a.toml",
-            "[[rule]]\nscope = \"r.io\"\nrequire = \"accept\"\nmode = \"warn\"\n",
-        )]);
+        let err = load_err(&[("a.toml", "[[rule]]\nscope = \"r.io\"\nrequire = \"accept\"\nmode = \"warn\"\n")]);
         assert_one(&err, "a.toml", 4, "unknown variant `warn`");
     }
 
@@ -746,20 +645,14 @@ namespaces = ["kube-system", "team-a"]
 
     #[test]
     fn missing_key_file() {
-        let err = load_err(&[(
-            "a.toml",
-            &format!("{SIGNED}keys = [\"keys/a.pub\",\n  \"keys/missing.pub\"]\n"),
-        )]);
+        let err = load_err(&[("a.toml", &format!("{SIGNED}keys = [\"keys/a.pub\",\n  \"keys/missing.pub\"]\n"))]);
         assert_one(&err, "a.toml", 5, "keys/missing.pub: cannot open");
     }
 
     #[test]
     fn malformed_key_file() {
         let dir = setup(&[("a.toml", &format!("{SIGNED}keys = [\"keys/bad.pub\"]\n"))]);
-        dir.write(
-            "policy.d/keys/bad.pub",
-            "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n",
-        );
+        dir.write("policy.d/keys/bad.pub", "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n");
         let err = load(&dir).unwrap_err();
         assert_one(&err, "a.toml", 4, "keys/bad.pub: ");
     }
@@ -779,10 +672,7 @@ namespaces = ["kube-system", "team-a"]
 
     #[test]
     fn same_key_under_two_paths() {
-        let dir = setup(&[(
-            "a.toml",
-            &format!("{SIGNED}keys = [\"keys/a.pub\", \"keys/copy.pub\"]\nthreshold = 2\n"),
-        )]);
+        let dir = setup(&[("a.toml", &format!("{SIGNED}keys = [\"keys/a.pub\", \"keys/copy.pub\"]\nthreshold = 2\n"))]);
         dir.write("policy.d/keys/copy.pub", KEY_A);
         assert_one(&load(&dir).unwrap_err(), "a.toml", 4, "are the same key");
     }
@@ -791,12 +681,7 @@ namespaces = ["kube-system", "team-a"]
     fn threshold_problems() {
         let two_keys = format!("{SIGNED}keys = [\"keys/a.pub\", \"keys/b.pub\"]\n");
         let err = load_err(&[("a.toml", &format!("{two_keys}threshold = 3\n"))]);
-        assert_one(
-            &err,
-            "a.toml",
-            5,
-            "threshold 3 is more than the 2 keys listed",
-        );
+        assert_one(&err, "a.toml", 5, "threshold 3 is more than the 2 keys listed");
         let err = load_err(&[("a.toml", &format!("{two_keys}threshold = 0\n"))]);
         assert_one(&err, "a.toml", 5, "threshold must be at least 1, not 0");
         let err = load_err(&[("a.toml", &format!("{two_keys}threshold = -1\n"))]);
@@ -805,12 +690,7 @@ namespaces = ["kube-system", "team-a"]
 
     #[test]
     fn signed_without_keys() {
-        assert_one(
-            &load_err(&[("a.toml", SIGNED)]),
-            "a.toml",
-            3,
-            "needs at least one key",
-        );
+        assert_one(&load_err(&[("a.toml", SIGNED)]), "a.toml", 3, "needs at least one key");
         let err = load_err(&[("a.toml", &format!("{SIGNED}keys = []\n"))]);
         assert_one(&err, "a.toml", 3, "needs at least one key");
     }
@@ -820,10 +700,7 @@ namespaces = ["kube-system", "team-a"]
         let text = "[[rule]]\nscope = \"r.io\"\nrequire = \"accept\"\nkeys = [\"keys/a.pub\"]\nidentity = \"ignore\"\n";
         let err = load_err(&[("a.toml", text)]);
         assert_eq!(err.problems.len(), 2, "{err}");
-        assert!(
-            err.problems[0].message.contains("`keys` is only allowed"),
-            "{err}"
-        );
+        assert!(err.problems[0].message.contains("`keys` is only allowed"), "{err}");
         assert_eq!(err.problems[1].line, Some(5), "{err}");
     }
 
@@ -832,17 +709,11 @@ namespaces = ["kube-system", "team-a"]
         let with = |id: &str| format!("{SIGNED}keys = [\"keys/a.pub\"]\nidentity = {id}\n");
         let err = load_err(&[("a.toml", &with("\"match-anything\""))]);
         assert_one(&err, "a.toml", 5, "unknown variant `match-anything`");
-        let err = load_err(&[(
-            "a.toml",
-            &with("{ remap = { prefix = \"nginx\", signed_prefix = \"r.io\" } }"),
-        )]);
+        let err = load_err(&[("a.toml", &with("{ remap = { prefix = \"nginx\", signed_prefix = \"r.io\" } }"))]);
         assert_one(&err, "a.toml", 5, "bad identity: remap prefix \"nginx\"");
         let err = load_err(&[("a.toml", &with("{ remap = { prefix = \"r.io\" } }"))]);
         assert_one(&err, "a.toml", 5, "missing field `signed_prefix`");
-        let err = load_err(&[(
-            "a.toml",
-            &with("{ remap = { prefix = \"r.io\", signed_prefix = \"s.io\", x = 1 } }"),
-        )]);
+        let err = load_err(&[("a.toml", &with("{ remap = { prefix = \"r.io\", signed_prefix = \"s.io\", x = 1 } }"))]);
         assert_one(&err, "a.toml", 5, "unexpected keys in table: x");
         let err = load_err(&[("a.toml", &with("{ exact-repository = \"r.io/a:v1\" }"))]);
         assert_one(&err, "a.toml", 5, "without tag or digest");
@@ -850,19 +721,11 @@ namespaces = ["kube-system", "team-a"]
 
     #[test]
     fn bad_scopes_each_reported() {
-        let text =
-            "[[rule]]\nscope = [\"r.io\",\n  \"nginx\",\n  \"*.x.io:80\"]\nrequire = \"accept\"\n";
+        let text = "[[rule]]\nscope = [\"r.io\",\n  \"nginx\",\n  \"*.x.io:80\"]\nrequire = \"accept\"\n";
         let err = load_err(&[("a.toml", text)]);
         assert_eq!(err.problems.len(), 2, "{err}");
-        assert_eq!(
-            (err.problems[0].line, err.problems[1].line),
-            (Some(3), Some(4)),
-            "{err}"
-        );
-        assert!(
-            err.problems[0].message.contains("no registry host"),
-            "{err}"
-        );
+        assert_eq!((err.problems[0].line, err.problems[1].line), (Some(3), Some(4)), "{err}");
+        assert!(err.problems[0].message.contains("no registry host"), "{err}");
         let err = load_err(&[("a.toml", "[[rule]]\nscope = []\nrequire = \"accept\"\n")]);
         assert_one(&err, "a.toml", 2, "scope list is empty");
     }
@@ -883,29 +746,16 @@ namespaces = ["kube-system", "team-a"]
         let a = "[[rule]]\nscope = \"r.io/team\"\nrequire = \"accept\"\n";
         let b = "\n[[rule]]\nscope = [\"s.io\", \"r.io/team\"]\nrequire = \"reject\"\n";
         let err = load_err(&[("a.toml", a), ("b.toml", b)]);
-        assert_one(
-            &err,
-            "b.toml",
-            3,
-            "duplicate rule: scope \"r.io/team\" for all namespaces",
-        );
+        assert_one(&err, "b.toml", 3, "duplicate rule: scope \"r.io/team\" for all namespaces");
         let msg = err.to_string();
-        assert!(
-            msg.contains("b.toml:3: ") && msg.contains("defined at ") && msg.contains("a.toml:2"),
-            "{msg}"
-        );
+        assert!(msg.contains("b.toml:3: ") && msg.contains("defined at ") && msg.contains("a.toml:2"), "{msg}");
     }
 
     #[test]
     fn duplicate_scope_after_normalisation() {
         let a = "[[rule]]\nscope = \"index.docker.io/library/nginx:1\"\nrequire = \"accept\"\n";
         let b = "[[rule]]\nscope = \"docker.io/nginx:1\"\nrequire = \"reject\"\n";
-        assert_one(
-            &load_err(&[("a.toml", a), ("b.toml", b)]),
-            "b.toml",
-            2,
-            "duplicate rule",
-        );
+        assert_one(&load_err(&[("a.toml", a), ("b.toml", b)]), "b.toml", 2, "duplicate rule");
     }
 
     #[test]
@@ -916,21 +766,12 @@ namespaces = ["kube-system", "team-a"]
             ("b.toml", &rule("namespaces = [\"dev\"]")),
             ("c.toml", &rule("namespaces = [\"prod\"]")),
         ]);
-        assert_eq!(
-            load(&dir).unwrap().rules().len(),
-            3,
-            "general + disjoint namespace rules coexist"
-        );
+        assert_eq!(load(&dir).unwrap().rules().len(), 3, "general + disjoint namespace rules coexist");
         let err = load_err(&[
             ("a.toml", &rule("namespaces = [\"dev\", \"qa\"]")),
             ("b.toml", &rule("namespaces = [\"qa\"]")),
         ]);
-        assert_one(
-            &err,
-            "b.toml",
-            2,
-            "namespaces [\"qa\"] is already defined at",
-        );
+        assert_one(&err, "b.toml", 2, "namespaces [\"qa\"] is already defined at");
     }
 
     #[test]
@@ -939,62 +780,33 @@ namespaces = ["kube-system", "team-a"]
         let err = load_err(&[("a.toml", text)]);
         let got: Vec<_> = err.problems.iter().map(|p| p.line).collect();
         assert_eq!(got, vec![Some(4), Some(8), Some(11), Some(14)], "{err}");
-        assert!(
-            err.problems[1].message.contains("unknown variant `allow`"),
-            "{err}"
-        );
-        assert!(
-            err.problems[3].message.contains("missing field `require`"),
-            "{err}"
-        );
+        assert!(err.problems[1].message.contains("unknown variant `allow`"), "{err}");
+        assert!(err.problems[3].message.contains("missing field `require`"), "{err}");
     }
 
     #[test]
     fn header_lookalike_inside_a_string_still_reports_the_real_error() {
-        let text =
-            "[[rule]]\nscope = \"a.io\"\nrequire = \"accept\"\nbad = \"\"\"\n[[rule]]\n\"\"\"\n";
+        let text = "[[rule]]\nscope = \"a.io\"\nrequire = \"accept\"\nbad = \"\"\"\n[[rule]]\n\"\"\"\n";
         let err = load_err(&[("a.toml", text)]);
-        assert!(
-            err.problems
-                .iter()
-                .any(|p| p.message.contains("unknown field `bad`")),
-            "{err}"
-        );
+        assert!(err.problems.iter().any(|p| p.message.contains("unknown field `bad`")), "{err}");
     }
 
     #[test]
     fn sections_split_before_headers() {
         let text = "# x\n[[rule]]\na = 1\n  [[rule]]\nb = 2";
         let parts: Vec<_> = sections(text).into_iter().map(|r| &text[r]).collect();
-        assert_eq!(
-            parts,
-            vec!["# x\n", "[[rule]]\na = 1\n", "  [[rule]]\nb = 2"]
-        );
+        assert_eq!(parts, vec!["# x\n", "[[rule]]\na = 1\n", "  [[rule]]\nb = 2"]);
         assert_eq!(blank_outside("ab\ncd\nef", &(3..6)), "  \ncd\n  ");
     }
 
     #[test]
     fn all_problems_in_all_files_are_collected() {
-        let a =
-            format!("{SIGNED}threshold = 0\n\n[[rule]]\nscope = \"nginx\"\nrequire = \"accept\"\n");
+        let a = format!("{SIGNED}threshold = 0\n\n[[rule]]\nscope = \"nginx\"\nrequire = \"accept\"\n");
         let b = "[[rule]]\nscope = \"r.io\"\nrequire = \"accept\"\nbogus = 1\n";
         let err = load_err(&[("a.toml", &a), ("b.toml", b)]);
-        let got: Vec<_> = err
-            .problems
-            .iter()
-            .map(|p| {
-                (
-                    p.file.file_name().unwrap().to_string_lossy().into_owned(),
-                    p.line,
-                )
-            })
-            .collect();
-        let expect = [
-            ("a.toml", Some(3)),
-            ("a.toml", Some(4)),
-            ("a.toml", Some(7)),
-            ("b.toml", Some(4)),
-        ];
+        let got: Vec<_> =
+            err.problems.iter().map(|p| (p.file.file_name().unwrap().to_string_lossy().into_owned(), p.line)).collect();
+        let expect = [("a.toml", Some(3)), ("a.toml", Some(4)), ("a.toml", Some(7)), ("b.toml", Some(4))];
         let expect: Vec<_> = expect.iter().map(|(f, l)| (f.to_string(), *l)).collect();
         assert_eq!(got, expect, "{err}");
     }

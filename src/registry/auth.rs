@@ -25,13 +25,8 @@ pub struct BearerChallenge {
 
 /// The challenge to answer from all `WWW-Authenticate` values of a response. Bearer wins over
 /// Basic because it works with every kind of credential, Basic only with user/password.
-pub fn preferred_challenge<'a>(
-    header_values: impl IntoIterator<Item = &'a str>,
-) -> Option<Challenge> {
-    let all: Vec<Challenge> = header_values
-        .into_iter()
-        .flat_map(parse_challenges)
-        .collect();
+pub fn preferred_challenge<'a>(header_values: impl IntoIterator<Item = &'a str>) -> Option<Challenge> {
+    let all: Vec<Challenge> = header_values.into_iter().flat_map(parse_challenges).collect();
     let bearer = all.iter().find(|c| matches!(c, Challenge::Bearer(_)));
     bearer.or_else(|| all.first()).cloned()
 }
@@ -39,10 +34,7 @@ pub fn preferred_challenge<'a>(
 /// Every Basic or Bearer challenge in one header value (RFC 7235 allows several, comma
 /// separated); other schemes and Bearer without a realm are skipped, garbage ends parsing.
 pub fn parse_challenges(value: &str) -> Vec<Challenge> {
-    let mut lexer = Lexer {
-        bytes: value.as_bytes(),
-        pos: 0,
-    };
+    let mut lexer = Lexer { bytes: value.as_bytes(), pos: 0 };
     let mut found = Vec::new();
     loop {
         lexer.skip_separators();
@@ -170,13 +162,7 @@ impl TokenCache {
                 self.entries.clear();
             }
         }
-        self.entries.insert(
-            key,
-            CachedToken {
-                header,
-                usable_until: now + usable_for(lifetime),
-            },
-        );
+        self.entries.insert(key, CachedToken { header, usable_until: now + usable_for(lifetime) });
     }
 
     pub fn remove(&mut self, key: &TokenKey) {
@@ -238,58 +224,37 @@ mod tests {
     use super::*;
 
     fn bearer(realm: &str, service: Option<&str>) -> Challenge {
-        Challenge::Bearer(BearerChallenge {
-            realm: realm.into(),
-            service: service.map(Into::into),
-        })
+        Challenge::Bearer(BearerChallenge { realm: realm.into(), service: service.map(Into::into) })
     }
 
     #[test]
     fn parses_docker_hub_bearer_challenge() {
         let h = r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#;
-        assert_eq!(
-            parse_challenges(h),
-            vec![bearer(
-                "https://auth.docker.io/token",
-                Some("registry.docker.io")
-            )]
-        );
+        assert_eq!(parse_challenges(h), vec![bearer("https://auth.docker.io/token", Some("registry.docker.io"))]);
     }
 
     #[test]
     fn parses_basic_challenge_case_insensitively() {
-        assert_eq!(
-            parse_challenges(r#"basic realm="Registry Realm""#),
-            vec![Challenge::Basic]
-        );
+        assert_eq!(parse_challenges(r#"basic realm="Registry Realm""#), vec![Challenge::Basic]);
         assert_eq!(parse_challenges("BASIC"), vec![Challenge::Basic]);
     }
 
     #[test]
     fn parses_unquoted_params_spaces_and_mixed_case_keys() {
         let h = "Bearer  Realm = https://r.example/token , Service=svc";
-        assert_eq!(
-            parse_challenges(h),
-            vec![bearer("https://r.example/token", Some("svc"))]
-        );
+        assert_eq!(parse_challenges(h), vec![bearer("https://r.example/token", Some("svc"))]);
     }
 
     #[test]
     fn parses_several_challenges_in_one_value() {
         let h = r#"Basic realm="x", Bearer realm="https://t/", Negotiate abc, Bearer service="no-realm""#;
-        assert_eq!(
-            parse_challenges(h),
-            vec![Challenge::Basic, bearer("https://t/", None)]
-        );
+        assert_eq!(parse_challenges(h), vec![Challenge::Basic, bearer("https://t/", None)]);
     }
 
     #[test]
     fn quoted_values_keep_commas_and_escapes() {
         let h = r#"Bearer realm="https://t/?a=1,b=\"2\"""#;
-        assert_eq!(
-            parse_challenges(h),
-            vec![bearer(r#"https://t/?a=1,b="2""#, None)]
-        );
+        assert_eq!(parse_challenges(h), vec![bearer(r#"https://t/?a=1,b="2""#, None)]);
     }
 
     #[test]
@@ -314,99 +279,46 @@ mod tests {
                 let _ = parse_challenges(prefix);
             }
         }
-        for junk in [
-            "",
-            ",,,",
-            "=",
-            "\"",
-            "\\",
-            "Bearer realm=\"unterminated",
-            "Bearer realm=",
-            "é",
-        ] {
+        for junk in ["", ",,,", "=", "\"", "\\", "Bearer realm=\"unterminated", "Bearer realm=", "é"] {
             let _ = parse_challenges(junk);
         }
     }
 
     fn key(repo: &str, creds: &str) -> TokenKey {
-        TokenKey {
-            registry: "r.example".into(),
-            repository: repo.into(),
-            credentials: creds.into(),
-        }
+        TokenKey { registry: "r.example".into(), repository: repo.into(), credentials: creds.into() }
     }
 
     #[test]
     fn token_is_reused_until_shortly_before_expiry() {
         let mut cache = TokenCache::default();
         let t0 = Instant::now();
-        cache.insert(
-            key("a", "anon"),
-            HeaderValue::from_static("Bearer t"),
-            Duration::from_secs(60),
-            t0,
-        );
-        assert!(
-            cache
-                .get(&key("a", "anon"), t0 + Duration::from_secs(49))
-                .is_some()
-        );
-        assert!(
-            cache
-                .get(&key("a", "anon"), t0 + Duration::from_secs(50))
-                .is_none()
-        );
+        cache.insert(key("a", "anon"), HeaderValue::from_static("Bearer t"), Duration::from_secs(60), t0);
+        assert!(cache.get(&key("a", "anon"), t0 + Duration::from_secs(49)).is_some());
+        assert!(cache.get(&key("a", "anon"), t0 + Duration::from_secs(50)).is_none());
     }
 
     #[test]
     fn short_tokens_keep_half_their_life() {
         let mut cache = TokenCache::default();
         let t0 = Instant::now();
-        cache.insert(
-            key("a", "anon"),
-            HeaderValue::from_static("Bearer t"),
-            Duration::from_secs(4),
-            t0,
-        );
-        assert!(
-            cache
-                .get(&key("a", "anon"), t0 + Duration::from_millis(1999))
-                .is_some()
-        );
-        assert!(
-            cache
-                .get(&key("a", "anon"), t0 + Duration::from_secs(2))
-                .is_none()
-        );
+        cache.insert(key("a", "anon"), HeaderValue::from_static("Bearer t"), Duration::from_secs(4), t0);
+        assert!(cache.get(&key("a", "anon"), t0 + Duration::from_millis(1999)).is_some());
+        assert!(cache.get(&key("a", "anon"), t0 + Duration::from_secs(2)).is_none());
     }
 
     #[test]
     fn huge_lifetimes_are_clamped() {
         let mut cache = TokenCache::default();
         let t0 = Instant::now();
-        cache.insert(
-            key("a", "anon"),
-            HeaderValue::from_static("Bearer t"),
-            Duration::MAX,
-            t0,
-        );
-        assert!(
-            cache
-                .get(&key("a", "anon"), t0 + MAX_TOKEN_LIFETIME)
-                .is_none()
-        );
+        cache.insert(key("a", "anon"), HeaderValue::from_static("Bearer t"), Duration::MAX, t0);
+        assert!(cache.get(&key("a", "anon"), t0 + MAX_TOKEN_LIFETIME).is_none());
     }
 
     #[test]
     fn tokens_are_per_repository_and_credentials() {
         let mut cache = TokenCache::default();
         let t0 = Instant::now();
-        cache.insert(
-            key("a", "alice"),
-            HeaderValue::from_static("Bearer t"),
-            Duration::from_secs(60),
-            t0,
-        );
+        cache.insert(key("a", "alice"), HeaderValue::from_static("Bearer t"), Duration::from_secs(60), t0);
         assert!(cache.get(&key("b", "alice"), t0).is_none());
         assert!(cache.get(&key("a", "bob"), t0).is_none());
         cache.remove(&key("a", "alice"));
@@ -418,12 +330,7 @@ mod tests {
         let mut cache = TokenCache::default();
         let t0 = Instant::now();
         for i in 0..TOKEN_CACHE_MAX_ENTRIES + 5 {
-            cache.insert(
-                key(&i.to_string(), "c"),
-                HeaderValue::from_static("Bearer t"),
-                Duration::from_secs(60),
-                t0,
-            );
+            cache.insert(key(&i.to_string(), "c"), HeaderValue::from_static("Bearer t"), Duration::from_secs(60), t0);
         }
         assert!(cache.entries.len() <= TOKEN_CACHE_MAX_ENTRIES);
         assert!(!cache.entries.is_empty());

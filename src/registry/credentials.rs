@@ -60,12 +60,8 @@ impl Credentials {
             (None, Some(auth)) => decode_auth(auth)?,
             (None, None) => return Ok(None),
         };
-        let value = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(pair)
-        );
-        let mut header =
-            HeaderValue::from_str(&value).map_err(|_| CredentialsError::NotHeaderSafe)?;
+        let value = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair));
+        let mut header = HeaderValue::from_str(&value).map_err(|_| CredentialsError::NotHeaderSafe)?;
         header.set_sensitive(true);
         Ok(Some(header))
     }
@@ -86,13 +82,7 @@ impl Credentials {
     }
 
     fn fields(&self) -> [&str; 5] {
-        [
-            &self.username,
-            &self.password,
-            &self.auth,
-            &self.identity_token,
-            &self.registry_token,
-        ]
+        [&self.username, &self.password, &self.auth, &self.identity_token, &self.registry_token]
     }
 }
 
@@ -107,9 +97,7 @@ const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
 );
 
 fn decode_auth(auth: &str) -> Result<String, CredentialsError> {
-    let raw = LENIENT_BASE64
-        .decode(auth.trim())
-        .map_err(|_| CredentialsError::AuthNotBase64)?;
+    let raw = LENIENT_BASE64.decode(auth.trim()).map_err(|_| CredentialsError::AuthNotBase64)?;
     let pair = String::from_utf8(raw).map_err(|_| CredentialsError::AuthNotUserPassword)?;
     match pair.split_once(':') {
         Some((user, _)) if !user.is_empty() => Ok(pair),
@@ -121,11 +109,7 @@ fn decode_auth(auth: &str) -> Result<String, CredentialsError> {
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shown = |s: &str| {
-            if s.is_empty() {
-                "<empty>"
-            } else {
-                "<redacted>"
-            }
+            if s.is_empty() { "<empty>" } else { "<redacted>" }
         };
         f.debug_struct("Credentials")
             .field("username", &shown(&self.username))
@@ -158,18 +142,12 @@ mod tests {
     #[test]
     fn username_password_make_basic_header() {
         // "alice:s3cret" in base64.
-        assert_eq!(
-            header(&creds("alice", "s3cret", "")),
-            "Basic YWxpY2U6czNjcmV0"
-        );
+        assert_eq!(header(&creds("alice", "s3cret", "")), "Basic YWxpY2U6czNjcmV0");
     }
 
     #[test]
     fn auth_field_is_decoded_and_reencoded() {
-        assert_eq!(
-            header(&creds("", "", "YWxpY2U6czNjcmV0")),
-            "Basic YWxpY2U6czNjcmV0"
-        );
+        assert_eq!(header(&creds("", "", "YWxpY2U6czNjcmV0")), "Basic YWxpY2U6czNjcmV0");
     }
 
     #[test]
@@ -186,57 +164,33 @@ mod tests {
 
     #[test]
     fn explicit_username_wins_over_auth() {
-        assert_eq!(
-            header(&creds("alice", "s3cret", "Ym9iOnB3ZA==")),
-            "Basic YWxpY2U6czNjcmV0"
-        );
+        assert_eq!(header(&creds("alice", "s3cret", "Ym9iOnB3ZA==")), "Basic YWxpY2U6czNjcmV0");
     }
 
     #[test]
     fn bad_auth_fields_are_errors() {
-        assert_eq!(
-            creds("", "", "!!!").basic_header().err(),
-            Some(CredentialsError::AuthNotBase64)
-        );
+        assert_eq!(creds("", "", "!!!").basic_header().err(), Some(CredentialsError::AuthNotBase64));
         let no_colon = base64::engine::general_purpose::STANDARD.encode("nocolon");
-        assert_eq!(
-            creds("", "", &no_colon).basic_header().err(),
-            Some(CredentialsError::AuthNotUserPassword)
-        );
+        assert_eq!(creds("", "", &no_colon).basic_header().err(), Some(CredentialsError::AuthNotUserPassword));
         let no_user = base64::engine::general_purpose::STANDARD.encode(":pw");
-        assert_eq!(
-            creds("", "", &no_user).basic_header().err(),
-            Some(CredentialsError::AuthNotUserPassword)
-        );
+        assert_eq!(creds("", "", &no_user).basic_header().err(), Some(CredentialsError::AuthNotUserPassword));
     }
 
     #[test]
     fn no_basic_credentials_means_none() {
         assert!(Credentials::anonymous().basic_header().unwrap().is_none());
-        let token_only = Credentials {
-            registry_token: "t".into(),
-            ..Credentials::default()
-        };
+        let token_only = Credentials { registry_token: "t".into(), ..Credentials::default() };
         assert!(token_only.basic_header().unwrap().is_none());
     }
 
     #[test]
     fn basic_header_is_marked_sensitive() {
-        assert!(
-            creds("a", "b", "")
-                .basic_header()
-                .unwrap()
-                .unwrap()
-                .is_sensitive()
-        );
+        assert!(creds("a", "b", "").basic_header().unwrap().unwrap().is_sensitive());
     }
 
     #[test]
     fn debug_shows_no_secret() {
-        let c = Credentials {
-            identity_token: "idtok".into(),
-            ..creds("alice", "s3cret", "YWxpY2U6czNjcmV0")
-        };
+        let c = Credentials { identity_token: "idtok".into(), ..creds("alice", "s3cret", "YWxpY2U6czNjcmV0") };
         let shown = format!("{c:?}");
         for secret in ["alice", "s3cret", "YWxpY2U6czNjcmV0", "idtok"] {
             assert!(!shown.contains(secret), "{shown}");

@@ -62,11 +62,7 @@ struct Target<'a> {
 
 impl Target<'_> {
     fn origin(&self) -> Origin<'_> {
-        Origin {
-            registry: self.registry,
-            repository: self.repository,
-            what: &self.what,
-        }
+        Origin { registry: self.registry, repository: self.repository, what: &self.what }
     }
 
     fn token_key(&self, creds: &Credentials) -> TokenKey {
@@ -102,16 +98,8 @@ impl HttpRegistry {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let client = builder
-            .build()
-            .map_err(|e| BuildError::Client(e.without_url().to_string()))?;
-        Ok(HttpRegistry {
-            client,
-            insecure,
-            auth: AuthState::default(),
-            requests: AtomicU64::new(0),
-            metrics: None,
-        })
+        let client = builder.build().map_err(|e| BuildError::Client(e.without_url().to_string()))?;
+        Ok(HttpRegistry { client, insecure, auth: AuthState::default(), requests: AtomicU64::new(0), metrics: None })
     }
 
     /// Counts every response (and every request that got none) by status in `metrics`.
@@ -128,10 +116,7 @@ impl HttpRegistry {
 }
 
 fn load_ca_file(path: &Path) -> Result<Vec<Certificate>, BuildError> {
-    let fail = |reason: String| BuildError::CaFile {
-        path: path.to_owned(),
-        reason,
-    };
+    let fail = |reason: String| BuildError::CaFile { path: path.to_owned(), reason };
     let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
     let certs = Certificate::from_pem_bundle(&pem).map_err(|e| fail(e.to_string()))?;
     if certs.is_empty() {
@@ -167,18 +152,13 @@ fn url_is_insecure(insecure: &[String], url: &Url) -> bool {
 /// "host:port" entries match exactly; a bare "host" entry matches that host on any port.
 fn is_insecure(insecure: &[String], authority: &str) -> bool {
     let host = host_of(authority);
-    insecure
-        .iter()
-        .any(|entry| entry == authority || entry == host)
+    insecure.iter().any(|entry| entry == authority || entry == host)
 }
 
 /// "[::1]:5000" → "[::1]", "reg:5000" → "reg", "reg" → "reg".
 fn host_of(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
-        return rest
-            .find(']')
-            .and_then(|end| authority.get(..end + 2))
-            .unwrap_or(authority);
+        return rest.find(']').and_then(|end| authority.get(..end + 2)).unwrap_or(authority);
     }
     match authority.rsplit_once(':') {
         Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
@@ -189,60 +169,29 @@ fn host_of(authority: &str) -> &str {
 // === impl HttpRegistry: requests ===
 
 impl HttpRegistry {
-    fn target<'a>(
-        &self,
-        image: &'a ImageRef,
-        kind: &str,
-        reference: &str,
-    ) -> Result<Target<'a>, RegistryError> {
+    fn target<'a>(&self, image: &'a ImageRef, kind: &str, reference: &str) -> Result<Target<'a>, RegistryError> {
         let (registry, repository) = (image.registry(), image.repository());
         check_path(registry, repository, reference)?;
-        let scheme = if is_insecure(&self.insecure, registry) {
-            "http"
-        } else {
-            "https"
-        };
-        let host = if registry == DOCKER_HUB {
-            DOCKER_HUB_API
-        } else {
-            registry
-        };
+        let scheme = if is_insecure(&self.insecure, registry) { "http" } else { "https" };
+        let host = if registry == DOCKER_HUB { DOCKER_HUB_API } else { registry };
         let url = format!("{scheme}://{host}/v2/{repository}/{kind}/{reference}");
-        let url = Url::parse(&url).map_err(|_| {
-            RegistryError::Protocol(format!("{registry}: cannot form a URL for {repository}"))
-        })?;
+        let url = Url::parse(&url)
+            .map_err(|_| RegistryError::Protocol(format!("{registry}: cannot form a URL for {repository}")))?;
         let sep = if reference.contains(':') { '@' } else { ':' };
-        let what = format!(
-            "{} {registry}/{repository}{sep}{reference}",
-            kind.trim_end_matches('s')
-        );
-        Ok(Target {
-            registry,
-            repository,
-            url,
-            accept: None,
-            what,
-        })
+        let what = format!("{} {registry}/{repository}{sep}{reference}", kind.trim_end_matches('s'));
+        Ok(Target { registry, repository, url, accept: None, what })
     }
 
     /// Sends with the best authorization we know, answers one 401 challenge, and returns
     /// whatever the registry says last; the caller maps the status.
-    async fn send(
-        &self,
-        target: &Target<'_>,
-        creds: &Credentials,
-    ) -> Result<Response, RegistryError> {
+    async fn send(&self, target: &Target<'_>, creds: &Credentials) -> Result<Response, RegistryError> {
         let first = self.upfront_authorization(target, creds).await?;
         let response = self.send_once(target, first.header.as_ref()).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
         self.auth.forget_token(&target.token_key(creds));
-        let values = response
-            .headers()
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok());
+        let values = response.headers().get_all(WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok());
         let Some(challenge) = preferred_challenge(values) else {
             return Ok(response);
         };
@@ -286,15 +235,8 @@ impl HttpRegistry {
     /// What to send before the registry has asked: a registry token as is, otherwise what this
     /// registry's last challenge asked for. Unknown registries get nothing, so credentials
     /// never go to a registry that does not want them.
-    async fn upfront_authorization(
-        &self,
-        target: &Target<'_>,
-        creds: &Credentials,
-    ) -> Result<Upfront, RegistryError> {
-        let known = |header| Upfront {
-            header,
-            just_issued: false,
-        };
+    async fn upfront_authorization(&self, target: &Target<'_>, creds: &Credentials) -> Result<Upfront, RegistryError> {
+        let known = |header| Upfront { header, just_issued: false };
         if let Some(token) = creds.registry_token() {
             return registry_token_header(target, token).map(|h| known(Some(h)));
         }
@@ -305,10 +247,7 @@ impl HttpRegistry {
                 Some(cached) => Ok(known(Some(cached))),
                 None => {
                     let header = self.fresh_token(target, &challenge, creds).await?;
-                    Ok(Upfront {
-                        header: Some(header),
-                        just_issued: true,
-                    })
+                    Ok(Upfront { header: Some(header), just_issued: true })
                 }
             },
         }
@@ -323,9 +262,7 @@ impl HttpRegistry {
         match (challenge, creds.registry_token()) {
             (Challenge::Basic, _) => basic_header(target, creds),
             (Challenge::Bearer(_), Some(token)) => registry_token_header(target, token).map(Some),
-            (Challenge::Bearer(bearer), None) => {
-                self.fresh_token(target, bearer, creds).await.map(Some)
-            }
+            (Challenge::Bearer(bearer), None) => self.fresh_token(target, bearer, creds).await.map(Some),
         }
     }
 
@@ -343,36 +280,18 @@ impl HttpRegistry {
             allow_http: &allow_http,
         };
         let token = token::fetch(&self.client, &request, creds).await?;
-        tracing::debug!(
-            registry = target.registry,
-            repository = target.repository,
-            "obtained a bearer token"
-        );
-        self.auth.store_token(
-            target.token_key(creds),
-            token.header.clone(),
-            token.lifetime,
-        );
+        tracing::debug!(registry = target.registry, repository = target.repository, "obtained a bearer token");
+        self.auth.store_token(target.token_key(creds), token.header.clone(), token.lifetime);
         Ok(token.header)
     }
 }
 
-fn basic_header(
-    target: &Target<'_>,
-    creds: &Credentials,
-) -> Result<Option<HeaderValue>, RegistryError> {
-    creds
-        .basic_header()
-        .map_err(|e| RegistryError::Unauthorized(format!("{}: {e}", target.registry)))
+fn basic_header(target: &Target<'_>, creds: &Credentials) -> Result<Option<HeaderValue>, RegistryError> {
+    creds.basic_header().map_err(|e| RegistryError::Unauthorized(format!("{}: {e}", target.registry)))
 }
 
 fn registry_token_header(target: &Target<'_>, token: &str) -> Result<HeaderValue, RegistryError> {
-    let invalid = || {
-        RegistryError::Unauthorized(format!(
-            "{}: the registry token is not header-safe",
-            target.registry
-        ))
-    };
+    let invalid = || RegistryError::Unauthorized(format!("{}: the registry token is not header-safe", target.registry));
     bearer_header(token).ok_or_else(invalid)
 }
 
@@ -380,23 +299,16 @@ fn registry_token_header(target: &Target<'_>, token: &str) -> Result<HeaderValue
 /// (e.g. "..", "?", "%") is refused before it can change which resource we ask for.
 fn check_path(registry: &str, repository: &str, reference: &str) -> Result<(), RegistryError> {
     let component_ok = |c: &str| {
-        !c.is_empty()
-            && !c.starts_with('.')
-            && c.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        !c.is_empty() && !c.starts_with('.') && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
     };
     let repository_ok = repository.split('/').all(component_ok);
     let reference_ok = reference.len() <= MAX_REFERENCE_LEN
         && !reference.is_empty()
-        && reference
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b));
+        && reference.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b));
     if repository_ok && reference_ok {
         return Ok(());
     }
-    Err(RegistryError::Protocol(format!(
-        "{registry}: refusing to request {repository:?} {reference:?}"
-    )))
+    Err(RegistryError::Protocol(format!("{registry}: refusing to request {repository:?} {reference:?}")))
 }
 
 // === impl Registry for HttpRegistry ===
@@ -421,14 +333,8 @@ impl Registry for HttpRegistry {
         if let Some(expected) = &expected {
             verify_digest(expected, &bytes, &target.what)?;
         }
-        let media_type = header_type
-            .or_else(|| media_type_field(&bytes))
-            .unwrap_or_default();
-        Ok(Some(Manifest {
-            digest: Digest::sha256_of(&bytes),
-            media_type,
-            bytes,
-        }))
+        let media_type = header_type.or_else(|| media_type_field(&bytes)).unwrap_or_default();
+        Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type, bytes }))
     }
 
     async fn blob(
@@ -441,10 +347,7 @@ impl Registry for HttpRegistry {
         let target = self.target(image, "blobs", digest.as_str())?;
         let response = self.send(&target, creds).await?;
         if response.status() == StatusCode::NOT_FOUND {
-            return Err(RegistryError::Protocol(format!(
-                "{} not found",
-                target.what
-            )));
+            return Err(RegistryError::Protocol(format!("{} not found", target.what)));
         }
         check_status(response.status(), &target.origin(), creds.is_anonymous())?;
         let bytes = read_capped(response, max_bytes, &target.origin()).await?;
@@ -459,11 +362,9 @@ fn expected_digest(registry: &str, reference: &str) -> Result<Option<Digest>, Re
     if !reference.contains(':') {
         return Ok(None);
     }
-    let digest = reference.parse().map_err(|_| {
-        RegistryError::Protocol(format!(
-            "{registry}: invalid digest reference {reference:?}"
-        ))
-    })?;
+    let digest = reference
+        .parse()
+        .map_err(|_| RegistryError::Protocol(format!("{registry}: invalid digest reference {reference:?}")))?;
     Ok(Some(digest))
 }
 
@@ -471,12 +372,7 @@ fn expected_digest(registry: &str, reference: &str) -> Result<Option<Digest>, Re
 fn content_type(response: &Response) -> Option<String> {
     let value = response.headers().get(CONTENT_TYPE)?.to_str().ok()?;
     let essence = value.split(';').next().unwrap_or_default().trim();
-    let generic = [
-        "",
-        "application/json",
-        "application/octet-stream",
-        "text/plain",
-    ];
+    let generic = ["", "application/json", "application/octet-stream", "text/plain"];
     (!generic.contains(&essence)).then(|| essence.to_owned())
 }
 
@@ -486,9 +382,7 @@ fn media_type_field(bytes: &[u8]) -> Option<String> {
         #[serde(rename = "mediaType")]
         media_type: Option<String>,
     }
-    serde_json::from_slice::<MediaTypeOnly>(bytes)
-        .ok()?
-        .media_type
+    serde_json::from_slice::<MediaTypeOnly>(bytes).ok()?.media_type
 }
 
 #[cfg(test)]
@@ -535,19 +429,14 @@ mod tests {
     #[test]
     fn digest_references_must_parse() {
         assert!(expected_digest("r", "v1").unwrap().is_none());
-        assert!(
-            expected_digest("r", &Digest::sha256_of(b"x").to_string())
-                .unwrap()
-                .is_some()
-        );
+        assert!(expected_digest("r", &Digest::sha256_of(b"x").to_string()).unwrap().is_some());
         assert!(expected_digest("r", "sha256:short").is_err());
     }
 
     #[test]
     fn media_type_falls_back_to_manifest_field() {
         assert_eq!(
-            media_type_field(br#"{"mediaType":"application/vnd.oci.image.index.v1+json"}"#)
-                .as_deref(),
+            media_type_field(br#"{"mediaType":"application/vnd.oci.image.index.v1+json"}"#).as_deref(),
             Some("application/vnd.oci.image.index.v1+json")
         );
         assert_eq!(media_type_field(b"{}"), None);
@@ -559,30 +448,15 @@ mod tests {
         let registry = HttpRegistry::new(&RegistryConfig::default()).unwrap();
         let image: ImageRef = "nginx:1.27".parse().unwrap();
         let target = registry.target(&image, "manifests", "1.27").unwrap();
-        assert_eq!(
-            target.url.as_str(),
-            "https://registry-1.docker.io/v2/library/nginx/manifests/1.27"
-        );
+        assert_eq!(target.url.as_str(), "https://registry-1.docker.io/v2/library/nginx/manifests/1.27");
         assert_eq!(target.what, "manifest docker.io/library/nginx:1.27");
     }
 
     #[test]
     fn zero_timeout_and_bad_ca_file_are_build_errors() {
-        let zero = RegistryConfig {
-            timeout: std::time::Duration::ZERO,
-            ..RegistryConfig::default()
-        };
-        assert!(matches!(
-            HttpRegistry::new(&zero),
-            Err(BuildError::ZeroTimeout)
-        ));
-        let missing = RegistryConfig {
-            ca_file: Some("/nonexistent/ca.pem".into()),
-            ..RegistryConfig::default()
-        };
-        assert!(matches!(
-            HttpRegistry::new(&missing),
-            Err(BuildError::CaFile { .. })
-        ));
+        let zero = RegistryConfig { timeout: std::time::Duration::ZERO, ..RegistryConfig::default() };
+        assert!(matches!(HttpRegistry::new(&zero), Err(BuildError::ZeroTimeout)));
+        let missing = RegistryConfig { ca_file: Some("/nonexistent/ca.pem".into()), ..RegistryConfig::default() };
+        assert!(matches!(HttpRegistry::new(&missing), Err(BuildError::CaFile { .. })));
     }
 }

@@ -62,11 +62,7 @@ pub enum RegistryError {
     #[error("{what} is larger than the limit of {limit} bytes")]
     TooLarge { what: String, limit: usize },
     #[error("{what} does not match its digest: expected {expected}, got {actual}")]
-    DigestMismatch {
-        what: String,
-        expected: Digest,
-        actual: Digest,
-    },
+    DigestMismatch { what: String, expected: Digest, actual: Digest },
     #[error("registry protocol error: {0}")]
     Protocol(String),
 }
@@ -93,11 +89,7 @@ pub struct RegistryConfig {
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        RegistryConfig {
-            insecure: Vec::new(),
-            ca_file: None,
-            timeout: limits::DEFAULT_REQUEST_TIMEOUT,
-        }
+        RegistryConfig { insecure: Vec::new(), ca_file: None, timeout: limits::DEFAULT_REQUEST_TIMEOUT }
     }
 }
 
@@ -114,10 +106,8 @@ mod tests {
 
     #[test]
     fn config_parses_humantime_and_rejects_unknown_fields() {
-        let config: RegistryConfig = toml::from_str(
-            "insecure = [\"127.0.0.1:5000\"]\ntimeout = \"1500ms\"\nca_file = \"/etc/ca.pem\"",
-        )
-        .unwrap();
+        let config: RegistryConfig =
+            toml::from_str("insecure = [\"127.0.0.1:5000\"]\ntimeout = \"1500ms\"\nca_file = \"/etc/ca.pem\"").unwrap();
         assert_eq!(config.timeout, Duration::from_millis(1500));
         assert_eq!(config.insecure, vec!["127.0.0.1:5000".to_owned()]);
         assert!(toml::from_str::<RegistryConfig>("timeouts = \"1s\"").is_err());

@@ -1,7 +1,6 @@
 //! Turning a registry's HTTP answer into bytes or a `RegistryError`: status classes, transport
 //! failures, and reading a body under a hard cap.
 
-
 use bytes::{Bytes, BytesMut};
 use reqwest::{Response, StatusCode};
 use sha2::{Digest as _, Sha512};
@@ -20,37 +19,21 @@ pub struct Origin<'a> {
 }
 
 /// Maps a non-success status; 404 is left to the caller, which knows whether it means "none".
-pub fn check_status(
-    status: StatusCode,
-    origin: &Origin<'_>,
-    anonymous: bool,
-) -> Result<(), RegistryError> {
+pub fn check_status(status: StatusCode, origin: &Origin<'_>, anonymous: bool) -> Result<(), RegistryError> {
     let (registry, repository) = (origin.registry, origin.repository);
     match status {
         s if s.is_success() => Ok(()),
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-            let hint = if anonymous {
-                ", no credentials were given"
-            } else {
-                ""
-            };
+            let hint = if anonymous { ", no credentials were given" } else { "" };
             Err(RegistryError::Unauthorized(format!(
                 "{registry} refused pull of {repository} (HTTP {}){hint}",
                 status.as_u16()
             )))
         }
         s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
-            Err(RegistryError::Unreachable(format!(
-                "{registry} answered HTTP {} for {}",
-                s.as_u16(),
-                origin.what
-            )))
+            Err(RegistryError::Unreachable(format!("{registry} answered HTTP {} for {}", s.as_u16(), origin.what)))
         }
-        s => Err(RegistryError::Protocol(format!(
-            "{registry} answered HTTP {} for {}",
-            s.as_u16(),
-            origin.what
-        ))),
+        s => Err(RegistryError::Protocol(format!("{registry} answered HTTP {} for {}", s.as_u16(), origin.what))),
     }
 }
 
@@ -72,26 +55,15 @@ fn detail(err: &reqwest::Error) -> String {
 
 /// Reads at most `limit` bytes. Fails as soon as the declared length or the received bytes pass
 /// the limit; dropping the response then closes the connection instead of draining it.
-pub async fn read_capped(
-    mut response: Response,
-    limit: usize,
-    origin: &Origin<'_>,
-) -> Result<Bytes, RegistryError> {
-    let too_large = || RegistryError::TooLarge {
-        what: origin.what.to_owned(),
-        limit,
-    };
+pub async fn read_capped(mut response: Response, limit: usize, origin: &Origin<'_>) -> Result<Bytes, RegistryError> {
+    let too_large = || RegistryError::TooLarge { what: origin.what.to_owned(), limit };
     let declared = response.content_length();
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
     // The declared length is trusted only up to the cap, so it cannot force a big allocation.
     let mut body = BytesMut::with_capacity(declared.map_or(0, |len| len as usize));
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| transport_error(origin.registry, e))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(origin.registry, e))? {
         if chunk.len() > limit - body.len() {
             return Err(too_large());
         }
@@ -105,11 +77,7 @@ pub fn verify_digest(expected: &Digest, bytes: &[u8], what: &str) -> Result<(), 
         return Ok(());
     }
     let actual = digest_like(expected, bytes);
-    Err(RegistryError::DigestMismatch {
-        what: what.to_owned(),
-        expected: expected.clone(),
-        actual,
-    })
+    Err(RegistryError::DigestMismatch { what: what.to_owned(), expected: expected.clone(), actual })
 }
 
 /// The actual digest in the expected digest's algorithm, so the two can be compared by eye.
@@ -128,11 +96,7 @@ mod tests {
     use super::*;
 
     fn origin() -> Origin<'static> {
-        Origin {
-            registry: "r.example",
-            repository: "team/app",
-            what: "manifest r.example/team/app:v1",
-        }
+        Origin { registry: "r.example", repository: "team/app", what: "manifest r.example/team/app:v1" }
     }
 
     #[test]
@@ -142,16 +106,8 @@ mod tests {
         assert!(
             matches!(&unauthorized, RegistryError::Unauthorized(m) if m.contains("r.example") && m.contains("team/app"))
         );
-        assert!(
-            check_status(StatusCode::BAD_GATEWAY, &origin(), false)
-                .unwrap_err()
-                .is_unavailable()
-        );
-        assert!(
-            check_status(StatusCode::TOO_MANY_REQUESTS, &origin(), false)
-                .unwrap_err()
-                .is_unavailable()
-        );
+        assert!(check_status(StatusCode::BAD_GATEWAY, &origin(), false).unwrap_err().is_unavailable());
+        assert!(check_status(StatusCode::TOO_MANY_REQUESTS, &origin(), false).unwrap_err().is_unavailable());
         let teapot = check_status(StatusCode::IM_A_TEAPOT, &origin(), false).unwrap_err();
         assert!(matches!(teapot, RegistryError::Protocol(_)));
     }
@@ -170,9 +126,7 @@ mod tests {
 
     #[test]
     fn sha512_mismatch_reports_sha512() {
-        let expected: Digest = format!("sha512:{}", hex::encode(Sha512::digest(b"good")))
-            .parse()
-            .unwrap();
+        let expected: Digest = format!("sha512:{}", hex::encode(Sha512::digest(b"good"))).parse().unwrap();
         match verify_digest(&expected, b"evil", "blob") {
             Err(RegistryError::DigestMismatch { actual, .. }) => {
                 assert_eq!(actual.algorithm(), "sha512")

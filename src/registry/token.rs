@@ -39,23 +39,12 @@ pub struct TokenRequest<'a> {
     pub allow_http: &'a (dyn Fn(&Url) -> bool + Sync),
 }
 
-pub async fn fetch(
-    client: &Client,
-    req: &TokenRequest<'_>,
-    creds: &Credentials,
-) -> Result<Token, RegistryError> {
+pub async fn fetch(client: &Client, req: &TokenRequest<'_>, creds: &Credentials) -> Result<Token, RegistryError> {
     let realm = realm_url(req)?;
     let what = format!("token for {}/{}", req.registry, req.repository);
-    let origin = Origin {
-        registry: req.registry,
-        repository: req.repository,
-        what: &what,
-    };
+    let origin = Origin { registry: req.registry, repository: req.repository, what: &what };
     let request = build_request(client, realm, req, creds)?;
-    let response = request
-        .send()
-        .await
-        .map_err(|e| transport_error(req.registry, e))?;
+    let response = request.send().await.map_err(|e| transport_error(req.registry, e))?;
     check_status(response.status(), &origin, creds.is_anonymous())?;
     let body = read_capped(response, TOKEN_RESPONSE_MAX_BYTES, &origin).await?;
     parse_token(&body, req.registry)
@@ -64,8 +53,7 @@ pub async fn fetch(
 /// A plain-HTTP realm would expose the credentials we send it, so it is accepted only where
 /// the operator already accepted plain HTTP.
 fn realm_url(req: &TokenRequest<'_>) -> Result<Url, RegistryError> {
-    let protocol =
-        |why: &str| RegistryError::Protocol(format!("{}: token realm {why}", req.registry));
+    let protocol = |why: &str| RegistryError::Protocol(format!("{}: token realm {why}", req.registry));
     let url = Url::parse(&req.challenge.realm).map_err(|_| protocol("is not a valid URL"))?;
     match url.scheme() {
         "https" => Ok(url),
@@ -93,9 +81,7 @@ fn build_request(
     let mut query = vec![("scope", scope.as_str())];
     query.extend(service.map(|s| ("service", s)));
     let request = client.get(realm).query(&query);
-    let basic = creds
-        .basic_header()
-        .map_err(|e| RegistryError::Unauthorized(format!("{}: {e}", req.registry)))?;
+    let basic = creds.basic_header().map_err(|e| RegistryError::Unauthorized(format!("{}: {e}", req.registry)))?;
     Ok(match basic {
         Some(header) => request.header(AUTHORIZATION, header),
         None => request,
@@ -104,20 +90,12 @@ fn build_request(
 
 fn parse_token(body: &[u8], registry: &str) -> Result<Token, RegistryError> {
     let protocol = |why: &str| RegistryError::Protocol(format!("{registry}: token response {why}"));
-    let parsed: TokenResponse =
-        serde_json::from_slice(body).map_err(|_| protocol("is not valid JSON"))?;
-    let token = [parsed.token, parsed.access_token]
-        .into_iter()
-        .flatten()
-        .find(|t| !t.is_empty());
+    let parsed: TokenResponse = serde_json::from_slice(body).map_err(|_| protocol("is not valid JSON"))?;
+    let token = [parsed.token, parsed.access_token].into_iter().flatten().find(|t| !t.is_empty());
     let token = token.ok_or_else(|| protocol("holds no token"))?;
-    let header =
-        bearer_header(&token).ok_or_else(|| protocol("holds a token that is not header-safe"))?;
+    let header = bearer_header(&token).ok_or_else(|| protocol("holds a token that is not header-safe"))?;
     // 0 would mean "already expired"; servers that send it mean "unspecified".
-    let lifetime = parsed
-        .expires_in
-        .filter(|s| *s > 0)
-        .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+    let lifetime = parsed.expires_in.filter(|s| *s > 0).map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
     Ok(Token { header, lifetime })
 }
 
@@ -147,40 +125,22 @@ mod tests {
 
     #[test]
     fn bad_token_responses_are_protocol_errors_without_the_token() {
-        for body in [
-            &b"not json"[..],
-            br#"{"expires_in":5}"#,
-            b"{\"token\":\"a\\nb\"}",
-        ] {
+        for body in [&b"not json"[..], br#"{"expires_in":5}"#, b"{\"token\":\"a\\nb\"}"] {
             let err = parse_token(body, "r").err().unwrap();
-            assert!(
-                matches!(&err, RegistryError::Protocol(m) if !m.contains("a\nb")),
-                "{err}"
-            );
+            assert!(matches!(&err, RegistryError::Protocol(m) if !m.contains("a\nb")), "{err}");
         }
     }
 
     #[test]
     fn realm_must_be_https_unless_allowed() {
-        let challenge = BearerChallenge {
-            realm: "http://auth.example/token".into(),
-            service: None,
-        };
+        let challenge = BearerChallenge { realm: "http://auth.example/token".into(), service: None };
         let deny = |_: &Url| false;
         let allow = |_: &Url| true;
-        let mut req = TokenRequest {
-            challenge: &challenge,
-            registry: "r",
-            repository: "a",
-            allow_http: &deny,
-        };
+        let mut req = TokenRequest { challenge: &challenge, registry: "r", repository: "a", allow_http: &deny };
         assert!(realm_url(&req).is_err());
         req.allow_http = &allow;
         assert!(realm_url(&req).is_ok());
-        let ftp = BearerChallenge {
-            realm: "ftp://auth.example/".into(),
-            service: None,
-        };
+        let ftp = BearerChallenge { realm: "ftp://auth.example/".into(), service: None };
         req.challenge = &ftp;
         assert!(realm_url(&req).is_err());
     }

@@ -113,9 +113,8 @@ impl Watcher {
             let events = inotify.into_event_stream(vec![0; EVENT_BUFFER])?;
             Ok(Active { events, watches })
         });
-        let active = active
-            .inspect_err(|error| tracing::warn!(%error, "cannot watch policy files; reload with SIGHUP"))
-            .ok();
+        let active =
+            active.inspect_err(|error| tracing::warn!(%error, "cannot watch policy files; reload with SIGHUP")).ok();
         Watcher { active, interests: HashMap::new() }
     }
 

@@ -45,10 +45,7 @@ pub enum KeyError {
     #[error("RSA key has {0} bits; at most {MAX_RSA_BITS} are supported")]
     RsaTooLarge(usize),
     #[error("invalid {algorithm} key: {detail}")]
-    Invalid {
-        algorithm: &'static str,
-        detail: String,
-    },
+    Invalid { algorithm: &'static str, detail: String },
 }
 
 /// Deliberately carries no detail: which step of a verification failed is of no use to an
@@ -75,8 +72,7 @@ impl TrustedKey {
             return Err(KeyError::TooLarge);
         }
         let text = std::str::from_utf8(pem).map_err(|_| KeyError::Pem("not UTF-8 text".into()))?;
-        let (label, doc) =
-            spki::Document::from_pem(text.trim()).map_err(|e| KeyError::Pem(e.to_string()))?;
+        let (label, doc) = spki::Document::from_pem(text.trim()).map_err(|e| KeyError::Pem(e.to_string()))?;
         if label != "PUBLIC KEY" {
             return Err(KeyError::WrongLabel(label.to_string()));
         }
@@ -84,14 +80,12 @@ impl TrustedKey {
     }
 
     pub fn from_spki_der(der: &[u8]) -> Result<TrustedKey, KeyError> {
-        let spki =
-            SubjectPublicKeyInfoRef::from_der(der).map_err(|e| KeyError::Spki(e.to_string()))?;
+        let spki = SubjectPublicKeyInfoRef::from_der(der).map_err(|e| KeyError::Spki(e.to_string()))?;
         let kind = match spki.algorithm.oid {
             OID_EC_PUBLIC_KEY => parse_ecdsa(&spki, der)?,
             OID_RSA => KeyKind::Rsa(parse_rsa(&spki)?),
             OID_ED25519 => KeyKind::Ed25519(
-                ed25519_dalek::VerifyingKey::from_public_key_der(der)
-                    .map_err(|e| invalid("Ed25519", e))?,
+                ed25519_dalek::VerifyingKey::from_public_key_der(der).map_err(|e| invalid("Ed25519", e))?,
             ),
             other => return Err(KeyError::UnsupportedAlgorithm(other.to_string())),
         };
@@ -140,17 +134,11 @@ impl fmt::Debug for TrustedKey {
 }
 
 fn invalid(algorithm: &'static str, e: impl fmt::Display) -> KeyError {
-    KeyError::Invalid {
-        algorithm,
-        detail: e.to_string(),
-    }
+    KeyError::Invalid { algorithm, detail: e.to_string() }
 }
 
 fn parse_ecdsa(spki: &SubjectPublicKeyInfoRef<'_>, der: &[u8]) -> Result<KeyKind, KeyError> {
-    let curve = spki
-        .algorithm
-        .parameters_oid()
-        .map_err(|e| invalid("ECDSA", e))?;
+    let curve = spki.algorithm.parameters_oid().map_err(|e| invalid("ECDSA", e))?;
     match curve {
         OID_P256 => p256::ecdsa::VerifyingKey::from_public_key_der(der)
             .map(KeyKind::EcdsaP256)
@@ -163,10 +151,7 @@ fn parse_ecdsa(spki: &SubjectPublicKeyInfoRef<'_>, der: &[u8]) -> Result<KeyKind
 }
 
 fn parse_rsa(spki: &SubjectPublicKeyInfoRef<'_>) -> Result<RsaPublicKey, KeyError> {
-    let raw = spki
-        .subject_public_key
-        .as_bytes()
-        .ok_or_else(|| invalid("RSA", "unaligned bit string"))?;
+    let raw = spki.subject_public_key.as_bytes().ok_or_else(|| invalid("RSA", "unaligned bit string"))?;
     let pkcs1 = rsa::pkcs1::RsaPublicKey::from_der(raw).map_err(|e| invalid("RSA", e))?;
     let n = BigUint::from_bytes_be(pkcs1.modulus.as_bytes());
     let e = BigUint::from_bytes_be(pkcs1.public_exponent.as_bytes());
@@ -197,25 +182,20 @@ fn verify_p384(key: &p384::ecdsa::VerifyingKey, payload: &[u8], signature: &[u8]
 // (OpenSSL "digest", sigstore) and the maximum (Go's PSSSaltLengthAuto, OpenSSL default).
 fn verify_rsa(key: &RsaPublicKey, payload: &[u8], signature: &[u8]) -> bool {
     let hashed = Sha256::digest(payload);
-    if key
-        .verify(Pkcs1v15Sign::new::<Sha256>(), &hashed, signature)
-        .is_ok()
-    {
+    if key.verify(Pkcs1v15Sign::new::<Sha256>(), &hashed, signature).is_ok() {
         return true;
     }
     let em_len = (key.n().bits() - 1).div_ceil(8);
     let max_salt = em_len.saturating_sub(hashed.len() + 2);
-    [hashed.len(), max_salt].into_iter().any(|salt| {
-        key.verify(Pss::new_with_salt::<Sha256>(salt), &hashed, signature)
-            .is_ok()
-    })
+    [hashed.len(), max_salt]
+        .into_iter()
+        .any(|salt| key.verify(Pss::new_with_salt::<Sha256>(salt), &hashed, signature).is_ok())
 }
 
 // Strict verification rejects malleable signatures and small-order keys; Go's ed25519 (cosign)
 // never produces either, so genuine signatures are unaffected.
 fn verify_ed25519(key: &ed25519_dalek::VerifyingKey, payload: &[u8], signature: &[u8]) -> bool {
-    ed25519_dalek::Signature::from_slice(signature)
-        .is_ok_and(|sig| key.verify_strict(payload, &sig).is_ok())
+    ed25519_dalek::Signature::from_slice(signature).is_ok_and(|sig| key.verify_strict(payload, &sig).is_ok())
 }
 
 #[cfg(test)]
@@ -232,10 +212,7 @@ mod tests {
 
     fn p256_key() -> (p256::ecdsa::SigningKey, TrustedKey) {
         let sk = p256::ecdsa::SigningKey::random(&mut OsRng);
-        let pem = sk
-            .verifying_key()
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap();
+        let pem = sk.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
         (sk, TrustedKey::from_pem(pem.as_bytes()).unwrap())
     }
 
@@ -249,10 +226,7 @@ mod tests {
         static KEY: OnceLock<(rsa::RsaPrivateKey, TrustedKey)> = OnceLock::new();
         KEY.get_or_init(|| {
             let sk = rsa::RsaPrivateKey::new(&mut OsRng, 2048).unwrap();
-            let pem = sk
-                .to_public_key()
-                .to_public_key_pem(LineEnding::LF)
-                .unwrap();
+            let pem = sk.to_public_key().to_public_key_pem(LineEnding::LF).unwrap();
             let key = TrustedKey::from_pem(pem.as_bytes()).unwrap();
             (sk, key)
         })
@@ -290,20 +264,14 @@ mod tests {
     #[test]
     fn p384_verifies_over_sha256_prehash() {
         let sk = p384::ecdsa::SigningKey::random(&mut OsRng);
-        let pem = sk
-            .verifying_key()
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap();
+        let pem = sk.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
         let key = TrustedKey::from_pem(pem.as_bytes()).unwrap();
         let sig: p384::ecdsa::Signature = sk.sign_prehash(&Sha256::digest(PAYLOAD)).unwrap();
         assert_eq!(key.algorithm(), "ECDSA P-384");
         assert_eq!(key.verify(PAYLOAD, sig.to_der().as_bytes()), Ok(()));
         // A SHA-384 signature is not what cosign produces for a --key verification.
         let sig384: p384::ecdsa::Signature = sk.sign(PAYLOAD);
-        assert_eq!(
-            key.verify(PAYLOAD, sig384.to_der().as_bytes()),
-            Err(BadSignature)
-        );
+        assert_eq!(key.verify(PAYLOAD, sig384.to_der().as_bytes()), Err(BadSignature));
     }
 
     #[test]
@@ -312,19 +280,9 @@ mod tests {
         let hashed = Sha256::digest(PAYLOAD);
         let mut rng = OsRng;
         let v15 = sk.sign(Pkcs1v15Sign::new::<Sha256>(), &hashed).unwrap();
-        let pss32 = sk
-            .sign_with_rng(&mut rng, Pss::new_with_salt::<Sha256>(32), &hashed)
-            .unwrap();
-        let pss_max = sk
-            .sign_with_rng(
-                &mut rng,
-                Pss::new_with_salt::<Sha256>(256 - 32 - 2),
-                &hashed,
-            )
-            .unwrap();
-        let pss_odd = sk
-            .sign_with_rng(&mut rng, Pss::new_with_salt::<Sha256>(20), &hashed)
-            .unwrap();
+        let pss32 = sk.sign_with_rng(&mut rng, Pss::new_with_salt::<Sha256>(32), &hashed).unwrap();
+        let pss_max = sk.sign_with_rng(&mut rng, Pss::new_with_salt::<Sha256>(256 - 32 - 2), &hashed).unwrap();
+        let pss_odd = sk.sign_with_rng(&mut rng, Pss::new_with_salt::<Sha256>(20), &hashed).unwrap();
         assert_eq!(key.algorithm(), "RSA");
         assert_eq!(key.verify(PAYLOAD, &v15), Ok(()));
         assert_eq!(key.verify(PAYLOAD, &pss32), Ok(()));
@@ -337,10 +295,7 @@ mod tests {
     #[test]
     fn rsa_below_2048_bits_is_rejected_with_a_clear_error() {
         let sk = rsa::RsaPrivateKey::new(&mut OsRng, 1024).unwrap();
-        let pem = sk
-            .to_public_key()
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap();
+        let pem = sk.to_public_key().to_public_key_pem(LineEnding::LF).unwrap();
         let err = TrustedKey::from_pem(pem.as_bytes()).unwrap_err();
         assert_eq!(err, KeyError::RsaTooSmall(1024));
         assert!(err.to_string().contains("at least 2048"), "{err}");
@@ -351,10 +306,7 @@ mod tests {
         let mut seed = [0u8; 32];
         OsRng.fill_bytes(&mut seed);
         let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
-        let pem = sk
-            .verifying_key()
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap();
+        let pem = sk.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
         let key = TrustedKey::from_pem(pem.as_bytes()).unwrap();
         let sig = sk.sign(PAYLOAD).to_bytes();
         assert_eq!(key.algorithm(), "Ed25519");
@@ -367,10 +319,7 @@ mod tests {
     fn cross_algorithm_signatures_do_not_verify() {
         let (p256_sk, _) = p256_key();
         let (_, rsa_key) = rsa_2048();
-        assert_eq!(
-            rsa_key.verify(PAYLOAD, &p256_der(&p256_sk, PAYLOAD)),
-            Err(BadSignature)
-        );
+        assert_eq!(rsa_key.verify(PAYLOAD, &p256_der(&p256_sk, PAYLOAD)), Err(BadSignature));
     }
 
     #[test]
@@ -381,19 +330,13 @@ mod tests {
         assert_eq!(key.fingerprint(), expected);
         assert_eq!(key.short_fingerprint(), &expected[..23]);
         let debug = format!("{key:?}");
-        assert_eq!(
-            debug,
-            format!("TrustedKey {{ algorithm: \"ECDSA P-256\", fingerprint: \"{expected}\" }}")
-        );
+        assert_eq!(debug, format!("TrustedKey {{ algorithm: \"ECDSA P-256\", fingerprint: \"{expected}\" }}"));
     }
 
     #[test]
     fn pem_with_crlf_and_surrounding_whitespace_is_accepted() {
         let (sk, key) = p256_key();
-        let pem = sk
-            .verifying_key()
-            .to_public_key_pem(LineEnding::CRLF)
-            .unwrap();
+        let pem = sk.verifying_key().to_public_key_pem(LineEnding::CRLF).unwrap();
         let padded = format!("\n\n{pem}\n  ");
         let again = TrustedKey::from_pem(padded.as_bytes()).unwrap();
         assert_eq!(again.fingerprint(), key.fingerprint());
@@ -401,38 +344,20 @@ mod tests {
 
     #[test]
     fn malformed_inputs_give_typed_errors() {
-        assert!(matches!(
-            TrustedKey::from_pem(b"hello"),
-            Err(KeyError::Pem(_))
-        ));
-        assert!(matches!(
-            TrustedKey::from_pem(&[0xff, 0xfe]),
-            Err(KeyError::Pem(_))
-        ));
-        assert!(matches!(
-            TrustedKey::from_pem(&vec![b'a'; MAX_PEM_BYTES + 1]),
-            Err(KeyError::TooLarge)
-        ));
+        assert!(matches!(TrustedKey::from_pem(b"hello"), Err(KeyError::Pem(_))));
+        assert!(matches!(TrustedKey::from_pem(&[0xff, 0xfe]), Err(KeyError::Pem(_))));
+        assert!(matches!(TrustedKey::from_pem(&vec![b'a'; MAX_PEM_BYTES + 1]), Err(KeyError::TooLarge)));
         let wrong = "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n";
-        assert_eq!(
-            TrustedKey::from_pem(wrong.as_bytes()).unwrap_err(),
-            KeyError::WrongLabel("PRIVATE KEY".into())
-        );
+        assert_eq!(TrustedKey::from_pem(wrong.as_bytes()).unwrap_err(), KeyError::WrongLabel("PRIVATE KEY".into()));
         let junk = "-----BEGIN PUBLIC KEY-----\nMAA=\n-----END PUBLIC KEY-----\n";
-        assert!(matches!(
-            TrustedKey::from_pem(junk.as_bytes()),
-            Err(KeyError::Spki(_))
-        ));
+        assert!(matches!(TrustedKey::from_pem(junk.as_bytes()), Err(KeyError::Spki(_))));
     }
 
     #[test]
     fn unsupported_curve_and_algorithm_are_named() {
         // SPKI for a P-521 key: the curve OID is what matters; the point is never parsed.
         let p521 = spki_der("1.2.840.10045.2.1", Some("1.3.132.0.35"), &[4; 133]);
-        assert_eq!(
-            TrustedKey::from_spki_der(&p521).unwrap_err(),
-            KeyError::UnsupportedCurve("1.3.132.0.35".into())
-        );
+        assert_eq!(TrustedKey::from_spki_der(&p521).unwrap_err(), KeyError::UnsupportedCurve("1.3.132.0.35".into()));
         let dsa = spki_der("1.2.840.10040.4.1", None, &[0; 8]);
         assert_eq!(
             TrustedKey::from_spki_der(&dsa).unwrap_err(),
@@ -443,13 +368,7 @@ mod tests {
     #[test]
     fn invalid_ec_point_is_rejected() {
         let bad = spki_der("1.2.840.10045.2.1", Some("1.2.840.10045.3.1.7"), &[4; 65]);
-        assert!(matches!(
-            TrustedKey::from_spki_der(&bad),
-            Err(KeyError::Invalid {
-                algorithm: "ECDSA P-256",
-                ..
-            })
-        ));
+        assert!(matches!(TrustedKey::from_spki_der(&bad), Err(KeyError::Invalid { algorithm: "ECDSA P-256", .. })));
     }
 
     fn spki_der(alg: &str, param: Option<&str>, key: &[u8]) -> Vec<u8> {

@@ -37,12 +37,7 @@ pub struct SignatureOutcome {
 
 /// `digest` is the manifest digest the pull will be pinned to; `sigs` pairs each signature layer
 /// with its payload blob.
-pub fn evaluate(
-    image: &ImageRef,
-    digest: &Digest,
-    rule: &Rule,
-    sigs: &[(SignatureLayer, Bytes)],
-) -> Evaluation {
+pub fn evaluate(image: &ImageRef, digest: &Digest, rule: &Rule, sigs: &[(SignatureLayer, Bytes)]) -> Evaluation {
     let keys = distinct_keys(&rule.keys);
     // A threshold of 0 would accept an image with no signature at all; policy loading forbids
     // it, and this keeps a mistake there from turning into an open door.
@@ -62,31 +57,19 @@ pub fn evaluate(
     }
     let accepted = satisfied.len() >= required;
     let reason = summarize(accepted, satisfied.len(), required, &outcomes);
-    Evaluation {
-        accepted,
-        satisfied_keys: satisfied.len(),
-        required,
-        signatures: outcomes,
-        reason,
-    }
+    Evaluation { accepted, satisfied_keys: satisfied.len(), required, signatures: outcomes, reason }
 }
 
 /// The same key listed twice (two paths, or a path and inline data) must not count twice.
 fn distinct_keys(keys: &[KeyRef]) -> Vec<&KeyRef> {
     let mut seen = HashSet::new();
-    keys.iter()
-        .filter(|k| seen.insert(k.key.fingerprint()))
-        .collect()
+    keys.iter().filter(|k| seen.insert(k.key.fingerprint())).collect()
 }
 
 fn key_label(key: &KeyRef) -> String {
     match &key.path {
         Some(path) => path.display().to_string(),
-        None => format!(
-            "inline {} key {}",
-            key.key.algorithm(),
-            key.key.short_fingerprint()
-        ),
+        None => format!("inline {} key {}", key.key.algorithm(), key.key.short_fingerprint()),
     }
 }
 
@@ -101,34 +84,16 @@ fn check_signature<'k>(
     payload: &[u8],
 ) -> (Option<&'k KeyRef>, Option<String>) {
     if !layer.digest.verify(payload) {
-        return (
-            None,
-            Some("payload blob does not match the layer digest".to_string()),
-        );
+        return (None, Some("payload blob does not match the layer digest".to_string()));
     }
-    let Some(key) = keys
-        .iter()
-        .copied()
-        .find(|k| k.key.verify(payload, &layer.signature).is_ok())
-    else {
+    let Some(key) = keys.iter().copied().find(|k| k.key.verify(payload, &layer.signature).is_ok()) else {
         let n = keys.len();
-        return (
-            None,
-            Some(format!(
-                "signature does not verify with any of the {n} trusted {}",
-                plural(n, "key")
-            )),
-        );
+        return (None, Some(format!("signature does not verify with any of the {n} trusted {}", plural(n, "key"))));
     };
     (Some(key), check_payload(image, digest, rule, payload).err())
 }
 
-fn check_payload(
-    image: &ImageRef,
-    digest: &Digest,
-    rule: &Rule,
-    payload: &[u8],
-) -> Result<(), String> {
+fn check_payload(image: &ImageRef, digest: &Digest, rule: &Rule, payload: &[u8]) -> Result<(), String> {
     let signed = SignedPayload::parse(payload).map_err(|e| match e {
         PayloadError::WrongType(t) => {
             format!("signature payload has type {t:?}, not a cosign container image signature")
@@ -136,27 +101,14 @@ fn check_payload(
         other => other.to_string(),
     })?;
     if signed.manifest_digest != *digest {
-        return Err(format!(
-            "signature payload names digest {}, not {digest}",
-            signed.manifest_digest
-        ));
+        return Err(format!("signature payload names digest {}, not {digest}", signed.manifest_digest));
     }
-    rule.identity
-        .check(image, &signed.docker_reference)
-        .map_err(|e| format!("identity mismatch: {e}"))
+    rule.identity.check(image, &signed.docker_reference).map_err(|e| format!("identity mismatch: {e}"))
 }
 
-fn summarize(
-    accepted: bool,
-    satisfied: usize,
-    required: usize,
-    outcomes: &[SignatureOutcome],
-) -> String {
+fn summarize(accepted: bool, satisfied: usize, required: usize, outcomes: &[SignatureOutcome]) -> String {
     if accepted {
-        return format!(
-            "signed by {satisfied} of {required} required {}",
-            plural(required, "key")
-        );
+        return format!("signed by {satisfied} of {required} required {}", plural(required, "key"));
     }
     if outcomes.is_empty() {
         return "no signature by a trusted key: no signatures found".to_string();
@@ -174,42 +126,25 @@ fn summarize(
 fn problem_summary(outcomes: &[SignatureOutcome]) -> String {
     const MAX_KINDS: usize = 3;
     let mut kinds: Vec<(&str, usize)> = Vec::new();
-    for reason in outcomes
-        .iter()
-        .filter_map(|o| o.rejected_because.as_deref())
-    {
+    for reason in outcomes.iter().filter_map(|o| o.rejected_because.as_deref()) {
         match kinds.iter_mut().find(|(r, _)| *r == reason) {
             Some((_, count)) => *count += 1,
             None => kinds.push((reason, 1)),
         }
     }
     if kinds.is_empty() {
-        return format!(
-            "{} valid {}",
-            outcomes.len(),
-            plural(outcomes.len(), "signature")
-        );
+        return format!("{} valid {}", outcomes.len(), plural(outcomes.len(), "signature"));
     }
-    let mut parts: Vec<String> = kinds
-        .iter()
-        .take(MAX_KINDS)
-        .map(|(r, n)| format!("{n} {}: {r}", plural(*n, "signature")))
-        .collect();
+    let mut parts: Vec<String> =
+        kinds.iter().take(MAX_KINDS).map(|(r, n)| format!("{n} {}: {r}", plural(*n, "signature"))).collect();
     if kinds.len() > MAX_KINDS {
-        parts.push(format!(
-            "and {} other kinds of problem",
-            kinds.len() - MAX_KINDS
-        ));
+        parts.push(format!("and {} other kinds of problem", kinds.len() - MAX_KINDS));
     }
     parts.join("; ")
 }
 
 fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        word.to_string()
-    } else {
-        format!("{word}s")
-    }
+    if n == 1 { word.to_string() } else { format!("{word}s") }
 }
 
 #[cfg(test)]
@@ -233,15 +168,8 @@ mod tests {
             Signer(p256::ecdsa::SigningKey::random(&mut OsRng))
         }
         fn key_ref(&self, path: Option<&str>) -> KeyRef {
-            let pem = self
-                .0
-                .verifying_key()
-                .to_public_key_pem(LineEnding::LF)
-                .unwrap();
-            KeyRef {
-                path: path.map(PathBuf::from),
-                key: Arc::new(TrustedKey::from_pem(pem.as_bytes()).unwrap()),
-            }
+            let pem = self.0.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
+            KeyRef { path: path.map(PathBuf::from), key: Arc::new(TrustedKey::from_pem(pem.as_bytes()).unwrap()) }
         }
         fn sign(&self, payload: &[u8]) -> (SignatureLayer, Bytes) {
             let sig: p256::ecdsa::Signature = self.0.sign(payload);
@@ -253,11 +181,7 @@ mod tests {
             (layer, Bytes::copy_from_slice(payload))
         }
         fn sign_for(&self, reference: &str, digest: &str) -> (SignatureLayer, Bytes) {
-            self.sign(&payload_json(
-                reference,
-                digest,
-                payload::COSIGN_SIGNATURE_TYPE,
-            ))
+            self.sign(&payload_json(reference, digest, payload::COSIGN_SIGNATURE_TYPE))
         }
     }
 
@@ -290,10 +214,7 @@ mod tests {
     #[test]
     fn one_valid_signature_satisfies_threshold_one() {
         let a = Signer::new();
-        let ev = run(
-            &rule(vec![a.key_ref(Some("/keys/a.pub"))], 1),
-            &[a.sign_for(REPO, DIGEST)],
-        );
+        let ev = run(&rule(vec![a.key_ref(Some("/keys/a.pub"))], 1), &[a.sign_for(REPO, DIGEST)]);
         assert!(ev.accepted, "{ev:?}");
         assert_eq!((ev.satisfied_keys, ev.required), (1, 1));
         assert_eq!(ev.signatures[0].verified_by.as_deref(), Some("/keys/a.pub"));
@@ -309,11 +230,7 @@ mod tests {
         let ev = run(&r, &twice_by_a);
         assert!(!ev.accepted);
         assert_eq!(ev.satisfied_keys, 1);
-        assert!(
-            ev.reason.starts_with("only 1 of 2 required keys signed"),
-            "{}",
-            ev.reason
-        );
+        assert!(ev.reason.starts_with("only 1 of 2 required keys signed"), "{}", ev.reason);
         let ev = run(&r, &[a.sign_for(REPO, DIGEST), b.sign_for(REPO, DIGEST)]);
         assert!(ev.accepted, "{ev:?}");
         assert_eq!(ev.reason, "signed by 2 of 2 required keys");
@@ -347,38 +264,17 @@ mod tests {
         let ev = run(&rule(vec![a.key_ref(None)], 1), &[a.sign_for(REPO, OTHER)]);
         assert!(!ev.accepted);
         let outcome = &ev.signatures[0];
-        assert!(
-            outcome
-                .verified_by
-                .as_deref()
-                .is_some_and(|v| v.starts_with("inline ECDSA P-256 key sha256:"))
-        );
-        assert_eq!(
-            outcome.rejected_because,
-            Some(format!(
-                "signature payload names digest {OTHER}, not {DIGEST}"
-            ))
-        );
-        assert!(
-            ev.reason
-                .contains(&format!("names digest {OTHER}, not {DIGEST}")),
-            "{}",
-            ev.reason
-        );
+        assert!(outcome.verified_by.as_deref().is_some_and(|v| v.starts_with("inline ECDSA P-256 key sha256:")));
+        assert_eq!(outcome.rejected_because, Some(format!("signature payload names digest {OTHER}, not {DIGEST}")));
+        assert!(ev.reason.contains(&format!("names digest {OTHER}, not {DIGEST}")), "{}", ev.reason);
     }
 
     #[test]
     fn identity_mismatch_is_explained() {
         let a = Signer::new();
-        let ev = run(
-            &rule(vec![a.key_ref(None)], 1),
-            &[a.sign_for("registry.example/other/app", DIGEST)],
-        );
+        let ev = run(&rule(vec![a.key_ref(None)], 1), &[a.sign_for("registry.example/other/app", DIGEST)]);
         assert!(!ev.accepted);
-        let because = ev.signatures[0]
-            .rejected_because
-            .as_deref()
-            .unwrap_or_default();
+        let because = ev.signatures[0].rejected_because.as_deref().unwrap_or_default();
         assert!(because.starts_with("identity mismatch: "), "{because}");
     }
 
@@ -387,14 +283,8 @@ mod tests {
         let a = Signer::new();
         let sig = a.sign(&payload_json(REPO, DIGEST, "atomic container signature"));
         let ev = run(&rule(vec![a.key_ref(None)], 1), &[sig]);
-        let because = ev.signatures[0]
-            .rejected_because
-            .as_deref()
-            .unwrap_or_default();
-        assert!(
-            because.contains("type \"atomic container signature\""),
-            "{because}"
-        );
+        let because = ev.signatures[0].rejected_because.as_deref().unwrap_or_default();
+        assert!(because.contains("type \"atomic container signature\""), "{because}");
     }
 
     #[test]
@@ -402,18 +292,10 @@ mod tests {
         let a = Signer::new();
         let (layer, _) = a.sign_for(REPO, OTHER);
         let forged = Bytes::from(payload_json(REPO, DIGEST, payload::COSIGN_SIGNATURE_TYPE));
-        let layer = SignatureLayer {
-            digest: Digest::sha256_of(&forged),
-            ..layer
-        };
+        let layer = SignatureLayer { digest: Digest::sha256_of(&forged), ..layer };
         let ev = run(&rule(vec![a.key_ref(None)], 1), &[(layer, forged)]);
         assert!(!ev.accepted);
-        assert!(
-            ev.signatures[0]
-                .rejected_because
-                .as_deref()
-                .is_some_and(|r| r.contains("does not verify"))
-        );
+        assert!(ev.signatures[0].rejected_because.as_deref().is_some_and(|r| r.contains("does not verify")));
     }
 
     #[test]
@@ -422,10 +304,7 @@ mod tests {
         let (layer, _) = a.sign_for(REPO, DIGEST);
         let other = Bytes::from_static(b"{}");
         let ev = run(&rule(vec![a.key_ref(None)], 1), &[(layer, other)]);
-        assert_eq!(
-            ev.signatures[0].rejected_because.as_deref(),
-            Some("payload blob does not match the layer digest")
-        );
+        assert_eq!(ev.signatures[0].rejected_because.as_deref(), Some("payload blob does not match the layer digest"));
     }
 
     #[test]
@@ -434,10 +313,7 @@ mod tests {
         let ev = run(&rule(vec![a.key_ref(None)], 0), &[]);
         assert!(!ev.accepted);
         assert_eq!(ev.required, 1);
-        assert_eq!(
-            ev.reason,
-            "no signature by a trusted key: no signatures found"
-        );
+        assert_eq!(ev.reason, "no signature by a trusted key: no signatures found");
     }
 
     #[test]

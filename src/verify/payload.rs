@@ -63,20 +63,14 @@ impl SignedPayload {
         if bytes.len() > MAX_PAYLOAD_BYTES {
             return Err(PayloadError::TooLarge { size: bytes.len() });
         }
-        let doc: Document =
-            serde_json::from_slice(bytes).map_err(|e| PayloadError::Malformed(e.to_string()))?;
+        let doc: Document = serde_json::from_slice(bytes).map_err(|e| PayloadError::Malformed(e.to_string()))?;
         let critical = doc.critical;
         if critical.kind != COSIGN_SIGNATURE_TYPE {
             return Err(PayloadError::WrongType(truncated(&critical.kind)));
         }
         let digest = &critical.image.docker_manifest_digest;
-        let manifest_digest = digest
-            .parse::<Digest>()
-            .map_err(|_| PayloadError::BadDigest(truncated(digest)))?;
-        Ok(SignedPayload {
-            docker_reference: critical.identity.docker_reference,
-            manifest_digest,
-        })
+        let manifest_digest = digest.parse::<Digest>().map_err(|_| PayloadError::BadDigest(truncated(digest)))?;
+        Ok(SignedPayload { docker_reference: critical.identity.docker_reference, manifest_digest })
     }
 }
 
@@ -103,10 +97,7 @@ mod tests {
 
     #[test]
     fn parses_cosign_payload() {
-        let p = SignedPayload::parse(
-            doc("registry.example/app", DIGEST, COSIGN_SIGNATURE_TYPE).as_bytes(),
-        )
-        .unwrap();
+        let p = SignedPayload::parse(doc("registry.example/app", DIGEST, COSIGN_SIGNATURE_TYPE).as_bytes()).unwrap();
         assert_eq!(p.docker_reference, "registry.example/app");
         assert_eq!(p.manifest_digest.as_str(), DIGEST);
     }
@@ -121,25 +112,14 @@ mod tests {
 
     #[test]
     fn wrong_type_is_reported_as_such() {
-        let err = SignedPayload::parse(doc("a/b", DIGEST, "atomic container signature").as_bytes())
-            .unwrap_err();
-        assert_eq!(
-            err,
-            PayloadError::WrongType("atomic container signature".into())
-        );
+        let err = SignedPayload::parse(doc("a/b", DIGEST, "atomic container signature").as_bytes()).unwrap_err();
+        assert_eq!(err, PayloadError::WrongType("atomic container signature".into()));
     }
 
     #[test]
     fn bad_digests_are_rejected() {
-        for bad in [
-            "",
-            "sha256:abc",
-            "md5:0123",
-            &DIGEST.to_uppercase(),
-            &format!("{DIGEST}0"),
-        ] {
-            let err = SignedPayload::parse(doc("a/b", bad, COSIGN_SIGNATURE_TYPE).as_bytes())
-                .unwrap_err();
+        for bad in ["", "sha256:abc", "md5:0123", &DIGEST.to_uppercase(), &format!("{DIGEST}0")] {
+            let err = SignedPayload::parse(doc("a/b", bad, COSIGN_SIGNATURE_TYPE).as_bytes()).unwrap_err();
             assert!(matches!(err, PayloadError::BadDigest(_)), "{bad}: {err}");
         }
     }
@@ -157,41 +137,24 @@ mod tests {
             b"{\"critical\":{\"identity\":{\"docker-reference\":1}",
         ];
         for case in cases {
-            assert!(
-                matches!(SignedPayload::parse(case), Err(PayloadError::Malformed(_))),
-                "{case:?}"
-            );
+            assert!(matches!(SignedPayload::parse(case), Err(PayloadError::Malformed(_))), "{case:?}");
         }
     }
 
     #[test]
     fn unknown_critical_fields_and_duplicates_are_rejected() {
-        let extra =
-            doc("a/b", DIGEST, COSIGN_SIGNATURE_TYPE).replace("\"type\"", "\"extra\":1,\"type\"");
-        assert!(matches!(
-            SignedPayload::parse(extra.as_bytes()),
-            Err(PayloadError::Malformed(_))
-        ));
+        let extra = doc("a/b", DIGEST, COSIGN_SIGNATURE_TYPE).replace("\"type\"", "\"extra\":1,\"type\"");
+        assert!(matches!(SignedPayload::parse(extra.as_bytes()), Err(PayloadError::Malformed(_))));
         // A duplicate key must not let a document say two different things to two parsers.
-        let dup = doc("a/b", DIGEST, COSIGN_SIGNATURE_TYPE).replace(
-            "\"identity\"",
-            "\"identity\":{\"docker-reference\":\"evil/x\"},\"identity\"",
-        );
-        assert!(matches!(
-            SignedPayload::parse(dup.as_bytes()),
-            Err(PayloadError::Malformed(_))
-        ));
+        let dup = doc("a/b", DIGEST, COSIGN_SIGNATURE_TYPE)
+            .replace("\"identity\"", "\"identity\":{\"docker-reference\":\"evil/x\"},\"identity\"");
+        assert!(matches!(SignedPayload::parse(dup.as_bytes()), Err(PayloadError::Malformed(_))));
     }
 
     #[test]
     fn oversize_payload_is_rejected_before_parsing() {
         let big = vec![b' '; MAX_PAYLOAD_BYTES + 1];
-        assert_eq!(
-            SignedPayload::parse(&big),
-            Err(PayloadError::TooLarge {
-                size: MAX_PAYLOAD_BYTES + 1
-            })
-        );
+        assert_eq!(SignedPayload::parse(&big), Err(PayloadError::TooLarge { size: MAX_PAYLOAD_BYTES + 1 }));
     }
 
     #[test]
@@ -200,10 +163,7 @@ mod tests {
         let in_optional = doc("a/b", DIGEST, COSIGN_SIGNATURE_TYPE).replace("null", &nested);
         assert!(SignedPayload::parse(in_optional.as_bytes()).is_ok());
         let in_critical = doc("a/b", DIGEST, COSIGN_SIGNATURE_TYPE).replace("\"a/b\"", &nested);
-        assert!(matches!(
-            SignedPayload::parse(in_critical.as_bytes()),
-            Err(PayloadError::Malformed(_))
-        ));
+        assert!(matches!(SignedPayload::parse(in_critical.as_bytes()), Err(PayloadError::Malformed(_))));
     }
 
     #[test]

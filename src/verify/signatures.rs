@@ -36,17 +36,13 @@ pub enum ManifestError {
     TooLarge { size: usize },
     #[error("signature manifest is not valid manifest JSON: {0}")]
     Malformed(String),
-    #[error(
-        "signature manifest has media type {0:?}; expected an OCI image manifest or Docker schema 2 manifest"
-    )]
+    #[error("signature manifest has media type {0:?}; expected an OCI image manifest or Docker schema 2 manifest")]
     UnsupportedMediaType(String),
     #[error("signature manifest is served as {header:?} but declares {body:?}")]
     MediaTypeMismatch { header: String, body: String },
     #[error("signature manifest has schemaVersion {0}, expected 2")]
     SchemaVersion(u64),
-    #[error(
-        "signature manifest has {count} signature layers, more than the limit of {MAX_SIGNATURE_LAYERS}"
-    )]
+    #[error("signature manifest has {count} signature layers, more than the limit of {MAX_SIGNATURE_LAYERS}")]
     TooManyLayers { count: usize },
     #[error("signature layer {index}: {reason}")]
     BadLayer { index: usize, reason: String },
@@ -83,29 +79,19 @@ struct RawLayer {
 /// `content_type` is the Content-Type the registry served the manifest with (may be empty).
 /// Returns the signature layers in manifest order; layers of other media types, and
 /// simplesigning layers without a signature annotation, are skipped.
-pub fn parse_signature_manifest(
-    bytes: &[u8],
-    content_type: &str,
-) -> Result<Vec<SignatureLayer>, ManifestError> {
+pub fn parse_signature_manifest(bytes: &[u8], content_type: &str) -> Result<Vec<SignatureLayer>, ManifestError> {
     if bytes.len() > MAX_MANIFEST_BYTES {
         return Err(ManifestError::TooLarge { size: bytes.len() });
     }
-    let raw: RawManifest =
-        serde_json::from_slice(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+    let raw: RawManifest = serde_json::from_slice(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
     check_media_type(content_type, raw.media_type.as_deref())?;
     if raw.schema_version != 2 {
         return Err(ManifestError::SchemaVersion(raw.schema_version));
     }
-    let candidates: Vec<(usize, &RawValue)> = raw
-        .layers
-        .into_iter()
-        .enumerate()
-        .filter(|(_, layer)| is_signature_layer(layer))
-        .collect();
+    let candidates: Vec<(usize, &RawValue)> =
+        raw.layers.into_iter().enumerate().filter(|(_, layer)| is_signature_layer(layer)).collect();
     if candidates.len() > MAX_SIGNATURE_LAYERS {
-        return Err(ManifestError::TooManyLayers {
-            count: candidates.len(),
-        });
+        return Err(ManifestError::TooManyLayers { count: candidates.len() });
     }
     let mut layers = Vec::with_capacity(candidates.len());
     for (index, value) in candidates {
@@ -124,10 +110,7 @@ fn check_media_type(content_type: &str, body: Option<&str>) -> Result<(), Manife
         header.starts_with("application/vnd.oci.") || header.starts_with("application/vnd.docker.");
     let effective = match body {
         Some(body) if header_is_manifest_type && header != body => {
-            return Err(ManifestError::MediaTypeMismatch {
-                header: header.to_string(),
-                body: body.to_string(),
-            });
+            return Err(ManifestError::MediaTypeMismatch { header: header.to_string(), body: body.to_string() });
         }
         Some(body) => body,
         None => header,
@@ -135,9 +118,7 @@ fn check_media_type(content_type: &str, body: Option<&str>) -> Result<(), Manife
     if effective == OCI_MANIFEST_MEDIA_TYPE || effective == DOCKER_MANIFEST_MEDIA_TYPE {
         Ok(())
     } else {
-        Err(ManifestError::UnsupportedMediaType(
-            effective.chars().take(100).collect(),
-        ))
+        Err(ManifestError::UnsupportedMediaType(effective.chars().take(100).collect()))
     }
 }
 
@@ -152,32 +133,18 @@ fn is_signature_layer(layer: &RawValue) -> bool {
 fn parse_layer(index: usize, value: &RawValue) -> Result<Option<SignatureLayer>, ManifestError> {
     let bad = |reason: String| ManifestError::BadLayer { index, reason };
     let raw: RawLayer = serde_json::from_str(value.get()).map_err(|e| bad(e.to_string()))?;
-    let digest = raw
-        .digest
-        .parse::<Digest>()
-        .map_err(|_| bad("invalid digest".into()))?;
+    let digest = raw.digest.parse::<Digest>().map_err(|_| bad("invalid digest".into()))?;
     if raw.size > MAX_PAYLOAD_BYTES as u64 {
-        return Err(bad(format!(
-            "payload size {} exceeds the {MAX_PAYLOAD_BYTES}-byte limit",
-            raw.size
-        )));
+        return Err(bad(format!("payload size {} exceeds the {MAX_PAYLOAD_BYTES}-byte limit", raw.size)));
     }
     let Some(encoded) = raw.annotations.get(SIGNATURE_ANNOTATION) else {
         return Ok(None);
     };
     if encoded.len() > MAX_SIGNATURE_ANNOTATION_LEN {
-        return Err(bad(format!(
-            "signature annotation is longer than {MAX_SIGNATURE_ANNOTATION_LEN} characters"
-        )));
+        return Err(bad(format!("signature annotation is longer than {MAX_SIGNATURE_ANNOTATION_LEN} characters")));
     }
-    let signature = STANDARD
-        .decode(encoded)
-        .map_err(|_| bad("signature annotation is not valid base64".into()))?;
-    Ok(Some(SignatureLayer {
-        digest,
-        size: raw.size,
-        signature,
-    }))
+    let signature = STANDARD.decode(encoded).map_err(|_| bad("signature annotation is not valid base64".into()))?;
+    Ok(Some(SignatureLayer { digest, size: raw.size, signature }))
 }
 
 #[cfg(test)]
@@ -189,11 +156,9 @@ mod tests {
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
     fn sig_layer(digest: &str, sig: Option<&str>) -> serde_json::Value {
-        let mut layer =
-            json!({"mediaType": SIMPLESIGNING_MEDIA_TYPE, "digest": digest, "size": 250});
+        let mut layer = json!({"mediaType": SIMPLESIGNING_MEDIA_TYPE, "digest": digest, "size": 250});
         if let Some(sig) = sig {
-            layer["annotations"] =
-                json!({ SIGNATURE_ANNOTATION: sig, "dev.sigstore.cosign/bundle": "{}" });
+            layer["annotations"] = json!({ SIGNATURE_ANNOTATION: sig, "dev.sigstore.cosign/bundle": "{}" });
         }
         layer
     }
@@ -220,20 +185,10 @@ mod tests {
             json!({"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json", "digest": D2, "size": 1}),
             sig_layer(D2, Some("/w==")),
         ];
-        let got = parse_signature_manifest(
-            &manifest(Some(OCI_MANIFEST_MEDIA_TYPE), layers),
-            OCI_MANIFEST_MEDIA_TYPE,
-        )
-        .unwrap();
+        let got = parse_signature_manifest(&manifest(Some(OCI_MANIFEST_MEDIA_TYPE), layers), OCI_MANIFEST_MEDIA_TYPE)
+            .unwrap();
         assert_eq!(got.len(), 2);
-        assert_eq!(
-            got[0],
-            SignatureLayer {
-                digest: D1.parse().unwrap(),
-                size: 250,
-                signature: vec![0, 1, 2]
-            }
-        );
+        assert_eq!(got[0], SignatureLayer { digest: D1.parse().unwrap(), size: 250, signature: vec![0, 1, 2] });
         assert_eq!(got[1].signature, vec![0xff]);
     }
 
@@ -241,96 +196,51 @@ mod tests {
     fn accepts_docker_schema2_and_oci_without_media_type_field() {
         let layers = || vec![sig_layer(D1, Some("AAEC"))];
         let docker = manifest(Some(DOCKER_MANIFEST_MEDIA_TYPE), layers());
-        assert_eq!(
-            parse_signature_manifest(&docker, DOCKER_MANIFEST_MEDIA_TYPE)
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(parse_signature_manifest(&docker, DOCKER_MANIFEST_MEDIA_TYPE).unwrap().len(), 1);
         let bare = manifest(None, layers());
         assert_eq!(
-            parse_signature_manifest(
-                &bare,
-                "application/vnd.oci.image.manifest.v1+json; charset=utf-8"
-            )
-            .unwrap()
-            .len(),
+            parse_signature_manifest(&bare, "application/vnd.oci.image.manifest.v1+json; charset=utf-8").unwrap().len(),
             1
         );
         let generic_header = manifest(Some(OCI_MANIFEST_MEDIA_TYPE), layers());
-        assert_eq!(
-            parse_signature_manifest(&generic_header, "application/json")
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(parse_signature_manifest(&generic_header, "application/json").unwrap().len(), 1);
     }
 
     #[test]
     fn rejects_indexes_schema1_and_unknown_types() {
         let index = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
-        assert!(matches!(
-            parse_signature_manifest(index, ""),
-            Err(ManifestError::UnsupportedMediaType(_))
-        ));
+        assert!(matches!(parse_signature_manifest(index, ""), Err(ManifestError::UnsupportedMediaType(_))));
         let v1 = br#"{"schemaVersion":1,"name":"x","fsLayers":[]}"#;
-        let err = parse_signature_manifest(
-            v1,
-            "application/vnd.docker.distribution.manifest.v1+prettyjws",
-        )
-        .unwrap_err();
-        assert!(
-            matches!(err, ManifestError::UnsupportedMediaType(_)),
-            "{err}"
-        );
+        let err =
+            parse_signature_manifest(v1, "application/vnd.docker.distribution.manifest.v1+prettyjws").unwrap_err();
+        assert!(matches!(err, ManifestError::UnsupportedMediaType(_)), "{err}");
         let untyped = manifest(None, vec![]);
-        assert_eq!(
-            parse_signature_manifest(&untyped, ""),
-            Err(ManifestError::UnsupportedMediaType(String::new()))
-        );
+        assert_eq!(parse_signature_manifest(&untyped, ""), Err(ManifestError::UnsupportedMediaType(String::new())));
     }
 
     #[test]
     fn header_and_body_media_types_must_agree() {
         let m = manifest(Some(OCI_MANIFEST_MEDIA_TYPE), vec![]);
         let err = parse_signature_manifest(&m, DOCKER_MANIFEST_MEDIA_TYPE).unwrap_err();
-        assert!(
-            matches!(err, ManifestError::MediaTypeMismatch { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, ManifestError::MediaTypeMismatch { .. }), "{err}");
     }
 
     #[test]
     fn wrong_schema_version_is_rejected() {
         let m = br#"{"schemaVersion":3,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;
-        assert_eq!(
-            parse_signature_manifest(m, ""),
-            Err(ManifestError::SchemaVersion(3))
-        );
+        assert_eq!(parse_signature_manifest(m, ""), Err(ManifestError::SchemaVersion(3)));
     }
 
     #[test]
     fn too_many_signature_layers_is_an_error_not_a_truncation() {
-        let at_cap: Vec<_> = (0..MAX_SIGNATURE_LAYERS)
-            .map(|_| sig_layer(D1, Some("AA==")))
-            .collect();
+        let at_cap: Vec<_> = (0..MAX_SIGNATURE_LAYERS).map(|_| sig_layer(D1, Some("AA=="))).collect();
         assert_eq!(
-            parse_signature_manifest(&manifest(Some(OCI_MANIFEST_MEDIA_TYPE), at_cap), "")
-                .unwrap()
-                .len(),
+            parse_signature_manifest(&manifest(Some(OCI_MANIFEST_MEDIA_TYPE), at_cap), "").unwrap().len(),
             MAX_SIGNATURE_LAYERS
         );
-        let over: Vec<_> = (0..=MAX_SIGNATURE_LAYERS)
-            .map(|_| sig_layer(D1, Some("AA==")))
-            .collect();
-        let err = parse_signature_manifest(&manifest(Some(OCI_MANIFEST_MEDIA_TYPE), over), "")
-            .unwrap_err();
-        assert_eq!(
-            err,
-            ManifestError::TooManyLayers {
-                count: MAX_SIGNATURE_LAYERS + 1
-            }
-        );
+        let over: Vec<_> = (0..=MAX_SIGNATURE_LAYERS).map(|_| sig_layer(D1, Some("AA=="))).collect();
+        let err = parse_signature_manifest(&manifest(Some(OCI_MANIFEST_MEDIA_TYPE), over), "").unwrap_err();
+        assert_eq!(err, ManifestError::TooManyLayers { count: MAX_SIGNATURE_LAYERS + 1 });
     }
 
     #[test]
@@ -339,52 +249,26 @@ mod tests {
             (sig_layer("sha256:nothex", Some("AA==")), "invalid digest"),
             (sig_layer(D1, Some("not base64!")), "base64"),
             (sig_layer(D1, Some(&"A".repeat(5000))), "longer than"),
-            (
-                json!({"mediaType": SIMPLESIGNING_MEDIA_TYPE, "digest": D1, "size": 70_000}),
-                "exceeds",
-            ),
-            (
-                json!({"mediaType": SIMPLESIGNING_MEDIA_TYPE, "digest": D1, "size": -1}),
-                "invalid value",
-            ),
-            (
-                json!({"mediaType": SIMPLESIGNING_MEDIA_TYPE, "size": 1}),
-                "digest",
-            ),
+            (json!({"mediaType": SIMPLESIGNING_MEDIA_TYPE, "digest": D1, "size": 70_000}), "exceeds"),
+            (json!({"mediaType": SIMPLESIGNING_MEDIA_TYPE, "digest": D1, "size": -1}), "invalid value"),
+            (json!({"mediaType": SIMPLESIGNING_MEDIA_TYPE, "size": 1}), "digest"),
         ];
         for (layer, needle) in cases {
             let layers = vec![sig_layer(D2, Some("AA==")), layer];
-            let err =
-                parse_signature_manifest(&manifest(Some(OCI_MANIFEST_MEDIA_TYPE), layers), "")
-                    .unwrap_err();
-            let ManifestError::BadLayer { index: 1, reason } = &err else {
-                panic!("{err:?}")
-            };
+            let err = parse_signature_manifest(&manifest(Some(OCI_MANIFEST_MEDIA_TYPE), layers), "").unwrap_err();
+            let ManifestError::BadLayer { index: 1, reason } = &err else { panic!("{err:?}") };
             assert!(reason.contains(needle), "{needle}: {reason}");
         }
     }
 
     #[test]
     fn garbage_and_oversize_never_panic() {
-        for junk in [
-            &b""[..],
-            b"null",
-            b"[]",
-            b"{\"schemaVersion\":\"2\"}",
-            b"{\"schemaVersion\":2,\"layers\":{}}",
-            b"\xff",
-        ] {
-            assert!(
-                parse_signature_manifest(junk, OCI_MANIFEST_MEDIA_TYPE).is_err(),
-                "{junk:?}"
-            );
+        for junk in
+            [&b""[..], b"null", b"[]", b"{\"schemaVersion\":\"2\"}", b"{\"schemaVersion\":2,\"layers\":{}}", b"\xff"]
+        {
+            assert!(parse_signature_manifest(junk, OCI_MANIFEST_MEDIA_TYPE).is_err(), "{junk:?}");
         }
         let big = vec![b' '; MAX_MANIFEST_BYTES + 1];
-        assert_eq!(
-            parse_signature_manifest(&big, ""),
-            Err(ManifestError::TooLarge {
-                size: MAX_MANIFEST_BYTES + 1
-            })
-        );
+        assert_eq!(parse_signature_manifest(&big, ""), Err(ManifestError::TooLarge { size: MAX_MANIFEST_BYTES + 1 }));
     }
 }

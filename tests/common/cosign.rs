@@ -25,17 +25,12 @@ pub struct TestKey {
 
 impl TestKey {
     pub fn generate() -> TestKey {
-        TestKey {
-            signing: p256::ecdsa::SigningKey::random(&mut rand_core::OsRng),
-        }
+        TestKey { signing: p256::ecdsa::SigningKey::random(&mut rand_core::OsRng) }
     }
 
     /// PEM SubjectPublicKeyInfo, as in cosign.pub.
     pub fn public_pem(&self) -> String {
-        self.signing
-            .verifying_key()
-            .to_public_key_pem(LineEnding::LF)
-            .expect("encode public key")
+        self.signing.verifying_key().to_public_key_pem(LineEnding::LF).expect("encode public key")
     }
 
     pub fn write_public_pem(&self, path: &Path) {
@@ -125,12 +120,7 @@ pub fn signature_manifest(sigs: &[(Vec<u8>, Vec<u8>)]) -> Artifact {
 
 /// Pushes the signatures for `image_digest` to `REGISTRY/REPO:sha256-<hex>.sig` over plain HTTP.
 /// Returns the signature manifest digest.
-pub fn push_signatures(
-    registry: &str,
-    repo: &str,
-    image_digest: &str,
-    sigs: &[(Vec<u8>, Vec<u8>)],
-) -> String {
+pub fn push_signatures(registry: &str, repo: &str, image_digest: &str, sigs: &[(Vec<u8>, Vec<u8>)]) -> String {
     push_signatures_with_creds(registry, repo, image_digest, sigs, None)
 }
 
@@ -143,82 +133,45 @@ pub fn push_signatures_with_creds(
     creds: Option<&str>,
 ) -> String {
     let artifact = signature_manifest(sigs);
-    push_artifact(
-        registry,
-        repo,
-        &signature_tag(image_digest),
-        &artifact,
-        creds,
-    );
+    push_artifact(registry, repo, &signature_tag(image_digest), &artifact, creds);
     artifact.manifest_digest()
 }
 
 /// Writes `artifact` as an OCI layout and copies it with skopeo, digests preserved.
-pub fn push_artifact(
-    registry: &str,
-    repo: &str,
-    tag: &str,
-    artifact: &Artifact,
-    creds: Option<&str>,
-) {
+pub fn push_artifact(registry: &str, repo: &str, tag: &str, artifact: &Artifact, creds: Option<&str>) {
     let work = tempfile::tempdir().expect("temp dir");
     let layout = work.path().join("layout");
     write_oci_layout(&layout, artifact);
     // skopeo must not consult the host's policy, registries or auth files.
     let policy = work.path().join("policy.json");
-    fs::write(
-        &policy,
-        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-    )
-    .expect("write policy");
+    fs::write(&policy, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).expect("write policy");
     fs::write(work.path().join("registries.conf"), "").expect("write registries.conf");
     fs::create_dir_all(work.path().join("registries.d")).expect("create registries.d");
     let mut cmd = Command::new("skopeo");
-    cmd.env(
-        "CONTAINERS_REGISTRIES_CONF",
-        work.path().join("registries.conf"),
-    );
-    cmd.arg("--policy")
-        .arg(&policy)
-        .arg("--registries.d")
-        .arg(work.path().join("registries.d"));
-    cmd.arg("--tmpdir").arg(work.path()).args([
-        "copy",
-        "--quiet",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-    ]);
-    cmd.arg("--dest-authfile")
-        .arg(work.path().join("auth.json"));
+    cmd.env("CONTAINERS_REGISTRIES_CONF", work.path().join("registries.conf"));
+    cmd.arg("--policy").arg(&policy).arg("--registries.d").arg(work.path().join("registries.d"));
+    cmd.arg("--tmpdir").arg(work.path()).args(["copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false"]);
+    cmd.arg("--dest-authfile").arg(work.path().join("auth.json"));
     if let Some(creds) = creds {
         cmd.args(["--dest-creds", creds]);
     }
-    cmd.arg(format!("oci:{}:pushed", layout.display()))
-        .arg(format!("docker://{registry}/{repo}:{tag}"));
+    cmd.arg(format!("oci:{}:pushed", layout.display())).arg(format!("docker://{registry}/{repo}:{tag}"));
     run(cmd, "skopeo copy");
 }
 
 pub fn write_oci_layout(dir: &Path, artifact: &Artifact) {
     let blob_dir = dir.join("blobs").join("sha256");
     fs::create_dir_all(&blob_dir).expect("create blob dir");
-    for blob in artifact
-        .blobs
-        .iter()
-        .chain(std::iter::once(&artifact.manifest))
-    {
+    for blob in artifact.blobs.iter().chain(std::iter::once(&artifact.manifest)) {
         let digest = sha256_digest(blob);
         fs::write(blob_dir.join(&digest["sha256:".len()..]), blob).expect("write blob");
     }
     let mut entry = descriptor(&artifact.media_type, &artifact.manifest);
     entry["annotations"] = json!({"org.opencontainers.image.ref.name": "pushed"});
-    let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [entry]});
-    fs::write(
-        dir.join("index.json"),
-        serde_json::to_vec(&index).expect("serialize index"),
-    )
-    .expect("write index");
-    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
-        .expect("write oci-layout");
+    let index =
+        json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [entry]});
+    fs::write(dir.join("index.json"), serde_json::to_vec(&index).expect("serialize index")).expect("write index");
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("write oci-layout");
 }
 
 /// Uploads a blob (POST for an upload session, then one PUT with the bytes); for hostile
@@ -235,76 +188,36 @@ pub fn put_blob(registry: &str, repo: &str, bytes: &[u8], creds: Option<&str>) -
     let location = headers
         .lines()
         .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("location"))
-                .map(|(_, v)| v.trim().to_string())
+            l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("location")).map(|(_, v)| v.trim().to_string())
         })
         .expect("upload session Location header");
-    let location = if location.starts_with('/') {
-        format!("http://{registry}{location}")
-    } else {
-        location
-    };
+    let location = if location.starts_with('/') { format!("http://{registry}{location}") } else { location };
     let separator = if location.contains('?') { '&' } else { '?' };
-    curl_send(
-        "PUT",
-        &format!("{location}{separator}digest={digest}"),
-        "application/octet-stream",
-        bytes,
-        creds,
-    );
+    curl_send("PUT", &format!("{location}{separator}digest={digest}"), "application/octet-stream", bytes, creds);
     digest
 }
 
 /// PUTs raw manifest bytes under `reference` (tag or digest) with the given Content-Type. The
 /// registry still checks that referenced blobs exist, so put those first with `put_blob`.
-pub fn put_manifest(
-    registry: &str,
-    repo: &str,
-    reference: &str,
-    media_type: &str,
-    bytes: &[u8],
-    creds: Option<&str>,
-) {
+pub fn put_manifest(registry: &str, repo: &str, reference: &str, media_type: &str, bytes: &[u8], creds: Option<&str>) {
     let url = format!("http://{registry}/v2/{repo}/manifests/{reference}");
     curl_send("PUT", &url, media_type, bytes, creds);
 }
 
-pub fn push_artifact_http(
-    registry: &str,
-    repo: &str,
-    reference: &str,
-    artifact: &Artifact,
-    creds: Option<&str>,
-) {
+pub fn push_artifact_http(registry: &str, repo: &str, reference: &str, artifact: &Artifact, creds: Option<&str>) {
     for blob in &artifact.blobs {
         put_blob(registry, repo, blob, creds);
     }
-    put_manifest(
-        registry,
-        repo,
-        reference,
-        &artifact.media_type,
-        &artifact.manifest,
-        creds,
-    );
+    put_manifest(registry, repo, reference, &artifact.media_type, &artifact.manifest, creds);
 }
 
 /// Returns the response headers followed by the body.
-fn curl_send(
-    method: &str,
-    url: &str,
-    content_type: &str,
-    body: &[u8],
-    creds: Option<&str>,
-) -> String {
+fn curl_send(method: &str, url: &str, content_type: &str, body: &[u8], creds: Option<&str>) -> String {
     let file = tempfile::NamedTempFile::new().expect("temp file");
     fs::write(file.path(), body).expect("write request body");
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--fail-with-body", "-D", "-", "-X", method, "-H"])
-        .arg(format!("Content-Type: {content_type}"));
-    cmd.arg("--data-binary")
-        .arg(format!("@{}", file.path().display()));
+    cmd.args(["-sS", "--fail-with-body", "-D", "-", "-X", method, "-H"]).arg(format!("Content-Type: {content_type}"));
+    cmd.arg("--data-binary").arg(format!("@{}", file.path().display()));
     if let Some(creds) = creds {
         cmd.args(["-u", creds]);
     }
@@ -322,11 +235,8 @@ pub struct HttpResponse {
 pub fn http_get(url: &str, accept: &str, creds: Option<&str>) -> HttpResponse {
     let out = tempfile::NamedTempFile::new().expect("temp file");
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-L", "-H"])
-        .arg(format!("Accept: {accept}"));
-    cmd.arg("-o")
-        .arg(out.path())
-        .args(["-w", "%{http_code}\n%{content_type}"]);
+    cmd.args(["-sS", "-L", "-H"]).arg(format!("Accept: {accept}"));
+    cmd.arg("-o").arg(out.path()).args(["-w", "%{http_code}\n%{content_type}"]);
     if let Some(creds) = creds {
         cmd.args(["-u", creds]);
     }
@@ -341,9 +251,7 @@ pub fn http_get(url: &str, accept: &str, creds: Option<&str>) -> HttpResponse {
 }
 
 fn run(mut cmd: Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

@@ -29,25 +29,16 @@ impl Request {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(&name.to_ascii_lowercase())
-            .map(String::as_str)
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
     }
 
     /// Query parameters, or form fields for a urlencoded POST body.
     pub fn params(&self) -> HashMap<String, String> {
         let raw = match self.method.as_str() {
             "POST" => String::from_utf8_lossy(&self.body).into_owned(),
-            _ => self
-                .target
-                .split_once('?')
-                .map(|(_, q)| q.to_owned())
-                .unwrap_or_default(),
+            _ => self.target.split_once('?').map(|(_, q)| q.to_owned()).unwrap_or_default(),
         };
-        raw.split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (decode(k), decode(v)))
-            .collect()
+        raw.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (decode(k), decode(v))).collect()
     }
 }
 
@@ -57,9 +48,7 @@ fn decode(s: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
         match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
             (b'%', Some(b)) => {
                 out.push(b);
@@ -87,22 +76,18 @@ pub enum Reply {
     /// 200 with no length, then bytes until the client hangs up.
     Endless,
     /// Headers (with this Content-Length) and then silence.
-    StallAfterHeaders { content_length: usize },
+    StallAfterHeaders {
+        content_length: usize,
+    },
 }
 
 impl Reply {
     pub fn status(status: u16) -> Reply {
-        Reply::Full {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
+        Reply::Full { status, headers: Vec::new(), body: Vec::new() }
     }
 
     pub fn ok(content_type: &str, body: &[u8]) -> Reply {
-        Reply::status(200)
-            .header("Content-Type", content_type)
-            .body(body)
+        Reply::status(200).header("Content-Type", content_type).body(body)
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Reply {
@@ -130,9 +115,7 @@ pub struct FakeRegistry {
 }
 
 impl FakeRegistry {
-    pub async fn start(
-        handler: impl Fn(&Request) -> Reply + Send + Sync + 'static,
-    ) -> FakeRegistry {
+    pub async fn start(handler: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> FakeRegistry {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -145,12 +128,7 @@ impl FakeRegistry {
                 tokio::spawn(serve(stream, handler.clone(), log2.clone()));
             }
         });
-        FakeRegistry {
-            addr,
-            log,
-            connections,
-            accept_task,
-        }
+        FakeRegistry { addr, log, connections, accept_task }
     }
 
     /// "127.0.0.1:<port>", the registry part of image references.
@@ -163,10 +141,7 @@ impl FakeRegistry {
     }
 
     pub fn count(&self, path_prefix: &str) -> usize {
-        self.requests()
-            .iter()
-            .filter(|r| r.path().starts_with(path_prefix))
-            .count()
+        self.requests().iter().filter(|r| r.path().starts_with(path_prefix)).count()
     }
 
     pub fn connections(&self) -> usize {
@@ -185,11 +160,7 @@ async fn serve(mut stream: TcpStream, handler: Arc<Handler>, log: Arc<Mutex<Vec<
     while let Some(request) = read_request(&mut stream, &mut buffered).await {
         log.lock().unwrap().push(request.clone());
         let keep_going = match handler(&request) {
-            Reply::Full {
-                status,
-                headers,
-                body,
-            } => write_full(&mut stream, status, &headers, &body).await,
+            Reply::Full { status, headers, body } => write_full(&mut stream, status, &headers, &body).await,
             Reply::Endless => write_endless(&mut stream).await,
             Reply::StallAfterHeaders { content_length } => stall(&mut stream, content_length).await,
         };
@@ -217,22 +188,14 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Reque
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
     while buf.len() < len {
         if read_more(stream, buf).await == 0 {
             return None;
         }
     }
     let body = buf.drain(..len).collect();
-    Some(Request {
-        method,
-        target,
-        headers,
-        body,
-    })
+    Some(Request { method, target, headers, body })
 }
 
 async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> usize {
@@ -254,17 +217,8 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-async fn write_full(
-    stream: &mut TcpStream,
-    status: u16,
-    headers: &[(String, String)],
-    body: &[u8],
-) -> bool {
-    let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\n",
-        reason(status),
-        body.len()
-    );
+async fn write_full(stream: &mut TcpStream, status: u16, headers: &[(String, String)], body: &[u8]) -> bool {
+    let mut out = format!("HTTP/1.1 {status} {}\r\nContent-Length: {}\r\n", reason(status), body.len());
     for (name, value) in headers {
         out.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -275,7 +229,8 @@ async fn write_full(
 }
 
 async fn write_endless(stream: &mut TcpStream) -> bool {
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n\r\n";
+    let head =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n\r\n";
     if stream.write_all(head.as_bytes()).await.is_err() {
         return false;
     }

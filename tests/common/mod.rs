@@ -7,6 +7,6 @@ pub mod front;
 pub mod lab;
 pub mod matrix;
 pub mod metrics;
-pub mod pullgate;
 pub mod process;
+pub mod pullgate;
 pub mod raw;

@@ -12,7 +12,14 @@ pub struct Daemon {
 /// Writes a config and policy under `dir` and starts `bin serve` on it; returns once the
 /// socket is bound. `policy` is the TOML of one policy file; `files` are extra files (keys)
 /// for the policy directory.
-pub fn start(bin: &str, dir: &Path, upstream: &Path, policy: &str, files: &[(&str, &str)], insecure: &[String]) -> Daemon {
+pub fn start(
+    bin: &str,
+    dir: &Path,
+    upstream: &Path,
+    policy: &str,
+    files: &[(&str, &str)],
+    insecure: &[String],
+) -> Daemon {
     let policy_dir = dir.join("policy.d");
     std::fs::create_dir_all(&policy_dir).expect("policy dir");
     std::fs::write(policy_dir.join("policy.toml"), policy).expect("policy");
