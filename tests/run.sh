@@ -10,6 +10,11 @@ command -v systemd-analyze >/dev/null || { apt-get update -qq && apt-get install
 # tests/install.rs runs `make install` into a temp dir.
 command -v make >/dev/null || { apt-get update -qq && apt-get install -y -qq make; }
 
+# Formatting is part of the build's contract (rustfmt.toml); checked where rustfmt is installed.
+if cargo fmt --version >/dev/null 2>&1; then
+    cargo fmt --check
+fi
+
 # The README's demo runs start to finish first, so cargo's summary is the suite's last word.
 bash tests/demo.sh
 
