@@ -18,6 +18,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// What `push_image_with` puts under the tag (see tests/lab/mkimage.py).
+#[derive(Clone, Copy, Debug)]
+pub enum Format {
+    /// One OCI image manifest (what `push_image` pushes).
+    Oci,
+    /// An OCI image index listing the host platform's manifest and one other platform's.
+    OciIndex,
+    /// One Docker schema2 manifest with Docker config and layer media types.
+    Docker,
+}
+
 pub struct Lab {
     pub dir: tempfile::TempDir,
     /// containerd's gRPC socket (CRI is served here too).
@@ -76,6 +87,17 @@ fn install_once() {
     }
 }
 
+/// Run `lab.sh push-image ...` and return the digest it prints last.
+fn push_args(args: &[&str]) -> String {
+    let out = lab_sh(args);
+    let digest = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "lab.sh push-image printed no digest; stdout was:\n{out}"
+    );
+    digest.to_string()
+}
+
 fn read_env(dir: &Path) -> HashMap<String, String> {
     let path = dir.join("lab.env");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
@@ -132,13 +154,19 @@ impl Lab {
         if let Some(c) = &creds_arg {
             args.extend(["--creds", c.as_str()]);
         }
-        let out = lab_sh(&args);
-        let digest = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-        assert!(
-            digest.starts_with("sha256:") && digest.len() == 71,
-            "lab.sh push-image printed no digest; stdout was:\n{out}"
-        );
-        digest.to_string()
+        push_args(&args)
+    }
+
+    /// Like `push_image`, in the given format; returns the digest of the top-level manifest or
+    /// index as the registry serves it.
+    pub fn push_image_with(&self, name_tag: &str, seed: &str, format: Format) -> String {
+        let mut args = vec!["push-image", self.dir_str(), &self.registry, name_tag, seed];
+        match format {
+            Format::Oci => {}
+            Format::OciIndex => args.push("--index"),
+            Format::Docker => args.push("--docker"),
+        }
+        push_args(&args)
     }
 
     /// Stop containerd only (registries keep running). Its socket goes away.

@@ -9,6 +9,7 @@
 #   lab.sh containerd-stop DIR
 #   lab.sh containerd-start DIR
 #   lab.sh push-image DIR REGISTRY_HOSTPORT NAME:TAG SEED [--creds USER:PASS] [--layer-bytes N]
+#          [--index | --docker]   (an OCI image index / Docker schema2 media types; see mkimage.py)
 #
 # Nothing here touches the host's containerd (/run/containerd, /var/lib/containerd,
 # /etc/containerd) and nothing reaches past loopback. State lives in DIR/lab.env
@@ -35,7 +36,7 @@ if [[ -x /usr/bin/python3 ]]; then PY=/usr/bin/python3; else PY=python3; fi
 
 die() { echo "lab.sh: $*" >&2; exit 1; }
 log() { echo "lab.sh: $*" >&2; }
-usage() { sed -n '2,13p' "$SELF" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,14p' "$SELF" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 # ---------------------------------------------------------------- processes --
 
@@ -571,12 +572,15 @@ host_arch() {
 cmd_push_image() {
     set_dir "${1:-}"
     (($# >= 4)) || usage
-    local registry="$2" ref="$3" seed="$4" creds="" layer_bytes=0
+    local registry="$2" ref="$3" seed="$4" creds="" layer_bytes=0 kind=() all=() src=oci
     shift 4
     while (($#)); do
         case "$1" in
             --creds) creds="${2:?--creds needs USER:PASS}"; shift 2 ;;
             --layer-bytes) layer_bytes="${2:?}"; shift 2 ;;
+            # --all: copy the index and every manifest in it, not just the host's.
+            --index) kind+=(--index); all=(--all); shift ;;
+            --docker) kind+=(--docker); src=dir; shift ;;
             *) usage ;;
         esac
     done
@@ -597,18 +601,21 @@ cmd_push_image() {
     # shellcheck disable=SC2064 # expand $layout now
     trap "rm -rf '$layout'" EXIT
     digest="$("$PY" "$HERE/mkimage.py" --arch "${LAB_IMAGE_ARCH:-$(host_arch)}" \
-        --layer-bytes "$layer_bytes" "$layout" "$tag" "$seed")"
+        --layer-bytes "$layer_bytes" ${kind[@]+"${kind[@]}"} "$layout" "$tag" "$seed")"
 
     local args=(--policy "$DIR/skopeo/policy.json" --registries.d "$DIR/skopeo/registries.d"
-        --tmpdir "$DIR/skopeo/tmp" copy --quiet --retry-times 2
+        --tmpdir "$DIR/skopeo/tmp" copy --quiet --retry-times 2 ${all[@]+"${all[@]}"}
         # Push the manifest bytes as built so the digest printed below is the
         # digest the registry (and containerd) will report.
         --preserve-digests --dest-tls-verify=false
         --dest-authfile "$DIR/skopeo/auth.json")
     [[ -n "$creds" ]] && args+=(--dest-creds "$creds")
+    # mkimage.py --docker writes skopeo's dir: format (oci: reads only OCI media types).
+    local source="oci:$layout:$tag"
+    [[ "$src" == dir ]] && source="dir:$layout"
     # skopeo's chatter goes to stderr: stdout carries only the digest.
     CONTAINERS_REGISTRIES_CONF="$DIR/skopeo/registries.conf" \
-        skopeo "${args[@]}" "oci:$layout:$tag" "docker://$registry/$name:$tag" >&2 ||
+        skopeo "${args[@]}" "$source" "docker://$registry/$name:$tag" >&2 ||
         die "skopeo failed to push $registry/$name:$tag"
 
     "$PY" "$HERE/labutil.py" verify-manifest "$registry" "$name" "$tag" "$digest" ${creds:+"$creds"}

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Build a tiny single-layer OCI image as an OCI image layout (stdlib only).
+"""Build a tiny single-layer image as an OCI image layout (stdlib only).
 
-Usage: mkimage.py [--arch ARCH] [--os OS] [--layer-bytes N] LAYOUT_DIR TAG SEED
+Usage: mkimage.py [--arch ARCH] [--os OS] [--layer-bytes N] [--index | --docker]
+                   LAYOUT_DIR TAG SEED
 
 The layer is a gzip'd tar holding `pullgate-lab/seed` (its text depends on
 SEED) and, with --layer-bytes, `pullgate-lab/filler` (N bytes derived from
@@ -13,7 +14,14 @@ SEED always yields the same manifest digest and different seeds yield
 different digests. That lets tests push the "same" image twice and expect
 the same digest, and needs no network or container tooling.
 
-Prints the manifest digest ("sha256:...") on stdout. That digest is computed
+By default TAG names one OCI image manifest. --index tags an OCI image index
+instead, listing that manifest for ARCH plus a second platform (so a client
+really has to pick one); --docker writes Docker schema2 media types throughout
+(manifest, config, layer), as `docker push` does. skopeo's oci: transport only
+reads OCI media types, so --docker writes LAYOUT_DIR in skopeo's dir: format
+(manifest.json plus blobs named by hex digest) instead; push it as dir:LAYOUT_DIR.
+
+Prints the digest of what TAG names ("sha256:...") on stdout. That digest is computed
 over the exact manifest bytes stored in the layout, which are what the
 registry serves as long as the copy preserves them (skopeo --preserve-digests).
 """
@@ -31,6 +39,9 @@ MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_CONFIG = "application/vnd.oci.image.config.v1+json"
 MT_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 MT_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 # A fixed timestamp keeps the config (and so every digest) reproducible.
 EPOCH = "1970-01-01T00:00:00Z"
 
@@ -95,11 +106,71 @@ def write_blob(layout: str, data: bytes) -> str:
     return digest
 
 
+def build_manifest(layout: str, arch: str, os_name: str, seed: str, layer: bytes, tar: bytes,
+                   docker: bool) -> bytes:
+    config = canonical_json({
+        "architecture": arch,
+        "os": os_name,
+        "created": EPOCH,
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Labels": {"dev.pullgate.lab.seed": seed},
+        },
+        # diff_ids are digests of the *uncompressed* layer tars.
+        "rootfs": {"type": "layers", "diff_ids": [sha256(tar)]},
+        "history": [{"created": EPOCH, "created_by": "pullgate tests/lab/mkimage.py"}],
+    })
+    config_digest = write_blob(layout, config)
+    mt_manifest, mt_config, mt_layer = (
+        (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER) if docker else (MT_MANIFEST, MT_CONFIG, MT_LAYER))
+    manifest = canonical_json({
+        "schemaVersion": 2,
+        "mediaType": mt_manifest,
+        "config": {"mediaType": mt_config, "digest": config_digest, "size": len(config)},
+        "layers": [{"mediaType": mt_layer, "digest": sha256(layer), "size": len(layer)}],
+    })
+    write_blob(layout, manifest)
+    return manifest
+
+
+def write_dir_transport(layout: str, manifest: bytes, blobs) -> None:
+    # skopeo's dir: format takes the manifest bytes as they are, whatever their media type.
+    for data in blobs:
+        with open(os.path.join(layout, sha256(data).split(":", 1)[1]), "wb") as f:
+            f.write(data)
+    with open(os.path.join(layout, "manifest.json"), "wb") as f:
+        f.write(manifest)
+    with open(os.path.join(layout, "version"), "w") as f:
+        f.write("Directory Transport Version: 1.1\n")
+
+
+def write_oci_layout(layout: str, top: dict, tag: str) -> None:
+    # skopeo's oci:LAYOUT:TAG reference resolves through this name.
+    top["annotations"] = {"org.opencontainers.image.ref.name": tag}
+    layout_index = {"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": [top]}
+    with open(os.path.join(layout, "index.json"), "wb") as f:
+        f.write(canonical_json(layout_index))
+    with open(os.path.join(layout, "oci-layout"), "wb") as f:
+        f.write(canonical_json({"imageLayoutVersion": "1.0.0"}))
+
+
+def platform_entry(manifest: bytes, media_type: str, arch: str, os_name: str) -> dict:
+    return {
+        "mediaType": media_type,
+        "digest": sha256(manifest),
+        "size": len(manifest),
+        "platform": {"architecture": arch, "os": os_name},
+    }
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="amd64")
     p.add_argument("--os", default="linux")
     p.add_argument("--layer-bytes", type=int, default=0)
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--index", action="store_true")
+    kind.add_argument("--docker", action="store_true")
     p.add_argument("layout")
     p.add_argument("tag")
     p.add_argument("seed")
@@ -109,48 +180,30 @@ def main() -> int:
 
     tar = build_layer(a.seed, a.layer_bytes)
     layer = gzip_bytes(tar)
-    layer_digest = write_blob(a.layout, layer)
+    write_blob(a.layout, layer)
 
-    config = canonical_json({
-        "architecture": a.arch,
-        "os": a.os,
-        "created": EPOCH,
-        "config": {
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Labels": {"dev.pullgate.lab.seed": a.seed},
-        },
-        # diff_ids are digests of the *uncompressed* layer tars.
-        "rootfs": {"type": "layers", "diff_ids": [sha256(tar)]},
-        "history": [{"created": EPOCH, "created_by": "pullgate tests/lab/mkimage.py"}],
-    })
-    config_digest = write_blob(a.layout, config)
+    manifest = build_manifest(a.layout, a.arch, a.os, a.seed, layer, tar, a.docker)
+    top_type = DOCKER_MANIFEST if a.docker else MT_MANIFEST
+    top = platform_entry(manifest, top_type, a.arch, a.os)
+    if a.index:
+        # A second platform whose config differs only in architecture: a client
+        # that ignored the platform list would get a different image id.
+        other = "arm64" if a.arch != "arm64" else "amd64"
+        other_manifest = build_manifest(a.layout, other, a.os, a.seed, layer, tar, False)
+        index = canonical_json({
+            "schemaVersion": 2,
+            "mediaType": MT_INDEX,
+            "manifests": [top, platform_entry(other_manifest, MT_MANIFEST, other, a.os)],
+        })
+        top = {"mediaType": MT_INDEX, "digest": write_blob(a.layout, index), "size": len(index)}
 
-    manifest = canonical_json({
-        "schemaVersion": 2,
-        "mediaType": MT_MANIFEST,
-        "config": {"mediaType": MT_CONFIG, "digest": config_digest, "size": len(config)},
-        "layers": [{"mediaType": MT_LAYER, "digest": layer_digest, "size": len(layer)}],
-    })
-    manifest_digest = write_blob(a.layout, manifest)
-
-    index = {
-        "schemaVersion": 2,
-        "mediaType": MT_INDEX,
-        "manifests": [{
-            "mediaType": MT_MANIFEST,
-            "digest": manifest_digest,
-            "size": len(manifest),
-            "platform": {"architecture": a.arch, "os": a.os},
-            # skopeo's oci:LAYOUT:TAG reference resolves through this name.
-            "annotations": {"org.opencontainers.image.ref.name": a.tag},
-        }],
-    }
-    with open(os.path.join(a.layout, "index.json"), "wb") as f:
-        f.write(canonical_json(index))
-    with open(os.path.join(a.layout, "oci-layout"), "wb") as f:
-        f.write(canonical_json({"imageLayoutVersion": "1.0.0"}))
-
-    print(manifest_digest)
+    if a.docker:
+        config_blob = json.loads(manifest)["config"]["digest"].split(":", 1)[1]
+        with open(os.path.join(a.layout, "blobs", "sha256", config_blob), "rb") as f:
+            write_dir_transport(a.layout, manifest, [f.read(), layer])
+    else:
+        write_oci_layout(a.layout, top, a.tag)
+    print(top["digest"])
     return 0
 
 

@@ -1,0 +1,112 @@
+//! pullgate verifies and pins whatever a tag names, not just a single OCI manifest: an OCI image
+//! index (containerd then picks the host's platform from it) and a Docker schema2 manifest too.
+//! The signed digest is always the top-level one the registry serves for the tag.
+
+mod common;
+
+use common::cosign::{self, TestKey};
+use common::cri;
+use common::front;
+use common::lab::{Format, Lab};
+use pullgate::config::Config;
+use pullgate::cri::proto::ImageStatusRequest;
+
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// The CRI image id containerd should record for `repo@digest`: the config digest of the
+/// manifest itself, or, for an index, of its linux/amd64 entry's manifest.
+async fn expected_image_id(registry: &str, repo: &str, digest: &str) -> String {
+    let (mut body, media_type) = front::manifest(registry, repo, digest).await;
+    if media_type == INDEX {
+        let index: serde_json::Value = serde_json::from_slice(&body).expect("index JSON");
+        let entry = index["manifests"]
+            .as_array()
+            .expect("index manifests")
+            .iter()
+            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
+            .expect("a linux/amd64 entry in the index");
+        let platform_digest = entry["digest"].as_str().expect("entry digest");
+        body = front::manifest(registry, repo, platform_digest).await.0;
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&body).expect("manifest JSON");
+    manifest["config"]["digest"].as_str().expect("config digest").to_owned()
+}
+
+fn sign(lab: &Lab, key: &TestKey, repo: &str, digest: &str) {
+    let payload = cosign::payload(&format!("{}/{repo}", lab.registry), digest);
+    cosign::push_signatures(&lab.registry, repo, digest, &[(payload.clone(), key.sign_payload(&payload))]);
+}
+
+async fn start_pullgate(lab: &Lab, key: &TestKey) -> common::pullgate::Running {
+    let policy = format!("[[rule]]\nscope = \"{}/media\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n", lab.registry);
+    let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
+    config.registry.insecure = vec![lab.registry.clone()];
+    let pem = key.public_pem();
+    common::pullgate::start_with(config, &[("a.pub", &pem), ("policy.toml", &policy)]).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_index_docker_and_oci_manifests_are_pulled_pinned_and_tagged() {
+    let lab = Lab::start();
+    let key = TestKey::generate();
+    let cases = [
+        ("media/oci", Format::Oci, "application/vnd.oci.image.manifest.v1+json"),
+        ("media/index", Format::OciIndex, INDEX),
+        ("media/docker", Format::Docker, DOCKER_MANIFEST),
+    ];
+    let mut pushed = Vec::new();
+    for (repo, format, media_type) in cases {
+        let digest = lab.push_image_with(&format!("{repo}:v1"), repo, format);
+        let (body, served_type) = front::manifest(&lab.registry, repo, "v1").await;
+        assert_eq!(served_type, media_type, "{repo}: the registry serves another media type");
+        assert_eq!(cosign::sha256_digest(&body), digest, "{repo}: push-image printed another digest");
+        sign(&lab, &key, repo, &digest);
+        pushed.push((repo, digest.clone(), expected_image_id(&lab.registry, repo, &digest).await));
+    }
+    let pullgate = start_pullgate(&lab, &key).await;
+
+    let mut images = cri::images(&pullgate.socket);
+    for (repo, digest, image_id) in pushed {
+        let image = format!("{}/{repo}:v1", lab.registry);
+        let pulled = images.pull_image(cri::pull_request(&image, None)).await;
+        let image_ref = pulled
+            .unwrap_or_else(|s| panic!("{image} rejected: {}\n{}", s.message(), lab.logs()))
+            .into_inner()
+            .image_ref;
+        assert_eq!(image_ref, image_id, "{image}: containerd stored another image than the verified one");
+        let request = ImageStatusRequest { image: cri::spec(&image), verbose: false };
+        let status = cri::images(&lab.containerd_sock).image_status(request).await.unwrap().into_inner();
+        let shown = status.image.unwrap_or_else(|| panic!("{image} not visible under its tag after the pull"));
+        assert_eq!(shown.id, image_ref, "{image}");
+        assert!(shown.repo_tags.contains(&image), "{image}: {:?}", shown.repo_tags);
+        // Pinned to the verified top-level digest (the index's, not a platform manifest's).
+        let pinned = format!("{}/{repo}@{digest}", lab.registry);
+        assert!(shown.repo_digests.contains(&pinned), "{image}: {:?}", shown.repo_digests);
+    }
+    pullgate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsigned_index_is_rejected() {
+    let lab = Lab::start();
+    let key = TestKey::generate();
+    let digest = lab.push_image_with("media/unsigned:v1", "unsigned", Format::OciIndex);
+    // Signing one platform's manifest is not signing the index the tag names.
+    let (index, _) = front::manifest(&lab.registry, "media/unsigned", &digest).await;
+    let index: serde_json::Value = serde_json::from_slice(&index).expect("index JSON");
+    let platform_digest = index["manifests"][0]["digest"].as_str().expect("entry digest").to_owned();
+    sign(&lab, &key, "media/unsigned", &platform_digest);
+    let pullgate = start_pullgate(&lab, &key).await;
+
+    let image = format!("{}/media/unsigned:v1", lab.registry);
+    let status = cri::images(&pullgate.socket).pull_image(cri::pull_request(&image, None)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unknown, "{status:?}");
+    assert!(status.message().starts_with("SignatureValidationFailed: "), "{}", status.message());
+    assert!(status.message().contains(&image), "{}", status.message());
+    assert!(status.message().contains("no signatures found"), "{}", status.message());
+    let request = ImageStatusRequest { image: cri::spec(&image), verbose: false };
+    let shown = cri::images(&lab.containerd_sock).image_status(request).await.unwrap().into_inner().image;
+    assert!(shown.is_none(), "a rejected image reached containerd: {shown:?}");
+    pullgate.stop().await;
+}
