@@ -32,8 +32,7 @@ fn start_pullgate(dir: &Path, lab: &Lab, key: &TestKey) -> Daemon {
 fn signed_image(lab: &Lab, key: &TestKey, name: &str) -> String {
     let repo = format!("bench/{name}");
     let digest = lab.push_image(&format!("{repo}:v1"), name);
-    let payload = cosign::payload(&format!("{}/{repo}", lab.registry), &digest);
-    cosign::push_signatures(&lab.registry, &repo, &digest, &[(payload.clone(), key.sign_payload(&payload))]);
+    cosign::sign_and_push(&lab.registry, &repo, &digest, key, None);
     format!("{}/{repo}:v1", lab.registry)
 }
 

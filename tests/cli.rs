@@ -284,9 +284,7 @@ async fn verify_fetches_signatures_with_the_given_credentials() {
     let registry = lab.auth_registry.clone().expect("auth registry");
     let key = TestKey::generate();
     let digest = lab.push_image_to(&registry, "private/app:v1", "private", Some((USER, PASSWORD)));
-    let payload = cosign::payload(&format!("{registry}/private/app"), &digest);
-    let sigs = [(payload.clone(), key.sign_payload(&payload))];
-    cosign::push_signatures_with_creds(&registry, "private/app", &digest, &sigs, Some(&format!("{USER}:{PASSWORD}")));
+    cosign::sign_and_push(&registry, "private/app", &digest, &key, Some(&format!("{USER}:{PASSWORD}")));
     let policy = format!("[[rule]]\nscope = \"{registry}/private\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");
     let node = Node::new(&registry, &[("a.pub", &key.public_pem()), ("policy.toml", &policy)], None);
     let image = format!("{registry}/private/app:v1");

@@ -18,9 +18,7 @@ async fn credentials_from_the_pull_request_reach_the_registry_and_never_an_error
     let registry = lab.auth_registry.clone().expect("auth registry");
     let key = TestKey::generate();
     let digest = lab.push_image_to(&registry, "private/app:v1", "private", Some((USER, PASSWORD)));
-    let payload = cosign::payload(&format!("{registry}/private/app"), &digest);
-    let sigs = [(payload.clone(), key.sign_payload(&payload))];
-    cosign::push_signatures_with_creds(&registry, "private/app", &digest, &sigs, Some(&format!("{USER}:{PASSWORD}")));
+    cosign::sign_and_push(&registry, "private/app", &digest, &key, Some(&format!("{USER}:{PASSWORD}")));
 
     let policy = format!("[[rule]]\nscope = \"{registry}/private\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");
     let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };

@@ -261,3 +261,11 @@ fn run(mut cmd: Command, what: &str) -> String {
     );
     stdout
 }
+
+/// Signs `digest` of `registry/repo` with `key` (the payload names `registry/repo`, as cosign
+/// does) and pushes the signature beside it; `creds` is "user:password" for a private registry.
+pub fn sign_and_push(registry: &str, repo: &str, digest: &str, key: &TestKey, creds: Option<&str>) {
+    let payload = payload(&format!("{registry}/{repo}"), digest);
+    let sigs = [(payload.clone(), key.sign_payload(&payload))];
+    push_signatures_with_creds(registry, repo, digest, &sigs, creds);
+}
