@@ -361,12 +361,13 @@ proptest! {
 
 fn pull_request() -> impl Strategy<Value = PullImageRequest> {
     let annotations = prop::collection::hash_map(any::<String>(), any::<String>(), 0..3);
-    let spec = (any::<String>(), annotations, any::<String>(), any::<String>()).prop_map(
-        |(image, annotations, user, handler)| ImageSpec {
+    let spec = (any::<String>(), annotations, any::<String>(), any::<String>(), any::<String>()).prop_map(
+        |(image, annotations, user, handler, image_ref)| ImageSpec {
             image,
             annotations,
             user_specified_image: user,
             runtime_handler: handler,
+            image_ref,
         },
     );
     let auth = (any::<String>(), any::<String>(), any::<String>()).prop_map(|(username, password, registry_token)| {
