@@ -86,3 +86,42 @@ async fn malformed_pull_request_is_refused_without_reaching_upstream() {
     assert!(upstream.calls.lock().unwrap().is_empty());
     pullgate.stop().await;
 }
+
+#[tokio::test]
+async fn a_large_body_is_relayed_whole_in_both_directions() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_socket = dir.path().join("upstream.sock");
+    let upstream = RecordingUpstream::start(&upstream_socket);
+    let pullgate = common::pullgate::start(&upstream_socket).await;
+
+    // Larger than every flow-control window on the way (1 MiB towards pullgate, 2 MiB towards
+    // the upstream), so the relay has to wait for window updates in both directions.
+    let message: Vec<u8> = (0..5 * 1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    let body = raw::frame(&message);
+    let response = raw::call(&pullgate.socket, "/runtime.v1.ImageService/ListImages", body.clone(), &[]).await;
+
+    assert_eq!(upstream.calls.lock().unwrap()[0].body.len(), body.len());
+    assert!(upstream.calls.lock().unwrap()[0].body == body, "request body changed on the way");
+    assert!(response.body == body, "echoed body changed on the way back");
+    assert_eq!(response.grpc_status(), Some("5"));
+    pullgate.stop().await;
+}
+
+#[tokio::test]
+async fn a_call_the_client_abandons_is_cancelled_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_socket = dir.path().join("upstream.sock");
+    // The upstream records a call only once it has answered; a cancelled call never is.
+    let upstream = RecordingUpstream::start_delayed(&upstream_socket, raw::Delay(Duration::from_millis(600)));
+    let pullgate = common::pullgate::start(&upstream_socket).await;
+
+    let call = raw::call(&pullgate.socket, "/runtime.v1.ImageService/ListImages", raw::frame(&[]), &[]);
+    assert!(tokio::time::timeout(Duration::from_millis(150), call).await.is_err(), "answered before the delay");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(upstream.calls.lock().unwrap().is_empty(), "the abandoned call still ran to the end upstream");
+
+    // The same call left alone is answered and recorded, so the check above can fail.
+    raw::call(&pullgate.socket, "/runtime.v1.ImageService/ListImages", raw::frame(&[]), &[]).await;
+    assert_eq!(upstream.calls.lock().unwrap().len(), 1);
+    pullgate.stop().await;
+}

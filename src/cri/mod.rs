@@ -1,10 +1,13 @@
 //! The CRI edge: the socket the kubelet talks to, the relay to containerd, and PullImage
 //! interception.
 
+pub mod body;
 pub mod health;
 pub mod observe;
 pub mod proxy;
 pub mod pull;
+pub mod relay;
+pub mod respond;
 pub mod server;
 pub mod socket;
 pub mod status;

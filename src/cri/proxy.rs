@@ -1,24 +1,24 @@
 //! Routes each incoming call: PullImage through the gate, health checks to pullgate's own
 //! health service, everything else straight upstream.
 
-use std::convert::Infallible;
+use std::future::poll_fn;
 use std::sync::Arc;
 
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
 use tokio::sync::watch;
-use tonic::Status;
-use tonic::body::BoxBody;
 use tonic_health::pb::health_server::HealthServer;
 use tower::ServiceExt;
 
+use crate::cri::body::RecvBody;
 use crate::cri::health::{self, Health};
 use crate::cri::observe::CallLog;
-use crate::cri::pull;
 use crate::cri::tagger::Tagger;
 use crate::cri::upstream::Upstream;
+use crate::cri::{pull, relay, respond};
 use crate::decision::PullGate;
-use crate::metrics::Metrics;
+use crate::metrics::{CallOutcome, Metrics};
 
 pub struct Proxy<G> {
     gate: G,
@@ -36,26 +36,33 @@ impl<G: PullGate> Proxy<G> {
         Arc::new(Proxy { gate, upstream, tagger, health, metrics })
     }
 
-    pub async fn handle(
-        self: Arc<Self>,
-        request: http::Request<Incoming>,
-    ) -> Result<http::Response<BoxBody>, Infallible> {
+    pub async fn handle(self: Arc<Self>, request: http::Request<RecvStream>, respond: SendResponse<Bytes>) {
         let path = request.uri().path();
         let log = CallLog::start(path, &self.metrics);
-        let response = if path == pull::PATH {
-            pull::Puller { upstream: &self.upstream, tagger: &self.tagger }.handle(&self.gate, request).await
+        let outcome = if path == pull::PATH {
+            let puller = pull::Puller { upstream: &self.upstream, tagger: &self.tagger };
+            self.answer(respond, puller.handle(&self.gate, request.map(RecvBody::new))).await
         } else if path.starts_with(health::PREFIX) {
-            let Ok(response) = self.health.clone().oneshot(request).await;
-            response
+            let health = self.health.clone().oneshot(request.map(RecvBody::new));
+            self.answer(respond, async move { health.await.unwrap_or_else(|never| match never {}) }).await
         } else {
-            self.passthrough(request).await
+            // Relayed without looking inside: bodies, metadata and trailers go as they are.
+            relay::relay(&self.upstream, request, respond).await
         };
-        Ok(log.finish(response))
+        log.end(outcome);
     }
 
-    /// Relays the call without looking inside: bodies, metadata and trailers go as they are.
-    async fn passthrough(&self, request: http::Request<Incoming>) -> http::Response<BoxBody> {
-        let request = request.map(|body| body.map_err(|e| Status::from_error(Box::new(e))).boxed_unsync());
-        self.upstream.call(request).await
+    /// Sends the answer pullgate works out, unless the kubelet gives up first: then the work
+    /// (a verification, say) is dropped rather than finished for nobody.
+    async fn answer(
+        &self,
+        mut respond: SendResponse<Bytes>,
+        answer: impl Future<Output = http::Response<tonic::body::BoxBody>>,
+    ) -> CallOutcome {
+        let response = tokio::select! {
+            response = answer => response,
+            _ = poll_fn(|cx| respond.poll_reset(cx)) => return CallOutcome::Aborted,
+        };
+        respond::send(respond, response).await
     }
 }

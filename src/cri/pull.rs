@@ -2,11 +2,11 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use prost::Message;
 use tonic::Status;
 use tonic::body::BoxBody;
 
+use crate::cri::body::RecvBody;
 use crate::cri::proto::{AuthConfig, PullImageRequest, PullImageResponse};
 use crate::cri::tagger::{TagError, Tagger};
 use crate::cri::upstream::Upstream;
@@ -43,7 +43,7 @@ pub struct Puller<'a> {
 }
 
 impl Puller<'_> {
-    pub async fn handle<G: PullGate>(&self, gate: &G, request: http::Request<Incoming>) -> http::Response<BoxBody> {
+    pub async fn handle<G: PullGate>(&self, gate: &G, request: http::Request<RecvBody>) -> http::Response<BoxBody> {
         let (parts, body) = request.into_parts();
         let (admission, body) = match admit(gate, body).await {
             Ok(admitted) => admitted,
@@ -92,7 +92,7 @@ fn replay(data: Bytes, trailers: Option<http::HeaderMap>) -> BoxBody {
     body.with_trailers(std::future::ready(trailers.map(Ok))).boxed_unsync()
 }
 
-async fn admit<G: PullGate>(gate: &G, body: Incoming) -> Result<(Admission, Bytes), PullError> {
+async fn admit<G: PullGate>(gate: &G, body: RecvBody) -> Result<(Admission, Bytes), PullError> {
     let body =
         Limited::new(body, MAX_REQUEST_BYTES).collect().await.map_err(|e| PullError::Body(e.to_string()))?.to_bytes();
     let message = wire::unframe(&body)?;

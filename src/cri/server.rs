@@ -4,12 +4,19 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::UnixListener;
+use bytes::Bytes;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::cri::proxy::Proxy;
 use crate::decision::PullGate;
+
+/// Settings for the kubelet side, as hyper's HTTP/2 server chose them: the kubelet's requests
+/// are small, so a 16 KiB header list and 200 calls in flight per connection are generous.
+const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
+const MAX_CONCURRENT_STREAMS: u32 = 200;
+const WINDOW_BYTES: u32 = 1 << 20;
 
 /// Serves until `shutdown` resolves, then gives in-flight calls up to `grace` to finish.
 /// Returns whether every call finished within the grace period.
@@ -19,33 +26,57 @@ pub async fn run<G: PullGate>(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> bool {
-    let graceful = GracefulShutdown::new();
+    let (draining, drain_seen) = watch::channel(false);
+    let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => serve_connection(&graceful, stream, proxy.clone()),
+                Ok((stream, _)) => {
+                    connections.spawn(serve_connection(stream, proxy.clone(), drain_seen.clone()));
+                }
                 // Accept errors (e.g. EMFILE) are per-connection; the listener stays usable.
                 Err(error) => tracing::warn!(%error, "accept failed"),
             },
+            // Reap finished connections so the set does not grow with every kubelet restart.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = &mut shutdown => break,
         }
     }
     drop(listener);
-    let in_flight = graceful.count();
-    tracing::info!(connections = in_flight, "draining");
-    tokio::time::timeout(grace, graceful.shutdown()).await.is_ok()
+    tracing::info!(connections = connections.len(), "draining");
+    let _ = draining.send(true);
+    tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await.is_ok()
 }
 
-fn serve_connection<G: PullGate>(graceful: &GracefulShutdown, stream: tokio::net::UnixStream, proxy: Arc<Proxy<G>>) {
-    let service = hyper::service::service_fn(move |request| proxy.clone().handle(request));
+/// Serves one connection until the kubelet closes it or, after a drain begins, until its calls
+/// in flight have finished (h2 sends GOAWAY and stops accepting new ones).
+async fn serve_connection<G: PullGate>(stream: UnixStream, proxy: Arc<Proxy<G>>, mut draining: watch::Receiver<bool>) {
+    let handshake = h2::server::Builder::new()
+        .max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_window_size(WINDOW_BYTES)
+        .initial_connection_window_size(WINDOW_BYTES)
+        .handshake::<_, Bytes>(stream);
     // gRPC is HTTP/2 only; the kubelet speaks it with prior knowledge.
-    let connection =
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service);
-    let connection = graceful.watch(connection);
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "connection closed with error");
+    let mut connection = match handshake.await {
+        Ok(connection) => connection,
+        Err(error) => return tracing::debug!(%error, "HTTP/2 handshake failed"),
+    };
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            accepted = connection.accept() => match accepted {
+                Some(Ok((request, respond))) => {
+                    tokio::spawn(proxy.clone().handle(request, respond));
+                }
+                Some(Err(error)) => return tracing::debug!(%error, "connection closed with error"),
+                None => return,
+            },
+            Ok(_) = draining.wait_for(|draining| *draining), if !shutting_down => {
+                shutting_down = true;
+                connection.graceful_shutdown();
+            }
         }
-    });
+    }
 }

@@ -1,0 +1,56 @@
+//! Passthrough: one call relayed between the kubelet's stream and a stream to containerd.
+//!
+//! Headers, messages and trailers are copied as they are, in both directions at once (server
+//! streaming calls such as GetContainerEvents keep flowing). A reset on either side is passed
+//! to the other, so a kubelet that gives up cancels the call in containerd too.
+
+use std::future::poll_fn;
+
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+
+use crate::cri::body::{self, RecvBody};
+use crate::cri::respond;
+use crate::cri::upstream::Upstream;
+use crate::metrics::CallOutcome;
+
+/// Relays the call and returns how it ended, for the call log.
+pub async fn relay(
+    upstream: &Upstream,
+    request: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) -> CallOutcome {
+    let (parts, inbound) = request.into_parts();
+    let request_ended = inbound.is_end_stream();
+    let (response, mut outbound) = match upstream.open(parts, request_ended).await {
+        Ok(opened) => opened,
+        Err(status) => return respond::status(&mut respond, status),
+    };
+    let request_side = async move {
+        if let Err(error) = body::send(RecvBody::new(inbound), &mut outbound).await {
+            outbound.send_reset(error.reason());
+        }
+    };
+    let response_side = async move {
+        let response = tokio::select! {
+            response = response => response,
+            // The kubelet gave up before containerd answered; dropping the call cancels it.
+            _ = poll_fn(|cx| respond.poll_reset(cx)) => return CallOutcome::Aborted,
+        };
+        match response {
+            Ok(response) => respond::send(respond, response.map(RecvBody::new)).await,
+            Err(error) => respond::status(&mut respond, upstream.unavailable(&error)),
+        }
+    };
+    tokio::pin!(request_side, response_side);
+    if !request_ended {
+        tokio::select! {
+            biased;
+            // The answer decides when the call is over; a request still being sent then is moot.
+            outcome = &mut response_side => return outcome,
+            () = &mut request_side => {}
+        }
+    }
+    response_side.await
+}
