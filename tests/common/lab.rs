@@ -138,6 +138,16 @@ impl Lab {
         }
     }
 
+    /// Starts a registry serving HTTPS with a certificate for 127.0.0.1 from a lab CA that
+    /// containerd trusts (certs.d); returns its address and the CA's PEM file.
+    pub fn start_tls_registry(&self) -> (String, PathBuf) {
+        lab_sh(&["start-tls-registry", self.dir_str()]);
+        let env = read_env(self.dir.path());
+        let get =
+            |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned().unwrap_or_else(|| panic!("lab.env has no {k}"));
+        (get("TLS_REGISTRY"), PathBuf::from(get("TLS_REGISTRY_CA")))
+    }
+
     fn dir_str(&self) -> &str {
         self.dir.path().to_str().expect("utf-8 temp dir")
     }

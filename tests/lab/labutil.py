@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Small stdlib-only helpers for lab.sh (so the lab needs no curl/apache2-utils).
+"""Small helpers for lab.sh (so the lab needs no curl/apache2-utils); stdlib only, except
+tls-cert, which uses python3-cryptography (installed with the lab).
 
   labutil.py free-port
       Print a TCP port on 127.0.0.1 that is free right now.
@@ -8,14 +9,21 @@
   labutil.py registry-ready HOST:PORT
       Exit 0 when GET /v2/ answers like a registry (200, or 401 when auth is on).
   labutil.py verify-manifest HOST:PORT NAME TAG DIGEST [USER:PASS]
-      Fetch the manifest over plain HTTP and check that the sha256 of the body
-      (and the Docker-Content-Digest header) equal DIGEST.
+      Fetch the manifest and check that the sha256 of the body (and the
+      Docker-Content-Digest header) equal DIGEST.
+  labutil.py tls-cert DIR
+      Write DIR/ca.pem, and DIR/cert.pem + DIR/key.pem for 127.0.0.1 signed by it.
+
+With LAB_DIR set, a registry whose DIR/certs.d/HOST:PORT/ca.pem exists is spoken to over
+HTTPS, trusting that CA; any other over plain HTTP.
 """
 
 import base64
 import hashlib
+import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -56,14 +64,73 @@ def htpasswd(user: str, password: str) -> str:
     raise SystemExit("labutil.py: no bcrypt: python3 lacks crypt and htpasswd is not installed")
 
 
-def _no_proxy_opener():
+def _tls_ca(hostport: str):
+    """The CA a lab TLS registry's certificate chains to, or None for a plain-HTTP one."""
+    lab_dir = os.environ.get("LAB_DIR")
+    if not lab_dir:
+        return None
+    ca = os.path.join(lab_dir, "certs.d", hostport, "ca.pem")
+    return ca if os.path.exists(ca) else None
+
+
+def _base(hostport: str) -> str:
+    return f"{'https' if _tls_ca(hostport) else 'http'}://{hostport}"
+
+
+def _no_proxy_opener(hostport: str = None):
     # Ignore any http_proxy in the environment: the lab is loopback-only.
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    handlers = [urllib.request.ProxyHandler({})]
+    ca = _tls_ca(hostport) if hostport else None
+    if ca:
+        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=ca)))
+    return urllib.request.build_opener(*handlers)
+
+
+def tls_cert(directory: str) -> None:
+    """Writes ca.pem, and cert.pem/key.pem for 127.0.0.1 signed by that CA, into directory."""
+    import datetime
+    import ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=2)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pullgate lab CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(start).not_valid_after(end)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    os.makedirs(directory, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    with open(os.path.join(directory, "ca.pem"), "wb") as f:
+        f.write(ca.public_bytes(pem))
+    with open(os.path.join(directory, "cert.pem"), "wb") as f:
+        f.write(cert.public_bytes(pem))
+    with open(os.path.join(directory, "key.pem"), "wb") as f:
+        f.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 
 
 def registry_ready(hostport: str) -> bool:
     try:
-        with _no_proxy_opener().open(f"http://{hostport}/v2/", timeout=2) as r:
+        with _no_proxy_opener(hostport).open(f"{_base(hostport)}/v2/", timeout=2) as r:
             return r.status == 200
     except urllib.error.HTTPError as e:
         return e.code == 401 and e.headers.get("Docker-Distribution-Api-Version") is not None
@@ -72,7 +139,7 @@ def registry_ready(hostport: str) -> bool:
 
 
 def verify_manifest(hostport: str, name: str, tag: str, digest: str, creds: str = None) -> None:
-    req = urllib.request.Request(f"http://{hostport}/v2/{name}/manifests/{tag}")
+    req = urllib.request.Request(f"{_base(hostport)}/v2/{name}/manifests/{tag}")
     req.add_header("Accept", ", ".join([
         "application/vnd.oci.image.manifest.v1+json",
         "application/vnd.oci.image.index.v1+json",
@@ -81,7 +148,7 @@ def verify_manifest(hostport: str, name: str, tag: str, digest: str, creds: str 
     ]))
     if creds:
         req.add_header("Authorization", "Basic " + base64.b64encode(creds.encode()).decode())
-    with _no_proxy_opener().open(req, timeout=10) as r:
+    with _no_proxy_opener(hostport).open(req, timeout=10) as r:
         body = r.read()
         header = r.headers.get("Docker-Content-Digest")
     got = "sha256:" + hashlib.sha256(body).hexdigest()
@@ -100,6 +167,8 @@ def main(argv) -> int:
         print(free_port())
     elif cmd == "htpasswd" and len(args) == 2:
         print(htpasswd(*args))
+    elif cmd == "tls-cert" and len(args) == 1:
+        tls_cert(args[0])
     elif cmd == "registry-ready" and len(args) == 1:
         return 0 if registry_ready(args[0]) else 1
     elif cmd == "verify-manifest" and len(args) in (4, 5):
