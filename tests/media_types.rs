@@ -1,5 +1,6 @@
 //! pullgate verifies and pins whatever a tag names, not just a single OCI manifest: an OCI image
-//! index (containerd then picks the host's platform from it) and a Docker schema2 manifest too.
+//! index or a Docker manifest list (containerd then picks the host's platform from it) and a
+//! Docker schema2 manifest too.
 //! The signed digest is always the top-level one the registry serves for the tag.
 
 mod common;
@@ -13,12 +14,13 @@ use pullgate::cri::proto::ImageStatusRequest;
 
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// The CRI image id containerd should record for `repo@digest`: the config digest of the
 /// manifest itself, or, for an index, of its linux/amd64 entry's manifest.
 async fn expected_image_id(registry: &str, repo: &str, digest: &str) -> String {
     let (mut body, media_type) = front::manifest(registry, repo, digest).await;
-    if media_type == INDEX {
+    if media_type == INDEX || media_type == DOCKER_LIST {
         let index: serde_json::Value = serde_json::from_slice(&body).expect("index JSON");
         let entry = index["manifests"]
             .as_array()
@@ -47,7 +49,7 @@ async fn start_pullgate(lab: &Lab, key: &TestKey) -> common::pullgate::Running {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn signed_index_docker_and_oci_manifests_are_pulled_pinned_and_tagged() {
+async fn signed_index_list_docker_and_oci_manifests_are_pulled_pinned_and_tagged() {
     let lab = Lab::start();
     let key = TestKey::generate();
     let cases = [
@@ -64,6 +66,13 @@ async fn signed_index_docker_and_oci_manifests_are_pulled_pinned_and_tagged() {
         sign(&lab, &key, repo, &digest);
         pushed.push((repo, digest.clone(), expected_image_id(&lab.registry, repo, &digest).await));
     }
+    let list_digest = push_docker_list(&lab, "media/list").await;
+    sign(&lab, &key, "media/list", &list_digest);
+    pushed.push((
+        "media/list",
+        list_digest.clone(),
+        expected_image_id(&lab.registry, "media/list", &list_digest).await,
+    ));
     let pullgate = start_pullgate(&lab, &key).await;
 
     let mut images = cri::images(&pullgate.socket);
@@ -85,6 +94,28 @@ async fn signed_index_docker_and_oci_manifests_are_pulled_pinned_and_tagged() {
         assert!(shown.repo_digests.contains(&pinned), "{image}: {:?}", shown.repo_digests);
     }
     pullgate.stop().await;
+}
+
+/// Pushes a Docker schema2 image, then a Docker manifest list naming it for linux/amd64 under
+/// `repo:v1` (skopeo's layouts cannot carry one as it is); returns the list's digest.
+async fn push_docker_list(lab: &Lab, repo: &str) -> String {
+    let platform_digest = lab.push_image_with(&format!("{repo}:platform"), repo, Format::Docker);
+    let (manifest, _) = front::manifest(&lab.registry, repo, &platform_digest).await;
+    let list = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": DOCKER_LIST,
+        "manifests": [{
+            "mediaType": DOCKER_MANIFEST,
+            "digest": platform_digest,
+            "size": manifest.len(),
+            "platform": {"architecture": "amd64", "os": "linux"},
+        }],
+    }))
+    .expect("serialize the list");
+    cosign::put_manifest(&lab.registry, repo, "v1", DOCKER_LIST, &list, None);
+    let (served, served_type) = front::manifest(&lab.registry, repo, "v1").await;
+    assert_eq!((served_type.as_str(), &served[..]), (DOCKER_LIST, &list[..]), "the registry changed the list");
+    cosign::sha256_digest(&list)
 }
 
 #[tokio::test(flavor = "multi_thread")]
