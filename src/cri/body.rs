@@ -82,18 +82,29 @@ impl SendError {
     }
 }
 
-/// Sends `body` into `to` to its end, trailers included, and returns the gRPC status code the
-/// trailers carried, if any.
+/// Sends `body` into `to` to its end, trailers included. `last` is called with the gRPC status
+/// code of the trailers (if any) just before the final frame is queued, so whatever it records
+/// is in place before the peer can see the end of the call.
 ///
 /// Data waits for flow-control capacity, except the first chunk: waiting for it would send the
 /// message in a second write after the headers, waking the peer twice for a unary call. One
 /// chunk is at most one frame of the sending peer, so the excess it buffers is bounded.
-pub async fn send<B>(body: B, to: &mut SendStream<Bytes>) -> Result<Option<tonic::Code>, SendError>
+pub async fn send<B>(
+    body: B,
+    to: &mut SendStream<Bytes>,
+    last: impl FnOnce(Option<tonic::Code>),
+) -> Result<(), SendError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     let mut body = std::pin::pin!(body);
+    let mut last = Some(last);
+    let mut finish = |code| {
+        if let Some(last) = last.take() {
+            last(code);
+        }
+    };
     let mut first = true;
     loop {
         let frame = poll_fn(|cx| {
@@ -105,8 +116,9 @@ where
         })
         .await?;
         let Some(frame) = frame else {
+            finish(None);
             to.send_data(Bytes::new(), true).map_err(SendError::Sink)?;
-            return Ok(None);
+            return Ok(());
         };
         match frame.into_data() {
             Ok(data) => {
@@ -115,16 +127,19 @@ where
                 }
                 first = false;
                 let end = body.is_end_stream();
+                if end {
+                    finish(None);
+                }
                 to.send_data(data, end).map_err(SendError::Sink)?;
                 if end {
-                    return Ok(None);
+                    return Ok(());
                 }
             }
             Err(frame) => {
                 let Ok(trailers) = frame.into_trailers() else { continue };
-                let code = grpc_code(&trailers);
+                finish(grpc_code(&trailers));
                 to.send_trailers(trailers).map_err(SendError::Sink)?;
-                return Ok(code);
+                return Ok(());
             }
         }
     }

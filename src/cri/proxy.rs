@@ -39,30 +39,29 @@ impl<G: PullGate> Proxy<G> {
     pub async fn handle(self: Arc<Self>, request: http::Request<RecvStream>, respond: SendResponse<Bytes>) {
         let path = request.uri().path();
         let log = CallLog::start(path, &self.metrics);
-        let outcome = if path == pull::PATH {
+        if path == pull::PATH {
             let puller = pull::Puller { upstream: &self.upstream, tagger: &self.tagger };
-            self.answer(respond, puller.handle(&self.gate, request.map(RecvBody::new))).await
+            answer(respond, puller.handle(&self.gate, request.map(RecvBody::new)), log).await;
         } else if path.starts_with(health::PREFIX) {
             let health = self.health.clone().oneshot(request.map(RecvBody::new));
-            self.answer(respond, async move { health.await.unwrap_or_else(|never| match never {}) }).await
+            answer(respond, async move { health.await.unwrap_or_else(|never| match never {}) }, log).await;
         } else {
             // Relayed without looking inside: bodies, metadata and trailers go as they are.
-            relay::relay(&self.upstream, request, respond).await
-        };
-        log.end(outcome);
+            relay::relay(&self.upstream, request, respond, log).await;
+        }
     }
+}
 
-    /// Sends the answer pullgate works out, unless the kubelet gives up first: then the work
-    /// (a verification, say) is dropped rather than finished for nobody.
-    async fn answer(
-        &self,
-        mut respond: SendResponse<Bytes>,
-        answer: impl Future<Output = http::Response<tonic::body::BoxBody>>,
-    ) -> CallOutcome {
-        let response = tokio::select! {
-            response = answer => response,
-            _ = poll_fn(|cx| respond.poll_reset(cx)) => return CallOutcome::Aborted,
-        };
-        respond::send(respond, response).await
-    }
+/// Sends the answer pullgate works out, unless the kubelet gives up first: then the work (a
+/// verification, say) is dropped rather than finished for nobody.
+async fn answer(
+    mut respond: SendResponse<Bytes>,
+    answer: impl Future<Output = http::Response<tonic::body::BoxBody>>,
+    log: CallLog,
+) {
+    let response = tokio::select! {
+        response = answer => response,
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => return log.end(CallOutcome::Aborted),
+    };
+    respond::send(respond, response, log).await
 }

@@ -11,24 +11,26 @@ use h2::RecvStream;
 use h2::server::SendResponse;
 
 use crate::cri::body::{self, RecvBody};
+use crate::cri::observe::CallLog;
 use crate::cri::respond;
 use crate::cri::upstream::Upstream;
 use crate::metrics::CallOutcome;
 
-/// Relays the call and returns how it ended, for the call log.
+/// Relays the call; `log` records how it ended.
 pub async fn relay(
     upstream: &Upstream,
     request: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-) -> CallOutcome {
+    log: CallLog,
+) {
     let (parts, inbound) = request.into_parts();
     let request_ended = inbound.is_end_stream();
     let (response, mut outbound) = match upstream.open(parts, request_ended).await {
         Ok(opened) => opened,
-        Err(status) => return respond::status(&mut respond, status),
+        Err(status) => return respond::status(&mut respond, status, log),
     };
     let request_side = async move {
-        if let Err(error) = body::send(RecvBody::new(inbound), &mut outbound).await {
+        if let Err(error) = body::send(RecvBody::new(inbound), &mut outbound, |_| {}).await {
             outbound.send_reset(error.reason());
         }
     };
@@ -36,11 +38,11 @@ pub async fn relay(
         let response = tokio::select! {
             response = response => response,
             // The kubelet gave up before containerd answered; dropping the call cancels it.
-            _ = poll_fn(|cx| respond.poll_reset(cx)) => return CallOutcome::Aborted,
+            _ = poll_fn(|cx| respond.poll_reset(cx)) => return log.end(CallOutcome::Aborted),
         };
         match response {
-            Ok(response) => respond::send(respond, response.map(RecvBody::new)).await,
-            Err(error) => respond::status(&mut respond, upstream.unavailable(&error)),
+            Ok(response) => respond::send(respond, response.map(RecvBody::new), log).await,
+            Err(error) => respond::status(&mut respond, upstream.unavailable(&error), log),
         }
     };
     tokio::pin!(request_side, response_side);
@@ -48,7 +50,7 @@ pub async fn relay(
         tokio::select! {
             biased;
             // The answer decides when the call is over; a request still being sent then is moot.
-            outcome = &mut response_side => return outcome,
+            () = &mut response_side => return,
             () = &mut request_side => {}
         }
     }

@@ -93,7 +93,7 @@ impl Upstream {
             Ok(opened) => opened,
             Err(status) => return status.into_http(),
         };
-        if !end && let Err(error) = body::send(request_body, &mut send).await {
+        if !end && let Err(error) = body::send(request_body, &mut send, |_| {}).await {
             return self.unavailable(&error).into_http();
         }
         match response.await {
