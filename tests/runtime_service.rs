@@ -496,25 +496,12 @@ fn sampled_sandbox(stats: &mut PodSandboxStats) {
     }
 }
 
-/// containerd gives a sandbox an oom_score_adj of -998, which takes CAP_SYS_RESOURCE to set;
-/// machines (and CI sandboxes) without it fail every RunPodSandbox. Restricting the score to
-/// containerd's own keeps the test independent of that capability.
-fn restrict_oom_score_adj(lab: &Lab) {
-    let path = lab.dir.path().join("containerd/config.toml");
-    let config = std::fs::read_to_string(&path).expect("lab containerd config");
-    let section = "[plugins.\"io.containerd.grpc.v1.cri\"]\n";
-    assert!(config.contains(section), "no CRI section in {}", path.display());
-    let config = config.replacen(section, &format!("{section}    restrict_oom_score_adj = true\n"), 1);
-    lab.stop_containerd();
-    std::fs::write(&path, config).expect("write lab containerd config");
-    lab.start_containerd();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_running_pod_looks_the_same_both_ways() {
     let cgroup_parent = CgroupParent::new();
+    // The lab's containerd restricts sandboxes' oom_score_adj, so this runs without
+    // CAP_SYS_RESOURCE (see tests/lab/lab.sh).
     let lab = Lab::start();
-    restrict_oom_score_adj(&lab);
     // The lab's containerd takes its sandbox (pause) image from here.
     let image = format!("{}/pullgate-lab/pause:lab", lab.registry);
     cosign::push_artifact_http(&lab.registry, "pullgate-lab/pause", "lab", &sleeper_image(), None);

@@ -389,6 +389,9 @@ disabled_plugins = [
     # Never pulled by the image-service tests, but point it at the lab
     # registry anyway so no code path can reach the internet for a pause image.
     sandbox_image = "$sandbox_image"
+    # Sandboxes otherwise get an oom_score_adj of -998, which takes CAP_SYS_RESOURCE to set;
+    # machines (and CI sandboxes) without it would fail every RunPodSandbox.
+    restrict_oom_score_adj = true
     # The CRI streaming server (exec/attach/port-forward) listens on TCP:
     # pinned to loopback and a kernel-chosen port (1.6's defaults, spelled out
     # so two labs never collide and nothing listens beyond 127.0.0.1).
