@@ -119,3 +119,31 @@ async fn a_call_the_client_abandons_is_cancelled_upstream() {
     assert_eq!(upstream.calls.lock().unwrap().len(), 1);
     pullgate.stop().await;
 }
+
+#[tokio::test]
+async fn oversized_metadata_is_refused_before_it_reaches_the_upstream() {
+    let (_dir, upstream, pullgate) = relay_to_recorder(raw::Delay::default()).await;
+    let stream = tokio::net::UnixStream::connect(&pullgate.socket).await.unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    // 64 KiB of metadata: four times the header list pullgate accepts from the kubelet.
+    let request = http::Request::post("http://localhost/runtime.v1.ImageService/ListImages")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-padding", "a".repeat(64 * 1024))
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    let _ = body.send_data(raw::frame(&[]), true);
+    match tokio::time::timeout(Duration::from_secs(5), response).await.expect("no answer within 5s") {
+        Ok(response) => assert_eq!(response.status(), 431, "{response:?}"),
+        Err(error) => assert!(error.is_reset() || error.is_go_away(), "{error}"),
+    }
+    assert!(upstream.calls.lock().unwrap().is_empty(), "the oversized call was relayed");
+
+    // The daemon keeps serving.
+    raw::call(&pullgate.socket, "/runtime.v1.ImageService/ListImages", raw::frame(&[]), &[]).await;
+    assert_eq!(upstream.calls.lock().unwrap().len(), 1);
+    pullgate.stop().await;
+}
