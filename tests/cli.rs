@@ -247,11 +247,8 @@ async fn verify_names_the_key_behind_each_signature_or_why_it_did_not_count() {
 async fn verify_judges_policy_json_and_notes_audit_mode() {
     let lab = Lab::start();
     let keys = Keys::generate();
-    matrix::populate(&lab, &keys);
     let dir = tempfile::tempdir().unwrap();
-    let key_path = dir.path().join("a.pub");
-    keys.a.write_public_pem(&key_path);
-    let json = matrix::containers_policy_json(&lab.registry, &key_path);
+    let json = matrix::populate_for_policy_json(&lab, &keys, dir.path());
     let node = Node::new(&lab.registry, &[], Some(&json));
     for &(repo, accepted, words) in &matrix::policy_json_rows() {
         let run = node.verify(&image(&lab, repo), &[]);

@@ -73,11 +73,8 @@ async fn native_policy_matrix() {
 async fn containers_policy_json_gives_the_same_verdicts() {
     let lab = Lab::start();
     let keys = Keys::generate();
-    matrix::populate(&lab, &keys);
     let dir = tempfile::tempdir().unwrap();
-    let key_path = dir.path().join("a.pub");
-    keys.a.write_public_pem(&key_path);
-    let policy = matrix::containers_policy_json(&lab.registry, &key_path);
+    let policy = matrix::populate_for_policy_json(&lab, &keys, dir.path());
     let policy_json = dir.path().join("policy.json");
     std::fs::write(&policy_json, serde_json::to_vec_pretty(&policy).unwrap()).unwrap();
     let mut config = config(&lab);

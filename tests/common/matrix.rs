@@ -121,8 +121,17 @@ require = "reject"
     )
 }
 
+/// The matrix's images pushed to `lab`, key A written into `dir`, and the matrix policy in its
+/// containers-policy.json form, naming that key file.
+pub fn populate_for_policy_json(lab: &Lab, keys: &Keys, dir: &Path) -> serde_json::Value {
+    populate(lab, keys);
+    let key_path = dir.join("a.pub");
+    keys.a.write_public_pem(&key_path);
+    containers_policy_json(&lab.registry, &key_path)
+}
+
 /// The same rules in containers-policy.json, as far as it can say them; `key_path` holds A.
-pub fn containers_policy_json(registry: &str, key_path: &Path) -> serde_json::Value {
+fn containers_policy_json(registry: &str, key_path: &Path) -> serde_json::Value {
     serde_json::json!({
         "default": [{"type": "reject"}],
         "transports": {"docker": {
