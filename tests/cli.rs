@@ -8,10 +8,11 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::cosign::{self, TestKey};
+use common::cosign::TestKey;
 use common::cri;
 use common::lab::Lab;
 use common::matrix::{self, Keys, MATRIX, Row};
+use common::private;
 use pullgate::config::Config;
 use serde_json::Value;
 
@@ -277,14 +278,9 @@ async fn verify_judges_policy_json_and_notes_audit_mode() {
 async fn verify_fetches_signatures_with_the_given_credentials() {
     const USER: &str = "operator";
     const PASSWORD: &str = "pa55-w0rd";
-    let lab = Lab::start_with_auth(USER, PASSWORD);
-    let registry = lab.auth_registry.clone().expect("auth registry");
-    let key = TestKey::generate();
-    let digest = lab.push_image_to(&registry, "private/app:v1", "private", Some((USER, PASSWORD)));
-    cosign::sign_and_push(&registry, "private/app", &digest, &key, Some(&format!("{USER}:{PASSWORD}")));
-    let policy = format!("[[rule]]\nscope = \"{registry}/private\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");
+    let private::PrivateImage { lab: _lab, registry, image, digest, key, policy } =
+        private::signed_image(USER, PASSWORD);
     let node = Node::new(&registry, &[("a.pub", &key.public_pem()), ("policy.toml", &policy)], None);
-    let image = format!("{registry}/private/app:v1");
 
     let anonymous = node.verify(&image, &[]);
     assert_eq!(anonymous.code, 1, "{}", anonymous.stdout);

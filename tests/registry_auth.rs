@@ -3,9 +3,8 @@
 
 mod common;
 
-use common::cosign::{self, TestKey};
 use common::cri;
-use common::lab::Lab;
+use common::private;
 use pullgate::config::Config;
 use pullgate::cri::proto::AuthConfig;
 
@@ -14,19 +13,13 @@ const PASSWORD: &str = "s3cret-Pa55";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn credentials_from_the_pull_request_reach_the_registry_and_never_an_error() {
-    let lab = Lab::start_with_auth(USER, PASSWORD);
-    let registry = lab.auth_registry.clone().expect("auth registry");
-    let key = TestKey::generate();
-    let digest = lab.push_image_to(&registry, "private/app:v1", "private", Some((USER, PASSWORD)));
-    cosign::sign_and_push(&registry, "private/app", &digest, &key, Some(&format!("{USER}:{PASSWORD}")));
+    let private::PrivateImage { lab, registry, image, key, policy, .. } = private::signed_image(USER, PASSWORD);
 
-    let policy = format!("[[rule]]\nscope = \"{registry}/private\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");
     let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
     config.registry.insecure = vec![registry.clone()];
     let pem = key.public_pem();
     let pullgate = common::pullgate::start_with(config, &[("a.pub", &pem), ("policy.toml", &policy)]).await;
     let mut images = cri::images(&pullgate.socket);
-    let image = format!("{registry}/private/app:v1");
 
     let mut anonymous = cri::pull_request(&image, None);
     anonymous.auth = None;
