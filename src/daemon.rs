@@ -60,8 +60,8 @@ pub fn prepare(config: &Config) -> Result<Prepared, DaemonError> {
     let policy = SharedPolicy::new(policy);
     let metrics = Metrics::new();
     let registry = Arc::new(HttpRegistry::new(&config.registry)?.with_metrics(metrics.clone()));
-    let gate = Gate::with_cache(policy.clone(), registry, config.registry.timeout, &config.cache)
-        .with_metrics(metrics.clone());
+    let gate =
+        Gate::configured(policy.clone(), registry, &config.registry, &config.cache).with_metrics(metrics.clone());
     Ok(Prepared { policy, gate, metrics, reload: Trigger::default() })
 }
 

@@ -6,6 +6,7 @@ mod cache;
 mod check;
 mod flight;
 mod report;
+mod slots;
 mod verifier;
 
 use std::future::Future;
@@ -16,7 +17,7 @@ use crate::config::CacheConfig;
 use crate::metrics::Metrics;
 use crate::policy::{Requirement, SharedPolicy};
 use crate::reference::ImageRef;
-use crate::registry::{Credentials, Registry};
+use crate::registry::{Credentials, Registry, RegistryConfig};
 
 pub use report::{Decision, Verdict};
 
@@ -66,12 +67,16 @@ pub struct Gate<R> {
 impl<R: Registry + 'static> Gate<R> {
     /// `budget` bounds each verification, however many registry requests it takes.
     pub fn new(policy: SharedPolicy, registry: Arc<R>, budget: Duration) -> Gate<R> {
-        Gate::with_cache(policy, registry, budget, &CacheConfig::default())
+        let limits = RegistryConfig { timeout: budget, ..RegistryConfig::default() };
+        Gate::configured(policy, registry, &limits, &CacheConfig::default())
     }
 
-    /// A gate whose verification results are cached as `cache` says.
-    pub fn with_cache(policy: SharedPolicy, registry: Arc<R>, budget: Duration, cache: &CacheConfig) -> Gate<R> {
-        Gate { policy, verifier: Arc::new(verifier::Verifier::new(registry, cache, budget)), metrics: None }
+    /// A gate whose checks keep to `limits` (time budget, slots) and whose results are cached
+    /// as `cache` says.
+    pub fn configured(policy: SharedPolicy, registry: Arc<R>, limits: &RegistryConfig, cache: &CacheConfig) -> Gate<R> {
+        let slots = slots::Slots::new(limits.checks_per_registry, limits.checks_total);
+        let verifier = verifier::Verifier::new(registry, cache, slots, limits.timeout);
+        Gate { policy, verifier: Arc::new(verifier), metrics: None }
     }
 
     /// Counts every decision `admit` acts on in `metrics`.

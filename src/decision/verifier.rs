@@ -6,14 +6,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::config::CacheConfig;
 use crate::policy::Rule;
-use crate::reference::ImageRef;
+use crate::reference::{Digest, ImageRef};
 use crate::registry::{Credentials, Registry};
 
 use super::cache::{self, VerdictCache};
 use super::check::{self, Outcome};
 use super::flight::Flights;
+use super::slots::Slots;
 
 /// The rule an image falls under, and which one it is: its position in the policy of
 /// `generation`.
@@ -27,7 +30,9 @@ pub struct Verifier<R> {
     registry: Arc<R>,
     cache: VerdictCache,
     flights: Flights<FlightKey, Outcome>,
-    /// One time budget for a check, however many requests it takes.
+    slots: Slots,
+    /// One time budget for a check, however many requests it takes and however long it
+    /// waits for a slot.
     budget: Duration,
 }
 
@@ -53,8 +58,8 @@ struct Job {
 // === impl Verifier ===
 
 impl<R: Registry + 'static> Verifier<R> {
-    pub fn new(registry: Arc<R>, cache: &CacheConfig, budget: Duration) -> Verifier<R> {
-        Verifier { registry, cache: VerdictCache::new(cache), flights: Flights::new(), budget }
+    pub fn new(registry: Arc<R>, cache: &CacheConfig, slots: Slots, budget: Duration) -> Verifier<R> {
+        Verifier { registry, cache: VerdictCache::new(cache), flights: Flights::new(), slots, budget }
     }
 
     /// Joins the check already running for this pull's image and rule, or starts one.
@@ -86,10 +91,36 @@ impl<R: Registry + 'static> Verifier<R> {
 
     /// The budget covers the whole check, so every pull sharing it fails at the same moment.
     async fn run(&self, job: Job) -> Outcome {
-        match tokio::time::timeout(self.budget, self.resolve_and_verify(&job)).await {
+        let deadline = Instant::now() + self.budget;
+        // A digest checked recently needs no registry request, so it needs no slot either.
+        if let Some(outcome) = job.image.digest().and_then(|digest| self.cached(&job, digest)) {
+            return outcome;
+        }
+        let _slot = match self.slots.acquire(job.image.registry(), deadline).await {
+            Ok(slot) => slot,
+            Err(busy) => {
+                return Outcome::unavailable(format!("verification did not start within {:?}: {busy}", self.budget));
+            }
+        };
+        match tokio::time::timeout_at(deadline, self.resolve_and_verify(&job)).await {
             Ok(outcome) => outcome,
             Err(_) => Outcome::unavailable(format!("verification did not finish within {:?}", self.budget)),
         }
+    }
+
+    fn cache_key(job: &Job, digest: &Digest) -> cache::Key {
+        cache::Key {
+            generation: job.generation,
+            rule: job.rule_index,
+            image: job.image.to_string(),
+            digest: digest.clone(),
+        }
+    }
+
+    fn cached(&self, job: &Job, digest: &Digest) -> Option<Outcome> {
+        let outcome = self.cache.get(&Self::cache_key(job, digest))?;
+        tracing::debug!(image = %job.image, %digest, "signature check result reused from the cache");
+        Some(outcome)
     }
 
     async fn resolve_and_verify(&self, job: &Job) -> Outcome {
@@ -97,16 +128,10 @@ impl<R: Registry + 'static> Verifier<R> {
             Ok(digest) => digest,
             Err(outcome) => return outcome,
         };
-        let key = cache::Key {
-            generation: job.generation,
-            rule: job.rule_index,
-            image: job.image.to_string(),
-            digest: digest.clone(),
-        };
-        if let Some(outcome) = self.cache.get(&key) {
-            tracing::debug!(image = %job.image, %digest, "signature check result reused from the cache");
+        if let Some(outcome) = self.cached(job, &digest) {
             return outcome;
         }
+        let key = Self::cache_key(job, &digest);
         let outcome = check::signatures(&*self.registry, &job.image, digest, &job.rule, &job.credentials).await;
         self.cache.insert(key, &outcome);
         outcome
@@ -124,7 +149,7 @@ mod tests {
     use crate::decision::{Gate, PullRequest, Verdict};
     use crate::policy::{IdentityRule, Mode, Policy, Requirement, SharedPolicy};
     use crate::reference::Digest;
-    use crate::registry::{Manifest, RegistryError};
+    use crate::registry::{Manifest, RegistryConfig, RegistryError};
 
     const IMAGE: &str = "registry.test/team/app";
 
@@ -184,7 +209,8 @@ mod tests {
     }
 
     fn gate(registry: &Arc<Canned>, shared: &SharedPolicy, budget: Duration) -> Gate<Canned> {
-        Gate::with_cache(shared.clone(), Arc::clone(registry), budget, &CacheConfig::default())
+        let limits = RegistryConfig { timeout: budget, ..RegistryConfig::default() };
+        Gate::configured(shared.clone(), Arc::clone(registry), &limits, &CacheConfig::default())
     }
 
     fn pull(image: &str) -> PullRequest {
@@ -259,6 +285,57 @@ mod tests {
         // Nothing of the failed check lingers: the next pull starts afresh.
         gate.decide(&request).await;
         assert_eq!(registry.take(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_waits_for_its_registrys_slot_within_the_same_budget() {
+        let registry = Arc::new(Canned::default());
+        let limits = RegistryConfig {
+            timeout: Duration::from_secs(3),
+            checks_per_registry: std::num::NonZeroUsize::new(1).unwrap(),
+            ..RegistryConfig::default()
+        };
+        let gate =
+            Gate::configured(SharedPolicy::new(policy()), Arc::clone(&registry), &limits, &CacheConfig::default());
+        // The registry's one slot is taken, as by a check that never ends.
+        let hog = gate.verifier.slots.acquire("registry.test", tokio::time::Instant::now()).await.expect("free slot");
+        let started = tokio::time::Instant::now();
+        let decision = gate.decide(&pull(&format!("{IMAGE}:v1"))).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        assert_eq!(decision.verdict, Verdict::Unavailable);
+        assert_eq!(
+            decision.reason,
+            "verification did not start within 3s: 1 verifications against registry.test were already in progress \
+             (registry.checks_per_registry)"
+        );
+        assert_eq!(registry.take(), 0, "a check without a slot asked the registry");
+        // A slot freed in time is taken: the wait is part of the budget, not in place of it.
+        let second = pull(&format!("{IMAGE}:v2"));
+        let waiting = gate.decide(&second);
+        let freeing = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            drop(hog);
+        };
+        let (decision, ()) = futures_util::future::join(waiting, freeing).await;
+        assert_eq!(decision.verdict, Verdict::Rejected, "{}", decision.reason);
+        assert_eq!(registry.take(), 2, "resolve and signature manifest");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cached_digest_needs_no_slot() {
+        let registry = Arc::new(Canned::default());
+        let limits = RegistryConfig {
+            checks_per_registry: std::num::NonZeroUsize::new(1).unwrap(),
+            ..RegistryConfig::default()
+        };
+        let gate =
+            Gate::configured(SharedPolicy::new(policy()), Arc::clone(&registry), &limits, &CacheConfig::default());
+        let first = gate.decide(&pull(&digest_ref())).await;
+        // The registry's one slot is taken, as by a check that never ends.
+        let hog = gate.verifier.slots.acquire("registry.test", tokio::time::Instant::now()).await.expect("free slot");
+        let again = gate.decide(&pull(&digest_ref())).await;
+        assert_eq!((again.verdict, again.reason), (first.verdict, first.reason));
+        drop(hog);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,7 @@
 //! Hard limits on what a registry can make us do. Each bound exists because the registry is
 //! remote input: without it a broken or hostile registry could pin memory or a pull forever.
 
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 /// The OCI distribution spec only obliges registries to accept manifests up to 4 MiB and
@@ -45,3 +46,16 @@ pub const MAX_REFERENCE_LEN: usize = 135;
 /// Transport error chains are quoted into error messages; the cap keeps a chatty TLS or IO
 /// error from flooding the CRI status message.
 pub const MAX_ERROR_DETAIL_CHARS: usize = 300;
+
+/// The kubelet pulls one image at a time unless told otherwise, and a check takes a few
+/// registry round trips, so four keep a burst of pods from one registry moving, while a
+/// registry that stalls every request holds no more than four pulls' worth of memory.
+pub const DEFAULT_CHECKS_PER_REGISTRY: NonZeroUsize = NonZeroUsize::new(4).expect("nonzero");
+
+/// A check can buffer a manifest of up to `MANIFEST_MAX_BYTES`; sixteen at once keep the
+/// worst case within ~64 MiB however many registries the pulls name.
+pub const DEFAULT_CHECKS_TOTAL: NonZeroUsize = NonZeroUsize::new(16).expect("nonzero");
+
+// Response heads need no bound of ours: hyper's HTTP/1 client, which reqwest uses and gives
+// no setting for, stops reading a head at ~408 KiB or 100 headers (`hostile/huge-head` in
+// tests/hostile.rs sends 16 MiB of headers and is refused at once).

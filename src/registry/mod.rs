@@ -10,6 +10,7 @@ mod response;
 mod token;
 
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -82,14 +83,25 @@ pub struct RegistryConfig {
     pub insecure: Vec<String>,
     /// PEM bundle of extra CAs trusted on top of the system roots. Default: none.
     pub ca_file: Option<PathBuf>,
-    /// Deadline for each HTTP request, body included. Default: 10s.
+    /// Deadline for each HTTP request, body included, and for a pull's whole verification,
+    /// time spent waiting for a slot included. Default: 10s.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Most verifications talking to one registry at once; more wait. Default: 4.
+    pub checks_per_registry: NonZeroUsize,
+    /// Most verifications talking to registries at once, all registries together. Default: 16.
+    pub checks_total: NonZeroUsize,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        RegistryConfig { insecure: Vec::new(), ca_file: None, timeout: limits::DEFAULT_REQUEST_TIMEOUT }
+        RegistryConfig {
+            insecure: Vec::new(),
+            ca_file: None,
+            timeout: limits::DEFAULT_REQUEST_TIMEOUT,
+            checks_per_registry: limits::DEFAULT_CHECKS_PER_REGISTRY,
+            checks_total: limits::DEFAULT_CHECKS_TOTAL,
+        }
     }
 }
 
@@ -111,6 +123,14 @@ mod tests {
         assert_eq!(config.timeout, Duration::from_millis(1500));
         assert_eq!(config.insecure, vec!["127.0.0.1:5000".to_owned()]);
         assert!(toml::from_str::<RegistryConfig>("timeouts = \"1s\"").is_err());
+    }
+
+    #[test]
+    fn check_slots_must_be_at_least_one() {
+        let config: RegistryConfig = toml::from_str("checks_per_registry = 1\nchecks_total = 2").unwrap();
+        assert_eq!((config.checks_per_registry.get(), config.checks_total.get()), (1, 2));
+        let zero = toml::from_str::<RegistryConfig>("checks_total = 0").unwrap_err();
+        assert!(zero.to_string().contains("nonzero"), "{zero}");
     }
 
     #[test]
