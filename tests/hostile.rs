@@ -11,6 +11,7 @@
 //! | hostile/endless-manifest      | chunked manifest body that never ends             | SignatureValidationFailed |
 //! | hostile/endless-sig           | chunked `.sig` manifest body that never ends      | SignatureValidationFailed |
 //! | hostile/endless-payload       | chunked signature payload blob that never ends    | SignatureValidationFailed |
+//! | hostile/huge-head            | 16 MiB of response headers for the tag's manifest | RegistryUnavailable       |
 //! | hostile/many-layers           | `.sig` manifest with 10,000 signature layers      | SignatureValidationFailed |
 //! | hostile/html-sig              | HTML page (200) instead of the `.sig` manifest    | SignatureValidationFailed |
 //! | hostile/non-json-payload      | (nothing) trusted key signed a non-JSON payload   | SignatureValidationFailed |
@@ -65,6 +66,11 @@ struct Daemon {
 impl Daemon {
     /// `files` are (name, content) pairs for the policy directory.
     fn start(upstream: &Path, insecure: &str, files: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with(upstream, &[insecure], "", files)
+    }
+
+    /// `registry` is more of the config's `[registry]` table.
+    fn start_with(upstream: &Path, insecure: &[&str], registry: &str, files: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let (socket, policy_dir, log) =
             (dir.path().join("pullgate.sock"), dir.path().join("policy.d"), dir.path().join("pullgate.log"));
@@ -74,7 +80,7 @@ impl Daemon {
         }
         let config = format!(
             "listen = {socket:?}\nupstream = {upstream:?}\npolicy_dir = {policy_dir:?}\n\n\
-             [registry]\ninsecure = [{insecure:?}]\ntimeout = \"{}s\"\n",
+             [registry]\ninsecure = {insecure:?}\ntimeout = \"{}s\"\n{registry}\n",
             TIMEOUT.as_secs()
         );
         let config_path = dir.path().join("pullgate.toml");
@@ -223,6 +229,12 @@ fn cases() -> Vec<Case> {
             Some((Payload, Hostile::EndlessBody)),
             SVF,
             &["1 signature payload is unusable", "larger than the limit"],
+        ),
+        case(
+            "huge-head",
+            Some((Resolve, Hostile::HugeHead(16 * 1024))),
+            UNAVAILABLE,
+            &["resolve", "message head is too large"],
         ),
         case(
             "many-layers",
@@ -421,6 +433,67 @@ async fn passthrough_calls_do_not_wait_behind_stalled_verifications() {
         let status = pull.await.expect("pull task").expect_err("a stalled pull succeeded");
         assert!(status.message().starts_with(UNAVAILABLE), "{}", status.message());
     }
+    daemon.assert_memory_bounded();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalling_registry_holds_only_its_own_verification_slots() {
+    const SLOTS: usize = 2;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let lab = Lab::start();
+    let front = Front::start(&lab.registry);
+    let key = TestKey::generate();
+    front.hostile("/v2/hostile/slow/manifests/", Hostile::StallAfterHeaders);
+    // A healthy registry (the lab's, not through the front) with a signed image on it.
+    cosign::sign_and_push(&lab.registry, "healthy/app", &lab.push_image("healthy/app:v1", "healthy"), &key, None);
+    let policy = format!(
+        "{}[[rule]]\nscope = \"{}/healthy\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n",
+        policy(&front),
+        lab.registry
+    );
+    let mut daemon = Daemon::start_with(
+        &lab.containerd_sock,
+        &[&front.addr(), &lab.registry],
+        &format!("checks_per_registry = {SLOTS}"),
+        &[("a.pub", &key.public_pem()), ("10-hostile.toml", &policy)],
+    );
+
+    // One more stalled pull than the registry has slots; distinct tags, so no check is shared.
+    let started = Instant::now();
+    let pulls: Vec<_> = (0..=SLOTS)
+        .map(|n| {
+            let (socket, image) = (daemon.socket.clone(), format!("{}/hostile/slow:v{n}", front.addr()));
+            tokio::spawn(async move {
+                let result = cri::images(&socket).pull_image(cri::pull_request(&image, Some("default"))).await;
+                (result, started.elapsed())
+            })
+        })
+        .collect();
+    let stalled = || front.count(|s| s.path.starts_with("/v2/hostile/slow/manifests/") && !s.is_containerd());
+    while stalled() < SLOTS {
+        assert!(started.elapsed() < TIMEOUT, "only {} of {SLOTS} checks reached the registry", stalled());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // The healthy registry's pull goes through while the stalled one's slots are all taken.
+    let healthy = format!("{}/healthy/app:v1", lab.registry);
+    let pulled = cri::images(&daemon.socket).pull_image(cri::pull_request(&healthy, Some("default"))).await;
+    let healthy_done = started.elapsed();
+    assert!(pulled.is_ok(), "healthy image refused: {pulled:?}\n{}", daemon.log_text());
+    assert!(healthy_done < TIMEOUT, "the healthy pull took {healthy_done:?}, as long as the stalled ones");
+    assert_eq!(stalled(), SLOTS, "a check beyond the registry's {SLOTS} slots reached it");
+    assert!(pulls.iter().all(|pull| !pull.is_finished()), "a stalled pull ended early");
+
+    // The queued check starts only when a slot frees, and all of them end within the budget.
+    for pull in pulls {
+        let (result, elapsed) = pull.await.expect("pull task");
+        let status = result.expect_err("a stalled pull succeeded");
+        assert!(status.message().starts_with(UNAVAILABLE), "{}", status.message());
+        assert!(elapsed < TIMEOUT + MARGIN, "a stalled pull took {elapsed:?}");
+    }
+    eprintln!("healthy pull done after {healthy_done:?} with {SLOTS} checks stalled and one queued");
+    let held = containerd_images(&lab).await;
+    assert!(!held.iter().any(|name| name.contains("/hostile/")), "a refused image reached containerd: {held:?}");
     daemon.assert_memory_bounded();
 }
 

@@ -105,6 +105,8 @@ pub enum Hostile {
     SignatureLayers(usize),
     /// A canned response: status, Content-Type, body (correct Content-Length).
     Body(u16, String, Bytes),
+    /// 200 whose head carries n headers of 1 KiB each before an empty body.
+    HugeHead(usize),
 }
 
 struct ManifestOverride {
@@ -340,6 +342,13 @@ fn hostile_response(behaviour: Hostile) -> Response<Body> {
             streaming(StatusCode::OK, &[("content-length", "4096".into())], stream::pending())
         }
         Hostile::SignatureLayers(n) => serve(StatusCode::OK, OCI_MANIFEST, signature_manifest(n)),
+        Hostile::HugeHead(n) => {
+            let value = String::from_utf8_lossy(&FILL[..1024]).into_owned();
+            let headers: Vec<(String, String)> = (0..n).map(|i| (format!("x-junk-{i}"), value.clone())).collect();
+            let headers: Vec<(&str, String)> =
+                headers.iter().map(|(name, value)| (name.as_str(), value.clone())).collect();
+            streaming(StatusCode::OK, &headers, stream::empty())
+        }
         Hostile::Body(status, content_type, bytes) => {
             serve(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &content_type, bytes)
         }
