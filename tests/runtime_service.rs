@@ -193,6 +193,16 @@ async fn every_runtime_method_answers_as_containerd_does() {
     let request =
         CheckpointContainerRequest { container_id: missing.into(), location: "/nonexistent".into(), timeout: 1 };
     compare!(direct, via, checkpoint_container, request).ok();
+    // Pod checkpoint and restore (1.37; containerd 1.6 answers Unimplemented).
+    let request = CheckpointPodRequest {
+        pod_sandbox_id: missing.into(),
+        output_path: "/nonexistent".into(),
+        container_ids: vec![missing.into()],
+        ..Default::default()
+    };
+    compare!(direct, via, checkpoint_pod, request).ok();
+    let request = RestorePodRequest { checkpoint_path: "/nonexistent".into(), ..Default::default() };
+    compare!(direct, via, restore_pod, request).ok();
 
     // Pushing configuration: containerd takes an empty pod CIDR as "nothing to change".
     let request = UpdateRuntimeConfigRequest {
