@@ -541,3 +541,42 @@ async fn a_request_read_two_ways_is_refused_not_forwarded() {
     assert_eq!(upstream.calls.lock().expect("calls").len(), 1, "{response:?}");
     pullgate.stop().await;
 }
+
+/// containerd's gRPC server routes a call by the last two parts of its path, with or without
+/// the leading slash, and containerd 1.6 still serves the deprecated runtime.v1alpha2 API,
+/// whose PullImageRequest is the same on the wire. Neither spelling may pull past the gate.
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_image_under_another_name_is_refused_not_forwarded() {
+    use prost::Message as _;
+
+    let lab = Lab::start();
+    lab.push_image("unsigned/app:v1", "unsigned-other-path");
+    let image = format!("{}/unsigned/app:v1", lab.registry);
+    let policy = format!("[[rule]]\nscope = \"{}\"\nrequire = \"reject\"\n", lab.registry);
+    let config = pullgate::config::Config { upstream: lab.containerd_sock.clone(), ..Default::default() };
+    let pullgate = common::pullgate::start_with(config, &[("p.toml", &policy)]).await;
+    let message = cri::pull_request(&image, Some("default")).encode_to_vec();
+
+    // containerd itself answers the old name: the bypass would be real.
+    let direct = common::raw::call(
+        &lab.containerd_sock,
+        "/runtime.v1alpha2.ImageService/ImageFsInfo",
+        common::raw::frame(&[]),
+        &[],
+    )
+    .await;
+    assert_eq!(direct.grpc_status(), Some("0"), "containerd no longer serves v1alpha2: {}", direct.grpc_message());
+
+    let response = common::raw::call(
+        &pullgate.socket,
+        "/runtime.v1alpha2.ImageService/PullImage",
+        common::raw::frame(&message),
+        &[],
+    )
+    .await;
+    assert_ne!(response.grpc_status(), Some("0"), "pulled through the v1alpha2 name");
+    assert!(response.grpc_message().contains("pullgate"), "{}", response.grpc_message());
+    let held = containerd_images(&lab).await;
+    assert!(!held.iter().any(|name| name.contains("/unsigned/")), "the image reached containerd: {held:?}");
+    pullgate.stop().await;
+}

@@ -36,18 +36,21 @@ impl<G: PullGate> Proxy<G> {
         Arc::new(Proxy { gate, upstream, tagger, health, metrics })
     }
 
-    pub async fn handle(self: Arc<Self>, request: http::Request<RecvStream>, respond: SendResponse<Bytes>) {
+    pub async fn handle(self: Arc<Self>, request: http::Request<RecvStream>, mut respond: SendResponse<Bytes>) {
         let path = request.uri().path();
         let log = CallLog::start(path, &self.metrics);
-        if path == pull::PATH {
-            let puller = pull::Puller { upstream: &self.upstream, tagger: &self.tagger };
-            answer(respond, puller.handle(&self.gate, request.map(RecvBody::new)), log).await;
-        } else if path.starts_with(health::PREFIX) {
-            let health = self.health.clone().oneshot(request.map(RecvBody::new));
-            answer(respond, async move { health.await.unwrap_or_else(|never| match never {}) }, log).await;
-        } else {
+        match route(path) {
+            Route::Pull => {
+                let puller = pull::Puller { upstream: &self.upstream, tagger: &self.tagger };
+                answer(respond, puller.handle(&self.gate, request.map(RecvBody::new)), log).await;
+            }
+            Route::Health => {
+                let health = self.health.clone().oneshot(request.map(RecvBody::new));
+                answer(respond, async move { health.await.unwrap_or_else(|never| match never {}) }, log).await;
+            }
+            Route::Refused(status) => respond::status(&mut respond, status, log),
             // Relayed without looking inside: bodies, metadata and trailers go as they are.
-            relay::relay(&self.upstream, request, respond, log).await;
+            Route::Relay => relay::relay(&self.upstream, request, respond, log).await,
         }
     }
 }
@@ -64,4 +67,59 @@ async fn answer(
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return log.end(CallOutcome::Aborted),
     };
     respond::send(respond, response, log).await
+}
+
+/// What becomes of a call, by its path.
+#[derive(Debug)]
+pub enum Route {
+    /// PullImage: through the gate.
+    Pull,
+    /// pullgate's own health service.
+    Health,
+    /// Answered with this status and never forwarded.
+    Refused(tonic::Status),
+    /// Everything else goes to containerd.
+    Relay,
+}
+
+/// Routes `path` as containerd's gRPC server will read it: by its last two segments, with or
+/// without a leading slash. So a PullImage under any other name (the runtime.v1alpha2 service,
+/// which containerd 1.6 still serves with the same request message, or a path without its
+/// slash) is refused rather than relayed past the gate.
+pub fn route(path: &str) -> Route {
+    let Some(name) = path.strip_prefix('/') else {
+        return Route::Refused(tonic::Status::invalid_argument(format!("pullgate: malformed method path {path:?}")));
+    };
+    if name.rsplit('/').next() == Some("PullImage") && path != pull::PATH {
+        return Route::Refused(tonic::Status::unimplemented(format!(
+            "pullgate: {path} is not served; images are pulled through {}, where they are verified",
+            pull::PATH
+        )));
+    }
+    match path {
+        pull::PATH => Route::Pull,
+        _ if path.starts_with(health::PREFIX) => Route::Health,
+        _ => Route::Relay,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_pull_image_is_gated_or_refused() {
+        assert!(matches!(route("/runtime.v1.ImageService/PullImage"), Route::Pull));
+        for path in [
+            "/runtime.v1alpha2.ImageService/PullImage",
+            "runtime.v1.ImageService/PullImage",
+            "/some.Other/PullImage",
+            "",
+        ] {
+            assert!(matches!(route(path), Route::Refused(_)), "{path:?}");
+        }
+        assert!(matches!(route("/runtime.v1.ImageService/ImageStatus"), Route::Relay));
+        assert!(matches!(route("/runtime.v1.ImageService/StreamImages"), Route::Relay));
+        assert!(matches!(route("/grpc.health.v1.Health/Check"), Route::Health));
+    }
 }
