@@ -2,7 +2,9 @@
 //! interception.
 
 pub mod body;
+pub mod frame;
 pub mod health;
+pub mod hpack;
 pub mod observe;
 pub mod proxy;
 pub mod pull;
