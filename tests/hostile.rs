@@ -576,7 +576,58 @@ async fn pull_image_under_another_name_is_refused_not_forwarded() {
     .await;
     assert_ne!(response.grpc_status(), Some("0"), "pulled through the v1alpha2 name");
     assert!(response.grpc_message().contains("pullgate"), "{}", response.grpc_message());
+    // A path without its leading slash cannot be sent with an HTTP library; it is written by hand.
+    let status = call_by_hand(&pullgate.socket, "runtime.v1.ImageService/PullImage", &message).await;
+    assert_eq!(status.0, "3", "slash-less PullImage: {status:?}");
     let held = containerd_images(&lab).await;
     assert!(!held.iter().any(|name| name.contains("/unsigned/")), "the image reached containerd: {held:?}");
     pullgate.stop().await;
+}
+
+/// One gRPC call written frame by frame, with `path` as it is; returns (grpc-status, grpc-message).
+async fn call_by_hand(socket: &Path, path: &str, message: &[u8]) -> (String, String) {
+    use bytes::BytesMut;
+    use pullgate::cri::frame;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut out = BytesMut::from(frame::PREFACE);
+    frame::put_head(&mut out, 0, frame::kind::SETTINGS, 0, 0);
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "pullgate"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        frame::put_literal(&mut block, name.as_bytes(), value.as_bytes());
+    }
+    frame::put_header_block(&mut out, 1, &block, false);
+    frame::put_data(&mut out, 1, &common::raw::frame(message), true);
+    let mut stream = tokio::net::UnixStream::connect(socket).await.expect("connect");
+    stream.write_all(&out).await.expect("write");
+    let mut decoder = pullgate::cri::hpack::Decoder::default();
+    let mut received = BytesMut::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        while let Some(frame) = frame::next(&mut received, 1 << 20).expect("frame") {
+            if frame.kind != frame::kind::HEADERS || frame.stream != 1 {
+                continue;
+            }
+            let (mut code, mut text) = (String::new(), String::new());
+            decoder
+                .decode(frame.fragment().expect("fragment"), |name, value| match name {
+                    b"grpc-status" => code = String::from_utf8_lossy(value).into_owned(),
+                    b"grpc-message" => text = String::from_utf8_lossy(value).into_owned(),
+                    _ => {}
+                })
+                .expect("hpack");
+            if frame.has(frame::flag::END_STREAM) {
+                return (code, text);
+            }
+        }
+        let read = tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut received)).await;
+        assert!(matches!(read, Ok(Ok(n)) if n > 0), "no answer on stream 1: {read:?}");
+    }
 }

@@ -1,5 +1,5 @@
-//! The CRI edge: the socket the kubelet talks to, the relay to containerd, and PullImage
-//! interception.
+//! The CRI edge: the socket the kubelet talks to, the relays to containerd (the splice relay,
+//! and the h2 relay behind it), and PullImage interception.
 
 pub mod body;
 pub mod frame;
@@ -12,6 +12,7 @@ pub mod relay;
 pub mod respond;
 pub mod server;
 pub mod socket;
+pub mod splice;
 pub mod status;
 pub mod tagger;
 pub mod upstream;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
+use http_body_util::BodyExt;
 use tokio::sync::watch;
 use tonic_health::pb::health_server::HealthServer;
 use tower::ServiceExt;
@@ -34,6 +35,36 @@ impl<G: PullGate> Proxy<G> {
         let tagger = Tagger::new(upstream.channel());
         let health = health::server(&upstream, stopping);
         Arc::new(Proxy { gate, upstream, tagger, health, metrics })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// pullgate's own answer to a call it does not relay (see `route`), for the splice relay.
+    pub async fn local(
+        self: Arc<Self>,
+        route: Route,
+        request: http::Request<http_body_util::Full<Bytes>>,
+    ) -> http::Response<tonic::body::BoxBody> {
+        match route {
+            Route::Pull => {
+                let puller = pull::Puller { upstream: &self.upstream, tagger: &self.tagger };
+                puller.handle(&self.gate, request).await
+            }
+            Route::Health => {
+                let health = self.health.clone().oneshot(request);
+                health.await.unwrap_or_else(|never| match never {})
+            }
+            Route::Refused(status) => status.into_http(),
+            Route::Relay => {
+                self.upstream.call(request.map(|body| body.map_err(|never| match never {}).boxed_unsync())).await
+            }
+        }
     }
 
     pub async fn handle(self: Arc<Self>, request: http::Request<RecvStream>, mut respond: SendResponse<Bytes>) {

@@ -6,7 +6,6 @@ use prost::Message;
 use tonic::Status;
 use tonic::body::BoxBody;
 
-use crate::cri::body::RecvBody;
 use crate::cri::proto::{AuthConfig, PullImageRequest, PullImageResponse};
 use crate::cri::tagger::{TagError, Tagger};
 use crate::cri::upstream::Upstream;
@@ -43,7 +42,12 @@ pub struct Puller<'a> {
 }
 
 impl Puller<'_> {
-    pub async fn handle<G: PullGate>(&self, gate: &G, request: http::Request<RecvBody>) -> http::Response<BoxBody> {
+    pub async fn handle<G, B>(&self, gate: &G, request: http::Request<B>) -> http::Response<BoxBody>
+    where
+        G: PullGate,
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let (parts, body) = request.into_parts();
         let (admission, body) = match admit(gate, body).await {
             Ok(admitted) => admitted,
@@ -92,7 +96,12 @@ fn replay(data: Bytes, trailers: Option<http::HeaderMap>) -> BoxBody {
     body.with_trailers(std::future::ready(trailers.map(Ok))).boxed_unsync()
 }
 
-async fn admit<G: PullGate>(gate: &G, body: RecvBody) -> Result<(Admission, Bytes), PullError> {
+async fn admit<G, B>(gate: &G, body: B) -> Result<(Admission, Bytes), PullError>
+where
+    G: PullGate,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let body =
         Limited::new(body, MAX_REQUEST_BYTES).collect().await.map_err(|e| PullError::Body(e.to_string()))?.to_bytes();
     let message = wire::unframe(&body)?;

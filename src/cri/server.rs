@@ -1,4 +1,7 @@
 //! Accepts kubelet connections and serves the proxy until shutdown, then drains.
+//!
+//! Each connection is spliced to a containerd connection of its own (`splice`); while
+//! containerd cannot be reached, it is served by the h2 relay (`serve_connection`) instead.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::cri::proxy::Proxy;
+use crate::cri::splice;
 use crate::decision::PullGate;
 
 /// Settings for the kubelet side, as hyper's HTTP/2 server chose them: the kubelet's requests
@@ -33,7 +37,7 @@ pub async fn run<G: PullGate>(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(serve_connection(stream, proxy.clone(), drain_seen.clone()));
+                    connections.spawn(serve(stream, proxy.clone(), drain_seen.clone()));
                 }
                 // Accept errors (e.g. EMFILE) are per-connection; the listener stays usable.
                 Err(error) => tracing::warn!(%error, "accept failed"),
@@ -47,6 +51,19 @@ pub async fn run<G: PullGate>(
     tracing::info!(connections = connections.len(), "draining");
     let _ = draining.send(true);
     tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await.is_ok()
+}
+
+/// Splices the connection to one of its own to containerd; while containerd cannot be
+/// reached, serves it with the h2 relay instead, which answers UNAVAILABLE until containerd
+/// is back and then relays as usual.
+async fn serve<G: PullGate>(stream: UnixStream, proxy: Arc<Proxy<G>>, draining: watch::Receiver<bool>) {
+    match proxy.upstream().dial().await {
+        Ok(containerd) => splice::run(stream, containerd, proxy, draining).await,
+        Err(error) => {
+            tracing::debug!(%error, "containerd unreachable; serving this connection with the h2 relay");
+            serve_connection(stream, proxy, draining).await
+        }
+    }
 }
 
 /// Serves one connection until the kubelet closes it or, after a drain begins, until its calls

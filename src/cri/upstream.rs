@@ -70,6 +70,13 @@ impl Upstream {
         &self.socket
     }
 
+    /// A connection of its own to containerd, for the splice relay.
+    pub async fn dial(&self) -> std::io::Result<UnixStream> {
+        tokio::time::timeout(self.connect_timeout, UnixStream::connect(&*self.socket))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+
     /// Starts a call: sends the request headers, and ends the request stream at once when
     /// `end_of_stream`. A failure becomes UNAVAILABLE naming the socket, so the kubelet retries
     /// and the operator sees which containerd is missing.

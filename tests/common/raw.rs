@@ -90,6 +90,8 @@ pub struct Recorded {
 /// header, and trailers carrying a non-OK status with details.
 pub struct RecordingUpstream {
     pub calls: Arc<Mutex<Vec<Recorded>>>,
+    /// Connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// How long the recording upstream waits before answering; lets tests hold a call in flight.
@@ -106,9 +108,11 @@ impl RecordingUpstream {
     pub fn start_delayed(socket: &Path, delay: Delay) -> RecordingUpstream {
         let listener = UnixListener::bind(socket).expect("bind recording upstream");
         let calls = Arc::new(Mutex::new(Vec::new()));
-        let recorded = calls.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (recorded, accepted) = (calls.clone(), connections.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let recorded = recorded.clone();
                 let service = hyper::service::service_fn(move |request| answer(recorded.clone(), delay, request));
                 let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -116,7 +120,7 @@ impl RecordingUpstream {
                 tokio::spawn(connection);
             }
         });
-        RecordingUpstream { calls }
+        RecordingUpstream { calls, connections }
     }
 }
 

@@ -1,0 +1,120 @@
+//! Frames from containerd, on their way to the kubelet.
+
+use bytes::BytesMut;
+
+use super::*;
+
+impl<G: PullGate> Splice<G> {
+    pub(super) fn on_containerd_bytes(&mut self) -> Result<(), ProtocolError> {
+        while let Some(frame) = frame::next(&mut self.from_containerd, self.containerd_max_frame)? {
+            self.containerd_frame(frame)?;
+        }
+        if self.containerd_credit >= CREDIT_BATCH {
+            frame::put_window_update(&mut self.to_containerd, 0, self.containerd_credit as u32);
+            self.containerd_credit = 0;
+        }
+        Ok(())
+    }
+
+    pub(super) fn containerd_frame(&mut self, frame: Frame) -> Result<(), ProtocolError> {
+        if self.containerd_block.is_some() != (frame.kind == kind::CONTINUATION) {
+            return Err(ProtocolError::new(reason::PROTOCOL_ERROR, "header block interrupted"));
+        }
+        match frame.kind {
+            kind::DATA => {
+                let size = frame.payload().len();
+                match self.streams.get(&frame.stream) {
+                    Some(Stream::Relayed(_)) => {
+                        if frame.has(flag::END_STREAM) {
+                            self.end_relayed(frame.stream, CallOutcome::Missing);
+                        }
+                        self.send_blocked(Out::Data { frame: frame.bytes, cost: size, credit: size });
+                    }
+                    _ => self.containerd_credit += size,
+                }
+                Ok(())
+            }
+            kind::HEADERS | kind::CONTINUATION => {
+                if let Some(block) = collect(&mut self.containerd_block, &frame)? {
+                    self.containerd_headers(block)?;
+                }
+                Ok(())
+            }
+            kind::RST_STREAM => {
+                if matches!(self.streams.get(&frame.stream), Some(Stream::Relayed(_))) {
+                    self.end_relayed(frame.stream, CallOutcome::Aborted);
+                    self.streams.remove(&frame.stream);
+                    self.send_blocked(Out::Other(frame.bytes));
+                }
+                Ok(())
+            }
+            kind::SETTINGS => {
+                if !frame.has(flag::ACK) {
+                    for (id, value) in frame::settings(&frame)? {
+                        match id {
+                            setting::HEADER_TABLE_SIZE => {
+                                self.kubelet_hpack.set_allowed((value as usize).min(MAX_HPACK_TABLE_BYTES));
+                            }
+                            setting::MAX_FRAME_SIZE => self.kubelet_max_frame = value as usize,
+                            _ => {}
+                        }
+                    }
+                }
+                self.to_kubelet.put_slice(&frame.bytes);
+                Ok(())
+            }
+            kind::PING => {
+                self.to_kubelet.put_slice(&frame.bytes);
+                Ok(())
+            }
+            kind::GOAWAY => {
+                // Not passed on: its last stream id counts containerd's streams only. Calls
+                // containerd has stay with it (those it will not answer are answered when it
+                // closes); new ones go as while containerd is lost.
+                self.containerd_leaving = true;
+                Ok(())
+            }
+            kind::WINDOW_UPDATE => {
+                frame::window_increment(&frame)?;
+                if frame.stream == 0 || matches!(self.streams.get(&frame.stream), Some(Stream::Relayed(_))) {
+                    self.to_kubelet.put_slice(&frame.bytes);
+                }
+                Ok(())
+            }
+            kind::PUSH_PROMISE => Err(ProtocolError::new(reason::PROTOCOL_ERROR, "PUSH_PROMISE from containerd")),
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn containerd_headers(&mut self, block: Block) -> Result<(), ProtocolError> {
+        let mut encoded = Vec::with_capacity(block.bytes.len() + 64);
+        let mut code = None;
+        self.containerd_hpack
+            .decode(&block.bytes, |name, value| {
+                if name == b"grpc-status" {
+                    code = std::str::from_utf8(value).ok().and_then(|v| v.parse::<i32>().ok());
+                }
+                frame::put_literal(&mut encoded, name, value);
+            })
+            .map_err(|error| ProtocolError::new(reason::COMPRESSION_ERROR, format!("containerd headers: {error}")))?;
+        let Some(Stream::Relayed(relayed)) = self.streams.get_mut(&block.stream) else { return Ok(()) };
+        relayed.answered = true;
+        if block.end_stream {
+            let outcome = code.map_or(CallOutcome::Missing, |code| CallOutcome::Code(tonic::Code::from_i32(code)));
+            self.end_relayed(block.stream, outcome);
+        }
+        let mut out = BytesMut::with_capacity(encoded.len() + frame::HEAD_LEN);
+        frame::put_header_block(&mut out, block.stream, &encoded, block.end_stream);
+        self.send_blocked(Out::Other(out.freeze()));
+        Ok(())
+    }
+
+    /// Logs a relayed call's end, and forgets it once the kubelet is done with it too.
+    pub(super) fn end_relayed(&mut self, id: u32, outcome: CallOutcome) {
+        let Some(Stream::Relayed(relayed)) = self.streams.get_mut(&id) else { return };
+        end_log(&mut relayed.log, outcome);
+        if relayed.sent {
+            self.streams.remove(&id);
+        }
+    }
+}

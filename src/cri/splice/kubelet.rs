@@ -1,0 +1,281 @@
+//! Frames from the kubelet: relayed calls go on to containerd, kept ones are collected here.
+
+use std::collections::VecDeque;
+
+use bytes::{BufMut, BytesMut};
+use http_body_util::Full;
+
+use super::*;
+
+impl<G: PullGate> Splice<G> {
+    pub(super) fn on_kubelet_bytes(&mut self) -> Result<(), ProtocolError> {
+        if !self.preface_seen {
+            if self.from_kubelet.len() < frame::PREFACE.len() {
+                return Ok(());
+            }
+            if &self.from_kubelet[..frame::PREFACE.len()] != frame::PREFACE {
+                return Err(ProtocolError::new(reason::PROTOCOL_ERROR, "not an HTTP/2 connection preface"));
+            }
+            self.to_containerd.put_slice(&self.from_kubelet.split_to(frame::PREFACE.len()));
+            self.preface_seen = true;
+        }
+        while let Some(frame) = frame::next(&mut self.from_kubelet, self.kubelet_max_frame)? {
+            self.kubelet_frame(frame)?;
+        }
+        if self.containerd_lost {
+            self.to_containerd.clear();
+        }
+        Ok(())
+    }
+
+    pub(super) fn kubelet_frame(&mut self, frame: Frame) -> Result<(), ProtocolError> {
+        if self.kubelet_block.is_some() != (frame.kind == kind::CONTINUATION) {
+            return Err(ProtocolError::new(reason::PROTOCOL_ERROR, "header block interrupted"));
+        }
+        match frame.kind {
+            kind::DATA => self.kubelet_data(frame),
+            kind::HEADERS | kind::CONTINUATION => {
+                if let Some(block) = collect(&mut self.kubelet_block, &frame)? {
+                    self.kubelet_headers(block)?;
+                }
+                Ok(())
+            }
+            kind::RST_STREAM => {
+                let code = frame::rst_reason(&frame)?;
+                match self.streams.remove(&frame.stream) {
+                    Some(Stream::Relayed(mut relayed)) => {
+                        self.to_containerd.put_slice(&frame.bytes);
+                        end_log(&mut relayed.log, CallOutcome::Aborted);
+                    }
+                    Some(Stream::Kept(mut kept)) => {
+                        self.kept_bytes -= kept.body.len();
+                        if let Some(task) = kept.task.take() {
+                            task.abort();
+                        }
+                        end_log(&mut kept.log, CallOutcome::Aborted);
+                    }
+                    None => tracing::trace!(stream = frame.stream, code, "reset of a finished stream"),
+                }
+                Ok(())
+            }
+            kind::SETTINGS => {
+                if !frame.has(flag::ACK) {
+                    for (id, value) in frame::settings(&frame)? {
+                        match id {
+                            setting::HEADER_TABLE_SIZE => {
+                                self.containerd_hpack.set_allowed((value as usize).min(MAX_HPACK_TABLE_BYTES));
+                            }
+                            setting::INITIAL_WINDOW_SIZE => {
+                                let delta = i64::from(value) - self.kubelet_stream_window;
+                                self.kubelet_stream_window = i64::from(value);
+                                for stream in self.streams.values_mut() {
+                                    if let Stream::Kept(kept) = stream {
+                                        frame::grow(&mut kept.window, delta)?;
+                                    }
+                                }
+                            }
+                            setting::MAX_FRAME_SIZE => self.containerd_max_frame = value as usize,
+                            _ => {}
+                        }
+                    }
+                    self.pump_kept();
+                }
+                self.to_containerd.put_slice(&frame.bytes);
+                Ok(())
+            }
+            kind::PING if frame.has(flag::ACK) && frame.payload() == CLOSING_PING => {
+                self.closing_ping.1 = true;
+                Ok(())
+            }
+            kind::PING if self.containerd_lost && !frame.has(flag::ACK) => {
+                // Nobody else is left to answer it.
+                frame::put_head(&mut self.to_kubelet, frame.payload().len(), kind::PING, flag::ACK, 0);
+                self.to_kubelet.put_slice(frame.payload());
+                Ok(())
+            }
+            kind::PING => {
+                self.to_containerd.put_slice(&frame.bytes);
+                Ok(())
+            }
+            kind::GOAWAY => {
+                (self.going_away, self.kubelet_left) = (true, true);
+                self.to_containerd.put_slice(&frame.bytes);
+                Ok(())
+            }
+            kind::WINDOW_UPDATE => {
+                let increment = i64::from(frame::window_increment(&frame)?);
+                if frame.stream == 0 {
+                    frame::grow(&mut self.kubelet_window, increment)?;
+                    self.pump_blocked();
+                    return Ok(());
+                }
+                match self.streams.get_mut(&frame.stream) {
+                    Some(Stream::Relayed(_)) => self.to_containerd.put_slice(&frame.bytes),
+                    Some(Stream::Kept(kept)) => {
+                        frame::grow(&mut kept.window, increment)?;
+                        self.pump_kept();
+                    }
+                    None => {}
+                }
+                Ok(())
+            }
+            kind::PUSH_PROMISE => Err(ProtocolError::new(reason::PROTOCOL_ERROR, "PUSH_PROMISE from a client")),
+            // PRIORITY is advisory and deprecated (RFC 9113 §5.3.2); unknown types are ignored (§4.1).
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn kubelet_data(&mut self, frame: Frame) -> Result<(), ProtocolError> {
+        let size = frame.payload().len();
+        match self.streams.get_mut(&frame.stream) {
+            Some(Stream::Relayed(relayed)) => {
+                relayed.sent |= frame.has(flag::END_STREAM);
+                if relayed.sent && relayed.log.is_none() {
+                    // containerd had already answered.
+                    self.streams.remove(&frame.stream);
+                }
+                self.to_containerd.put_slice(&frame.bytes);
+                return Ok(());
+            }
+            Some(Stream::Kept(kept)) if kept.task.is_none() => {
+                let fragment = frame.fragment()?;
+                kept.body.put_slice(fragment);
+                self.kept_bytes += fragment.len();
+                if size > 0 && !frame.has(flag::END_STREAM) {
+                    frame::put_window_update(&mut self.to_kubelet, frame.stream, size as u32);
+                }
+            }
+            Some(Stream::Kept(_)) => {}
+            None if frame.stream > self.last_stream => {
+                return Err(ProtocolError::new(reason::PROTOCOL_ERROR, "DATA on a stream never opened"));
+            }
+            None => {}
+        }
+        // containerd never sees these bytes, so the credit it would give back comes from here.
+        if size > 0 {
+            frame::put_window_update(&mut self.to_kubelet, 0, size as u32);
+        }
+        let Some(Stream::Kept(kept)) = self.streams.get(&frame.stream) else { return Ok(()) };
+        if kept.body.len() > MAX_LOCAL_REQUEST_BYTES || self.kept_bytes > MAX_KEPT_BYTES {
+            let status = tonic::Status::resource_exhausted(format!(
+                "pullgate: the request is larger than {MAX_LOCAL_REQUEST_BYTES} bytes, or this connection has \
+                 {MAX_KEPT_BYTES} bytes of requests in flight"
+            ));
+            self.answer_now(frame.stream, status);
+            frame::put_rst_stream(&mut self.to_kubelet, frame.stream, reason::NO_ERROR);
+        } else if frame.has(flag::END_STREAM) {
+            self.start_kept(frame.stream);
+        }
+        Ok(())
+    }
+
+    pub(super) fn kubelet_headers(&mut self, block: Block) -> Result<(), ProtocolError> {
+        let id = block.stream;
+        let mut path = None;
+        let mut fields = Vec::new();
+        let mut encoded = Vec::with_capacity(block.bytes.len() + 64);
+        let mut list_bytes = 0;
+        let without_containerd = self.without_containerd();
+        self.kubelet_hpack
+            .decode(&block.bytes, |name, value| {
+                list_bytes += name.len() + value.len() + 32;
+                if list_bytes > MAX_HEADER_LIST_BYTES {
+                    return;
+                }
+                if name == b":path" {
+                    path = Some(String::from_utf8_lossy(value).into_owned());
+                }
+                frame::put_literal(&mut encoded, name, value);
+                // Only calls not spliced through need their headers as a map.
+                if !name.starts_with(b":") && (without_containerd || path.as_deref().is_some_and(kept_here)) {
+                    fields.push((name.to_vec(), value.to_vec()));
+                }
+            })
+            .map_err(|error| ProtocolError::new(reason::COMPRESSION_ERROR, format!("kubelet headers: {error}")))?;
+        let new = id > self.last_stream;
+        if new {
+            if id.is_multiple_of(2) {
+                return Err(ProtocolError::new(reason::PROTOCOL_ERROR, "a client opened an even stream"));
+            }
+            self.last_stream = id;
+        }
+        if list_bytes > MAX_HEADER_LIST_BYTES {
+            // Decoded all the same: the kubelet's compression state goes on from this block.
+            let mut head = Vec::new();
+            frame::put_literal(&mut head, b":status", b"431");
+            frame::put_header_block(&mut self.to_kubelet, id, &head, true);
+            if let Some(Stream::Relayed(_)) = self.streams.remove(&id) {
+                frame::put_rst_stream(&mut self.to_containerd, id, reason::CANCEL);
+            }
+            return Ok(());
+        }
+        if !new {
+            // Trailers from the kubelet; gRPC clients send none, but they are legal.
+            match self.streams.get_mut(&id) {
+                Some(Stream::Relayed(relayed)) if block.end_stream => {
+                    relayed.sent = true;
+                    frame::put_header_block(&mut self.to_containerd, id, &encoded, true);
+                }
+                Some(Stream::Kept(_)) if block.end_stream => self.start_kept(id),
+                _ => {}
+            }
+            return Ok(());
+        }
+        if self.kubelet_left || self.streams.len() >= MAX_STREAMS {
+            frame::put_rst_stream(&mut self.to_kubelet, id, reason::REFUSED_STREAM);
+            return Ok(());
+        }
+        let path = path.unwrap_or_default();
+        let log = Some(CallLog::start(&path, self.proxy.metrics()));
+        self.last_call = Instant::now();
+        let route = proxy::route(&path);
+        if !matches!(route, Route::Relay) || self.without_containerd() {
+            let headers = fields
+                .into_iter()
+                .filter_map(|(name, value)| {
+                    Some((http::HeaderName::from_bytes(&name).ok()?, http::HeaderValue::from_bytes(&value).ok()?))
+                })
+                .collect();
+            let kept = Kept {
+                route: Some(route),
+                path,
+                log,
+                headers,
+                body: BytesMut::new(),
+                task: None,
+                window: self.kubelet_stream_window,
+                waiting: VecDeque::new(),
+            };
+            self.streams.insert(id, Stream::Kept(kept));
+            if block.end_stream {
+                self.start_kept(id);
+            }
+        } else {
+            frame::put_header_block(&mut self.to_containerd, id, &encoded, block.end_stream);
+            self.streams.insert(id, Stream::Relayed(Relayed { log, sent: block.end_stream, answered: false }));
+        }
+        Ok(())
+    }
+
+    /// Hands a kept call whose request is complete to pullgate's own handler.
+    pub(super) fn start_kept(&mut self, id: u32) {
+        let Some(Stream::Kept(kept)) = self.streams.get_mut(&id) else { return };
+        if kept.task.is_some() {
+            return;
+        }
+        self.kept_bytes -= kept.body.len();
+        let mut request = http::Request::new(Full::new(std::mem::take(&mut kept.body).freeze()));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = kept.path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+        *request.headers_mut() = std::mem::take(&mut kept.headers);
+        let route = kept.route.take().unwrap_or(Route::Relay);
+        let (proxy, events) = (self.proxy.clone(), self.events.clone());
+        let task = tokio::spawn(async move { kept::answer_kept(proxy, route, request, id, events).await });
+        kept.task = Some(task.abort_handle());
+    }
+}
+
+/// Calls to `path` are answered by pullgate, not spliced through to containerd.
+fn kept_here(path: &str) -> bool {
+    !matches!(proxy::route(path), Route::Relay)
+}
