@@ -577,15 +577,20 @@ async fn pull_image_under_another_name_is_refused_not_forwarded() {
     assert_ne!(response.grpc_status(), Some("0"), "pulled through the v1alpha2 name");
     assert!(response.grpc_message().contains("pullgate"), "{}", response.grpc_message());
     // A path without its leading slash cannot be sent with an HTTP library; it is written by hand.
-    let status = call_by_hand(&pullgate.socket, "runtime.v1.ImageService/PullImage", &message).await;
+    let status = call_by_hand(&pullgate.socket, &["runtime.v1.ImageService/PullImage"], &message).await;
     assert_eq!(status.0, "3", "slash-less PullImage: {status:?}");
+    // Two paths: judged by one and served by the other would be a bypass either way round.
+    let paths = ["/runtime.v1.ImageService/PullImage", "/runtime.v1.ImageService/ImageStatus"];
+    let status = call_by_hand(&pullgate.socket, &paths, &message).await;
+    assert_eq!(status.0, "3", "PullImage with a second :path: {status:?}");
     let held = containerd_images(&lab).await;
     assert!(!held.iter().any(|name| name.contains("/unsigned/")), "the image reached containerd: {held:?}");
     pullgate.stop().await;
 }
 
-/// One gRPC call written frame by frame, with `path` as it is; returns (grpc-status, grpc-message).
-async fn call_by_hand(socket: &Path, path: &str, message: &[u8]) -> (String, String) {
+/// One gRPC call written frame by frame, with `paths` as they are (one `:path` field each);
+/// returns (grpc-status, grpc-message).
+async fn call_by_hand(socket: &Path, paths: &[&str], message: &[u8]) -> (String, String) {
     use bytes::BytesMut;
     use pullgate::cri::frame;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -593,14 +598,9 @@ async fn call_by_hand(socket: &Path, path: &str, message: &[u8]) -> (String, Str
     let mut out = BytesMut::from(frame::PREFACE);
     frame::put_head(&mut out, 0, frame::kind::SETTINGS, 0, 0);
     let mut block = Vec::new();
-    for (name, value) in [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", path),
-        (":authority", "pullgate"),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ] {
+    let pseudo = [(":method", "POST"), (":scheme", "http"), (":authority", "pullgate")];
+    let fields = pseudo.into_iter().chain(paths.iter().map(|path| (":path", *path)));
+    for (name, value) in fields.chain([("content-type", "application/grpc"), ("te", "trailers")]) {
         frame::put_literal(&mut block, name.as_bytes(), value.as_bytes());
     }
     frame::put_header_block(&mut out, 1, &block, false);

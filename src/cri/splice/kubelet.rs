@@ -79,6 +79,10 @@ impl<G: PullGate> Splice<G> {
                         }
                     }
                     self.pump_kept();
+                    if self.containerd_lost {
+                        // Acknowledged by whoever applies them: pullgate alone, now.
+                        frame::put_head(&mut self.to_kubelet, 0, kind::SETTINGS, flag::ACK, 0);
+                    }
                 }
                 self.to_containerd.put_slice(&frame.bytes);
                 Ok(())
@@ -183,7 +187,10 @@ impl<G: PullGate> Splice<G> {
                     return;
                 }
                 if name == b":path" {
-                    path = Some(String::from_utf8_lossy(value).into_owned());
+                    // A second :path makes the request malformed; routed as "", it is refused
+                    // rather than judged by one path and served by the other.
+                    let value = if path.is_some() { Default::default() } else { String::from_utf8_lossy(value) };
+                    path = Some(value.into_owned());
                 }
                 frame::put_literal(&mut encoded, name, value);
                 // Only calls not spliced through need their headers as a map.
