@@ -189,6 +189,26 @@ async fn losing_containerd_degrades_the_connection_and_its_return_moves_the_clie
     pullgate.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_made_while_containerd_is_down_moves_once_it_is_back() {
+    let lab = Lab::start();
+    let config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
+    let pullgate = common::pullgate::start_with(config, &[("policy.toml", common::pullgate::ACCEPT_ALL)]).await;
+    lab.stop_containerd();
+    let mut held = hold(&pullgate.socket).await;
+    let (code, message) = held.image_status().await;
+    assert_eq!(code, "14", "{message}");
+    assert!(message.contains(&lab.containerd_sock.display().to_string()), "{message}");
+
+    lab.start_containerd();
+    let (code, message) = held.image_status().await;
+    assert_eq!(code, "0", "the h2 relay redials containerd: {message}");
+    tokio::time::timeout(Duration::from_secs(5), &mut held.closed).await.expect("GOAWAY once containerd was back").ok();
+    let mut fresh = hold(&pullgate.socket).await;
+    assert_eq!(fresh.image_status().await.0, "0");
+    pullgate.stop().await;
+}
+
 #[tokio::test]
 async fn a_protocol_error_closes_that_connection_only() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,9 +5,10 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -67,7 +68,10 @@ async fn serve<G: PullGate>(stream: UnixStream, proxy: Arc<Proxy<G>>, draining: 
 }
 
 /// Serves one connection until the kubelet closes it or, after a drain begins, until its calls
-/// in flight have finished (h2 sends GOAWAY and stops accepting new ones).
+/// in flight have finished (h2 sends GOAWAY and stops accepting new ones). Once containerd
+/// answers again, the connection is closed the same way in a pause between calls, so the
+/// kubelet's next one is spliced: a kubelet that connected while containerd was starting
+/// would otherwise stay on the slower relay for as long as it runs.
 async fn serve_connection<G: PullGate>(stream: UnixStream, proxy: Arc<Proxy<G>>, mut draining: watch::Receiver<bool>) {
     let handshake = h2::server::Builder::new()
         .max_header_list_size(MAX_HEADER_LIST_BYTES)
@@ -81,16 +85,25 @@ async fn serve_connection<G: PullGate>(stream: UnixStream, proxy: Arc<Proxy<G>>,
         Err(error) => return tracing::debug!(%error, "HTTP/2 handshake failed"),
     };
     let mut shutting_down = false;
+    let (mut probes, mut last_call, mut containerd_back) = (splice::probes(), Instant::now(), false);
     loop {
         tokio::select! {
             accepted = connection.accept() => match accepted {
                 Some(Ok((request, respond))) => {
+                    last_call = Instant::now();
                     tokio::spawn(proxy.clone().handle(request, respond));
                 }
                 Some(Err(error)) => return tracing::debug!(%error, "connection closed with error"),
                 None => return,
             },
-            Ok(_) = draining.wait_for(|draining| *draining), if !shutting_down => {
+            _ = probes.tick(), if !shutting_down => {
+                containerd_back = containerd_back || proxy.upstream().dial().await.is_ok();
+                if containerd_back && last_call.elapsed() >= splice::QUIET_BEFORE_MOVE {
+                    shutting_down = true;
+                    connection.graceful_shutdown();
+                }
+            }
+            true = draining.wait_for(|draining| *draining).map(|seen| seen.is_ok()), if !shutting_down => {
                 shutting_down = true;
                 connection.graceful_shutdown();
             }

@@ -69,9 +69,16 @@ const HIGH_WATER: usize = 256 << 10;
 const CREDIT_BATCH: usize = 16 << 10;
 /// While a connection is without containerd, how often pullgate looks whether it is back.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Ticks every `PROBE_INTERVAL`, for connections that wait for containerd to come back.
+pub(crate) fn probes() -> tokio::time::Interval {
+    let mut probes = tokio::time::interval(PROBE_INTERVAL);
+    probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    probes
+}
 /// Once containerd is back, the kubelet is moved to a new, spliced connection (a GOAWAY) in a
 /// pause between calls this long, so no call of a client that does not retry races it.
-const QUIET_BEFORE_MOVE: Duration = Duration::from_millis(250);
+pub(crate) const QUIET_BEFORE_MOVE: Duration = Duration::from_millis(250);
 /// The payload of the PING that closes a connection.
 const CLOSING_PING: &[u8; 8] = b"pullgate";
 const MAX_STREAM_ID: u32 = 0x7fff_ffff;
@@ -91,8 +98,7 @@ pub async fn run<G: PullGate>(
     let (mut kubelet_read, mut kubelet_write) = kubelet.split();
     let (mut containerd_read, mut containerd_write) = containerd.split();
     let mut drain_seen = false;
-    let mut probes = tokio::time::interval(PROBE_INTERVAL);
-    probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut probes = probes();
     let ended = loop {
         if let Err(error) = flush(&mut kubelet_write, &mut splice.to_kubelet) {
             break format!("writing to the kubelet: {error}");
