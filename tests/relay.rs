@@ -5,22 +5,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::raw::{self, RecordingUpstream};
+use common::raw;
 use prost::Message;
 use pullgate::cri::proto::{ImageSpec, PullImageRequest};
 
-/// pullgate in front of a recording upstream, both on sockets in the returned temp dir.
-async fn relay_to_recorder(delay: raw::Delay) -> (tempfile::TempDir, RecordingUpstream, common::pullgate::Running) {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream_socket = dir.path().join("upstream.sock");
-    let upstream = RecordingUpstream::start_delayed(&upstream_socket, delay);
-    let pullgate = common::pullgate::start(&upstream_socket).await;
-    (dir, upstream, pullgate)
-}
-
 #[tokio::test]
 async fn unknown_method_is_relayed_byte_for_byte() {
-    let (_dir, upstream, pullgate) = relay_to_recorder(raw::Delay::default()).await;
+    let (_dir, upstream, pullgate) = raw::pullgate_before_recorder(raw::Delay::default()).await;
 
     // Not valid protobuf: proves the passthrough path never decodes.
     let body = raw::frame(&[0xff, 0x00, 0x13, 0x37]);
@@ -43,7 +34,7 @@ async fn unknown_method_is_relayed_byte_for_byte() {
 
 #[tokio::test]
 async fn pull_request_keeps_fields_pullgate_does_not_know() {
-    let (_dir, upstream, pullgate) = relay_to_recorder(raw::Delay::default()).await;
+    let (_dir, upstream, pullgate) = raw::pullgate_before_recorder(raw::Delay::default()).await;
 
     let mut message = PullImageRequest {
         image: Some(ImageSpec { image: "example.com/app:1".into(), ..Default::default() }),
@@ -77,7 +68,7 @@ async fn missing_upstream_fails_fast_with_unavailable() {
 
 #[tokio::test]
 async fn malformed_pull_request_is_refused_without_reaching_upstream() {
-    let (_dir, upstream, pullgate) = relay_to_recorder(raw::Delay::default()).await;
+    let (_dir, upstream, pullgate) = raw::pullgate_before_recorder(raw::Delay::default()).await;
 
     let response =
         raw::call(&pullgate.socket, "/runtime.v1.ImageService/PullImage", Bytes::from_static(&[0, 0, 0, 0, 9, 1]), &[])
@@ -89,7 +80,7 @@ async fn malformed_pull_request_is_refused_without_reaching_upstream() {
 
 #[tokio::test]
 async fn a_large_body_is_relayed_whole_in_both_directions() {
-    let (_dir, upstream, pullgate) = relay_to_recorder(raw::Delay::default()).await;
+    let (_dir, upstream, pullgate) = raw::pullgate_before_recorder(raw::Delay::default()).await;
 
     // Larger than every flow-control window on the way (1 MiB towards pullgate, 2 MiB towards
     // the upstream), so the relay has to wait for window updates in both directions.
@@ -107,7 +98,7 @@ async fn a_large_body_is_relayed_whole_in_both_directions() {
 #[tokio::test]
 async fn a_call_the_client_abandons_is_cancelled_upstream() {
     // The upstream records a call only once it has answered; a cancelled call never is.
-    let (_dir, upstream, pullgate) = relay_to_recorder(raw::Delay(Duration::from_millis(600))).await;
+    let (_dir, upstream, pullgate) = raw::pullgate_before_recorder(raw::Delay(Duration::from_millis(600))).await;
 
     let call = raw::call(&pullgate.socket, "/runtime.v1.ImageService/ListImages", raw::frame(&[]), &[]);
     assert!(tokio::time::timeout(Duration::from_millis(150), call).await.is_err(), "answered before the delay");
@@ -122,7 +113,7 @@ async fn a_call_the_client_abandons_is_cancelled_upstream() {
 
 #[tokio::test]
 async fn oversized_metadata_is_refused_before_it_reaches_the_upstream() {
-    let (_dir, upstream, pullgate) = relay_to_recorder(raw::Delay::default()).await;
+    let (_dir, upstream, pullgate) = raw::pullgate_before_recorder(raw::Delay::default()).await;
     let stream = tokio::net::UnixStream::connect(&pullgate.socket).await.unwrap();
     let (client, connection) = h2::client::handshake(stream).await.unwrap();
     tokio::spawn(connection);

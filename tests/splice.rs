@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, BytesMut};
 use common::cri;
 use common::lab::Lab;
-use common::raw::{self, RecordingUpstream};
+use common::raw;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pullgate::config::Config;
@@ -96,10 +96,7 @@ async fn kept_and_relayed_calls_interleave_on_one_connection() {
 
 #[tokio::test]
 async fn each_client_connection_gets_its_own_upstream_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream_socket = dir.path().join("upstream.sock");
-    let upstream = RecordingUpstream::start(&upstream_socket);
-    let pullgate = common::pullgate::start(&upstream_socket).await;
+    let (_dir, upstream, pullgate) = raw::pullgate_before_recorder(raw::Delay::default()).await;
     let before = upstream.connections.load(Ordering::SeqCst);
     // raw::call dials a new connection for every call.
     for _ in 0..3 {
@@ -211,10 +208,7 @@ async fn a_connection_made_while_containerd_is_down_moves_once_it_is_back() {
 
 #[tokio::test]
 async fn a_protocol_error_closes_that_connection_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream_socket = dir.path().join("upstream.sock");
-    let _upstream = RecordingUpstream::start(&upstream_socket);
-    let pullgate = common::pullgate::start(&upstream_socket).await;
+    let (_dir, _upstream, pullgate) = raw::pullgate_before_recorder(raw::Delay::default()).await;
     let mut other = hold(&pullgate.socket).await;
 
     let mut broken = UnixStream::connect(&pullgate.socket).await.unwrap();

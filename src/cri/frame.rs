@@ -182,29 +182,43 @@ pub fn put_data(out: &mut BytesMut, stream: u32, data: &[u8], end_stream: bool) 
     }
 }
 
-/// The settings of one SETTINGS frame (not an ACK), as (identifier, value) pairs.
-pub fn settings(frame: &Frame) -> Result<Vec<(u16, u32)>, ProtocolError> {
+/// What a SETTINGS frame changes that the relay must follow; the rest only concerns the peers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// The largest dynamic table the sender's decoder keeps, i.e. the peer's encoder may use.
+    pub header_table_size: Option<usize>,
+    /// The window each new stream starts with for data sent to the sender.
+    pub initial_window_size: Option<i64>,
+    /// The largest frame the sender accepts.
+    pub max_frame_size: Option<usize>,
+}
+
+/// The settings of one SETTINGS frame that is not an ACK; a value given twice counts once,
+/// the last time.
+pub fn settings(frame: &Frame) -> Result<Settings, ProtocolError> {
     let mut payload = frame.payload();
     if frame.stream != 0 || !payload.len().is_multiple_of(6) {
         return Err(malformed("malformed SETTINGS"));
     }
-    let mut pairs = Vec::with_capacity(payload.len() / 6);
+    let mut settings = Settings::default();
     while payload.has_remaining() {
-        pairs.push((payload.get_u16(), payload.get_u32()));
-    }
-    for &(id, value) in &pairs {
-        let valid = match id {
-            setting::INITIAL_WINDOW_SIZE => i64::from(value) <= MAX_WINDOW,
-            setting::MAX_FRAME_SIZE => (DEFAULT_MAX_FRAME as u32..1 << 24).contains(&value),
-            _ => true,
-        };
-        if !valid {
-            let reason =
-                if id == setting::INITIAL_WINDOW_SIZE { reason::FLOW_CONTROL_ERROR } else { reason::PROTOCOL_ERROR };
-            return Err(ProtocolError::new(reason, format!("SETTINGS value {value} for {id:#x} out of range")));
+        let (id, value) = (payload.get_u16(), payload.get_u32());
+        let out_of_range =
+            |reason| ProtocolError::new(reason, format!("SETTINGS value {value} for {id:#x} out of range"));
+        match id {
+            setting::HEADER_TABLE_SIZE => settings.header_table_size = Some(value as usize),
+            setting::INITIAL_WINDOW_SIZE if i64::from(value) > MAX_WINDOW => {
+                return Err(out_of_range(reason::FLOW_CONTROL_ERROR));
+            }
+            setting::INITIAL_WINDOW_SIZE => settings.initial_window_size = Some(i64::from(value)),
+            setting::MAX_FRAME_SIZE if !(DEFAULT_MAX_FRAME as u32..1 << 24).contains(&value) => {
+                return Err(out_of_range(reason::PROTOCOL_ERROR));
+            }
+            setting::MAX_FRAME_SIZE => settings.max_frame_size = Some(value as usize),
+            _ => {}
         }
     }
-    Ok(pairs)
+    Ok(settings)
 }
 
 /// The increment of a WINDOW_UPDATE frame.

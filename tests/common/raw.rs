@@ -153,3 +153,14 @@ async fn answer(
         .unwrap();
     Ok(response)
 }
+
+/// pullgate in front of a recording upstream, both on sockets in the returned temp dir.
+pub async fn pullgate_before_recorder(
+    delay: Delay,
+) -> (tempfile::TempDir, RecordingUpstream, super::pullgate::Running) {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_socket = dir.path().join("upstream.sock");
+    let upstream = RecordingUpstream::start_delayed(&upstream_socket, delay);
+    let pullgate = super::pullgate::start(&upstream_socket).await;
+    (dir, upstream, pullgate)
+}

@@ -50,15 +50,11 @@ impl<G: PullGate> Splice<G> {
             }
             kind::SETTINGS => {
                 if !frame.has(flag::ACK) {
-                    for (id, value) in frame::settings(&frame)? {
-                        match id {
-                            setting::HEADER_TABLE_SIZE => {
-                                self.kubelet_hpack.set_allowed((value as usize).min(MAX_HPACK_TABLE_BYTES));
-                            }
-                            setting::MAX_FRAME_SIZE => self.kubelet_max_frame = value as usize,
-                            _ => {}
-                        }
+                    let settings = frame::settings(&frame)?;
+                    if let Some(size) = settings.header_table_size {
+                        self.kubelet_hpack.set_allowed(size.min(MAX_HPACK_TABLE_BYTES));
                     }
+                    self.kubelet_max_frame = settings.max_frame_size.unwrap_or(self.kubelet_max_frame);
                 }
                 self.to_kubelet.put_slice(&frame.bytes);
                 Ok(())

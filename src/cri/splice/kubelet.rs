@@ -60,22 +60,18 @@ impl<G: PullGate> Splice<G> {
             }
             kind::SETTINGS => {
                 if !frame.has(flag::ACK) {
-                    for (id, value) in frame::settings(&frame)? {
-                        match id {
-                            setting::HEADER_TABLE_SIZE => {
-                                self.containerd_hpack.set_allowed((value as usize).min(MAX_HPACK_TABLE_BYTES));
+                    let settings = frame::settings(&frame)?;
+                    if let Some(size) = settings.header_table_size {
+                        self.containerd_hpack.set_allowed(size.min(MAX_HPACK_TABLE_BYTES));
+                    }
+                    self.containerd_max_frame = settings.max_frame_size.unwrap_or(self.containerd_max_frame);
+                    if let Some(window) = settings.initial_window_size {
+                        let delta = window - self.kubelet_stream_window;
+                        self.kubelet_stream_window = window;
+                        for stream in self.streams.values_mut() {
+                            if let Stream::Kept(kept) = stream {
+                                frame::grow(&mut kept.window, delta)?;
                             }
-                            setting::INITIAL_WINDOW_SIZE => {
-                                let delta = i64::from(value) - self.kubelet_stream_window;
-                                self.kubelet_stream_window = i64::from(value);
-                                for stream in self.streams.values_mut() {
-                                    if let Stream::Kept(kept) = stream {
-                                        frame::grow(&mut kept.window, delta)?;
-                                    }
-                                }
-                            }
-                            setting::MAX_FRAME_SIZE => self.containerd_max_frame = value as usize,
-                            _ => {}
                         }
                     }
                     self.pump_kept();

@@ -36,7 +36,7 @@ use tokio::net::unix::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
-use crate::cri::frame::{self, Frame, ProtocolError, flag, kind, reason, setting};
+use crate::cri::frame::{self, Frame, ProtocolError, flag, kind, reason};
 use crate::cri::hpack::Decoder;
 use crate::cri::observe::CallLog;
 use crate::cri::proxy::{self, Proxy, Route};
