@@ -418,3 +418,52 @@ proptest! {
         }
     }
 }
+
+// === HTTP/2 frames and HPACK (the splice relay) ===
+
+/// A header field as the relay writes it again: any bytes for name and value.
+fn header_field() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+    (prop::collection::vec(any::<u8>(), 0..40), prop::collection::vec(any::<u8>(), 0..300))
+}
+
+proptest! {
+    /// Blocks from a kubelet or containerd are remote input: decoding arbitrary bytes (one
+    /// decoder across blocks, as on a connection) fails cleanly or yields fields.
+    #[test]
+    fn hpack_decoding_survives_arbitrary_blocks(blocks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 1..8)) {
+        let mut decoder = pullgate::cri::hpack::Decoder::default();
+        for block in blocks {
+            let _ = decoder.decode(&block, |_, _| {});
+        }
+    }
+
+    /// What the relay writes (literals that never index) reads back exactly, and leaves the
+    /// reader's dynamic table as it was: a block indexing a dynamic entry still fails after it.
+    #[test]
+    fn header_blocks_written_again_read_back_unchanged(fields in prop::collection::vec(header_field(), 0..12)) {
+        let mut block = Vec::new();
+        for (name, value) in &fields {
+            pullgate::cri::frame::put_literal(&mut block, name, value);
+        }
+        let mut decoder = pullgate::cri::hpack::Decoder::default();
+        let mut decoded = Vec::new();
+        decoder.decode(&block, |name, value| decoded.push((name.to_vec(), value.to_vec()))).expect("own block decodes");
+        prop_assert_eq!(decoded, fields);
+        let indexed_dynamic = decoder.decode(&[0x80 | 62], |_, _| {});
+        prop_assert!(indexed_dynamic.is_err(), "the written block added a table entry");
+    }
+
+    /// Frames are cut whole out of any byte stream: never a panic, never a frame above the
+    /// limit, and the bytes handed out are exactly the bytes taken.
+    #[test]
+    fn frames_are_cut_whole_from_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+        let mut buffer = bytes::BytesMut::from(&bytes[..]);
+        let mut taken = 0;
+        while let Ok(Some(frame)) = pullgate::cri::frame::next(&mut buffer, 1024) {
+            prop_assert!(frame.payload().len() <= 1024);
+            taken += frame.bytes.len();
+            let _ = frame.fragment();
+        }
+        prop_assert_eq!(taken + buffer.len(), bytes.len());
+    }
+}
