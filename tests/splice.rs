@@ -12,7 +12,7 @@ use bytes::{BufMut, BytesMut};
 use common::cri;
 use common::lab::Lab;
 use common::raw;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pullgate::config::Config;
 use pullgate::cri::proto::{ImageStatusRequest, ListImagesRequest};
@@ -134,17 +134,9 @@ impl Held {
                 verbose: false,
             }))))
             .unwrap();
-        let response = self.sender.send_request(request).await.expect("send");
-        let (parts, body) = response.into_parts();
-        let collected = body.collect().await.expect("body");
-        let trailers = collected.trailers().cloned().unwrap_or(parts.headers);
-        let field = |name| trailers.get(name).map(|v| v.to_str().unwrap_or_default().to_owned()).unwrap_or_default();
-        (field("grpc-status"), raw_decode(&field("grpc-message")))
+        let response = raw::collect(self.sender.send_request(request).await.expect("send")).await;
+        (response.grpc_status().unwrap_or_default().to_owned(), response.grpc_message())
     }
-}
-
-fn raw_decode(message: &str) -> String {
-    message.replace("%20", " ").replace("%3A", ":").replace("%2F", "/")
 }
 
 #[tokio::test(flavor = "multi_thread")]

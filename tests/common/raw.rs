@@ -71,7 +71,8 @@ pub async fn call(socket: &Path, path: &str, body: Bytes, metadata: &[(&str, &st
     collect(response).await
 }
 
-async fn collect(response: Response<hyper::body::Incoming>) -> RawResponse {
+/// Everything of a response: headers, body and trailers.
+pub async fn collect(response: Response<hyper::body::Incoming>) -> RawResponse {
     let (parts, body) = response.into_parts();
     let collected = body.collect().await.expect("read body");
     let trailers = collected.trailers().cloned().unwrap_or_default();

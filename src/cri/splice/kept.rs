@@ -11,11 +11,7 @@ impl<G: PullGate> Splice<G> {
     pub(super) fn answer(&mut self, answer: Answer) {
         let (id, out, last) = match answer {
             Answer::Head { stream, parts, end } => {
-                let mut block = Vec::new();
-                frame::put_literal(&mut block, b":status", parts.status.as_str().as_bytes());
-                for (name, value) in &parts.headers {
-                    frame::put_literal(&mut block, name.as_str().as_bytes(), value.as_bytes());
-                }
+                let block = head_block(Some(parts.status), &parts.headers);
                 if end {
                     self.end_kept(stream, grpc_outcome(&parts.headers));
                 }
@@ -28,10 +24,7 @@ impl<G: PullGate> Splice<G> {
             }
             Answer::Trailers { stream, trailers } => {
                 self.end_kept(stream, grpc_outcome(&trailers));
-                let mut block = Vec::new();
-                for (name, value) in &trailers {
-                    frame::put_literal(&mut block, name.as_str().as_bytes(), value.as_bytes());
-                }
+                let block = head_block(None, &trailers);
                 (stream, Out::Other(header_frames(stream, &block, true)), true)
             }
             Answer::End { stream } => {
@@ -41,9 +34,7 @@ impl<G: PullGate> Splice<G> {
             }
             Answer::Failed { stream } => {
                 self.end_kept(stream, CallOutcome::Aborted);
-                let mut out = BytesMut::new();
-                frame::put_rst_stream(&mut out, stream, reason::CANCEL);
-                (stream, Out::Other(out.freeze()), true)
+                (stream, Out::Other(reset(stream)), true)
             }
         };
         let Some(Stream::Kept(kept)) = self.streams.get_mut(&id) else { return };
@@ -76,11 +67,7 @@ impl<G: PullGate> Splice<G> {
     /// A trailers-only response carrying `status`.
     pub(super) fn send_status(&mut self, id: u32, status: tonic::Status) {
         let (parts, _) = status.into_http().into_parts();
-        let mut block = Vec::new();
-        frame::put_literal(&mut block, b":status", parts.status.as_str().as_bytes());
-        for (name, value) in &parts.headers {
-            frame::put_literal(&mut block, name.as_str().as_bytes(), value.as_bytes());
-        }
+        let block = head_block(Some(parts.status), &parts.headers);
         self.send_blocked(Out::Other(header_frames(id, &block, true)));
     }
 
@@ -91,15 +78,32 @@ impl<G: PullGate> Splice<G> {
         let Some(Stream::Relayed(mut relayed)) = self.streams.remove(&id) else { return };
         if relayed.answered {
             end_log(&mut relayed.log, CallOutcome::Aborted);
-            let mut out = BytesMut::new();
-            frame::put_rst_stream(&mut out, id, reason::CANCEL);
-            self.send_blocked(Out::Other(out.freeze()));
+            self.send_blocked(Out::Other(reset(id)));
         } else {
             let status = self.proxy.upstream().unavailable(&std::io::Error::other(why.to_owned()));
             end_log(&mut relayed.log, CallOutcome::Code(status.code()));
             self.send_status(id, status);
         }
     }
+}
+
+/// A response head (`status` given) or trailers (`status` None) as a header block of literals.
+pub(super) fn head_block(status: Option<http::StatusCode>, headers: &http::HeaderMap) -> Vec<u8> {
+    let mut block = Vec::new();
+    if let Some(status) = status {
+        frame::put_literal(&mut block, b":status", status.as_str().as_bytes());
+    }
+    for (name, value) in headers {
+        frame::put_literal(&mut block, name.as_str().as_bytes(), value.as_bytes());
+    }
+    block
+}
+
+/// RST_STREAM(CANCEL) for `stream`.
+fn reset(stream: u32) -> Bytes {
+    let mut out = BytesMut::new();
+    frame::put_rst_stream(&mut out, stream, reason::CANCEL);
+    out.freeze()
 }
 
 /// What a kept call's task reports back.

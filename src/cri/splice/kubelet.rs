@@ -176,6 +176,8 @@ impl<G: PullGate> Splice<G> {
         let mut encoded = Vec::with_capacity(block.bytes.len() + 64);
         let mut list_bytes = 0;
         let without_containerd = self.without_containerd();
+        // Decided at the first regular field, once the pseudo-fields (the path) are in.
+        let mut keep_fields = None;
         self.kubelet_hpack
             .decode(&block.bytes, |name, value| {
                 list_bytes += name.len() + value.len() + 32;
@@ -190,7 +192,9 @@ impl<G: PullGate> Splice<G> {
                 }
                 frame::put_literal(&mut encoded, name, value);
                 // Only calls not spliced through need their headers as a map.
-                if !name.starts_with(b":") && (without_containerd || path.as_deref().is_some_and(kept_here)) {
+                if !name.starts_with(b":")
+                    && *keep_fields.get_or_insert_with(|| without_containerd || path.as_deref().is_some_and(kept_here))
+                {
                     fields.push((name.to_vec(), value.to_vec()));
                 }
             })
@@ -204,8 +208,7 @@ impl<G: PullGate> Splice<G> {
         }
         if list_bytes > MAX_HEADER_LIST_BYTES {
             // Decoded all the same: the kubelet's compression state goes on from this block.
-            let mut head = Vec::new();
-            frame::put_literal(&mut head, b":status", b"431");
+            let head = kept::head_block(Some(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE), &Default::default());
             frame::put_header_block(&mut self.to_kubelet, id, &head, true);
             if let Some(Stream::Relayed(_)) = self.streams.remove(&id) {
                 frame::put_rst_stream(&mut self.to_containerd, id, reason::CANCEL);
