@@ -300,6 +300,12 @@ impl ImageRef {
         ImageRef { digest: Some(d), ..self.clone() }
     }
 
+    /// The same image without its tag: a "repo:tag@digest" reference whose tag does not (or is
+    /// not known to) point at that digest is only the digest to containerd.
+    pub fn without_tag(&self) -> ImageRef {
+        ImageRef { tag: None, ..self.clone() }
+    }
+
     /// "registry/repository@digest" when a digest is set: what is actually pulled.
     pub fn pinned(&self) -> Option<String> {
         self.digest.as_ref().map(|d| format!("{}@{}", self.name(), d))

@@ -6,7 +6,7 @@ use futures_util::future::join_all;
 
 use crate::policy::Rule;
 use crate::reference::{Digest, ImageRef};
-use crate::registry::{Credentials, Registry, RegistryError};
+use crate::registry::{Credentials, Manifest, Registry, RegistryError};
 use crate::verify::payload::MAX_PAYLOAD_BYTES;
 use crate::verify::signatures::{SignatureLayer, parse_signature_manifest};
 use crate::verify::{Evaluation, evaluate};
@@ -79,25 +79,54 @@ fn reason(evaluation: &Evaluation, unusable: &[RegistryError]) -> String {
     }
 }
 
-/// The digest the pull will be pinned to: the one the reference names (no request: the
-/// signature lookup finds nothing for a digest the registry lacks, and containerd pulls by it
-/// anyway), or the digest of the manifest bytes the registry serves for the tag now.
-pub async fn resolve<R: Registry>(
+/// The digest `tag` names now: the digest of the manifest bytes the registry serves for it.
+/// Only manifests containerd fetches by their digest are admitted: a Docker schema1 manifest
+/// (or anything else) is refused, since containerd before 2.1 converts schema1 on its own and
+/// would store something other than the bytes verified here.
+pub async fn resolve_tag<R: Registry>(
     registry: &R,
     image: &ImageRef,
+    tag: &str,
     credentials: &Credentials,
 ) -> Result<Digest, Outcome> {
-    if let Some(digest) = image.digest() {
-        return Ok(digest.clone());
-    }
-    let Some(tag) = image.tag() else {
-        return Err(Outcome::reject("the reference names neither a tag nor a digest"));
-    };
     match registry.manifest(image, tag, credentials).await {
-        Ok(Some(manifest)) => Ok(manifest.digest),
+        Ok(Some(manifest)) => match pinnable(&manifest) {
+            Ok(()) => Ok(manifest.digest),
+            Err(reason) => Err(Outcome { digest: Some(manifest.digest), ..Outcome::reject(&reason) }),
+        },
         Ok(None) => Err(Outcome::reject("the registry has no such image")),
         Err(error) => Err(Outcome::registry_error(None, "cannot resolve the image", &error)),
     }
+}
+
+/// The manifest kinds a pull can be pinned to: OCI and Docker schema 2 images and indexes.
+const PINNABLE_MEDIA_TYPES: [&str; 4] = [
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+fn pinnable(manifest: &Manifest) -> Result<(), String> {
+    if PINNABLE_MEDIA_TYPES.contains(&manifest.media_type.as_str()) {
+        return Ok(());
+    }
+    #[derive(serde::Deserialize)]
+    struct Version {
+        #[serde(rename = "schemaVersion")]
+        schema_version: Option<u64>,
+    }
+    let version = serde_json::from_slice::<Version>(&manifest.bytes).ok().and_then(|v| v.schema_version);
+    // An OCI manifest may leave out its mediaType; schema 2 is then all there is to go by.
+    if manifest.media_type.is_empty() && version == Some(2) {
+        return Ok(());
+    }
+    let shown = if manifest.media_type.is_empty() { "no media type" } else { manifest.media_type.as_str() };
+    let kind = match version {
+        Some(1) => "a Docker schema1 manifest".to_owned(),
+        _ => format!("a manifest of an unsupported kind ({})", shown.chars().take(100).collect::<String>()),
+    };
+    Err(format!("the tag resolves to {kind}; only OCI and Docker schema 2 images and indexes are verified and pinned"))
 }
 
 /// Signature layers paired with their payloads, and the errors of payloads that could not be

@@ -5,6 +5,7 @@
 mod cache;
 mod check;
 mod flight;
+pub(crate) mod limits;
 mod report;
 mod slots;
 mod verifier;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
-use crate::policy::{Requirement, SharedPolicy};
+use crate::policy::SharedPolicy;
 use crate::reference::ImageRef;
 use crate::registry::{Credentials, Registry, RegistryConfig};
 
@@ -86,25 +87,31 @@ impl<R: Registry + 'static> Gate<R> {
     }
 
     /// Decides without acting: the daemon forwards or rejects on it, `pullgate verify` prints it.
+    /// A decision is only made under the policy in force when it ends: one that a reload
+    /// overtook is made again under the new policy (cheaply: what the registry said is
+    /// cached), and refused as retryable if the policy keeps changing under it.
     pub async fn decide(&self, pull: &PullRequest) -> Decision {
         let started = Instant::now();
         let image = match ImageRef::parse_for_pull(&pull.image) {
             Ok(image) => image,
             Err(error) => return Decision::unparsable(&pull.image, &error, started),
         };
-        let policy = self.policy.current();
-        let Some((index, rule)) = policy.find_indexed(&image, pull.namespace.as_deref()) else {
-            return Decision::no_rule(image, started);
-        };
-        let outcome = match rule.require {
-            Requirement::Accept => check::Outcome::accept("the rule accepts images without verification"),
-            Requirement::Reject => check::Outcome::reject("the rule rejects every image in its scope"),
-            Requirement::Signed => {
-                let in_force = verifier::RuleInForce { generation: policy.generation(), index, rule };
-                self.verifier.check(&image, in_force, &pull.credentials).await
+        for _ in 0..limits::DECISION_ATTEMPTS {
+            let policy = self.policy.current();
+            let generation = policy.generation();
+            let pull = verifier::Pull {
+                image: &image,
+                policy,
+                namespace: pull.namespace.as_deref(),
+                credentials: &pull.credentials,
+            };
+            let settled = self.verifier.decide(pull).await;
+            if self.policy.current().generation() == generation {
+                return Decision::new(image, settled, started);
             }
-        };
-        Decision::new(image, rule.clone(), outcome, started)
+            tracing::info!(image = %image, "the policy was reloaded while deciding; deciding again under the new one");
+        }
+        Decision::superseded(image, started)
     }
 }
 

@@ -7,7 +7,9 @@ use crate::policy::{Mode, Requirement, Rule};
 use crate::reference::{Digest, ImageRef};
 use crate::verify::Evaluation;
 
+#[cfg(test)]
 use super::check::Outcome;
+use super::verifier::Settled;
 use super::{Admission, Rejection};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -24,6 +26,9 @@ pub struct Decision {
     /// The normalised image, or the raw request when it does not parse.
     pub image: String,
     parsed: Option<ImageRef>,
+    /// The image as the rule was chosen for: with the digest containerd will fetch, and with
+    /// the tag only while it points at that digest. None when the request does not parse.
+    pub matched: Option<ImageRef>,
     pub digest: Option<Digest>,
     pub rule: Option<Rule>,
     pub evaluation: Option<Evaluation>,
@@ -33,12 +38,14 @@ pub struct Decision {
 }
 
 impl Decision {
-    pub(super) fn new(image: ImageRef, rule: Rule, outcome: Outcome, started: Instant) -> Decision {
+    pub(super) fn new(image: ImageRef, settled: Settled, started: Instant) -> Decision {
+        let Settled { rule, matched, outcome } = settled;
         Decision {
             image: image.to_string(),
             digest: outcome.digest.or_else(|| image.digest().cloned()),
             parsed: Some(image),
-            rule: Some(rule),
+            matched: Some(matched),
+            rule,
             evaluation: outcome.evaluation,
             verdict: outcome.verdict,
             reason: outcome.reason,
@@ -46,9 +53,11 @@ impl Decision {
         }
     }
 
-    pub(super) fn no_rule(image: ImageRef, started: Instant) -> Decision {
-        let reason = "no policy rule matches the image".to_owned();
+    /// The policy was reloaded under every attempt to decide: refused, and worth a retry.
+    pub(super) fn superseded(image: ImageRef, started: Instant) -> Decision {
+        let reason = "the policy was reloaded while the pull was being decided; retry the pull".to_owned();
         let mut decision = Decision::rejected(image.to_string(), reason, started);
+        decision.verdict = Verdict::Unavailable;
         decision.digest = image.digest().cloned();
         decision.parsed = Some(image);
         decision
@@ -62,6 +71,7 @@ impl Decision {
         Decision {
             image,
             parsed: None,
+            matched: None,
             digest: None,
             rule: None,
             evaluation: None,
@@ -79,8 +89,9 @@ impl Decision {
     pub fn action(&self) -> Result<Admission, Rejection> {
         match (self.verdict, self.mode()) {
             (Verdict::Accepted, _) => self.admission(),
-            // Audit: the verdict is logged and counted, the pull goes ahead as asked.
-            (_, Some(Mode::Audit)) => Ok(Admission::Forward),
+            // Audit: the verdict is logged and counted, and the pull goes ahead, pinned like an
+            // enforced one so the digest the record names is the one containerd stores.
+            (_, Some(Mode::Audit)) => Ok(self.pinned().unwrap_or(Admission::Forward)),
             (Verdict::Rejected, _) => Err(Rejection::Denied(self.message())),
             (Verdict::Unavailable, _) => Err(Rejection::RegistryUnavailable(self.message())),
         }
@@ -90,19 +101,21 @@ impl Decision {
     /// that was verified, never by a tag that could have moved since. A `signed` rule without a
     /// digest to pin cannot happen; if it ever did, the pull is refused rather than forwarded.
     fn admission(&self) -> Result<Admission, Rejection> {
-        let pinned = match (&self.parsed, &self.digest) {
-            (Some(image), Some(digest)) => image.with_digest(digest.clone()).pinned().map(|reference| {
-                let tag = image.digest().is_none().then(|| image.to_string());
-                Admission::Pinned { pinned: reference, tag }
-            }),
-            _ => None,
-        };
         let signed = self.rule.as_ref().is_some_and(|rule| rule.require == Requirement::Signed);
-        match pinned {
+        match self.pinned() {
             Some(admission) => Ok(admission),
             None if signed => Err(Rejection::Denied(format!("{}: no verified digest to pin", self.message()))),
             None => Ok(Admission::Forward),
         }
+    }
+
+    /// Pulling exactly the digest the decision was made on, and pointing the requested tag
+    /// at it; None while no digest is known.
+    fn pinned(&self) -> Option<Admission> {
+        let (image, digest) = (self.parsed.as_ref()?, self.digest.as_ref()?);
+        let pinned = image.with_digest(digest.clone()).pinned()?;
+        let tag = image.digest().is_none().then(|| image.to_string());
+        Some(Admission::Pinned { pinned, tag })
     }
 
     /// Names the image, its digest, the rule and the reason; the CRI edge puts the kubelet's
@@ -161,7 +174,8 @@ mod tests {
 
     fn decide(require: Requirement, mode: Mode, outcome: Outcome) -> Result<Admission, Rejection> {
         let image = ImageRef::parse_for_pull("example.com/team/app:1").expect("image");
-        Decision::new(image, rule(require, mode), outcome, Instant::now()).action()
+        let settled = Settled { rule: Some(rule(require, mode)), matched: image.clone(), outcome };
+        Decision::new(image, settled, Instant::now()).action()
     }
 
     fn digest() -> Digest {
@@ -186,6 +200,21 @@ mod tests {
     fn accept_rule_forwards_as_asked() {
         let admitted = decide(Requirement::Accept, Mode::Enforce, Outcome::accept("accept"));
         assert_eq!(admitted.expect("admitted"), Admission::Forward);
+    }
+
+    #[test]
+    fn audit_pins_a_rejected_pull_to_the_digest_it_recorded() {
+        let outcome = Outcome { digest: Some(digest()), ..Outcome::reject("unsigned") };
+        let admission = decide(Requirement::Signed, Mode::Audit, outcome).expect("audit lets it through");
+        let pinned = format!("example.com/team/app@{}", digest());
+        assert_eq!(admission, Admission::Pinned { pinned, tag: Some("example.com/team/app:1".into()) });
+    }
+
+    #[test]
+    fn an_accept_rule_chosen_on_a_resolved_digest_pins_it() {
+        let outcome = Outcome { digest: Some(digest()), ..Outcome::accept("accept") };
+        let admission = decide(Requirement::Accept, Mode::Enforce, outcome).expect("admitted");
+        assert!(matches!(admission, Admission::Pinned { .. }), "{admission:?}");
     }
 
     #[test]

@@ -1,7 +1,12 @@
-//! Checking images against `signed` rules in as few registry round trips as a correct answer
-//! allows: a tag is resolved on every pull (it can move), the signature check runs once per
-//! digest and rule while its result is cached, and concurrent pulls of one image share one
-//! check.
+//! Deciding pulls in as few registry round trips as a correct answer allows: a tag is resolved
+//! on every pull that needs its digest (it can move), the rule is chosen only once the digest
+//! containerd will fetch is known, the signature check runs once per digest and rule while its
+//! result is cached, and concurrent pulls of one image share one decision.
+//!
+//! Why the rule comes after the resolve: a rule about a digest (a revoked build) must apply
+//! however the image is asked for, and a rule about a tag must not apply to a digest the tag
+//! does not point at. Deciding on the name alone let `repo:tag@digest` borrow the tag's rule
+//! for any digest, and let `repo:tag` dodge a rule about the digest it resolves to.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::CacheConfig;
-use crate::policy::Rule;
+use crate::policy::{Mode, Policy, Requirement, Rule};
 use crate::reference::{Digest, ImageRef};
 use crate::registry::{Credentials, Registry};
 
@@ -18,40 +23,52 @@ use super::check::{self, Outcome};
 use super::flight::Flights;
 use super::slots::Slots;
 
-/// The rule an image falls under, and which one it is: its position in the policy of
-/// `generation`.
-pub struct RuleInForce<'a> {
-    pub generation: u64,
-    pub index: usize,
-    pub rule: &'a Rule,
+/// One pull as the verifier decides it.
+pub struct Pull<'a> {
+    pub image: &'a ImageRef,
+    /// The policy in force when the pull arrived; the whole decision is made under it.
+    pub policy: Arc<Policy>,
+    pub namespace: Option<&'a str>,
+    pub credentials: &'a Credentials,
+}
+
+/// The rule that decided a pull and what checking the image against it found.
+#[derive(Clone, Debug)]
+pub struct Settled {
+    /// None when no rule matches, or when the facts a rule depends on could not be learnt.
+    pub rule: Option<Rule>,
+    /// The image as the rule was chosen for: with the digest containerd will fetch once it is
+    /// known, and with a tag only while that tag points at that digest.
+    pub matched: ImageRef,
+    pub outcome: Outcome,
 }
 
 pub struct Verifier<R> {
     registry: Arc<R>,
     cache: VerdictCache,
-    flights: Flights<FlightKey, Outcome>,
+    flights: Flights<FlightKey, Settled>,
     slots: Slots,
     /// One time budget for a check, however many requests it takes and however long it
     /// waits for a slot.
     budget: Duration,
 }
 
-/// Pulls that can share one check: the same image under the same rule, asked with the same
-/// credentials (the check's requests are made with them, so their failures are theirs).
+/// Pulls that can share one decision: the same image in the same namespace under the same
+/// policy, asked with the same credentials (the requests are made with them, so their failures
+/// are theirs).
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct FlightKey {
     generation: u64,
-    rule: usize,
+    namespace: Option<String>,
     image: String,
     credentials: String,
 }
 
-/// One check, owning what it needs to run as a task of its own.
+/// One decision, owning what it needs to run as a task of its own.
 struct Job {
     image: ImageRef,
-    rule: Rule,
-    generation: u64,
-    rule_index: usize,
+    policy: Arc<Policy>,
+    namespace: Option<String>,
     credentials: Credentials,
 }
 
@@ -62,79 +79,187 @@ impl<R: Registry + 'static> Verifier<R> {
         Verifier { registry, cache: VerdictCache::new(cache), flights: Flights::new(), slots, budget }
     }
 
-    /// Joins the check already running for this pull's image and rule, or starts one.
-    pub async fn check(
-        self: &Arc<Self>,
-        image: &ImageRef,
-        rule: RuleInForce<'_>,
-        credentials: &Credentials,
-    ) -> Outcome {
+    /// Joins the decision already running for this pull's image, or starts one.
+    pub async fn decide(self: &Arc<Self>, pull: Pull<'_>) -> Settled {
         let key = FlightKey {
-            generation: rule.generation,
-            rule: rule.index,
-            image: image.to_string(),
-            credentials: credentials.fingerprint(),
+            generation: pull.policy.generation(),
+            namespace: pull.namespace.map(str::to_owned),
+            image: pull.image.to_string(),
+            credentials: pull.credentials.fingerprint(),
         };
         let flight = self.flights.join(key, || {
             let verifier = Arc::clone(self);
             let job = Job {
-                image: image.clone(),
-                rule: rule.rule.clone(),
-                generation: rule.generation,
-                rule_index: rule.index,
-                credentials: credentials.clone(),
+                image: pull.image.clone(),
+                policy: Arc::clone(&pull.policy),
+                namespace: pull.namespace.map(str::to_owned),
+                credentials: pull.credentials.clone(),
             };
             async move { verifier.run(job).await }
         });
-        flight.await.unwrap_or_else(|lost| Outcome::unavailable(lost.to_string()))
+        let fallback =
+            || Settled { rule: None, matched: pull.image.clone(), outcome: Outcome::unavailable(String::new()) };
+        flight.await.unwrap_or_else(|lost| Settled { outcome: Outcome::unavailable(lost.to_string()), ..fallback() })
     }
 
-    /// The budget covers the whole check, so every pull sharing it fails at the same moment.
-    async fn run(&self, job: Job) -> Outcome {
+    /// The budget covers the whole decision, so every pull sharing it fails at the same moment.
+    async fn run(&self, job: Job) -> Settled {
         let deadline = Instant::now() + self.budget;
-        // A digest checked recently needs no registry request, so it needs no slot either.
-        if let Some(outcome) = job.image.digest().and_then(|digest| self.cached(&job, digest)) {
-            return outcome;
+        // What needs no registry request needs no slot either.
+        if let Some(settled) = self.settle_locally(&job) {
+            return settled;
         }
         let _slot = match self.slots.acquire(job.image.registry(), deadline).await {
             Ok(slot) => slot,
             Err(busy) => {
-                return Outcome::unavailable(format!("verification did not start within {:?}: {busy}", self.budget));
+                let reason = format!("verification did not start within {:?}: {busy}", self.budget);
+                return job.unsettled(Outcome::unavailable(reason));
             }
         };
-        match tokio::time::timeout_at(deadline, self.resolve_and_verify(&job)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Outcome::unavailable(format!("verification did not finish within {:?}", self.budget)),
+        match tokio::time::timeout_at(deadline, self.settle(&job)).await {
+            Ok(settled) => settled,
+            Err(_) => {
+                job.unsettled(Outcome::unavailable(format!("verification did not finish within {:?}", self.budget)))
+            }
         }
     }
 
-    fn cache_key(job: &Job, digest: &Digest) -> cache::Key {
-        cache::Key {
-            generation: job.generation,
-            rule: job.rule_index,
-            image: job.image.to_string(),
-            digest: digest.clone(),
+    /// The decision, when the policy and the cache give it without asking the registry.
+    fn settle_locally(&self, job: &Job) -> Option<Settled> {
+        let matched = job.known_without_registry()?;
+        let Some((index, rule)) = job.policy.find_indexed(&matched, job.namespace()) else {
+            return Some(job.no_rule(matched));
+        };
+        let outcome = match (rule.require, matched.digest()) {
+            (Requirement::Signed, Some(digest)) => self.cached(job, index, digest)?,
+            (Requirement::Signed, None) => return None,
+            _ => unverified(rule, matched.digest()),
+        };
+        Some(Settled { rule: Some(rule.clone()), matched, outcome })
+    }
+
+    /// The decision with the registry's help: learn the digest, choose the rule, check.
+    async fn settle(&self, job: &Job) -> Settled {
+        let matched = match self.facts(job).await {
+            Ok(matched) => matched,
+            Err(outcome) => return job.unsettled(outcome),
+        };
+        let Some((index, rule)) = job.policy.find_indexed(&matched, job.namespace()) else {
+            return job.no_rule(matched);
+        };
+        let outcome = match (rule.require, matched.digest()) {
+            (Requirement::Signed, Some(digest)) => self.signatures(job, index, rule, digest.clone()).await,
+            (Requirement::Signed, None) => Outcome::reject("no digest to verify"),
+            _ => unverified(rule, matched.digest()),
+        };
+        Settled { rule: Some(rule.clone()), matched, outcome }
+    }
+
+    /// The image as rules are matched against it: the digest containerd will fetch, and the
+    /// tag only when it points at that digest.
+    async fn facts(&self, job: &Job) -> Result<ImageRef, Outcome> {
+        let image = &job.image;
+        match (image.tag(), image.digest()) {
+            (Some(tag), Some(digest)) if job.policy.names_the_tag_of(image, job.namespace()) => {
+                // containerd ignores the tag of "repo:tag@digest"; a rule about the tag counts
+                // only while the tag names that very digest. A tag that cannot be resolved
+                // names nothing, so its rule does not apply.
+                let resolved = check::resolve_tag(&*self.registry, image, tag, &job.credentials).await;
+                Ok(if resolved.as_ref().ok() == Some(digest) { image.clone() } else { image.without_tag() })
+            }
+            (_, Some(_)) => Ok(image.without_tag()),
+            (Some(tag), None) => {
+                let digest = check::resolve_tag(&*self.registry, image, tag, &job.credentials).await?;
+                Ok(image.with_digest(digest))
+            }
+            (None, None) => Err(Outcome::reject("the reference names neither a tag nor a digest")),
         }
     }
 
-    fn cached(&self, job: &Job, digest: &Digest) -> Option<Outcome> {
-        let outcome = self.cache.get(&Self::cache_key(job, digest))?;
+    async fn signatures(&self, job: &Job, index: usize, rule: &Rule, digest: Digest) -> Outcome {
+        if let Some(outcome) = self.cached(job, index, &digest) {
+            return outcome;
+        }
+        let key = cache_key(job, index, &digest);
+        let outcome = check::signatures(&*self.registry, &job.image, digest, rule, &job.credentials).await;
+        self.cache.insert(key, &outcome);
+        outcome
+    }
+
+    fn cached(&self, job: &Job, index: usize, digest: &Digest) -> Option<Outcome> {
+        let outcome = self.cache.get(&cache_key(job, index, digest))?;
         tracing::debug!(image = %job.image, %digest, "signature check result reused from the cache");
         Some(outcome)
     }
+}
 
-    async fn resolve_and_verify(&self, job: &Job) -> Outcome {
-        let digest = match check::resolve(&*self.registry, &job.image, &job.credentials).await {
-            Ok(digest) => digest,
-            Err(outcome) => return outcome,
-        };
-        if let Some(outcome) = self.cached(job, &digest) {
-            return outcome;
+fn cache_key(job: &Job, index: usize, digest: &Digest) -> cache::Key {
+    cache::Key {
+        generation: job.policy.generation(),
+        rule: index,
+        image: job.image.to_string(),
+        digest: digest.clone(),
+    }
+}
+
+/// The outcome of a rule that checks no signature, with the digest it was chosen for.
+fn unverified(rule: &Rule, digest: Option<&Digest>) -> Outcome {
+    let outcome = match rule.require {
+        Requirement::Reject => Outcome::reject("the rule rejects every image in its scope"),
+        _ => Outcome::accept("the rule accepts images without verification"),
+    };
+    Outcome { digest: digest.cloned(), ..outcome }
+}
+
+// === impl Job ===
+
+impl Job {
+    fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    /// The image as rules are matched against it, when that needs no registry request: a
+    /// digest whose tag no rule names, or a tag whose digest no rule cares about (its rule
+    /// neither checks signatures nor audits, which pins the digest, and no rule names a
+    /// digest of the repository).
+    fn known_without_registry(&self) -> Option<ImageRef> {
+        let (image, namespace) = (&self.image, self.namespace());
+        match (image.tag(), image.digest()) {
+            (_, Some(_)) if self.policy.names_the_tag_of(image, namespace) => None,
+            (_, Some(_)) => Some(image.without_tag()),
+            (Some(_), None) => {
+                let needs_digest = self.policy.names_a_digest_of(image, namespace)
+                    || self
+                        .policy
+                        .find(image, namespace)
+                        .is_some_and(|rule| rule.require == Requirement::Signed || rule.mode == Mode::Audit);
+                (!needs_digest).then(|| image.clone())
+            }
+            (None, None) => None,
         }
-        let key = Self::cache_key(job, &digest);
-        let outcome = check::signatures(&*self.registry, &job.image, digest, &job.rule, &job.credentials).await;
-        self.cache.insert(key, &outcome);
-        outcome
+    }
+
+    fn no_rule(&self, matched: ImageRef) -> Settled {
+        let outcome =
+            Outcome { digest: matched.digest().cloned(), ..Outcome::reject("no policy rule matches the image") };
+        Settled { rule: None, matched, outcome }
+    }
+
+    /// A decision cut short by the registry or the budget. A digest in the reference is known,
+    /// and so is the rule for it (a rule about its tag is not: it does not apply). For a tag,
+    /// the rule by name is named unless a rule about one of the repository's digests might
+    /// have been the one: then none is, so an audit-mode rule cannot wave through what that
+    /// rule would refuse.
+    fn unsettled(&self, outcome: Outcome) -> Settled {
+        let (image, namespace) = (&self.image, self.namespace());
+        let matched = if image.digest().is_some() { image.without_tag() } else { image.clone() };
+        let rule = if image.digest().is_none() && self.policy.names_a_digest_of(image, namespace) {
+            None
+        } else {
+            self.policy.find(&matched, namespace).cloned()
+        };
+        let outcome = Outcome { digest: matched.digest().cloned(), ..outcome };
+        Settled { rule, matched, outcome }
     }
 }
 
@@ -152,6 +277,8 @@ mod tests {
     use crate::registry::{Manifest, RegistryConfig, RegistryError};
 
     const IMAGE: &str = "registry.test/team/app";
+    /// What `Canned` serves for every tag.
+    const TAG_MANIFEST: &[u8] = br#"{"schemaVersion":2}"#;
 
     /// Serves one image manifest for every tag and no signatures, recording each request; with
     /// `stall`, never answers at all.
@@ -159,6 +286,8 @@ mod tests {
     struct Canned {
         requests: Mutex<Vec<String>>,
         stall: bool,
+        /// Serves tags as a Docker schema1 manifest.
+        schema1: bool,
     }
 
     impl Canned {
@@ -185,8 +314,14 @@ mod tests {
             if reference.ends_with(".sig") {
                 return Ok(None);
             }
-            let bytes = Bytes::from_static(br#"{"schemaVersion":2}"#);
-            Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type: "application/json".into(), bytes }))
+            if self.schema1 {
+                let bytes = Bytes::from_static(br#"{"schemaVersion":1,"name":"team/app","fsLayers":[]}"#);
+                let media_type = "application/vnd.docker.distribution.manifest.v1+prettyjws".into();
+                return Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type, bytes }));
+            }
+            let bytes = Bytes::from_static(TAG_MANIFEST);
+            let media_type = "application/vnd.oci.image.manifest.v1+json".into();
+            Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type, bytes }))
         }
 
         async fn blob(&self, _: &ImageRef, digest: &Digest, _: usize, _: &Credentials) -> Result<Bytes, RegistryError> {
@@ -195,17 +330,30 @@ mod tests {
         }
     }
 
-    fn policy() -> Policy {
-        Policy::from_rules(vec![Rule {
-            scope: "registry.test/team".parse().unwrap(),
+    fn rule(scope: &str, require: Requirement) -> Rule {
+        Rule {
+            scope: scope.parse().unwrap(),
             namespaces: None,
-            require: Requirement::Signed,
+            require,
             keys: Vec::new(),
             threshold: 1,
             identity: IdentityRule::MatchRepository,
             mode: Mode::Enforce,
             source: PathBuf::from("test.toml"),
-        }])
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy::from_rules(vec![rule("registry.test/team", Requirement::Signed)])
+    }
+
+    /// `policy()` plus `extra`.
+    fn policy_with(extra: Rule) -> Policy {
+        Policy::from_rules(vec![rule("registry.test/team", Requirement::Signed), extra])
+    }
+
+    fn tag_digest() -> Digest {
+        Digest::sha256_of(TAG_MANIFEST)
     }
 
     fn gate(registry: &Arc<Canned>, shared: &SharedPolicy, budget: Duration) -> Gate<Canned> {
@@ -347,5 +495,120 @@ mod tests {
         with_login.credentials.username = "someone".into();
         futures_util::future::join(gate.decide(&anonymous), gate.decide(&with_login)).await;
         assert_eq!(registry.take(), 2);
+    }
+
+    // === the rule is chosen on what containerd will fetch ===
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tag_rule_does_not_lend_itself_to_a_digest_the_tag_does_not_name() {
+        let registry = Arc::new(Canned::default());
+        let shared = SharedPolicy::new(policy_with(rule(&format!("{IMAGE}:debug"), Requirement::Accept)));
+        let gate = gate(&registry, &shared, Duration::from_secs(5));
+        let unsigned = Digest::sha256_of(b"unsigned");
+        let decision = gate.decide(&pull(&format!("{IMAGE}:debug@{unsigned}"))).await;
+        assert_eq!(decision.verdict, Verdict::Rejected, "{}", decision.reason);
+        assert_eq!(decision.rule.map(|r| r.scope.to_string()).as_deref(), Some("registry.test/team"));
+        assert_eq!(decision.digest, Some(unsigned));
+        // When the tag does name the digest, its rule is the one.
+        let named = gate.decide(&pull(&format!("{IMAGE}:debug@{}", tag_digest()))).await;
+        assert_eq!(named.verdict, Verdict::Accepted, "{}", named.reason);
+        assert_eq!(
+            named.action().expect("admitted"),
+            crate::decision::Admission::Pinned { pinned: format!("{IMAGE}@{}", tag_digest()), tag: None }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_digest_rule_applies_to_a_pull_by_a_tag_that_resolves_to_it() {
+        let registry = Arc::new(Canned::default());
+        let revoked = rule(&format!("{IMAGE}@{}", tag_digest()), Requirement::Reject);
+        let shared =
+            SharedPolicy::new(Policy::from_rules(vec![rule("registry.test/team", Requirement::Accept), revoked]));
+        let gate = gate(&registry, &shared, Duration::from_secs(5));
+        let decision = gate.decide(&pull(&format!("{IMAGE}:good"))).await;
+        assert_eq!(decision.verdict, Verdict::Rejected, "{}", decision.reason);
+        assert_eq!(decision.digest, Some(tag_digest()));
+        assert!(decision.message().contains(&format!("@{}", tag_digest())), "{}", decision.message());
+        // Another repository under the accept rule is decided on its name alone.
+        registry.take();
+        let other = gate.decide(&pull("registry.test/team/other:v1")).await;
+        assert_eq!(other.verdict, Verdict::Accepted);
+        assert_eq!(other.action().expect("admitted"), crate::decision::Admission::Forward);
+        assert_eq!(registry.take(), 0, "an accept rule with no digest rule beside it asked the registry");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tag_resolving_to_schema1_is_refused() {
+        let registry = Arc::new(Canned { schema1: true, ..Canned::default() });
+        let gate = gate(&registry, &SharedPolicy::new(policy()), Duration::from_secs(5));
+        let decision = gate.decide(&pull(&format!("{IMAGE}:v1"))).await;
+        assert_eq!(decision.verdict, Verdict::Rejected);
+        assert!(decision.reason.contains("Docker schema1 manifest"), "{}", decision.reason);
+        assert_eq!(registry.requests(), vec!["manifest v1".to_owned()], "schema1 was checked for signatures");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_audit_rule_resolves_the_tag_so_the_pull_is_pinned() {
+        let registry = Arc::new(Canned::default());
+        let audit = Rule { mode: Mode::Audit, ..rule("registry.test/team", Requirement::Reject) };
+        let gate = gate(&registry, &SharedPolicy::new(Policy::from_rules(vec![audit])), Duration::from_secs(5));
+        let decision = gate.decide(&pull(&format!("{IMAGE}:v1"))).await;
+        assert_eq!(decision.verdict, Verdict::Rejected);
+        assert_eq!(
+            decision.action().expect("audit"),
+            crate::decision::Admission::Pinned {
+                pinned: format!("{IMAGE}@{}", tag_digest()),
+                tag: Some(format!("{IMAGE}:v1")),
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_unavailable_registry_does_not_let_an_audit_rule_overrule_a_digest_rule() {
+        let registry = Arc::new(Canned { stall: true, ..Canned::default() });
+        let audit = Rule { mode: Mode::Audit, ..rule("registry.test/team", Requirement::Reject) };
+        let revoked = rule(&format!("{IMAGE}@{}", tag_digest()), Requirement::Reject);
+        let gate =
+            gate(&registry, &SharedPolicy::new(Policy::from_rules(vec![audit, revoked])), Duration::from_secs(1));
+        let decision = gate.decide(&pull(&format!("{IMAGE}:v1"))).await;
+        assert_eq!(decision.verdict, Verdict::Unavailable);
+        assert!(decision.action().is_err(), "forwarded although the tag may name the revoked digest");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_decision_overtaken_by_a_reload_is_made_again_under_the_new_policy() {
+        let registry = Arc::new(Canned { stall: true, ..Canned::default() });
+        let shared = SharedPolicy::new(Policy::from_rules(vec![rule("registry.test/team", Requirement::Signed)]));
+        let gate = gate(&registry, &shared, Duration::from_secs(3));
+        let request = pull(&format!("{IMAGE}:v1"));
+        let deciding = gate.decide(&request);
+        let reloading = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            shared.replace(Policy::from_rules(vec![rule("registry.test/team", Requirement::Reject)]));
+        };
+        let (decision, ()) = futures_util::future::join(deciding, reloading).await;
+        // The first attempt (stalled, under the old policy) is dropped; the reject rule of the
+        // new one decides.
+        assert_eq!(decision.verdict, Verdict::Rejected, "{}", decision.reason);
+        assert_eq!(decision.reason, "the rule rejects every image in its scope");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_policy_reloaded_under_every_attempt_refuses_the_pull_retryably() {
+        let registry = Arc::new(Canned { stall: true, ..Canned::default() });
+        let shared = SharedPolicy::new(policy());
+        let gate = gate(&registry, &shared, Duration::from_secs(3));
+        let request = pull(&format!("{IMAGE}:v1"));
+        let deciding = gate.decide(&request);
+        let reloading = async {
+            for _ in 0..crate::decision::limits::DECISION_ATTEMPTS {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                shared.replace(policy());
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+        };
+        let (decision, ()) = futures_util::future::join(deciding, reloading).await;
+        assert_eq!(decision.verdict, Verdict::Unavailable);
+        assert!(decision.reason.contains("policy was reloaded"), "{}", decision.reason);
     }
 }

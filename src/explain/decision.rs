@@ -20,6 +20,9 @@ pub struct Explanation {
     pub image: String,
     /// The digest that was (or would be) verified and pulled, once known.
     pub digest: Option<String>,
+    /// The image as the rule was chosen for: the digest containerd will fetch, with the tag
+    /// only while it points at that digest.
+    pub matched: Option<String>,
     /// The rule that decided; None when no rule matches.
     pub rule: Option<RuleView>,
     pub signatures: Vec<SignatureView>,
@@ -47,8 +50,9 @@ pub struct SignatureView {
 #[derive(Debug, Serialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum DaemonAction {
-    /// containerd pulls exactly `pinned`, and `tag` is pointed at it.
-    PullPinned { pinned: String, tag: Option<String> },
+    /// containerd pulls exactly `pinned`, and `tag` is pointed at it; `audit` when only an
+    /// audit-mode rule let it through.
+    PullPinned { pinned: String, tag: Option<String>, audit: bool },
     /// The request goes to containerd unchanged; `audit` when only an audit-mode rule let it through.
     Forward { audit: bool },
     /// The kubelet gets this error message.
@@ -63,6 +67,7 @@ impl Explanation {
             namespace: namespace.map(str::to_owned),
             image: decision.image.clone(),
             digest: decision.digest.as_ref().map(ToString::to_string),
+            matched: decision.matched.as_ref().map(ToString::to_string),
             rule: decision.rule.as_ref().map(RuleView::new),
             signatures: evaluation.map(|e| e.signatures.iter().map(SignatureView::new).collect()).unwrap_or_default(),
             satisfied_keys: evaluation.map(|e| e.satisfied_keys),
@@ -89,7 +94,9 @@ impl SignatureView {
 impl DaemonAction {
     fn new(decision: &Decision) -> DaemonAction {
         match decision.action() {
-            Ok(Admission::Pinned { pinned, tag }) => DaemonAction::PullPinned { pinned, tag },
+            Ok(Admission::Pinned { pinned, tag }) => {
+                DaemonAction::PullPinned { pinned, tag, audit: decision.verdict != Verdict::Accepted }
+            }
             Ok(Admission::Forward) => DaemonAction::Forward { audit: decision.verdict != Verdict::Accepted },
             Err(rejection) => DaemonAction::Refuse { message: status::rejected(&rejection).message().to_owned() },
         }
@@ -97,6 +104,9 @@ impl DaemonAction {
 }
 
 // === text ===
+
+/// Why the rule shown is the one: how scopes rank (docs/policy.md, "Which rule applies").
+const PRECEDENCE: &str = "the most specific matching scope wins (digest > tag > repository path > host > *.domain > *)";
 
 /// Labels are padded to this width so values line up.
 const LABEL: usize = 11;
@@ -107,7 +117,12 @@ impl fmt::Display for Explanation {
         line(f, "namespace", self.namespace.as_deref().unwrap_or("(none given)"))?;
         line(f, "digest", self.digest.as_deref().unwrap_or("(not resolved)"))?;
         match &self.rule {
-            Some(rule) => write_rule(f, rule)?,
+            Some(rule) => {
+                write_rule(f, rule)?;
+                if let Some(matched) = &self.matched {
+                    line(f, "  matched", &format!("on {matched}: {PRECEDENCE}"))?;
+                }
+            }
             None => line(f, "rule", "none matches; a pull no rule covers is refused")?,
         }
         self.write_signatures(f)?;
@@ -157,8 +172,16 @@ impl fmt::Display for SignatureView {
 impl fmt::Display for DaemonAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DaemonAction::PullPinned { pinned, tag: Some(tag) } => write!(f, "pulls {pinned} and tags it {tag}"),
-            DaemonAction::PullPinned { pinned, tag: None } => write!(f, "pulls {pinned}"),
+            DaemonAction::PullPinned { pinned, tag, audit } => {
+                write!(f, "pulls {pinned}")?;
+                if let Some(tag) = tag {
+                    write!(f, " and tags it {tag}")?;
+                }
+                if *audit {
+                    write!(f, " anyway: the rule is in audit mode, so the verdict is only logged")?;
+                }
+                Ok(())
+            }
             DaemonAction::Forward { audit: false } => write!(f, "forwards the pull unchanged"),
             DaemonAction::Forward { audit: true } => {
                 write!(
@@ -241,7 +264,9 @@ mod tests {
         assert!(matches!(by_tag.daemon, DaemonAction::Forward { audit: false }), "{by_tag:?}");
         let by_digest = explain(&format!("r.example/open/app@{DIGEST}")).await;
         let pinned = format!("r.example/open/app@{DIGEST}");
-        assert!(matches!(&by_digest.daemon, DaemonAction::PullPinned { pinned: p, tag: None } if *p == pinned));
+        assert!(
+            matches!(&by_digest.daemon, DaemonAction::PullPinned { pinned: p, tag: None, audit: false } if *p == pinned)
+        );
         assert_eq!(by_digest.digest.as_deref(), Some(DIGEST));
     }
 
@@ -258,11 +283,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn audit_rule_forwards_a_rejected_image() {
-        let audited = explain("r.example/trial/app:v1").await;
+    async fn audit_rule_pins_a_rejected_image() {
+        let audited = explain(&format!("r.example/trial/app@{DIGEST}")).await;
         assert_eq!(audited.verdict, Verdict::Rejected);
-        assert!(matches!(audited.daemon, DaemonAction::Forward { audit: true }));
+        let pinned = format!("r.example/trial/app@{DIGEST}");
+        assert!(
+            matches!(&audited.daemon, DaemonAction::PullPinned { pinned: p, tag: None, audit: true } if *p == pinned),
+            "{audited:?}"
+        );
         assert!(audited.to_string().contains("audit mode"), "{audited}");
+        // By tag, the digest to pin is asked of the registry; while it is down, the pull goes
+        // ahead as asked.
+        let by_tag = explain("r.example/trial/app:v1").await;
+        assert_eq!(by_tag.verdict, Verdict::Unavailable);
+        assert!(matches!(by_tag.daemon, DaemonAction::Forward { audit: true }), "{by_tag:?}");
     }
 
     #[tokio::test]
@@ -289,7 +323,7 @@ mod tests {
         let value = serde_json::to_value(explain("r.example/closed/app:v1").await).unwrap();
         let fields: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
         // serde_json sorts keys.
-        let expected = "daemon digest elapsed_ms image namespace reason requested required_keys rule \
+        let expected = "daemon digest elapsed_ms image matched namespace reason requested required_keys rule \
                         satisfied_keys signatures verdict";
         assert_eq!(fields.join(" "), expected);
         assert_eq!(value["verdict"], "rejected");

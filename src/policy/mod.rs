@@ -129,6 +129,28 @@ impl Policy {
         best.map(|(index, rule, _)| (index, rule))
     }
 
+    /// Whether a rule applying in `namespace` names one of `image`'s digests: then a pull of
+    /// the image by tag is decided only once the tag is resolved, since the digest containerd
+    /// will fetch may be the one that rule is about (a revoked build, say).
+    pub fn names_a_digest_of(&self, image: &ImageRef, namespace: Option<&str>) -> bool {
+        self.rules.iter().any(|rule| {
+            rule.applies_in(namespace)
+                && matches!(&rule.scope, Scope::Digest { registry, repository, .. }
+                    if registry == image.registry() && repository == image.repository())
+        })
+    }
+
+    /// Whether a rule applying in `namespace` names `image`'s tag: then a pull by tag and
+    /// digest is decided on that rule only if the tag resolves to that digest.
+    pub fn names_the_tag_of(&self, image: &ImageRef, namespace: Option<&str>) -> bool {
+        let Some(wanted) = image.tag() else { return false };
+        self.rules.iter().any(|rule| {
+            rule.applies_in(namespace)
+                && matches!(&rule.scope, Scope::Tag { registry, repository, tag }
+                    if registry == image.registry() && repository == image.repository() && tag == wanted)
+        })
+    }
+
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
