@@ -123,6 +123,7 @@ struct State {
     manifests: Vec<ManifestOverride>,
     blobs: Vec<(String, String, Bytes)>,
     hostile: Vec<(String, Hostile)>,
+    held: Vec<(String, tokio::sync::watch::Receiver<bool>)>,
 }
 
 pub struct Front {
@@ -203,6 +204,14 @@ impl Front {
         lock(&self.state).blobs.push((repo.into(), digest.into(), bytes.into()));
     }
 
+    /// Requests whose path starts with `path_prefix` wait, unanswered, until the returned
+    /// `Hold` is released (or dropped); then they are served as usual.
+    pub fn hold(&self, path_prefix: &str) -> Hold {
+        let (release, held) = tokio::sync::watch::channel(false);
+        lock(&self.state).held.push((path_prefix.into(), held));
+        Hold(release)
+    }
+
     pub fn hostile(&self, path_prefix: &str, behaviour: Hostile) {
         if let Hostile::Body(status, content_type, _) = &behaviour {
             StatusCode::from_u16(*status).expect("front: Hostile::Body status must be 100..=999");
@@ -225,6 +234,21 @@ impl Front {
             "server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
         );
         std::fs::write(dir.join("hosts.toml"), toml).unwrap_or_else(|e| panic!("front: write hosts.toml: {e}"));
+    }
+}
+
+/// Keeps the requests of `Front::hold` waiting until `release`.
+pub struct Hold(tokio::sync::watch::Sender<bool>);
+
+impl Hold {
+    pub fn release(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -293,11 +317,16 @@ async fn handle(
     let user_agent = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let path = req.uri().path().to_owned();
     let read = req.method() == Method::GET || req.method() == Method::HEAD;
-    let planned = {
+    let held: Vec<_> = {
         let mut state = lock(&state);
         state.seen.push(Seen { method: req.method().to_string(), path: path.clone(), user_agent: user_agent.clone() });
-        plan(&state, &path, &user_agent, read)
+        state.held.iter().filter(|(prefix, _)| path.starts_with(prefix.as_str())).map(|(_, h)| h.clone()).collect()
     };
+    for mut hold in held {
+        // A dropped `Hold` releases too (the wait then ends with an error).
+        let _ = hold.wait_for(|released| *released).await;
+    }
+    let planned = plan(&lock(&state), &path, &user_agent, read);
     Ok(match planned {
         Some(Plan::Hostile(h)) => hostile_response(h),
         Some(Plan::Serve(bytes, media_type)) => serve(StatusCode::OK, &media_type, bytes),
