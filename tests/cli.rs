@@ -266,9 +266,22 @@ async fn verify_judges_policy_json_and_notes_audit_mode() {
     let run = node.verify(&image(&lab, "team/unsigned"), &[]);
     assert_eq!(run.code, 1, "the exit status follows the verdict, even in audit mode:\n{}", run.stdout);
     assert!(run.field("verdict").starts_with("rejected: no signature by a trusted key"), "{}", run.stdout);
-    assert!(run.field("daemon").contains("forwards the pull unchanged anyway") && run.field("mode") == "audit");
+    // Audit pulls are pinned like enforced ones, to the digest the verdict is about.
+    let daemon = run.field("daemon");
+    assert!(
+        daemon.starts_with("pulls ")
+            && daemon.contains("@sha256:")
+            && daemon.contains("anyway: the rule is in audit mode"),
+        "{daemon}"
+    );
+    assert_eq!(run.field("mode"), "audit");
     let json = node.verify(&image(&lab, "team/unsigned"), &["--output", "json"]).json();
-    assert_eq!(json["daemon"], serde_json::json!({"action": "forward", "audit": true}));
+    assert_eq!(json["daemon"]["action"], "pull-pinned");
+    assert_eq!(json["daemon"]["audit"], true);
+    assert_eq!(
+        json["daemon"]["pinned"],
+        format!("{}/team/unsigned@{}", lab.registry, json["digest"].as_str().unwrap())
+    );
     assert_eq!(json["rule"]["mode"], "audit");
 }
 
