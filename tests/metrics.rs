@@ -19,15 +19,15 @@ fn config(lab: &Lab) -> Config {
 }
 
 fn decisions(scraped: &Scraped, verdict: &str, rule: &str) -> f64 {
-    scraped.value(&format!(r#"pullgate_decisions_total{{verdict="{verdict}",mode="enforce",rule="{rule}"}}"#))
+    scraped.counter(&format!(r#"pullgate_decisions_total{{verdict="{verdict}",mode="enforce",rule="{rule}"}}"#))
 }
 
 fn calls(scraped: &Scraped, method: &str, code: &str) -> f64 {
-    scraped.value(&format!(r#"pullgate_cri_calls_total{{method="{method}",code="{code}"}}"#))
+    scraped.counter(&format!(r#"pullgate_cri_calls_total{{method="{method}",code="{code}"}}"#))
 }
 
 fn registry(scraped: &Scraped, status: &str) -> f64 {
-    scraped.value(&format!(r#"pullgate_registry_requests_total{{status="{status}"}}"#))
+    scraped.counter(&format!(r#"pullgate_registry_requests_total{{status="{status}"}}"#))
 }
 
 #[tokio::test(flavor = "multi_thread")]

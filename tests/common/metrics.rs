@@ -13,14 +13,24 @@ pub struct Scraped {
 }
 
 impl Scraped {
-    /// The value of one series, written exactly as exposed (`name{label="v",...}`); 0 when the
-    /// series does not exist yet, as Prometheus treats a counter that was never incremented.
+    /// The value of one series, written exactly as exposed (`name{label="v",...}`). A series
+    /// that is not exposed fails the test: a renamed metric or label must not read as 0.
     pub fn value(&self, series: &str) -> f64 {
+        self.sample(series).unwrap_or_else(|| panic!("no series {series} is exposed:\n{}", self.body))
+    }
+
+    /// A labelled counter's value for a before/after reading: one never incremented is not
+    /// exposed yet and reads 0, as Prometheus treats it. Only for checks that expect it to
+    /// grow, which a renamed (so always missing) series cannot pass; an expected 0 is read
+    /// with `value`, from a series the daemon exposes from the start.
+    pub fn counter(&self, series: &str) -> f64 {
+        self.sample(series).unwrap_or(0.0)
+    }
+
+    fn sample(&self, series: &str) -> Option<f64> {
         let prefix = format!("{series} ");
-        self.body
-            .lines()
-            .find_map(|line| line.strip_prefix(&prefix))
-            .map_or(0.0, |value| value.trim().parse().unwrap_or_else(|_| panic!("{series}: not a number: {value}")))
+        let value = self.body.lines().find_map(|line| line.strip_prefix(&prefix))?;
+        Some(value.trim().parse().unwrap_or_else(|_| panic!("{series}: not a number: {value}")))
     }
 }
 
