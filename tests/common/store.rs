@@ -71,7 +71,9 @@ pub async fn image_id(lab: &Lab, name: &str) -> Option<String> {
 /// `name` (the image as the kubelet asked for it, `registry/repo:tag` or `registry/repo@digest`)
 /// was pulled pinned: containerd's records for `name` and for `registry/repo@verified_digest`
 /// both target exactly the verified digest, and the CRI image id under `name` is the verified
-/// manifest's config.
+/// manifest's config. (Records cannot tell a pinned pull from a forwarded tag that a truthful
+/// registry resolved to the same digest; a test that claims containerd never resolved the tag
+/// counts containerd's requests at a front, as tests/pinning.rs and tests/media_types.rs do.)
 pub async fn assert_pinned(lab: &Lab, name: &str, verified_digest: &str, verified_config: &str) {
     let pinned = format!("{}@{verified_digest}", repository(name));
     assert_stored(lab, &pinned, verified_digest, verified_config).await;
