@@ -9,6 +9,7 @@
 //! which is content-addressed (and pullgate hashes what it reads once more). Otherwise the pull
 //! fails and the records it made are removed, before any tag is written.
 
+mod compare;
 pub mod manifest;
 
 use std::time::Duration;
@@ -24,7 +25,8 @@ use crate::cri::proto::image_service_client::ImageServiceClient;
 use crate::cri::proto::{ImageSpec, ImageStatusRequest};
 use crate::reference::Digest;
 use crate::registry::limits::MANIFEST_MAX_BYTES;
-use manifest::{Document, DocumentError, Entry};
+use compare::Records;
+use manifest::DocumentError;
 
 /// The containerd namespace the CRI plugin keeps Kubernetes images in.
 const CRI_NAMESPACE: &str = "k8s.io";
@@ -35,7 +37,7 @@ const STORE_SYNC_POLL: Duration = Duration::from_millis(5);
 /// Index entries the check reads from the content store, at most; each is a round trip to
 /// containerd. Real indexes list a few platforms and attestations; one listing more image
 /// manifests than this is refused rather than checked in part.
-const MAX_INDEX_ENTRIES: usize = 1024;
+pub const MAX_INDEX_ENTRIES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -112,7 +114,7 @@ impl Store {
             let message = "the pinned name carries no digest".to_owned();
             return Err(StoreError::Unreadable { name: pinned.to_owned(), message });
         };
-        let result = self.compare(pinned, &verified, image_id).await;
+        let result = compare::compare(self, pinned, &verified, image_id).await;
         if let Err(error) = &result {
             tracing::warn!(image = pinned, %error, "containerd stored other than what was verified; removing it");
             self.remove(pinned, &verified, image_id).await;
@@ -120,55 +122,36 @@ impl Store {
         result
     }
 
-    async fn compare(&self, pinned: &str, verified: &Digest, image_id: &str) -> Result<(), StoreError> {
-        let Some(target) = self.record(pinned).await? else {
-            return Err(Mismatch::NoRecord { name: pinned.to_owned() }.into());
-        };
-        if target.digest != verified.as_str() {
-            let (name, verified) = (pinned.to_owned(), verified.to_string());
-            return Err(Mismatch::Target { name, stored: target.digest, verified }.into());
+    /// Removes the records a refused pull made: the digest name, and the CRI's image-id record
+    /// when it now targets something other than the verified digest (the CRI moves that record
+    /// to whatever it just pulled). Then waits, bounded, until the CRI no longer shows an image
+    /// under the digest name, so the kubelet cannot find it there. Best effort: the pull is
+    /// refused whatever happens here.
+    async fn remove(&self, pinned: &str, verified: &Digest, image_id: &str) {
+        self.delete(pinned).await;
+        if !image_id.is_empty()
+            && let Ok(Some(target)) = self.target(image_id).await
+            && target.digest != verified.as_str()
+        {
+            self.delete(image_id).await;
         }
-        let Some(bytes) = self.read(pinned, verified).await? else {
-            return Err(Mismatch::Missing { name: pinned.to_owned(), digest: verified.to_string() }.into());
-        };
-        let document = manifest::read(&bytes, &target.media_type).map_err(|error| Mismatch::Document {
-            name: pinned.to_owned(),
-            digest: verified.to_string(),
-            error,
-        })?;
-        match document {
-            Document::Image { config } if config == image_id => Ok(()),
-            Document::Image { config } => {
-                Err(Mismatch::ImageId { name: pinned.to_owned(), image_id: image_id.to_owned(), config }.into())
-            }
-            Document::Index { manifests } => self.find_in_index(pinned, &manifests, image_id).await,
+        if !await_shown(&self.cri, pinned, None).await {
+            tracing::warn!(image = pinned, limit = ?STORE_SYNC_LIMIT, "the CRI still shows a removed image");
         }
     }
 
-    /// containerd picked one platform's manifest from the verified index and fetched only that
-    /// one (the others are absent from its store); the image id must be the config of one the
-    /// index lists, and so of content the index's signature covers.
-    async fn find_in_index(&self, pinned: &str, manifests: &[Entry], image_id: &str) -> Result<(), StoreError> {
-        let candidates: Vec<&Entry> =
-            manifests.iter().filter(|entry| manifest::is_image_manifest(&entry.media_type)).collect();
-        if candidates.len() > MAX_INDEX_ENTRIES {
-            return Err(Mismatch::IndexTooLarge { name: pinned.to_owned(), count: candidates.len() }.into());
+    async fn delete(&self, name: &str) {
+        let request = namespaced(DeleteImageRequest { name: name.to_owned() });
+        match self.images.clone().delete(request).await {
+            Ok(_) => {}
+            Err(status) if status.code() == Code::NotFound => {}
+            Err(status) => tracing::warn!(image = name, error = status.message(), "cannot remove image record"),
         }
-        for entry in candidates {
-            // An entry that is not a digest cannot be what containerd fetched.
-            let Ok(digest) = entry.digest.parse::<Digest>() else { continue };
-            let Some(bytes) = self.read(pinned, &digest).await? else { continue };
-            if let Ok(Document::Image { config }) = manifest::read(&bytes, &entry.media_type)
-                && config == image_id
-            {
-                return Ok(());
-            }
-        }
-        Err(Mismatch::NotInIndex { name: pinned.to_owned(), image_id: image_id.to_owned() }.into())
     }
+}
 
-    /// The target of containerd's image record `name`, None when there is no such record.
-    async fn record(&self, name: &str) -> Result<Option<Descriptor>, StoreError> {
+impl Records for Store {
+    async fn target(&self, name: &str) -> Result<Option<Descriptor>, StoreError> {
         let request = namespaced(GetImageRequest { name: name.to_owned() });
         match self.images.clone().get(request).await {
             Ok(response) => Ok(response.into_inner().image.and_then(|image| image.target)),
@@ -177,9 +160,7 @@ impl Store {
         }
     }
 
-    /// The bytes stored as `digest`, None when containerd has none; bounded, and checked
-    /// against the digest.
-    async fn read(&self, name: &str, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn content(&self, name: &str, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
         let request = namespaced(InfoRequest { digest: digest.to_string() });
         let size = match self.content.clone().info(request).await {
             Ok(response) => response.into_inner().info.map_or(0, |info| info.size),
@@ -205,37 +186,7 @@ impl Store {
             }
             bytes.extend_from_slice(&chunk.data);
         }
-        if !digest.verify(&bytes) {
-            return Err(Mismatch::Corrupt { digest: digest.to_string() }.into());
-        }
         Ok(Some(bytes))
-    }
-
-    /// Removes the records a refused pull made: the digest name, and the CRI's image-id record
-    /// when it now targets something other than the verified digest (the CRI moves that record
-    /// to whatever it just pulled). Then waits, bounded, until the CRI no longer shows an image
-    /// under the digest name, so the kubelet cannot find it there. Best effort: the pull is
-    /// refused whatever happens here.
-    async fn remove(&self, pinned: &str, verified: &Digest, image_id: &str) {
-        self.delete(pinned).await;
-        if !image_id.is_empty()
-            && let Ok(Some(target)) = self.record(image_id).await
-            && target.digest != verified.as_str()
-        {
-            self.delete(image_id).await;
-        }
-        if !await_shown(&self.cri, pinned, None).await {
-            tracing::warn!(image = pinned, limit = ?STORE_SYNC_LIMIT, "the CRI still shows a removed image");
-        }
-    }
-
-    async fn delete(&self, name: &str) {
-        let request = namespaced(DeleteImageRequest { name: name.to_owned() });
-        match self.images.clone().delete(request).await {
-            Ok(_) => {}
-            Err(status) if status.code() == Code::NotFound => {}
-            Err(status) => tracing::warn!(image = name, error = status.message(), "cannot remove image record"),
-        }
     }
 }
 
