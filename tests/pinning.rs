@@ -91,12 +91,13 @@ fn schema1_manifest(repo: &str, layer: &str, config: &serde_json::Value) -> Vec<
     manifest
 }
 
-/// A signed image under `repo:v1`, and an unsigned one under `repo:evil` in the same repository
-/// (so its layer can be fetched through `repo`); returns the signed digest and config, and a
-/// schema1 manifest listing the unsigned image's layer and config.
-async fn signed_and_schema1(lab: &Lab, front: &Front, key: &TestKey, repo: &str) -> (String, String, Vec<u8>) {
+/// A signed image under `repo:v1`, signed for pulls from `pulled_from`, and an unsigned one
+/// under `repo:evil` in the same repository (so its layer can be fetched through `repo`);
+/// returns the signed digest and config, and a schema1 manifest listing the unsigned image's
+/// layer and config.
+async fn signed_and_schema1(lab: &Lab, pulled_from: &str, key: &TestKey, repo: &str) -> (String, String, Vec<u8>) {
     let good = lab.push_image(&format!("{repo}:v1"), &format!("{repo}/good"));
-    let payload = cosign::payload(&format!("{}/{repo}", front.addr()), &good);
+    let payload = cosign::payload(&format!("{pulled_from}/{repo}"), &good);
     cosign::push_signatures(&lab.registry, repo, &good, &[(payload.clone(), key.sign_payload(&payload))]);
     lab.push_image(&format!("{repo}:evil"), &format!("{repo}/evil"));
     let (evil, _) = front::manifest(&lab.registry, repo, "evil").await;
@@ -109,10 +110,11 @@ async fn signed_and_schema1(lab: &Lab, front: &Front, key: &TestKey, repo: &str)
     (good, good_config, schema1_manifest(repo, layer, &config))
 }
 
-async fn start_signed(lab: &Lab, front: &Front, key: &TestKey, scope: &str) -> common::pullgate::Running {
-    let policy = format!("[[rule]]\nscope = \"{}/{scope}\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n", front.addr());
+/// pullgate requiring signatures by `key` for `registry/scope`, which it reads over plain HTTP.
+async fn start_signed(lab: &Lab, registry: &str, key: &TestKey, scope: &str) -> common::pullgate::Running {
+    let policy = format!("[[rule]]\nscope = \"{registry}/{scope}\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");
     let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
-    config.registry.insecure = vec![front.addr()];
+    config.registry.insecure = vec![registry.to_owned()];
     let pem = key.public_pem();
     common::pullgate::start_with(config, &[("a.pub", &pem), ("policy.toml", &policy)]).await
 }
@@ -129,7 +131,7 @@ async fn schema1_served_for_the_verified_digest_is_refused_and_removed() {
     let front = Front::start(&lab.registry);
     front.trust_in(&lab);
     let key = TestKey::generate();
-    let pullgate = start_signed(&lab, &front, &key, "subst").await;
+    let pullgate = start_signed(&lab, &front.addr(), &key, "subst").await;
     let mut images = cri::images(&pullgate.socket);
 
     for (case, content_type, by_digest) in [
@@ -139,7 +141,7 @@ async fn schema1_served_for_the_verified_digest_is_refused_and_removed() {
         ("plain-digest", "text/plain", true),
     ] {
         let repo = format!("subst/{case}");
-        let (good, good_config, schema1) = signed_and_schema1(&lab, &front, &key, &repo).await;
+        let (good, good_config, schema1) = signed_and_schema1(&lab, &front.addr(), &key, &repo).await;
         front.override_manifest(&repo, &good, schema1, content_type, Client::Containerd);
 
         let tag = format!("{}/{repo}:v1", front.addr());
@@ -164,7 +166,7 @@ async fn schema1_served_for_the_verified_digest_is_refused_and_removed() {
 
     // Control: the front's substitute is a working attack on containerd itself.
     let repo = "subst/control";
-    let (good, good_config, schema1) = signed_and_schema1(&lab, &front, &key, repo).await;
+    let (good, good_config, schema1) = signed_and_schema1(&lab, &front.addr(), &key, repo).await;
     front.override_manifest(repo, &good, schema1, SCHEMA1_SIGNED, Client::Containerd);
     let pinned = format!("{}/{repo}@{good}", front.addr());
     let direct = cri::images(&lab.containerd_sock).pull_image(cri::pull_request(&pinned, None)).await;
@@ -193,7 +195,7 @@ async fn another_manifest_with_the_same_config_is_not_stored() {
     let other = serde_json::to_vec(&other).expect("serialize manifest");
     assert_eq!(config_digest(&other), good_config);
     front.override_manifest(repo, &good, other, &media_type, Client::Containerd);
-    let pullgate = start_signed(&lab, &front, &key, "same").await;
+    let pullgate = start_signed(&lab, &front.addr(), &key, "same").await;
 
     let tag = format!("{}/{repo}:v1", front.addr());
     let pinned = format!("{}/{repo}@{good}", front.addr());
@@ -204,5 +206,45 @@ async fn another_manifest_with_the_same_config_is_not_stored() {
             assert_eq!(store::record_target(&lab, name).await, None, "{image}: {name} recorded");
         }
     }
+    pullgate.stop().await;
+}
+
+/// The same substitute from a mirror in containerd's `certs.d`: pullgate verifies at the
+/// registry itself and never talks to the mirror, which answers containerd's request for the
+/// verified digest with schema1. The store check is what catches it.
+#[tokio::test(flavor = "multi_thread")]
+async fn schema1_from_a_mirror_in_certs_d_is_refused_and_removed() {
+    let lab = Lab::start();
+    let mirror = Front::start(&lab.registry);
+    let key = TestKey::generate();
+    let repo = "mirrored/app";
+    let (good, good_config, schema1) = signed_and_schema1(&lab, &lab.registry, &key, repo).await;
+    mirror.override_manifest(repo, &good, schema1, SCHEMA1_SIGNED, Client::Containerd);
+    // containerd asks the mirror first, and the registry only when the mirror fails.
+    let hosts = format!(
+        "server = \"http://{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+        lab.registry,
+        mirror.addr()
+    );
+    std::fs::write(lab.dir.path().join("certs.d").join(&lab.registry).join("hosts.toml"), hosts).expect("hosts.toml");
+    let pullgate = start_signed(&lab, &lab.registry, &key, "mirrored").await;
+
+    let tag = format!("{}/{repo}:v1", lab.registry);
+    let pinned = format!("{}/{repo}@{good}", lab.registry);
+    for image in [&tag, &pinned] {
+        let pulled = cri::images(&pullgate.socket).pull_image(cri::pull_request(image, None)).await;
+        let status = pulled.expect_err(&format!("{image}: the mirror's schema1 substitute was let through"));
+        let message = status.message();
+        assert!(message.starts_with("SignatureValidationFailed: "), "{image}: {message}");
+        assert!(message.contains(&pinned) && message.contains("not the verified"), "{image}: {message}");
+        for name in [&pinned, &tag] {
+            store::assert_nothing_else_under(&lab, name, &good, &good_config).await;
+        }
+        let stray: Vec<_> = store::records(&lab).into_iter().filter(|(_, target)| *target != good).collect();
+        assert!(stray.is_empty(), "{image}: containerd keeps records of the substitute: {stray:?}");
+    }
+    let served = mirror.count(|seen| seen.is_containerd() && seen.path == format!("/v2/{repo}/manifests/{good}"));
+    assert!(served > 0, "containerd never asked the mirror: {:#?}", mirror.requests());
+    assert_eq!(mirror.count(|seen| !seen.is_containerd()), 0, "pullgate asked the mirror");
     pullgate.stop().await;
 }
