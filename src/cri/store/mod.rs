@@ -54,8 +54,9 @@ pub enum Mismatch {
     #[error("containerd has no image record for {name} after pulling it")]
     NoRecord { name: String },
     #[error(
-        "containerd recorded {name} as {stored}, not the verified {verified}: the registry served other \
-         content for the verified digest (containerd turns a Docker schema1 manifest into an image of its own)"
+        "containerd recorded {name} as {stored}, not the verified {verified}: the registry or a mirror \
+         served other content for the verified digest (containerd turns a Docker schema1 manifest into an \
+         image of its own)"
     )]
     Target { name: String, stored: String, verified: String },
     #[error("containerd's content store has no {digest}, which it recorded for {name}")]
@@ -116,7 +117,7 @@ impl Store {
         };
         let result = compare::compare(self, pinned, &verified, image_id).await;
         if let Err(error) = &result {
-            tracing::warn!(image = pinned, %error, "containerd stored other than what was verified; removing it");
+            tracing::warn!(image = pinned, %error, "store check failed; removing what the pull recorded");
             self.remove(pinned, &verified, image_id).await;
         }
         result
