@@ -177,7 +177,9 @@ async fn schema1_served_for_the_verified_digest_is_refused_and_removed() {
 
 /// A registry that serves containerd another manifest for the pinned digest, with the signed
 /// image's very config (only an annotation differs): containerd's own digest check on the bytes
-/// refuses it, and nothing is stored under either name.
+/// refuses it, and nothing is stored under either name. This pins down the containerd behaviour
+/// pullgate relies on (no pullgate change makes it fail); were containerd to store such bytes
+/// under the digest, the store check's hash would refuse them (`Mismatch::Corrupt`).
 #[tokio::test(flavor = "multi_thread")]
 async fn another_manifest_with_the_same_config_is_not_stored() {
     let lab = Lab::start();
