@@ -6,6 +6,8 @@
 
 mod error;
 pub mod identity;
+mod input;
+mod limits;
 mod load;
 mod policy_json;
 pub mod scope;
@@ -263,6 +265,25 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("signedBy"), "{text}");
         assert!(text.contains("duplicate rule") || err.problems.len() == 1, "{text}");
+    }
+
+    #[test]
+    fn a_fifo_key_and_a_device_policy_json_are_refused_naming_them() {
+        let dir = TestDir::new();
+        dir.write("policy.d/a.toml", "[[rule]]\nscope = \"r.io\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");
+        let fifo = dir.path("policy.d/a.pub");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let (done, result) = std::sync::mpsc::channel();
+        let policy_dir = dir.path("policy.d");
+        // On another thread: a load that blocks must fail the test, not hang it.
+        std::thread::spawn(move || done.send(Policy::load(&policy_dir, Some(Path::new("/dev/zero")))));
+        let err = result.recv_timeout(std::time::Duration::from_secs(5)).expect("load finished").unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 2, "{text}");
+        let key = format!("a.toml:4: key file {}: is a FIFO (named pipe), not a regular file", fifo.display());
+        assert!(text.contains(&key), "{text}");
+        assert!(text.contains("/dev/zero: is a character device, not a regular file"), "{text}");
     }
 
     #[test]

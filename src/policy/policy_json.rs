@@ -16,7 +16,6 @@
 //! the policy.json's directory; `transports.docker[""]`, being more specific for docker
 //! images, replaces `default` entirely.
 
-use std::fs;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -26,6 +25,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::identity::IdentityRule;
+use super::input;
 use super::load::{self, Loader, line_of};
 use super::{KeyRef, Mode, Requirement, Rule, Scope};
 
@@ -137,9 +137,9 @@ enum RawSignedIdentity {
 // === loading ===
 
 pub(super) fn load_file(path: &Path, loader: &mut Loader) {
-    match fs::read_to_string(path) {
+    match input::read_policy_file(path) {
         Ok(text) => JsonCtx { path, text: &text, loader }.load(),
-        Err(e) => loader.problem(path, None, format!("cannot read: {e}")),
+        Err(e) => loader.problem(path, None, e),
     }
 }
 
