@@ -30,6 +30,15 @@ impl Drop for Setup {
 impl Setup {
     /// Loads the policy from `policy.d` under a temp dir holding `files`, and runs a reloader.
     async fn start(files: &[(&str, &str)], policy_json: Option<&str>) -> Setup {
+        Setup::start_with(files, policy_json, |reloader| reloader).await
+    }
+
+    /// `start`, with the reloader changed by `adjust` before it runs.
+    async fn start_with(
+        files: &[(&str, &str)],
+        policy_json: Option<&str>,
+        adjust: impl FnOnce(Reloader) -> Reloader,
+    ) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("policy.d")).unwrap();
         for (name, content) in files {
@@ -42,7 +51,7 @@ impl Setup {
         };
         let policy = SharedPolicy::new(Policy::load(&config.policy_dir, config.policy_json.as_deref()).unwrap());
         let (metrics, trigger) = (Metrics::new(), Trigger::default());
-        let reloader = Reloader::new(&config, policy.clone(), metrics.clone(), trigger.clone());
+        let reloader = adjust(Reloader::new(&config, policy.clone(), metrics.clone(), trigger.clone()));
         let task = tokio::spawn(reloader.run());
         // Let the reloader arm its watches before the test changes anything.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -161,4 +170,43 @@ async fn a_request_reloads_and_unrelated_files_do_not() {
 
     setup.trigger.request();
     setup.within_limit("requested reload", |s| s.reloads("success") == 1).await;
+}
+
+/// A load that hangs (as on a mount that stopped answering) is reported once its deadline
+/// passes, the previous policy stays, no second load piles up behind it, and once it ends a
+/// reload works again; what the hung load read is never put in force.
+#[tokio::test]
+async fn a_load_past_its_deadline_is_reported_and_the_previous_policy_stays() {
+    const DEADLINE: Duration = Duration::from_millis(300);
+    let (release, hang) = std::sync::mpsc::channel::<()>();
+    let hang = std::sync::Mutex::new(Some(hang));
+    let setup = Setup::start_with(&[("policy.d/a.toml", ACCEPT)], None, move |reloader| {
+        let real = reloader.load.clone();
+        let load: Load = Arc::new(move |sources, current| {
+            let first = hang.lock().unwrap().take();
+            // Bounded, so a failing test cannot leave a thread blocked for good.
+            if let Some(hang) = first {
+                let _ = hang.recv_timeout(Duration::from_secs(30));
+            }
+            real(sources, current)
+        });
+        Reloader { load, deadline: DEADLINE, ..reloader }
+    })
+    .await;
+    replace(&setup.path("policy.d/a.toml"), REJECT);
+    setup.within_limit("stuck load reported", |s| s.reloads("failure") == 1).await;
+    assert!(setup.metrics.encode().contains("pullgate_policy_last_reload_success 0"));
+    assert_eq!(setup.require(), Some(Requirement::Accept), "the previous policy stays in force");
+
+    setup.trigger.request();
+    setup.within_limit("refused while the stuck load runs", |s| s.reloads("failure") == 2).await;
+
+    release.send(()).unwrap();
+    // The hung load now ends having read REJECT; only a new reload may put that in force.
+    tokio::time::sleep(DEADLINE).await;
+    assert_eq!(setup.require(), Some(Requirement::Accept));
+    setup.trigger.request();
+    setup.within_limit("reload after the stuck load ended", |s| s.reloads("success") == 1).await;
+    assert_eq!(setup.require(), Some(Requirement::Reject));
+    assert!(setup.metrics.encode().contains("pullgate_policy_last_reload_success 1"));
 }
