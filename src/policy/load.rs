@@ -48,7 +48,7 @@ impl Loader {
             .entry(path.to_owned())
             .or_insert_with(|| input::read_key_file(path).and_then(|pem| parse_key(&pem)));
         let key = cached.clone().map_err(|e| format!("key file {}: {e}", path.display()))?;
-        Ok(KeyRef { path: Some(path.to_owned()), key })
+        Ok(KeyRef { path: Some(path.to_owned()), key, group: 0 })
     }
 
     /// All rules, or every problem found (including overlaps between rules).
@@ -72,8 +72,9 @@ pub(super) fn resolve(policy_file: &Path, key: &str) -> PathBuf {
     dir.join(key)
 }
 
-/// Why: the verifier counts distinct keys towards the threshold, so one key listed twice
-/// (even under two paths) would let a single signer meet a threshold of 2.
+/// Why: within a TOML rule each key is its own group, so one key listed twice (even under two
+/// paths) would let a single signer meet a threshold of 2; within one policy.json requirement
+/// the same key twice is at best a mistake.
 pub(super) fn check_distinct_keys(keys: &[KeyRef]) -> Result<(), String> {
     for (i, a) in keys.iter().enumerate() {
         let twin = keys[..i].iter().find(|b| b.key.fingerprint() == a.key.fingerprint());

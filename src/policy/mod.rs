@@ -27,7 +27,7 @@ use crate::verify::keys::TrustedKey;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Requirement {
-    /// Signatures by `threshold` distinct trusted keys are required.
+    /// Signatures satisfying `threshold` distinct key groups are required (see `KeyRef::group`).
     Signed,
     /// Pulled without any signature check.
     Accept,
@@ -43,12 +43,17 @@ pub enum Mode {
     Audit,
 }
 
-/// A trusted public key and where it came from.
+/// A trusted public key, where it came from, and the group it counts towards.
 #[derive(Clone, Debug)]
 pub struct KeyRef {
     /// None for keys given inline (policy.json `keyData`).
     pub path: Option<PathBuf>,
     pub key: Arc<TrustedKey>,
+    /// A group is satisfied by a valid signature from any one of its keys, and a rule needs
+    /// `threshold` distinct groups satisfied. A TOML rule puts each key in a group of its own,
+    /// so its threshold counts distinct keys; a policy.json scope makes one group of each
+    /// `sigstoreSigned` requirement and needs them all, as containers/image does.
+    pub group: usize,
 }
 
 /// One scope's requirement. A TOML rule with several scopes becomes one `Rule` per scope.
@@ -58,9 +63,9 @@ pub struct Rule {
     /// Kubernetes namespaces the rule is limited to; None for all.
     pub namespaces: Option<Vec<String>>,
     pub require: Requirement,
-    /// Empty unless `require` is `Signed`; never holds the same key twice.
+    /// Empty unless `require` is `Signed`; never holds the same key twice in one group.
     pub keys: Vec<KeyRef>,
-    /// Distinct keys needed; 1..=keys.len() for `Signed`.
+    /// Distinct key groups needed; from 1 to the number of groups for `Signed`.
     pub threshold: usize,
     pub identity: IdentityRule,
     pub mode: Mode,

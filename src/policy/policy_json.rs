@@ -1,20 +1,22 @@
 //! A containers-policy.json(5) file, for nodes that already have one.
 //!
-//! Read: `default` and `transports.docker`, each scope with exactly one requirement of type
-//! `insecureAcceptAnything`, `reject` or `sigstoreSigned` with public keys (`keyPath`,
-//! `keyPaths`, `keyData`, `keyDatas`; base64 of PEM for the data forms) and `signedIdentity`.
-//! Other transports are ignored: they never apply to a CRI pull.
+//! Read: `default` and `transports.docker`, each scope with a list of requirements of type
+//! `insecureAcceptAnything`, `reject` or `sigstoreSigned` with public keys (exactly one of
+//! `keyPath`, `keyPaths`, `keyData`, `keyDatas`; base64 of PEM for the data forms) and
+//! `signedIdentity`. Other transports are ignored: they never apply to a CRI pull.
 //!
 //! Refused with a load error, never silently accepted: every other requirement type
 //! (`signedBy`, `signedBaseLayer`, …), Fulcio/PKI certificates and Rekor keys (pullgate cannot
-//! honour them), `exactReference` identities, several requirements for one scope, unknown
-//! or duplicate fields.
+//! honour them), `exactReference` identities, `sigstoreSigned` requirements of one scope with
+//! different identities, unknown or duplicate fields.
 //!
-//! Mapping: keys mean "any one of them" (threshold 1), as in containers/image; a missing
-//! `signedIdentity` means matchRepoDigestOrExact (containers' default, which cosign's tagless
-//! signatures only satisfy for pulls by digest); relative key paths are taken relative to
-//! the policy.json's directory; `transports.docker[""]`, being more specific for docker
-//! images, replaces `default` entirely.
+//! Mapping, as CRI-O and Podman (containers/image) evaluate a list: every requirement must
+//! hold. A `reject` anywhere rejects; `insecureAcceptAnything` adds nothing to the others; each
+//! `sigstoreSigned` becomes a key group satisfied by any one of its keys, and the rule needs
+//! every group. A missing `signedIdentity` means matchRepoDigestOrExact (containers' default,
+//! which cosign's tagless signatures only satisfy for pulls by digest); relative key paths are
+//! taken relative to the policy.json's directory; `transports.docker[""]`, being more specific
+//! for docker images, replaces `default` entirely.
 
 use std::path::Path;
 
@@ -225,13 +227,13 @@ impl<'a> JsonCtx<'a> {
             Ok(list) => list,
             Err(e) => return self.json_problem(Some(value), &format!("scope \"{scope}\": "), &e),
         };
-        match list.as_slice() {
-            [one] => self.requirement(scope, one),
-            [] => self.problem(line, format!("scope \"{scope}\" has no requirement")),
-            many => self.problem(
-                line,
-                format!("scope \"{scope}\" has {} requirements; pullgate supports exactly one per scope", many.len()),
-            ),
+        if list.is_empty() {
+            return self.problem(line, format!("scope \"{scope}\" has no requirement"));
+        }
+        // Every requirement is read, so that all problems in the list are reported together.
+        let read: Vec<Option<Read>> = list.iter().map(|raw| self.requirement(raw)).collect();
+        if let Some(all) = read.into_iter().collect::<Option<Vec<Read>>>() {
+            self.combine(scope, line, all);
         }
     }
 }
@@ -241,43 +243,65 @@ impl<'a> JsonCtx<'a> {
 const CERTS: &str = "pullgate verifies with public keys only; use keyPath, keyPaths, keyData or keyDatas";
 const REKOR: &str = "pullgate does not check Rekor transparency-log entries";
 
+/// One requirement of a scope's list, as read.
+enum Read {
+    Accept,
+    Reject,
+    /// One group: a signature by any of `keys` satisfies it.
+    Signed {
+        keys: Vec<KeyRef>,
+        identity: IdentityRule,
+    },
+}
+
 impl JsonCtx<'_> {
-    fn requirement(&mut self, scope: Scope, raw: &RawValue) {
+    /// None when the requirement has a problem (already reported).
+    fn requirement(&mut self, raw: &RawValue) -> Option<Read> {
         let line = self.line(raw);
         let kind = match serde_json::from_str::<TypeOnly>(raw.get()) {
             Ok(TypeOnly { kind: Some(kind) }) => kind,
             Ok(TypeOnly { kind: None }) => {
-                return self.problem(line, "requirement has no \"type\"");
+                self.problem(line, "requirement has no \"type\"");
+                return None;
             }
-            Err(e) => return self.json_problem(Some(raw), "requirement: ", &e),
+            Err(e) => {
+                self.json_problem(Some(raw), "requirement: ", &e);
+                return None;
+            }
         };
         match kind.as_str() {
-            "insecureAcceptAnything" => self.bare(scope, raw, Requirement::Accept),
-            "reject" => self.bare(scope, raw, Requirement::Reject),
-            "sigstoreSigned" => self.sigstore(scope, raw),
-            other => self.problem(
-                line,
-                format!(
+            "insecureAcceptAnything" => self.bare(raw, Read::Accept),
+            "reject" => self.bare(raw, Read::Reject),
+            "sigstoreSigned" => self.sigstore(raw),
+            other => {
+                let message = format!(
                     "requirement type {other:?} is not supported (pullgate supports insecureAcceptAnything, reject and sigstoreSigned)"
-                ),
-            ),
+                );
+                self.problem(line, message);
+                None
+            }
         }
     }
 
-    fn bare(&mut self, scope: Scope, raw: &RawValue, require: Requirement) {
-        if let Err(e) = serde_json::from_str::<Bare>(raw.get()) {
-            return self.json_problem(Some(raw), "", &e);
+    fn bare(&mut self, raw: &RawValue, read: Read) -> Option<Read> {
+        match serde_json::from_str::<Bare>(raw.get()) {
+            Ok(_) => Some(read),
+            Err(e) => {
+                self.json_problem(Some(raw), "", &e);
+                None
+            }
         }
-        let identity = IdentityRule::MatchRepoDigestOrExact; // unused without keys
-        self.push(scope, raw, require, Vec::new(), identity);
     }
 
-    fn sigstore(&mut self, scope: Scope, raw: &RawValue) {
+    fn sigstore(&mut self, raw: &RawValue) -> Option<Read> {
         let line = self.line(raw);
         let before = self.loader.problem_count();
         let mut sig: RawSigstore = match serde_json::from_str(raw.get()) {
             Ok(sig) => sig,
-            Err(e) => return self.json_problem(Some(raw), "sigstoreSigned: ", &e),
+            Err(e) => {
+                self.json_problem(Some(raw), "sigstoreSigned: ", &e);
+                return None;
+            }
         };
         self.refuse_unsupported(&sig, line);
         let identity = self.identity(sig.signed_identity.take(), line);
@@ -285,9 +309,7 @@ impl JsonCtx<'_> {
         if let Err(e) = load::check_distinct_keys(&keys) {
             self.problem(line, e);
         }
-        if self.loader.problem_count() == before {
-            self.push(scope, raw, Requirement::Signed, keys, identity);
-        }
+        (self.loader.problem_count() == before).then_some(Read::Signed { keys, identity })
     }
 
     fn refuse_unsupported(&mut self, sig: &RawSigstore, line: Option<usize>) {
@@ -322,12 +344,56 @@ impl JsonCtx<'_> {
             IdentityRule::MatchRepoDigestOrExact
         })
     }
+}
 
-    fn push(&mut self, scope: Scope, raw: &RawValue, require: Requirement, keys: Vec<KeyRef>, identity: IdentityRule) {
-        let threshold = usize::from(require == Requirement::Signed);
+// === impl JsonCtx: a scope's requirements → one rule ===
+
+impl JsonCtx<'_> {
+    /// As containers/image evaluates a list: every requirement must hold. So one `reject`
+    /// rejects; `insecureAcceptAnything` adds nothing; each `sigstoreSigned` is a key group
+    /// and all are needed.
+    fn combine(&mut self, scope: Scope, line: Option<usize>, list: Vec<Read>) {
+        if list.iter().any(|read| matches!(read, Read::Reject)) {
+            return self.push(scope, line, Requirement::Reject, Vec::new(), 0, IdentityRule::MatchRepoDigestOrExact);
+        }
+        let groups: Vec<(Vec<KeyRef>, IdentityRule)> = list
+            .into_iter()
+            .filter_map(|read| match read {
+                Read::Signed { keys, identity } => Some((keys, identity)),
+                Read::Accept | Read::Reject => None,
+            })
+            .collect();
+        let Some(identity) = groups.first().map(|(_, identity)| identity.clone()) else {
+            return self.push(scope, line, Requirement::Accept, Vec::new(), 0, IdentityRule::MatchRepoDigestOrExact);
+        };
+        // Why refuse: a rule checks one identity for all its signatures; applying the first
+        // requirement's to all would accept or refuse what containers/image would not.
+        if groups.iter().any(|(_, other)| *other != identity) {
+            let message = format!(
+                "scope \"{scope}\": its sigstoreSigned requirements have different \"signedIdentity\" values; pullgate supports one signedIdentity per scope"
+            );
+            return self.problem(line, message);
+        }
+        let threshold = groups.len();
+        let keys = groups
+            .into_iter()
+            .enumerate()
+            .flat_map(|(group, (keys, _))| keys.into_iter().map(move |key| KeyRef { group, ..key }))
+            .collect();
+        self.push(scope, line, Requirement::Signed, keys, threshold, identity);
+    }
+
+    fn push(
+        &mut self,
+        scope: Scope,
+        line: Option<usize>,
+        require: Requirement,
+        keys: Vec<KeyRef>,
+        threshold: usize,
+        identity: IdentityRule,
+    ) {
         let source = self.path.to_owned();
         let rule = Rule { scope, namespaces: None, require, keys, threshold, identity, mode: Mode::Enforce, source };
-        let line = self.line(raw);
         self.loader.push(rule, line);
     }
 }
@@ -371,7 +437,7 @@ impl JsonCtx<'_> {
 fn decode_key_data(data: &str) -> Result<KeyRef, String> {
     let pem = BASE64.decode(data.trim()).map_err(|e| format!("not valid base64 ({e})"))?;
     let key = load::parse_key(&pem)?;
-    Ok(KeyRef { path: None, key })
+    Ok(KeyRef { path: None, key, group: 0 })
 }
 
 #[cfg(test)]
@@ -572,10 +638,73 @@ mod tests {
         assert_one(&load_err(&with_scope("r.io", &req)), Some(4), "are the same key");
     }
 
+    /// Each key's group, as key file names: `[["a", "ed"], ["b"]]`.
+    fn groups(rule: &Rule) -> Vec<Vec<String>> {
+        let mut groups: Vec<Vec<String>> = vec![Vec::new(); rule.threshold];
+        for key in &rule.keys {
+            let name = key.path.as_deref().and_then(Path::file_stem).map(|s| s.to_string_lossy().into_owned());
+            groups[key.group].push(name.unwrap_or_default());
+        }
+        groups
+    }
+
+    #[test]
+    fn every_requirement_of_a_scope_must_hold() {
+        let accept = r#"{"type": "insecureAcceptAnything"}"#;
+        let reject = r#"{"type": "reject"}"#;
+        let by = |keys: &str| {
+            format!(r#"{{"type": "sigstoreSigned", {keys}, "signedIdentity": {{"type": "matchRepository"}}}}"#)
+        };
+        let (a, b) = (by(r#""keyPath": "keys/a.pub""#), by(r#""keyPath": "keys/b.pub""#));
+        let a_or_ed = by(r#""keyPaths": ["keys/a.pub", "keys/ed.pub"]"#);
+        let none: Vec<Vec<&str>> = Vec::new();
+        let cases: Vec<(Vec<&str>, Requirement, Vec<Vec<&str>>)> = vec![
+            (vec![reject, accept], Requirement::Reject, none.clone()),
+            (vec![accept, reject], Requirement::Reject, none.clone()),
+            (vec![&a, reject], Requirement::Reject, none.clone()),
+            (vec![accept, accept], Requirement::Accept, none.clone()),
+            // insecureAcceptAnything accepts only as far as the others do.
+            (vec![accept, &a], Requirement::Signed, vec![vec!["a"]]),
+            (vec![&a, &b], Requirement::Signed, vec![vec!["a"], vec!["b"]]),
+            (vec![&a_or_ed, accept, &b], Requirement::Signed, vec![vec!["a", "ed"], vec!["b"]]),
+            // Two requirements trusting one key: a signature by it satisfies both.
+            (vec![&a, &a], Requirement::Signed, vec![vec!["a"], vec!["a"]]),
+        ];
+        for (list, require, expected) in cases {
+            let policy = load(&setup(&with_scope("r.io", &list.join(", ")))).unwrap();
+            let rule = &policy.rules()[1];
+            assert_eq!(rule.require, require, "{list:?}");
+            assert_eq!(groups(rule), expected, "{list:?}");
+            assert_eq!(rule.threshold, expected.len(), "{list:?}");
+            if require == Requirement::Signed {
+                assert_eq!(rule.identity, IdentityRule::MatchRepository, "{list:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn problems_in_every_requirement_are_reported() {
+        let list = r#"{"type": "signedBy", "keyType": "GPGKeys"}, {"type": "sigstoreSigned", "keyPath": "keys/a.pub", "pki": {}}, {"type": "reject"}"#;
+        let err = load_err(&with_scope("r.io", list));
+        let messages: Vec<&str> = err.problems.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(messages.len(), 2, "{err}");
+        assert!(messages[0].contains("\"signedBy\" is not supported"), "{err}");
+        assert!(messages[1].contains("\"pki\" is not supported"), "{err}");
+    }
+
+    #[test]
+    fn requirements_with_different_identities_are_refused_naming_the_field() {
+        let list = r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "signedIdentity": {"type": "exactRepository", "dockerRepository": "vendor.io/product"}}, {"type": "sigstoreSigned", "keyPath": "keys/b.pub"}"#;
+        let err = load_err(&with_scope("r.io", list));
+        assert_one(
+            &err,
+            Some(4),
+            "different \"signedIdentity\" values; pullgate supports one signedIdentity per scope",
+        );
+    }
+
     #[test]
     fn requirement_list_shape() {
-        let two = r#"{"type": "reject"}, {"type": "insecureAcceptAnything"}"#;
-        assert_one(&load_err(&with_scope("r.io", two)), Some(4), "has 2 requirements; pullgate supports exactly one");
         assert_one(&load_err(&with_scope("r.io", "")), Some(4), "scope \"r.io\" has no requirement");
         assert_one(&load_err(&with_scope("r.io", "{}")), Some(4), "requirement has no \"type\"");
         assert_one(&load_err(&with_scope("r.io", r#"{"type": "reject", "x": 1}"#)), Some(4), "unknown field `x`");

@@ -369,7 +369,8 @@ impl FileCtx<'_> {
         let mut keys = Vec::new();
         for key in field.into_inner() {
             match self.loader.key_file(&load::resolve(self.path, key.get_ref())) {
-                Ok(k) => keys.push(k),
+                // Each key a group of its own: the threshold counts distinct keys.
+                Ok(k) => keys.push(KeyRef { group: keys.len(), ..k }),
                 Err(e) => self.problem(&key.span(), e),
             }
         }
