@@ -757,3 +757,188 @@ mod tests {
         assert_eq!(ctx.line(foreign), None, "a fragment of another string has no line here");
     }
 }
+
+/// The examples of containers/image's docs/containers-policy.json.5.md, as far as pullgate can
+/// express them, each image judged as containers/image judges it (every requirement of the
+/// most specific scope must hold). Signatures are made here; pullgate's verifier checks them.
+#[cfg(test)]
+mod containers_examples {
+    use bytes::Bytes;
+    use p256::ecdsa::signature::Signer as _;
+    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+
+    use super::super::test_support::TestDir;
+    use super::super::{Policy, PolicyError};
+    use super::*;
+    use crate::reference::{Digest, ImageRef};
+    use crate::verify::{self, SignatureLayer, payload::COSIGN_SIGNATURE_TYPE};
+
+    const DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const FULL: &str = "hostname:5000/myns/sigstore-signed-with-full-references";
+    const SUBST: &str = "hostname:5000/myns/sigstore-signed-allows-malicious-tag-substitution";
+
+    struct Key(p256::ecdsa::SigningKey);
+
+    impl Key {
+        fn new() -> Key {
+            Key(p256::ecdsa::SigningKey::random(&mut rand_core::OsRng))
+        }
+
+        fn pem(&self) -> String {
+            self.0.verifying_key().to_public_key_pem(LineEnding::LF).unwrap()
+        }
+
+        /// A cosign-format signature of DIGEST whose payload claims `identity`.
+        fn sign(&self, identity: &str) -> (SignatureLayer, Bytes) {
+            let payload = serde_json::to_vec(&serde_json::json!({
+                "critical": {"identity": {"docker-reference": identity}, "image": {"docker-manifest-digest": DIGEST}, "type": COSIGN_SIGNATURE_TYPE},
+                "optional": null,
+            }))
+            .unwrap();
+            let signature: p256::ecdsa::Signature = self.0.sign(&payload);
+            let layer = SignatureLayer {
+                digest: Digest::sha256_of(&payload),
+                size: payload.len() as u64,
+                signature: signature.to_der().as_bytes().to_vec(),
+            };
+            (layer, Bytes::from(payload))
+        }
+    }
+
+    /// containers/image's verdict on pulling `image` (manifest DIGEST) with `signatures`.
+    fn accepted(policy: &Policy, image: &str, signatures: &[(SignatureLayer, Bytes)]) -> bool {
+        let image: ImageRef = image.parse().unwrap();
+        match policy.find(&image, Some("default")) {
+            None => false,
+            Some(rule) => match rule.require {
+                Requirement::Accept => true,
+                Requirement::Reject => false,
+                Requirement::Signed => verify::evaluate(&image, &DIGEST.parse().unwrap(), rule, signatures).accepted,
+            },
+        }
+    }
+
+    fn load_json(dir: &TestDir, json: &serde_json::Value) -> Result<Policy, PolicyError> {
+        dir.write("policy.d/README", "");
+        dir.write("policy.json", &json.to_string());
+        Policy::load(&dir.path("policy.d"), Some(&dir.path("policy.json")))
+    }
+
+    /// "A reasonably locked-down system", its comments and trailing commas removed, with its
+    /// `fulcio` and `pki` scopes (which pullgate refuses, see `the_fulcio_and_pki_scopes…`).
+    fn locked_down(key_path: &Path, certificates: bool) -> serde_json::Value {
+        let mut docker = serde_json::json!({
+            "docker.io/openshift": [{"type": "insecureAcceptAnything"}],
+            "docker.io/library/busybox": [{"type": "insecureAcceptAnything"}],
+            "*.temporary-project.example.com": [{"type": "insecureAcceptAnything"}],
+            FULL: [{"type": "sigstoreSigned", "keyPath": key_path}],
+            SUBST: [{"type": "sigstoreSigned", "keyPath": key_path, "signedIdentity": {"type": "matchRepository"}}],
+        });
+        if certificates {
+            docker["hostname:5000/myns/sigstore-signed-fulcio-rekor"] = serde_json::json!([{"type": "sigstoreSigned",
+                "fulcio": {"caPath": "/path/to/fulcio_v1.crt.pem", "oidcIssuer": "https://github.com/login/oauth", "subjectEmail": "test-user@example.com"},
+                "rekorPublicKeyPath": "/path/to/rekor.pub"}]);
+            docker["hostname:5000/myns/sigstore-signed-byopki"] = serde_json::json!([{"type": "sigstoreSigned",
+                "pki": {"caRootsPath": "/path/to/pki_root_crts.pem", "subjectEmail": "test-user@example.com"}}]);
+        }
+        serde_json::json!({
+            "default": [{"type": "reject"}],
+            "transports": {
+                "docker": docker,
+                "dir": {"": [{"type": "insecureAcceptAnything"}]},
+                "atomic": {"hostname:5000/vendor/product": [
+                    {"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/path/to/vendor-pubkey.gpg",
+                     "signedIdentity": {"type": "exactRepository", "dockerRepository": "vendor-hostname/product/repository"}},
+                    {"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/path/to/reviewer-pubkey.gpg"}
+                ]}
+            }
+        })
+    }
+
+    #[test]
+    fn a_reasonably_locked_down_system() {
+        let dir = TestDir::new();
+        let (trusted, mallory) = (Key::new(), Key::new());
+        let key_path = dir.write("sigstore-pubkey.pub", &trusted.pem());
+        let policy = load_json(&dir, &locked_down(&key_path, false)).unwrap();
+        let none: &[(SignatureLayer, Bytes)] = &[];
+        let by_digest = format!("{FULL}@{DIGEST}");
+        let rows: Vec<(String, Vec<(SignatureLayer, Bytes)>, bool)> = vec![
+            ("docker.io/openshift/hello-openshift:latest".to_owned(), vec![], true),
+            ("busybox:latest".to_owned(), vec![], true),
+            ("docker.io/library/busybox:1.36".to_owned(), vec![], true),
+            ("docker.io/library/busybox-extra:1".to_owned(), vec![], false),
+            ("nginx:latest".to_owned(), vec![], false),
+            ("a.temporary-project.example.com/app:1".to_owned(), vec![], true),
+            ("temporary-project.example.com/app:1".to_owned(), vec![], false),
+            // The default identity: a tag must be signed as exactly that tag.
+            (format!("{FULL}:v1"), vec![trusted.sign(&format!("{FULL}:v1"))], true),
+            (format!("{FULL}:v1"), vec![trusted.sign(FULL)], false),
+            (by_digest.clone(), vec![trusted.sign(FULL)], true),
+            (format!("{FULL}:v1"), vec![mallory.sign(&format!("{FULL}:v1"))], false),
+            (format!("{FULL}:v1"), vec![], false),
+            // matchRepository: cosign's tagless signatures, any tag.
+            (format!("{SUBST}:v1"), vec![trusted.sign(SUBST)], true),
+            (format!("{SUBST}:latest"), vec![trusted.sign(&format!("{SUBST}:v1"))], true),
+            (format!("{SUBST}:v1"), vec![trusted.sign("hostname:5000/myns/other")], false),
+            (format!("{SUBST}:v1"), vec![mallory.sign(SUBST)], false),
+            ("hostname:5000/myns/unlisted:v1".to_owned(), vec![trusted.sign("hostname:5000/myns/unlisted:v1")], false),
+        ];
+        for (image, signatures, expected) in &rows {
+            assert_eq!(accepted(&policy, image, signatures), *expected, "{image}");
+        }
+        assert!(!accepted(&policy, "nginx", none));
+    }
+
+    #[test]
+    fn the_fulcio_and_pki_scopes_are_refused_naming_the_fields() {
+        let dir = TestDir::new();
+        let key_path = dir.write("sigstore-pubkey.pub", &Key::new().pem());
+        let err = load_json(&dir, &locked_down(&key_path, true)).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 3, "{text}");
+        for field in
+            ["\"fulcio\" is not supported", "\"rekorPublicKeyPath\" is not supported", "\"pki\" is not supported"]
+        {
+            assert!(text.contains(field), "{text}");
+        }
+    }
+
+    #[test]
+    fn completely_disable_security() {
+        let dir = TestDir::new();
+        let policy = load_json(&dir, &serde_json::json!({"default": [{"type": "insecureAcceptAnything"}]})).unwrap();
+        for image in ["nginx:latest", "hostname:5000/myns/anything:v1", &format!("{FULL}@{DIGEST}")] {
+            assert!(accepted(&policy, image, &[]), "{image}");
+        }
+    }
+
+    /// The manual's "signed-off by local IT" example (vendor key and reviewer key, both
+    /// required) is written for GPG `signedBy`; this is its sigstore form. With the vendor's
+    /// `exactRepository` identity kept, it is refused (one identity per scope); with one
+    /// identity for both, both signatures are needed.
+    #[test]
+    fn vendor_and_reviewer_both_required() {
+        const PRODUCT: &str = "hostname:5000/vendor/product";
+        let dir = TestDir::new();
+        let (vendor, reviewer) = (Key::new(), Key::new());
+        let vendor_path = dir.write("vendor.pub", &vendor.pem());
+        let reviewer_path = dir.write("reviewer.pub", &reviewer.pem());
+        let scope = |vendor_identity: serde_json::Value| {
+            serde_json::json!({"default": [{"type": "reject"}], "transports": {"docker": {PRODUCT: [
+                {"type": "sigstoreSigned", "keyPath": vendor_path, "signedIdentity": vendor_identity},
+                {"type": "sigstoreSigned", "keyPath": reviewer_path, "signedIdentity": {"type": "matchRepository"}}
+            ]}}})
+        };
+        let exact =
+            serde_json::json!({"type": "exactRepository", "dockerRepository": "vendor-hostname/product/repository"});
+        let err = load_json(&dir, &scope(exact)).unwrap_err();
+        assert!(err.to_string().contains("\"signedIdentity\""), "{err}");
+
+        let policy = load_json(&dir, &scope(serde_json::json!({"type": "matchRepository"}))).unwrap();
+        let image = format!("{PRODUCT}:1.0");
+        assert!(!accepted(&policy, &image, &[vendor.sign(PRODUCT)]));
+        assert!(!accepted(&policy, &image, &[reviewer.sign(PRODUCT)]));
+        assert!(accepted(&policy, &image, &[vendor.sign(PRODUCT), reviewer.sign(PRODUCT)]));
+    }
+}
