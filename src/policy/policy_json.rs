@@ -658,7 +658,9 @@ mod tests {
         let (a, b) = (by(r#""keyPath": "keys/a.pub""#), by(r#""keyPath": "keys/b.pub""#));
         let a_or_ed = by(r#""keyPaths": ["keys/a.pub", "keys/ed.pub"]"#);
         let none: Vec<Vec<&str>> = Vec::new();
-        let cases: Vec<(Vec<&str>, Requirement, Vec<Vec<&str>>)> = vec![
+        // (requirements, the rule's requirement, its key groups)
+        type Case<'a> = (Vec<&'a str>, Requirement, Vec<Vec<&'a str>>);
+        let cases: Vec<Case<'_>> = vec![
             (vec![reject, accept], Requirement::Reject, none.clone()),
             (vec![accept, reject], Requirement::Reject, none.clone()),
             (vec![&a, reject], Requirement::Reject, none.clone()),
@@ -863,7 +865,9 @@ mod containers_examples {
         let policy = load_json(&dir, &locked_down(&key_path, false)).unwrap();
         let none: &[(SignatureLayer, Bytes)] = &[];
         let by_digest = format!("{FULL}@{DIGEST}");
-        let rows: Vec<(String, Vec<(SignatureLayer, Bytes)>, bool)> = vec![
+        // (image, its signatures, containers/image's verdict)
+        type Row = (String, Vec<(SignatureLayer, Bytes)>, bool);
+        let rows: Vec<Row> = vec![
             ("docker.io/openshift/hello-openshift:latest".to_owned(), vec![], true),
             ("busybox:latest".to_owned(), vec![], true),
             ("docker.io/library/busybox:1.36".to_owned(), vec![], true),
