@@ -97,6 +97,8 @@ impl Reloader {
             tokio::select! {
                 () = watcher.changed() => {}
                 () = self.trigger.requested() => {}
+                // What changed while it hung (a revocation, say) must not wait for the next edit.
+                () = stuck_ended(&mut self.stuck) => {}
             }
             self.settle(&mut watcher).await;
             if let Some(plan) = self.reload().await {
@@ -172,6 +174,18 @@ impl Reloader {
         let current = self.policy.current();
         let planned = tokio::task::spawn_blocking(move || Plan::new(&sources, &current)).await;
         planned.inspect_err(|error| tracing::warn!(%error, "cannot plan policy file watches")).ok()
+    }
+}
+
+/// Resolves when the load that passed its deadline ends (and forgets it); never if none did.
+async fn stuck_ended(stuck: &mut Option<JoinHandle<Loaded>>) {
+    match stuck {
+        Some(task) => {
+            // Its result is stale either way; only that it ended matters.
+            let _ = task.await;
+            *stuck = None;
+        }
+        None => std::future::pending().await,
     }
 }
 
