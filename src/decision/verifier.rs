@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use crate::config::CacheConfig;
 use crate::policy::Rule;
 use crate::reference::{Digest, ImageRef};
+use crate::registry::buffering;
 use crate::registry::{Credentials, Registry};
 
 use super::cache::{self, VerdictCache};
@@ -96,15 +97,19 @@ impl<R: Registry + 'static> Verifier<R> {
         if let Some(outcome) = job.image.digest().and_then(|digest| self.cached(&job, digest)) {
             return outcome;
         }
-        let _slot = match self.slots.acquire(job.image.registry(), deadline).await {
-            Ok(slot) => slot,
+        let slot = match self.slots.acquire(job.image.registry(), deadline).await {
+            Ok(slot) => Arc::new(slot),
             Err(busy) => {
                 return Outcome::unavailable(format!("verification did not start within {:?}: {busy}", self.budget));
             }
         };
-        match tokio::time::timeout_at(deadline, self.resolve_and_verify(&job)).await {
+        let checking = buffering::scope(Arc::clone(&slot) as _, self.resolve_and_verify(&job));
+        match tokio::time::timeout_at(deadline, checking).await {
             Ok(outcome) => outcome,
-            Err(_) => Outcome::unavailable(format!("verification did not finish within {:?}", self.budget)),
+            Err(_) => Outcome::unavailable(match slot.waiting_for() {
+                Some(busy) => format!("verification did not finish within {:?}: {busy}", self.budget),
+                None => format!("verification did not finish within {:?}", self.budget),
+            }),
         }
     }
 
@@ -146,6 +151,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::decision::slots::SMALL_CHECK_BYTES;
     use crate::decision::{Gate, PullRequest, Verdict};
     use crate::policy::{IdentityRule, Mode, Policy, Requirement, SharedPolicy};
     use crate::reference::Digest;
@@ -154,7 +160,8 @@ mod tests {
     const IMAGE: &str = "registry.test/team/app";
 
     /// Serves one image manifest for every tag and no signatures, recording each request; with
-    /// `stall`, never answers at all.
+    /// `stall`, never answers at all. Registries named `stalled…` never answer either; those
+    /// named `large…` answer with more than a check keeps without a total slot, then stall.
     #[derive(Default)]
     struct Canned {
         requests: Mutex<Vec<String>>,
@@ -174,18 +181,23 @@ mod tests {
     impl Registry for Canned {
         async fn manifest(
             &self,
-            _: &ImageRef,
+            image: &ImageRef,
             reference: &str,
             _: &Credentials,
         ) -> Result<Option<Manifest>, RegistryError> {
             self.requests.lock().unwrap().push(format!("manifest {reference}"));
-            if self.stall {
+            if self.stall || image.registry().starts_with("stalled") {
+                std::future::pending::<()>().await;
+            }
+            if image.registry().starts_with("large") {
+                buffering::reserve(SMALL_CHECK_BYTES + 1).await;
                 std::future::pending::<()>().await;
             }
             if reference.ends_with(".sig") {
                 return Ok(None);
             }
             let bytes = Bytes::from_static(br#"{"schemaVersion":2}"#);
+            buffering::reserve(bytes.len()).await;
             Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type: "application/json".into(), bytes }))
         }
 
@@ -196,8 +208,12 @@ mod tests {
     }
 
     fn policy() -> Policy {
+        policy_for("registry.test/team")
+    }
+
+    fn policy_for(scope: &str) -> Policy {
         Policy::from_rules(vec![Rule {
-            scope: "registry.test/team".parse().unwrap(),
+            scope: scope.parse().unwrap(),
             namespaces: None,
             require: Requirement::Signed,
             keys: Vec::new(),
@@ -347,5 +363,66 @@ mod tests {
         with_login.credentials.username = "someone".into();
         futures_util::future::join(gate.decide(&anonymous), gate.decide(&with_login)).await;
         assert_eq!(registry.take(), 2);
+    }
+
+    /// Issue 17: 16 registries that never answer, 6 pulls of each, hold no slot that a check
+    /// against a registry that answers needs.
+    #[tokio::test(start_paused = true)]
+    async fn registries_that_never_answer_do_not_hold_up_the_others() {
+        let registry = Arc::new(Canned::default());
+        let gate = Arc::new(gate(&registry, &SharedPolicy::new(policy_for("*")), Duration::from_secs(10)));
+        let stalled: Vec<_> = (0..16)
+            .flat_map(|r| (0..6).map(move |n| format!("stalled-{r}.test/app:v{n}")))
+            .map(|image| {
+                let gate = Arc::clone(&gate);
+                tokio::spawn(async move { gate.decide(&pull(&image)).await })
+            })
+            .collect();
+        for _ in 0..1000 {
+            if registry.requests().len() >= 16 * 4 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let stalled_requests = registry.take();
+        let started = Instant::now();
+        let decision = gate.decide(&pull(&format!("{IMAGE}:v1"))).await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "{}", decision.reason);
+        assert_eq!(decision.verdict, Verdict::Rejected, "{}", decision.reason);
+        assert_eq!(stalled_requests, 16 * 4, "each stalled registry's 4 checks were waiting for it");
+        for check in stalled {
+            let decision = check.await.unwrap();
+            assert_eq!(decision.verdict, Verdict::Unavailable, "{}", decision.reason);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_check_waiting_for_the_total_says_so_and_small_ones_go_on() {
+        let registry = Arc::new(Canned::default());
+        let limits = RegistryConfig {
+            timeout: Duration::from_secs(3),
+            checks_total: std::num::NonZeroUsize::new(1).unwrap(),
+            ..RegistryConfig::default()
+        };
+        let shared = SharedPolicy::new(policy_for("*"));
+        let gate = Gate::configured(shared, Arc::clone(&registry), &limits, &CacheConfig::default());
+        // The one total slot is taken, as by a large check that never ends.
+        let hog = gate.verifier.slots.acquire("large-1.test", Instant::now()).await.expect("free slot");
+        buffering::Buffering::reserve(&hog, SMALL_CHECK_BYTES + 1).await;
+        let started = Instant::now();
+        let (large, small) = futures_util::future::join(gate.decide(&pull("large-2.test/app:v1")), async {
+            let decision = gate.decide(&pull(&format!("{IMAGE}:v1"))).await;
+            (started.elapsed(), decision)
+        })
+        .await;
+        assert_eq!(small.0, Duration::ZERO, "a small check waited for a total slot: {}", small.1.reason);
+        assert_eq!(small.1.verdict, Verdict::Rejected, "{}", small.1.reason);
+        assert_eq!(large.verdict, Verdict::Unavailable);
+        assert_eq!(
+            large.reason,
+            "verification did not finish within 3s: 1 verifications were already holding large registry answers \
+             (registry.checks_total)"
+        );
+        drop(hog);
     }
 }

@@ -43,6 +43,11 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// is not a reference and must not reach a URL.
 pub const MAX_REFERENCE_LEN: usize = 135;
 
+/// A body's declared length sizes its buffer up front only up to this (the size of an ordinary
+/// manifest many times over); beyond it the buffer grows with what actually arrives, so a
+/// registry that declares 4 MiB and then stalls costs no more than one that declares nothing.
+pub const BODY_PREALLOCATION_MAX: usize = 64 * 1024;
+
 /// Transport error chains are quoted into error messages; the cap keeps a chatty TLS or IO
 /// error from flooding the CRI status message.
 pub const MAX_ERROR_DETAIL_CHARS: usize = 300;
@@ -52,8 +57,9 @@ pub const MAX_ERROR_DETAIL_CHARS: usize = 300;
 /// registry that stalls every request holds no more than four pulls' worth of memory.
 pub const DEFAULT_CHECKS_PER_REGISTRY: NonZeroUsize = NonZeroUsize::new(4).expect("nonzero");
 
-/// A check can buffer a manifest of up to `MANIFEST_MAX_BYTES`; sixteen at once keep the
-/// worst case within ~64 MiB however many registries the pulls name.
+/// A check can buffer a manifest of up to `MANIFEST_MAX_BYTES`; sixteen such checks at once
+/// keep the worst case within ~64 MiB however many registries the pulls name (checks keeping
+/// less need no total slot, see `decision::slots`).
 pub const DEFAULT_CHECKS_TOTAL: NonZeroUsize = NonZeroUsize::new(16).expect("nonzero");
 
 // Response heads need no bound of ours: hyper's HTTP/1 client, which reqwest uses and gives
