@@ -13,7 +13,7 @@
 //!   registry client reports every byte before keeping it, see `registry::buffering`), and holds
 //!   it until it ends.
 //!
-//! Why not take the total slot up front, as before: then registries that never answer, 4 checks
+//! Why not take the total slot up front: then registries that never answer, 4 checks
 //! each, fill all 16 total slots with checks that hold no memory, and every other registry's
 //! pulls wait out their whole budget. Reserving part of the total for registries with nothing
 //! in flight does not help either, since an attacker names one more registry per reserved slot.
@@ -25,8 +25,9 @@
 //! can hold the total slots for up to one budget, delaying other large checks (never small
 //! ones). That is the memory bound doing its job; it cannot be had without either waiting or
 //! cancelling checks that are still making progress. Checks without a total slot each keep at
-//! most `SMALL_CHECK_BYTES`, about what the HTTP client may buffer for any open connection anyway,
-//! and their number is bounded per registry and by the pulls the kubelet has in flight.
+//! most `SMALL_CHECK_BYTES` (in buffers of up to twice that), of the order of what the HTTP
+//! client may buffer for any open connection anyway; their number is bounded per registry and
+//! by the pulls the kubelet has in flight.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;

@@ -43,11 +43,6 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// is not a reference and must not reach a URL.
 pub const MAX_REFERENCE_LEN: usize = 135;
 
-/// A body's declared length sizes its buffer up front only up to this (the size of an ordinary
-/// manifest many times over); beyond it the buffer grows with what actually arrives, so a
-/// registry that declares 4 MiB and then stalls costs no more than one that declares nothing.
-pub const BODY_PREALLOCATION_MAX: usize = 64 * 1024;
-
 /// Transport error chains are quoted into error messages; the cap keeps a chatty TLS or IO
 /// error from flooding the CRI status message.
 pub const MAX_ERROR_DETAIL_CHARS: usize = 300;

@@ -7,7 +7,7 @@ use sha2::{Digest as _, Sha512};
 
 use super::RegistryError;
 use super::buffering;
-use super::limits::{BODY_PREALLOCATION_MAX, MAX_ERROR_DETAIL_CHARS};
+use super::limits::MAX_ERROR_DETAIL_CHARS;
 use crate::reference::Digest;
 
 /// Everything an error message may say about a request: no URL (a redirect target can hold a
@@ -63,10 +63,9 @@ pub async fn read_capped(mut response: Response, limit: usize, origin: &Origin<'
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    // A declared length sizes the buffer only up to a small preallocation: a registry can
-    // declare 4 MiB and then stall, and bytes it never sent must cost neither memory nor a
-    // reservation. Bytes are reserved as they arrive.
-    let mut body = BytesMut::with_capacity(declared.map_or(0, |len| len as usize).min(BODY_PREALLOCATION_MAX));
+    // The declared length sizes nothing: a registry can declare 4 MiB and then stall, and bytes
+    // it never sent must cost neither memory nor a reservation. They are reserved as they arrive.
+    let mut body = BytesMut::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(origin.registry, e))? {
         if chunk.len() > limit - body.len() {
             return Err(too_large());
