@@ -141,8 +141,8 @@ async fn stalled_registries_and_one_healthy_pull(stall: Stall, signatures: usize
         }
     }
     // Every silent registry is to hold its 4 checks (checks_per_registry), each on a
-    // connection. Should fewer start (they would be queued for a total slot, as before issue
-    // 17), the healthy pull goes ahead anyway and shows what that costs.
+    // connection. Should fewer start (queued for a total slot, were it taken up front), the
+    // healthy pull goes ahead anyway and shows what that costs.
     let all_started = async {
         while accepted() < STALLED_REGISTRIES * 4 {
             notify.notified().await;
@@ -162,7 +162,7 @@ async fn stalled_registries_and_one_healthy_pull(stall: Stall, signatures: usize
     assert_eq!(stalled_pulls.len(), STALLED_REGISTRIES * PULLS_EACH);
     assert!(stalled_pulls.try_join_next().is_none(), "a stalled pull ended before its registry went away");
 
-    // The silent registries hang up: every stalled pull fails, none reached containerd.
+    // The silent registries hang up: every stalled pull fails as unavailable.
     drop(silent);
     while let Some(result) = stalled_pulls.join_next().await {
         let status = result.expect("pull task").expect_err("a pull from a silent registry succeeded");
