@@ -1,5 +1,5 @@
 //! Routes each incoming call: PullImage through the gate, health checks to pullgate's own
-//! health service, everything else straight upstream.
+//! health service, the rest of the CRI straight upstream, and anything else nowhere.
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -109,48 +109,115 @@ pub enum Route {
     Health,
     /// Answered with this status and never forwarded.
     Refused(tonic::Status),
-    /// Everything else goes to containerd.
+    /// A CRI call other than PullImage: it goes to containerd.
     Relay,
 }
 
-/// Routes `path` as containerd's gRPC server will read it: by its last two segments, with or
-/// without a leading slash. So a PullImage under any other name (the runtime.v1alpha2 service,
-/// which containerd 1.6 still serves with the same request message, or a path without its
-/// slash) is refused rather than relayed past the gate.
+/// The services relayed to containerd: the CRI, which is all the kubelet asks of this socket.
+/// Methods are not listed, so a newer kubelet's new calls still pass.
+const RELAYED_SERVICES: &[&str] = &["runtime.v1.RuntimeService", "runtime.v1.ImageService"];
+
+/// Routes `path`, read as containerd's gRPC server reads it: the service is everything between
+/// the leading slash and the last one, the method what follows. Only the CRI is relayed;
+/// containerd's own API on the same socket (`containerd.services.*`: pull, import, tag, run
+/// without any check), the deprecated `runtime.v1alpha2` CRI (whose PullImage would pass the
+/// gate by another name) and anything else are refused before anything is opened to containerd.
 pub fn route(path: &str) -> Route {
-    let Some(name) = path.strip_prefix('/') else {
-        return Route::Refused(tonic::Status::invalid_argument(format!("pullgate: malformed method path {path:?}")));
-    };
-    if name.rsplit('/').next() == Some("PullImage") && path != pull::PATH {
-        return Route::Refused(tonic::Status::unimplemented(format!(
-            "pullgate: {path} is not served; images are pulled through {}, where they are verified",
-            pull::PATH
+    if path == pull::PATH {
+        return Route::Pull;
+    }
+    if path.starts_with(health::PREFIX) {
+        return Route::Health;
+    }
+    let Some((service, method)) = path.strip_prefix('/').and_then(|name| name.rsplit_once('/')) else {
+        return Route::Refused(tonic::Status::permission_denied(format!(
+            "pullgate: malformed method path {path:?}; this socket serves the CRI only"
         )));
+    };
+    if RELAYED_SERVICES.contains(&service) && !method.is_empty() {
+        return Route::Relay;
     }
-    match path {
-        pull::PATH => Route::Pull,
-        _ if path.starts_with(health::PREFIX) => Route::Health,
-        _ => Route::Relay,
-    }
+    Route::Refused(tonic::Status::permission_denied(format!(
+        "pullgate: service {service} is not served on this socket, which serves the CRI \
+         ({}) only",
+        RELAYED_SERVICES.join(", ")
+    )))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_spelling_of_pull_image_is_gated_or_refused() {
-        assert!(matches!(route("/runtime.v1.ImageService/PullImage"), Route::Pull));
-        for path in [
-            "/runtime.v1alpha2.ImageService/PullImage",
-            "runtime.v1.ImageService/PullImage",
-            "/some.Other/PullImage",
-            "",
-        ] {
-            assert!(matches!(route(path), Route::Refused(_)), "{path:?}");
+    fn refusal(path: &str) -> tonic::Status {
+        match route(path) {
+            Route::Refused(status) => status,
+            other => panic!("{path:?} routed as {other:?}"),
         }
-        assert!(matches!(route("/runtime.v1.ImageService/ImageStatus"), Route::Relay));
-        assert!(matches!(route("/runtime.v1.ImageService/StreamImages"), Route::Relay));
+    }
+
+    #[test]
+    fn pull_image_is_gated_and_health_is_local() {
+        assert!(matches!(route("/runtime.v1.ImageService/PullImage"), Route::Pull));
         assert!(matches!(route("/grpc.health.v1.Health/Check"), Route::Health));
+        assert!(matches!(route("/grpc.health.v1.Health/Watch"), Route::Health));
+    }
+
+    #[test]
+    fn the_cri_is_relayed_including_methods_pullgate_does_not_know() {
+        for path in [
+            "/runtime.v1.ImageService/ImageStatus",
+            "/runtime.v1.ImageService/ListImages",
+            "/runtime.v1.ImageService/RemoveImage",
+            "/runtime.v1.RuntimeService/Version",
+            "/runtime.v1.RuntimeService/RunPodSandbox",
+            "/runtime.v1.RuntimeService/GetContainerEvents",
+            "/runtime.v1.ImageService/StreamImages",
+            "/runtime.v1.RuntimeService/SomeMethodOfANewerKubelet",
+        ] {
+            assert!(matches!(route(path), Route::Relay), "{path:?}");
+        }
+    }
+
+    #[test]
+    fn containerd_s_own_api_is_refused_naming_the_service() {
+        for (path, service) in [
+            ("/containerd.services.images.v1.Images/Create", "containerd.services.images.v1.Images"),
+            ("/containerd.services.images.v1.Images/Update", "containerd.services.images.v1.Images"),
+            ("/containerd.services.transfer.v1.Transfer/Transfer", "containerd.services.transfer.v1.Transfer"),
+            ("/containerd.services.content.v1.Content/Write", "containerd.services.content.v1.Content"),
+            ("/containerd.services.tasks.v1.Tasks/Create", "containerd.services.tasks.v1.Tasks"),
+            ("/containerd.services.leases.v1.Leases/Create", "containerd.services.leases.v1.Leases"),
+            ("/containerd.services.version.v1.Version/Version", "containerd.services.version.v1.Version"),
+            ("/runtime.v1alpha2.ImageService/PullImage", "runtime.v1alpha2.ImageService"),
+            ("/runtime.v1alpha2.RuntimeService/Version", "runtime.v1alpha2.RuntimeService"),
+            ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "grpc.reflection.v1alpha.ServerReflection"),
+            ("/some.Other/PullImage", "some.Other"),
+        ] {
+            let status = refusal(path);
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{path:?}");
+            assert!(status.message().contains(service), "{path:?}: {}", status.message());
+        }
+    }
+
+    /// containerd's server strips one leading slash if there is one and splits at the last
+    /// slash, so each of these would reach a CRI method there, or an unknown one, under a name
+    /// pullgate does not serve.
+    #[test]
+    fn paths_that_are_not_exactly_a_cri_method_are_refused() {
+        for path in [
+            "",
+            "/",
+            "runtime.v1.ImageService/PullImage",
+            "runtime.v1.ImageService/ImageStatus",
+            "//runtime.v1.ImageService/PullImage",
+            "/runtime.v1.ImageService/",
+            "/runtime.v1.ImageService",
+            "/runtime.v1.ImageService/x/runtime.v1.ImageService/PullImage",
+            "/x/runtime.v1.ImageService/ImageStatus",
+            "/runtime.v1.imageservice/ImageStatus",
+            "/grpc.health.v1.Health",
+        ] {
+            assert_eq!(refusal(path).code(), tonic::Code::PermissionDenied, "{path:?}");
+        }
     }
 }
