@@ -2,6 +2,7 @@
 //! and the h2 relay behind it), and PullImage interception.
 
 pub mod body;
+pub mod budget;
 pub mod frame;
 pub mod health;
 pub mod hpack;

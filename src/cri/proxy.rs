@@ -13,6 +13,7 @@ use tonic_health::pb::health_server::HealthServer;
 use tower::ServiceExt;
 
 use crate::cri::body::RecvBody;
+use crate::cri::budget::Budget;
 use crate::cri::health::{self, Health};
 use crate::cri::observe::CallLog;
 use crate::cri::tagger::Tagger;
@@ -21,12 +22,19 @@ use crate::cri::{pull, relay, respond};
 use crate::decision::PullGate;
 use crate::metrics::{CallOutcome, Metrics};
 
+/// Bytes of requests to calls pullgate answers itself (PullImage, health) held at once, all
+/// connections together. A kubelet's PullImage request is a few KiB, so this is room for
+/// hundreds at once, and for eight of the largest allowed; however many connections a client
+/// opens, together they hold no more (buffers grow by doubling, so up to twice this in memory).
+const MAX_LOCAL_REQUEST_BYTES_TOTAL: usize = 8 << 20;
+
 pub struct Proxy<G> {
     gate: G,
     upstream: Upstream,
     tagger: Tagger,
     health: HealthServer<Health>,
     metrics: Arc<Metrics>,
+    budget: Arc<Budget>,
 }
 
 impl<G: PullGate> Proxy<G> {
@@ -34,7 +42,13 @@ impl<G: PullGate> Proxy<G> {
     pub fn new(gate: G, upstream: Upstream, metrics: Arc<Metrics>, stopping: watch::Receiver<bool>) -> Arc<Self> {
         let tagger = Tagger::new(upstream.channel());
         let health = health::server(&upstream, stopping);
-        Arc::new(Proxy { gate, upstream, tagger, health, metrics })
+        let budget = Budget::new(MAX_LOCAL_REQUEST_BYTES_TOTAL);
+        Arc::new(Proxy { gate, upstream, tagger, health, metrics, budget })
+    }
+
+    /// What the requests of local calls may hold, all connections together.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -190,7 +204,10 @@ mod tests {
             ("/containerd.services.version.v1.Version/Version", "containerd.services.version.v1.Version"),
             ("/runtime.v1alpha2.ImageService/PullImage", "runtime.v1alpha2.ImageService"),
             ("/runtime.v1alpha2.RuntimeService/Version", "runtime.v1alpha2.RuntimeService"),
-            ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "grpc.reflection.v1alpha.ServerReflection"),
+            (
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ),
             ("/some.Other/PullImage", "some.Other"),
         ] {
             let status = refusal(path);

@@ -36,6 +36,7 @@ use tokio::net::unix::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+use crate::cri::budget::Held;
 use crate::cri::frame::{self, Frame, ProtocolError, flag, kind, reason};
 use crate::cri::hpack::Decoder;
 use crate::cri::observe::CallLog;
@@ -61,10 +62,22 @@ const MAX_LOCAL_REQUEST_BYTES: usize = (1 << 20) + 5;
 const MAX_KEPT_BYTES: usize = 4 << 20;
 /// Calls in flight on one connection; the kubelet runs a few dozen at most.
 const MAX_STREAMS: usize = 1000;
+/// Of those, calls pullgate answers itself (PullImage, health, refusals): the kubelet pulls a
+/// few images at once (one by default) and checks health now and then. Each costs a task and
+/// an answer in memory, so a client flooding cheap requests gets REFUSED_STREAM past this.
+const MAX_KEPT_STREAMS: usize = 64;
 /// Dynamic tables larger than this are refused: the default is 4 KiB.
 const MAX_HPACK_TABLE_BYTES: usize = 64 << 10;
-/// Read no more from a side while this much is waiting to be written to the other.
+/// Read no more from a side while this much is waiting to be written to the other. Calls
+/// pullgate answers itself are refused (REFUSED_STREAM) while this much waits for the
+/// kubelet, counting answers its flow-control window holds back, which pullgate cannot stop
+/// reading for: the WINDOW_UPDATEs that release them come from that same socket.
 const HIGH_WATER: usize = 256 << 10;
+/// Read no more from the kubelet while this much pullgate has written for it is unsent: a
+/// client that sends calls and never reads the answers (or the resets of calls refused) stops
+/// being read itself. A kubelet reads as fast as it is written to, so only one that does not
+/// read ever gets here; small, as everything read past it costs work for nobody.
+const MAX_UNSENT_TO_KUBELET: usize = 64 << 10;
 /// containerd is credited for the bytes passed on once this many have gathered.
 const CREDIT_BATCH: usize = 16 << 10;
 /// While a connection is without containerd, how often pullgate looks whether it is back.
@@ -130,7 +143,9 @@ pub async fn run<G: PullGate>(
                     Err(error) => Err(Side::containerd(error)),
                 }
             }
-            read = read(&mut kubelet_read, &mut splice.from_kubelet), if splice.to_containerd.len() < HIGH_WATER => {
+            read = read(&mut kubelet_read, &mut splice.from_kubelet),
+                if splice.to_containerd.len() < HIGH_WATER && splice.to_kubelet.len() < MAX_UNSENT_TO_KUBELET =>
+            {
                 match read {
                     Ok(0) => Ok(Step::Closed("the kubelet closed the connection")),
                     Ok(_) => splice.on_kubelet_bytes().map(|()| Step::Go).map_err(Side::Kubelet),
@@ -216,7 +231,8 @@ struct Block {
 
 enum Stream {
     Relayed(Relayed),
-    Kept(Kept),
+    // Boxed: a kept call carries its request and answer state, a relayed one three words.
+    Kept(Box<Kept>),
 }
 
 struct Relayed {
@@ -235,6 +251,9 @@ struct Kept {
     log: Option<CallLog>,
     headers: http::HeaderMap,
     body: BytesMut,
+    /// The body's share of the bytes all connections may hold (`Proxy::budget`), kept until
+    /// the call's task has answered.
+    held: Held,
     task: Option<AbortHandle>,
     /// What the kubelet lets pullgate send on this stream.
     window: i64,
@@ -328,6 +347,10 @@ impl<G: PullGate> Splice<G> {
             last_call: Instant::now(),
             kept_bytes: 0,
         }
+    }
+
+    fn kept_streams(&self) -> usize {
+        self.streams.values().filter(|stream| matches!(stream, Stream::Kept(_))).count()
     }
 
     fn kubelet_backlog(&self) -> usize {
