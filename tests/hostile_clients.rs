@@ -9,6 +9,7 @@
 //! | HEADERS flood on one connection, never reading    | RSS < 64 MiB; ImageStatus within 1 s          |
 //! | more connections than the cap, partial PullImages | RSS < 64 MiB; extra ones closed; ImageStatus  |
 //! | idle connections past RLIMIT_NOFILE               | CPU settles; few log lines; served after      |
+//! | grpc C-core's `:authority` (a percent-encoded path) | same answers as any client, containerd or not |
 
 mod common;
 
@@ -176,12 +177,16 @@ fn put_indexed_literal(block: &mut Vec<u8>, name: &str, value: &str) {
 /// The client preface, an empty SETTINGS, and on stream 1 a request for `path` whose fields
 /// all enter the server's table, so every later request can be `repeat_request`.
 fn first_request(path: &str, end_stream: bool) -> BytesMut {
+    request_with_authority(path, "x", end_stream)
+}
+
+fn request_with_authority(path: &str, authority: &str, end_stream: bool) -> BytesMut {
     let mut out = BytesMut::from(frame::PREFACE);
     frame::put_head(&mut out, 0, frame::kind::SETTINGS, 0, 0);
     // POST and http are in the static table (indices 3 and 6).
     let mut block = vec![0x83, 0x86];
     for (name, value) in
-        [(":path", path), (":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers")]
+        [(":path", path), (":authority", authority), ("content-type", "application/grpc"), ("te", "trailers")]
     {
         put_indexed_literal(&mut block, name, value);
     }
@@ -412,4 +417,150 @@ async fn running_out_of_descriptors_neither_spins_nor_floods_the_log() {
         daemon.log_text()
     );
     eprintln!("served {:?} after the idle connections closed", started.elapsed());
+}
+
+/// What grpc C-core (grpcio, the C++ and Ruby clients) sends as `:authority` for
+/// `unix:///tmp/pglab/pullgate.sock`: the path, percent-encoded, which is no valid host.
+const C_CORE_AUTHORITY: &str = "tmp%2Fpglab%2Fpullgate.sock";
+
+/// The grpc-status and grpc-message of the answer on stream 1, or why there is none.
+async fn answer_on_stream_1(stream: &mut UnixStream) -> Result<(String, String), String> {
+    use tokio::io::AsyncReadExt;
+    let mut decoder = pullgate::cri::hpack::Decoder::default();
+    let (mut received, mut block) = (BytesMut::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        while let Some(frame) = frame::next(&mut received, 1 << 20).map_err(|e| e.to_string())? {
+            if frame.stream != 1 {
+                continue;
+            }
+            match frame.kind {
+                frame::kind::RST_STREAM => return Err(format!("RST_STREAM {:?}", frame.payload())),
+                frame::kind::HEADERS | frame::kind::CONTINUATION => {
+                    block.extend_from_slice(frame.fragment().map_err(|e| e.to_string())?);
+                    if !frame.has(frame::flag::END_HEADERS) {
+                        continue;
+                    }
+                    let (mut code, mut message) = (None, String::new());
+                    decoder
+                        .decode(&block, |name, value| match name {
+                            b"grpc-status" => code = Some(String::from_utf8_lossy(value).into_owned()),
+                            b"grpc-message" => message = String::from_utf8_lossy(value).into_owned(),
+                            _ => {}
+                        })
+                        .map_err(|e| e.to_string())?;
+                    block.clear();
+                    if let Some(code) = code {
+                        return Ok((code, message));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let read = tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut received)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => {}
+            other => return Err(format!("no answer on stream 1: {other:?}")),
+        }
+    }
+}
+
+/// While containerd is down, a call with C-core's authority is answered UNAVAILABLE naming
+/// containerd's socket, as every other client's is, not reset as malformed.
+#[tokio::test(flavor = "multi_thread")]
+async fn c_core_authority_gets_unavailable_while_containerd_is_down() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("no-containerd.sock");
+    let pullgate = common::pullgate::start(&missing).await;
+    let mut stream = UnixStream::connect(&pullgate.socket).await.expect("connect");
+    let mut out = request_with_authority("/runtime.v1.ImageService/ListImages", C_CORE_AUTHORITY, false);
+    frame::put_data(&mut out, 1, &common::raw::frame(b""), true);
+    stream.write_all(&out).await.expect("write");
+    let (code, message) = answer_on_stream_1(&mut stream).await.expect("an answer");
+    assert_eq!(code, "14", "{message}");
+    assert!(message.contains("no-containerd.sock"), "{message}");
+    drop(stream);
+    pullgate.stop().await;
+}
+
+/// A real grpc C-core client (Python's grpcio), one call per line it reads on stdin, each
+/// reported on stdout as `<code name> <seconds> <details>`.
+const GRPCIO_CLIENT: &str = r#"
+import sys, time, grpc
+channel = grpc.insecure_channel("unix://" + sys.argv[1])
+list_images = channel.unary_unary("/runtime.v1.ImageService/ListImages")
+for _ in sys.stdin:
+    started = time.monotonic()
+    try:
+        list_images(b"", timeout=5)
+        code, details = "OK", ""
+    except grpc.RpcError as error:
+        code, details = error.code().name, error.details()
+    print(code, round(time.monotonic() - started, 3), details, flush=True)
+"#;
+
+struct Grpcio {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Grpcio {
+    fn start(socket: &Path) -> Grpcio {
+        // The python3 on PATH, with grpcio from PyPI (tests/lab/lab.sh installs it).
+        let python = std::env::var("PULLGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut child = Command::new(python)
+            .args(["-c", GRPCIO_CLIENT])
+            .arg(socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with grpcio");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().expect("stdout")));
+        Grpcio { child, stdin, stdout }
+    }
+
+    /// (code name, seconds, details) of one ListImages.
+    fn list_images(&mut self) -> (String, f64, String) {
+        std::io::Write::write_all(&mut self.stdin, b"call\n").expect("to grpcio");
+        let line = self.stdout.next().expect("an answer from grpcio").expect("grpcio's output");
+        let mut parts = line.splitn(3, ' ');
+        let code = parts.next().unwrap_or_default().to_owned();
+        let seconds = parts.next().and_then(|s| s.parse().ok()).expect("seconds");
+        (code, seconds, parts.next().unwrap_or_default().to_owned())
+    }
+}
+
+impl Drop for Grpcio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// grpcio connects while containerd is down: UNAVAILABLE naming the socket, within 2 s;
+/// once containerd is back, its very next call succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpcio_client_gets_unavailable_then_succeeds_once_containerd_is_back() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let lab = Lab::start();
+    let pullgate = common::pullgate::start(&lab.containerd_sock).await;
+    lab.stop_containerd();
+    let socket = pullgate.socket.clone();
+    let (mut grpcio, (code, seconds, details)) = tokio::task::spawn_blocking(move || {
+        let mut grpcio = Grpcio::start(&socket);
+        let answer = grpcio.list_images();
+        (grpcio, answer)
+    })
+    .await
+    .expect("grpcio");
+    assert_eq!(code, "UNAVAILABLE", "{details}");
+    assert!(details.contains(&lab.containerd_sock.display().to_string()), "{details}");
+    assert!(seconds < 2.0, "UNAVAILABLE took {seconds} s");
+
+    lab.start_containerd();
+    let (code, _, details) = tokio::task::spawn_blocking(move || grpcio.list_images()).await.expect("grpcio");
+    assert_eq!(code, "OK", "first call after containerd is back: {details}");
+    pullgate.stop().await;
 }

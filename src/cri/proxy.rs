@@ -1,26 +1,21 @@
 //! Routes each incoming call: PullImage through the gate, health checks to pullgate's own
 //! health service, the rest of the CRI straight upstream, and anything else nowhere.
 
-use std::future::poll_fn;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use h2::RecvStream;
-use h2::server::SendResponse;
 use http_body_util::BodyExt;
 use tokio::sync::watch;
 use tonic_health::pb::health_server::HealthServer;
 use tower::ServiceExt;
 
-use crate::cri::body::RecvBody;
 use crate::cri::budget::Budget;
 use crate::cri::health::{self, Health};
-use crate::cri::observe::CallLog;
+use crate::cri::pull;
 use crate::cri::tagger::Tagger;
 use crate::cri::upstream::Upstream;
-use crate::cri::{pull, relay, respond};
 use crate::decision::PullGate;
-use crate::metrics::{CallOutcome, Metrics};
+use crate::metrics::Metrics;
 
 /// Bytes of requests to calls pullgate answers itself (PullImage, health) held at once, all
 /// connections together. A kubelet's PullImage request is a few KiB, so this is room for
@@ -59,7 +54,8 @@ impl<G: PullGate> Proxy<G> {
         &self.upstream
     }
 
-    /// pullgate's own answer to a call it does not relay (see `route`), for the splice relay.
+    /// pullgate's own answer to a call it does not splice through (see `route`): PullImage,
+    /// health, refusals, and CRI calls while the connection is without containerd.
     pub async fn local(
         self: Arc<Self>,
         route: Route,
@@ -80,38 +76,6 @@ impl<G: PullGate> Proxy<G> {
             }
         }
     }
-
-    pub async fn handle(self: Arc<Self>, request: http::Request<RecvStream>, mut respond: SendResponse<Bytes>) {
-        let path = request.uri().path();
-        let log = CallLog::start(path, &self.metrics);
-        match route(path) {
-            Route::Pull => {
-                let puller = pull::Puller { upstream: &self.upstream, tagger: &self.tagger };
-                answer(respond, puller.handle(&self.gate, request.map(RecvBody::new)), log).await;
-            }
-            Route::Health => {
-                let health = self.health.clone().oneshot(request.map(RecvBody::new));
-                answer(respond, async move { health.await.unwrap_or_else(|never| match never {}) }, log).await;
-            }
-            Route::Refused(status) => respond::status(&mut respond, status, log),
-            // Relayed without looking inside: bodies, metadata and trailers go as they are.
-            Route::Relay => relay::relay(&self.upstream, request, respond, log).await,
-        }
-    }
-}
-
-/// Sends the answer pullgate works out, unless the kubelet gives up first: then the work (a
-/// verification, say) is dropped rather than finished for nobody.
-async fn answer(
-    mut respond: SendResponse<Bytes>,
-    answer: impl Future<Output = http::Response<tonic::body::BoxBody>>,
-    log: CallLog,
-) {
-    let response = tokio::select! {
-        response = answer => response,
-        _ = poll_fn(|cx| respond.poll_reset(cx)) => return log.end(CallOutcome::Aborted),
-    };
-    respond::send(respond, response, log).await
 }
 
 /// What becomes of a call, by its path.

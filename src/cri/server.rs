@@ -1,14 +1,12 @@
 //! Accepts kubelet connections and serves the proxy until shutdown, then drains.
 //!
-//! Each connection is spliced to a containerd connection of its own (`splice`); while
-//! containerd cannot be reached, it is served by the h2 relay (`serve_connection`) instead.
+//! Each connection is spliced to a containerd connection of its own (`splice`), or served
+//! without one while containerd cannot be reached.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures_util::FutureExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -16,12 +14,6 @@ use tokio::task::JoinSet;
 use crate::cri::proxy::Proxy;
 use crate::cri::splice;
 use crate::decision::PullGate;
-
-/// Settings for the kubelet side, as hyper's HTTP/2 server chose them: the kubelet's requests
-/// are small, so a 16 KiB header list and 200 calls in flight per connection are generous.
-const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
-const MAX_CONCURRENT_STREAMS: u32 = 200;
-const WINDOW_BYTES: u32 = 1 << 20;
 
 /// After `accept` fails (out of descriptors, say), the listener is left alone this long at
 /// first, twice as long after each further failure, up to `MAX_ACCEPT_PAUSE`: retrying at once
@@ -107,61 +99,17 @@ impl Throttled {
     }
 }
 
-/// Splices the connection to one of its own to containerd; while containerd cannot be
-/// reached, serves it with the h2 relay instead, which answers UNAVAILABLE until containerd
-/// is back and then relays as usual.
+/// Splices the connection to one of its own to containerd, or starts it without containerd
+/// when it cannot be reached (see `splice`).
 async fn serve<G: PullGate>(stream: UnixStream, proxy: Arc<Proxy<G>>, draining: watch::Receiver<bool>) {
-    match proxy.upstream().dial().await {
-        Ok(containerd) => splice::run(stream, containerd, proxy, draining).await,
+    let containerd = match proxy.upstream().dial().await {
+        Ok(containerd) => Some(containerd),
         Err(error) => {
-            tracing::debug!(%error, "containerd unreachable; serving this connection with the h2 relay");
-            serve_connection(stream, proxy, draining).await
+            tracing::debug!(%error, "containerd unreachable; this connection starts without it");
+            None
         }
-    }
-}
-
-/// Serves one connection until the kubelet closes it or, after a drain begins, until its calls
-/// in flight have finished (h2 sends GOAWAY and stops accepting new ones). Once containerd
-/// answers again, the connection is closed the same way in a pause between calls, so the
-/// kubelet's next one is spliced: a kubelet that connected while containerd was starting
-/// would otherwise stay on the slower relay for as long as it runs.
-async fn serve_connection<G: PullGate>(stream: UnixStream, proxy: Arc<Proxy<G>>, mut draining: watch::Receiver<bool>) {
-    let handshake = h2::server::Builder::new()
-        .max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .initial_window_size(WINDOW_BYTES)
-        .initial_connection_window_size(WINDOW_BYTES)
-        .handshake::<_, Bytes>(stream);
-    // gRPC is HTTP/2 only; the kubelet speaks it with prior knowledge.
-    let mut connection = match handshake.await {
-        Ok(connection) => connection,
-        Err(error) => return tracing::debug!(%error, "HTTP/2 handshake failed"),
     };
-    let mut shutting_down = false;
-    let (mut probes, mut last_call, mut containerd_back) = (splice::probes(), Instant::now(), false);
-    loop {
-        tokio::select! {
-            accepted = connection.accept() => match accepted {
-                Some(Ok((request, respond))) => {
-                    last_call = Instant::now();
-                    tokio::spawn(proxy.clone().handle(request, respond));
-                }
-                Some(Err(error)) => return tracing::debug!(%error, "connection closed with error"),
-                None => return,
-            },
-            _ = probes.tick(), if !shutting_down => {
-                containerd_back = containerd_back || proxy.upstream().dial().await.is_ok();
-                if containerd_back && last_call.elapsed() >= splice::QUIET_BEFORE_MOVE {
-                    shutting_down = true;
-                    connection.graceful_shutdown();
-                }
-            }
-            true = draining.wait_for(|draining| *draining).map(|seen| seen.is_ok()), if !shutting_down => {
-                shutting_down = true;
-                connection.graceful_shutdown();
-            }
-        }
-    }
+    splice::run(stream, containerd, proxy, draining).await
 }
 
 #[cfg(test)]

@@ -3,8 +3,15 @@
 //! Relayed calls cost the kubelet one extra hop of wake-ups and copies, nothing more: their
 //! DATA, PING, SETTINGS and stream-level WINDOW_UPDATE frames are copied from one socket to
 //! the other as they arrive, and only header blocks are decoded and written again. Ending
-//! HTTP/2 at pullgate (the h2 relay in `relay.rs`) costs about twice the wake-ups per call,
-//! which on a small node was most of the latency pullgate added.
+//! HTTP/2 at pullgate (with the h2 crate, as an earlier relay did) costs about twice the
+//! wake-ups per call, which on a small node was most of the latency pullgate added.
+//!
+//! Without containerd (it could not be reached when the kubelet connected, or its connection
+//! was lost) the kubelet's connection goes on: pullgate answers SETTINGS and PING itself and
+//! keeps every call, passing CRI calls through the shared upstream connection (UNAVAILABLE
+//! naming the socket while containerd is down), until containerd is back and the kubelet is
+//! moved to a new, spliced connection. One reading of the kubelet's frames serves both, so
+//! every client gets the same answers either way.
 //!
 //! Calls pullgate answers itself (PullImage, health) never reach this containerd connection:
 //! their frames are kept here and the call is handed to `Proxy::local`, whose answer is
@@ -51,7 +58,7 @@ mod window;
 
 use kept::Answer;
 
-/// As the h2 relay's server side: a kubelet's metadata is a few hundred bytes.
+/// A kubelet's metadata is a few hundred bytes; 16 KiB is what hyper's HTTP/2 server allows.
 const MAX_HEADER_LIST_BYTES: usize = 16 << 10;
 /// A header block is collected whole before it is decoded; past this the peer is not sending
 /// headers but a flood.
@@ -84,14 +91,14 @@ const CREDIT_BATCH: usize = 16 << 10;
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Ticks every `PROBE_INTERVAL`, for connections that wait for containerd to come back.
-pub(crate) fn probes() -> tokio::time::Interval {
+fn probes() -> tokio::time::Interval {
     let mut probes = tokio::time::interval(PROBE_INTERVAL);
     probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     probes
 }
 /// Once containerd is back, the kubelet is moved to a new, spliced connection (a GOAWAY) in a
 /// pause between calls this long, so no call of a client that does not retry races it.
-pub(crate) const QUIET_BEFORE_MOVE: Duration = Duration::from_millis(250);
+const QUIET_BEFORE_MOVE: Duration = Duration::from_millis(250);
 /// The payload of the PING that closes a connection.
 const CLOSING_PING: &[u8; 8] = b"pullgate";
 const MAX_STREAM_ID: u32 = 0x7fff_ffff;
@@ -100,16 +107,21 @@ const EVENTS: usize = 64;
 
 /// Serves one kubelet connection over `containerd` until either side closes it, a side
 /// breaks the protocol, or a drain that `draining` announces has finished.
+/// `containerd` is None when it could not be reached: the connection then starts as one that
+/// has lost containerd (see `upstream_lost`).
 pub async fn run<G: PullGate>(
     mut kubelet: UnixStream,
-    mut containerd: UnixStream,
+    mut containerd: Option<UnixStream>,
     proxy: Arc<Proxy<G>>,
     mut draining: watch::Receiver<bool>,
 ) {
     let (events, mut answers) = mpsc::channel(EVENTS);
     let mut splice = Splice::new(proxy, events);
+    if containerd.is_none() {
+        splice.start_without_containerd();
+    }
     let (mut kubelet_read, mut kubelet_write) = kubelet.split();
-    let (mut containerd_read, mut containerd_write) = containerd.split();
+    let (mut containerd_read, mut containerd_write) = containerd.as_mut().map(UnixStream::split).unzip();
     let mut drain_seen = false;
     let mut probes = probes();
     let ended = loop {
@@ -117,7 +129,8 @@ pub async fn run<G: PullGate>(
             break format!("writing to the kubelet: {error}");
         }
         if !splice.containerd_lost
-            && let Err(error) = flush(&mut containerd_write, &mut splice.to_containerd)
+            && let Some(containerd_write) = containerd_write.as_mut()
+            && let Err(error) = flush(containerd_write, &mut splice.to_containerd)
         {
             splice.upstream_lost(&format!("writing to containerd: {error}"));
             continue;
@@ -131,10 +144,10 @@ pub async fn run<G: PullGate>(
             ready = kubelet_write.writable(), if !splice.to_kubelet.is_empty() => {
                 ready.map(|()| Step::Go).map_err(Side::kubelet)
             }
-            ready = containerd_write.writable(), if containerd_open && !splice.to_containerd.is_empty() => {
+            ready = writable(containerd_write.as_ref()), if containerd_open && !splice.to_containerd.is_empty() => {
                 ready.map(|()| Step::Go).map_err(Side::containerd)
             }
-            read = read(&mut containerd_read, &mut splice.from_containerd),
+            read = read(containerd_read.as_mut(), &mut splice.from_containerd),
                 if containerd_open && splice.kubelet_backlog() < HIGH_WATER =>
             {
                 match read {
@@ -143,7 +156,7 @@ pub async fn run<G: PullGate>(
                     Err(error) => Err(Side::containerd(error)),
                 }
             }
-            read = read(&mut kubelet_read, &mut splice.from_kubelet),
+            read = read(Some(&mut kubelet_read), &mut splice.from_kubelet),
                 if splice.to_containerd.len() < HIGH_WATER && splice.to_kubelet.len() < MAX_UNSENT_TO_KUBELET =>
             {
                 match read {
@@ -205,9 +218,18 @@ impl Side {
     }
 }
 
-async fn read(from: &mut ReadHalf<'_>, buffer: &mut BytesMut) -> std::io::Result<usize> {
+/// Reads from a side there is (a side there is not never has anything to read).
+async fn read(from: Option<&mut ReadHalf<'_>>, buffer: &mut BytesMut) -> std::io::Result<usize> {
+    let Some(from) = from else { return std::future::pending().await };
     buffer.reserve(frame::DEFAULT_MAX_FRAME + frame::HEAD_LEN);
     from.read_buf(buffer).await
+}
+
+async fn writable(to: Option<&WriteHalf<'_>>) -> std::io::Result<()> {
+    match to {
+        Some(to) => to.writable().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Writes what the socket takes now; the rest waits for it to become writable.
@@ -395,6 +417,14 @@ impl<G: PullGate> Splice<G> {
         for id in relayed {
             self.answer_unavailable(id, why);
         }
+    }
+
+    /// A connection made while containerd cannot be reached: pullgate is the kubelet's only
+    /// peer until the kubelet moves to a new connection, so it sends the server's SETTINGS
+    /// itself. It asks for the defaults, which are what pullgate's own handling keeps to.
+    fn start_without_containerd(&mut self) {
+        self.containerd_lost = true;
+        frame::put_head(&mut self.to_kubelet, 0, kind::SETTINGS, 0, 0);
     }
 
     fn without_containerd(&self) -> bool {
