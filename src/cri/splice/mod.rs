@@ -72,6 +72,8 @@ const MAX_STREAMS: usize = 1000;
 /// Of those, calls pullgate answers itself (PullImage, health, refusals): the kubelet pulls a
 /// few images at once (one by default) and checks health now and then. Each costs a task and
 /// an answer in memory, so a client flooding cheap requests gets REFUSED_STREAM past this.
+/// While the connection is without containerd every call is kept, so this bounds them all
+/// then; gRPC clients retry a REFUSED_STREAM by themselves, as the call was never started.
 const MAX_KEPT_STREAMS: usize = 64;
 /// Dynamic tables larger than this are refused: the default is 4 KiB.
 const MAX_HPACK_TABLE_BYTES: usize = 64 << 10;
