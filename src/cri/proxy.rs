@@ -107,19 +107,26 @@ pub fn route(path: &str) -> Route {
     if path.starts_with(health::PREFIX) {
         return Route::Health;
     }
-    let Some((service, method)) = path.strip_prefix('/').and_then(|name| name.rsplit_once('/')) else {
-        return Route::Refused(tonic::Status::permission_denied(format!(
-            "pullgate: malformed method path {path:?}; this socket serves the CRI only"
-        )));
-    };
-    if RELAYED_SERVICES.contains(&service) && !method.is_empty() {
+    if relayed(path) {
         return Route::Relay;
     }
-    Route::Refused(tonic::Status::permission_denied(format!(
-        "pullgate: service {service} is not served on this socket, which serves the CRI \
-         ({}) only",
-        RELAYED_SERVICES.join(", ")
-    )))
+    let refusal = match path.strip_prefix('/').and_then(|name| name.rsplit_once('/')) {
+        Some((service, _)) => format!(
+            "pullgate: service {service} is not served on this socket, which serves the CRI ({}) only",
+            RELAYED_SERVICES.join(", ")
+        ),
+        None => format!("pullgate: malformed method path {path:?}; this socket serves the CRI only"),
+    };
+    Route::Refused(tonic::Status::permission_denied(refusal))
+}
+
+/// Whether `route` relays `path`, decided without building the refusal of one it does not:
+/// a client flooding refused calls costs little each.
+pub fn relayed(path: &str) -> bool {
+    let Some((service, method)) = path.strip_prefix('/').and_then(|name| name.rsplit_once('/')) else {
+        return false;
+    };
+    path != pull::PATH && RELAYED_SERVICES.contains(&service) && !method.is_empty()
 }
 
 #[cfg(test)]
@@ -138,6 +145,23 @@ mod tests {
         assert!(matches!(route("/runtime.v1.ImageService/PullImage"), Route::Pull));
         assert!(matches!(route("/grpc.health.v1.Health/Check"), Route::Health));
         assert!(matches!(route("/grpc.health.v1.Health/Watch"), Route::Health));
+    }
+
+    #[test]
+    fn relayed_agrees_with_route() {
+        for path in [
+            "/runtime.v1.ImageService/PullImage",
+            "/runtime.v1.ImageService/ImageStatus",
+            "/runtime.v1.RuntimeService/Version",
+            "/grpc.health.v1.Health/Check",
+            "/containerd.services.images.v1.Images/List",
+            "/runtime.v1alpha2.ImageService/ImageStatus",
+            "/runtime.v1.ImageService/",
+            "runtime.v1.ImageService/ImageStatus",
+            "",
+        ] {
+            assert_eq!(relayed(path), matches!(route(path), Route::Relay), "{path:?}");
+        }
     }
 
     #[test]

@@ -234,8 +234,7 @@ impl<G: PullGate> Splice<G> {
             return Ok(());
         }
         let path = path.unwrap_or_default();
-        let route = proxy::route(&path);
-        let kept = !matches!(route, Route::Relay) || self.without_containerd();
+        let kept = self.without_containerd() || !proxy::relayed(&path);
         // Answers pullgate makes are bounded by refusing new ones while many are being made or
         // earlier ones wait (see `HIGH_WATER`); answers containerd makes are bounded by
         // reading no more from it.
@@ -254,7 +253,7 @@ impl<G: PullGate> Splice<G> {
                 })
                 .collect();
             let kept = Kept {
-                route: Some(route),
+                route: Some(proxy::route(&path)),
                 path,
                 log,
                 headers,
@@ -299,5 +298,5 @@ impl<G: PullGate> Splice<G> {
 
 /// Calls to `path` are answered by pullgate, not spliced through to containerd.
 fn kept_here(path: &str) -> bool {
-    !matches!(proxy::route(path), Route::Relay)
+    !proxy::relayed(path)
 }
