@@ -8,6 +8,7 @@
 //! | `ctr -a <pullgate.sock>` pull/import/tag/ls/run   | PermissionDenied naming the service; no image |
 //! | HEADERS flood on one connection, never reading    | RSS < 64 MiB; ImageStatus within 1 s          |
 //! | more connections than the cap, partial PullImages | RSS < 64 MiB; extra ones closed; ImageStatus  |
+//! | a header block that never ends, on every conn.    | GOAWAY past 64 KiB; RSS < 64 MiB              |
 //! | idle connections past RLIMIT_NOFILE               | CPU settles; few log lines; served after      |
 //! | grpc C-core's `:authority` (a percent-encoded path) | same answers as any client, containerd or not |
 
@@ -566,4 +567,55 @@ async fn a_grpcio_client_gets_unavailable_then_succeeds_once_containerd_is_back(
     let (code, _, details) = tokio::task::spawn_blocking(move || grpcio.list_images()).await.expect("grpcio");
     assert_eq!(code, "OK", "first call after containerd is back: {details}");
     pullgate.stop().await;
+}
+
+/// Every connection the cap allows sends a header block that never ends, a megabyte of it:
+/// each is closed with a GOAWAY once its block is past what any header list pullgate accepts
+/// can take, so together they hold little.
+#[tokio::test(flavor = "multi_thread")]
+async fn header_blocks_that_never_end_are_cut_short() {
+    const BLOCK: usize = 1 << 20;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // No containerd: connections start without it, and collect header blocks all the same.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let daemon = Daemon::start(&dir.path().join("no-containerd.sock"), &[], "");
+    let mut out = BytesMut::from(frame::PREFACE);
+    frame::put_head(&mut out, 0, frame::kind::SETTINGS, 0, 0);
+    let fragment = vec![0u8; frame::DEFAULT_MAX_FRAME];
+    for n in 0..BLOCK / fragment.len() {
+        let kind = if n == 0 { frame::kind::HEADERS } else { frame::kind::CONTINUATION };
+        frame::put_head(&mut out, fragment.len(), kind, 0, 1);
+        out.extend_from_slice(&fragment);
+    }
+    let mut connections = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        let mut stream = UnixStream::connect(&daemon.socket).await.expect("connect");
+        // Fails part way once pullgate has closed the connection.
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&out)).await;
+        connections.push(stream);
+    }
+    for mut stream in connections {
+        use tokio::io::AsyncReadExt;
+        let mut received = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received)).await;
+        // Closed with part of the block unread, which the kernel reports as a reset once
+        // everything pullgate wrote before has been read.
+        let closed = |error: &std::io::Error| error.kind() == std::io::ErrorKind::ConnectionReset;
+        assert!(matches!(&read, Ok(Ok(_))) || matches!(&read, Ok(Err(e)) if closed(e)), "not closed: {read:?}");
+        assert!(has_goaway(&received), "no GOAWAY(PROTOCOL_ERROR) before the close");
+    }
+    daemon.assert_memory_bounded();
+}
+
+/// Whether `bytes` (a server's frames, no preface) hold a GOAWAY with PROTOCOL_ERROR.
+fn has_goaway(mut bytes: &[u8]) -> bool {
+    while bytes.len() >= frame::HEAD_LEN {
+        let len = (usize::from(bytes[0]) << 16) | (usize::from(bytes[1]) << 8) | usize::from(bytes[2]);
+        let Some(payload) = bytes.get(frame::HEAD_LEN..frame::HEAD_LEN + len) else { return false };
+        if bytes[3] == frame::kind::GOAWAY && payload.get(4..8) == Some(&[0, 0, 0, 1][..]) {
+            return true;
+        }
+        bytes = &bytes[frame::HEAD_LEN + len..];
+    }
+    false
 }

@@ -35,7 +35,7 @@ impl<G: PullGate> Splice<G> {
         match frame.kind {
             kind::DATA => self.kubelet_data(frame),
             kind::HEADERS | kind::CONTINUATION => {
-                if let Some(block) = collect(&mut self.kubelet_block, &frame)? {
+                if let Some(block) = collect(&mut self.kubelet_block, &frame, MAX_KUBELET_HEADER_BLOCK_BYTES)? {
                     self.kubelet_headers(block)?;
                 }
                 Ok(())

@@ -60,9 +60,13 @@ use kept::Answer;
 
 /// A kubelet's metadata is a few hundred bytes; 16 KiB is what hyper's HTTP/2 server allows.
 const MAX_HEADER_LIST_BYTES: usize = 16 << 10;
-/// A header block is collected whole before it is decoded; past this the peer is not sending
-/// headers but a flood.
-const MAX_HEADER_BLOCK_BYTES: usize = 1 << 20;
+/// A header block is collected whole before it is decoded; past this the kubelet is not
+/// sending headers but a flood. Four times `MAX_HEADER_LIST_BYTES`, which covers any HPACK
+/// encoding of a list within it (Huffman's longest code is under 4 bytes an octet). Every
+/// connection may hold one, so this is kept small.
+const MAX_KUBELET_HEADER_BLOCK_BYTES: usize = 4 * MAX_HEADER_LIST_BYTES;
+/// The same for containerd, whose answers pullgate trusts more (`upstream`'s header list limit).
+const MAX_CONTAINERD_HEADER_BLOCK_BYTES: usize = 1 << 20;
 /// PullImage and health requests are small; see `pull::MAX_REQUEST_BYTES`.
 const MAX_LOCAL_REQUEST_BYTES: usize = (1 << 20) + 5;
 /// Requests of kept calls buffered on one connection at once, all calls together.
@@ -497,7 +501,7 @@ fn grpc_outcome(headers: &http::HeaderMap) -> CallOutcome {
 
 /// Adds a HEADERS or CONTINUATION frame to the block being collected; returns the block once
 /// it is complete.
-fn collect(current: &mut Option<Block>, frame: &Frame) -> Result<Option<Block>, ProtocolError> {
+fn collect(current: &mut Option<Block>, frame: &Frame, limit: usize) -> Result<Option<Block>, ProtocolError> {
     let fragment = frame.fragment()?;
     let block = match current.take() {
         None => {
@@ -514,7 +518,7 @@ fn collect(current: &mut Option<Block>, frame: &Frame) -> Result<Option<Block>, 
             block
         }
     };
-    if block.bytes.len() > MAX_HEADER_BLOCK_BYTES {
+    if block.bytes.len() > limit {
         return Err(ProtocolError::new(reason::PROTOCOL_ERROR, "header block too large"));
     }
     if frame.has(flag::END_HEADERS) {
