@@ -93,6 +93,9 @@ const HIGH_WATER: usize = 256 << 10;
 const MAX_UNSENT_TO_KUBELET: usize = 64 << 10;
 /// containerd is credited for the bytes passed on once this many have gathered.
 const CREDIT_BATCH: usize = 16 << 10;
+/// A read of this much from the kubelet is taken as one of a flood, after which the connection
+/// lets others run: a kubelet's calls are a few hundred bytes each.
+const FULL_READ: usize = frame::DEFAULT_MAX_FRAME;
 /// While a connection is without containerd, how often pullgate looks whether it is back.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -167,7 +170,10 @@ pub async fn run<G: PullGate>(
             {
                 match read {
                     Ok(0) => Ok(Step::Closed("the kubelet closed the connection")),
-                    Ok(_) => splice.on_kubelet_bytes().map(|()| Step::Go).map_err(Side::Kubelet),
+                    Ok(read) => splice
+                        .on_kubelet_bytes()
+                        .map(|()| if read >= FULL_READ { Step::Yield } else { Step::Go })
+                        .map_err(Side::Kubelet),
                     Err(error) => Err(Side::kubelet(error)),
                 }
             }
@@ -184,6 +190,9 @@ pub async fn run<G: PullGate>(
         };
         match outcome {
             Ok(Step::Go) => {}
+            // A read that filled the buffer is one of many: the other connections on this
+            // worker get their turn before the next.
+            Ok(Step::Yield) => tokio::task::yield_now().await,
             Ok(Step::Closed(why)) => break why.to_owned(),
             Err(Side::Kubelet(error)) => {
                 frame::put_goaway(&mut splice.to_kubelet, splice.last_stream, error.reason, &error.what);
@@ -203,6 +212,7 @@ pub async fn run<G: PullGate>(
 
 enum Step {
     Go,
+    Yield,
     Closed(&'static str),
 }
 
