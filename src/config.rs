@@ -30,6 +30,10 @@ const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(5 * 60);
 /// Far more distinct (image, rule) pairs than a node runs (the kubelet's default is 110 pods);
 /// an entry is at most a few KiB, so the cache stays within a few MiB whatever a registry sends.
 const DEFAULT_CACHE_MAX_ENTRIES: usize = 1024;
+/// A kubelet holds one or two connections, and crictl, health probes and node tools a few
+/// more each while they run; far beyond that is not a node's own clients. Each connection can
+/// hold a few hundred KiB of buffers, so this also bounds pullgate's memory.
+const DEFAULT_MAX_CONNECTIONS: usize = 64;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -44,6 +48,8 @@ pub struct Config {
     /// How long to wait for the upstream socket to accept a connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Connections to `listen` served at once; further ones are closed as they arrive.
+    pub max_connections: usize,
     /// Every `*.toml` file here is part of the policy.
     pub policy_dir: PathBuf,
     /// An optional containers-policy.json file, read in addition to `policy_dir`.
@@ -98,6 +104,7 @@ impl Default for Config {
             upstream: PathBuf::from(DEFAULT_UPSTREAM),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             policy_dir: PathBuf::from(DEFAULT_POLICY_DIR),
             policy_json: None,
             registry: RegistryConfig::default(),

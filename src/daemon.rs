@@ -111,7 +111,7 @@ pub async fn run(
         let _ = stopping.send(true);
     };
     let proxy = Proxy::new(prepared.gate, upstream, prepared.metrics, stopping_seen);
-    let drained = server::run(listeners.cri, proxy, shutdown, config.shutdown_grace).await;
+    let drained = server::run(listeners.cri, proxy, shutdown, config.shutdown_grace, config.max_connections).await;
     drop(background);
     let _ = std::fs::remove_file(&config.listen);
     if drained { Ok(()) } else { Err(DaemonError::DrainTimeout) }

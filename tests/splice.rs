@@ -191,7 +191,7 @@ async fn a_connection_made_while_containerd_is_down_moves_once_it_is_back() {
 
     lab.start_containerd();
     let (code, message) = held.image_status().await;
-    assert_eq!(code, "0", "the h2 relay redials containerd: {message}");
+    assert_eq!(code, "0", "the connection without containerd redials it: {message}");
     tokio::time::timeout(Duration::from_secs(5), &mut held.closed).await.expect("GOAWAY once containerd was back").ok();
     let mut fresh = hold(&pullgate.socket).await;
     assert_eq!(fresh.image_status().await.0, "0");

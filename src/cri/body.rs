@@ -1,9 +1,9 @@
-//! gRPC bodies on h2 streams: reading one as an `http_body::Body`, and sending any body into a
-//! stream under the peer's flow control.
+//! gRPC bodies on h2 streams to containerd: reading one as an `http_body::Body`, and sending
+//! any body into a stream under the peer's flow control.
 //!
-//! Both sides of the proxy speak HTTP/2 through the h2 crate directly rather than through
-//! hyper's client and server: hyper adds a channel hop, a spawned body task and a body
-//! wrapper per call, which on a 2-core node cost a measurable share of each relayed call.
+//! The shared upstream connection speaks HTTP/2 through the h2 crate directly rather than
+//! through hyper's client: hyper adds a channel hop, a spawned body task and a body wrapper
+//! per call.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -63,7 +63,7 @@ impl Body for RecvBody {
 /// Why a body could not be sent to the end.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// The body being sent failed; the stream should be reset.
+    /// The body being sent failed.
     #[error("reading the body failed: {0}")]
     Source(BoxError),
     /// The receiving peer reset the stream or the connection failed.
@@ -71,40 +71,17 @@ pub enum SendError {
     Sink(h2::Error),
 }
 
-impl SendError {
-    /// The reset to pass on to the other side: the source's own reason when it was an h2 reset.
-    pub fn reason(&self) -> Reason {
-        let reason = match self {
-            SendError::Source(error) => error.downcast_ref::<h2::Error>().and_then(h2::Error::reason),
-            SendError::Sink(error) => error.reason(),
-        };
-        reason.unwrap_or(Reason::CANCEL)
-    }
-}
-
-/// Sends `body` into `to` to its end, trailers included. `last` is called with the gRPC status
-/// code of the trailers (if any) just before the final frame is queued, so whatever it records
-/// is in place before the peer can see the end of the call.
+/// Sends `body` into `to` to its end, trailers included.
 ///
 /// Data waits for flow-control capacity, except the first chunk: waiting for it would send the
 /// message in a second write after the headers, waking the peer twice for a unary call. One
 /// chunk is at most one frame of the sending peer, so the excess it buffers is bounded.
-pub async fn send<B>(
-    body: B,
-    to: &mut SendStream<Bytes>,
-    last: impl FnOnce(Option<tonic::Code>),
-) -> Result<(), SendError>
+pub async fn send<B>(body: B, to: &mut SendStream<Bytes>) -> Result<(), SendError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     let mut body = std::pin::pin!(body);
-    let mut last = Some(last);
-    let mut finish = |code| {
-        if let Some(last) = last.take() {
-            last(code);
-        }
-    };
     let mut first = true;
     loop {
         let frame = poll_fn(|cx| {
@@ -116,7 +93,6 @@ where
         })
         .await?;
         let Some(frame) = frame else {
-            finish(None);
             to.send_data(Bytes::new(), true).map_err(SendError::Sink)?;
             return Ok(());
         };
@@ -127,9 +103,6 @@ where
                 }
                 first = false;
                 let end = body.is_end_stream();
-                if end {
-                    finish(None);
-                }
                 to.send_data(data, end).map_err(SendError::Sink)?;
                 if end {
                     return Ok(());
@@ -137,7 +110,6 @@ where
             }
             Err(frame) => {
                 let Ok(trailers) = frame.into_trailers() else { continue };
-                finish(grpc_code(&trailers));
                 to.send_trailers(trailers).map_err(SendError::Sink)?;
                 return Ok(());
             }

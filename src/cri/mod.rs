@@ -1,15 +1,14 @@
-//! The CRI edge: the socket the kubelet talks to, the relays to containerd (the splice relay,
-//! and the h2 relay behind it), and PullImage interception.
+//! The CRI edge: the socket the kubelet talks to, the splice relay to containerd, and the
+//! calls pullgate answers itself (PullImage through the gate, health, refusals).
 
 pub mod body;
+pub mod budget;
 pub mod frame;
 pub mod health;
 pub mod hpack;
 pub mod observe;
 pub mod proxy;
 pub mod pull;
-pub mod relay;
-pub mod respond;
 pub mod server;
 pub mod socket;
 pub mod splice;

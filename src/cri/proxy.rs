@@ -1,25 +1,27 @@
 //! Routes each incoming call: PullImage through the gate, health checks to pullgate's own
-//! health service, everything else straight upstream.
+//! health service, the rest of the CRI straight upstream, and anything else nowhere.
 
-use std::future::poll_fn;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use h2::RecvStream;
-use h2::server::SendResponse;
 use http_body_util::BodyExt;
 use tokio::sync::watch;
 use tonic_health::pb::health_server::HealthServer;
 use tower::ServiceExt;
 
-use crate::cri::body::RecvBody;
+use crate::cri::budget::Budget;
 use crate::cri::health::{self, Health};
-use crate::cri::observe::CallLog;
+use crate::cri::pull;
 use crate::cri::tagger::Tagger;
 use crate::cri::upstream::Upstream;
-use crate::cri::{pull, relay, respond};
 use crate::decision::PullGate;
-use crate::metrics::{CallOutcome, Metrics};
+use crate::metrics::Metrics;
+
+/// Bytes of requests to calls pullgate answers itself (PullImage, health) held at once, all
+/// connections together. A kubelet's PullImage request is a few KiB, so this is room for
+/// hundreds at once, and for eight of the largest allowed; however many connections a client
+/// opens, together they hold no more (buffers grow by doubling, so up to twice this in memory).
+const MAX_LOCAL_REQUEST_BYTES_TOTAL: usize = 8 << 20;
 
 pub struct Proxy<G> {
     gate: G,
@@ -27,6 +29,7 @@ pub struct Proxy<G> {
     tagger: Tagger,
     health: HealthServer<Health>,
     metrics: Arc<Metrics>,
+    budget: Arc<Budget>,
 }
 
 impl<G: PullGate> Proxy<G> {
@@ -34,7 +37,13 @@ impl<G: PullGate> Proxy<G> {
     pub fn new(gate: G, upstream: Upstream, metrics: Arc<Metrics>, stopping: watch::Receiver<bool>) -> Arc<Self> {
         let tagger = Tagger::new(upstream.channel());
         let health = health::server(&upstream, stopping);
-        Arc::new(Proxy { gate, upstream, tagger, health, metrics })
+        let budget = Budget::new(MAX_LOCAL_REQUEST_BYTES_TOTAL);
+        Arc::new(Proxy { gate, upstream, tagger, health, metrics, budget })
+    }
+
+    /// What the requests of local calls may hold, all connections together.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -45,7 +54,8 @@ impl<G: PullGate> Proxy<G> {
         &self.upstream
     }
 
-    /// pullgate's own answer to a call it does not relay (see `route`), for the splice relay.
+    /// pullgate's own answer to a call it does not splice through (see `route`): PullImage,
+    /// health, refusals, and CRI calls while the connection is without containerd.
     pub async fn local(
         self: Arc<Self>,
         route: Route,
@@ -66,38 +76,6 @@ impl<G: PullGate> Proxy<G> {
             }
         }
     }
-
-    pub async fn handle(self: Arc<Self>, request: http::Request<RecvStream>, mut respond: SendResponse<Bytes>) {
-        let path = request.uri().path();
-        let log = CallLog::start(path, &self.metrics);
-        match route(path) {
-            Route::Pull => {
-                let puller = pull::Puller { upstream: &self.upstream, tagger: &self.tagger };
-                answer(respond, puller.handle(&self.gate, request.map(RecvBody::new)), log).await;
-            }
-            Route::Health => {
-                let health = self.health.clone().oneshot(request.map(RecvBody::new));
-                answer(respond, async move { health.await.unwrap_or_else(|never| match never {}) }, log).await;
-            }
-            Route::Refused(status) => respond::status(&mut respond, status, log),
-            // Relayed without looking inside: bodies, metadata and trailers go as they are.
-            Route::Relay => relay::relay(&self.upstream, request, respond, log).await,
-        }
-    }
-}
-
-/// Sends the answer pullgate works out, unless the kubelet gives up first: then the work (a
-/// verification, say) is dropped rather than finished for nobody.
-async fn answer(
-    mut respond: SendResponse<Bytes>,
-    answer: impl Future<Output = http::Response<tonic::body::BoxBody>>,
-    log: CallLog,
-) {
-    let response = tokio::select! {
-        response = answer => response,
-        _ = poll_fn(|cx| respond.poll_reset(cx)) => return log.end(CallOutcome::Aborted),
-    };
-    respond::send(respond, response, log).await
 }
 
 /// What becomes of a call, by its path.
@@ -109,48 +87,142 @@ pub enum Route {
     Health,
     /// Answered with this status and never forwarded.
     Refused(tonic::Status),
-    /// Everything else goes to containerd.
+    /// A CRI call other than PullImage: it goes to containerd.
     Relay,
 }
 
-/// Routes `path` as containerd's gRPC server will read it: by its last two segments, with or
-/// without a leading slash. So a PullImage under any other name (the runtime.v1alpha2 service,
-/// which containerd 1.6 still serves with the same request message, or a path without its
-/// slash) is refused rather than relayed past the gate.
+/// The services relayed to containerd: the CRI, which is all the kubelet asks of this socket.
+/// Methods are not listed, so a newer kubelet's new calls still pass.
+const RELAYED_SERVICES: &[&str] = &["runtime.v1.RuntimeService", "runtime.v1.ImageService"];
+
+/// Routes `path`, read as containerd's gRPC server reads it: the service is everything between
+/// the leading slash and the last one, the method what follows. Only the CRI is relayed;
+/// containerd's own API on the same socket (`containerd.services.*`: pull, import, tag, run
+/// without any check), the deprecated `runtime.v1alpha2` CRI (whose PullImage would pass the
+/// gate by another name) and anything else are refused before anything is opened to containerd.
 pub fn route(path: &str) -> Route {
-    let Some(name) = path.strip_prefix('/') else {
-        return Route::Refused(tonic::Status::invalid_argument(format!("pullgate: malformed method path {path:?}")));
+    if path == pull::PATH {
+        return Route::Pull;
+    }
+    if path.starts_with(health::PREFIX) {
+        return Route::Health;
+    }
+    if relayed(path) {
+        return Route::Relay;
+    }
+    let refusal = match path.strip_prefix('/').and_then(|name| name.rsplit_once('/')) {
+        Some((service, _)) => format!(
+            "pullgate: service {service} is not served on this socket, which serves the CRI ({}) only",
+            RELAYED_SERVICES.join(", ")
+        ),
+        None => format!("pullgate: malformed method path {path:?}; this socket serves the CRI only"),
     };
-    if name.rsplit('/').next() == Some("PullImage") && path != pull::PATH {
-        return Route::Refused(tonic::Status::unimplemented(format!(
-            "pullgate: {path} is not served; images are pulled through {}, where they are verified",
-            pull::PATH
-        )));
-    }
-    match path {
-        pull::PATH => Route::Pull,
-        _ if path.starts_with(health::PREFIX) => Route::Health,
-        _ => Route::Relay,
-    }
+    Route::Refused(tonic::Status::permission_denied(refusal))
+}
+
+/// Whether `route` relays `path`, decided without building the refusal of one it does not:
+/// a client flooding refused calls costs little each.
+pub fn relayed(path: &str) -> bool {
+    let Some((service, method)) = path.strip_prefix('/').and_then(|name| name.rsplit_once('/')) else {
+        return false;
+    };
+    path != pull::PATH && RELAYED_SERVICES.contains(&service) && !method.is_empty()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn refusal(path: &str) -> tonic::Status {
+        match route(path) {
+            Route::Refused(status) => status,
+            other => panic!("{path:?} routed as {other:?}"),
+        }
+    }
+
     #[test]
-    fn every_spelling_of_pull_image_is_gated_or_refused() {
+    fn pull_image_is_gated_and_health_is_local() {
         assert!(matches!(route("/runtime.v1.ImageService/PullImage"), Route::Pull));
+        assert!(matches!(route("/grpc.health.v1.Health/Check"), Route::Health));
+        assert!(matches!(route("/grpc.health.v1.Health/Watch"), Route::Health));
+    }
+
+    #[test]
+    fn relayed_agrees_with_route() {
         for path in [
-            "/runtime.v1alpha2.ImageService/PullImage",
-            "runtime.v1.ImageService/PullImage",
-            "/some.Other/PullImage",
+            "/runtime.v1.ImageService/PullImage",
+            "/runtime.v1.ImageService/ImageStatus",
+            "/runtime.v1.RuntimeService/Version",
+            "/grpc.health.v1.Health/Check",
+            "/containerd.services.images.v1.Images/List",
+            "/runtime.v1alpha2.ImageService/ImageStatus",
+            "/runtime.v1.ImageService/",
+            "runtime.v1.ImageService/ImageStatus",
             "",
         ] {
-            assert!(matches!(route(path), Route::Refused(_)), "{path:?}");
+            assert_eq!(relayed(path), matches!(route(path), Route::Relay), "{path:?}");
         }
-        assert!(matches!(route("/runtime.v1.ImageService/ImageStatus"), Route::Relay));
-        assert!(matches!(route("/runtime.v1.ImageService/StreamImages"), Route::Relay));
-        assert!(matches!(route("/grpc.health.v1.Health/Check"), Route::Health));
+    }
+
+    #[test]
+    fn the_cri_is_relayed_including_methods_pullgate_does_not_know() {
+        for path in [
+            "/runtime.v1.ImageService/ImageStatus",
+            "/runtime.v1.ImageService/ListImages",
+            "/runtime.v1.ImageService/RemoveImage",
+            "/runtime.v1.RuntimeService/Version",
+            "/runtime.v1.RuntimeService/RunPodSandbox",
+            "/runtime.v1.RuntimeService/GetContainerEvents",
+            "/runtime.v1.ImageService/StreamImages",
+            "/runtime.v1.RuntimeService/SomeMethodOfANewerKubelet",
+        ] {
+            assert!(matches!(route(path), Route::Relay), "{path:?}");
+        }
+    }
+
+    #[test]
+    fn containerd_s_own_api_is_refused_naming_the_service() {
+        for (path, service) in [
+            ("/containerd.services.images.v1.Images/Create", "containerd.services.images.v1.Images"),
+            ("/containerd.services.images.v1.Images/Update", "containerd.services.images.v1.Images"),
+            ("/containerd.services.transfer.v1.Transfer/Transfer", "containerd.services.transfer.v1.Transfer"),
+            ("/containerd.services.content.v1.Content/Write", "containerd.services.content.v1.Content"),
+            ("/containerd.services.tasks.v1.Tasks/Create", "containerd.services.tasks.v1.Tasks"),
+            ("/containerd.services.leases.v1.Leases/Create", "containerd.services.leases.v1.Leases"),
+            ("/containerd.services.version.v1.Version/Version", "containerd.services.version.v1.Version"),
+            ("/runtime.v1alpha2.ImageService/PullImage", "runtime.v1alpha2.ImageService"),
+            ("/runtime.v1alpha2.RuntimeService/Version", "runtime.v1alpha2.RuntimeService"),
+            (
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ),
+            ("/some.Other/PullImage", "some.Other"),
+        ] {
+            let status = refusal(path);
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{path:?}");
+            assert!(status.message().contains(service), "{path:?}: {}", status.message());
+        }
+    }
+
+    /// containerd's server strips one leading slash if there is one and splits at the last
+    /// slash, so each of these would reach a CRI method there, or an unknown one, under a name
+    /// pullgate does not serve.
+    #[test]
+    fn paths_that_are_not_exactly_a_cri_method_are_refused() {
+        for path in [
+            "",
+            "/",
+            "runtime.v1.ImageService/PullImage",
+            "runtime.v1.ImageService/ImageStatus",
+            "//runtime.v1.ImageService/PullImage",
+            "/runtime.v1.ImageService/",
+            "/runtime.v1.ImageService",
+            "/runtime.v1.ImageService/x/runtime.v1.ImageService/PullImage",
+            "/x/runtime.v1.ImageService/ImageStatus",
+            "/runtime.v1.imageservice/ImageStatus",
+            "/grpc.health.v1.Health",
+        ] {
+            assert_eq!(refusal(path).code(), tonic::Code::PermissionDenied, "{path:?}");
+        }
     }
 }

@@ -80,7 +80,7 @@ impl Upstream {
     /// Starts a call: sends the request headers, and ends the request stream at once when
     /// `end_of_stream`. A failure becomes UNAVAILABLE naming the socket, so the kubelet retries
     /// and the operator sees which containerd is missing.
-    pub async fn open(
+    async fn open(
         &self,
         parts: http::request::Parts,
         end_of_stream: bool,
@@ -100,7 +100,7 @@ impl Upstream {
             Ok(opened) => opened,
             Err(status) => return status.into_http(),
         };
-        if !end && let Err(error) = body::send(request_body, &mut send, |_| {}).await {
+        if !end && let Err(error) = body::send(request_body, &mut send).await {
             return self.unavailable(&error).into_http();
         }
         match response.await {

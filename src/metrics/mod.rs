@@ -62,7 +62,7 @@ impl Metrics {
         metrics.last_reload_success.set(1);
         // Both results are exposed from the start, so "no failed reload" reads as an explicit 0.
         for result in ["success", "failure"] {
-            metrics.reloads.get_or_create(&ReloadLabels { result });
+            drop(metrics.reloads.get_or_create(&ReloadLabels { result }));
         }
         metrics.register();
         Arc::new(metrics)

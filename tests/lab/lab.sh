@@ -193,6 +193,15 @@ cmd_install() {
     for c in containerd ctr docker-registry skopeo setsid flock; do
         command -v "$c" >/dev/null || die "install: '$c' not found after install"
     done
+    # grpcio for the test that drives pullgate as grpc C-core clients do, for the python3
+    # on PATH: PyPI's, since Debian's (1.51) does not yet send C-core's percent-encoded
+    # :authority. Not fatal here: only that test needs it, and it fails loudly without.
+    if ! python3 -c 'import grpc' 2>/dev/null; then
+        log "install: installing grpcio for $(command -v python3)"
+        python3 -m pip install --quiet grpcio >&2 ||
+            python3 -m pip install --quiet --break-system-packages grpcio >&2 ||
+            log "install: could not install grpcio; tests/hostile_clients.rs's grpcio test will fail"
+    fi
     # bcrypt for htpasswd: Debian 12's python3.11 `crypt` does it. A python
     # without `crypt` (3.13+) falls back to apache2-utils' htpasswd binary.
     if ! "$PY" "$HERE/labutil.py" htpasswd probe probe >/dev/null 2>&1; then

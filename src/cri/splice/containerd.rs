@@ -35,7 +35,7 @@ impl<G: PullGate> Splice<G> {
                 Ok(())
             }
             kind::HEADERS | kind::CONTINUATION => {
-                if let Some(block) = collect(&mut self.containerd_block, &frame)? {
+                if let Some(block) = collect(&mut self.containerd_block, &frame, MAX_CONTAINERD_HEADER_BLOCK_BYTES)? {
                     self.containerd_headers(block)?;
                 }
                 Ok(())

@@ -72,7 +72,7 @@ impl<G: PullGate> Splice<G> {
     }
 
     /// Ends a relayed call that containerd can no longer answer: UNAVAILABLE naming the
-    /// socket, as the h2 relay answers while containerd is down, or a reset once containerd's
+    /// socket, as calls are answered while containerd is down, or a reset once containerd's
     /// own answer has begun.
     pub(super) fn answer_unavailable(&mut self, id: u32, why: &str) {
         let Some(Stream::Relayed(mut relayed)) = self.streams.remove(&id) else { return };

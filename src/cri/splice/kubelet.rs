@@ -35,7 +35,7 @@ impl<G: PullGate> Splice<G> {
         match frame.kind {
             kind::DATA => self.kubelet_data(frame),
             kind::HEADERS | kind::CONTINUATION => {
-                if let Some(block) = collect(&mut self.kubelet_block, &frame)? {
+                if let Some(block) = collect(&mut self.kubelet_block, &frame, MAX_KUBELET_HEADER_BLOCK_BYTES)? {
                     self.kubelet_headers(block)?;
                 }
                 Ok(())
@@ -127,6 +127,7 @@ impl<G: PullGate> Splice<G> {
 
     pub(super) fn kubelet_data(&mut self, frame: Frame) -> Result<(), ProtocolError> {
         let size = frame.payload().len();
+        let mut over_budget = false;
         match self.streams.get_mut(&frame.stream) {
             Some(Stream::Relayed(relayed)) => {
                 relayed.sent |= frame.has(flag::END_STREAM);
@@ -139,8 +140,12 @@ impl<G: PullGate> Splice<G> {
             }
             Some(Stream::Kept(kept)) if kept.task.is_none() => {
                 let fragment = frame.fragment()?;
-                kept.body.put_slice(fragment);
-                self.kept_bytes += fragment.len();
+                if kept.held.take(fragment.len()) {
+                    kept.body.put_slice(fragment);
+                    self.kept_bytes += fragment.len();
+                } else {
+                    over_budget = true;
+                }
                 if size > 0 && !frame.has(flag::END_STREAM) {
                     frame::put_window_update(&mut self.to_kubelet, frame.stream, size as u32);
                 }
@@ -156,10 +161,11 @@ impl<G: PullGate> Splice<G> {
             frame::put_window_update(&mut self.to_kubelet, 0, size as u32);
         }
         let Some(Stream::Kept(kept)) = self.streams.get(&frame.stream) else { return Ok(()) };
-        if kept.body.len() > MAX_LOCAL_REQUEST_BYTES || self.kept_bytes > MAX_KEPT_BYTES {
+        if over_budget || kept.body.len() > MAX_LOCAL_REQUEST_BYTES || self.kept_bytes > MAX_KEPT_BYTES {
             let status = tonic::Status::resource_exhausted(format!(
                 "pullgate: the request is larger than {MAX_LOCAL_REQUEST_BYTES} bytes, or this connection has \
-                 {MAX_KEPT_BYTES} bytes of requests in flight"
+                 {MAX_KEPT_BYTES} bytes of requests in flight, or all connections together have {}",
+                self.proxy.budget().limit()
             ));
             self.answer_now(frame.stream, status);
             frame::put_rst_stream(&mut self.to_kubelet, frame.stream, reason::NO_ERROR);
@@ -227,15 +233,19 @@ impl<G: PullGate> Splice<G> {
             }
             return Ok(());
         }
-        if self.kubelet_left || self.streams.len() >= MAX_STREAMS {
+        let path = path.unwrap_or_default();
+        let kept = self.without_containerd() || !proxy::relayed(&path);
+        // Answers pullgate makes are bounded by refusing new ones while many are being made or
+        // earlier ones wait (see `HIGH_WATER`); answers containerd makes are bounded by
+        // reading no more from it.
+        let busy = kept && (self.kept_streams() >= MAX_KEPT_STREAMS || self.kubelet_backlog() >= HIGH_WATER);
+        if self.kubelet_left || self.streams.len() >= MAX_STREAMS || busy {
             frame::put_rst_stream(&mut self.to_kubelet, id, reason::REFUSED_STREAM);
             return Ok(());
         }
-        let path = path.unwrap_or_default();
         let log = Some(CallLog::start(&path, self.proxy.metrics()));
         self.last_call = Instant::now();
-        let route = proxy::route(&path);
-        if !matches!(route, Route::Relay) || self.without_containerd() {
+        if kept {
             let headers = fields
                 .into_iter()
                 .filter_map(|(name, value)| {
@@ -243,16 +253,17 @@ impl<G: PullGate> Splice<G> {
                 })
                 .collect();
             let kept = Kept {
-                route: Some(route),
+                route: Some(proxy::route(&path)),
                 path,
                 log,
                 headers,
                 body: BytesMut::new(),
+                held: Held::new(self.proxy.budget()),
                 task: None,
                 window: self.kubelet_stream_window,
                 waiting: VecDeque::new(),
             };
-            self.streams.insert(id, Stream::Kept(kept));
+            self.streams.insert(id, Stream::Kept(Box::new(kept)));
             if block.end_stream {
                 self.start_kept(id);
             }
@@ -276,12 +287,16 @@ impl<G: PullGate> Splice<G> {
         *request.headers_mut() = std::mem::take(&mut kept.headers);
         let route = kept.route.take().unwrap_or(Route::Relay);
         let (proxy, events) = (self.proxy.clone(), self.events.clone());
-        let task = tokio::spawn(async move { kept::answer_kept(proxy, route, request, id, events).await });
+        let held = std::mem::replace(&mut kept.held, Held::new(proxy.budget()));
+        let task = tokio::spawn(async move {
+            kept::answer_kept(proxy, route, request, id, events).await;
+            drop(held);
+        });
         kept.task = Some(task.abort_handle());
     }
 }
 
 /// Calls to `path` are answered by pullgate, not spliced through to containerd.
 fn kept_here(path: &str) -> bool {
-    !matches!(proxy::route(path), Route::Relay)
+    !proxy::relayed(path)
 }

@@ -3,8 +3,15 @@
 //! Relayed calls cost the kubelet one extra hop of wake-ups and copies, nothing more: their
 //! DATA, PING, SETTINGS and stream-level WINDOW_UPDATE frames are copied from one socket to
 //! the other as they arrive, and only header blocks are decoded and written again. Ending
-//! HTTP/2 at pullgate (the h2 relay in `relay.rs`) costs about twice the wake-ups per call,
-//! which on a small node was most of the latency pullgate added.
+//! HTTP/2 at pullgate (with the h2 crate, as an earlier relay did) costs about twice the
+//! wake-ups per call, which on a small node was most of the latency pullgate added.
+//!
+//! Without containerd (it could not be reached when the kubelet connected, or its connection
+//! was lost) the kubelet's connection goes on: pullgate answers SETTINGS and PING itself and
+//! keeps every call, passing CRI calls through the shared upstream connection (UNAVAILABLE
+//! naming the socket while containerd is down), until containerd is back and the kubelet is
+//! moved to a new, spliced connection. One reading of the kubelet's frames serves both, so
+//! every client gets the same answers either way.
 //!
 //! Calls pullgate answers itself (PullImage, health) never reach this containerd connection:
 //! their frames are kept here and the call is handed to `Proxy::local`, whose answer is
@@ -36,6 +43,7 @@ use tokio::net::unix::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+use crate::cri::budget::Held;
 use crate::cri::frame::{self, Frame, ProtocolError, flag, kind, reason};
 use crate::cri::hpack::Decoder;
 use crate::cri::observe::CallLog;
@@ -50,35 +58,56 @@ mod window;
 
 use kept::Answer;
 
-/// As the h2 relay's server side: a kubelet's metadata is a few hundred bytes.
+/// A kubelet's metadata is a few hundred bytes; 16 KiB is what hyper's HTTP/2 server allows.
 const MAX_HEADER_LIST_BYTES: usize = 16 << 10;
-/// A header block is collected whole before it is decoded; past this the peer is not sending
-/// headers but a flood.
-const MAX_HEADER_BLOCK_BYTES: usize = 1 << 20;
+/// A header block is collected whole before it is decoded; past this the kubelet is not
+/// sending headers but a flood. Four times `MAX_HEADER_LIST_BYTES`, which covers any HPACK
+/// encoding of a list within it (Huffman's longest code is under 4 bytes an octet). Every
+/// connection may hold one, so this is kept small.
+const MAX_KUBELET_HEADER_BLOCK_BYTES: usize = 4 * MAX_HEADER_LIST_BYTES;
+/// The same for containerd, whose answers pullgate trusts more (`upstream`'s header list limit).
+const MAX_CONTAINERD_HEADER_BLOCK_BYTES: usize = 1 << 20;
 /// PullImage and health requests are small; see `pull::MAX_REQUEST_BYTES`.
 const MAX_LOCAL_REQUEST_BYTES: usize = (1 << 20) + 5;
 /// Requests of kept calls buffered on one connection at once, all calls together.
 const MAX_KEPT_BYTES: usize = 4 << 20;
 /// Calls in flight on one connection; the kubelet runs a few dozen at most.
 const MAX_STREAMS: usize = 1000;
+/// Of those, calls pullgate answers itself (PullImage, health, refusals): the kubelet pulls a
+/// few images at once (one by default) and checks health now and then. Each costs a task and
+/// an answer in memory, so a client flooding cheap requests gets REFUSED_STREAM past this.
+/// While the connection is without containerd every call is kept, so this bounds them all
+/// then; gRPC clients retry a REFUSED_STREAM by themselves, as the call was never started.
+const MAX_KEPT_STREAMS: usize = 64;
 /// Dynamic tables larger than this are refused: the default is 4 KiB.
 const MAX_HPACK_TABLE_BYTES: usize = 64 << 10;
-/// Read no more from a side while this much is waiting to be written to the other.
+/// Read no more from a side while this much is waiting to be written to the other. Calls
+/// pullgate answers itself are refused (REFUSED_STREAM) while this much waits for the
+/// kubelet, counting answers its flow-control window holds back, which pullgate cannot stop
+/// reading for: the WINDOW_UPDATEs that release them come from that same socket.
 const HIGH_WATER: usize = 256 << 10;
+/// Read no more from the kubelet while this much pullgate has written for it is unsent: a
+/// client that sends calls and never reads the answers (or the resets of calls refused) stops
+/// being read itself. A kubelet reads as fast as it is written to, so only one that does not
+/// read ever gets here; small, as everything read past it costs work for nobody.
+const MAX_UNSENT_TO_KUBELET: usize = 64 << 10;
 /// containerd is credited for the bytes passed on once this many have gathered.
 const CREDIT_BATCH: usize = 16 << 10;
+/// A read of this much from the kubelet is taken as one of a flood, after which the connection
+/// lets others run: a kubelet's calls are a few hundred bytes each.
+const FULL_READ: usize = frame::DEFAULT_MAX_FRAME;
 /// While a connection is without containerd, how often pullgate looks whether it is back.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Ticks every `PROBE_INTERVAL`, for connections that wait for containerd to come back.
-pub(crate) fn probes() -> tokio::time::Interval {
+fn probes() -> tokio::time::Interval {
     let mut probes = tokio::time::interval(PROBE_INTERVAL);
     probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     probes
 }
 /// Once containerd is back, the kubelet is moved to a new, spliced connection (a GOAWAY) in a
 /// pause between calls this long, so no call of a client that does not retry races it.
-pub(crate) const QUIET_BEFORE_MOVE: Duration = Duration::from_millis(250);
+const QUIET_BEFORE_MOVE: Duration = Duration::from_millis(250);
 /// The payload of the PING that closes a connection.
 const CLOSING_PING: &[u8; 8] = b"pullgate";
 const MAX_STREAM_ID: u32 = 0x7fff_ffff;
@@ -87,16 +116,21 @@ const EVENTS: usize = 64;
 
 /// Serves one kubelet connection over `containerd` until either side closes it, a side
 /// breaks the protocol, or a drain that `draining` announces has finished.
+/// `containerd` is None when it could not be reached: the connection then starts as one that
+/// has lost containerd (see `upstream_lost`).
 pub async fn run<G: PullGate>(
     mut kubelet: UnixStream,
-    mut containerd: UnixStream,
+    mut containerd: Option<UnixStream>,
     proxy: Arc<Proxy<G>>,
     mut draining: watch::Receiver<bool>,
 ) {
     let (events, mut answers) = mpsc::channel(EVENTS);
     let mut splice = Splice::new(proxy, events);
+    if containerd.is_none() {
+        splice.start_without_containerd();
+    }
     let (mut kubelet_read, mut kubelet_write) = kubelet.split();
-    let (mut containerd_read, mut containerd_write) = containerd.split();
+    let (mut containerd_read, mut containerd_write) = containerd.as_mut().map(UnixStream::split).unzip();
     let mut drain_seen = false;
     let mut probes = probes();
     let ended = loop {
@@ -104,7 +138,8 @@ pub async fn run<G: PullGate>(
             break format!("writing to the kubelet: {error}");
         }
         if !splice.containerd_lost
-            && let Err(error) = flush(&mut containerd_write, &mut splice.to_containerd)
+            && let Some(containerd_write) = containerd_write.as_mut()
+            && let Err(error) = flush(containerd_write, &mut splice.to_containerd)
         {
             splice.upstream_lost(&format!("writing to containerd: {error}"));
             continue;
@@ -118,10 +153,10 @@ pub async fn run<G: PullGate>(
             ready = kubelet_write.writable(), if !splice.to_kubelet.is_empty() => {
                 ready.map(|()| Step::Go).map_err(Side::kubelet)
             }
-            ready = containerd_write.writable(), if containerd_open && !splice.to_containerd.is_empty() => {
+            ready = writable(containerd_write.as_ref()), if containerd_open && !splice.to_containerd.is_empty() => {
                 ready.map(|()| Step::Go).map_err(Side::containerd)
             }
-            read = read(&mut containerd_read, &mut splice.from_containerd),
+            read = read(containerd_read.as_mut(), &mut splice.from_containerd),
                 if containerd_open && splice.kubelet_backlog() < HIGH_WATER =>
             {
                 match read {
@@ -130,10 +165,15 @@ pub async fn run<G: PullGate>(
                     Err(error) => Err(Side::containerd(error)),
                 }
             }
-            read = read(&mut kubelet_read, &mut splice.from_kubelet), if splice.to_containerd.len() < HIGH_WATER => {
+            read = read(Some(&mut kubelet_read), &mut splice.from_kubelet),
+                if splice.to_containerd.len() < HIGH_WATER && splice.to_kubelet.len() < MAX_UNSENT_TO_KUBELET =>
+            {
                 match read {
                     Ok(0) => Ok(Step::Closed("the kubelet closed the connection")),
-                    Ok(_) => splice.on_kubelet_bytes().map(|()| Step::Go).map_err(Side::Kubelet),
+                    Ok(read) => splice
+                        .on_kubelet_bytes()
+                        .map(|()| if read >= FULL_READ { Step::Yield } else { Step::Go })
+                        .map_err(Side::Kubelet),
                     Err(error) => Err(Side::kubelet(error)),
                 }
             }
@@ -150,6 +190,9 @@ pub async fn run<G: PullGate>(
         };
         match outcome {
             Ok(Step::Go) => {}
+            // A read that filled the buffer is one of many: the other connections on this
+            // worker get their turn before the next.
+            Ok(Step::Yield) => tokio::task::yield_now().await,
             Ok(Step::Closed(why)) => break why.to_owned(),
             Err(Side::Kubelet(error)) => {
                 frame::put_goaway(&mut splice.to_kubelet, splice.last_stream, error.reason, &error.what);
@@ -169,6 +212,7 @@ pub async fn run<G: PullGate>(
 
 enum Step {
     Go,
+    Yield,
     Closed(&'static str),
 }
 
@@ -190,9 +234,18 @@ impl Side {
     }
 }
 
-async fn read(from: &mut ReadHalf<'_>, buffer: &mut BytesMut) -> std::io::Result<usize> {
+/// Reads from a side there is (a side there is not never has anything to read).
+async fn read(from: Option<&mut ReadHalf<'_>>, buffer: &mut BytesMut) -> std::io::Result<usize> {
+    let Some(from) = from else { return std::future::pending().await };
     buffer.reserve(frame::DEFAULT_MAX_FRAME + frame::HEAD_LEN);
     from.read_buf(buffer).await
+}
+
+async fn writable(to: Option<&WriteHalf<'_>>) -> std::io::Result<()> {
+    match to {
+        Some(to) => to.writable().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Writes what the socket takes now; the rest waits for it to become writable.
@@ -216,7 +269,8 @@ struct Block {
 
 enum Stream {
     Relayed(Relayed),
-    Kept(Kept),
+    // Boxed: a kept call carries its request and answer state, a relayed one three words.
+    Kept(Box<Kept>),
 }
 
 struct Relayed {
@@ -235,6 +289,9 @@ struct Kept {
     log: Option<CallLog>,
     headers: http::HeaderMap,
     body: BytesMut,
+    /// The body's share of the bytes all connections may hold (`Proxy::budget`), kept until
+    /// the call's task has answered.
+    held: Held,
     task: Option<AbortHandle>,
     /// What the kubelet lets pullgate send on this stream.
     window: i64,
@@ -330,6 +387,10 @@ impl<G: PullGate> Splice<G> {
         }
     }
 
+    fn kept_streams(&self) -> usize {
+        self.streams.values().filter(|stream| matches!(stream, Stream::Kept(_))).count()
+    }
+
     fn kubelet_backlog(&self) -> usize {
         self.to_kubelet.len() + self.blocked_bytes
     }
@@ -372,6 +433,14 @@ impl<G: PullGate> Splice<G> {
         for id in relayed {
             self.answer_unavailable(id, why);
         }
+    }
+
+    /// A connection made while containerd cannot be reached: pullgate is the kubelet's only
+    /// peer until the kubelet moves to a new connection, so it sends the server's SETTINGS
+    /// itself. It asks for the defaults, which are what pullgate's own handling keeps to.
+    fn start_without_containerd(&mut self) {
+        self.containerd_lost = true;
+        frame::put_head(&mut self.to_kubelet, 0, kind::SETTINGS, 0, 0);
     }
 
     fn without_containerd(&self) -> bool {
@@ -442,7 +511,7 @@ fn grpc_outcome(headers: &http::HeaderMap) -> CallOutcome {
 
 /// Adds a HEADERS or CONTINUATION frame to the block being collected; returns the block once
 /// it is complete.
-fn collect(current: &mut Option<Block>, frame: &Frame) -> Result<Option<Block>, ProtocolError> {
+fn collect(current: &mut Option<Block>, frame: &Frame, limit: usize) -> Result<Option<Block>, ProtocolError> {
     let fragment = frame.fragment()?;
     let block = match current.take() {
         None => {
@@ -459,7 +528,7 @@ fn collect(current: &mut Option<Block>, frame: &Frame) -> Result<Option<Block>, 
             block
         }
     };
-    if block.bytes.len() > MAX_HEADER_BLOCK_BYTES {
+    if block.bytes.len() > limit {
         return Err(ProtocolError::new(reason::PROTOCOL_ERROR, "header block too large"));
     }
     if frame.has(flag::END_HEADERS) {
