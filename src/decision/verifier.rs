@@ -54,8 +54,8 @@ pub struct Verifier<R> {
 }
 
 /// Pulls that can share one decision: the same image in the same namespace under the same
-/// policy, asked with the same credentials (the requests are made with them, so their failures
-/// are theirs).
+/// policy, asked with the same credentials and the same spelling of the registry host (the
+/// requests are made with them, so their failures are theirs).
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct FlightKey {
     generation: u64,
@@ -109,7 +109,7 @@ impl<R: Registry + 'static> Verifier<R> {
         if let Some(settled) = self.settle_locally(&job) {
             return settled;
         }
-        let _slot = match self.slots.acquire(job.image.registry(), deadline).await {
+        let _slot = match self.slots.acquire(job.image.registry().canonical(), deadline).await {
             Ok(slot) => slot,
             Err(busy) => {
                 let reason = format!("verification did not start within {:?}: {busy}", self.budget);
@@ -197,7 +197,7 @@ fn cache_key(job: &Job, index: usize, digest: &Digest) -> cache::Key {
     cache::Key {
         generation: job.policy.generation(),
         rule: index,
-        image: job.image.to_string(),
+        image: job.image.canonical(),
         digest: digest.clone(),
     }
 }
