@@ -191,11 +191,14 @@ fn classify<'a>(host: &str, name: &'a str) -> Result<Name<'a>, ReferenceError> {
         None if !name.split('.').all(numeric_label) => return Ok(Name::Domain(name)),
         None => IpAddr::V4(parse_ipv4(name).ok_or_else(|| ambiguous("numeric hosts other than a dotted quad"))?),
     };
+    // Go dials an IPv4-mapped IPv6 address as IPv4.
     let ip = ip.to_canonical();
-    match ip {
-        _ if ip.is_unspecified() => Err(ambiguous("the unspecified address")),
-        _ if ip.is_loopback() => Ok(Name::Loopback),
-        _ => Ok(Name::Ip(ip)),
+    if ip.is_unspecified() {
+        Err(ambiguous("the unspecified address"))
+    } else if ip.is_loopback() {
+        Ok(Name::Loopback)
+    } else {
+        Ok(Name::Ip(ip))
     }
 }
 
