@@ -1,20 +1,37 @@
-//! Image references and content digests, normalised the way docker/containerd do it.
+//! Image references and content digests, read exactly as containerd reads them.
 //!
-//! Normalisation matters for security here: policy scopes are matched against the
-//! normalised form, so two spellings of one image ("nginx", "docker.io/library/nginx",
-//! "index.docker.io/library/nginx") must end up identical or a scope could be dodged.
+//! containerd's CRI plugin parses every PullImage name with distribution/reference's
+//! `ParseDockerRef`. pullgate must decide on the image containerd will fetch, so it reads a
+//! name the same way (host, repository, tag, digest) or refuses it; it never reinterprets.
+//! `tests/refdiff` holds containerd's parser, and a differential test keeps the two in step.
+//! pullgate is stricter in a few places, always by refusing: capitalised or ambiguous hosts
+//! (see `host`), sha384 digests, a one-component Docker Hub name under one of Hub's other
+//! host names (`registry-1.docker.io/nginx`: containerd asks for `nginx`, not
+//! `library/nginx`).
+//!
+//! Normalisation matters for security: policy scopes are matched against the canonical form,
+//! so two spellings of one image ("nginx", "docker.io/library/nginx",
+//! "index.docker.io/library/nginx", "registry-1.docker.io:443/library/nginx") must compare
+//! equal or a scope could be dodged. An `ImageRef` keeps both: its `Display`, `name` and
+//! `pinned` forms carry the host as containerd reads it (containerd's `certs.d` and registry
+//! settings are keyed by that spelling, so it is what gets forwarded), and `canonical`,
+//! `canonical_name` and `registry().canonical()` are what policy, caches and slots compare.
+
+mod host;
 
 use std::fmt;
 use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256, Sha512};
 
-/// Docker's default registry; short names resolve here.
-pub const DOCKER_HUB: &str = "docker.io";
-/// Longest "registry/repository" accepted (distribution/reference's limit).
-const MAX_NAME_LEN: usize = 255;
+pub use host::{DOCKER_HUB, RegistryHost};
+
+/// Longest repository path accepted (distribution/reference's limit; the host is not counted).
+const MAX_PATH_LEN: usize = 255;
 /// Longest tag accepted (distribution/reference's limit).
 const MAX_TAG_LEN: usize = 128;
+/// distribution/reference refuses a name of exactly this many lowercase hex digits: an image id.
+const IDENTIFIER_LEN: usize = 64;
 /// Error messages quote at most this much of the input, so a hostile reference cannot flood logs.
 const QUOTE_LIMIT: usize = 128;
 
@@ -22,14 +39,26 @@ const QUOTE_LIMIT: usize = 128;
 pub enum ReferenceError {
     #[error("empty image reference")]
     Empty,
-    #[error("image name is too long ({0} bytes; at most 255)")]
+    #[error("repository name is too long ({0} bytes; at most 255)")]
     TooLong(usize),
     #[error("invalid digest {0:?}: expected sha256:<64 lowercase hex> or sha512:<128 lowercase hex>")]
     InvalidDigest(String),
     #[error("invalid registry host {0:?}")]
     InvalidRegistry(String),
-    #[error("registry host {0:?} is a host only because of its capital letters; write it with a domain or a port")]
+    #[error("registry host {0:?} has a port containerd cannot connect to (1 to 65535)")]
+    InvalidPort(String),
+    #[error(
+        "registry host {0:?} has capital letters; containerd compares hosts as written (\"Docker.io\" is not Docker Hub to it), so write it in lowercase"
+    )]
     CapitalisedRegistry(String),
+    #[error("registry host {host:?} is refused: {why} may lead elsewhere than pullgate would check")]
+    AmbiguousHost { host: String, why: &'static str },
+    #[error("{0:?} is an image id, not an image name")]
+    Identifier(String),
+    #[error(
+        "{0:?}: on a Docker Hub host other than docker.io containerd does not add \"library/\"; write docker.io/library/NAME"
+    )]
+    HubShortName(String),
     #[error("invalid repository name {0:?}")]
     InvalidRepository(String),
     #[error("repository name {0:?} must be lowercase")]
@@ -115,12 +144,10 @@ pub(crate) fn split_tag(s: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Whether the first path component names a registry host (docker's rule), not a Hub namespace.
+/// Whether the part before the first '/' names a registry host: distribution/reference's
+/// rule, case included ("Foo/bar" is host "Foo", which `RegistryHost` then refuses).
 fn looks_like_registry(component: &str) -> bool {
-    component.contains(['.', ':'])
-        || component == "localhost"
-        || component.starts_with('[')
-        || component.chars().any(|c| c.is_ascii_uppercase())
+    component.contains(['.', ':']) || component == "localhost" || component.to_lowercase() != component
 }
 
 pub(crate) fn validate_tag(tag: &str) -> Result<(), ReferenceError> {
@@ -129,47 +156,6 @@ pub(crate) fn validate_tag(tag: &str) -> Result<(), ReferenceError> {
         && tag.chars().next().is_some_and(word)
         && tag.chars().all(|c| word(c) || c == '.' || c == '-');
     if ok { Ok(()) } else { Err(ReferenceError::InvalidTag(quote(tag))) }
-}
-
-/// Validate "host[:port]" and return it lowercased, with Docker Hub's alias folded.
-pub(crate) fn normalize_registry(host: &str) -> Result<String, ReferenceError> {
-    let bad = || ReferenceError::InvalidRegistry(quote(host));
-    let (name, port) = split_port(host).ok_or_else(bad)?;
-    if let Some(port) = port
-        && (port.is_empty() || port.len() > 5 || !port.chars().all(|c| c.is_ascii_digit()))
-    {
-        return Err(bad());
-    }
-    let valid_name = if let Some(ip6) = name.strip_prefix('[') {
-        ip6.strip_suffix(']').is_some_and(|inner| {
-            !inner.is_empty() && inner.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
-        })
-    } else {
-        !name.is_empty() && name.split('.').all(valid_dns_label)
-    };
-    if !valid_name {
-        return Err(bad());
-    }
-    // Why lowercase: hostnames are case-insensitive, scopes are compared as strings.
-    let lowered = host.to_ascii_lowercase();
-    Ok(if lowered == "index.docker.io" { DOCKER_HUB.to_owned() } else { lowered })
-}
-
-/// Split "host[:port]" (host may be a bracketed IPv6 literal). None if malformed.
-fn split_port(host: &str) -> Option<(&str, Option<&str>)> {
-    if host.starts_with('[') {
-        let end = host.find(']')?;
-        let rest = &host[end + 1..];
-        return match rest.strip_prefix(':') {
-            Some(port) => Some((&host[..=end], Some(port))),
-            None if rest.is_empty() => Some((host, None)),
-            None => None,
-        };
-    }
-    Some(match host.split_once(':') {
-        Some((name, port)) => (name, Some(port)),
-        None => (host, None),
-    })
 }
 
 pub(crate) fn valid_dns_label(label: &str) -> bool {
@@ -205,34 +191,32 @@ fn valid_path_component(c: &str) -> bool {
         .all(|sep| matches!(sep, "." | "_" | "__") || sep.bytes().all(|b| b == b'-'))
 }
 
-/// Split "host/path" (or a bare Hub path) into (registry, repository), docker-style.
-fn split_registry(name: &str) -> Result<(String, String), ReferenceError> {
-    let (registry, path) = match name.split_once('/') {
-        Some((first, rest)) if looks_like_registry(first) => (registry_host(first)?, rest),
-        _ => (DOCKER_HUB.to_owned(), name),
-    };
-    Ok((registry.clone(), hub_library(&registry, path)))
+/// Docker Hub's official images live under "library/" (for the host written `docker.io`).
+fn hub_library(registry: &RegistryHost, path: &str) -> String {
+    if registry.as_str() == DOCKER_HUB && !path.contains('/') { format!("library/{path}") } else { path.to_owned() }
 }
 
-/// A first component that docker reads as a host, normalised.
-fn registry_host(first: &str) -> Result<String, ReferenceError> {
-    let registry = normalize_registry(first)?;
-    // Lowercased, "Host/app" would read as the Hub image "host/app": the name verified and the
-    // one containerd is told to pull would then be on different registries.
-    if looks_like_registry(&registry) { Ok(registry) } else { Err(ReferenceError::CapitalisedRegistry(quote(first))) }
+/// distribution/reference refuses a bare image id where a name belongs.
+fn is_identifier(s: &str) -> bool {
+    s.len() == IDENTIFIER_LEN && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Docker Hub's official images live under "library/".
-pub(crate) fn hub_library(registry: &str, path: &str) -> String {
-    if registry == DOCKER_HUB && !path.contains('/') { format!("library/{path}") } else { path.to_owned() }
+/// Split off the registry host the way distribution/reference does: at the first '/', when
+/// what comes before it looks like a host; otherwise the name is on Docker Hub.
+fn split_host(s: &str) -> Result<(RegistryHost, &str), ReferenceError> {
+    match s.split_once('/') {
+        Some((first, rest)) if looks_like_registry(first) => Ok((first.parse()?, rest)),
+        _ => Ok((RegistryHost::docker_hub(), s)),
+    }
 }
 
 // === impl ImageRef ===
 
-/// A normalised image reference: registry, repository, optional tag, optional digest.
+/// An image reference as containerd reads it: registry, repository, optional tag, optional
+/// digest. Equal (and hashed) by its canonical form.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ImageRef {
-    registry: String,
+    registry: RegistryHost,
     repository: String,
     tag: Option<String>,
     digest: Option<Digest>,
@@ -241,23 +225,30 @@ pub struct ImageRef {
 impl FromStr for ImageRef {
     type Err = ReferenceError;
 
+    /// distribution/reference's `ParseNormalizedNamed`, step by step.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.is_empty() {
             return Err(ReferenceError::Empty);
         }
-        let (rest, digest) = match s.split_once('@') {
+        if is_identifier(s) {
+            return Err(ReferenceError::Identifier(quote(s)));
+        }
+        let (registry, remainder) = split_host(s)?;
+        let (rest, digest) = match remainder.split_once('@') {
             Some((rest, d)) => (rest, Some(d.parse::<Digest>()?)),
-            None => (s, None),
+            None => (remainder, None),
         };
-        let (name, tag) = split_tag(rest);
+        let (path, tag) = split_tag(rest);
         if let Some(tag) = tag {
             validate_tag(tag)?;
         }
-        let (registry, repository) = split_registry(name)?;
+        let repository = hub_library(&registry, path);
         validate_repository(&repository)?;
-        let len = registry.len() + 1 + repository.len();
-        if len > MAX_NAME_LEN {
-            return Err(ReferenceError::TooLong(len));
+        if registry.is_hub_alias() && !repository.contains('/') {
+            return Err(ReferenceError::HubShortName(quote(s)));
+        }
+        if repository.len() > MAX_PATH_LEN {
+            return Err(ReferenceError::TooLong(repository.len()));
         }
         let tag = tag.map(str::to_owned);
         Ok(ImageRef { registry, repository, tag, digest })
@@ -274,7 +265,7 @@ impl ImageRef {
         Ok(image)
     }
 
-    pub fn registry(&self) -> &str {
+    pub fn registry(&self) -> &RegistryHost {
         &self.registry
     }
 
@@ -290,9 +281,22 @@ impl ImageRef {
         self.digest.as_ref()
     }
 
-    /// "registry/repository", without tag or digest.
+    /// "registry/repository" as containerd reads it, without tag or digest.
     pub fn name(&self) -> String {
         format!("{}/{}", self.registry, self.repository)
+    }
+
+    /// "registry/repository" with the canonical registry: what identity rules compare.
+    pub fn canonical_name(&self) -> String {
+        format!("{}/{}", self.registry.canonical(), self.repository)
+    }
+
+    /// The whole reference with the canonical registry: a key for results that hold for
+    /// every spelling of the image.
+    pub fn canonical(&self) -> String {
+        let mut text = self.canonical_name();
+        push_tag_and_digest(&mut text, self.tag(), self.digest());
+        text
     }
 
     /// The same image pinned to `d`; the tag is kept for display and identity checks.
@@ -312,16 +316,22 @@ impl ImageRef {
     }
 }
 
+fn push_tag_and_digest(text: &mut String, tag: Option<&str>, digest: Option<&Digest>) {
+    if let Some(tag) = tag {
+        text.push(':');
+        text.push_str(tag);
+    }
+    if let Some(digest) = digest {
+        text.push('@');
+        text.push_str(digest.as_str());
+    }
+}
+
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.registry, self.repository)?;
-        if let Some(tag) = &self.tag {
-            write!(f, ":{tag}")?;
-        }
-        if let Some(digest) = &self.digest {
-            write!(f, "@{digest}")?;
-        }
-        Ok(())
+        let mut text = self.name();
+        push_tag_and_digest(&mut text, self.tag(), self.digest());
+        f.write_str(&text)
     }
 }
 
@@ -374,7 +384,7 @@ mod tests {
     #[test]
     fn short_names_go_to_hub_library() {
         let r = parse("nginx");
-        assert_eq!((r.registry(), r.repository(), r.tag()), ("docker.io", "library/nginx", None));
+        assert_eq!((r.registry().as_str(), r.repository(), r.tag()), ("docker.io", "library/nginx", None));
         assert_eq!(parse("docker.io/nginx").name(), "docker.io/library/nginx");
         assert_eq!(parse("index.docker.io/nginx:1").to_string(), "docker.io/library/nginx:1");
         assert_eq!(parse("bitnami/redis").name(), "docker.io/bitnami/redis");
@@ -383,12 +393,52 @@ mod tests {
     #[test]
     fn registries_with_ports_and_localhost() {
         let r = parse("127.0.0.1:5000/team/app:v1");
-        assert_eq!((r.registry(), r.repository(), r.tag()), ("127.0.0.1:5000", "team/app", Some("v1")));
-        assert_eq!(parse("localhost/app").registry(), "localhost");
-        assert_eq!(parse("[::1]:5000/app").registry(), "[::1]:5000");
-        assert_eq!(parse("Registry.Example.COM/app").registry(), "registry.example.com");
+        assert_eq!((r.registry().as_str(), r.repository(), r.tag()), ("127.0.0.1:5000", "team/app", Some("v1")));
+        assert_eq!(parse("localhost/app").registry().as_str(), "localhost");
+        assert_eq!(parse("[::1]:5000/app").registry().as_str(), "[::1]:5000");
         // Without a '/' the ":5000" is a tag, exactly as docker reads it.
         assert_eq!(parse("localhost:5000").to_string(), "docker.io/library/localhost:5000");
+    }
+
+    #[test]
+    fn forwarded_forms_keep_the_host_as_written_and_keys_are_canonical() {
+        let r = parse(&format!("127.0.0.1:08123/team/app:v1@sha256:{HEX}"));
+        assert_eq!(r.to_string(), format!("127.0.0.1:08123/team/app:v1@sha256:{HEX}"));
+        assert_eq!(r.pinned(), Some(format!("127.0.0.1:08123/team/app@sha256:{HEX}")));
+        assert_eq!(r.canonical(), format!("localhost:8123/team/app:v1@sha256:{HEX}"));
+        assert_eq!(r.canonical_name(), "localhost:8123/team/app");
+        assert_eq!(r, parse(&format!("[::1]:8123/team/app:v1@sha256:{HEX}")));
+        let hub = parse("registry-1.docker.io:443/library/nginx:1");
+        assert_eq!(
+            (hub.name().as_str(), hub.canonical().as_str()),
+            ("registry-1.docker.io:443/library/nginx", "docker.io/library/nginx:1")
+        );
+        assert_eq!(hub, parse("nginx:1"));
+    }
+
+    /// Each of these is read differently by containerd (distribution/reference) than a
+    /// lenient reading would: refused, never reinterpreted.
+    #[test]
+    fn names_containerd_reads_differently_are_refused() {
+        type Case = (&'static str, fn(&ReferenceError) -> bool);
+        let cases: &[Case] = &[
+            // containerd: host "Docker.io", repository "nginx" (not Docker Hub's library/nginx).
+            ("Docker.io/nginx", |e| matches!(e, ReferenceError::CapitalisedRegistry(_))),
+            ("Registry.Example.COM/app", |e| matches!(e, ReferenceError::CapitalisedRegistry(_))),
+            // containerd: repository "nginx" on Hub's API host, not "library/nginx".
+            ("registry-1.docker.io/nginx", |e| matches!(e, ReferenceError::HubShortName(_))),
+            ("index.docker.io:443/nginx:1", |e| matches!(e, ReferenceError::HubShortName(_))),
+            (HEX, |e| matches!(e, ReferenceError::Identifier(_))),
+            ("127.000.000.001:5000/a", |e| matches!(e, ReferenceError::AmbiguousHost { .. })),
+            ("r.io:99999/a", |e| matches!(e, ReferenceError::InvalidPort(_))),
+            ("[::ffff:127.0.0.1]:5000/a", |e| matches!(e, ReferenceError::InvalidRegistry(_))),
+        ];
+        for (input, expected) in cases {
+            let err = input.parse::<ImageRef>().unwrap_err();
+            assert!(expected(&err), "{input:?} gave {err:?}");
+        }
+        // "index.docker.io" itself is rewritten by containerd's parser, so it stays allowed.
+        assert_eq!(parse("index.docker.io/nginx").to_string(), "docker.io/library/nginx");
     }
 
     #[test]
@@ -430,7 +480,8 @@ mod tests {
             ("host.io:99999x/a", |e| matches!(e, ReferenceError::InvalidRegistry(_))),
             ("[::1/a", |e| matches!(e, ReferenceError::InvalidRegistry(_))),
             ("Host/a", |e| matches!(e, ReferenceError::CapitalisedRegistry(_))),
-            ("user:pw@host/a", |e| matches!(e, ReferenceError::InvalidDigest(_))),
+            ("user:pw@host/a", |e| matches!(e, ReferenceError::InvalidRegistry(_))),
+            ("user@host/a", |e| matches!(e, ReferenceError::InvalidDigest(_))),
         ];
         for (input, expected) in cases {
             let err = input.parse::<ImageRef>().unwrap_err();
@@ -450,8 +501,12 @@ mod tests {
 
     #[test]
     fn overlong_names_and_tags() {
-        let long = format!("ghcr.io/{}", "a".repeat(260));
-        assert!(matches!(long.parse::<ImageRef>(), Err(ReferenceError::TooLong(_))));
+        let long = format!("ghcr.io/{}", "a".repeat(256));
+        assert!(matches!(long.parse::<ImageRef>(), Err(ReferenceError::TooLong(256))));
+        assert!(format!("ghcr.io/{}", "a".repeat(255)).parse::<ImageRef>().is_ok(), "the host is not counted");
+        assert!(matches!("a".repeat(248).parse::<ImageRef>(), Err(ReferenceError::TooLong(256))), "library/ is");
+        let long_host = format!("{}.io/a", vec!["h".repeat(63); 4].join("."));
+        assert!(matches!(long_host.parse::<ImageRef>(), Err(ReferenceError::InvalidRegistry(_))));
         let long_tag = format!("ghcr.io/a:{}", "t".repeat(129));
         assert!(matches!(long_tag.parse::<ImageRef>(), Err(ReferenceError::InvalidTag(_))));
     }

@@ -383,6 +383,9 @@ fn policy_check_prints_the_rules_as_serve_would_load_them() {
     ];
     assert_eq!(lines[1..=expected.len()], expected, "{}", run.stdout);
     assert!(run.stdout.ends_with(&format!("6 rules from {}\n", node.policy_dir().display())), "{}", run.stdout);
+    // The scopes name a loopback registry, which other spellings reach too; said once.
+    let note = "pullgate: note: scopes on \"127.0.0.1:5000\" also cover localhost:5000, [::1]:5000\n";
+    assert_eq!(run.stderr, note);
 }
 
 #[test]

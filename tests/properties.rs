@@ -45,6 +45,8 @@ fn assert_round_trips(text: &str) -> Result<(), TestCaseError> {
     if let Ok(image) = text.parse::<ImageRef>() {
         let shown = image.to_string();
         prop_assert_eq!(shown.parse::<ImageRef>(), Ok(image.clone()), "{:?} shown as {:?}", text, shown);
+        // Equality is by canonical registry; the host as written must survive too.
+        prop_assert_eq!(shown.parse::<ImageRef>().map(|i| i.to_string()), Ok(shown.clone()));
         if let Some(pinned) = image.pinned() {
             prop_assert!(pinned.parse::<ImageRef>().is_ok(), "{:?} pinned as {:?}", text, pinned);
         }

@@ -10,6 +10,8 @@ fuzz_target!(|text: &str| {
     if let Ok(image) = text.parse::<ImageRef>() {
         let shown = image.to_string();
         assert_eq!(shown.parse::<ImageRef>().as_ref(), Ok(&image), "{text:?} shown as {shown:?}");
+        // Equality is by canonical registry; the host as written must survive too.
+        assert_eq!(shown.parse::<ImageRef>().map(|i| i.to_string()), Ok(shown.clone()));
         if let Some(pinned) = image.pinned() {
             assert!(pinned.parse::<ImageRef>().is_ok(), "{text:?} pinned as {pinned:?}");
         }

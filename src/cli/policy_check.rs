@@ -1,5 +1,6 @@
 //! `pullgate policy check`: the policy `serve` would load, as a table, or every problem in it.
 
+use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::process::ExitCode;
 
@@ -7,6 +8,7 @@ use crate::config::{Config, Overrides};
 use crate::daemon::{self, DaemonError};
 use crate::explain::PolicyTable;
 use crate::policy::Policy;
+use crate::reference::RegistryHost;
 
 use super::{ConfigArgs, EXIT_REFUSED, fail};
 
@@ -43,5 +45,18 @@ fn print(config: &Config, policy: &Policy) -> std::io::Result<()> {
     if policy.is_empty() {
         eprintln!("pullgate: warning: the policy has no rules, so every pull will be rejected");
     }
+    note_aliases(policy);
     Ok(())
+}
+
+/// A scope naming `127.0.0.1:5000` also covers `localhost:5000`: say so, once per host, so
+/// nobody writes a second rule expecting it to be separate.
+fn note_aliases(policy: &Policy) {
+    let hosts: BTreeSet<&RegistryHost> = policy.rules().iter().filter_map(|rule| rule.scope.registry()).collect();
+    for host in hosts {
+        let aliases = host.well_known_aliases();
+        if !aliases.is_empty() {
+            eprintln!("pullgate: note: scopes on \"{host}\" also cover {}", aliases.join(", "));
+        }
+    }
 }

@@ -31,7 +31,7 @@ pub struct Key {
     pub generation: u64,
     /// The rule's position in the policy of that generation.
     pub rule: usize,
-    /// The image as requested (`ImageRef`'s display form).
+    /// The image as requested, in canonical form (`ImageRef::canonical`): every spelling of it.
     pub image: String,
     pub digest: Digest,
 }

@@ -55,8 +55,8 @@ pub struct Verifier<R> {
 }
 
 /// Pulls that can share one decision: the same image in the same namespace under the same
-/// policy, asked with the same credentials (the requests are made with them, so their failures
-/// are theirs).
+/// policy, asked with the same credentials and the same spelling of the registry host (the
+/// requests are made with them, so their failures are theirs).
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct FlightKey {
     generation: u64,
@@ -110,7 +110,7 @@ impl<R: Registry + 'static> Verifier<R> {
         if let Some(settled) = self.settle_locally(&job) {
             return settled;
         }
-        let slot = match self.slots.acquire(job.image.registry(), deadline).await {
+        let slot = match self.slots.acquire(job.image.registry().canonical(), deadline).await {
             Ok(slot) => Arc::new(slot),
             Err(busy) => {
                 let reason = format!("verification did not start within {:?}: {busy}", self.budget);
@@ -200,7 +200,7 @@ fn cache_key(job: &Job, index: usize, digest: &Digest) -> cache::Key {
     cache::Key {
         generation: job.policy.generation(),
         rule: index,
-        image: job.image.to_string(),
+        image: job.image.canonical(),
         digest: digest.clone(),
     }
 }
@@ -313,10 +313,10 @@ mod tests {
             _: &Credentials,
         ) -> Result<Option<Manifest>, RegistryError> {
             self.requests.lock().unwrap().push(format!("manifest {reference}"));
-            if self.stall || image.registry().starts_with("stalled") {
+            if self.stall || image.registry().as_str().starts_with("stalled") {
                 std::future::pending::<()>().await;
             }
-            if image.registry().starts_with("large") {
+            if image.registry().as_str().starts_with("large") {
                 buffering::reserve(SMALL_CHECK_BYTES + 1).await;
                 std::future::pending::<()>().await;
             }

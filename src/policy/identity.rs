@@ -1,7 +1,8 @@
 //! Which signed identity (the payload's `docker-reference`) is acceptable for a pulled image.
 //!
 //! The rules mean what containers-policy.json(5)'s `signedIdentity` means. Both sides are
-//! normalised first ("busybox" == "docker.io/library/busybox"). `pulled` is the reference
+//! normalised first ("busybox" == "docker.io/library/busybox"), and registries compare in
+//! their canonical form, as policy scopes do ("localhost:5000" == "127.0.0.1:5000"). `pulled` is the reference
 //! as requested (with the tag, if the pull named one). Passing it pinned to the resolved
 //! digest (`ImageRef::with_digest`) is fine too: where a tag was requested the tag still
 //! decides, and a digest named by the signature must then equal the resolved one.
@@ -101,7 +102,7 @@ fn parse_repository(value: &str) -> Result<String, IdentityConfigError> {
     if image.tag().is_some() || image.digest().is_some() {
         return Err(bad("must be a repository, without tag or digest".into()));
     }
-    Ok(image.name())
+    Ok(image.canonical_name())
 }
 
 // === impl IdentityRule: checking ===
@@ -125,7 +126,7 @@ impl IdentityRule {
     fn check_parsed(&self, pulled: &ImageRef, signed: &ImageRef) -> Result<(), String> {
         match self {
             IdentityRule::Ignore => Ok(()),
-            IdentityRule::MatchRepository => same_repository(&pulled.name(), signed),
+            IdentityRule::MatchRepository => same_repository(&pulled.canonical_name(), signed),
             IdentityRule::MatchExact => exact(pulled, signed),
             IdentityRule::MatchRepoDigestOrExact => repo_digest_or_exact(pulled, signed),
             IdentityRule::Remap { prefix, signed_prefix } => {
@@ -141,7 +142,11 @@ impl IdentityRule {
 }
 
 fn same_repository(expected: &str, signed: &ImageRef) -> Result<(), String> {
-    if signed.name() == expected { Ok(()) } else { Err(format!("repository {} is not {expected}", signed.name())) }
+    if signed.canonical_name() == expected {
+        Ok(())
+    } else {
+        Err(format!("repository {} is not {expected}", signed.canonical_name()))
+    }
 }
 
 /// containers/image's matchExact: equal references, neither side a bare name. A pulled
@@ -154,7 +159,7 @@ fn exact(pulled: &ImageRef, signed: &ImageRef) -> Result<(), String> {
     if pulled.tag().is_none() && pulled.digest().is_none() {
         return Err("the pulled reference names neither tag nor digest".into());
     }
-    same_repository(&pulled.name(), signed)?;
+    same_repository(&pulled.canonical_name(), signed)?;
     if signed.tag().is_some() && signed.tag() != pulled.tag() {
         return Err(format!("tag {} is not the pulled tag", Part(signed.tag())));
     }
@@ -169,7 +174,7 @@ fn exact(pulled: &ImageRef, signed: &ImageRef) -> Result<(), String> {
 fn repo_digest_or_exact(pulled: &ImageRef, signed: &ImageRef) -> Result<(), String> {
     match (pulled.tag(), pulled.digest()) {
         (Some(_), _) => exact(pulled, signed),
-        (None, Some(_)) => same_repository(&pulled.name(), signed),
+        (None, Some(_)) => same_repository(&pulled.canonical_name(), signed),
         (None, None) => Err("the pulled reference names neither tag nor digest".into()),
     }
 }
@@ -248,6 +253,9 @@ mod tests {
         assert!(!ok(&r, "r.io/a:v1", "r.io/b"));
         assert!(!ok(&r, "r.io/a:v1", "r.io/a/b"));
         assert!(!ok(&r, "r.io/a:v1", "r.io:5000/a"));
+        assert!(ok(&r, "localhost:5000/a:v1", "127.0.0.1:05000/a"), "registries compare canonically");
+        assert!(ok(&r, "registry-1.docker.io/library/nginx:1", "nginx"));
+        assert!(!ok(&r, "localhost:5000/a:v1", "localhost:5001/a"));
         assert!(!ok(&r, "r.io/a:v1", "other.io/a"));
     }
 

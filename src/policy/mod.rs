@@ -314,6 +314,16 @@ mod tests {
     }
 
     #[test]
+    fn two_spellings_of_one_registry_are_one_scope() {
+        let dir = TestDir::new();
+        let rules = "[[rule]]\nscope = \"127.0.0.1:5000\"\nrequire = \"reject\"\n\n\
+                     [[rule]]\nscope = \"localhost:05000\"\nrequire = \"accept\"\n";
+        dir.write("policy.d/a.toml", rules);
+        let err = Policy::load(&dir.path("policy.d"), None).unwrap_err();
+        assert!(err.to_string().contains("duplicate rule: scope \"localhost:05000\""), "{err}");
+    }
+
+    #[test]
     fn missing_policy_json_is_an_error() {
         let dir = TestDir::new();
         dir.write("policy.d/a.toml", "");

@@ -5,12 +5,17 @@
 //! a wildcarded host (`*.example.com`: subdomains only, any port) or the default `*`.
 //! Exactly like containers/image, the most specific matching scope wins:
 //! digest > tag > longer path > shorter path > host > `*.a.b.c` > `*.b.c` > `*`.
+//!
+//! Registries are compared in their canonical form (`reference::RegistryHost`): a scope
+//! naming `127.0.0.1:5000` covers `localhost:5000` and `[::1]:05000` too, and one naming
+//! `docker.io` covers `registry-1.docker.io:443`. Wildcards match the canonical host, so
+//! they never match loopback or Docker Hub's other host names.
 
 use std::fmt;
 use std::str::FromStr;
 
 use crate::reference::{
-    Digest, ImageRef, ReferenceError, hub_library, normalize_registry, split_tag, valid_dns_label, validate_repository,
+    DOCKER_HUB, Digest, ImageRef, ReferenceError, RegistryHost, split_tag, valid_dns_label, validate_repository,
     validate_tag,
 };
 
@@ -32,7 +37,7 @@ pub enum ScopeError {
     Reference { scope: String, source: ReferenceError },
 }
 
-/// A parsed scope. Registries are lowercased; `index.docker.io` is folded into `docker.io`.
+/// A parsed scope. Registries are lowercased and compare canonically (see the module comment).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Scope {
     /// `*`: matches every image.
@@ -40,13 +45,13 @@ pub enum Scope {
     /// `*.example.com`, stored as "example.com": any host strictly below that domain.
     Wildcard(String),
     /// `host[:port]`: every image on exactly that registry (a port is part of the identity).
-    Host(String),
+    Host(RegistryHost),
     /// `host/ns…` or `host/repo`: that repository and everything below it.
-    Path { registry: String, path: String },
+    Path { registry: RegistryHost, path: String },
     /// `host/repo:tag`: one tag of one repository.
-    Tag { registry: String, repository: String, tag: String },
+    Tag { registry: RegistryHost, repository: String, tag: String },
     /// `host/repo@digest`: one manifest of one repository.
-    Digest { registry: String, repository: String, digest: Digest },
+    Digest { registry: RegistryHost, repository: String, digest: Digest },
 }
 
 /// Total order of how specific a scope is; only meaningful between scopes that match one image.
@@ -97,10 +102,16 @@ fn parse_named(s: &str) -> Result<Scope, ScopeError> {
         if s.contains('@') {
             return Err(ScopeError::TagWithoutRepository(s.to_owned()));
         }
-        return Ok(Scope::Host(normalize_registry(first).map_err(wrap)?));
+        return Ok(Scope::Host(parse_host(first).map_err(wrap)?));
     };
-    let registry = normalize_registry(first).map_err(wrap)?;
+    let registry = parse_host(first).map_err(wrap)?;
     parse_path(s, registry, rest)
+}
+
+/// Why lowercase first: host names are case-insensitive, and a reference spelling a host with
+/// capitals is refused anyway, so a policy may write them as it likes.
+fn parse_host(first: &str) -> Result<RegistryHost, ReferenceError> {
+    first.to_ascii_lowercase().parse()
 }
 
 /// Stricter than docker's image rule (which also takes "Foo/bar" as a host): a scope's
@@ -109,7 +120,7 @@ fn is_host(first: &str) -> bool {
     first.contains(['.', ':']) || first.eq_ignore_ascii_case("localhost") || first.starts_with('[')
 }
 
-fn parse_path(s: &str, registry: String, rest: &str) -> Result<Scope, ScopeError> {
+fn parse_path(s: &str, registry: RegistryHost, rest: &str) -> Result<Scope, ScopeError> {
     let wrap = |source| ScopeError::Reference { scope: s.to_owned(), source };
     let (rest, digest) = match rest.split_once('@') {
         Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(wrap)?)),
@@ -122,7 +133,6 @@ fn parse_path(s: &str, registry: String, rest: &str) -> Result<Scope, ScopeError
         (Some(_), Some(_)) => Err(ScopeError::TagAndDigest(s.to_owned())),
         (Some(tag), None) => {
             validate_tag(tag).map_err(wrap)?;
-            // An individual-image scope is unambiguous, so Hub short forms can be expanded.
             let repository = hub_library(&registry, path);
             Ok(Scope::Tag { registry, repository, tag: tag.to_owned() })
         }
@@ -137,11 +147,12 @@ fn parse_path(s: &str, registry: String, rest: &str) -> Result<Scope, ScopeError
 
 impl Scope {
     pub fn matches(&self, image: &ImageRef) -> bool {
-        let same_repo =
-            |registry: &str, repository: &str| image.registry() == registry && image.repository() == repository;
+        let same_repo = |registry: &RegistryHost, repository: &str| {
+            image.registry() == registry && image.repository() == repository
+        };
         match self {
             Scope::Default => true,
-            Scope::Wildcard(domain) => wildcard_matches(domain, image.registry()),
+            Scope::Wildcard(domain) => wildcard_matches(domain, image.registry().canonical()),
             Scope::Host(host) => image.registry() == host,
             Scope::Path { registry, path } => {
                 image.registry() == registry && path_prefix_matches(path, image.repository())
@@ -152,6 +163,17 @@ impl Scope {
             Scope::Digest { registry, repository, digest } => {
                 same_repo(registry, repository) && image.digest() == Some(digest)
             }
+        }
+    }
+
+    /// The registry a scope names, if it names one.
+    pub fn registry(&self) -> Option<&RegistryHost> {
+        match self {
+            Scope::Default | Scope::Wildcard(_) => None,
+            Scope::Host(registry)
+            | Scope::Path { registry, .. }
+            | Scope::Tag { registry, .. }
+            | Scope::Digest { registry, .. } => Some(registry),
         }
     }
 
@@ -168,6 +190,12 @@ impl Scope {
         };
         Specificity { class, depth }
     }
+}
+
+/// An individual-image scope is unambiguous, so Docker Hub short forms can be expanded, under
+/// any of Hub's host names.
+fn hub_library(registry: &RegistryHost, path: &str) -> String {
+    if registry.canonical() == DOCKER_HUB && !path.contains('/') { format!("library/{path}") } else { path.to_owned() }
 }
 
 /// `repository` equals `path` or lies below it; "team/a" must not match "team/ab".
@@ -194,7 +222,7 @@ impl fmt::Display for Scope {
         match self {
             Scope::Default => f.write_str("*"),
             Scope::Wildcard(domain) => write!(f, "*.{domain}"),
-            Scope::Host(host) => f.write_str(host),
+            Scope::Host(host) => write!(f, "{host}"),
             Scope::Path { registry, path } => write!(f, "{registry}/{path}"),
             Scope::Tag { registry, repository, tag } => write!(f, "{registry}/{repository}:{tag}"),
             Scope::Digest { registry, repository, digest } => {
@@ -218,22 +246,46 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn host(s: &str) -> RegistryHost {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn parses_every_form() {
         assert_eq!(scope("*"), Scope::Default);
         assert_eq!(scope("*.Example.com"), Scope::Wildcard("example.com".into()));
-        assert_eq!(scope("Registry.io:5000"), Scope::Host("registry.io:5000".into()));
-        assert_eq!(scope("localhost"), Scope::Host("localhost".into()));
+        assert_eq!(scope("Registry.io:5000"), Scope::Host(host("registry.io:5000")));
+        assert_eq!(scope("localhost"), Scope::Host(host("localhost")));
         assert_eq!(
             scope("index.docker.io/library"),
-            Scope::Path { registry: "docker.io".into(), path: "library".into() }
+            Scope::Path { registry: host("docker.io"), path: "library".into() }
         );
         assert_eq!(
             scope("r.io:5000/ns/app:v1"),
-            Scope::Tag { registry: "r.io:5000".into(), repository: "ns/app".into(), tag: "v1".into() }
+            Scope::Tag { registry: host("r.io:5000"), repository: "ns/app".into(), tag: "v1".into() }
         );
         let d = scope(&format!("r.io/app@sha256:{HEX}"));
         assert!(matches!(d, Scope::Digest { ref repository, .. } if repository == "app"));
+    }
+
+    #[test]
+    fn registries_compare_canonically() {
+        let reject = scope("127.0.0.1:8123");
+        for spelling in ["127.0.0.1:08123", "localhost:8123", "[::1]:8123", "[0::1]:8123", "127.0.0.2:8123"] {
+            assert!(reject.matches(&image(&format!("{spelling}/other/x:v1"))), "{spelling}");
+        }
+        assert!(!reject.matches(&image("localhost:8124/other/x:v1")));
+        assert!(scope("[::1]:5000/team").matches(&image("[0:0::1]:5000/team/app")));
+        assert!(scope("[2001:db8::1]:5000").matches(&image("[2001:0db8::0:1]:5000/a")));
+        assert!(scope("example.com").matches(&image("example.com:443/a")));
+        assert!(scope("example.com:443/a").matches(&image("example.com/a:v1")));
+        for hub in ["registry-1.docker.io/library/nginx:1", "registry-1.docker.io:443/library/nginx:1", "nginx:1"] {
+            assert!(scope("docker.io/library/nginx").matches(&image(hub)), "{hub}");
+            assert!(scope("index.docker.io:443/nginx:1").matches(&image(hub)), "{hub}");
+        }
+        // Scopes naming one registry twice are one scope: the loader reports the duplicate.
+        assert_eq!(scope("localhost:5000/a"), scope("127.0.0.1:05000/a"));
+        assert_eq!(scope("localhost:5000/a").to_string(), "localhost:5000/a", "shown as written");
     }
 
     #[test]
@@ -322,7 +374,7 @@ mod tests {
         assert!(!s.matches(&image("r.io/team/ab")));
         assert!(!s.matches(&image("r.io/team")));
         assert!(!s.matches(&image("other.io/team/a")));
-        assert!(!s.matches(&image("r.io:443/team/a")));
+        assert!(!s.matches(&image("r.io:444/team/a")));
     }
 
     #[test]

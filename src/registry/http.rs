@@ -175,7 +175,8 @@ fn host_of(authority: &str) -> &str {
 
 impl HttpRegistry {
     fn target<'a>(&self, image: &'a ImageRef, kind: &str, reference: &str) -> Result<Target<'a>, RegistryError> {
-        let (registry, repository) = (image.registry(), image.repository());
+        // The host as written: where containerd connects, and what `insecure` lists.
+        let (registry, repository) = (image.registry().as_str(), image.repository());
         check_path(registry, repository, reference)?;
         let scheme = if is_insecure(&self.insecure, registry) { "http" } else { "https" };
         let host = if registry == DOCKER_HUB { DOCKER_HUB_API } else { registry };
@@ -341,7 +342,7 @@ impl Registry for HttpRegistry {
         reference: &str,
         creds: &Credentials,
     ) -> Result<Option<Manifest>, RegistryError> {
-        let expected = expected_digest(image.registry(), reference)?;
+        let expected = expected_digest(image.registry().as_str(), reference)?;
         let mut target = self.target(image, "manifests", reference)?;
         target.accept = Some(MANIFEST_ACCEPT);
         let response = self.send(&target, creds).await?;
