@@ -120,6 +120,9 @@ async fn stalled_registries_and_one_healthy_pull(stall: Stall, signatures: usize
     let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
     // Plain HTTP to every port of 127.0.0.1: the lab registry and the stalling ones.
     config.registry.insecure = vec!["127.0.0.1".into()];
+    // One connection per pull here (96 stalled, then the healthy one): the test is about
+    // verification slots, not the connection cap.
+    config.max_connections = 2 * STALLED_REGISTRIES * PULLS_EACH;
     assert_eq!((config.registry.checks_per_registry.get(), config.registry.checks_total.get()), (4, 16));
     let policy = "[[rule]]\nscope = \"*\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n";
     let pem = key.public_pem();
