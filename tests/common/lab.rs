@@ -240,6 +240,12 @@ impl Lab {
         lab_sh(&["containerd-start", self.dir_str()]);
     }
 
+    /// containerd's whole log (all its runs in this lab).
+    pub fn containerd_log(&self) -> String {
+        let path = self.dir.path().join("containerd/containerd.log");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
     /// The lab's daemon logs, for a failing test to print.
     pub fn logs(&self) -> String {
         let mut s = String::new();

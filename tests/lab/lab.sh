@@ -524,9 +524,11 @@ disabled_plugins = [
 [ttrpc]
   address = "$SOCK.ttrpc"
 
+# debug: the CRI logs which way it pulled ("using transfer service" / "using client.Pull()")
+# at debug level only, and the tests check that each mode really took its way.
 [debug]
   address = ""
-  level = "info"
+  level = "debug"
 
 [metrics]
   address = ""
