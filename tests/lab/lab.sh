@@ -249,7 +249,8 @@ go_build() {
     # snapshotters that need them is of use to the lab. -trimpath and -s -w: smaller, and
     # no paths of the build machine inside. Module and build caches are Go's own
     # ($GOMODCACHE, $GOCACHE) and survive between runs like this one.
-    if ! (cd "$gobin" && GOBIN="$gobin" CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -buildvcs=false"         nice -n 10 "$go" install -trimpath "$@" "$pkg" >&2); then
+    if ! (cd "$gobin" && GOBIN="$gobin" CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -buildvcs=false" \
+        nice -n 10 "$go" install -trimpath "$@" "$pkg" >&2); then
         rm -rf "$gobin"
         die "install: building $name from $pkg failed"
     fi
@@ -634,7 +635,7 @@ write_config_for() {
             write_containerd_config "$snapshotter" "$sandbox_image"
             env_set CONTAINERD_BIN "$(command -v containerd)"
             env_set CTR_BIN "$(command -v ctr)"
-            env_set CONTAINERD_VERSION "containerd 1.6"
+            env_set CONTAINERD_VERSION "containerd $(containerd --version | awk '{print $3}')"
             ;;
         2)
             [[ -x "$PEER_BIN/containerd2" && -x "$PEER_BIN/ctr2" ]] ||
