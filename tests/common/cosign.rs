@@ -269,3 +269,57 @@ pub fn sign_and_push(registry: &str, repo: &str, digest: &str, key: &TestKey, cr
     let sigs = [(payload.clone(), key.sign_payload(&payload))];
     push_signatures_with_creds(registry, repo, digest, &sigs, creds);
 }
+
+// === the real cosign CLI ===
+
+/// What `cosign generate-key-pair` encrypts test keys with, and `cosign sign` decrypts them
+/// with (both read COSIGN_PASSWORD).
+const COSIGN_PASSWORD: &str = "pullgate-test-key";
+
+/// A key pair made by the real cosign (`lab.sh install` builds it), in a temp dir that is also
+/// cosign's HOME: no docker credentials, sigstore cache or config of the host reaches it.
+pub struct CosignKey {
+    dir: tempfile::TempDir,
+}
+
+impl CosignKey {
+    pub fn generate() -> CosignKey {
+        let key = CosignKey { dir: tempfile::tempdir().expect("temp dir") };
+        key.cosign(&["generate-key-pair"]);
+        key
+    }
+
+    /// cosign.pub: PEM SubjectPublicKeyInfo.
+    pub fn public_pem(&self) -> String {
+        fs::read_to_string(self.dir.path().join("cosign.pub")).expect("read cosign.pub")
+    }
+
+    /// `cosign sign` of `registry/repo@digest`, offline (no transparency log, no Fulcio) and
+    /// in the format pullgate reads: a simple-signing payload under the `sha256-….sig` tag.
+    /// cosign v3 writes a sigstore bundle by default; the legacy format needs the bundle and
+    /// the signing config turned off. `registry` is plain HTTP.
+    pub fn sign(&self, registry: &str, repo: &str, digest: &str) {
+        let image = format!("{registry}/{repo}@{digest}");
+        self.cosign(&[
+            "sign",
+            "--key",
+            "cosign.key",
+            "--yes",
+            "--tlog-upload=false",
+            "--new-bundle-format=false",
+            "--use-signing-config=false",
+            "--allow-http-registry",
+            &image,
+        ]);
+    }
+
+    fn cosign(&self, args: &[&str]) -> String {
+        let home = self.dir.path();
+        let mut cmd = Command::new(super::lab::peer("cosign"));
+        cmd.args(args).current_dir(home).env_clear();
+        cmd.env("PATH", std::env::var_os("PATH").unwrap_or_default()).env("HOME", home);
+        cmd.env("DOCKER_CONFIG", home.join("docker")).env("TUF_ROOT", home.join("tuf"));
+        cmd.env("COSIGN_PASSWORD", COSIGN_PASSWORD);
+        run(cmd, &format!("cosign {}", args.join(" ")))
+    }
+}

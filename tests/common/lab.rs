@@ -10,7 +10,8 @@
 //!
 //! Needs root (containerd mounts snapshots). The first `Lab` in a process runs
 //! `lab.sh install`, which apt-installs whatever of containerd,
-//! docker-registry, skopeo and python3 is missing.
+//! docker-registry, skopeo and python3 is missing, and builds the peers (containerd 2.x,
+//! crictl, cosign) into a cache that outlives the run; `peer` finds them.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -29,8 +30,34 @@ pub enum Format {
     Docker,
 }
 
+/// Which containerd a `Lab` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Containerd {
+    /// Debian's containerd 1.6.20: `Lab::start`'s, for now.
+    V1_6,
+    /// The 2.x release lab.sh builds, pulling CRI images through its transfer service
+    /// (2.x's default since 2.1).
+    V2Transfer,
+    /// 2.x with `use_local_image_pull = true`: the client-side pull 1.x does.
+    V2Local,
+}
+
+impl Containerd {
+    pub const ALL: [Containerd; 3] = [Containerd::V2Transfer, Containerd::V2Local, Containerd::V1_6];
+
+    /// lab.sh's environment for `start`.
+    fn env(self) -> [(&'static str, &'static str); 2] {
+        match self {
+            Containerd::V1_6 => [("LAB_CONTAINERD", "1.6"), ("LAB_LOCAL_PULL", "0")],
+            Containerd::V2Transfer => [("LAB_CONTAINERD", "2"), ("LAB_LOCAL_PULL", "0")],
+            Containerd::V2Local => [("LAB_CONTAINERD", "2"), ("LAB_LOCAL_PULL", "1")],
+        }
+    }
+}
+
 pub struct Lab {
     pub dir: tempfile::TempDir,
+    pub containerd: Containerd,
     /// containerd's gRPC socket (CRI is served here too).
     pub containerd_sock: PathBuf,
     /// `127.0.0.1:PORT` of the open, plain-HTTP registry.
@@ -45,9 +72,14 @@ fn script() -> PathBuf {
 
 /// Run `lab.sh ARGS...`, returning stdout; panic with everything on failure.
 fn lab_sh(args: &[&str]) -> String {
+    lab_sh_env(args, &[])
+}
+
+fn lab_sh_env(args: &[&str], env: &[(&str, &str)]) -> String {
     let out = Command::new("bash")
         .arg(script())
         .args(args)
+        .envs(env.iter().copied())
         // Lets lab.sh's watchdog tear the lab down even if this test binary
         // dies without running destructors (abort, SIGKILL, std::process::exit).
         .env("LAB_OWNER_PID", std::process::id().to_string())
@@ -66,14 +98,16 @@ fn lab_sh(args: &[&str]) -> String {
     stdout
 }
 
-/// `lab.sh install` once per test process. A failure is remembered and
-/// re-reported by every later `Lab::start` in the same process (a plain
-/// `Once` would only report "poisoned" after the first panic).
-fn install_once() {
-    static INSTALL: OnceLock<Result<(), String>> = OnceLock::new();
+/// `lab.sh install` once per test process; returns the directory of the peers it built. A
+/// failure is remembered and re-reported by every later `Lab::start` in the same process (a
+/// plain `Once` would only report "poisoned" after the first panic).
+fn install_once() -> PathBuf {
+    static INSTALL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let result = INSTALL.get_or_init(|| {
         std::panic::catch_unwind(|| {
-            lab_sh(&["install"]);
+            let out = lab_sh(&["install"]);
+            let bin = out.lines().find_map(|line| line.strip_prefix("PEER_BIN="));
+            PathBuf::from(bin.unwrap_or_else(|| panic!("lab.sh install named no PEER_BIN; stdout:\n{out}")))
         })
         .map_err(|e| {
             e.downcast_ref::<String>()
@@ -82,9 +116,17 @@ fn install_once() {
                 .unwrap_or_else(|| "lab.sh install panicked".into())
         })
     });
-    if let Err(msg) = result {
-        panic!("{msg}");
+    match result {
+        Ok(bin) => bin.clone(),
+        Err(msg) => panic!("{msg}"),
     }
+}
+
+/// The path of a peer `lab.sh install` built: "crictl", "cosign", "containerd2", "ctr2".
+pub fn peer(name: &str) -> PathBuf {
+    let path = install_once().join(name);
+    assert!(path.is_file(), "lab.sh install built no {}", path.display());
+    path
 }
 
 /// Run `lab.sh push-image ...` and return the digest it prints last.
@@ -106,14 +148,21 @@ fn read_env(dir: &Path) -> HashMap<String, String> {
 
 impl Lab {
     pub fn start() -> Lab {
-        Self::start_inner(None)
+        Self::start_on(Containerd::V1_6, None)
     }
 
     pub fn start_with_auth(user: &str, pass: &str) -> Lab {
-        Self::start_inner(Some((user, pass)))
+        Self::start_on(Containerd::V1_6, Some((user, pass)))
     }
 
-    fn start_inner(auth: Option<(&str, &str)>) -> Lab {
+    /// A lab running containerd 2.x, pulling through its transfer service or (`local_pull`)
+    /// the way 1.x does.
+    pub fn start_containerd2(local_pull: bool) -> Lab {
+        Self::start_on(if local_pull { Containerd::V2Local } else { Containerd::V2Transfer }, None)
+    }
+
+    /// A lab running `containerd`, with a basic-auth registry too when `auth` is given.
+    pub fn start_on(containerd: Containerd, auth: Option<(&str, &str)>) -> Lab {
         install_once();
         // Short prefix: the socket path must fit in sun_path (107 bytes).
         let dir = tempfile::Builder::new().prefix("pullgate-lab-").tempdir().expect("create lab temp dir");
@@ -125,7 +174,7 @@ impl Lab {
         }
         // lab.sh cleans up after itself when start fails, so panicking here
         // (and letting `dir` be deleted) leaves nothing behind.
-        lab_sh(&args);
+        lab_sh_env(&args, &containerd.env());
 
         let env = read_env(dir.path());
         let get =
@@ -134,6 +183,7 @@ impl Lab {
             containerd_sock: PathBuf::from(get("CONTAINERD_SOCK")),
             registry: get("REGISTRY"),
             auth_registry: auth.map(|_| get("AUTH_REGISTRY")),
+            containerd,
             dir,
         }
     }
@@ -188,6 +238,12 @@ impl Lab {
     /// once it serves CRI again.
     pub fn start_containerd(&self) {
         lab_sh(&["containerd-start", self.dir_str()]);
+    }
+
+    /// containerd's whole log (all its runs in this lab).
+    pub fn containerd_log(&self) -> String {
+        let path = self.dir.path().join("containerd/containerd.log");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
     }
 
     /// The lab's daemon logs, for a failing test to print.

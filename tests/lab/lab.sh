@@ -2,7 +2,7 @@
 # Hermetic test lab for pullgate: a private containerd (CRI plugin on) and one
 # or two docker-registry instances, all under one directory and on 127.0.0.1.
 #
-#   lab.sh install
+#   lab.sh install   (Debian packages, then the peers built with Go; prints PEER_BIN=DIR)
 #   lab.sh start DIR [--auth USER:PASS]
 #   lab.sh start-auth-registry DIR USER PASS
 #   lab.sh start-tls-registry DIR   (HTTPS with a lab CA: DIR/tls-registry/tls/ca.pem)
@@ -25,6 +25,13 @@
 #                   killed test binary still leaves no daemons behind)
 #   LAB_IMAGE_ARCH  architecture written into pushed images (default: the host's,
 #                   i.e. amd64 on x86_64), so containerd's CRI can actually pull them
+#   LAB_CONTAINERD  which containerd `start` runs: "1.6" (Debian's, the default) or
+#                   "2" (the 2.x release `install` built, see CONTAINERD2_VERSION)
+#   LAB_LOCAL_PULL  with LAB_CONTAINERD=2: "1" sets use_local_image_pull = true (the
+#                   client-side pull of 1.x); otherwise 2.x pulls CRI images through
+#                   its transfer service, its default since 2.1
+#   PULLGATE_LAB_CACHE  where `install` keeps the peers it builds (default
+#                   /var/cache/pullgate-lab); bin/NAME beside bin/NAME.version
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -211,6 +218,76 @@ cmd_install() {
         "$PY" "$HERE/labutil.py" htpasswd probe probe >/dev/null ||
             die "install: still cannot make bcrypt htpasswd lines"
     fi
+    install_peers
+}
+
+# ------------------------------------------------------------------- peers --
+
+# The real tools of the field, pinned: tests drive pullgate with them instead of with code
+# of our own. Each is the newest release the Go module proxy served when pinned; moving a
+# pin is a one-line change here (the cache notices the new version and rebuilds).
+CONTAINERD2_VERSION=v2.4.2
+CRICTL_VERSION=v1.37.0
+COSIGN_VERSION=v3.1.3
+PEER_CACHE="${PULLGATE_LAB_CACHE:-/var/cache/pullgate-lab}"
+PEER_BIN="$PEER_CACHE/bin"
+
+# The Go toolchain: on PATH, else where the official tarball installs it.
+go_tool() {
+    if command -v go >/dev/null; then command -v go
+    elif [[ -x /usr/local/go/bin/go ]]; then echo /usr/local/go/bin/go
+    else return 1
+    fi
+}
+
+# go_build NAME PACKAGE@VERSION [go build flags...]
+# Builds PACKAGE@VERSION into $PEER_BIN/NAME unless NAME.version already records exactly
+# that package, version and flags. The binary is built aside and renamed into place, so an
+# interrupted build never leaves a half-written NAME behind a matching stamp.
+go_build() {
+    local name="$1" pkg="$2" stamp; shift 2
+    stamp="$pkg $*"
+    if [[ -x "$PEER_BIN/$name" && "$(cat "$PEER_BIN/$name.version" 2>/dev/null)" == "$stamp" ]]; then
+        return 0
+    fi
+    local go t0=$EPOCHREALTIME gobin
+    go="$(go_tool)" || die "install: Go is needed to build $name (https://go.dev/dl/; or /usr/local/go)"
+    gobin="$(mktemp -d "$PEER_CACHE/build.XXXXXX")"
+    log "install: building $name from $pkg (a few minutes on a fresh machine)"
+    # No cgo: a static binary that needs no C headers (btrfs, devmapper), and none of the
+    # snapshotters that need them is of use to the lab. -trimpath and -s -w: smaller, and
+    # no paths of the build machine inside. Module and build caches are Go's own
+    # ($GOMODCACHE, $GOCACHE) and survive between runs like this one.
+    if ! (cd "$gobin" && GOBIN="$gobin" CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -buildvcs=false" \
+        nice -n 10 "$go" install -trimpath "$@" "$pkg" >&2); then
+        rm -rf "$gobin"
+        die "install: building $name from $pkg failed"
+    fi
+    mv -f "$gobin/$(basename "${pkg%@*}")" "$PEER_BIN/$name"
+    rm -rf "$gobin"
+    echo "$stamp" >"$PEER_BIN/$name.version"
+    log "install: built $name in $(elapsed "$t0")s"
+}
+
+install_peers() {
+    mkdir -p "$PEER_BIN"
+    # Several test binaries run `install` at once: one builds, the others wait for it.
+    exec 8>"$PEER_CACHE/.lock"
+    flock 8
+    local ctrd=github.com/containerd/containerd/v2
+    local ctrd_flags=(-tags "no_btrfs no_devmapper no_zfs"
+        -ldflags "-s -w -X $ctrd/version.Version=$CONTAINERD2_VERSION")
+    # Named containerd2/ctr2: never mistaken for Debian's containerd/ctr 1.6 on PATH.
+    go_build containerd2 "$ctrd/cmd/containerd@$CONTAINERD2_VERSION" "${ctrd_flags[@]}"
+    go_build ctr2 "$ctrd/cmd/ctr@$CONTAINERD2_VERSION" "${ctrd_flags[@]}"
+    go_build crictl "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION" \
+        -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION"
+    # (cosign reads its version from the module's build info; no -X needed.)
+    go_build cosign "github.com/sigstore/cosign/v3/cmd/cosign@$COSIGN_VERSION" -ldflags "-s -w"
+    exec 8>&-
+    log "install: peers in $PEER_BIN: containerd $CONTAINERD2_VERSION, crictl $CRICTL_VERSION, cosign $COSIGN_VERSION"
+    # The one line on stdout: where the tests find the peers.
+    echo "PEER_BIN=$PEER_BIN"
 }
 
 # -------------------------------------------------------------- registries --
@@ -343,8 +420,9 @@ pick_snapshotter() {
     echo "$ok"
 }
 
-write_containerd_config() {
-    local snapshotter="$1" sandbox_image="$2" c="$DIR/containerd"
+# The directories and the loopback CNI network both containerd versions use.
+write_containerd_dirs() {
+    local c="$DIR/containerd"
     mkdir -p "$c/root" "$c/state" "$c/opt" "$c/tmp" "$c/cni" "$DIR/certs.d"
     # A loopback-only CNI network so the CRI runtime status reports
     # NetworkReady=true (otherwise it logs "no network config found" and
@@ -357,6 +435,12 @@ write_containerd_config() {
   "plugins": [ { "type": "loopback" } ]
 }
 EOF
+}
+
+# Debian's containerd 1.6 (config version 2).
+write_containerd_config() {
+    local snapshotter="$1" sandbox_image="$2" c="$DIR/containerd"
+    write_containerd_dirs
     cat >"$CTR_CFG" <<EOF
 # Generated by tests/lab/lab.sh -- private containerd for pullgate tests.
 version = 2
@@ -425,6 +509,84 @@ disabled_plugins = [
 EOF
 }
 
+# containerd 2.x (config version 3): the 1.6 settings above, in the plugins 2.x split the
+# CRI into (cri.v1.images, cri.v1.runtime, grpc.v1.cri), plus how CRI pulls run. Version 3
+# is what every 2.x reads; 2.4 migrates it in memory to its version 4 (one warning line).
+write_containerd2_config() {
+    local snapshotter="$1" sandbox_image="$2" local_pull="$3" c="$DIR/containerd"
+    write_containerd_dirs
+    cat >"$CTR_CFG" <<EOF
+# Generated by tests/lab/lab.sh -- private containerd 2.x for pullgate tests.
+version = 3
+root = "$c/root"
+state = "$c/state"
+required_plugins = ["io.containerd.grpc.v1.cri"]
+# As for 1.6 (the binary is built without btrfs/devmapper/zfs anyway); erofs needs its
+# own filesystem support, and its differ would compete with the walking one for unpacks.
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.differ.v1.erofs",
+]
+
+[grpc]
+  address = "$SOCK"
+
+[ttrpc]
+  address = "$SOCK.ttrpc"
+
+# debug: the CRI logs which way it pulled ("using transfer service" / "using client.Pull()")
+# at debug level only, and the tests check that each mode really took its way.
+[debug]
+  address = ""
+  level = "debug"
+
+[metrics]
+  address = ""
+
+[plugins]
+  [plugins.'io.containerd.internal.v1.opt']
+    path = "$c/opt"
+
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = "$snapshotter"
+    # false: CRI pulls go through the transfer service (2.x's default since 2.1);
+    # true: the client-side pull 1.x does. The lab tests pullgate in front of both.
+    use_local_image_pull = $local_pull
+
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = "$sandbox_image"
+
+    [plugins.'io.containerd.cri.v1.images'.registry]
+      # Per-registry hosts.toml files (see write_hosts_toml); both pull paths read them.
+      config_path = "$DIR/certs.d"
+
+  [plugins.'io.containerd.cri.v1.runtime']
+    enable_selinux = false
+    restrict_oom_score_adj = true
+
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = "runc"
+
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ["/usr/lib/cni"]
+      conf_dir = "$c/cni"
+
+  [plugins.'io.containerd.grpc.v1.cri']
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+
+  # Where transfer-service pulls unpack: the lab's snapshotter, with the default differ.
+  # (The built-in default names overlayfs, which the lab may not be able to use.)
+  [plugins.'io.containerd.transfer.v1.local']
+    config_path = "$DIR/certs.d"
+
+    [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+      platform = "linux/$(host_arch)"
+      snapshotter = "$snapshotter"
+      differ = "walking"
+EOF
+}
+
 # run_containerd -> sets CONTAINERD_PID; waits until it serves gRPC and CRI.
 run_containerd() {
     [[ -f "$CTR_CFG" ]] || die "no containerd config in $DIR (did 'lab.sh start' run?)"
@@ -434,8 +596,11 @@ run_containerd() {
     offset=$(($(stat -c %s "$CTR_LOG" 2>/dev/null || echo 0) + 1))
     # containerd does temporary mounts (layer unpack) under $XDG_RUNTIME_DIR,
     # else $TMPDIR: keep those under DIR too.
+    local containerd ctr
+    containerd="$(env_get CONTAINERD_BIN)"; ctr="$(env_get CTR_BIN)"
+    [[ -n "$containerd" && -n "$ctr" ]] || die "lab.env names no containerd binary"
     spawn "$CTR_LOG" env TMPDIR="$DIR/containerd/tmp" XDG_RUNTIME_DIR="$DIR/containerd/tmp" \
-        containerd --config "$CTR_CFG"
+        "$containerd" --config "$CTR_CFG"
     CONTAINERD_PID="$SPAWNED_PID"
     # Ready = the gRPC socket answers AND the CRI service has finished its
     # startup (it answers "server is not initialized yet" until then; the
@@ -444,7 +609,7 @@ run_containerd() {
         # (Check the socket first: ctr would otherwise keep re-dialling a
         # missing socket until its connect timeout.)
         [[ -S "$SOCK" ]] &&
-            timeout 5 ctr --connect-timeout 1s --address "$SOCK" version &&
+            timeout 5 "$ctr" --connect-timeout 1s --address "$SOCK" version &&
             tail -c +"$offset" "$CTR_LOG" | grep -q "Start streaming server"
     }
     wait_ready "$CONTAINERD_PID" containerd_ready || rc=$?
@@ -459,7 +624,7 @@ run_containerd() {
         return 1
     fi
     local cri
-    cri="$(timeout 5 ctr --connect-timeout 1s --address "$SOCK" plugins ls | awk '$1 == "io.containerd.grpc.v1" && $2 == "cri" {print $NF}')"
+    cri="$(timeout 5 "$ctr" --connect-timeout 1s --address "$SOCK" plugins ls | awk '$1 == "io.containerd.grpc.v1" && $2 == "cri" {print $NF}')"
     if [[ "$cri" != ok ]]; then
         log "containerd's CRI plugin status is '${cri:-missing}', expected 'ok'"
         terminate "$CONTAINERD_PID" "$CTR_CFG" 5 || true
@@ -469,6 +634,31 @@ run_containerd() {
 }
 
 # ---------------------------------------------------------------- commands --
+
+# write_config_for WHICH SNAPSHOTTER SANDBOX_IMAGE: the config of the containerd LAB_CONTAINERD
+# names, and (in lab.env) the binaries that serve it, so containerd-start runs the same one.
+write_config_for() {
+    local which="$1" snapshotter="$2" sandbox_image="$3"
+    case "$which" in
+        1.6)
+            write_containerd_config "$snapshotter" "$sandbox_image"
+            env_set CONTAINERD_BIN "$(command -v containerd)"
+            env_set CTR_BIN "$(command -v ctr)"
+            env_set CONTAINERD_VERSION "containerd $(containerd --version | awk '{print $3}')"
+            ;;
+        2)
+            [[ -x "$PEER_BIN/containerd2" && -x "$PEER_BIN/ctr2" ]] ||
+                die "no containerd 2.x in $PEER_BIN (run lab.sh install)"
+            local local_pull=false mode=transfer
+            if [[ "${LAB_LOCAL_PULL:-0}" == 1 ]]; then local_pull=true; mode=local; fi
+            write_containerd2_config "$snapshotter" "$sandbox_image" "$local_pull"
+            env_set CONTAINERD_BIN "$PEER_BIN/containerd2"
+            env_set CTR_BIN "$PEER_BIN/ctr2"
+            env_set CONTAINERD_VERSION "containerd $CONTAINERD2_VERSION, $mode pulls"
+            ;;
+        *) die "LAB_CONTAINERD must be 1.6 or 2, not '$which'" ;;
+    esac
+}
 
 cmd_start() {
     set_dir "${1:-}"; shift || true
@@ -504,7 +694,7 @@ cmd_start() {
 
     local snapshotter
     snapshotter="$(pick_snapshotter)"
-    write_containerd_config "$snapshotter" "$REG_ADDR/pullgate-lab/pause:lab"
+    write_config_for "${LAB_CONTAINERD:-1.6}" "$snapshotter" "$REG_ADDR/pullgate-lab/pause:lab"
     env_set CONTAINERD_SOCK "$SOCK"
     env_set CONTAINERD_LOG "$CTR_LOG"
     env_set SNAPSHOTTER "$snapshotter"
@@ -516,7 +706,7 @@ cmd_start() {
         env_set WATCHDOG_PID "$SPAWNED_PID"
     fi
     trap - EXIT
-    log "lab up in $(elapsed "$t0")s ($snapshotter snapshotter)"
+    log "lab up in $(elapsed "$t0")s ($(env_get CONTAINERD_VERSION), $snapshotter snapshotter)"
     cat "$DIR/lab.env"
 }
 
