@@ -78,6 +78,17 @@ async fn every_spelling_of_a_rejected_registry_is_rejected() {
         assert!(stored.expect("image status").into_inner().image.is_none(), "{image} reached containerd");
     }
 
+    // Capitals in a host: containerd keeps them (host "Localhost:PORT", where Docker Hub's
+    // "Docker.io/nginx" would be host "Docker.io", repository "nginx"), pullgate used to fold
+    // them into another name. Refused as a name pullgate would read differently.
+    for spelling in [format!("Localhost:{port}"), format!("LOCALHOST:{port}")] {
+        let image = format!("{spelling}/other/x:v1");
+        let result = cri::images(&pullgate.socket).pull_image(cri::pull_request(&image, Some("kube-system"))).await;
+        let status = result.expect_err("a capitalised host was pulled");
+        assert!(status.message().contains("not a valid image reference"), "{image}: {}", status.message());
+        let stored = direct.image_status(ImageStatusRequest { image: cri::spec(&image), verbose: false }).await;
+        assert!(stored.expect("image status").into_inner().image.is_none(), "{image} reached containerd");
+    }
     // Control: each refused spelling is a real way to the registry for containerd.
     for spelling in &reachable {
         let image = format!("{spelling}/other/x:v1");
