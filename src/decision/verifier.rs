@@ -21,6 +21,7 @@ use crate::registry::{Credentials, Registry};
 use super::cache::{self, VerdictCache};
 use super::check::{self, Outcome};
 use super::flight::Flights;
+use super::reason::ReasonCode;
 use super::slots::Slots;
 
 /// One pull as the verifier decides it.
@@ -97,9 +98,15 @@ impl<R: Registry + 'static> Verifier<R> {
             };
             async move { verifier.run(job).await }
         });
-        let fallback =
-            || Settled { rule: None, matched: pull.image.clone(), outcome: Outcome::unavailable(String::new()) };
-        flight.await.unwrap_or_else(|lost| Settled { outcome: Outcome::unavailable(lost.to_string()), ..fallback() })
+        let fallback = || Settled {
+            rule: None,
+            matched: pull.image.clone(),
+            outcome: Outcome::unavailable(ReasonCode::Internal, String::new()),
+        };
+        flight.await.unwrap_or_else(|lost| Settled {
+            outcome: Outcome::unavailable(ReasonCode::Internal, lost.to_string()),
+            ..fallback()
+        })
     }
 
     /// The budget covers the whole decision, so every pull sharing it fails at the same moment.
@@ -113,13 +120,14 @@ impl<R: Registry + 'static> Verifier<R> {
             Ok(slot) => slot,
             Err(busy) => {
                 let reason = format!("verification did not start within {:?}: {busy}", self.budget);
-                return job.unsettled(Outcome::unavailable(reason));
+                return job.unsettled(Outcome::unavailable(ReasonCode::Timeout, reason));
             }
         };
         match tokio::time::timeout_at(deadline, self.settle(&job)).await {
             Ok(settled) => settled,
             Err(_) => {
-                job.unsettled(Outcome::unavailable(format!("verification did not finish within {:?}", self.budget)))
+                let reason = format!("verification did not finish within {:?}", self.budget);
+                job.unsettled(Outcome::unavailable(ReasonCode::Timeout, reason))
             }
         }
     }
@@ -149,7 +157,7 @@ impl<R: Registry + 'static> Verifier<R> {
         };
         let outcome = match (rule.require, matched.digest()) {
             (Requirement::Signed, Some(digest)) => self.signatures(job, index, rule, digest.clone()).await,
-            (Requirement::Signed, None) => Outcome::reject("no digest to verify"),
+            (Requirement::Signed, None) => Outcome::reject(ReasonCode::NoDigest, "no digest to verify"),
             _ => unverified(rule, matched.digest()),
         };
         Settled { rule: Some(rule.clone()), matched, outcome }
@@ -172,7 +180,9 @@ impl<R: Registry + 'static> Verifier<R> {
                 let digest = check::resolve_tag(&*self.registry, image, tag, &job.credentials).await?;
                 Ok(image.with_digest(digest))
             }
-            (None, None) => Err(Outcome::reject("the reference names neither a tag nor a digest")),
+            (None, None) => {
+                Err(Outcome::reject(ReasonCode::NoDigest, "the reference names neither a tag nor a digest"))
+            }
         }
     }
 
@@ -205,8 +215,8 @@ fn cache_key(job: &Job, index: usize, digest: &Digest) -> cache::Key {
 /// The outcome of a rule that checks no signature, with the digest it was chosen for.
 fn unverified(rule: &Rule, digest: Option<&Digest>) -> Outcome {
     let outcome = match rule.require {
-        Requirement::Reject => Outcome::reject("the rule rejects every image in its scope"),
-        _ => Outcome::accept("the rule accepts images without verification"),
+        Requirement::Reject => Outcome::reject(ReasonCode::RejectedScope, "the rule rejects every image in its scope"),
+        _ => Outcome::accept(ReasonCode::AcceptRule, "the rule accepts images without verification"),
     };
     Outcome { digest: digest.cloned(), ..outcome }
 }
@@ -240,8 +250,10 @@ impl Job {
     }
 
     fn no_rule(&self, matched: ImageRef) -> Settled {
-        let outcome =
-            Outcome { digest: matched.digest().cloned(), ..Outcome::reject("no policy rule matches the image") };
+        let outcome = Outcome {
+            digest: matched.digest().cloned(),
+            ..Outcome::reject(ReasonCode::NoRule, "no policy rule matches the image")
+        };
         Settled { rule: None, matched, outcome }
     }
 

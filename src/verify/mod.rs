@@ -23,6 +23,29 @@ pub struct Evaluation {
     pub required: usize,
     pub signatures: Vec<SignatureOutcome>,
     pub reason: String,
+    /// Why the signatures fall short; None when accepted.
+    pub shortfall: Option<Shortfall>,
+    /// The rule's keys without a signature that counts, by path or fingerprint; empty when
+    /// accepted.
+    pub missing_keys: Vec<String>,
+}
+
+/// What kept the signatures from satisfying the rule, most telling first: a signature by a
+/// trusted key that names something else says more than one by an unknown key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Shortfall {
+    /// Fewer distinct trusted keys signed than the threshold needs, but at least one did.
+    Threshold,
+    /// A trusted key signed, but for another image name.
+    IdentityMismatch,
+    /// A trusted key signed, but for another digest.
+    DigestMismatch,
+    /// A trusted key signed something that is not a cosign image signature.
+    UnusablePayload,
+    /// Signatures exist, but none verifies with a trusted key.
+    UntrustedKey,
+    /// There is no signature at all.
+    NoSignatures,
 }
 
 /// A signature counts towards the threshold exactly when `rejected_because` is `None`.
@@ -44,20 +67,41 @@ pub fn evaluate(image: &ImageRef, digest: &Digest, rule: &Rule, sigs: &[(Signatu
     let required = rule.threshold.max(1);
     let mut satisfied: HashSet<&str> = HashSet::new();
     let mut outcomes = Vec::with_capacity(sigs.len());
+    let mut worst = Shortfall::NoSignatures;
     for (layer, payload) in sigs {
         let (key, problem) = check_signature(image, digest, rule, &keys, layer, payload);
-        if let (Some(key), None) = (key, &problem) {
-            satisfied.insert(key.key.fingerprint());
+        match (key, &problem) {
+            (Some(key), None) => _ = satisfied.insert(key.key.fingerprint()),
+            (_, Some((kind, _))) => worst = worst.min(*kind),
+            (None, None) => {}
         }
         outcomes.push(SignatureOutcome {
             layer: layer.digest.clone(),
             verified_by: key.map(key_label),
-            rejected_because: problem,
+            rejected_because: problem.map(|(_, text)| text),
         });
     }
     let accepted = satisfied.len() >= required;
-    let reason = summarize(accepted, satisfied.len(), required, &outcomes);
-    Evaluation { accepted, satisfied_keys: satisfied.len(), required, signatures: outcomes, reason }
+    let missing_keys: Vec<String> = if accepted {
+        Vec::new()
+    } else {
+        keys.iter().filter(|k| !satisfied.contains(k.key.fingerprint())).map(|k| key_label(k)).collect()
+    };
+    let shortfall = match (accepted, satisfied.len()) {
+        (true, _) => None,
+        (false, 0) => Some(worst),
+        (false, _) => Some(Shortfall::Threshold),
+    };
+    let reason = summarize(accepted, satisfied.len(), required, &outcomes, &missing_keys);
+    Evaluation {
+        accepted,
+        satisfied_keys: satisfied.len(),
+        required,
+        signatures: outcomes,
+        reason,
+        shortfall,
+        missing_keys,
+    }
 }
 
 /// The same key listed twice (two paths, or a path and inline data) must not count twice.
@@ -82,31 +126,42 @@ fn check_signature<'k>(
     keys: &[&'k KeyRef],
     layer: &SignatureLayer,
     payload: &[u8],
-) -> (Option<&'k KeyRef>, Option<String>) {
+) -> (Option<&'k KeyRef>, Option<(Shortfall, String)>) {
     if !layer.digest.verify(payload) {
-        return (None, Some("payload blob does not match the layer digest".to_string()));
+        return (None, Some((Shortfall::UnusablePayload, "payload blob does not match the layer digest".to_string())));
     }
     let Some(key) = keys.iter().copied().find(|k| k.key.verify(payload, &layer.signature).is_ok()) else {
         let n = keys.len();
-        return (None, Some(format!("signature does not verify with any of the {n} trusted {}", plural(n, "key"))));
+        let text = format!("signature does not verify with any of the {n} trusted {}", plural(n, "key"));
+        return (None, Some((Shortfall::UntrustedKey, text)));
     };
     (Some(key), check_payload(image, digest, rule, payload).err())
 }
 
-fn check_payload(image: &ImageRef, digest: &Digest, rule: &Rule, payload: &[u8]) -> Result<(), String> {
+fn check_payload(image: &ImageRef, digest: &Digest, rule: &Rule, payload: &[u8]) -> Result<(), (Shortfall, String)> {
     let signed = SignedPayload::parse(payload).map_err(|e| match e {
-        PayloadError::WrongType(t) => {
-            format!("signature payload has type {t:?}, not a cosign container image signature")
-        }
-        other => other.to_string(),
+        PayloadError::WrongType(t) => (
+            Shortfall::UnusablePayload,
+            format!("signature payload has type {t:?}, not a cosign container image signature"),
+        ),
+        other => (Shortfall::UnusablePayload, other.to_string()),
     })?;
     if signed.manifest_digest != *digest {
-        return Err(format!("signature payload names digest {}, not {digest}", signed.manifest_digest));
+        let text = format!("signature payload names digest {}, not {digest}", signed.manifest_digest);
+        return Err((Shortfall::DigestMismatch, text));
     }
-    rule.identity.check(image, &signed.docker_reference).map_err(|e| format!("identity mismatch: {e}"))
+    rule.identity
+        .check(image, &signed.docker_reference)
+        .map_err(|e| (Shortfall::IdentityMismatch, format!("identity mismatch: {e}")))
 }
 
-fn summarize(accepted: bool, satisfied: usize, required: usize, outcomes: &[SignatureOutcome]) -> String {
+fn summarize(
+    accepted: bool,
+    satisfied: usize,
+    required: usize,
+    outcomes: &[SignatureOutcome],
+    missing: &[String],
+) -> String {
     if accepted {
         return format!("signed by {satisfied} of {required} required {}", plural(required, "key"));
     }
@@ -117,7 +172,8 @@ fn summarize(accepted: bool, satisfied: usize, required: usize, outcomes: &[Sign
     if satisfied == 0 {
         format!("no signature by a trusted key ({problems})")
     } else {
-        format!("only {satisfied} of {required} required keys signed ({problems})")
+        // Naming the keys still missing tells the operator whom to ask for a signature.
+        format!("only {satisfied} of {required} required keys signed; missing: {} ({problems})", missing.join(", "))
     }
 }
 
@@ -220,6 +276,7 @@ mod tests {
         assert_eq!(ev.signatures[0].verified_by.as_deref(), Some("/keys/a.pub"));
         assert_eq!(ev.signatures[0].rejected_because, None);
         assert_eq!(ev.reason, "signed by 1 of 1 required key");
+        assert_eq!((ev.shortfall, ev.missing_keys.len()), (None, 0));
     }
 
     #[test]
@@ -230,7 +287,8 @@ mod tests {
         let ev = run(&r, &twice_by_a);
         assert!(!ev.accepted);
         assert_eq!(ev.satisfied_keys, 1);
-        assert!(ev.reason.starts_with("only 1 of 2 required keys signed"), "{}", ev.reason);
+        assert!(ev.reason.starts_with("only 1 of 2 required keys signed; missing: b.pub ("), "{}", ev.reason);
+        assert_eq!((ev.shortfall, ev.missing_keys.clone()), (Some(Shortfall::Threshold), vec!["b.pub".to_owned()]));
         let ev = run(&r, &[a.sign_for(REPO, DIGEST), b.sign_for(REPO, DIGEST)]);
         assert!(ev.accepted, "{ev:?}");
         assert_eq!(ev.reason, "signed by 2 of 2 required keys");
@@ -276,6 +334,21 @@ mod tests {
         assert!(!ev.accepted);
         let because = ev.signatures[0].rejected_because.as_deref().unwrap_or_default();
         assert!(because.starts_with("identity mismatch: "), "{because}");
+        assert_eq!(ev.shortfall, Some(Shortfall::IdentityMismatch));
+    }
+
+    #[test]
+    fn the_most_telling_shortfall_wins_over_unknown_signers() {
+        let (a, mallory) = (Signer::new(), Signer::new());
+        let r = rule(vec![a.key_ref(Some("a.pub"))], 1);
+        let sigs = [mallory.sign_for(REPO, DIGEST), a.sign_for(REPO, OTHER), mallory.sign_for(REPO, DIGEST)];
+        let ev = run(&r, &sigs);
+        assert_eq!(
+            (ev.shortfall, ev.missing_keys.clone()),
+            (Some(Shortfall::DigestMismatch), vec!["a.pub".to_owned()])
+        );
+        let ev = run(&r, &[mallory.sign_for(REPO, DIGEST)]);
+        assert_eq!(ev.shortfall, Some(Shortfall::UntrustedKey));
     }
 
     #[test]
@@ -285,6 +358,7 @@ mod tests {
         let ev = run(&rule(vec![a.key_ref(None)], 1), &[sig]);
         let because = ev.signatures[0].rejected_because.as_deref().unwrap_or_default();
         assert!(because.contains("type \"atomic container signature\""), "{because}");
+        assert_eq!(ev.shortfall, Some(Shortfall::UnusablePayload));
     }
 
     #[test]
@@ -314,6 +388,7 @@ mod tests {
         assert!(!ev.accepted);
         assert_eq!(ev.required, 1);
         assert_eq!(ev.reason, "no signature by a trusted key: no signatures found");
+        assert_eq!(ev.shortfall, Some(Shortfall::NoSignatures));
     }
 
     #[test]
@@ -331,7 +406,7 @@ mod tests {
         assert_eq!(
             ev.reason,
             format!(
-                "only 1 of 2 required keys signed (2 signatures: signature does not verify with any of the 2 trusted keys; \
+                "only 1 of 2 required keys signed; missing: b.pub (2 signatures: signature does not verify with any of the 2 trusted keys; \
                  1 signature: signature payload names digest {OTHER}, not {DIGEST})"
             )
         );
