@@ -130,6 +130,8 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_json: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<LogOverrides>,
 }
 

@@ -6,6 +6,7 @@
 
 mod error;
 pub mod identity;
+pub mod lint;
 mod load;
 mod policy_json;
 pub mod scope;
@@ -19,6 +20,7 @@ pub use error::{PolicyError, Problem};
 pub use identity::{IdentityConfigError, IdentityMismatch, IdentityRule};
 pub use scope::{Scope, ScopeError, Specificity};
 pub use shared::SharedPolicy;
+pub(crate) use toml_file::valid_namespace;
 
 use crate::reference::ImageRef;
 use crate::verify::keys::TrustedKey;

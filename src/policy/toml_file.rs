@@ -429,7 +429,7 @@ impl FileCtx<'_> {
 }
 
 /// Kubernetes namespace names are RFC 1123 labels: lowercase alphanumerics and '-'.
-fn valid_namespace(name: &str) -> bool {
+pub(crate) fn valid_namespace(name: &str) -> bool {
     crate::reference::valid_dns_label(name) && !name.chars().any(|c| c.is_ascii_uppercase())
 }
 
