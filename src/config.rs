@@ -161,8 +161,54 @@ impl Config {
     }
 
     pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
-        figment.extract().map_err(|e| ConfigError(Box::new(e)))
+        let config: Config = figment.extract().map_err(|e| ConfigError(Box::new(e)))?;
+        config.validate().map_err(|e| ConfigError(Box::new(e)))?;
+        Ok(config)
     }
+
+    /// What the types alone accept but the daemon would silently misread: every problem,
+    /// chained, so one run reports them all.
+    fn validate(&self) -> Result<(), figment::Error> {
+        let problems: Vec<String> = log_level_problems(&self.log.level)
+            .into_iter()
+            .chain(self.registry.insecure.iter().filter_map(|entry| insecure_entry_problem(entry)))
+            .collect();
+        let mut errors = problems.into_iter().map(figment::Error::from);
+        match errors.next() {
+            None => Ok(()),
+            Some(first) => Err(errors.fold(first, figment::Error::chain)),
+        }
+    }
+}
+
+/// Level names a bare `log.level` directive may be.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// A tracing filter reads a bare word as a target to log at every level, so `level = "verbose"`
+/// would silence everything but a target named "verbose": a bare word must be a level, and a
+/// target is written `target=level`.
+fn log_level_problems(level: &str) -> Option<String> {
+    let bare_words = level.split(',').map(str::trim).filter(|d| !d.contains(['=', '[']));
+    let unknown: Vec<&str> = bare_words.filter(|d| !LOG_LEVELS.contains(&d.to_ascii_lowercase().as_str())).collect();
+    if unknown.is_empty() {
+        return tracing_subscriber::EnvFilter::try_new(level).err().map(|e| format!("log.level {level:?}: {e}"));
+    }
+    let shown: Vec<String> = unknown.iter().map(|d| format!("{d:?}")).collect();
+    Some(format!(
+        "log.level {level:?}: {} is not a level; write one of {} or target=level (e.g. \"pullgate=debug\")",
+        shown.join(", "),
+        LOG_LEVELS.join(", ")
+    ))
+}
+
+/// Entries are matched against a registry's host[:port], so a URL would silently match none.
+fn insecure_entry_problem(entry: &str) -> Option<String> {
+    let bare = entry.split_once("://").map_or(entry, |(_, rest)| rest);
+    let bare = bare.split('/').next().unwrap_or_default();
+    if bare == entry && !entry.is_empty() {
+        return None;
+    }
+    Some(format!("registry.insecure {entry:?}: write host:port (e.g. {bare:?}) or host, without a scheme or path"))
 }
 
 #[cfg(test)]
@@ -240,6 +286,39 @@ mod tests {
         // The file alone, without the environment layer the other tests jail.
         let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::file_exact(path));
         assert_eq!(Config::from_figment(figment).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn a_log_level_that_is_no_level_is_an_error() {
+        Jail::expect_with(|jail| {
+            for good in ["warn", "INFO", "pullgate=debug,info", "off"] {
+                jail.create_file("pullgate.toml", &format!("[log]\nlevel = {good:?}\n"))?;
+                load_in_jail(jail, &Overrides::default()).map_err(|e| format!("{good}: {e}"))?;
+            }
+            for bad in ["verbose", "info,pullgate", ""] {
+                jail.create_file("pullgate.toml", &format!("[log]\nlevel = {bad:?}\n"))?;
+                let err = load_in_jail(jail, &Overrides::default()).expect_err(bad).to_string();
+                assert!(err.contains("log.level") && err.contains("is not a level"), "{bad}: {err}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_insecure_registry_written_as_a_url_is_an_error_saying_what_to_write() {
+        Jail::expect_with(|jail| {
+            jail.create_file("pullgate.toml", "[registry]\ninsecure = [\"127.0.0.1:5000\", \"mirror.local\"]\n")?;
+            load_in_jail(jail, &Overrides::default()).map_err(|e| e.to_string())?;
+            let file = "[registry]\ninsecure = [\"http://127.0.0.1:41085\", \"r.local:5000/v2/\"]\n";
+            jail.create_file("pullgate.toml", file)?;
+            let err = load_in_jail(jail, &Overrides::default()).expect_err("URL accepted").to_string();
+            assert!(err.contains("write host:port (e.g. \"127.0.0.1:41085\")"), "{err}");
+            assert!(
+                err.contains("\"r.local:5000/v2/\": write host:port (e.g. \"r.local:5000\")"),
+                "both reported: {err}"
+            );
+            Ok(())
+        });
     }
 
     #[test]
