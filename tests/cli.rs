@@ -277,6 +277,16 @@ async fn verify_json_gives_a_reason_code_and_the_keys_that_did_not_sign() {
     let message = missing["daemon"]["message"].as_str().unwrap();
     let expected = format!("pullgate: image {}/team/signed:no-such-tag not found: ", lab.registry);
     assert!(message.starts_with(&expected), "{message}");
+
+    // The lab registry speaks plain HTTP: without it in registry.insecure, say what to do.
+    let config = std::fs::read_to_string(node.config()).unwrap();
+    let https_only = config.replace(&format!("insecure = [{:?}]", lab.registry), "insecure = []");
+    assert_ne!(config, https_only);
+    std::fs::write(node.config(), https_only).unwrap();
+    let plain = verify("team/signed:v1");
+    assert_eq!(plain["reason_code"], "registry-unavailable", "{plain:#}");
+    let reason = plain["reason"].as_str().unwrap();
+    assert!(reason.contains("the registry answered in plain HTTP; add it to registry.insecure"), "{reason}");
 }
 
 // === verify: containers-policy.json and audit mode ===
