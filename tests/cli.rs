@@ -506,6 +506,18 @@ fn policy_check_names_ignored_files_and_rules_that_cannot_do_what_they_say() {
 }
 
 #[test]
+fn policy_check_says_what_a_key_file_is_when_it_is_no_public_key() {
+    let rule = "[[rule]]\nscope = \"r.example/team\"\nrequire = \"signed\"\nkeys = [\"id.pub\", \"empty.pub\"]\n";
+    let ssh = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE op@node\n";
+    let node = Node::new("127.0.0.1:5000", &[("policy.toml", rule), ("id.pub", ssh), ("empty.pub", "")], None);
+    let run = pullgate(&["policy", "check", "-c", node.config().to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let key = |name: &str| node.policy_dir().join(name).display().to_string();
+    assert!(run.stderr.contains(&format!("key file {}: this is an SSH public key", key("id.pub"))), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("key file {}: the file is empty", key("empty.pub"))), "{}", run.stderr);
+}
+
+#[test]
 fn policy_check_json_lists_every_problem_of_a_broken_policy() {
     let broken = "[[rule]]\nscope = \"nginx\"\nrequire = \"reject\"\n\n[[rule]]\nscope = \"*\"\nrequire = \"maybe\"\n";
     let node = Node::new("127.0.0.1:5000", &[("10-broken.toml", broken)], None);
