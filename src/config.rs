@@ -141,8 +141,57 @@ pub struct LogOverrides {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
+
+/// Every problem, each as "key in file: what is wrong", in the words of the configuration file
+/// rather than of serde (no `usize`, no internal `default.` profile, no nested backticks).
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let problems: Vec<String> = (*self.0).clone().into_iter().map(|error| describe(&error)).collect();
+        match problems.as_slice() {
+            [one] => write!(f, "invalid configuration: {one}"),
+            many => {
+                write!(f, "invalid configuration, {} problems:", many.len())?;
+                many.iter().try_for_each(|problem| write!(f, "\n  {problem}"))
+            }
+        }
+    }
+}
+
+fn describe(error: &figment::Error) -> String {
+    use figment::error::Kind;
+    let key = error.path.join(".");
+    // The path as given, not figment's rendering relative to the working directory.
+    let file = match error.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+        Some(figment::Source::File(path)) => format!(" in {}", path.display()),
+        Some(other) => format!(" in {other}"),
+        None => String::new(),
+    };
+    match &error.kind {
+        Kind::UnknownField(found, expected) => {
+            let hint = if found == "rule" { " (policy rules go in policy_dir files, not here)" } else { "" };
+            format!("unknown key \"{key}\"{file}{hint}; the keys here are {}", expected.join(", "))
+        }
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+            format!("\"{key}\"{file} must be {}, not {actual}", plain_type(expected))
+        }
+        Kind::UnknownVariant(found, expected) => {
+            format!("\"{key}\"{file} must be one of {}, not {found:?}", expected.join(", "))
+        }
+        Kind::Message(message) if key.is_empty() => format!("{}{file}", message.trim()),
+        _ => error.to_string(),
+    }
+}
+
+/// serde's names for what was expected, as a configuration file's reader says them.
+fn plain_type(expected: &str) -> &str {
+    match expected {
+        "a sequence" => "a list",
+        "usize" | "u64" | "u32" | "u16" | "u8" | "i64" | "i32" => "a whole number",
+        "nonzero usize" => "a whole number above 0",
+        other => other,
+    }
+}
 
 impl Config {
     /// The figment that `serve` and the other commands extract from; exposed so tests can layer
@@ -317,6 +366,31 @@ mod tests {
                 err.contains("\"r.local:5000/v2/\": write host:port (e.g. \"r.local:5000\")"),
                 "both reported: {err}"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn type_errors_read_in_the_files_words() {
+        Jail::expect_with(|jail| {
+            let path = jail.directory().join("pullgate.toml");
+            let cases = [
+                (
+                    "polcy_dir = \"/p\"\n",
+                    format!("unknown key \"polcy_dir\" in {}; the keys here are listen,", path.display()),
+                ),
+                ("[cache]\nmax_entries = \"many\"\n", "\"cache.max_entries\" in".to_owned()),
+                ("[cache]\nmax_entries = \"many\"\n", "must be a whole number, not string \"many\"".to_owned()),
+                ("[registry]\ninsecure = \"a:1\"\n", "\"registry.insecure\" in".to_owned()),
+                ("[registry]\ninsecure = \"a:1\"\n", "must be a list, not string \"a:1\"".to_owned()),
+                ("[rule]\nscope = \"*\"\n", "(policy rules go in policy_dir files, not here)".to_owned()),
+            ];
+            for (file, expected) in cases {
+                jail.create_file("pullgate.toml", file)?;
+                let err = load_in_jail(jail, &Overrides::default()).expect_err(file).to_string();
+                assert!(err.contains(&expected), "{file}: {err}");
+                assert!(!err.contains("default.") && !err.contains("usize") && !err.contains("``"), "{err}");
+            }
             Ok(())
         });
     }
