@@ -437,6 +437,17 @@ fn verify_refuses_a_namespace_no_pod_can_have() {
 }
 
 #[test]
+fn a_rules_message_ends_the_kubelets_error() {
+    let rule = "[[rule]]\nscope = \"r.example/team\"\nrequire = \"reject\"\nmessage = \"revoked build, see INC-123\"\n";
+    let node = Node::new("127.0.0.1:5000", &[("policy.toml", rule)], None);
+    let run = node.verify("r.example/team/app:1", &["--output", "json"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let message = run.json()["daemon"]["message"].as_str().unwrap().to_owned();
+    assert!(message.starts_with("SignatureValidationFailed: image r.example/team/app:1 refused"), "{message}");
+    assert!(message.ends_with(". revoked build, see INC-123"), "{message}");
+}
+
+#[test]
 fn policy_json_can_be_given_on_the_command_line() {
     let json = serde_json::json!({"default": [{"type": "reject"}], "transports": {"docker": {
         "r.example/open": [{"type": "insecureAcceptAnything"}]}}});

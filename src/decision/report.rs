@@ -136,7 +136,11 @@ impl Decision {
             Some(rule) => format!(" by rule {:?} in {}", rule.scope.to_string(), rule.source.display()),
             None => String::new(),
         };
-        format!("image {}{digest} refused{rule}: {}", self.image, self.reason)
+        let note = match self.rule.as_ref().and_then(|rule| rule.message.as_deref()) {
+            Some(note) if self.verdict == Verdict::Rejected => format!(". {note}"),
+            _ => String::new(),
+        };
+        format!("image {}{digest} refused{rule}: {}{note}", self.image, self.reason)
     }
 
     /// The keys of the rule that did not sign, for a signature check that fell short.
@@ -197,6 +201,7 @@ mod tests {
             identity: IdentityRule::MatchRepository,
             mode,
             source: PathBuf::from("/etc/pullgate/policy.d/team.toml"),
+            message: None,
         }
     }
 
@@ -301,6 +306,24 @@ mod tests {
         assert_eq!(logged_at_warn(&decision(Mode::Enforce, outage)).len(), 1, "an outage refuses too");
         let accepted = Outcome { digest: Some(digest()), ..Outcome::accept(ReasonCode::Verified, "signed") };
         assert!(logged_at_warn(&decision(Mode::Enforce, accepted)).is_empty(), "an acceptance is not a warning");
+    }
+
+    #[test]
+    fn the_rules_message_ends_the_kubelets_error_when_the_rule_refuses() {
+        let image = ImageRef::parse_for_pull("example.com/team/app:1").expect("image");
+        let with_note = |outcome: Outcome| {
+            let rule =
+                Rule { message: Some("revoked build, see INC-123".into()), ..rule(Requirement::Reject, Mode::Enforce) };
+            let settled = Settled { rule: Some(rule), matched: image.clone(), outcome };
+            Decision::new(image.clone(), settled, Instant::now())
+        };
+        let refused =
+            with_note(Outcome::reject(ReasonCode::RejectedScope, "the rule rejects every image in its scope"));
+        let Err(Rejection::Denied(message)) = refused.action() else { panic!("{refused:?}") };
+        assert!(message.ends_with("every image in its scope. revoked build, see INC-123"), "{message}");
+        // An outage is not the rule's refusal: its message would mislead.
+        let down = with_note(Outcome::unavailable(ReasonCode::RegistryUnavailable, "registry down".into()));
+        assert!(!down.message().contains("INC-123"), "{}", down.message());
     }
 
     #[test]

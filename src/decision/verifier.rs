@@ -352,6 +352,7 @@ mod tests {
             identity: IdentityRule::MatchRepository,
             mode: Mode::Enforce,
             source: PathBuf::from("test.toml"),
+            message: None,
         }
     }
 

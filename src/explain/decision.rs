@@ -267,6 +267,7 @@ mod tests {
             identity: IdentityRule::MatchRepository,
             mode,
             source: PathBuf::from("/etc/pullgate/policy.d/10.toml"),
+            message: None,
         }
     }
 

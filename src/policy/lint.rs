@@ -116,6 +116,7 @@ mod tests {
             identity,
             mode: Mode::Enforce,
             source: PathBuf::from(source),
+            message: None,
         }
     }
 

@@ -66,6 +66,9 @@ pub struct Rule {
     pub mode: Mode,
     /// The file the rule was read from.
     pub source: PathBuf,
+    /// The operator's words appended to the kubelet's error when this rule refuses a pull
+    /// (a ticket, whom to ask); None for none.
+    pub message: Option<String>,
 }
 
 impl Rule {
@@ -190,6 +193,7 @@ mod tests {
             identity: IdentityRule::MatchRepository,
             mode: Mode::Enforce,
             source: PathBuf::from("test.toml"),
+            message: None,
         }
     }
 

@@ -326,7 +326,17 @@ impl JsonCtx<'_> {
     fn push(&mut self, scope: Scope, raw: &RawValue, require: Requirement, keys: Vec<KeyRef>, identity: IdentityRule) {
         let threshold = usize::from(require == Requirement::Signed);
         let source = self.path.to_owned();
-        let rule = Rule { scope, namespaces: None, require, keys, threshold, identity, mode: Mode::Enforce, source };
+        let rule = Rule {
+            scope,
+            namespaces: None,
+            require,
+            keys,
+            threshold,
+            identity,
+            mode: Mode::Enforce,
+            source,
+            message: None,
+        };
         let line = self.line(raw);
         self.loader.push(rule, line);
     }

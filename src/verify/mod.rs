@@ -259,6 +259,7 @@ mod tests {
             identity: IdentityRule::MatchRepository,
             mode: Mode::Enforce,
             source: PathBuf::from("/etc/pullgate/policy.d/test.toml"),
+            message: None,
         }
     }
 
