@@ -203,7 +203,13 @@ fn load_str(path: &Path, text: &str, loader: &mut Loader) {
 
 fn toml_problem(path: &Path, text: &str, e: &toml::de::Error, loader: &mut Loader) {
     let line = e.span().map(|s| line_of(text, s.start));
-    loader.problem(path, line, e.message().trim().to_owned());
+    let mut message = e.message().trim().to_owned();
+    // `[rule]` is a single table where an array of tables is expected; toml says only that a
+    // map is not a sequence.
+    if text.lines().any(|l| l.trim() == "[rule]") && message.contains("expected a sequence") {
+        message.push_str("; write each rule under [[rule]] (double brackets), not [rule]");
+    }
+    loader.problem(path, line, message);
 }
 
 fn convert_all(path: &Path, text: &str, raw: RawFile, loader: &mut Loader) {
@@ -516,6 +522,12 @@ identity = { remap = { prefix = "registry.example.com/team-a", signed_prefix = "
 mode = "audit"
 namespaces = ["kube-system", "team-a"]
 "#;
+
+    #[test]
+    fn a_single_bracket_rule_table_says_to_double_the_brackets() {
+        let err = load_err(&[("a.toml", "[rule]\nscope = \"*\"\nrequire = \"reject\"\n")]);
+        assert!(err.to_string().contains("write each rule under [[rule]] (double brackets)"), "{err}");
+    }
 
     #[test]
     fn a_rules_message_is_one_short_line() {
