@@ -55,9 +55,9 @@ pub struct SignatureView {
     pub rejected_because: Option<String>,
 }
 
-/// What the daemon would do with this decision.
-#[derive(Debug, Serialize)]
-#[serde(tag = "action", rename_all = "kebab-case")]
+/// What the daemon would do with this decision. In JSON always one shape, every field present
+/// (null or false where it does not apply), so a tool reads it without knowing the action first.
+#[derive(Debug)]
 pub enum DaemonAction {
     /// containerd pulls exactly `pinned`, and `tag` is pointed at it; `audit` when only an
     /// audit-mode rule let it through.
@@ -100,6 +100,30 @@ impl SignatureView {
             counted: outcome.rejected_because.is_none(),
             rejected_because: outcome.rejected_because.clone(),
         }
+    }
+}
+
+/// `DaemonAction` as JSON: `action` is `pull-pinned`, `forward` or `refuse`.
+#[derive(Serialize)]
+struct DaemonJson<'a> {
+    action: &'static str,
+    pinned: Option<&'a str>,
+    tag: Option<&'a str>,
+    audit: bool,
+    message: Option<&'a str>,
+}
+
+impl Serialize for DaemonAction {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let none = DaemonJson { action: "", pinned: None, tag: None, audit: false, message: None };
+        let json = match self {
+            DaemonAction::PullPinned { pinned, tag, audit } => {
+                DaemonJson { action: "pull-pinned", pinned: Some(pinned), tag: tag.as_deref(), audit: *audit, ..none }
+            }
+            DaemonAction::Forward { audit } => DaemonJson { action: "forward", audit: *audit, ..none },
+            DaemonAction::Refuse { message } => DaemonJson { action: "refuse", message: Some(message), ..none },
+        };
+        json.serialize(serializer)
     }
 }
 
@@ -378,6 +402,11 @@ mod tests {
             (1.into(), "rejected-scope".into())
         );
         assert_eq!(value["daemon"]["action"], "refuse");
+        let daemon: Vec<&str> = value["daemon"].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(daemon.join(" "), "action audit message pinned tag", "one shape whatever the action");
+        let forwarded = serde_json::to_value(explain("r.example/open/app").await).unwrap();
+        let daemon: Vec<&str> = forwarded["daemon"].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(daemon.join(" "), "action audit message pinned tag", "one shape whatever the action");
         assert_eq!(value["rule"]["require"], "reject");
         assert_eq!(value["rule"]["namespaces"], serde_json::json!(["default"]));
     }
