@@ -211,13 +211,13 @@ impl Config {
 
     pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
         let config: Config = figment.extract().map_err(|e| ConfigError(Box::new(e)))?;
-        config.validate().map_err(|e| ConfigError(Box::new(e)))?;
+        config.validate().map_err(ConfigError)?;
         Ok(config)
     }
 
     /// What the types alone accept but the daemon would silently misread: every problem,
     /// chained, so one run reports them all.
-    fn validate(&self) -> Result<(), figment::Error> {
+    fn validate(&self) -> Result<(), Box<figment::Error>> {
         let problems: Vec<String> = log_level_problems(&self.log.level)
             .into_iter()
             .chain(self.registry.insecure.iter().filter_map(|entry| insecure_entry_problem(entry)))
@@ -225,7 +225,7 @@ impl Config {
         let mut errors = problems.into_iter().map(figment::Error::from);
         match errors.next() {
             None => Ok(()),
-            Some(first) => Err(errors.fold(first, figment::Error::chain)),
+            Some(first) => Err(Box::new(errors.fold(first, figment::Error::chain))),
         }
     }
 }
