@@ -277,6 +277,20 @@ async fn verify_json_gives_a_reason_code_and_the_keys_that_did_not_sign() {
     let message = missing["daemon"]["message"].as_str().unwrap();
     let expected = format!("pullgate: image {}/team/signed:no-such-tag not found: ", lab.registry);
     assert!(message.starts_with(&expected), "{message}");
+    // The daemon answers the kubelet exactly so, through the real containerd.
+    let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
+    config.registry.insecure = vec![lab.registry.clone()];
+    let policy = matrix::native_policy(&lab.registry);
+    let (a, c) = (keys.a.public_pem(), keys.c.public_pem());
+    let files = [("a.pub", a.as_str()), ("c.pub", c.as_str()), ("10-team.toml", policy.as_str())];
+    let pullgate = common::pullgate::start_with(config, &files).await;
+    let image = format!("{}/team/signed:no-such-tag", lab.registry);
+    let status = cri::images(&pullgate.socket)
+        .pull_image(cri::pull_request(&image, Some("default")))
+        .await
+        .expect_err("a missing tag pulled");
+    assert_eq!((status.code(), status.message()), (tonic::Code::NotFound, message), "{status:?}");
+    pullgate.stop().await;
 
     // The lab registry speaks plain HTTP: without it in registry.insecure, say what to do.
     let config = std::fs::read_to_string(node.config()).unwrap();
