@@ -616,3 +616,54 @@ fn policy_check_exits_2_for_an_unusable_config() {
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert!(bad.stderr.contains("timeout"), "{}", bad.stderr);
 }
+
+/// Runs pullgate, killing it if it has not exited within `limit`: for cases where a hang is
+/// the failure being tested.
+fn pullgate_within(args: &[&str], limit: std::time::Duration) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pullgate"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pullgate");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("wait for pullgate").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pullgate {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("pullgate output");
+    Run {
+        code: out.status.code().expect("pullgate exited by a signal"),
+        stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
+        stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
+    }
+}
+
+#[test]
+fn policy_check_refuses_a_fifo_key_and_a_device_policy_json_promptly_naming_them() {
+    // A refusal takes milliseconds; a blocked open or an endless read would take forever.
+    const PROMPT: std::time::Duration = std::time::Duration::from_secs(10);
+    let signed = "[[rule]]\nscope = \"registry.example/team\"\nrequire = \"signed\"\nkeys = [\"team.pub\"]\n";
+    let node = Node::new("127.0.0.1:5000", &[("team.toml", signed)], None);
+    let key = node.policy_dir().join("team.pub");
+    assert!(Command::new("mkfifo").arg(&key).status().expect("run mkfifo").success());
+    let config = node.config();
+    let run = pullgate_within(&["policy", "check", "--config", config.to_str().unwrap()], PROMPT);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let policy_file = node.policy_dir().join("team.toml");
+    let expected =
+        format!("{}:4: key file {}: is a FIFO (named pipe), not a regular file", policy_file.display(), key.display());
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+
+    std::fs::remove_file(&key).unwrap();
+    std::fs::write(&key, TestKey::generate().public_pem()).unwrap();
+    std::fs::write(&config, format!("policy_dir = {:?}\npolicy_json = \"/dev/zero\"\n", node.policy_dir())).unwrap();
+    let run = pullgate_within(&["policy", "check", "--config", config.to_str().unwrap()], PROMPT);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("/dev/zero: is a character device, not a regular file"), "{}", run.stderr);
+}

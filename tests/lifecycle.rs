@@ -48,7 +48,7 @@ async fn signals_ready_then_drains_in_flight_calls_on_sigterm() {
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let _upstream = RecordingUpstream::start_delayed(&upstream_socket, Delay(Duration::from_millis(800)));
+    let upstream = RecordingUpstream::start_delayed(&upstream_socket, Delay(Duration::from_millis(800)));
     let mut child = spawn_serve(&listen, &upstream_socket, Some(&notify_path));
 
     let mut buf = [0u8; 256];
@@ -60,7 +60,12 @@ async fn signals_ready_then_drains_in_flight_calls_on_sigterm() {
         tokio::spawn(
             async move { raw::call(&socket, "/runtime.v1.ImageService/ListImages", raw::frame(b""), &[]).await },
         );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // SIGTERM once the call is in flight: it has reached the upstream, which holds it 800 ms.
+    let started = std::time::Instant::now();
+    while upstream.arrived.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the call never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     send_sigterm(&child);
     let response = in_flight.await.unwrap();
     assert_eq!(response.grpc_status(), Some("5"), "in-flight call was cut: {response:?}");

@@ -7,8 +7,9 @@ mod common;
 
 use common::cosign::{self, TestKey};
 use common::cri;
-use common::front;
+use common::front::{self, Front};
 use common::lab::{Format, Lab};
+use common::store;
 use pullgate::config::Config;
 use pullgate::cri::proto::ImageStatusRequest;
 
@@ -16,34 +17,17 @@ const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
-/// The CRI image id containerd should record for `repo@digest`: the config digest of the
-/// manifest itself, or, for an index, of its linux/amd64 entry's manifest.
-async fn expected_image_id(registry: &str, repo: &str, digest: &str) -> String {
-    let (mut body, media_type) = front::manifest(registry, repo, digest).await;
-    if media_type == INDEX || media_type == DOCKER_LIST {
-        let index: serde_json::Value = serde_json::from_slice(&body).expect("index JSON");
-        let entry = index["manifests"]
-            .as_array()
-            .expect("index manifests")
-            .iter()
-            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
-            .expect("a linux/amd64 entry in the index");
-        let platform_digest = entry["digest"].as_str().expect("entry digest");
-        body = front::manifest(registry, repo, platform_digest).await.0;
-    }
-    let manifest: serde_json::Value = serde_json::from_slice(&body).expect("manifest JSON");
-    manifest["config"]["digest"].as_str().expect("config digest").to_owned()
-}
-
-fn sign(lab: &Lab, key: &TestKey, repo: &str, digest: &str) {
-    let payload = cosign::payload(&format!("{}/{repo}", lab.registry), digest);
+/// Signs `repo@digest` in the lab registry for pulls through `pulled_from` (the lab registry
+/// or a front before it): the payload names the image as pulled.
+fn sign(lab: &Lab, key: &TestKey, pulled_from: &str, repo: &str, digest: &str) {
+    let payload = cosign::payload(&format!("{pulled_from}/{repo}"), digest);
     cosign::push_signatures(&lab.registry, repo, digest, &[(payload.clone(), key.sign_payload(&payload))]);
 }
 
-async fn start_pullgate(lab: &Lab, key: &TestKey) -> common::pullgate::Running {
-    let policy = format!("[[rule]]\nscope = \"{}/media\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n", lab.registry);
+async fn start_pullgate(lab: &Lab, key: &TestKey, registry: &str) -> common::pullgate::Running {
+    let policy = format!("[[rule]]\nscope = \"{registry}/media\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");
     let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
-    config.registry.insecure = vec![lab.registry.clone()];
+    config.registry.insecure = vec![registry.to_owned()];
     let pem = key.public_pem();
     common::pullgate::start_with(config, &[("a.pub", &pem), ("policy.toml", &policy)]).await
 }
@@ -51,6 +35,9 @@ async fn start_pullgate(lab: &Lab, key: &TestKey) -> common::pullgate::Running {
 #[tokio::test(flavor = "multi_thread")]
 async fn signed_index_list_docker_and_oci_manifests_are_pulled_pinned_and_tagged() {
     let lab = Lab::start();
+    // Through a front that only watches, to see that containerd never resolves the tag itself.
+    let front = Front::start(&lab.registry);
+    front.trust_in(&lab);
     let key = TestKey::generate();
     let cases = [
         ("media/oci", Format::Oci, "application/vnd.oci.image.manifest.v1+json"),
@@ -63,36 +50,32 @@ async fn signed_index_list_docker_and_oci_manifests_are_pulled_pinned_and_tagged
         let (body, served_type) = front::manifest(&lab.registry, repo, "v1").await;
         assert_eq!(served_type, media_type, "{repo}: the registry serves another media type");
         assert_eq!(cosign::sha256_digest(&body), digest, "{repo}: push-image printed another digest");
-        sign(&lab, &key, repo, &digest);
-        pushed.push((repo, digest.clone(), expected_image_id(&lab.registry, repo, &digest).await));
+        sign(&lab, &key, &front.addr(), repo, &digest);
+        let (verified, config) = store::verified(&lab.registry, repo, "v1").await;
+        assert_eq!(verified, digest, "{repo}: the registry serves another digest for the tag");
+        pushed.push((repo, digest, config));
     }
     let list_digest = push_docker_list(&lab, "media/list").await;
-    sign(&lab, &key, "media/list", &list_digest);
-    pushed.push((
-        "media/list",
-        list_digest.clone(),
-        expected_image_id(&lab.registry, "media/list", &list_digest).await,
-    ));
-    let pullgate = start_pullgate(&lab, &key).await;
+    sign(&lab, &key, &front.addr(), "media/list", &list_digest);
+    let (_, list_config) = store::verified(&lab.registry, "media/list", &list_digest).await;
+    pushed.push(("media/list", list_digest, list_config));
+    let pullgate = start_pullgate(&lab, &key, &front.addr()).await;
 
     let mut images = cri::images(&pullgate.socket);
     for (repo, digest, image_id) in pushed {
-        let image = format!("{}/{repo}:v1", lab.registry);
+        let image = format!("{}/{repo}:v1", front.addr());
         let pulled = images.pull_image(cri::pull_request(&image, None)).await;
         let image_ref = pulled
             .unwrap_or_else(|s| panic!("{image} rejected: {}\n{}", s.message(), lab.logs()))
             .into_inner()
             .image_ref;
         assert_eq!(image_ref, image_id, "{image}: containerd stored another image than the verified one");
-        let request = ImageStatusRequest { image: cri::spec(&image), verbose: false };
-        let status = cri::images(&lab.containerd_sock).image_status(request).await.unwrap().into_inner();
-        let shown = status.image.unwrap_or_else(|| panic!("{image} not visible under its tag after the pull"));
-        assert_eq!(shown.id, image_ref, "{image}");
-        assert!(shown.repo_tags.contains(&image), "{image}: {:?}", shown.repo_tags);
         // Pinned to the verified top-level digest (the index's, not a platform manifest's).
-        let pinned = format!("{}/{repo}@{digest}", lab.registry);
-        assert!(shown.repo_digests.contains(&pinned), "{image}: {:?}", shown.repo_digests);
+        store::assert_pinned(&lab, &image, &digest, &image_id).await;
+        let tag_reads = front.count(|seen| seen.is_containerd() && seen.path == format!("/v2/{repo}/manifests/v1"));
+        assert_eq!(tag_reads, 0, "{image}: containerd resolved the tag itself instead of the pinned digest");
     }
+    assert!(front.count(|seen| seen.is_containerd()) > 0, "containerd never pulled through the front");
     pullgate.stop().await;
 }
 
@@ -127,8 +110,8 @@ async fn an_unsigned_index_is_rejected() {
     let (index, _) = front::manifest(&lab.registry, "media/unsigned", &digest).await;
     let index: serde_json::Value = serde_json::from_slice(&index).expect("index JSON");
     let platform_digest = index["manifests"][0]["digest"].as_str().expect("entry digest").to_owned();
-    sign(&lab, &key, "media/unsigned", &platform_digest);
-    let pullgate = start_pullgate(&lab, &key).await;
+    sign(&lab, &key, &lab.registry, "media/unsigned", &platform_digest);
+    let pullgate = start_pullgate(&lab, &key, &lab.registry).await;
 
     let image = format!("{}/media/unsigned:v1", lab.registry);
     let status = cri::images(&pullgate.socket).pull_image(cri::pull_request(&image, None)).await.unwrap_err();

@@ -3,12 +3,14 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::fake_registry::{FakeRegistry, Reply, Request};
+use futures_util::future::BoxFuture;
 use pullgate::reference::{Digest, ImageRef};
+use pullgate::registry::buffering::{self, Buffering};
 use pullgate::registry::limits::MANIFEST_MAX_BYTES;
 use pullgate::registry::{Credentials, HttpRegistry, Registry, RegistryConfig, RegistryError};
 
@@ -130,6 +132,43 @@ async fn stall_after_headers_times_out_within_the_configured_time() {
     assert!(err.is_unavailable(), "{err}");
     assert!(err.to_string().contains("timed out"), "{err}");
     assert!(elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(2), "took {elapsed:?}");
+}
+
+/// Adds up what a request reserves for the bodies it keeps.
+#[derive(Default)]
+struct Reservations(Mutex<usize>);
+
+impl Buffering for Reservations {
+    fn reserve(&self, bytes: usize) -> BoxFuture<'_, ()> {
+        *self.0.lock().unwrap() += bytes;
+        Box::pin(async {})
+    }
+}
+
+impl Reservations {
+    fn total(&self) -> usize {
+        *self.0.lock().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn body_bytes_are_reserved_as_they_arrive_and_never_on_a_declared_length() {
+    let server = FakeRegistry::start(manifest_server()).await;
+    let (registry, image, creds) = (client(&server, Duration::from_secs(5)), image(&server), anonymous());
+    let reserved = Arc::new(Reservations::default());
+    let fetched = buffering::scope(reserved.clone(), registry.manifest(&image, "v1", &creds)).await;
+    assert!(fetched.unwrap().is_some());
+    assert_eq!(reserved.total(), MANIFEST.len());
+
+    // Declares the largest manifest allowed, sends one byte, then stalls.
+    let stalling = |_: &Request| Reply::StallAfterHeaders { content_length: MANIFEST_MAX_BYTES };
+    let server = FakeRegistry::start(stalling).await;
+    let (registry, image) = (client(&server, Duration::from_millis(500)), self::image(&server));
+    let reserved = Arc::new(Reservations::default());
+    let fetched = buffering::scope(reserved.clone(), registry.manifest(&image, "v1", &creds)).await;
+    let err = fetched.unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+    assert_eq!(reserved.total(), 1);
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ mod common;
 use common::cosign::{self, TestKey};
 use common::cri;
 use common::lab::Lab;
+use common::store;
 use pullgate::config::Config;
 use pullgate::cri::proto::ImageStatusRequest;
 
@@ -39,13 +40,13 @@ async fn a_registry_behind_a_private_ca_is_verified_only_with_that_ca() {
     // With the CA: HTTPS verification works, the signed image is pulled and pinned, the
     // unsigned one is still refused.
     let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
-    config.registry.ca_file = Some(ca);
+    config.registry.ca_file = Some(ca.clone());
     let pullgate = common::pullgate::start_with(config, &files).await;
     let mut images = cri::images(&pullgate.socket);
     let pulled = images.pull_image(cri::pull_request(&image, None)).await.expect("signed pull over HTTPS");
-    let status = image_status(&lab, &image).await.expect("image present under its tag");
-    assert!(status.repo_digests.iter().any(|d| d.ends_with(&digest)), "{status:?} / {digest}");
-    assert!(!pulled.into_inner().image_ref.is_empty());
+    let config = verified_config(&registry, &ca, &digest);
+    assert_eq!(pulled.into_inner().image_ref, config, "containerd stored another image than the verified one");
+    store::assert_pinned(&lab, &image, &digest, &config).await;
     let unsigned = format!("{registry}/edge/unsigned:v1");
     let status = images.pull_image(cri::pull_request(&unsigned, None)).await.expect_err("unsigned pulled");
     assert!(status.message().starts_with("SignatureValidationFailed: "), "{}", status.message());
@@ -56,4 +57,18 @@ async fn a_registry_behind_a_private_ca_is_verified_only_with_that_ca() {
 async fn image_status(lab: &Lab, image: &str) -> Option<pullgate::cri::proto::Image> {
     let request = ImageStatusRequest { image: cri::spec(image), verbose: false };
     cri::images(&lab.containerd_sock).image_status(request).await.expect("ImageStatus").into_inner().image
+}
+
+/// The config digest of `digest`'s manifest, read from the HTTPS registry with curl (trusting `ca`).
+fn verified_config(registry: &str, ca: &std::path::Path, digest: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--cacert"])
+        .arg(ca)
+        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+        .arg(format!("https://{registry}/v2/edge/app/manifests/{digest}"))
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(cosign::sha256_digest(&out.stdout), digest, "the registry served other bytes for the digest");
+    store::config_digest(&out.stdout)
 }

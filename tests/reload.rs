@@ -192,3 +192,98 @@ async fn raw_pull(socket: &Path) -> String {
     assert_eq!(response.grpc_status(), Some("2"), "{response:?}");
     response.grpc_message()
 }
+
+// === a key file that cannot be read, with the binary ===
+
+const LAST_RELOAD_OK: &str = "pullgate_policy_last_reload_success";
+
+/// `pullgate serve` in front of the lab, with `dir/policy.d` as its policy; its JSON log lines
+/// are collected for the test to search.
+struct Served {
+    daemon: Daemon,
+    metrics: SocketAddr,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+    socket: std::path::PathBuf,
+}
+
+fn serve_lab(lab: &Lab, dir: &Path) -> Served {
+    let socket = dir.join("pg.sock");
+    let config = format!(
+        "listen = {socket:?}\nupstream = {:?}\npolicy_dir = {:?}\n[registry]\ninsecure = [{:?}]\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        lab.containerd_sock,
+        dir.join("policy.d"),
+        lab.registry
+    );
+    std::fs::write(dir.join("pullgate.toml"), config).unwrap();
+    let mut command = Command::new(BIN);
+    command.args(["serve", "--log-format", "json", "--config"]).arg(dir.join("pullgate.toml"));
+    command.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut daemon = Daemon(command.spawn().expect("spawn pullgate"));
+    let mut lines = BufReader::new(daemon.0.stderr.take().unwrap()).lines();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let metrics = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let event: serde_json::Value = serde_json::from_str(&line).ok()?;
+            (event["message"] == "serving metrics").then(|| event["address"].as_str()?.parse().ok())?
+        })
+        .expect("pullgate logged no metrics address");
+    let collected = log.clone();
+    // Keeps draining the log, so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(|line| collected.lock().unwrap().push(line)));
+    Served { daemon, metrics, log, socket }
+}
+
+impl Served {
+    fn sighup(&self) {
+        let status = Command::new("kill").args(["-HUP", &self.daemon.0.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    fn logged(&self, words: &[&str]) -> bool {
+        self.log.lock().unwrap().iter().any(|line| words.iter().all(|word| line.contains(word)))
+    }
+}
+
+/// A trusted key file replaced by a FIFO used to block the reload for good, with the metric
+/// still saying 1, so a later revocation never applied. Now: the reload fails at once and says
+/// why, the key still in force still decides, and the next valid edit applies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_file_turned_fifo_fails_the_reload_and_the_next_revocation_applies() {
+    let lab = Lab::start();
+    let (a, c) = (common::cosign::TestKey::generate(), common::cosign::TestKey::generate());
+    let digest = lab.push_image("team/app:v1", "reload-fifo");
+    common::cosign::sign_and_push(&lab.registry, "team/app", &digest, &a, None);
+    let dir = tempfile::tempdir().unwrap();
+    let (policy_dir, scope) = (dir.path().join("policy.d"), format!("{}/team", lab.registry));
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    a.write_public_pem(&policy_dir.join("a.pub"));
+    c.write_public_pem(&policy_dir.join("c.pub"));
+    let signed_by = |key: &str| format!("{}keys = [\"{key}\"]\n", rule(&scope, "signed"));
+    std::fs::write(policy_dir.join("team.toml"), signed_by("a.pub")).unwrap();
+    let served = serve_lab(&lab, dir.path());
+    let image = format!("{scope}/app:v1");
+    pull(&served.socket, &image).await.expect("signed by A, trusted");
+
+    let key = policy_dir.join("a.pub");
+    std::fs::remove_file(&key).unwrap();
+    assert!(Command::new("mkfifo").arg(&key).status().unwrap().success());
+    served.sighup();
+    wait_for_metric(served.metrics, FAILED_RELOADS, 1.0).await;
+    assert_eq!(metrics::scrape(served.metrics).await.value(LAST_RELOAD_OK), 0.0);
+    let started = Instant::now();
+    while !served.logged(&["policy reload failed", &key.display().to_string(), "FIFO"]) {
+        assert!(started.elapsed() < LIMIT, "no log line names the FIFO: {:?}", served.log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    pull(&served.socket, &image).await.expect("the policy in force, trusting A, still decides");
+
+    // Revoke A: trust only C. The FIFO stays where it is, now named by no rule.
+    replace(&policy_dir.join("team.toml"), &signed_by("c.pub"));
+    served.sighup();
+    until_outcome(&served.socket, &image, false).await;
+    assert_eq!(metrics::scrape(served.metrics).await.value(LAST_RELOAD_OK), 1.0);
+    let refused = pull(&served.socket, &image).await.expect_err("A is revoked");
+    assert!(refused.message().contains("no signature by a trusted key"), "{refused:?}");
+}

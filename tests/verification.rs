@@ -8,8 +8,9 @@ mod common;
 use common::cri;
 use common::lab::Lab;
 use common::matrix::{self, Keys, MATRIX};
+use common::store;
 use pullgate::config::Config;
-use pullgate::cri::proto::{ImageStatusRequest, ListImagesRequest};
+use pullgate::cri::proto::ListImagesRequest;
 
 fn config(lab: &Lab) -> Config {
     let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
@@ -23,7 +24,11 @@ async fn run_matrix(lab: &Lab, socket: &std::path::Path, rows: &[(&str, bool, &s
         let image = format!("{}/{repo}:v1", lab.registry);
         let result = images.pull_image(cri::pull_request(&image, Some("default"))).await;
         match (result, accepted) {
-            (Ok(response), true) => assert_tag_shows(lab, &image, &response.into_inner().image_ref).await,
+            (Ok(response), true) => {
+                let (digest, config) = store::verified(&lab.registry, repo, "v1").await;
+                assert_eq!(response.into_inner().image_ref, config, "{image}: another image than the verified one");
+                store::assert_stored(lab, &image, &digest, &config).await;
+            }
             (Err(status), false) => {
                 assert_eq!(status.code(), tonic::Code::Unknown, "{image}: {status:?}");
                 let message = status.message();
@@ -35,15 +40,6 @@ async fn run_matrix(lab: &Lab, socket: &std::path::Path, rows: &[(&str, bool, &s
         }
     }
     assert_rejected_never_reached_containerd(lab, rows).await;
-}
-
-/// The kubelet's follow-up: ImageStatus by the tag it asked for finds the pulled image.
-async fn assert_tag_shows(lab: &Lab, image: &str, image_ref: &str) {
-    let request = ImageStatusRequest { image: cri::spec(image), verbose: false };
-    let status = cri::images(&lab.containerd_sock).image_status(request).await.unwrap().into_inner();
-    let shown = status.image.unwrap_or_else(|| panic!("{image} not visible under its tag after the pull"));
-    assert_eq!(shown.id, image_ref);
-    assert!(shown.repo_tags.contains(&image.to_owned()), "{:?}", shown.repo_tags);
 }
 
 async fn assert_rejected_never_reached_containerd(lab: &Lab, rows: &[(&str, bool, &str)]) {

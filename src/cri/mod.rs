@@ -14,6 +14,7 @@ pub mod server;
 pub mod socket;
 pub mod splice;
 pub mod status;
+pub mod store;
 pub mod tagger;
 pub mod upstream;
 pub mod wire;
@@ -28,4 +29,10 @@ pub mod proto {
 pub mod images_proto {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("containerd.services.images.v1");
+}
+
+/// Types generated from `proto/containerd/services/content/v1/content.proto`.
+pub mod content_proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("containerd.services.content.v1");
 }

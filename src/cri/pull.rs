@@ -7,6 +7,7 @@ use tonic::Status;
 use tonic::body::BoxBody;
 
 use crate::cri::proto::{AuthConfig, PullImageRequest, PullImageResponse};
+use crate::cri::store::StoreError;
 use crate::cri::tagger::{TagError, Tagger};
 use crate::cri::upstream::Upstream;
 use crate::cri::{status, wire};
@@ -29,6 +30,8 @@ pub enum PullError {
     Decode(#[from] prost::DecodeError),
     #[error(transparent)]
     Rejected(#[from] Rejection),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("containerd pulled the verified digest, but {0}")]
     Tag(#[from] TagError),
     #[error("unreadable PullImage response from containerd: {0}")]
@@ -65,8 +68,9 @@ impl Puller<'_> {
         self.upstream.call(http::Request::from_parts(parts, body)).await
     }
 
-    /// Forwards the pull as `pinned` (repo@digest) and, once containerd has it, points `tag`
-    /// (repo:tag) at that content.
+    /// Forwards the pull as `pinned` (repo@digest), checks that containerd stored exactly that
+    /// digest (see `cri::store`) and, when the request named `tag` (repo:tag), points it at
+    /// that content.
     async fn pinned(
         &self,
         parts: http::request::Parts,
@@ -75,16 +79,22 @@ impl Puller<'_> {
         tag: Option<&str>,
     ) -> Result<http::Response<BoxBody>, PullError> {
         let rewritten = wire::frame(&wire::rewrite_pull_image(wire::unframe(body)?, pinned)?)?;
-        let Some(tag) = tag else { return Ok(self.forward(parts, rewritten).await) };
-        let (response, tagged) = tokio::join!(self.forward(parts, rewritten), self.tagger.points_at(tag, pinned));
+        let (response, tagged) = match tag {
+            Some(tag) => tokio::join!(self.forward(parts, rewritten), self.tagger.points_at(tag, pinned)),
+            None => (self.forward(parts, rewritten).await, false),
+        };
         let (parts, body) = response.into_parts();
         let collected = body.collect().await.map_err(|status| PullError::Response(status.message().to_owned()))?;
         let trailers = collected.trailers().cloned();
         let data = collected.to_bytes();
         let code = Status::from_header_map(trailers.as_ref().unwrap_or(&parts.headers)).map(|s| s.code());
-        if code == Some(tonic::Code::Ok) && !tagged {
+        if code == Some(tonic::Code::Ok) {
             let pulled = PullImageResponse::decode(wire::unframe(&data)?)?;
-            self.tagger.tag(tag, pinned, &pulled.image_ref).await?;
+            // Before the tag: a tag is only ever written onto checked content.
+            self.tagger.store().check(pinned, &pulled.image_ref).await?;
+            if let Some(tag) = tag.filter(|_| !tagged) {
+                self.tagger.tag(tag, pinned, &pulled.image_ref).await?;
+            }
         }
         Ok(http::Response::from_parts(parts, replay(data, trailers)))
     }

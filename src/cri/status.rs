@@ -3,6 +3,7 @@
 use tonic::Status;
 
 use crate::cri::pull::PullError;
+use crate::cri::store::StoreError;
 use crate::decision::Rejection;
 
 /// The kubelet turns a pull error starting with these into the pod's waiting reason
@@ -16,6 +17,12 @@ pub fn pull_error(error: &PullError) -> Status {
             Status::invalid_argument(format!("pullgate: {error}"))
         }
         PullError::Rejected(rejection) => rejected(rejection),
+        // What containerd stored is not what was verified: as much a failed verification as a
+        // bad signature, so the kubelet shows the same reason.
+        PullError::Store(StoreError::Mismatch(mismatch)) => {
+            Status::unknown(format!("{SIGNATURE_VALIDATION_FAILED}: {mismatch}"))
+        }
+        PullError::Store(StoreError::Unreadable { .. }) => Status::unknown(format!("pullgate: {error}")),
         PullError::Tag(_) | PullError::Response(_) => Status::unknown(format!("pullgate: {error}")),
     }
 }

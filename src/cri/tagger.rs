@@ -4,24 +4,19 @@
 //! verification and pull. containerd's CRI records such a pull under the digest name only, so
 //! the kubelet would not find `repo:tag` afterwards and would pull again. The tag is therefore
 //! written through containerd's own images API, onto exactly the target containerd resolved for
-//! the verified digest, and pullgate waits until the CRI image store shows it.
+//! the verified digest once the store check (`cri::store`) has shown that target to be the
+//! verified digest, and pullgate waits until the CRI image store shows it.
 
 use std::time::Duration;
 
+use tonic::Code;
+use tonic::Status;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
 
 use crate::cri::images_proto::images_client::ImagesClient;
 use crate::cri::images_proto::{CreateImageRequest, GetImageRequest, Image, UpdateImageRequest};
 use crate::cri::proto::image_service_client::ImageServiceClient;
-use crate::cri::proto::{ImageSpec, ImageStatusRequest};
-
-/// The containerd namespace the CRI plugin keeps Kubernetes images in.
-const CRI_NAMESPACE: &str = "k8s.io";
-/// containerd updates the CRI image store from an image event, asynchronously; in practice
-/// within milliseconds. Past this, the pull is reported as failed rather than half-done.
-const STORE_SYNC_LIMIT: Duration = Duration::from_secs(3);
-const STORE_SYNC_POLL: Duration = Duration::from_millis(5);
+use crate::cri::store::{STORE_SYNC_LIMIT, Store, await_shown, namespaced};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TagError {
@@ -36,11 +31,19 @@ pub enum TagError {
 pub struct Tagger {
     images: ImagesClient<Channel>,
     cri: ImageServiceClient<Channel>,
+    store: Store,
 }
 
 impl Tagger {
     pub fn new(channel: Channel) -> Tagger {
-        Tagger { images: ImagesClient::new(channel.clone()), cri: ImageServiceClient::new(channel) }
+        let store = Store::new(channel.clone());
+        Tagger { images: ImagesClient::new(channel.clone()), cri: ImageServiceClient::new(channel), store }
+    }
+
+    /// The check that must pass before a tag is written: what containerd stored for the
+    /// pinned name is what was verified.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Makes `name` (repo:tag) refer to the image pulled as `pinned` (repo@digest), whose CRI
@@ -86,28 +89,10 @@ impl Tagger {
     }
 
     async fn await_visible(&self, name: &str, image_id: &str) -> Result<(), TagError> {
-        let deadline = tokio::time::Instant::now() + STORE_SYNC_LIMIT;
-        let request = ImageStatusRequest {
-            image: Some(ImageSpec { image: name.to_owned(), ..Default::default() }),
-            verbose: false,
-        };
-        loop {
-            let status = self.cri.clone().image_status(request.clone()).await;
-            let shown = status.ok().and_then(|r| r.into_inner().image).map(|image| image.id);
-            if shown.as_deref() == Some(image_id) {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let (name, image_id) = (name.to_owned(), image_id.to_owned());
-                return Err(TagError::NotVisible { name, image_id, limit: STORE_SYNC_LIMIT });
-            }
-            tokio::time::sleep(STORE_SYNC_POLL).await;
+        if await_shown(&self.cri, name, Some(image_id)).await {
+            return Ok(());
         }
+        let (name, image_id) = (name.to_owned(), image_id.to_owned());
+        Err(TagError::NotVisible { name, image_id, limit: STORE_SYNC_LIMIT })
     }
-}
-
-fn namespaced<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert("containerd-namespace", tonic::metadata::MetadataValue::from_static(CRI_NAMESPACE));
-    request
 }

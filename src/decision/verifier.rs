@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::config::CacheConfig;
 use crate::policy::{Mode, Policy, Requirement, Rule};
 use crate::reference::{Digest, ImageRef};
+use crate::registry::buffering;
 use crate::registry::{Credentials, Registry};
 
 use super::cache::{self, VerdictCache};
@@ -116,17 +117,21 @@ impl<R: Registry + 'static> Verifier<R> {
         if let Some(settled) = self.settle_locally(&job) {
             return settled;
         }
-        let _slot = match self.slots.acquire(job.image.registry(), deadline).await {
-            Ok(slot) => slot,
+        let slot = match self.slots.acquire(job.image.registry(), deadline).await {
+            Ok(slot) => Arc::new(slot),
             Err(busy) => {
                 let reason = format!("verification did not start within {:?}: {busy}", self.budget);
                 return job.unsettled(Outcome::unavailable(ReasonCode::Timeout, reason));
             }
         };
-        match tokio::time::timeout_at(deadline, self.settle(&job)).await {
+        let settling = buffering::scope(Arc::clone(&slot) as _, self.settle(&job));
+        match tokio::time::timeout_at(deadline, settling).await {
             Ok(settled) => settled,
             Err(_) => {
-                let reason = format!("verification did not finish within {:?}", self.budget);
+                let reason = match slot.waiting_for() {
+                    Some(busy) => format!("verification did not finish within {:?}: {busy}", self.budget),
+                    None => format!("verification did not finish within {:?}", self.budget),
+                };
                 job.unsettled(Outcome::unavailable(ReasonCode::Timeout, reason))
             }
         }
@@ -283,6 +288,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::decision::slots::SMALL_CHECK_BYTES;
     use crate::decision::{Gate, PullRequest, Verdict};
     use crate::policy::{IdentityRule, Mode, Policy, Requirement, SharedPolicy};
     use crate::reference::Digest;
@@ -293,7 +299,8 @@ mod tests {
     const TAG_MANIFEST: &[u8] = br#"{"schemaVersion":2}"#;
 
     /// Serves one image manifest for every tag and no signatures, recording each request; with
-    /// `stall`, never answers at all.
+    /// `stall`, never answers at all. Registries named `stalled…` never answer either; those
+    /// named `large…` answer with more than a check keeps without a total slot, then stall.
     #[derive(Default)]
     struct Canned {
         requests: Mutex<Vec<String>>,
@@ -315,12 +322,16 @@ mod tests {
     impl Registry for Canned {
         async fn manifest(
             &self,
-            _: &ImageRef,
+            image: &ImageRef,
             reference: &str,
             _: &Credentials,
         ) -> Result<Option<Manifest>, RegistryError> {
             self.requests.lock().unwrap().push(format!("manifest {reference}"));
-            if self.stall {
+            if self.stall || image.registry().starts_with("stalled") {
+                std::future::pending::<()>().await;
+            }
+            if image.registry().starts_with("large") {
+                buffering::reserve(SMALL_CHECK_BYTES + 1).await;
                 std::future::pending::<()>().await;
             }
             if reference.ends_with(".sig") {
@@ -332,6 +343,7 @@ mod tests {
                 return Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type, bytes }));
             }
             let bytes = Bytes::from_static(TAG_MANIFEST);
+            buffering::reserve(bytes.len()).await;
             let media_type = "application/vnd.oci.image.manifest.v1+json".into();
             Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type, bytes }))
         }
@@ -357,7 +369,11 @@ mod tests {
     }
 
     fn policy() -> Policy {
-        Policy::from_rules(vec![rule("registry.test/team", Requirement::Signed)])
+        policy_for("registry.test/team")
+    }
+
+    fn policy_for(scope: &str) -> Policy {
+        Policy::from_rules(vec![rule(scope, Requirement::Signed)])
     }
 
     /// `policy()` plus `extra`.
@@ -623,5 +639,66 @@ mod tests {
         let (decision, ()) = futures_util::future::join(deciding, reloading).await;
         assert_eq!(decision.verdict, Verdict::Unavailable);
         assert!(decision.reason.contains("policy was reloaded"), "{}", decision.reason);
+    }
+
+    /// Issue 17: 16 registries that never answer, 6 pulls of each, hold no slot that a check
+    /// against a registry that answers needs.
+    #[tokio::test(start_paused = true)]
+    async fn registries_that_never_answer_do_not_hold_up_the_others() {
+        let registry = Arc::new(Canned::default());
+        let gate = Arc::new(gate(&registry, &SharedPolicy::new(policy_for("*")), Duration::from_secs(10)));
+        let stalled: Vec<_> = (0..16)
+            .flat_map(|r| (0..6).map(move |n| format!("stalled-{r}.test/app:v{n}")))
+            .map(|image| {
+                let gate = Arc::clone(&gate);
+                tokio::spawn(async move { gate.decide(&pull(&image)).await })
+            })
+            .collect();
+        for _ in 0..1000 {
+            if registry.requests().len() >= 16 * 4 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let stalled_requests = registry.take();
+        let started = Instant::now();
+        let decision = gate.decide(&pull(&format!("{IMAGE}:v1"))).await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "{}", decision.reason);
+        assert_eq!(decision.verdict, Verdict::Rejected, "{}", decision.reason);
+        assert_eq!(stalled_requests, 16 * 4, "each stalled registry's 4 checks were waiting for it");
+        for check in stalled {
+            let decision = check.await.unwrap();
+            assert_eq!(decision.verdict, Verdict::Unavailable, "{}", decision.reason);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_check_waiting_for_the_total_says_so_and_small_ones_go_on() {
+        let registry = Arc::new(Canned::default());
+        let limits = RegistryConfig {
+            timeout: Duration::from_secs(3),
+            checks_total: std::num::NonZeroUsize::new(1).unwrap(),
+            ..RegistryConfig::default()
+        };
+        let shared = SharedPolicy::new(policy_for("*"));
+        let gate = Gate::configured(shared, Arc::clone(&registry), &limits, &CacheConfig::default());
+        // The one total slot is taken, as by a large check that never ends.
+        let hog = gate.verifier.slots.acquire("large-1.test", Instant::now()).await.expect("free slot");
+        buffering::Buffering::reserve(&hog, SMALL_CHECK_BYTES + 1).await;
+        let started = Instant::now();
+        let (large, small) = futures_util::future::join(gate.decide(&pull("large-2.test/app:v1")), async {
+            let decision = gate.decide(&pull(&format!("{IMAGE}:v1"))).await;
+            (started.elapsed(), decision)
+        })
+        .await;
+        assert_eq!(small.0, Duration::ZERO, "a small check waited for a total slot: {}", small.1.reason);
+        assert_eq!(small.1.verdict, Verdict::Rejected, "{}", small.1.reason);
+        assert_eq!(large.verdict, Verdict::Unavailable);
+        assert_eq!(
+            large.reason,
+            "verification did not finish within 3s: 1 verifications were already holding large registry answers \
+             (registry.checks_total)"
+        );
+        drop(hog);
     }
 }

@@ -14,7 +14,8 @@ pub struct RuleView {
     /// `signed`, `accept` or `reject`, as written in a policy file.
     pub require: &'static str,
     pub keys: Vec<KeyView>,
-    /// Distinct keys needed; None unless `require` is `signed`.
+    /// Distinct key groups needed (for a TOML rule: distinct keys); None unless `require` is
+    /// `signed`.
     pub threshold: Option<usize>,
     pub identity: String,
     /// `enforce` or `audit`.
@@ -29,6 +30,8 @@ pub struct KeyView {
     pub path: Option<PathBuf>,
     pub algorithm: &'static str,
     pub fingerprint: String,
+    /// A signature by any key of a group satisfies the group (see `policy::KeyRef::group`).
+    pub group: usize,
 }
 
 impl RuleView {
@@ -55,11 +58,22 @@ impl RuleView {
     }
 
     /// The keys, short enough for one table cell: a key beside the rule's file by its file name,
-    /// any other by its path, an inline key by its fingerprint.
+    /// any other by its path, an inline key by its fingerprint. A group of several keys (any
+    /// one of which will do) shows as "(a.pub or b.pub)".
     pub fn keys_label(&self) -> String {
         let dir = self.file.parent();
-        let labels: Vec<String> = self.keys.iter().map(|key| key.label(dir)).collect();
-        labels.join(", ")
+        let mut groups: Vec<(usize, Vec<String>)> = Vec::new();
+        for key in &self.keys {
+            match groups.iter_mut().find(|(group, _)| *group == key.group) {
+                Some((_, labels)) => labels.push(key.label(dir)),
+                None => groups.push((key.group, vec![key.label(dir)])),
+            }
+        }
+        let group_label = |labels: &[String]| match labels {
+            [one] => one.clone(),
+            many => format!("({})", many.join(" or ")),
+        };
+        groups.iter().map(|(_, labels)| group_label(labels)).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -69,6 +83,7 @@ impl KeyView {
             path: key.path.clone(),
             algorithm: key.key.algorithm(),
             fingerprint: key.key.fingerprint().to_owned(),
+            group: key.group,
         }
     }
 
@@ -119,10 +134,12 @@ mod tests {
     fn key(path: Option<&str>) -> KeyRef {
         let signing = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
         let pem = signing.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
-        KeyRef { path: path.map(PathBuf::from), key: Arc::new(TrustedKey::from_pem(pem.as_bytes()).unwrap()) }
+        KeyRef { path: path.map(PathBuf::from), key: Arc::new(TrustedKey::from_pem(pem.as_bytes()).unwrap()), group: 0 }
     }
 
+    /// Each key a group of its own, as in a TOML rule.
     fn rule(require: Requirement, keys: Vec<KeyRef>) -> Rule {
+        let keys: Vec<KeyRef> = keys.into_iter().enumerate().map(|(group, key)| KeyRef { group, ..key }).collect();
         Rule {
             scope: "r.example/team".parse::<Scope>().unwrap(),
             namespaces: None,
@@ -146,6 +163,16 @@ mod tests {
         assert!(parts[2].starts_with("inline sha256:") && parts[2].len() == "inline ".len() + 23, "{label}");
         assert_eq!(view.threshold, Some(3));
         assert_eq!(view.keys[0].algorithm, "ECDSA P-256");
+    }
+
+    #[test]
+    fn a_group_of_several_keys_shows_as_alternatives() {
+        let mut rule =
+            rule(Requirement::Signed, vec![key(Some("/k/a1.pub")), key(Some("/k/a2.pub")), key(Some("/k/b.pub"))]);
+        rule.keys[1].group = 0;
+        rule.keys[2].group = 1;
+        rule.threshold = 2;
+        assert_eq!(RuleView::new(&rule).keys_label(), "(/k/a1.pub or /k/a2.pub), /k/b.pub");
     }
 
     #[test]

@@ -2,18 +2,13 @@
 //! and the cross-file checks that run after every file has been read.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::{PolicyError, Problem};
+use super::input;
 use super::{KeyRef, Rule};
 use crate::verify::keys::TrustedKey;
-
-/// Public key files are small; refusing big ones keeps a misconfigured path (a log, a
-/// device) from being read into memory.
-const MAX_KEY_FILE: u64 = 64 * 1024;
 
 /// A rule plus where it came from, for messages about it.
 pub(super) struct Loaded {
@@ -51,9 +46,9 @@ impl Loader {
         let cached = self
             .key_files
             .entry(path.to_owned())
-            .or_insert_with(|| read_key_file(path).and_then(|pem| parse_key(&pem)));
+            .or_insert_with(|| input::read_key_file(path).and_then(|pem| parse_key(&pem)));
         let key = cached.clone().map_err(|e| format!("key file {}: {e}", path.display()))?;
-        Ok(KeyRef { path: Some(path.to_owned()), key })
+        Ok(KeyRef { path: Some(path.to_owned()), key, group: 0 })
     }
 
     /// All rules, or every problem found (including overlaps between rules).
@@ -67,16 +62,6 @@ impl Loader {
     }
 }
 
-fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
-    let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let mut pem = Vec::new();
-    file.take(MAX_KEY_FILE + 1).read_to_end(&mut pem).map_err(|e| format!("cannot read: {e}"))?;
-    if pem.len() as u64 > MAX_KEY_FILE {
-        return Err(format!("larger than {} KiB; not a public key", MAX_KEY_FILE / 1024));
-    }
-    Ok(pem)
-}
-
 pub(super) fn parse_key(pem: &[u8]) -> Result<Arc<TrustedKey>, String> {
     TrustedKey::from_pem(pem).map(Arc::new).map_err(|e| e.to_string())
 }
@@ -87,8 +72,9 @@ pub(super) fn resolve(policy_file: &Path, key: &str) -> PathBuf {
     dir.join(key)
 }
 
-/// Why: the verifier counts distinct keys towards the threshold, so one key listed twice
-/// (even under two paths) would let a single signer meet a threshold of 2.
+/// Why: within a TOML rule each key is its own group, so one key listed twice (even under two
+/// paths) would let a single signer meet a threshold of 2; within one policy.json requirement
+/// the same key twice is at best a mistake.
 pub(super) fn check_distinct_keys(keys: &[KeyRef]) -> Result<(), String> {
     for (i, a) in keys.iter().enumerate() {
         let twin = keys[..i].iter().find(|b| b.key.fingerprint() == a.key.fingerprint());

@@ -6,6 +6,8 @@
 
 mod error;
 pub mod identity;
+mod input;
+mod limits;
 pub mod lint;
 mod load;
 mod policy_json;
@@ -27,7 +29,7 @@ use crate::verify::keys::TrustedKey;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Requirement {
-    /// Signatures by `threshold` distinct trusted keys are required.
+    /// Signatures satisfying `threshold` distinct key groups are required (see `KeyRef::group`).
     Signed,
     /// Pulled without any signature check.
     Accept,
@@ -43,12 +45,17 @@ pub enum Mode {
     Audit,
 }
 
-/// A trusted public key and where it came from.
+/// A trusted public key, where it came from, and the group it counts towards.
 #[derive(Clone, Debug)]
 pub struct KeyRef {
     /// None for keys given inline (policy.json `keyData`).
     pub path: Option<PathBuf>,
     pub key: Arc<TrustedKey>,
+    /// A group is satisfied by a valid signature from any one of its keys, and a rule needs
+    /// `threshold` distinct groups satisfied. A TOML rule puts each key in a group of its own,
+    /// so its threshold counts distinct keys; a policy.json scope makes one group of each
+    /// `sigstoreSigned` requirement and needs them all, as containers/image does.
+    pub group: usize,
 }
 
 /// One scope's requirement. A TOML rule with several scopes becomes one `Rule` per scope.
@@ -58,9 +65,9 @@ pub struct Rule {
     /// Kubernetes namespaces the rule is limited to; None for all.
     pub namespaces: Option<Vec<String>>,
     pub require: Requirement,
-    /// Empty unless `require` is `Signed`; never holds the same key twice.
+    /// Empty unless `require` is `Signed`; never holds the same key twice in one group.
     pub keys: Vec<KeyRef>,
-    /// Distinct keys needed; 1..=keys.len() for `Signed`.
+    /// Distinct key groups needed; from 1 to the number of groups for `Signed`.
     pub threshold: usize,
     pub identity: IdentityRule,
     pub mode: Mode,
@@ -291,6 +298,25 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("signedBy"), "{text}");
         assert!(text.contains("duplicate rule") || err.problems.len() == 1, "{text}");
+    }
+
+    #[test]
+    fn a_fifo_key_and_a_device_policy_json_are_refused_naming_them() {
+        let dir = TestDir::new();
+        dir.write("policy.d/a.toml", "[[rule]]\nscope = \"r.io\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");
+        let fifo = dir.path("policy.d/a.pub");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let (done, result) = std::sync::mpsc::channel();
+        let policy_dir = dir.path("policy.d");
+        // On another thread: a load that blocks must fail the test, not hang it.
+        std::thread::spawn(move || done.send(Policy::load(&policy_dir, Some(Path::new("/dev/zero")))));
+        let err = result.recv_timeout(std::time::Duration::from_secs(5)).expect("load finished").unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 2, "{text}");
+        let key = format!("a.toml:4: key file {}: is a FIFO (named pipe), not a regular file", fifo.display());
+        assert!(text.contains(&key), "{text}");
+        assert!(text.contains("/dev/zero: is a character device, not a regular file"), "{text}");
     }
 
     #[test]

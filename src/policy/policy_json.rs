@@ -1,22 +1,23 @@
 //! A containers-policy.json(5) file, for nodes that already have one.
 //!
-//! Read: `default` and `transports.docker`, each scope with exactly one requirement of type
-//! `insecureAcceptAnything`, `reject` or `sigstoreSigned` with public keys (`keyPath`,
-//! `keyPaths`, `keyData`, `keyDatas`; base64 of PEM for the data forms) and `signedIdentity`.
-//! Other transports are ignored: they never apply to a CRI pull.
+//! Read: `default` and `transports.docker`, each scope with a list of requirements of type
+//! `insecureAcceptAnything`, `reject` or `sigstoreSigned` with public keys (exactly one of
+//! `keyPath`, `keyPaths`, `keyData`, `keyDatas`; base64 of PEM for the data forms) and
+//! `signedIdentity`. Other transports are ignored: they never apply to a CRI pull.
 //!
 //! Refused with a load error, never silently accepted: every other requirement type
 //! (`signedBy`, `signedBaseLayer`, …), Fulcio/PKI certificates and Rekor keys (pullgate cannot
-//! honour them), `exactReference` identities, several requirements for one scope, unknown
-//! or duplicate fields.
+//! honour them), `exactReference` identities, `sigstoreSigned` requirements of one scope with
+//! different identities, unknown or duplicate fields.
 //!
-//! Mapping: keys mean "any one of them" (threshold 1), as in containers/image; a missing
-//! `signedIdentity` means matchRepoDigestOrExact (containers' default, which cosign's tagless
-//! signatures only satisfy for pulls by digest); relative key paths are taken relative to
-//! the policy.json's directory; `transports.docker[""]`, being more specific for docker
-//! images, replaces `default` entirely.
+//! Mapping, as CRI-O and Podman (containers/image) evaluate a list: every requirement must
+//! hold. A `reject` anywhere rejects; `insecureAcceptAnything` adds nothing to the others; each
+//! `sigstoreSigned` becomes a key group satisfied by any one of its keys, and the rule needs
+//! every group. A missing `signedIdentity` means matchRepoDigestOrExact (containers' default,
+//! which cosign's tagless signatures only satisfy for pulls by digest); relative key paths are
+//! taken relative to the policy.json's directory; `transports.docker[""]`, being more specific
+//! for docker images, replaces `default` entirely.
 
-use std::fs;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -26,6 +27,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::identity::IdentityRule;
+use super::input;
 use super::load::{self, Loader, line_of};
 use super::{KeyRef, Mode, Requirement, Rule, Scope};
 
@@ -137,9 +139,9 @@ enum RawSignedIdentity {
 // === loading ===
 
 pub(super) fn load_file(path: &Path, loader: &mut Loader) {
-    match fs::read_to_string(path) {
+    match input::read_policy_file(path) {
         Ok(text) => JsonCtx { path, text: &text, loader }.load(),
-        Err(e) => loader.problem(path, None, format!("cannot read: {e}")),
+        Err(e) => loader.problem(path, None, e),
     }
 }
 
@@ -225,13 +227,13 @@ impl<'a> JsonCtx<'a> {
             Ok(list) => list,
             Err(e) => return self.json_problem(Some(value), &format!("scope \"{scope}\": "), &e),
         };
-        match list.as_slice() {
-            [one] => self.requirement(scope, one),
-            [] => self.problem(line, format!("scope \"{scope}\" has no requirement")),
-            many => self.problem(
-                line,
-                format!("scope \"{scope}\" has {} requirements; pullgate supports exactly one per scope", many.len()),
-            ),
+        if list.is_empty() {
+            return self.problem(line, format!("scope \"{scope}\" has no requirement"));
+        }
+        // Every requirement is read, so that all problems in the list are reported together.
+        let read: Vec<Option<Read>> = list.iter().map(|raw| self.requirement(raw)).collect();
+        if let Some(all) = read.into_iter().collect::<Option<Vec<Read>>>() {
+            self.combine(scope, line, all);
         }
     }
 }
@@ -241,43 +243,65 @@ impl<'a> JsonCtx<'a> {
 const CERTS: &str = "pullgate verifies with public keys only; use keyPath, keyPaths, keyData or keyDatas";
 const REKOR: &str = "pullgate does not check Rekor transparency-log entries";
 
+/// One requirement of a scope's list, as read.
+enum Read {
+    Accept,
+    Reject,
+    /// One group: a signature by any of `keys` satisfies it.
+    Signed {
+        keys: Vec<KeyRef>,
+        identity: IdentityRule,
+    },
+}
+
 impl JsonCtx<'_> {
-    fn requirement(&mut self, scope: Scope, raw: &RawValue) {
+    /// None when the requirement has a problem (already reported).
+    fn requirement(&mut self, raw: &RawValue) -> Option<Read> {
         let line = self.line(raw);
         let kind = match serde_json::from_str::<TypeOnly>(raw.get()) {
             Ok(TypeOnly { kind: Some(kind) }) => kind,
             Ok(TypeOnly { kind: None }) => {
-                return self.problem(line, "requirement has no \"type\"");
+                self.problem(line, "requirement has no \"type\"");
+                return None;
             }
-            Err(e) => return self.json_problem(Some(raw), "requirement: ", &e),
+            Err(e) => {
+                self.json_problem(Some(raw), "requirement: ", &e);
+                return None;
+            }
         };
         match kind.as_str() {
-            "insecureAcceptAnything" => self.bare(scope, raw, Requirement::Accept),
-            "reject" => self.bare(scope, raw, Requirement::Reject),
-            "sigstoreSigned" => self.sigstore(scope, raw),
-            other => self.problem(
-                line,
-                format!(
+            "insecureAcceptAnything" => self.bare(raw, Read::Accept),
+            "reject" => self.bare(raw, Read::Reject),
+            "sigstoreSigned" => self.sigstore(raw),
+            other => {
+                let message = format!(
                     "requirement type {other:?} is not supported (pullgate supports insecureAcceptAnything, reject and sigstoreSigned)"
-                ),
-            ),
+                );
+                self.problem(line, message);
+                None
+            }
         }
     }
 
-    fn bare(&mut self, scope: Scope, raw: &RawValue, require: Requirement) {
-        if let Err(e) = serde_json::from_str::<Bare>(raw.get()) {
-            return self.json_problem(Some(raw), "", &e);
+    fn bare(&mut self, raw: &RawValue, read: Read) -> Option<Read> {
+        match serde_json::from_str::<Bare>(raw.get()) {
+            Ok(_) => Some(read),
+            Err(e) => {
+                self.json_problem(Some(raw), "", &e);
+                None
+            }
         }
-        let identity = IdentityRule::MatchRepoDigestOrExact; // unused without keys
-        self.push(scope, raw, require, Vec::new(), identity);
     }
 
-    fn sigstore(&mut self, scope: Scope, raw: &RawValue) {
+    fn sigstore(&mut self, raw: &RawValue) -> Option<Read> {
         let line = self.line(raw);
         let before = self.loader.problem_count();
         let mut sig: RawSigstore = match serde_json::from_str(raw.get()) {
             Ok(sig) => sig,
-            Err(e) => return self.json_problem(Some(raw), "sigstoreSigned: ", &e),
+            Err(e) => {
+                self.json_problem(Some(raw), "sigstoreSigned: ", &e);
+                return None;
+            }
         };
         self.refuse_unsupported(&sig, line);
         let identity = self.identity(sig.signed_identity.take(), line);
@@ -285,9 +309,7 @@ impl JsonCtx<'_> {
         if let Err(e) = load::check_distinct_keys(&keys) {
             self.problem(line, e);
         }
-        if self.loader.problem_count() == before {
-            self.push(scope, raw, Requirement::Signed, keys, identity);
-        }
+        (self.loader.problem_count() == before).then_some(Read::Signed { keys, identity })
     }
 
     fn refuse_unsupported(&mut self, sig: &RawSigstore, line: Option<usize>) {
@@ -322,9 +344,54 @@ impl JsonCtx<'_> {
             IdentityRule::MatchRepoDigestOrExact
         })
     }
+}
 
-    fn push(&mut self, scope: Scope, raw: &RawValue, require: Requirement, keys: Vec<KeyRef>, identity: IdentityRule) {
-        let threshold = usize::from(require == Requirement::Signed);
+// === impl JsonCtx: a scope's requirements → one rule ===
+
+impl JsonCtx<'_> {
+    /// As containers/image evaluates a list: every requirement must hold. So one `reject`
+    /// rejects; `insecureAcceptAnything` adds nothing; each `sigstoreSigned` is a key group
+    /// and all are needed.
+    fn combine(&mut self, scope: Scope, line: Option<usize>, list: Vec<Read>) {
+        if list.iter().any(|read| matches!(read, Read::Reject)) {
+            return self.push(scope, line, Requirement::Reject, Vec::new(), 0, IdentityRule::MatchRepoDigestOrExact);
+        }
+        let groups: Vec<(Vec<KeyRef>, IdentityRule)> = list
+            .into_iter()
+            .filter_map(|read| match read {
+                Read::Signed { keys, identity } => Some((keys, identity)),
+                Read::Accept | Read::Reject => None,
+            })
+            .collect();
+        let Some(identity) = groups.first().map(|(_, identity)| identity.clone()) else {
+            return self.push(scope, line, Requirement::Accept, Vec::new(), 0, IdentityRule::MatchRepoDigestOrExact);
+        };
+        // Why refuse: a rule checks one identity for all its signatures; applying the first
+        // requirement's to all would accept or refuse what containers/image would not.
+        if groups.iter().any(|(_, other)| *other != identity) {
+            let message = format!(
+                "scope \"{scope}\": its sigstoreSigned requirements have different \"signedIdentity\" values; pullgate supports one signedIdentity per scope"
+            );
+            return self.problem(line, message);
+        }
+        let threshold = groups.len();
+        let keys = groups
+            .into_iter()
+            .enumerate()
+            .flat_map(|(group, (keys, _))| keys.into_iter().map(move |key| KeyRef { group, ..key }))
+            .collect();
+        self.push(scope, line, Requirement::Signed, keys, threshold, identity);
+    }
+
+    fn push(
+        &mut self,
+        scope: Scope,
+        line: Option<usize>,
+        require: Requirement,
+        keys: Vec<KeyRef>,
+        threshold: usize,
+        identity: IdentityRule,
+    ) {
         let source = self.path.to_owned();
         let rule = Rule {
             scope,
@@ -337,7 +404,6 @@ impl JsonCtx<'_> {
             source,
             message: None,
         };
-        let line = self.line(raw);
         self.loader.push(rule, line);
     }
 }
@@ -381,7 +447,7 @@ impl JsonCtx<'_> {
 fn decode_key_data(data: &str) -> Result<KeyRef, String> {
     let pem = BASE64.decode(data.trim()).map_err(|e| format!("not valid base64 ({e})"))?;
     let key = load::parse_key(&pem)?;
-    Ok(KeyRef { path: None, key })
+    Ok(KeyRef { path: None, key, group: 0 })
 }
 
 #[cfg(test)]
@@ -582,10 +648,75 @@ mod tests {
         assert_one(&load_err(&with_scope("r.io", &req)), Some(4), "are the same key");
     }
 
+    /// Each key's group, as key file names: `[["a", "ed"], ["b"]]`.
+    fn groups(rule: &Rule) -> Vec<Vec<String>> {
+        let mut groups: Vec<Vec<String>> = vec![Vec::new(); rule.threshold];
+        for key in &rule.keys {
+            let name = key.path.as_deref().and_then(Path::file_stem).map(|s| s.to_string_lossy().into_owned());
+            groups[key.group].push(name.unwrap_or_default());
+        }
+        groups
+    }
+
+    #[test]
+    fn every_requirement_of_a_scope_must_hold() {
+        let accept = r#"{"type": "insecureAcceptAnything"}"#;
+        let reject = r#"{"type": "reject"}"#;
+        let by = |keys: &str| {
+            format!(r#"{{"type": "sigstoreSigned", {keys}, "signedIdentity": {{"type": "matchRepository"}}}}"#)
+        };
+        let (a, b) = (by(r#""keyPath": "keys/a.pub""#), by(r#""keyPath": "keys/b.pub""#));
+        let a_or_ed = by(r#""keyPaths": ["keys/a.pub", "keys/ed.pub"]"#);
+        let none: Vec<Vec<&str>> = Vec::new();
+        // (requirements, the rule's requirement, its key groups)
+        type Case<'a> = (Vec<&'a str>, Requirement, Vec<Vec<&'a str>>);
+        let cases: Vec<Case<'_>> = vec![
+            (vec![reject, accept], Requirement::Reject, none.clone()),
+            (vec![accept, reject], Requirement::Reject, none.clone()),
+            (vec![&a, reject], Requirement::Reject, none.clone()),
+            (vec![accept, accept], Requirement::Accept, none.clone()),
+            // insecureAcceptAnything accepts only as far as the others do.
+            (vec![accept, &a], Requirement::Signed, vec![vec!["a"]]),
+            (vec![&a, &b], Requirement::Signed, vec![vec!["a"], vec!["b"]]),
+            (vec![&a_or_ed, accept, &b], Requirement::Signed, vec![vec!["a", "ed"], vec!["b"]]),
+            // Two requirements trusting one key: a signature by it satisfies both.
+            (vec![&a, &a], Requirement::Signed, vec![vec!["a"], vec!["a"]]),
+        ];
+        for (list, require, expected) in cases {
+            let policy = load(&setup(&with_scope("r.io", &list.join(", ")))).unwrap();
+            let rule = &policy.rules()[1];
+            assert_eq!(rule.require, require, "{list:?}");
+            assert_eq!(groups(rule), expected, "{list:?}");
+            assert_eq!(rule.threshold, expected.len(), "{list:?}");
+            if require == Requirement::Signed {
+                assert_eq!(rule.identity, IdentityRule::MatchRepository, "{list:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn problems_in_every_requirement_are_reported() {
+        let list = r#"{"type": "signedBy", "keyType": "GPGKeys"}, {"type": "sigstoreSigned", "keyPath": "keys/a.pub", "pki": {}}, {"type": "reject"}"#;
+        let err = load_err(&with_scope("r.io", list));
+        let messages: Vec<&str> = err.problems.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(messages.len(), 2, "{err}");
+        assert!(messages[0].contains("\"signedBy\" is not supported"), "{err}");
+        assert!(messages[1].contains("\"pki\" is not supported"), "{err}");
+    }
+
+    #[test]
+    fn requirements_with_different_identities_are_refused_naming_the_field() {
+        let list = r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "signedIdentity": {"type": "exactRepository", "dockerRepository": "vendor.io/product"}}, {"type": "sigstoreSigned", "keyPath": "keys/b.pub"}"#;
+        let err = load_err(&with_scope("r.io", list));
+        assert_one(
+            &err,
+            Some(4),
+            "different \"signedIdentity\" values; pullgate supports one signedIdentity per scope",
+        );
+    }
+
     #[test]
     fn requirement_list_shape() {
-        let two = r#"{"type": "reject"}, {"type": "insecureAcceptAnything"}"#;
-        assert_one(&load_err(&with_scope("r.io", two)), Some(4), "has 2 requirements; pullgate supports exactly one");
         assert_one(&load_err(&with_scope("r.io", "")), Some(4), "scope \"r.io\" has no requirement");
         assert_one(&load_err(&with_scope("r.io", "{}")), Some(4), "requirement has no \"type\"");
         assert_one(&load_err(&with_scope("r.io", r#"{"type": "reject", "x": 1}"#)), Some(4), "unknown field `x`");
@@ -636,5 +767,192 @@ mod tests {
         let other = String::from("[2]");
         let foreign = serde_json::from_str::<&RawValue>(&other).unwrap();
         assert_eq!(ctx.line(foreign), None, "a fragment of another string has no line here");
+    }
+}
+
+/// The examples of containers/image's docs/containers-policy.json.5.md, as far as pullgate can
+/// express them, each image judged as containers/image judges it (every requirement of the
+/// most specific scope must hold). Signatures are made here; pullgate's verifier checks them.
+#[cfg(test)]
+mod containers_examples {
+    use bytes::Bytes;
+    use p256::ecdsa::signature::Signer as _;
+    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+
+    use super::super::test_support::TestDir;
+    use super::super::{Policy, PolicyError};
+    use super::*;
+    use crate::reference::{Digest, ImageRef};
+    use crate::verify::{self, SignatureLayer, payload::COSIGN_SIGNATURE_TYPE};
+
+    const DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const FULL: &str = "hostname:5000/myns/sigstore-signed-with-full-references";
+    const SUBST: &str = "hostname:5000/myns/sigstore-signed-allows-malicious-tag-substitution";
+
+    struct Key(p256::ecdsa::SigningKey);
+
+    impl Key {
+        fn new() -> Key {
+            Key(p256::ecdsa::SigningKey::random(&mut rand_core::OsRng))
+        }
+
+        fn pem(&self) -> String {
+            self.0.verifying_key().to_public_key_pem(LineEnding::LF).unwrap()
+        }
+
+        /// A cosign-format signature of DIGEST whose payload claims `identity`.
+        fn sign(&self, identity: &str) -> (SignatureLayer, Bytes) {
+            let payload = serde_json::to_vec(&serde_json::json!({
+                "critical": {"identity": {"docker-reference": identity}, "image": {"docker-manifest-digest": DIGEST}, "type": COSIGN_SIGNATURE_TYPE},
+                "optional": null,
+            }))
+            .unwrap();
+            let signature: p256::ecdsa::Signature = self.0.sign(&payload);
+            let layer = SignatureLayer {
+                digest: Digest::sha256_of(&payload),
+                size: payload.len() as u64,
+                signature: signature.to_der().as_bytes().to_vec(),
+            };
+            (layer, Bytes::from(payload))
+        }
+    }
+
+    /// containers/image's verdict on pulling `image` (manifest DIGEST) with `signatures`.
+    fn accepted(policy: &Policy, image: &str, signatures: &[(SignatureLayer, Bytes)]) -> bool {
+        let image: ImageRef = image.parse().unwrap();
+        match policy.find(&image, Some("default")) {
+            None => false,
+            Some(rule) => match rule.require {
+                Requirement::Accept => true,
+                Requirement::Reject => false,
+                Requirement::Signed => verify::evaluate(&image, &DIGEST.parse().unwrap(), rule, signatures).accepted,
+            },
+        }
+    }
+
+    fn load_json(dir: &TestDir, json: &serde_json::Value) -> Result<Policy, PolicyError> {
+        dir.write("policy.d/README", "");
+        dir.write("policy.json", &json.to_string());
+        Policy::load(&dir.path("policy.d"), Some(&dir.path("policy.json")))
+    }
+
+    /// "A reasonably locked-down system", its comments and trailing commas removed, with its
+    /// `fulcio` and `pki` scopes (which pullgate refuses, see `the_fulcio_and_pki_scopes…`).
+    fn locked_down(key_path: &Path, certificates: bool) -> serde_json::Value {
+        let mut docker = serde_json::json!({
+            "docker.io/openshift": [{"type": "insecureAcceptAnything"}],
+            "docker.io/library/busybox": [{"type": "insecureAcceptAnything"}],
+            "*.temporary-project.example.com": [{"type": "insecureAcceptAnything"}],
+            FULL: [{"type": "sigstoreSigned", "keyPath": key_path}],
+            SUBST: [{"type": "sigstoreSigned", "keyPath": key_path, "signedIdentity": {"type": "matchRepository"}}],
+        });
+        if certificates {
+            docker["hostname:5000/myns/sigstore-signed-fulcio-rekor"] = serde_json::json!([{"type": "sigstoreSigned",
+                "fulcio": {"caPath": "/path/to/fulcio_v1.crt.pem", "oidcIssuer": "https://github.com/login/oauth", "subjectEmail": "test-user@example.com"},
+                "rekorPublicKeyPath": "/path/to/rekor.pub"}]);
+            docker["hostname:5000/myns/sigstore-signed-byopki"] = serde_json::json!([{"type": "sigstoreSigned",
+                "pki": {"caRootsPath": "/path/to/pki_root_crts.pem", "subjectEmail": "test-user@example.com"}}]);
+        }
+        serde_json::json!({
+            "default": [{"type": "reject"}],
+            "transports": {
+                "docker": docker,
+                "dir": {"": [{"type": "insecureAcceptAnything"}]},
+                "atomic": {"hostname:5000/vendor/product": [
+                    {"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/path/to/vendor-pubkey.gpg",
+                     "signedIdentity": {"type": "exactRepository", "dockerRepository": "vendor-hostname/product/repository"}},
+                    {"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/path/to/reviewer-pubkey.gpg"}
+                ]}
+            }
+        })
+    }
+
+    #[test]
+    fn a_reasonably_locked_down_system() {
+        let dir = TestDir::new();
+        let (trusted, mallory) = (Key::new(), Key::new());
+        let key_path = dir.write("sigstore-pubkey.pub", &trusted.pem());
+        let policy = load_json(&dir, &locked_down(&key_path, false)).unwrap();
+        let none: &[(SignatureLayer, Bytes)] = &[];
+        let by_digest = format!("{FULL}@{DIGEST}");
+        // (image, its signatures, containers/image's verdict)
+        type Row = (String, Vec<(SignatureLayer, Bytes)>, bool);
+        let rows: Vec<Row> = vec![
+            ("docker.io/openshift/hello-openshift:latest".to_owned(), vec![], true),
+            ("busybox:latest".to_owned(), vec![], true),
+            ("docker.io/library/busybox:1.36".to_owned(), vec![], true),
+            ("docker.io/library/busybox-extra:1".to_owned(), vec![], false),
+            ("nginx:latest".to_owned(), vec![], false),
+            ("a.temporary-project.example.com/app:1".to_owned(), vec![], true),
+            ("temporary-project.example.com/app:1".to_owned(), vec![], false),
+            // The default identity: a tag must be signed as exactly that tag.
+            (format!("{FULL}:v1"), vec![trusted.sign(&format!("{FULL}:v1"))], true),
+            (format!("{FULL}:v1"), vec![trusted.sign(FULL)], false),
+            (by_digest.clone(), vec![trusted.sign(FULL)], true),
+            (format!("{FULL}:v1"), vec![mallory.sign(&format!("{FULL}:v1"))], false),
+            (format!("{FULL}:v1"), vec![], false),
+            // matchRepository: cosign's tagless signatures, any tag.
+            (format!("{SUBST}:v1"), vec![trusted.sign(SUBST)], true),
+            (format!("{SUBST}:latest"), vec![trusted.sign(&format!("{SUBST}:v1"))], true),
+            (format!("{SUBST}:v1"), vec![trusted.sign("hostname:5000/myns/other")], false),
+            (format!("{SUBST}:v1"), vec![mallory.sign(SUBST)], false),
+            ("hostname:5000/myns/unlisted:v1".to_owned(), vec![trusted.sign("hostname:5000/myns/unlisted:v1")], false),
+        ];
+        for (image, signatures, expected) in &rows {
+            assert_eq!(accepted(&policy, image, signatures), *expected, "{image}");
+        }
+        assert!(!accepted(&policy, "nginx", none));
+    }
+
+    #[test]
+    fn the_fulcio_and_pki_scopes_are_refused_naming_the_fields() {
+        let dir = TestDir::new();
+        let key_path = dir.write("sigstore-pubkey.pub", &Key::new().pem());
+        let err = load_json(&dir, &locked_down(&key_path, true)).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 3, "{text}");
+        for field in
+            ["\"fulcio\" is not supported", "\"rekorPublicKeyPath\" is not supported", "\"pki\" is not supported"]
+        {
+            assert!(text.contains(field), "{text}");
+        }
+    }
+
+    #[test]
+    fn completely_disable_security() {
+        let dir = TestDir::new();
+        let policy = load_json(&dir, &serde_json::json!({"default": [{"type": "insecureAcceptAnything"}]})).unwrap();
+        for image in ["nginx:latest", "hostname:5000/myns/anything:v1", &format!("{FULL}@{DIGEST}")] {
+            assert!(accepted(&policy, image, &[]), "{image}");
+        }
+    }
+
+    /// The manual's "signed-off by local IT" example (vendor key and reviewer key, both
+    /// required) is written for GPG `signedBy`; this is its sigstore form. With the vendor's
+    /// `exactRepository` identity kept, it is refused (one identity per scope); with one
+    /// identity for both, both signatures are needed.
+    #[test]
+    fn vendor_and_reviewer_both_required() {
+        const PRODUCT: &str = "hostname:5000/vendor/product";
+        let dir = TestDir::new();
+        let (vendor, reviewer) = (Key::new(), Key::new());
+        let vendor_path = dir.write("vendor.pub", &vendor.pem());
+        let reviewer_path = dir.write("reviewer.pub", &reviewer.pem());
+        let scope = |vendor_identity: serde_json::Value| {
+            serde_json::json!({"default": [{"type": "reject"}], "transports": {"docker": {PRODUCT: [
+                {"type": "sigstoreSigned", "keyPath": vendor_path, "signedIdentity": vendor_identity},
+                {"type": "sigstoreSigned", "keyPath": reviewer_path, "signedIdentity": {"type": "matchRepository"}}
+            ]}}})
+        };
+        let exact =
+            serde_json::json!({"type": "exactRepository", "dockerRepository": "vendor-hostname/product/repository"});
+        let err = load_json(&dir, &scope(exact)).unwrap_err();
+        assert!(err.to_string().contains("\"signedIdentity\""), "{err}");
+
+        let policy = load_json(&dir, &scope(serde_json::json!({"type": "matchRepository"}))).unwrap();
+        let image = format!("{PRODUCT}:1.0");
+        assert!(!accepted(&policy, &image, &[vendor.sign(PRODUCT)]));
+        assert!(!accepted(&policy, &image, &[reviewer.sign(PRODUCT)]));
+        assert!(accepted(&policy, &image, &[vendor.sign(PRODUCT), reviewer.sign(PRODUCT)]));
     }
 }

@@ -27,6 +27,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use toml::Spanned;
 
 use super::identity::IdentityRule;
+use super::input;
 use super::load::{self, Loader, line_of};
 use super::{KeyRef, Mode, Requirement, Rule, Scope};
 
@@ -137,7 +138,7 @@ fn policy_files(dir: &Path, loader: &mut Loader) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for entry in entries {
         match entry {
-            Ok(entry) => files.extend(policy_file(&entry.path(), loader)),
+            Ok(entry) => files.extend(policy_file(&entry.path())),
             Err(e) => loader.problem(dir, None, format!("cannot list policy directory: {e}")),
         }
     }
@@ -145,32 +146,18 @@ fn policy_files(dir: &Path, loader: &mut Loader) -> Vec<PathBuf> {
     files
 }
 
-fn policy_file(path: &Path, loader: &mut Loader) -> Option<PathBuf> {
+fn policy_file(path: &Path) -> Option<PathBuf> {
     let name = path.file_name()?.to_string_lossy();
     // Why skip dot-files: Kubernetes ConfigMap mounts keep real copies under "..data/" and
-    // editors leave ".x.toml.swp"; only visible *.toml entries are policy.
-    if name.starts_with('.') || !name.ends_with(".toml") {
-        return None;
-    }
-    // Follows symlinks (ConfigMap entries are symlinks); a dangling one is an error, not a
-    // silently missing policy file.
-    match fs::metadata(path) {
-        Ok(meta) if meta.is_file() => Some(path.to_owned()),
-        Ok(_) => {
-            loader.problem(path, None, "not a regular file");
-            None
-        }
-        Err(e) => {
-            loader.problem(path, None, format!("cannot read: {e}"));
-            None
-        }
-    }
+    // editors leave ".x.toml.swp"; only visible *.toml entries are policy. What else a
+    // `*.toml` entry may be (a dangling symlink, a directory, a FIFO) is reported on reading.
+    (!name.starts_with('.') && name.ends_with(".toml")).then(|| path.to_owned())
 }
 
 pub(super) fn load_file(path: &Path, loader: &mut Loader) {
-    match fs::read_to_string(path) {
+    match input::read_policy_file(path) {
         Ok(text) => load_str(path, &text, loader),
-        Err(e) => loader.problem(path, None, format!("cannot read: {e}")),
+        Err(e) => loader.problem(path, None, e),
     }
 }
 
@@ -418,7 +405,8 @@ impl FileCtx<'_> {
         let mut keys = Vec::new();
         for key in field.into_inner() {
             match self.loader.key_file(&load::resolve(self.path, key.get_ref())) {
-                Ok(k) => keys.push(k),
+                // Each key a group of its own: the threshold counts distinct keys.
+                Ok(k) => keys.push(KeyRef { group: keys.len(), ..k }),
                 Err(e) => self.problem(&key.span(), e),
             }
         }
@@ -714,7 +702,7 @@ namespaces = ["kube-system", "team-a"]
     #[test]
     fn key_file_that_is_a_private_key_or_directory() {
         let dir = setup(&[("a.toml", &format!("{SIGNED}keys = [\"keys\"]\n"))]);
-        assert_one(&load(&dir).unwrap_err(), "a.toml", 4, "cannot read");
+        assert_one(&load(&dir).unwrap_err(), "a.toml", 4, "keys: is a directory, not a regular file");
     }
 
     #[test]

@@ -1,10 +1,16 @@
 //! What a registry asks for (`WWW-Authenticate` challenges) and what we remember between
 //! requests: each registry's scheme and the bearer tokens it issued.
+//!
+//! Only the registry's own host is answered. Blob requests are redirected to storage hosts the
+//! registry picks, and one of those asking for credentials is not the registry asking: its
+//! challenge is neither answered with the pull secret nor remembered. A realm the registry
+//! itself names (Docker Hub's `auth.docker.io`) is its token service and gets the credentials.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use reqwest::Url;
 use reqwest::header::HeaderValue;
 
 use super::limits::{MAX_TOKEN_LIFETIME, TOKEN_CACHE_MAX_ENTRIES, TOKEN_EXPIRY_MARGIN};
@@ -125,6 +131,30 @@ impl Lexer<'_> {
     }
 }
 
+// === Issuer ===
+
+/// The host and port a response came from, as the URL parser spells them (lowercase, IP
+/// addresses canonical, the scheme's default port filled in), so two spellings of one
+/// origin compare equal.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Issuer(String);
+
+impl Issuer {
+    pub fn of(url: &Url) -> Issuer {
+        let host = url.host_str().unwrap_or_default();
+        match url.port_or_known_default() {
+            Some(port) => Issuer(format!("{host}:{port}")),
+            None => Issuer(host.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 // === Token cache ===
 
 /// Tokens are scoped to one repository and were issued for one set of credentials; both are
@@ -182,7 +212,9 @@ fn usable_for(lifetime: Duration) -> Duration {
 /// mutexes held only for a map operation, never across an await.
 #[derive(Default)]
 pub struct AuthState {
-    schemes: Mutex<HashMap<String, Challenge>>,
+    /// Keyed by registry and by the host that issued the challenge, so a challenge is only
+    /// ever answered up front to the host that asked for it.
+    schemes: Mutex<HashMap<(String, Issuer), Challenge>>,
     tokens: Mutex<TokenCache>,
 }
 
@@ -192,18 +224,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl AuthState {
-    /// Lets the next request to this registry carry credentials up front instead of
-    /// collecting a 401 first.
-    pub fn remember(&self, registry: &str, challenge: &Challenge) {
+    /// Lets the next request to this registry's `issuer` carry credentials up front instead of
+    /// collecting a 401 first. Callers pass only the registry's own host as the issuer.
+    pub fn remember(&self, registry: &str, issuer: &Issuer, challenge: &Challenge) {
+        let key = (registry.to_owned(), issuer.clone());
         let mut schemes = lock(&self.schemes);
-        if schemes.len() >= TOKEN_CACHE_MAX_ENTRIES && !schemes.contains_key(registry) {
+        if schemes.len() >= TOKEN_CACHE_MAX_ENTRIES && !schemes.contains_key(&key) {
             schemes.clear();
         }
-        schemes.insert(registry.to_owned(), challenge.clone());
+        schemes.insert(key, challenge.clone());
     }
 
-    pub fn scheme(&self, registry: &str) -> Option<Challenge> {
-        lock(&self.schemes).get(registry).cloned()
+    pub fn scheme(&self, registry: &str, issuer: &Issuer) -> Option<Challenge> {
+        lock(&self.schemes).get(&(registry.to_owned(), issuer.clone())).cloned()
     }
 
     pub fn token(&self, key: &TokenKey) -> Option<HeaderValue> {
@@ -272,16 +305,35 @@ mod tests {
     }
 
     #[test]
-    fn garbage_never_panics() {
+    fn truncated_input_yields_only_prefixes_of_what_was_sent() {
+        const REALM: &str = "https://t/é";
+        const SERVICE: &str = "s\"x";
         let sample = "Bearer realm=\"https://t/é\",service=\"s\\\"x\", Basic , =,\"\",é=\"";
-        for end in 0..=sample.len() {
-            if let Some(prefix) = sample.get(..end) {
-                let _ = parse_challenges(prefix);
+        assert_eq!(parse_challenges(sample), vec![bearer(REALM, Some(SERVICE)), Challenge::Basic]);
+        // A header cut anywhere (a char boundary): what is parsed is a prefix of what was sent.
+        for prefix in (0..=sample.len()).filter_map(|end| sample.get(..end)) {
+            let found = parse_challenges(prefix);
+            let (bearers, basics): (Vec<_>, Vec<_>) = found.iter().partition(|c| matches!(c, Challenge::Bearer(_)));
+            assert!(
+                bearers.len() <= 1 && basics.len() <= usize::from(prefix.contains("Basic")),
+                "{prefix:?}: {found:?}"
+            );
+            if let Some(Challenge::Bearer(b)) = bearers.first() {
+                assert!(!b.realm.is_empty() && REALM.starts_with(&b.realm), "{prefix:?}: {found:?}");
+                assert!(b.service.as_deref().is_none_or(|s| SERVICE.starts_with(s)), "{prefix:?}: {found:?}");
+                if prefix.contains("é\"") {
+                    assert_eq!(b.realm, REALM, "{prefix:?}");
+                }
             }
         }
-        for junk in ["", ",,,", "=", "\"", "\\", "Bearer realm=\"unterminated", "Bearer realm=", "é"] {
-            let _ = parse_challenges(junk);
+    }
+
+    #[test]
+    fn junk_yields_nothing_and_an_unterminated_quote_runs_to_the_end() {
+        for junk in ["", ",,,", "=", "\"", "\\", "Bearer realm=", "Bearer", "é", "=Basic"] {
+            assert_eq!(parse_challenges(junk), vec![], "{junk:?}");
         }
+        assert_eq!(parse_challenges("Bearer realm=\"unterminated"), vec![bearer("unterminated", None)]);
     }
 
     fn key(repo: &str, creds: &str) -> TokenKey {
@@ -336,11 +388,39 @@ mod tests {
         assert!(!cache.entries.is_empty());
     }
 
+    fn issuer(url: &str) -> Issuer {
+        Issuer::of(&Url::parse(url).unwrap())
+    }
+
     #[test]
-    fn auth_state_remembers_scheme_per_registry() {
+    fn issuer_is_host_and_port_with_the_default_filled_in() {
+        assert_eq!(issuer("https://Reg.Example/v2/a/blobs/x").to_string(), "reg.example:443");
+        assert_eq!(issuer("https://reg.example:443/v2/"), issuer("https://reg.example/v2/"));
+        assert_eq!(issuer("http://127.0.0.1:08123/v2/").to_string(), "127.0.0.1:8123");
+        assert_eq!(issuer("http://[0::1]:5000/").to_string(), "[::1]:5000");
+        assert_ne!(issuer("https://reg.example:5000/"), issuer("https://reg.example/"));
+        assert_ne!(issuer("https://cdn.reg.example/"), issuer("https://reg.example/"));
+    }
+
+    #[test]
+    fn auth_state_remembers_scheme_per_registry_and_issuer() {
         let state = AuthState::default();
-        state.remember("a.example", &Challenge::Basic);
-        assert_eq!(state.scheme("a.example"), Some(Challenge::Basic));
-        assert_eq!(state.scheme("b.example"), None);
+        let own = issuer("https://a.example/v2/");
+        state.remember("a.example", &own, &Challenge::Basic);
+        assert_eq!(state.scheme("a.example", &own), Some(Challenge::Basic));
+        assert_eq!(state.scheme("b.example", &own), None);
+        assert_eq!(state.scheme("a.example", &issuer("https://cdn.example/")), None);
+        let foreign = bearer("https://other.example/token", None);
+        state.remember("a.example", &issuer("https://cdn.example/"), &foreign);
+        assert_eq!(state.scheme("a.example", &own), Some(Challenge::Basic), "another host's challenge replaced it");
+    }
+
+    #[test]
+    fn remembered_schemes_are_bounded() {
+        let state = AuthState::default();
+        for n in 0..=TOKEN_CACHE_MAX_ENTRIES {
+            state.remember(&format!("r{n}.example"), &issuer("https://r.example/"), &Challenge::Basic);
+        }
+        assert!(lock(&state.schemes).len() <= TOKEN_CACHE_MAX_ENTRIES);
     }
 }

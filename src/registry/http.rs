@@ -10,7 +10,7 @@ use reqwest::redirect::Policy;
 use reqwest::{Certificate, Client, Response, StatusCode, Url};
 use serde::Deserialize;
 
-use super::auth::{AuthState, BearerChallenge, Challenge, TokenKey, preferred_challenge};
+use super::auth::{AuthState, BearerChallenge, Challenge, Issuer, TokenKey, preferred_challenge};
 use super::limits::{CONNECT_TIMEOUT, MANIFEST_MAX_BYTES, MAX_REDIRECTS, MAX_REFERENCE_LEN};
 use super::response::{Origin, check_status, read_capped, transport_error, verify_digest};
 use super::token::{self, TokenRequest, bearer_header};
@@ -63,6 +63,11 @@ struct Target<'a> {
 impl Target<'_> {
     fn origin(&self) -> Origin<'_> {
         Origin { registry: self.registry, repository: self.repository, what: &self.what }
+    }
+
+    /// The registry's own host: the only one whose challenges are answered.
+    fn issuer(&self) -> Issuer {
+        Issuer::of(&self.url)
     }
 
     fn token_key(&self, creds: &Credentials) -> TokenKey {
@@ -195,7 +200,7 @@ impl HttpRegistry {
         let Some(challenge) = preferred_challenge(values) else {
             return Ok(response);
         };
-        self.auth.remember(target.registry, &challenge);
+        self.auth.remember(target.registry, &target.issuer(), &challenge);
         // A token issued moments ago and refused already: another one would be refused too.
         if first.just_issued && matches!(challenge, Challenge::Bearer(_)) {
             return Ok(response);
@@ -229,7 +234,9 @@ impl HttpRegistry {
         if let Some(metrics) = &self.metrics {
             metrics.registry_response(result.as_ref().ok().map(|r| r.status().as_u16()));
         }
-        result.map_err(|e| transport_error(target.registry, e))
+        let response = result.map_err(|e| transport_error(target.registry, e))?;
+        refuse_foreign_challenge(target, &response)?;
+        Ok(response)
     }
 
     /// What to send before the registry has asked: a registry token as is, otherwise what this
@@ -240,7 +247,7 @@ impl HttpRegistry {
         if let Some(token) = creds.registry_token() {
             return registry_token_header(target, token).map(|h| known(Some(h)));
         }
-        match self.auth.scheme(target.registry) {
+        match self.auth.scheme(target.registry, &target.issuer()) {
             None => Ok(known(None)),
             Some(Challenge::Basic) => basic_header(target, creds).map(known),
             Some(Challenge::Bearer(challenge)) => match self.auth.token(&target.token_key(creds)) {
@@ -284,6 +291,20 @@ impl HttpRegistry {
         self.auth.store_token(target.token_key(creds), token.header.clone(), token.lifetime);
         Ok(token.header)
     }
+}
+
+/// A 401 from a host the registry redirected us to is that host asking, not the registry: the
+/// pull secret is the registry's, so the request fails rather than answer it.
+fn refuse_foreign_challenge(target: &Target<'_>, response: &Response) -> Result<(), RegistryError> {
+    let issuer = Issuer::of(response.url());
+    if response.status() != StatusCode::UNAUTHORIZED || issuer == target.issuer() {
+        return Ok(());
+    }
+    Err(RegistryError::Unauthorized(format!(
+        "{}: {} was redirected to {issuer}, which asks for credentials; pullgate sends credentials only to \
+         the registry itself and the token service it names",
+        target.registry, target.what
+    )))
 }
 
 fn basic_header(target: &Target<'_>, creds: &Credentials) -> Result<Option<HeaderValue>, RegistryError> {

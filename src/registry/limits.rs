@@ -52,8 +52,9 @@ pub const MAX_ERROR_DETAIL_CHARS: usize = 300;
 /// registry that stalls every request holds no more than four pulls' worth of memory.
 pub const DEFAULT_CHECKS_PER_REGISTRY: NonZeroUsize = NonZeroUsize::new(4).expect("nonzero");
 
-/// A check can buffer a manifest of up to `MANIFEST_MAX_BYTES`; sixteen at once keep the
-/// worst case within ~64 MiB however many registries the pulls name.
+/// A check can buffer a manifest of up to `MANIFEST_MAX_BYTES`; sixteen such checks at once
+/// keep the worst case within ~64 MiB however many registries the pulls name (checks keeping
+/// less need no total slot, see `decision::slots`).
 pub const DEFAULT_CHECKS_TOTAL: NonZeroUsize = NonZeroUsize::new(16).expect("nonzero");
 
 // Response heads need no bound of ours: hyper's HTTP/1 client, which reqwest uses and gives

@@ -3,6 +3,7 @@
 //! against canned responses; `HttpRegistry` is the OCI distribution client.
 
 mod auth;
+pub mod buffering;
 pub mod credentials;
 mod http;
 pub mod limits;
@@ -89,7 +90,8 @@ pub struct RegistryConfig {
     pub timeout: Duration,
     /// Most verifications talking to one registry at once; more wait. Default: 4.
     pub checks_per_registry: NonZeroUsize,
-    /// Most verifications talking to registries at once, all registries together. Default: 16.
+    /// Most verifications keeping more than a little of what registries answered (all
+    /// registries together); more wait before they read further. Default: 16.
     pub checks_total: NonZeroUsize,
 }
 

@@ -6,6 +6,7 @@ use reqwest::{Response, StatusCode};
 use sha2::{Digest as _, Sha512};
 
 use super::RegistryError;
+use super::buffering;
 use super::limits::MAX_ERROR_DETAIL_CHARS;
 use crate::reference::Digest;
 
@@ -72,19 +73,22 @@ fn tls_hint(detail: &str) -> Option<&'static str> {
 }
 
 /// Reads at most `limit` bytes. Fails as soon as the declared length or the received bytes pass
-/// the limit; dropping the response then closes the connection instead of draining it.
+/// the limit; dropping the response then closes the connection instead of draining it. Every
+/// byte kept is reserved from the running check's [`buffering`] first.
 pub async fn read_capped(mut response: Response, limit: usize, origin: &Origin<'_>) -> Result<Bytes, RegistryError> {
     let too_large = || RegistryError::TooLarge { what: origin.what.to_owned(), limit };
     let declared = response.content_length();
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    // The declared length is trusted only up to the cap, so it cannot force a big allocation.
-    let mut body = BytesMut::with_capacity(declared.map_or(0, |len| len as usize));
+    // The declared length sizes nothing: a registry can declare 4 MiB and then stall, and bytes
+    // it never sent must cost neither memory nor a reservation. They are reserved as they arrive.
+    let mut body = BytesMut::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(origin.registry, e))? {
         if chunk.len() > limit - body.len() {
             return Err(too_large());
         }
+        buffering::reserve(chunk.len()).await;
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())

@@ -1,6 +1,7 @@
 //! Hot reload: when a policy file, policy.json or a key file the policy uses changes (seen
 //! through inotify), or on request (SIGHUP), the policy is loaded again and applies from the
-//! next pull. A policy that does not load changes nothing: the last good one stays in force.
+//! next pull. A policy that does not load changes nothing: the last good one stays in force,
+//! and so does it when a load outlives `LOAD_DEADLINE` (a file on a hung mount, say).
 
 mod watch;
 
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -22,6 +24,10 @@ use watch::{Plan, Watcher};
 const DEBOUNCE: Duration = Duration::from_millis(200);
 /// A file rewritten without pause must still be picked up.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
+/// A load reads local files of bounded size and takes milliseconds; one still running after
+/// this is stuck (a hung network mount). It is then reported as a failed reload, so the
+/// metric and the log show it instead of the daemon silently keeping an old policy.
+const LOAD_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Asks for a reload. Requests made while one is already pending count once.
 #[derive(Clone, Debug, Default)]
@@ -43,13 +49,29 @@ pub enum ReloadError {
     Policy(#[from] PolicyError),
     #[error("the policy load task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(
+        "loading the policy took longer than {0:?}; a policy or key file may be on a file system that does not answer"
+    )]
+    Deadline(Duration),
+    #[error("the policy load that passed its deadline is still running; no other starts until it ends")]
+    StillStuck,
 }
+
+/// What a reload computes off the async threads: the policy, and the watches it needs.
+type Loaded = (Result<Policy, PolicyError>, Plan);
+/// Given the sources and the policy in force; tests put a load that hangs in its place.
+type Load = Arc<dyn Fn(&Sources, &Policy) -> Loaded + Send + Sync>;
 
 pub struct Reloader {
     sources: Sources,
     policy: SharedPolicy,
     metrics: Arc<Metrics>,
     trigger: Trigger,
+    load: Load,
+    deadline: Duration,
+    /// A load that passed its deadline. Its result is never used (the files may have changed
+    /// since), and no second load starts while it runs, so a hung mount holds one thread only.
+    stuck: Option<JoinHandle<Loaded>>,
 }
 
 // === impl Reloader ===
@@ -57,11 +79,16 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(config: &Config, policy: SharedPolicy, metrics: Arc<Metrics>, trigger: Trigger) -> Reloader {
         let sources = Sources { policy_dir: config.policy_dir.clone(), policy_json: config.policy_json.clone() };
-        Reloader { sources, policy, metrics, trigger }
+        let load: Load = Arc::new(|sources, current| {
+            let result = Policy::load(&sources.policy_dir, sources.policy_json.as_deref());
+            let plan = Plan::new(sources, result.as_ref().unwrap_or(current));
+            (result, plan)
+        });
+        Reloader { sources, policy, metrics, trigger, load, deadline: LOAD_DEADLINE, stuck: None }
     }
 
     /// Watches and reloads until the task is dropped.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let mut watcher = Watcher::new();
         if let Some(plan) = self.plan_for_current().await {
             watcher.arm(plan);
@@ -70,6 +97,8 @@ impl Reloader {
             tokio::select! {
                 () = watcher.changed() => {}
                 () = self.trigger.requested() => {}
+                // What changed while it hung (a revocation, say) must not wait for the next edit.
+                () = stuck_ended(&mut self.stuck) => {}
             }
             self.settle(&mut watcher).await;
             if let Some(plan) = self.reload().await {
@@ -92,16 +121,23 @@ impl Reloader {
     }
 
     /// Loads the policy off the async threads (it reads files) and puts it in force if it
-    /// loads. Returns the watches the policy in force needs afterwards.
-    async fn reload(&self) -> Option<Plan> {
-        let sources = self.sources.clone();
-        let current = self.policy.current();
-        let loaded = tokio::task::spawn_blocking(move || {
-            let result = Policy::load(&sources.policy_dir, sources.policy_json.as_deref());
-            let plan = Plan::new(&sources, result.as_ref().unwrap_or(&current));
-            (result, plan)
-        })
-        .await;
+    /// loads in time. Returns the watches the policy in force needs afterwards.
+    async fn reload(&mut self) -> Option<Plan> {
+        if let Some(stuck) = &self.stuck {
+            if !stuck.is_finished() {
+                self.failed(&ReloadError::StillStuck);
+                return None;
+            }
+            self.stuck = None;
+        }
+        let (sources, current, load) = (self.sources.clone(), self.policy.current(), self.load.clone());
+        // The policy lock is not held here: `current` is a snapshot, and the load only reads it.
+        let mut task = tokio::task::spawn_blocking(move || load(&sources, &current));
+        let Ok(loaded) = tokio::time::timeout(self.deadline, &mut task).await else {
+            self.stuck = Some(task);
+            self.failed(&ReloadError::Deadline(self.deadline));
+            return None;
+        };
         match loaded {
             Ok((Ok(policy), plan)) => {
                 self.put_in_force(policy);
@@ -138,6 +174,18 @@ impl Reloader {
         let current = self.policy.current();
         let planned = tokio::task::spawn_blocking(move || Plan::new(&sources, &current)).await;
         planned.inspect_err(|error| tracing::warn!(%error, "cannot plan policy file watches")).ok()
+    }
+}
+
+/// Resolves when the load that passed its deadline ends (and forgets it); never if none did.
+async fn stuck_ended(stuck: &mut Option<JoinHandle<Loaded>>) {
+    match stuck {
+        Some(task) => {
+            // Its result is stale either way; only that it ended matters.
+            let _ = task.await;
+            *stuck = None;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -30,6 +30,15 @@ impl Drop for Setup {
 impl Setup {
     /// Loads the policy from `policy.d` under a temp dir holding `files`, and runs a reloader.
     async fn start(files: &[(&str, &str)], policy_json: Option<&str>) -> Setup {
+        Setup::start_with(files, policy_json, |reloader| reloader).await
+    }
+
+    /// `start`, with the reloader changed by `adjust` before it runs.
+    async fn start_with(
+        files: &[(&str, &str)],
+        policy_json: Option<&str>,
+        adjust: impl FnOnce(Reloader) -> Reloader,
+    ) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("policy.d")).unwrap();
         for (name, content) in files {
@@ -42,7 +51,7 @@ impl Setup {
         };
         let policy = SharedPolicy::new(Policy::load(&config.policy_dir, config.policy_json.as_deref()).unwrap());
         let (metrics, trigger) = (Metrics::new(), Trigger::default());
-        let reloader = Reloader::new(&config, policy.clone(), metrics.clone(), trigger.clone());
+        let reloader = adjust(Reloader::new(&config, policy.clone(), metrics.clone(), trigger.clone()));
         let task = tokio::spawn(reloader.run());
         // Let the reloader arm its watches before the test changes anything.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -161,4 +170,44 @@ async fn a_request_reloads_and_unrelated_files_do_not() {
 
     setup.trigger.request();
     setup.within_limit("requested reload", |s| s.reloads("success") == 1).await;
+}
+
+/// A load that hangs (as on a mount that stopped answering) is reported once its deadline
+/// passes, the previous policy stays, no second load piles up behind it, and once it ends the
+/// files are loaded again by themselves; what the hung load returned is never put in force.
+#[tokio::test]
+async fn a_load_past_its_deadline_is_reported_and_the_previous_policy_stays() {
+    const DEADLINE: Duration = Duration::from_millis(300);
+    let (release, hang) = std::sync::mpsc::channel::<()>();
+    let hang = std::sync::Mutex::new(Some(hang));
+    let setup = Setup::start_with(&[("policy.d/a.toml", ACCEPT)], None, move |reloader| {
+        let real = reloader.load.clone();
+        let load: Load = Arc::new(move |sources, current| {
+            let first = hang.lock().unwrap().take();
+            let Some(hang) = first else { return real(sources, current) };
+            // Bounded, so a failing test cannot leave a thread blocked for good.
+            let _ = hang.recv_timeout(Duration::from_secs(30));
+            // A policy no file holds: seeing it in force would mean the stale result was used.
+            (Ok(Policy::default()), real(sources, current).1)
+        });
+        Reloader { load, deadline: DEADLINE, ..reloader }
+    })
+    .await;
+    replace(&setup.path("policy.d/a.toml"), REJECT);
+    setup.within_limit("stuck load reported", |s| s.reloads("failure") == 1).await;
+    assert!(setup.metrics.encode().contains("pullgate_policy_last_reload_success 0"));
+    // Read while the load still hangs: the policy lock is never held across a load.
+    assert_eq!(setup.require(), Some(Requirement::Accept), "the previous policy stays in force");
+
+    setup.trigger.request();
+    setup.within_limit("refused while the stuck load runs", |s| s.reloads("failure") == 2).await;
+    assert_eq!(setup.require(), Some(Requirement::Accept));
+
+    // Once the hung load ends, the files are loaded again without another request.
+    release.send(()).unwrap();
+    setup.within_limit("reloaded after the stuck load ended", |s| s.reloads("success") == 1).await;
+    assert_eq!(setup.require(), Some(Requirement::Reject));
+    assert!(setup.metrics.encode().contains("pullgate_policy_last_reload_success 1"));
+    tokio::time::sleep(DEADLINE).await;
+    assert_eq!(setup.reloads("success"), 1, "the hung load's result was put in force as well");
 }

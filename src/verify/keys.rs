@@ -21,8 +21,9 @@ const OID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112"
 pub const MIN_RSA_BITS: usize = 2048;
 /// The rsa crate's default ceiling is 4096; 8192-bit keys exist in the wild and are still cheap to verify with.
 pub const MAX_RSA_BITS: usize = 8192;
-/// Key files are admin-provided, but a policy directory could still point at something huge by mistake.
-const MAX_PEM_BYTES: usize = 64 * 1024;
+/// A PEM public key is at most a few KiB (an 8192-bit RSA key is about 1.5 KiB); the bound keeps
+/// a key path pointed at something else from being parsed, and is the key file read limit too.
+pub const MAX_PEM_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {

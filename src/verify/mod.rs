@@ -18,8 +18,10 @@ use crate::reference::{Digest, ImageRef};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evaluation {
     pub accepted: bool,
-    /// Distinct trusted keys with at least one fully valid signature.
+    /// Distinct key groups (for a TOML rule: distinct keys) with at least one fully valid
+    /// signature by one of their keys.
     pub satisfied_keys: usize,
+    /// The groups needed: the rule's threshold.
     pub required: usize,
     pub signatures: Vec<SignatureOutcome>,
     pub reason: String,
@@ -65,13 +67,13 @@ pub fn evaluate(image: &ImageRef, digest: &Digest, rule: &Rule, sigs: &[(Signatu
     // A threshold of 0 would accept an image with no signature at all; policy loading forbids
     // it, and this keeps a mistake there from turning into an open door.
     let required = rule.threshold.max(1);
-    let mut satisfied: HashSet<&str> = HashSet::new();
+    let mut satisfied: HashSet<usize> = HashSet::new();
     let mut outcomes = Vec::with_capacity(sigs.len());
     let mut worst = Shortfall::NoSignatures;
     for (layer, payload) in sigs {
         let (key, problem) = check_signature(image, digest, rule, &keys, layer, payload);
         match (key, &problem) {
-            (Some(key), None) => _ = satisfied.insert(key.key.fingerprint()),
+            (Some(key), None) => satisfied.extend(groups_of(rule, key)),
             (_, Some((kind, _))) => worst = worst.min(*kind),
             (None, None) => {}
         }
@@ -85,7 +87,9 @@ pub fn evaluate(image: &ImageRef, digest: &Digest, rule: &Rule, sigs: &[(Signatu
     let missing_keys: Vec<String> = if accepted {
         Vec::new()
     } else {
-        keys.iter().filter(|k| !satisfied.contains(k.key.fingerprint())).map(|k| key_label(k)).collect()
+        // A key is missing when no group it belongs to is satisfied: in a group of
+        // alternatives that another key satisfied, it is not needed.
+        keys.iter().filter(|k| !groups_of(rule, k).any(|g| satisfied.contains(&g))).map(|k| key_label(k)).collect()
     };
     let shortfall = match (accepted, satisfied.len()) {
         (true, _) => None,
@@ -104,10 +108,17 @@ pub fn evaluate(image: &ImageRef, digest: &Digest, rule: &Rule, sigs: &[(Signatu
     }
 }
 
-/// The same key listed twice (two paths, or a path and inline data) must not count twice.
+/// Each key is tried once, however many times (and in however many groups) it is listed.
 fn distinct_keys(keys: &[KeyRef]) -> Vec<&KeyRef> {
     let mut seen = HashSet::new();
     keys.iter().filter(|k| seen.insert(k.key.fingerprint())).collect()
+}
+
+/// Every group that lists `key`: a signature by a key two policy.json requirements both trust
+/// satisfies both, as in containers/image, where each requirement is checked on its own.
+fn groups_of<'r>(rule: &'r Rule, key: &'r KeyRef) -> impl Iterator<Item = usize> + 'r {
+    let fingerprint = key.key.fingerprint();
+    rule.keys.iter().filter(move |k| k.key.fingerprint() == fingerprint).map(|k| k.group)
 }
 
 fn key_label(key: &KeyRef) -> String {
@@ -225,7 +236,8 @@ mod tests {
         }
         fn key_ref(&self, path: Option<&str>) -> KeyRef {
             let pem = self.0.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
-            KeyRef { path: path.map(PathBuf::from), key: Arc::new(TrustedKey::from_pem(pem.as_bytes()).unwrap()) }
+            let key = Arc::new(TrustedKey::from_pem(pem.as_bytes()).unwrap());
+            KeyRef { path: path.map(PathBuf::from), key, group: 0 }
         }
         fn sign(&self, payload: &[u8]) -> (SignatureLayer, Bytes) {
             let sig: p256::ecdsa::Signature = self.0.sign(payload);
@@ -249,12 +261,22 @@ mod tests {
         .unwrap()
     }
 
+    /// As a TOML rule has them: each key a group of its own.
     fn rule(keys: Vec<KeyRef>, threshold: usize) -> Rule {
+        grouped(keys.into_iter().map(|key| vec![key]).collect(), threshold)
+    }
+
+    /// As a policy.json scope has them: each list a group, `threshold` of them needed.
+    fn grouped(groups: Vec<Vec<KeyRef>>, threshold: usize) -> Rule {
+        let keys = groups
+            .into_iter()
+            .enumerate()
+            .flat_map(|(group, keys)| keys.into_iter().map(move |k| KeyRef { group, ..k }));
         Rule {
             scope: REPO.parse::<Scope>().expect("scope"),
             namespaces: None,
             require: Requirement::Signed,
-            keys,
+            keys: keys.collect(),
             threshold,
             identity: IdentityRule::MatchRepository,
             mode: Mode::Enforce,
@@ -296,12 +318,47 @@ mod tests {
     }
 
     #[test]
-    fn the_same_key_listed_twice_counts_once() {
-        let a = Signer::new();
-        let r = rule(vec![a.key_ref(Some("a.pub")), a.key_ref(None)], 2);
+    fn the_same_key_listed_twice_in_a_group_counts_once() {
+        let (a, b) = (Signer::new(), Signer::new());
+        let r = grouped(vec![vec![a.key_ref(Some("a.pub")), a.key_ref(None)], vec![b.key_ref(None)]], 2);
         let ev = run(&r, &[a.sign_for(REPO, DIGEST)]);
         assert!(!ev.accepted);
         assert_eq!(ev.satisfied_keys, 1);
+    }
+
+    #[test]
+    fn missing_keys_are_those_of_groups_nobody_satisfied() {
+        let (a1, a2, b) = (Signer::new(), Signer::new(), Signer::new());
+        let r = grouped(
+            vec![vec![a1.key_ref(Some("a1.pub")), a2.key_ref(Some("a2.pub"))], vec![b.key_ref(Some("b.pub"))]],
+            2,
+        );
+        let ev = run(&r, &[a1.sign_for(REPO, DIGEST)]);
+        assert_eq!((ev.shortfall, ev.missing_keys.clone()), (Some(Shortfall::Threshold), vec!["b.pub".to_owned()]));
+    }
+
+    #[test]
+    fn every_group_needs_a_signature_by_one_of_its_keys() {
+        let (a1, a2, b) = (Signer::new(), Signer::new(), Signer::new());
+        let r = grouped(vec![vec![a1.key_ref(None), a2.key_ref(None)], vec![b.key_ref(None)]], 2);
+        let verdict = |sigs: &[(SignatureLayer, Bytes)]| {
+            let ev = run(&r, sigs);
+            (ev.accepted, ev.satisfied_keys)
+        };
+        assert_eq!(verdict(&[a2.sign_for(REPO, DIGEST)]), (false, 1));
+        assert_eq!(verdict(&[a1.sign_for(REPO, DIGEST), a2.sign_for(REPO, DIGEST)]), (false, 1), "one group twice");
+        assert_eq!(verdict(&[b.sign_for(REPO, DIGEST)]), (false, 1));
+        assert_eq!(verdict(&[a2.sign_for(REPO, DIGEST), b.sign_for(REPO, DIGEST)]), (true, 2));
+        assert_eq!(verdict(&[b.sign_for(REPO, DIGEST), a1.sign_for(REPO, DIGEST)]), (true, 2));
+    }
+
+    #[test]
+    fn a_key_in_two_groups_satisfies_both() {
+        let (a, b, c) = (Signer::new(), Signer::new(), Signer::new());
+        let r = grouped(vec![vec![a.key_ref(None), b.key_ref(None)], vec![a.key_ref(None), c.key_ref(None)]], 2);
+        assert!(run(&r, &[a.sign_for(REPO, DIGEST)]).accepted);
+        assert!(!run(&r, &[b.sign_for(REPO, DIGEST)]).accepted);
+        assert!(run(&r, &[b.sign_for(REPO, DIGEST), c.sign_for(REPO, DIGEST)]).accepted);
     }
 
     #[test]

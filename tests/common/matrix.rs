@@ -10,11 +10,13 @@
 //! | team/copied:v1                   | team: signed by A             | A's, copied from signed | rejected |
 //! | team/renamed:v1                  | team: match-repository        | A, payload names other  | rejected |
 //! | loose/renamed:v1                 | loose: identity = ignore      | A, payload names other  | accepted |
-//! | pair/one:v1                      | pair: A and C, threshold 2    | A                       | rejected |
-//! | pair/both:v1                     | pair: A and C, threshold 2    | A, C                    | accepted |
+//! | pair/one:v1                      | pair: A and C, threshold 2 ¹  | A                       | rejected |
+//! | pair/both:v1                     | pair: A and C, threshold 2 ¹  | A, C                    | accepted |
 //! | open/unsigned:v1                 | open: accept                  | none                    | accepted |
 //! | closed/signed:v1                 | closed: reject                | A                       | rejected |
 //! | stray/signed:v1                  | (no rule)                     | A                       | rejected |
+//!
+//! ¹ In containers-policy.json: two `sigstoreSigned` requirements in one scope, one per key.
 
 use std::path::Path;
 
@@ -121,30 +123,34 @@ require = "reject"
     )
 }
 
-/// The matrix's images pushed to `lab`, key A written into `dir`, and the matrix policy in its
-/// containers-policy.json form, naming that key file.
+/// The matrix's images pushed to `lab`, keys A and C written into `dir`, and the matrix policy
+/// in its containers-policy.json form, naming those key files.
 pub fn populate_for_policy_json(lab: &Lab, keys: &Keys, dir: &Path) -> serde_json::Value {
     populate(lab, keys);
-    let key_path = dir.join("a.pub");
-    keys.a.write_public_pem(&key_path);
-    containers_policy_json(&lab.registry, &key_path)
+    let (a, c) = (dir.join("a.pub"), dir.join("c.pub"));
+    keys.a.write_public_pem(&a);
+    keys.c.write_public_pem(&c);
+    containers_policy_json(&lab.registry, &a, &c)
 }
 
-/// The same rules in containers-policy.json, as far as it can say them; `key_path` holds A.
-fn containers_policy_json(registry: &str, key_path: &Path) -> serde_json::Value {
+/// The same rules in containers-policy.json, as far as it can say them; `a` and `c` hold the
+/// keys. "A and C, threshold 2" is two requirements in one scope: every one must hold.
+fn containers_policy_json(registry: &str, a: &Path, c: &Path) -> serde_json::Value {
+    let signed_by = |key: &Path| serde_json::json!({"type": "sigstoreSigned", "keyPath": key, "signedIdentity": {"type": "matchRepository"}});
     serde_json::json!({
         "default": [{"type": "reject"}],
         "transports": {"docker": {
-            format!("{registry}/team"): [{"type": "sigstoreSigned", "keyPath": key_path, "signedIdentity": {"type": "matchRepository"}}],
+            format!("{registry}/team"): [signed_by(a)],
+            format!("{registry}/pair"): [signed_by(a), signed_by(c)],
             format!("{registry}/open"): [{"type": "insecureAcceptAnything"}],
             format!("{registry}/closed"): [{"type": "reject"}],
         }}
     })
 }
 
-/// The rows containers-policy.json can express: it has no `ignore` identity and no thresholds,
-/// and its default rejects, so "no rule matches" cannot happen either.
+/// The rows containers-policy.json can express: it has no `ignore` identity, and its default
+/// rejects, so "no rule matches" cannot happen either.
 pub fn policy_json_rows() -> Vec<Row> {
-    let expressible = |repo: &str| ["team/", "open/", "closed/"].iter().any(|prefix| repo.starts_with(prefix));
+    let expressible = |repo: &str| ["team/", "pair/", "open/", "closed/"].iter().any(|prefix| repo.starts_with(prefix));
     MATRIX.iter().copied().filter(|(repo, ..)| expressible(repo)).collect()
 }

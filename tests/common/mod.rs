@@ -11,3 +11,4 @@ pub mod private;
 pub mod process;
 pub mod pullgate;
 pub mod raw;
+pub mod store;

@@ -93,6 +93,9 @@ pub struct RecordingUpstream {
     pub calls: Arc<Mutex<Vec<Recorded>>>,
     /// Connections accepted so far.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Calls that have reached the upstream, counted as they arrive (before any `Delay`), so a
+    /// test can wait for a call to be in flight instead of sleeping.
+    pub arrived: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// How long the recording upstream waits before answering; lets tests hold a call in flight.
@@ -110,18 +113,22 @@ impl RecordingUpstream {
         let listener = UnixListener::bind(socket).expect("bind recording upstream");
         let calls = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (recorded, accepted) = (calls.clone(), connections.clone());
+        let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (recorded, accepted, arrivals) = (calls.clone(), connections.clone(), arrived.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let recorded = recorded.clone();
-                let service = hyper::service::service_fn(move |request| answer(recorded.clone(), delay, request));
+                let (recorded, arrivals) = (recorded.clone(), arrivals.clone());
+                let service = hyper::service::service_fn(move |request| {
+                    arrivals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    answer(recorded.clone(), delay, request)
+                });
                 let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service);
                 tokio::spawn(connection);
             }
         });
-        RecordingUpstream { calls, connections }
+        RecordingUpstream { calls, connections, arrived }
     }
 }
 
