@@ -227,9 +227,11 @@ async fn verify_names_the_key_behind_each_signature_or_why_it_did_not_count() {
     let signed = signatures("team/signed");
     assert_eq!(signed.as_array().map(Vec::len), Some(1), "{signed:#}");
     assert_eq!((&signed[0]["verified_by"], &signed[0]["counted"]), (&Value::from(a_pub.as_str()), &Value::Bool(true)));
+    assert_eq!(signed[0]["signed_name"], format!("{}/team/signed", lab.registry), "{signed:#}");
 
     let by_b = signatures("team/by-b");
     assert!(by_b[0]["verified_by"].is_null() && by_b[0]["counted"] == false, "{by_b:#}");
+    assert!(by_b[0]["signed_name"].is_null(), "an untrusted payload is not read: {by_b:#}");
     assert!(by_b[0]["rejected_because"].as_str().unwrap().contains("does not verify with any of the 1 trusted key"));
 
     let copied = signatures("team/copied");

@@ -50,6 +50,8 @@ pub struct SignatureView {
     pub layer: String,
     /// The key whose check passed, even when the payload was then refused.
     pub verified_by: Option<String>,
+    /// The image name the signature is for, once a trusted key's signature over it verified.
+    pub signed_name: Option<String>,
     /// Whether the signature counts towards the threshold.
     pub counted: bool,
     pub rejected_because: Option<String>,
@@ -97,6 +99,7 @@ impl SignatureView {
         SignatureView {
             layer: outcome.layer.to_string(),
             verified_by: outcome.verified_by.clone(),
+            signed_name: outcome.signed_name.clone(),
             counted: outcome.rejected_because.is_none(),
             rejected_because: outcome.rejected_because.clone(),
         }

@@ -57,7 +57,17 @@ pub enum Shortfall {
 pub struct SignatureOutcome {
     pub layer: Digest,
     pub verified_by: Option<String>,
+    /// The image name the signed payload carries; only read once a trusted key's signature
+    /// over it verified, since until then it is anybody's text.
+    pub signed_name: Option<String>,
     pub rejected_because: Option<String>,
+}
+
+/// What checking one signature found.
+struct Checked<'k> {
+    key: Option<&'k KeyRef>,
+    signed_name: Option<String>,
+    problem: Option<(Shortfall, String)>,
 }
 
 /// `digest` is the manifest digest the pull will be pinned to; `sigs` pairs each signature layer
@@ -71,7 +81,7 @@ pub fn evaluate(image: &ImageRef, digest: &Digest, rule: &Rule, sigs: &[(Signatu
     let mut outcomes = Vec::with_capacity(sigs.len());
     let mut worst = Shortfall::NoSignatures;
     for (layer, payload) in sigs {
-        let (key, problem) = check_signature(image, digest, rule, &keys, layer, payload);
+        let Checked { key, signed_name, problem } = check_signature(image, digest, rule, &keys, layer, payload);
         match (key, &problem) {
             (Some(key), None) => satisfied.extend(groups_of(rule, key)),
             (_, Some((kind, _))) => worst = worst.min(*kind),
@@ -80,6 +90,7 @@ pub fn evaluate(image: &ImageRef, digest: &Digest, rule: &Rule, sigs: &[(Signatu
         outcomes.push(SignatureOutcome {
             layer: layer.digest.clone(),
             verified_by: key.map(key_label),
+            signed_name,
             rejected_because: problem.map(|(_, text)| text),
         });
     }
@@ -137,26 +148,34 @@ fn check_signature<'k>(
     keys: &[&'k KeyRef],
     layer: &SignatureLayer,
     payload: &[u8],
-) -> (Option<&'k KeyRef>, Option<(Shortfall, String)>) {
+) -> Checked<'k> {
+    let refused = |kind, text: String| Checked { key: None, signed_name: None, problem: Some((kind, text)) };
     if !layer.digest.verify(payload) {
-        return (None, Some((Shortfall::UnusablePayload, "payload blob does not match the layer digest".to_string())));
+        return refused(Shortfall::UnusablePayload, "payload blob does not match the layer digest".to_string());
     }
     let Some(key) = keys.iter().copied().find(|k| k.key.verify(payload, &layer.signature).is_ok()) else {
         let n = keys.len();
         let text = format!("signature does not verify with any of the {n} trusted {}", plural(n, "key"));
-        return (None, Some((Shortfall::UntrustedKey, text)));
+        return refused(Shortfall::UntrustedKey, text);
     };
-    (Some(key), check_payload(image, digest, rule, payload).err())
+    let signed = match SignedPayload::parse(payload) {
+        Ok(signed) => signed,
+        Err(PayloadError::WrongType(t)) => {
+            let text = format!("signature payload has type {t:?}, not a cosign container image signature");
+            return Checked { key: Some(key), ..refused(Shortfall::UnusablePayload, text) };
+        }
+        Err(other) => return Checked { key: Some(key), ..refused(Shortfall::UnusablePayload, other.to_string()) },
+    };
+    let problem = check_payload(image, digest, rule, &signed).err();
+    Checked { key: Some(key), signed_name: Some(signed.docker_reference), problem }
 }
 
-fn check_payload(image: &ImageRef, digest: &Digest, rule: &Rule, payload: &[u8]) -> Result<(), (Shortfall, String)> {
-    let signed = SignedPayload::parse(payload).map_err(|e| match e {
-        PayloadError::WrongType(t) => (
-            Shortfall::UnusablePayload,
-            format!("signature payload has type {t:?}, not a cosign container image signature"),
-        ),
-        other => (Shortfall::UnusablePayload, other.to_string()),
-    })?;
+fn check_payload(
+    image: &ImageRef,
+    digest: &Digest,
+    rule: &Rule,
+    signed: &SignedPayload,
+) -> Result<(), (Shortfall, String)> {
     if signed.manifest_digest != *digest {
         let text = format!("signature payload names digest {}, not {digest}", signed.manifest_digest);
         return Err((Shortfall::DigestMismatch, text));
@@ -298,6 +317,7 @@ mod tests {
         assert_eq!((ev.satisfied_keys, ev.required), (1, 1));
         assert_eq!(ev.signatures[0].verified_by.as_deref(), Some("/keys/a.pub"));
         assert_eq!(ev.signatures[0].rejected_because, None);
+        assert_eq!(ev.signatures[0].signed_name.as_deref(), Some(REPO));
         assert_eq!(ev.reason, "signed by 1 of 1 required key");
         assert_eq!((ev.shortfall, ev.missing_keys.len()), (None, 0));
     }
@@ -368,6 +388,7 @@ mod tests {
         let ev = run(&r, &[mallory.sign_for(REPO, DIGEST)]);
         assert!(!ev.accepted);
         assert_eq!(ev.signatures[0].verified_by, None);
+        assert_eq!(ev.signatures[0].signed_name, None, "an unverified payload is not read");
         assert_eq!(
             ev.reason,
             "no signature by a trusted key (1 signature: signature does not verify with any of the 2 trusted keys)"
@@ -392,6 +413,7 @@ mod tests {
         assert!(!ev.accepted);
         let because = ev.signatures[0].rejected_because.as_deref().unwrap_or_default();
         assert!(because.starts_with("identity mismatch: "), "{because}");
+        assert_eq!(ev.signatures[0].signed_name.as_deref(), Some("registry.example/other/app"));
         assert_eq!(ev.shortfall, Some(Shortfall::IdentityMismatch));
     }
 
