@@ -2,7 +2,7 @@
 #
 #   make                      build the release binary (cargo build --release --locked)
 #   sudo make install         install the binary, the systemd unit, an example config (only if
-#                             none exists) and an empty policy.d; then print the kubelet setting
+#                             none exists), an empty policy.d and keys/; then print the next steps
 #   sudo make uninstall       remove the binary and the unit; config and policy are kept
 #
 # Variables:
@@ -47,21 +47,27 @@ install: $(BIN)
 	else \
 		$(INSTALL) -m 0644 config/pullgate.toml "$(DESTDIR)$(CONFDIR)/pullgate.toml"; \
 	fi
-	$(INSTALL) -d -m 0755 "$(DESTDIR)$(CONFDIR)/policy.d"
+	$(INSTALL) -d -m 0755 "$(DESTDIR)$(CONFDIR)/policy.d" "$(DESTDIR)$(CONFDIR)/keys"
 	@sock=$$(sed -n 's/^listen *= *"\(.*\)".*/\1/p' "$(DESTDIR)$(CONFDIR)/pullgate.toml" | tail -n 1); \
 	sock=$${sock:-/run/pullgate/pullgate.sock}; \
 	echo; \
 	echo "pullgate installed. Next steps:"; \
-	echo "  1. Write policy files into $(CONFDIR)/policy.d (see docs/policy.md)."; \
-	echo "     With no rules, every image pull is refused."; \
-	echo "  2. systemctl daemon-reload && systemctl enable --now pullgate"; \
-	echo "  3. Point the kubelet's image service at pullgate, in its KubeletConfiguration:"; \
+	echo "  1. Put public keys into $(CONFDIR)/keys and policy files into $(CONFDIR)/policy.d"; \
+	echo "     (see docs/policy.md). With no rules, every image pull is refused."; \
+	echo "  2. Check them: pullgate policy check"; \
+	echo "     and try an image: pullgate verify IMAGE --namespace NAMESPACE"; \
+	echo "  3. systemctl daemon-reload && systemctl enable --now pullgate"; \
+	echo "  4. Point the kubelet's image service at pullgate, in its KubeletConfiguration:"; \
 	echo "       imageServiceEndpoint: unix://$$sock"; \
 	echo "     or with the flag --image-service-endpoint=unix://$$sock"; \
-	echo "     keep containerRuntimeEndpoint on containerd, then: systemctl restart kubelet"
+	echo "     keep containerRuntimeEndpoint on containerd, then: systemctl restart kubelet"; \
+	echo "Only the kubelet's pulls go through pullgate: containerd's own pulls (the pause"; \
+	echo "image, sandbox_image in containerd's config) and ctr/nerdctl pulls are not verified."
 
+# The warning comes first: once the binary is gone, a kubelet still pointed at pullgate can
+# pull nothing, and that is worth reading before it happens, not after.
 uninstall:
-	rm -f "$(DESTDIR)$(BINDIR)/pullgate" "$(DESTDIR)$(UNITDIR)/pullgate.service"
-	@echo "removed pullgate; kept $(CONFDIR) (config and policy): remove it yourself if unneeded."
 	@echo "Roll back before uninstalling: remove imageServiceEndpoint from the kubelet, restart it,"
 	@echo "then systemctl disable --now pullgate (see README)."
+	rm -f "$(DESTDIR)$(BINDIR)/pullgate" "$(DESTDIR)$(UNITDIR)/pullgate.service"
+	@echo "removed pullgate; kept $(CONFDIR) (config, keys and policy): remove it yourself if unneeded."

@@ -8,7 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, LogFormat, LogOverrides, Overrides};
+use crate::config::{Config, ConfigError, LogFormat, LogOverrides, Overrides};
+use crate::daemon::DaemonError;
+use crate::explain::SCHEMA_VERSION;
+use crate::policy::Problem;
 
 /// `verify` and `policy check`: the image or policy is refused / has problems.
 const EXIT_REFUSED: u8 = 1;
@@ -42,7 +45,7 @@ enum PolicyCommand {
     /// Load configuration and policy as `serve` would, then list the rules or every problem.
     ///
     /// Exit status: 0 the policy loads, 1 it has problems, 2 the configuration is unusable.
-    Check(ConfigArgs),
+    Check(policy_check::CheckArgs),
 }
 
 /// Where the configuration comes from; shared by every command so they all read the same.
@@ -54,6 +57,73 @@ struct ConfigArgs {
     /// Directory of policy files (overrides `policy_dir`).
     #[arg(long)]
     policy_dir: Option<PathBuf>,
+    /// A containers-policy.json read in addition to the policy directory (overrides `policy_json`).
+    #[arg(long)]
+    policy_json: Option<PathBuf>,
+}
+
+/// How `verify` and `policy check` report, failures included.
+#[derive(Clone, Copy, Default, clap::ValueEnum)]
+enum Output {
+    /// Text for people; errors on standard error.
+    #[default]
+    Text,
+    /// One JSON object on standard output for tools, an error object too.
+    Json,
+}
+
+/// Something that kept a command from doing what was asked, as `Output` reports it.
+struct Failure {
+    /// `config`, `policy`, `input` or `output`: what a tool should look at.
+    kind: &'static str,
+    message: String,
+    /// Each problem of a policy that does not load, with its file and line.
+    problems: Vec<Problem>,
+    exit: u8,
+}
+
+impl Failure {
+    fn new(kind: &'static str, message: impl std::fmt::Display) -> Failure {
+        Failure { kind, message: message.to_string(), problems: Vec::new(), exit: EXIT_ERROR }
+    }
+
+    fn config(error: &ConfigError) -> Failure {
+        Failure::new("config", error)
+    }
+
+    /// What keeps the daemon from starting: the policy, with each of its problems, or the rest
+    /// of the configuration.
+    fn prepare(error: DaemonError) -> Failure {
+        match error {
+            DaemonError::Policy(error) => {
+                let message = error.to_string();
+                Failure { kind: "policy", message, problems: error.problems, exit: EXIT_ERROR }
+            }
+            other => Failure::new("config", other),
+        }
+    }
+}
+
+impl Output {
+    fn fail(self, failure: Failure) -> ExitCode {
+        match self {
+            Output::Text => eprintln!("pullgate: {}", failure.message),
+            Output::Json => {
+                let problems: Vec<serde_json::Value> = failure
+                    .problems
+                    .iter()
+                    .map(|p| serde_json::json!({"file": p.file, "line": p.line, "message": p.message}))
+                    .collect();
+                let error = serde_json::json!({
+                    "kind": failure.kind,
+                    "message": failure.message,
+                    "problems": problems,
+                });
+                println!("{}", serde_json::json!({"schema_version": SCHEMA_VERSION, "error": error}));
+            }
+        }
+        ExitCode::from(failure.exit)
+    }
 }
 
 #[derive(clap::Args)]
@@ -80,9 +150,10 @@ pub fn main() -> ExitCode {
 }
 
 impl ConfigArgs {
-    fn load(&self, overrides: Overrides) -> Result<Config, ExitCode> {
-        let overrides = Overrides { policy_dir: self.policy_dir.clone(), ..overrides };
-        Config::load(self.config.as_deref(), &overrides).map_err(|error| fail(&error))
+    fn load(&self, overrides: Overrides) -> Result<Config, ConfigError> {
+        let overrides =
+            Overrides { policy_dir: self.policy_dir.clone(), policy_json: self.policy_json.clone(), ..overrides };
+        Config::load(self.config.as_deref(), &overrides)
     }
 }
 
@@ -95,7 +166,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     let config = match args.config.load(overrides) {
         Ok(config) => config,
-        Err(code) => return code,
+        Err(error) => return fail(&error),
     };
     if let Err(error) = crate::telemetry::init(&config.log) {
         return fail(&error);

@@ -137,6 +137,8 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_json: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<LogOverrides>,
 }
 
@@ -146,8 +148,57 @@ pub struct LogOverrides {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
+
+/// Every problem, each as "key in file: what is wrong", in the words of the configuration file
+/// rather than of serde (no `usize`, no internal `default.` profile, no nested backticks).
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let problems: Vec<String> = (*self.0).clone().into_iter().map(|error| describe(&error)).collect();
+        match problems.as_slice() {
+            [one] => write!(f, "invalid configuration: {one}"),
+            many => {
+                write!(f, "invalid configuration, {} problems:", many.len())?;
+                many.iter().try_for_each(|problem| write!(f, "\n  {problem}"))
+            }
+        }
+    }
+}
+
+fn describe(error: &figment::Error) -> String {
+    use figment::error::Kind;
+    let key = error.path.join(".");
+    // The path as given, not figment's rendering relative to the working directory.
+    let file = match error.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+        Some(figment::Source::File(path)) => format!(" in {}", path.display()),
+        Some(other) => format!(" in {other}"),
+        None => String::new(),
+    };
+    match &error.kind {
+        Kind::UnknownField(found, expected) => {
+            let hint = if found == "rule" { " (policy rules go in policy_dir files, not here)" } else { "" };
+            format!("unknown key \"{key}\"{file}{hint}; the keys here are {}", expected.join(", "))
+        }
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+            format!("\"{key}\"{file} must be {}, not {actual}", plain_type(expected))
+        }
+        Kind::UnknownVariant(found, expected) => {
+            format!("\"{key}\"{file} must be one of {}, not {found:?}", expected.join(", "))
+        }
+        Kind::Message(message) if key.is_empty() => format!("{}{file}", message.trim()),
+        _ => error.to_string(),
+    }
+}
+
+/// serde's names for what was expected, as a configuration file's reader says them.
+fn plain_type(expected: &str) -> &str {
+    match expected {
+        "a sequence" => "a list",
+        "usize" | "u64" | "u32" | "u16" | "u8" | "i64" | "i32" => "a whole number",
+        "nonzero usize" => "a whole number above 0",
+        other => other,
+    }
+}
 
 impl Config {
     /// The figment that `serve` and the other commands extract from; exposed so tests can layer
@@ -166,8 +217,54 @@ impl Config {
     }
 
     pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
-        figment.extract().map_err(|e| ConfigError(Box::new(e)))
+        let config: Config = figment.extract().map_err(|e| ConfigError(Box::new(e)))?;
+        config.validate().map_err(ConfigError)?;
+        Ok(config)
     }
+
+    /// What the types alone accept but the daemon would silently misread: every problem,
+    /// chained, so one run reports them all.
+    fn validate(&self) -> Result<(), Box<figment::Error>> {
+        let problems: Vec<String> = log_level_problems(&self.log.level)
+            .into_iter()
+            .chain(self.registry.insecure.iter().filter_map(|entry| insecure_entry_problem(entry)))
+            .collect();
+        let mut errors = problems.into_iter().map(figment::Error::from);
+        match errors.next() {
+            None => Ok(()),
+            Some(first) => Err(Box::new(errors.fold(first, figment::Error::chain))),
+        }
+    }
+}
+
+/// Level names a bare `log.level` directive may be.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// A tracing filter reads a bare word as a target to log at every level, so `level = "verbose"`
+/// would silence everything but a target named "verbose": a bare word must be a level, and a
+/// target is written `target=level`.
+fn log_level_problems(level: &str) -> Option<String> {
+    let bare_words = level.split(',').map(str::trim).filter(|d| !d.contains(['=', '[']));
+    let unknown: Vec<&str> = bare_words.filter(|d| !LOG_LEVELS.contains(&d.to_ascii_lowercase().as_str())).collect();
+    if unknown.is_empty() {
+        return tracing_subscriber::EnvFilter::try_new(level).err().map(|e| format!("log.level {level:?}: {e}"));
+    }
+    let shown: Vec<String> = unknown.iter().map(|d| format!("{d:?}")).collect();
+    Some(format!(
+        "log.level {level:?}: {} is not a level; write one of {} or target=level (e.g. \"pullgate=debug\")",
+        shown.join(", "),
+        LOG_LEVELS.join(", ")
+    ))
+}
+
+/// Entries are matched against a registry's host[:port], so a URL would silently match none.
+fn insecure_entry_problem(entry: &str) -> Option<String> {
+    let bare = entry.split_once("://").map_or(entry, |(_, rest)| rest);
+    let bare = bare.split('/').next().unwrap_or_default();
+    if bare == entry && !entry.is_empty() {
+        return None;
+    }
+    Some(format!("registry.insecure {entry:?}: write host:port (e.g. {bare:?}) or host, without a scheme or path"))
 }
 
 #[cfg(test)]
@@ -245,6 +342,64 @@ mod tests {
         // The file alone, without the environment layer the other tests jail.
         let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::file_exact(path));
         assert_eq!(Config::from_figment(figment).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn a_log_level_that_is_no_level_is_an_error() {
+        Jail::expect_with(|jail| {
+            for good in ["warn", "INFO", "pullgate=debug,info", "off"] {
+                jail.create_file("pullgate.toml", &format!("[log]\nlevel = {good:?}\n"))?;
+                load_in_jail(jail, &Overrides::default()).map_err(|e| format!("{good}: {e}"))?;
+            }
+            for bad in ["verbose", "info,pullgate", ""] {
+                jail.create_file("pullgate.toml", &format!("[log]\nlevel = {bad:?}\n"))?;
+                let err = load_in_jail(jail, &Overrides::default()).expect_err(bad).to_string();
+                assert!(err.contains("log.level") && err.contains("is not a level"), "{bad}: {err}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_insecure_registry_written_as_a_url_is_an_error_saying_what_to_write() {
+        Jail::expect_with(|jail| {
+            jail.create_file("pullgate.toml", "[registry]\ninsecure = [\"127.0.0.1:5000\", \"mirror.local\"]\n")?;
+            load_in_jail(jail, &Overrides::default()).map_err(|e| e.to_string())?;
+            let file = "[registry]\ninsecure = [\"http://127.0.0.1:41085\", \"r.local:5000/v2/\"]\n";
+            jail.create_file("pullgate.toml", file)?;
+            let err = load_in_jail(jail, &Overrides::default()).expect_err("URL accepted").to_string();
+            assert!(err.contains("write host:port (e.g. \"127.0.0.1:41085\")"), "{err}");
+            assert!(
+                err.contains("\"r.local:5000/v2/\": write host:port (e.g. \"r.local:5000\")"),
+                "both reported: {err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn type_errors_read_in_the_files_words() {
+        Jail::expect_with(|jail| {
+            let path = jail.directory().join("pullgate.toml");
+            let cases = [
+                (
+                    "polcy_dir = \"/p\"\n",
+                    format!("unknown key \"polcy_dir\" in {}; the keys here are listen,", path.display()),
+                ),
+                ("[cache]\nmax_entries = \"many\"\n", "\"cache.max_entries\" in".to_owned()),
+                ("[cache]\nmax_entries = \"many\"\n", "must be a whole number, not string \"many\"".to_owned()),
+                ("[registry]\ninsecure = \"a:1\"\n", "\"registry.insecure\" in".to_owned()),
+                ("[registry]\ninsecure = \"a:1\"\n", "must be a list, not string \"a:1\"".to_owned()),
+                ("[rule]\nscope = \"*\"\n", "(policy rules go in policy_dir files, not here)".to_owned()),
+            ];
+            for (file, expected) in cases {
+                jail.create_file("pullgate.toml", file)?;
+                let err = load_in_jail(jail, &Overrides::default()).expect_err(file).to_string();
+                assert!(err.contains(&expected), "{file}: {err}");
+                assert!(!err.contains("default.") && !err.contains("usize") && !err.contains("``"), "{err}");
+            }
+            Ok(())
+        });
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub fn prepare(config: &Config) -> Result<Prepared, DaemonError> {
     if policy.is_empty() {
         tracing::warn!(policy_dir = %config.policy_dir.display(), "policy has no rules: every pull will be rejected");
     }
+    for warning in crate::policy::lint::warnings(&policy, &config.policy_dir, config.policy_json.as_deref()) {
+        tracing::warn!(file = %warning.file.display(), "{}", warning.message);
+    }
     let policy = SharedPolicy::new(policy);
     let metrics = Metrics::new();
     let registry = Arc::new(HttpRegistry::new(&config.registry)?.with_metrics(metrics.clone()));

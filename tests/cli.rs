@@ -227,9 +227,11 @@ async fn verify_names_the_key_behind_each_signature_or_why_it_did_not_count() {
     let signed = signatures("team/signed");
     assert_eq!(signed.as_array().map(Vec::len), Some(1), "{signed:#}");
     assert_eq!((&signed[0]["verified_by"], &signed[0]["counted"]), (&Value::from(a_pub.as_str()), &Value::Bool(true)));
+    assert_eq!(signed[0]["signed_name"], format!("{}/team/signed", lab.registry), "{signed:#}");
 
     let by_b = signatures("team/by-b");
     assert!(by_b[0]["verified_by"].is_null() && by_b[0]["counted"] == false, "{by_b:#}");
+    assert!(by_b[0]["signed_name"].is_null(), "an untrusted payload is not read: {by_b:#}");
     assert!(by_b[0]["rejected_because"].as_str().unwrap().contains("does not verify with any of the 1 trusted key"));
 
     let copied = signatures("team/copied");
@@ -240,6 +242,67 @@ async fn verify_names_the_key_behind_each_signature_or_why_it_did_not_count() {
     assert_eq!(pair.field("signatures"), "1 found; 1 of 2 required keys satisfied");
     assert_eq!(pair.field("require"), "signed by 2 of: a.pub, c.pub");
     assert!(pair.stdout.contains(&format!(": counts, verified by {a_pub}\n")), "{}", pair.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_json_gives_a_reason_code_and_the_keys_that_did_not_sign() {
+    let lab = Lab::start();
+    let keys = Keys::generate();
+    matrix::populate(&lab, &keys);
+    let node = native_node(&lab, &keys);
+    let c_pub = node.policy_dir().join("c.pub").display().to_string();
+    let verify = |reference: &str| node.verify(&format!("{}/{reference}", lab.registry), &["--output", "json"]).json();
+    let codes = [
+        ("team/signed:v1", "verified"),
+        ("team/unsigned:v1", "no-signatures"),
+        ("team/by-b:v1", "untrusted-key"),
+        ("team/copied:v1", "digest-mismatch"),
+        ("pair/one:v1", "threshold"),
+        ("open/unsigned:v1", "accept-rule"),
+        ("closed/signed:v1", "rejected-scope"),
+        ("stray/signed:v1", "no-rule"),
+        ("team/signed:no-such-tag", "not-found"),
+    ];
+    for (reference, code) in codes {
+        let json = verify(reference);
+        assert_eq!((json["schema_version"].as_u64(), json["reason_code"].as_str()), (Some(1), Some(code)), "{json:#}");
+    }
+
+    let pair = verify("pair/one:v1");
+    assert_eq!(pair["missing_keys"], serde_json::json!([c_pub]), "{pair:#}");
+    let message = pair["daemon"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("only 1 of 2 required keys signed; missing: {c_pub}")), "{message}");
+
+    // A tag that does not exist is not a signature failure: the kubelet must show it as the
+    // image not being found, as it does without pullgate.
+    let missing = verify("team/signed:no-such-tag");
+    let message = missing["daemon"]["message"].as_str().unwrap();
+    let expected = format!("pullgate: image {}/team/signed:no-such-tag not found: ", lab.registry);
+    assert!(message.starts_with(&expected), "{message}");
+    // The daemon answers the kubelet exactly so, through the real containerd.
+    let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
+    config.registry.insecure = vec![lab.registry.clone()];
+    let policy = matrix::native_policy(&lab.registry);
+    let (a, c) = (keys.a.public_pem(), keys.c.public_pem());
+    let files = [("a.pub", a.as_str()), ("c.pub", c.as_str()), ("10-team.toml", policy.as_str())];
+    let pullgate = common::pullgate::start_with(config, &files).await;
+    let image = format!("{}/team/signed:no-such-tag", lab.registry);
+    let status = cri::images(&pullgate.socket)
+        .pull_image(cri::pull_request(&image, Some("default")))
+        .await
+        .expect_err("a missing tag pulled");
+    assert_eq!((status.code(), status.message()), (tonic::Code::NotFound, message), "{status:?}");
+    pullgate.stop().await;
+
+    // The lab registry speaks plain HTTP: without it in registry.insecure, say what to do.
+    let config = std::fs::read_to_string(node.config()).unwrap();
+    let https_only = config.replace(&format!("insecure = [{:?}]", lab.registry), "insecure = []");
+    assert_ne!(config, https_only);
+    std::fs::write(node.config(), https_only).unwrap();
+    let plain = verify("team/signed:v1");
+    assert_eq!(plain["reason_code"], "registry-unavailable", "{plain:#}");
+    let reason = plain["reason"].as_str().unwrap();
+    assert!(reason.contains("the registry answered in plain HTTP; add it to registry.insecure"), "{reason}");
 }
 
 // === verify: containers-policy.json and audit mode ===
@@ -356,7 +419,145 @@ fn verify_exits_2_on_a_bad_config_or_policy() {
     assert!(run.stderr.contains(&location), "{}", run.stderr);
 }
 
+#[test]
+fn verify_json_reports_a_config_or_policy_that_does_not_load_as_an_error_object() {
+    let node = Node::new("127.0.0.1:5000", &[("policy.toml", "[[rule]]\nscope = \"*\"\nrequire = \"maybe\"\n")], None);
+    let run = node.verify("nginx", &["--output", "json"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let json = run.json();
+    assert_eq!(
+        (json["schema_version"].as_u64(), json["error"]["kind"].as_str()),
+        (Some(1), Some("policy")),
+        "{json:#}"
+    );
+    let problem = &json["error"]["problems"][0];
+    assert_eq!(problem["file"], node.policy_dir().join("policy.toml").to_str().unwrap(), "{json:#}");
+    assert_eq!(problem["line"], 3, "{json:#}");
+
+    std::fs::write(node.config(), "policy_dri = \"/etc\"\n").unwrap();
+    let run = node.verify("nginx", &["--output", "json"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let json = run.json();
+    assert_eq!(json["error"]["kind"], "config", "{json:#}");
+    assert!(json["error"]["message"].as_str().unwrap().contains("policy_dri"), "{json:#}");
+}
+
+#[test]
+fn verify_refuses_a_namespace_no_pod_can_have() {
+    let node = Node::new("127.0.0.1:5000", &[("policy.toml", "[[rule]]\nscope = \"*\"\nrequire = \"accept\"\n")], None);
+    let config = node.config();
+    let run = pullgate(&["verify", "nginx", "--config", config.to_str().unwrap(), "--namespace", "Default"]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("\"Default\" is not a Kubernetes namespace name"), "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+}
+
+#[test]
+fn a_rules_message_ends_the_kubelets_error() {
+    let rule = "[[rule]]\nscope = \"r.example/team\"\nrequire = \"reject\"\nmessage = \"revoked build, see INC-123\"\n";
+    let node = Node::new("127.0.0.1:5000", &[("policy.toml", rule)], None);
+    let run = node.verify("r.example/team/app:1", &["--output", "json"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let message = run.json()["daemon"]["message"].as_str().unwrap().to_owned();
+    assert!(message.starts_with("SignatureValidationFailed: image r.example/team/app:1 refused"), "{message}");
+    assert!(message.ends_with(". revoked build, see INC-123"), "{message}");
+}
+
+#[test]
+fn policy_json_can_be_given_on_the_command_line() {
+    let json = serde_json::json!({"default": [{"type": "reject"}], "transports": {"docker": {
+        "r.example/open": [{"type": "insecureAcceptAnything"}]}}});
+    let node = Node::new("127.0.0.1:5000", &[], None);
+    let path = node.dir.path().join("elsewhere.json");
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let (config, path) = (node.config(), path.to_str().unwrap().to_owned());
+    let verify = |image: &str| {
+        pullgate(&["verify", image, "-c", config.to_str().unwrap(), "--policy-json", &path, "--output", "json"])
+    };
+    let open = verify("r.example/open/app:1");
+    assert_eq!((open.code, open.json()["reason_code"].clone()), (0, Value::from("accept-rule")), "{}", open.stdout);
+    assert_eq!(open.json()["rule"]["file"], path.as_str());
+    assert_eq!(verify("r.example/other/app:1").json()["reason_code"], "rejected-scope");
+    let check = pullgate(&["policy", "check", "-c", config.to_str().unwrap(), "--policy-json", &path]);
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+    assert!(
+        check.stdout.ends_with(&format!("2 rules from {} and {path}\n", node.policy_dir().display())),
+        "{}",
+        check.stdout
+    );
+}
+
 // === policy check ===
+
+#[test]
+fn policy_check_names_ignored_files_and_rules_that_cannot_do_what_they_say() {
+    let key = TestKey::generate().public_pem();
+    let hub = "[[rule]]\nscope = \"docker.io/nginx\"\nrequire = \"reject\"\n";
+    let files = [
+        ("10-hub.toml", hub),
+        ("policy.json", "{}"),
+        ("20-extra.TOML", hub),
+        ("30-extra.yaml", ""),
+        ("README", ""),
+        ("a.pub", key.as_str()),
+    ];
+    let node = Node::new("127.0.0.1:5000", &files, None);
+    let json = serde_json::json!({"default": [{"type": "sigstoreSigned", "keyPath": node.policy_dir().join("a.pub")}]});
+    let (policy_json, config) = (node.dir.path().join("containers.json"), node.config());
+    std::fs::write(&policy_json, serde_json::to_vec(&json).unwrap()).unwrap();
+    let args = ["policy", "check", "-c", config.to_str().unwrap(), "--policy-json", policy_json.to_str().unwrap()];
+    let run = pullgate(&args);
+    assert_eq!(run.code, 0, "warnings do not fail the check:\n{}{}", run.stdout, run.stderr);
+    let dir = node.policy_dir();
+    for name in ["20-extra.TOML", "30-extra.yaml", "policy.json"] {
+        assert!(
+            run.stdout.contains(&format!("ignored: {}: only", dir.join(name).display())),
+            "{name}:\n{}",
+            run.stdout
+        );
+    }
+    assert!(!run.stdout.contains("README"), "{}", run.stdout);
+    let hub_warning = format!("warning: {}: scope \"docker.io/nginx\"", dir.join("10-hub.toml").display());
+    assert!(run.stdout.contains(&hub_warning) && run.stdout.contains("docker.io/library/nginx"), "{}", run.stdout);
+    let json_warning =
+        format!("warning: {}: scope \"*\": signedIdentity is matchRepoDigestOrExact", policy_json.display());
+    assert!(run.stdout.contains(&json_warning), "{}", run.stdout);
+
+    let run = pullgate(&[&args[..], &["--output", "json"]].concat());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    assert_eq!(report["schema_version"], 1);
+    assert_eq!(report["rules"].as_array().map(Vec::len), Some(2), "{report:#}");
+    let kinds: Vec<&str> = report["warnings"].as_array().unwrap().iter().map(|w| w["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ignored", "ignored", "ignored", "rule", "rule"], "{report:#}");
+}
+
+#[test]
+fn policy_check_says_what_a_key_file_is_when_it_is_no_public_key() {
+    let rule = "[[rule]]\nscope = \"r.example/team\"\nrequire = \"signed\"\nkeys = [\"id.pub\", \"empty.pub\"]\n";
+    let ssh = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE op@node\n";
+    let node = Node::new("127.0.0.1:5000", &[("policy.toml", rule), ("id.pub", ssh), ("empty.pub", "")], None);
+    let run = pullgate(&["policy", "check", "-c", node.config().to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let key = |name: &str| node.policy_dir().join(name).display().to_string();
+    assert!(run.stderr.contains(&format!("key file {}: this is an SSH public key", key("id.pub"))), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("key file {}: the file is empty", key("empty.pub"))), "{}", run.stderr);
+}
+
+#[test]
+fn policy_check_json_lists_every_problem_of_a_broken_policy() {
+    let broken = "[[rule]]\nscope = \"nginx\"\nrequire = \"reject\"\n\n[[rule]]\nscope = \"*\"\nrequire = \"maybe\"\n";
+    let node = Node::new("127.0.0.1:5000", &[("10-broken.toml", broken)], None);
+    let run = pullgate(&["policy", "check", "-c", node.config().to_str().unwrap(), "--output", "json"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let json = run.json();
+    assert_eq!(json["error"]["kind"], "policy", "{json:#}");
+    let lines: Vec<u64> =
+        json["error"]["problems"].as_array().unwrap().iter().map(|p| p["line"].as_u64().unwrap()).collect();
+    assert_eq!(lines, [2, 7], "{json:#}");
+    let missing = pullgate(&["policy", "check", "-c", "/nonexistent/pullgate.toml", "--output", "json"]);
+    assert_eq!((missing.code, missing.json()["error"]["kind"].clone()), (2, Value::from("config")));
+}
 
 #[test]
 fn policy_check_prints_the_rules_as_serve_would_load_them() {

@@ -59,10 +59,15 @@ fn install_places_every_file_and_prints_the_kubelet_setting() {
     assert!(policy_dir.is_dir());
     assert_eq!(mode(&policy_dir), 0o755);
     assert_eq!(fs::read_dir(&policy_dir).unwrap().count(), 0, "policy.d starts empty");
+    // Every example in docs/policy.md keeps keys here.
+    let keys = root.join("etc/pullgate/keys");
+    assert!(keys.is_dir() && mode(&keys) == 0o755, "{}", keys.display());
     assert!(!root.join("etc/systemd/system/pullgate.service.tmp").exists());
 
     assert!(stdout.contains("imageServiceEndpoint: unix:///run/pullgate/pullgate.sock"), "{stdout}");
     assert!(stdout.contains("--image-service-endpoint=unix:///run/pullgate/pullgate.sock"), "{stdout}");
+    assert!(stdout.contains("pullgate policy check") && stdout.contains("pullgate verify IMAGE"), "{stdout}");
+    assert!(stdout.contains("containerd's own pulls (the pause"), "{stdout}");
 }
 
 #[test]
@@ -100,7 +105,9 @@ fn uninstall_removes_binary_and_unit_but_keeps_config_and_policy() {
     let root = root.path();
     make("install", root, &[]);
     fs::write(root.join("etc/pullgate/policy.d/site.toml"), "# site policy\n").unwrap();
-    make("uninstall", root, &[]);
+    let stdout = make("uninstall", root, &[]);
+    let (warning, removal) = (stdout.find("Roll back before uninstalling"), stdout.find("rm -f "));
+    assert!(warning.is_some() && removal.is_some() && warning < removal, "warn before removing:\n{stdout}");
     assert!(!root.join("usr/local/bin/pullgate").exists());
     assert!(!root.join("etc/systemd/system/pullgate.service").exists());
     assert!(root.join("etc/pullgate/pullgate.toml").exists());

@@ -96,6 +96,18 @@ fn refuses_a_socket_another_process_serves() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("in use by another live process"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "colour codes in a log that is not a terminal: {stderr:?}");
+}
+
+#[test]
+fn a_log_level_that_is_no_level_fails_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pullgate.toml");
+    std::fs::write(&config, "[log]\nlevel = \"verbose\"\n").unwrap();
+    let output = Command::new(BIN).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("\"verbose\" is not a level"), "{stderr}");
 }
 
 #[test]

@@ -33,6 +33,7 @@ async fn a_registry_behind_a_private_ca_is_verified_only_with_that_ca() {
     assert!(status.message().starts_with("RegistryUnavailable: "), "{}", status.message());
     assert!(status.message().contains(&registry), "{}", status.message());
     assert!(status.message().to_lowercase().contains("certificate"), "{}", status.message());
+    assert!(status.message().contains("set registry.ca_file"), "{}", status.message());
     pullgate.stop().await;
     assert!(image_status(&lab, &image).await.is_none(), "refused image reached containerd");
 

@@ -1,40 +1,82 @@
-//! `pullgate policy check`: the policy `serve` would load, as a table, or every problem in it.
+//! `pullgate policy check`: the policy `serve` would load, as a table, or every problem in it;
+//! with what may not mean what its author meant (ignored files, rules that cannot match).
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use serde::Serialize;
+
 use crate::config::{Config, Overrides};
-use crate::daemon::{self, DaemonError};
-use crate::explain::PolicyTable;
+use crate::daemon;
+use crate::explain::{PolicyTable, RuleView, SCHEMA_VERSION};
 use crate::policy::Policy;
+use crate::policy::lint::{self, Warning, WarningKind};
 use crate::reference::RegistryHost;
 
-use super::{ConfigArgs, EXIT_REFUSED, fail};
+use super::{ConfigArgs, EXIT_REFUSED, Failure, Output};
 
-pub(super) fn run(args: &ConfigArgs) -> ExitCode {
-    let config = match args.load(Overrides::default()) {
+#[derive(clap::Args)]
+pub(super) struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The table for people, or one JSON object for tools (an error object when it does not load).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+/// What `--output json` prints for a policy that loads; field names are a stable interface.
+#[derive(Serialize)]
+struct Report {
+    schema_version: u32,
+    policy_dir: PathBuf,
+    policy_json: Option<PathBuf>,
+    rules: Vec<RuleView>,
+    warnings: Vec<WarningView>,
+}
+
+#[derive(Serialize)]
+struct WarningView {
+    kind: WarningKind,
+    file: PathBuf,
+    message: String,
+}
+
+pub(super) fn run(args: &CheckArgs) -> ExitCode {
+    let output = args.output;
+    let config = match args.config.load(Overrides::default()) {
         Ok(config) => config,
-        Err(code) => return code,
+        Err(error) => return output.fail(Failure::config(&error)),
     };
     // The same preparation as `serve`, so anything that would stop the daemon shows here.
     let policy = match daemon::prepare(&config) {
         Ok(prepared) => prepared.policy.current(),
-        Err(DaemonError::Policy(error)) => {
-            eprintln!("pullgate: {error}");
-            return ExitCode::from(EXIT_REFUSED);
+        Err(error) => {
+            let failure = Failure::prepare(error);
+            // A policy with problems is this command's finding, not its failure.
+            let exit = if failure.kind == "policy" { EXIT_REFUSED } else { failure.exit };
+            return output.fail(Failure { exit, ..failure });
         }
-        Err(error) => return fail(&error),
     };
-    match print(&config, &policy) {
+    let warnings = lint::warnings(&policy, &config.policy_dir, config.policy_json.as_deref());
+    let written = match output {
+        Output::Text => print_text(&config, &policy, &warnings),
+        Output::Json => print_json(&config, &policy, warnings),
+    };
+    match written {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => fail(&format!("cannot write the table: {error}")),
+        Err(error) => Output::Text.fail(Failure::new("output", format!("cannot write the report: {error}"))),
     }
 }
 
-fn print(config: &Config, policy: &Policy) -> std::io::Result<()> {
+fn print_text(config: &Config, policy: &Policy, warnings: &[Warning]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     write!(out, "{}", PolicyTable::new(policy))?;
+    if !warnings.is_empty() {
+        writeln!(out)?;
+    }
+    warnings.iter().try_for_each(|warning| writeln!(out, "{warning}"))?;
     let json = match &config.policy_json {
         Some(path) => format!(" and {}", path.display()),
         None => String::new(),
@@ -59,4 +101,20 @@ fn note_aliases(policy: &Policy) {
             eprintln!("pullgate: note: scopes on \"{host}\" also cover {}", aliases.join(", "));
         }
     }
+}
+
+fn print_json(config: &Config, policy: &Policy, warnings: Vec<Warning>) -> std::io::Result<()> {
+    let report = Report {
+        schema_version: SCHEMA_VERSION,
+        policy_dir: config.policy_dir.clone(),
+        policy_json: config.policy_json.clone(),
+        rules: policy.rules().iter().map(RuleView::new).collect(),
+        warnings: warnings
+            .into_iter()
+            .map(|Warning { file, kind, message }| WarningView { kind, file, message })
+            .collect(),
+    };
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &report)?;
+    writeln!(out)
 }

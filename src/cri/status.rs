@@ -28,9 +28,13 @@ pub fn pull_error(error: &PullError) -> Status {
 }
 
 /// UNKNOWN, as containerd itself reports pull failures, so the kubelet reads the message.
+/// A missing image is NOT_FOUND with no prefix, as containerd reports it: the kubelet knows
+/// only the two prefixes above and files anything else under `ErrImagePull` with the message
+/// as is, which is what a pod pulling a mistyped tag shows without pullgate too.
 /// Public so `pullgate verify` can show the exact status the kubelet would get.
 pub fn rejected(rejection: &Rejection) -> Status {
     match rejection {
+        Rejection::NotFound(message) => Status::not_found(format!("pullgate: {message}")),
         Rejection::Denied(message) => Status::unknown(format!("{SIGNATURE_VALIDATION_FAILED}: {message}")),
         Rejection::RegistryUnavailable(message) => Status::unknown(format!("{REGISTRY_UNAVAILABLE}: {message}")),
     }

@@ -124,6 +124,7 @@ impl Entries {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decision::ReasonCode;
     use crate::verify::Evaluation;
     use tokio::time::advance;
 
@@ -145,12 +146,15 @@ mod tests {
             required: 1,
             signatures: Vec::new(),
             reason: format!("{verdict:?}"),
+            shortfall: (!accepted).then_some(crate::verify::Shortfall::NoSignatures),
+            missing_keys: Vec::new(),
         };
         Outcome {
             verdict,
             digest: Some(DIGEST.parse().unwrap()),
             evaluation: Some(evaluation),
             reason: format!("{verdict:?}"),
+            code: if accepted { ReasonCode::Verified } else { ReasonCode::NoSignatures },
         }
     }
 
@@ -201,8 +205,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failures_before_an_evaluation_are_not_kept() {
         let cache = cache(FIVE_MINUTES, 8);
-        cache.insert(key(0, "r/a:1"), &Outcome::unavailable("registry unreachable".to_owned()));
-        cache.insert(key(0, "r/b:1"), &Outcome::reject("unusable signature manifest"));
+        cache.insert(
+            key(0, "r/a:1"),
+            &Outcome::unavailable(ReasonCode::RegistryUnavailable, "registry unreachable".to_owned()),
+        );
+        cache.insert(key(0, "r/b:1"), &Outcome::reject(ReasonCode::UnusableSignature, "unusable signature manifest"));
         assert_eq!(len(&cache), 0);
     }
 

@@ -9,9 +9,10 @@ use crate::reference::{Digest, ImageRef};
 use crate::registry::{Credentials, Manifest, Registry, RegistryError};
 use crate::verify::payload::MAX_PAYLOAD_BYTES;
 use crate::verify::signatures::{SignatureLayer, parse_signature_manifest};
-use crate::verify::{Evaluation, evaluate};
+use crate::verify::{Evaluation, Shortfall, evaluate};
 
 use super::Verdict;
+use super::reason::ReasonCode;
 
 /// The result of checking one image against its rule.
 #[derive(Clone, Debug)]
@@ -20,24 +21,30 @@ pub struct Outcome {
     pub digest: Option<Digest>,
     pub evaluation: Option<Evaluation>,
     pub reason: String,
+    pub code: ReasonCode,
 }
 
 impl Outcome {
-    pub fn accept(reason: &str) -> Outcome {
-        Outcome { verdict: Verdict::Accepted, digest: None, evaluation: None, reason: reason.to_owned() }
+    pub fn accept(code: ReasonCode, reason: &str) -> Outcome {
+        Outcome::new(Verdict::Accepted, code, reason.to_owned())
     }
 
-    pub fn reject(reason: &str) -> Outcome {
-        Outcome { verdict: Verdict::Rejected, digest: None, evaluation: None, reason: reason.to_owned() }
+    pub fn reject(code: ReasonCode, reason: &str) -> Outcome {
+        Outcome::new(Verdict::Rejected, code, reason.to_owned())
     }
 
-    pub fn unavailable(reason: String) -> Outcome {
-        Outcome { verdict: Verdict::Unavailable, digest: None, evaluation: None, reason }
+    pub fn unavailable(code: ReasonCode, reason: String) -> Outcome {
+        Outcome::new(Verdict::Unavailable, code, reason)
+    }
+
+    fn new(verdict: Verdict, code: ReasonCode, reason: String) -> Outcome {
+        Outcome { verdict, digest: None, evaluation: None, reason, code }
     }
 
     fn registry_error(digest: Option<Digest>, context: &str, error: &RegistryError) -> Outcome {
         let verdict = if error.is_unavailable() { Verdict::Unavailable } else { Verdict::Rejected };
-        Outcome { verdict, digest, evaluation: None, reason: format!("{context}: {error}") }
+        let code = ReasonCode::of_registry_error(error);
+        Outcome { digest, ..Outcome::new(verdict, code, format!("{context}: {error}")) }
     }
 }
 
@@ -61,7 +68,18 @@ pub async fn signatures<R: Registry>(
     };
     let evaluation = evaluate(image, &digest, rule, &signatures);
     let verdict = if evaluation.accepted { Verdict::Accepted } else { Verdict::Rejected };
-    Outcome { verdict, reason: reason(&evaluation, &unusable), digest: Some(digest), evaluation: Some(evaluation) }
+    let code = code(&evaluation, &unusable);
+    let reason = reason(&evaluation, &unusable);
+    Outcome { verdict, reason, code, digest: Some(digest), evaluation: Some(evaluation) }
+}
+
+/// Signatures whose payload never arrived intact are not "no signatures".
+fn code(evaluation: &Evaluation, unusable: &[RegistryError]) -> ReasonCode {
+    match evaluation.shortfall {
+        None => ReasonCode::Verified,
+        Some(Shortfall::NoSignatures) if !unusable.is_empty() => ReasonCode::UnusableSignature,
+        Some(shortfall) => ReasonCode::of_shortfall(shortfall),
+    }
 }
 
 /// A payload the registry would not hand over intact never reaches the evaluation, so a
@@ -92,9 +110,12 @@ pub async fn resolve_tag<R: Registry>(
     match registry.manifest(image, tag, credentials).await {
         Ok(Some(manifest)) => match pinnable(&manifest) {
             Ok(()) => Ok(manifest.digest),
-            Err(reason) => Err(Outcome { digest: Some(manifest.digest), ..Outcome::reject(&reason) }),
+            Err(reason) => Err(Outcome {
+                digest: Some(manifest.digest),
+                ..Outcome::reject(ReasonCode::UnsupportedManifest, &reason)
+            }),
         },
-        Ok(None) => Err(Outcome::reject("the registry has no such image")),
+        Ok(None) => Err(Outcome::reject(ReasonCode::NotFound, &format!("the registry has no tag {tag:?} for it"))),
         Err(error) => Err(Outcome::registry_error(None, "cannot resolve the image", &error)),
     }
 }
@@ -143,8 +164,9 @@ async fn fetch_signatures<R: Registry>(
         Ok(None) => return Ok((Vec::new(), Vec::new())),
         Err(error) => return Err(Outcome::registry_error(None, "cannot fetch signatures", &error)),
     };
-    let layers = parse_signature_manifest(&manifest.bytes, &manifest.media_type)
-        .map_err(|error| Outcome::reject(&format!("unusable signature manifest: {error}")))?;
+    let layers = parse_signature_manifest(&manifest.bytes, &manifest.media_type).map_err(|error| {
+        Outcome::reject(ReasonCode::UnusableSignature, &format!("unusable signature manifest: {error}"))
+    })?;
     let payloads =
         join_all(layers.iter().map(|layer| registry.blob(image, &layer.digest, MAX_PAYLOAD_BYTES, credentials))).await;
     let (mut signatures, mut unusable) = (Vec::with_capacity(layers.len()), Vec::new());

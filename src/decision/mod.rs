@@ -6,6 +6,7 @@ mod cache;
 mod check;
 mod flight;
 pub(crate) mod limits;
+mod reason;
 mod report;
 mod slots;
 mod verifier;
@@ -20,6 +21,7 @@ use crate::policy::SharedPolicy;
 use crate::reference::ImageRef;
 use crate::registry::{Credentials, Registry, RegistryConfig};
 
+pub use reason::ReasonCode;
 pub use report::{Decision, Verdict};
 
 /// What the CRI edge hands over about one pull. Credentials never appear in `Debug`.
@@ -52,6 +54,9 @@ pub enum Rejection {
     /// The registry could not be asked, so nothing could be verified.
     #[error("{0}")]
     RegistryUnavailable(String),
+    /// The registry has no such image: nothing to verify, and nothing containerd could pull.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 pub trait PullGate: Send + Sync + 'static {

@@ -22,6 +22,7 @@ use crate::registry::{Credentials, Registry};
 use super::cache::{self, VerdictCache};
 use super::check::{self, Outcome};
 use super::flight::Flights;
+use super::reason::ReasonCode;
 use super::slots::Slots;
 
 /// One pull as the verifier decides it.
@@ -98,9 +99,15 @@ impl<R: Registry + 'static> Verifier<R> {
             };
             async move { verifier.run(job).await }
         });
-        let fallback =
-            || Settled { rule: None, matched: pull.image.clone(), outcome: Outcome::unavailable(String::new()) };
-        flight.await.unwrap_or_else(|lost| Settled { outcome: Outcome::unavailable(lost.to_string()), ..fallback() })
+        let fallback = || Settled {
+            rule: None,
+            matched: pull.image.clone(),
+            outcome: Outcome::unavailable(ReasonCode::Internal, String::new()),
+        };
+        flight.await.unwrap_or_else(|lost| Settled {
+            outcome: Outcome::unavailable(ReasonCode::Internal, lost.to_string()),
+            ..fallback()
+        })
     }
 
     /// The budget covers the whole decision, so every pull sharing it fails at the same moment.
@@ -114,16 +121,19 @@ impl<R: Registry + 'static> Verifier<R> {
             Ok(slot) => Arc::new(slot),
             Err(busy) => {
                 let reason = format!("verification did not start within {:?}: {busy}", self.budget);
-                return job.unsettled(Outcome::unavailable(reason));
+                return job.unsettled(Outcome::unavailable(ReasonCode::Timeout, reason));
             }
         };
         let settling = buffering::scope(Arc::clone(&slot) as _, self.settle(&job));
         match tokio::time::timeout_at(deadline, settling).await {
             Ok(settled) => settled,
-            Err(_) => job.unsettled(Outcome::unavailable(match slot.waiting_for() {
-                Some(busy) => format!("verification did not finish within {:?}: {busy}", self.budget),
-                None => format!("verification did not finish within {:?}", self.budget),
-            })),
+            Err(_) => {
+                let reason = match slot.waiting_for() {
+                    Some(busy) => format!("verification did not finish within {:?}: {busy}", self.budget),
+                    None => format!("verification did not finish within {:?}", self.budget),
+                };
+                job.unsettled(Outcome::unavailable(ReasonCode::Timeout, reason))
+            }
         }
     }
 
@@ -152,7 +162,7 @@ impl<R: Registry + 'static> Verifier<R> {
         };
         let outcome = match (rule.require, matched.digest()) {
             (Requirement::Signed, Some(digest)) => self.signatures(job, index, rule, digest.clone()).await,
-            (Requirement::Signed, None) => Outcome::reject("no digest to verify"),
+            (Requirement::Signed, None) => Outcome::reject(ReasonCode::NoDigest, "no digest to verify"),
             _ => unverified(rule, matched.digest()),
         };
         Settled { rule: Some(rule.clone()), matched, outcome }
@@ -175,7 +185,9 @@ impl<R: Registry + 'static> Verifier<R> {
                 let digest = check::resolve_tag(&*self.registry, image, tag, &job.credentials).await?;
                 Ok(image.with_digest(digest))
             }
-            (None, None) => Err(Outcome::reject("the reference names neither a tag nor a digest")),
+            (None, None) => {
+                Err(Outcome::reject(ReasonCode::NoDigest, "the reference names neither a tag nor a digest"))
+            }
         }
     }
 
@@ -208,8 +220,8 @@ fn cache_key(job: &Job, index: usize, digest: &Digest) -> cache::Key {
 /// The outcome of a rule that checks no signature, with the digest it was chosen for.
 fn unverified(rule: &Rule, digest: Option<&Digest>) -> Outcome {
     let outcome = match rule.require {
-        Requirement::Reject => Outcome::reject("the rule rejects every image in its scope"),
-        _ => Outcome::accept("the rule accepts images without verification"),
+        Requirement::Reject => Outcome::reject(ReasonCode::RejectedScope, "the rule rejects every image in its scope"),
+        _ => Outcome::accept(ReasonCode::AcceptRule, "the rule accepts images without verification"),
     };
     Outcome { digest: digest.cloned(), ..outcome }
 }
@@ -243,8 +255,10 @@ impl Job {
     }
 
     fn no_rule(&self, matched: ImageRef) -> Settled {
-        let outcome =
-            Outcome { digest: matched.digest().cloned(), ..Outcome::reject("no policy rule matches the image") };
+        let outcome = Outcome {
+            digest: matched.digest().cloned(),
+            ..Outcome::reject(ReasonCode::NoRule, "no policy rule matches the image")
+        };
         Settled { rule: None, matched, outcome }
     }
 
@@ -350,6 +364,7 @@ mod tests {
             identity: IdentityRule::MatchRepository,
             mode: Mode::Enforce,
             source: PathBuf::from("test.toml"),
+            message: None,
         }
     }
 

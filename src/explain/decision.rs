@@ -5,14 +5,19 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::cri::status;
-use crate::decision::{Admission, Decision, Verdict};
+use crate::decision::{Admission, Decision, ReasonCode, Verdict};
 use crate::verify::SignatureOutcome;
 
 use super::rule::RuleView;
 
+/// The version of the JSON that `verify` and `policy check` print: raised when a field changes
+/// meaning or goes away, not when one is added.
+pub const SCHEMA_VERSION: u32 = 1;
+
 /// Field names are a stable interface for scripts reading `--output json`.
 #[derive(Debug, Serialize)]
 pub struct Explanation {
+    pub schema_version: u32,
     /// The image exactly as given.
     pub requested: String,
     pub namespace: Option<String>,
@@ -31,6 +36,10 @@ pub struct Explanation {
     pub required_keys: Option<usize>,
     pub verdict: Verdict,
     pub reason: String,
+    /// One stable word for the reason (docs/policy.md, "Reason codes").
+    pub reason_code: ReasonCode,
+    /// The rule's keys without a signature that counts; empty unless a signature check fell short.
+    pub missing_keys: Vec<String>,
     pub daemon: DaemonAction,
     pub elapsed_ms: u64,
 }
@@ -41,14 +50,16 @@ pub struct SignatureView {
     pub layer: String,
     /// The key whose check passed, even when the payload was then refused.
     pub verified_by: Option<String>,
+    /// The image name the signature is for, once a trusted key's signature over it verified.
+    pub signed_name: Option<String>,
     /// Whether the signature counts towards the threshold.
     pub counted: bool,
     pub rejected_because: Option<String>,
 }
 
-/// What the daemon would do with this decision.
-#[derive(Debug, Serialize)]
-#[serde(tag = "action", rename_all = "kebab-case")]
+/// What the daemon would do with this decision. In JSON always one shape, every field present
+/// (null or false where it does not apply), so a tool reads it without knowing the action first.
+#[derive(Debug)]
 pub enum DaemonAction {
     /// containerd pulls exactly `pinned`, and `tag` is pointed at it; `audit` when only an
     /// audit-mode rule let it through.
@@ -63,6 +74,7 @@ impl Explanation {
     pub fn new(requested: &str, namespace: Option<&str>, decision: &Decision) -> Explanation {
         let evaluation = decision.evaluation.as_ref();
         Explanation {
+            schema_version: SCHEMA_VERSION,
             requested: requested.to_owned(),
             namespace: namespace.map(str::to_owned),
             image: decision.image.clone(),
@@ -74,6 +86,8 @@ impl Explanation {
             required_keys: evaluation.map(|e| e.required),
             verdict: decision.verdict,
             reason: decision.reason.clone(),
+            reason_code: decision.code,
+            missing_keys: decision.missing_keys().to_vec(),
             daemon: DaemonAction::new(decision),
             elapsed_ms: u64::try_from(decision.elapsed.as_millis()).unwrap_or(u64::MAX),
         }
@@ -85,9 +99,34 @@ impl SignatureView {
         SignatureView {
             layer: outcome.layer.to_string(),
             verified_by: outcome.verified_by.clone(),
+            signed_name: outcome.signed_name.clone(),
             counted: outcome.rejected_because.is_none(),
             rejected_because: outcome.rejected_because.clone(),
         }
+    }
+}
+
+/// `DaemonAction` as JSON: `action` is `pull-pinned`, `forward` or `refuse`.
+#[derive(Serialize)]
+struct DaemonJson<'a> {
+    action: &'static str,
+    pinned: Option<&'a str>,
+    tag: Option<&'a str>,
+    audit: bool,
+    message: Option<&'a str>,
+}
+
+impl Serialize for DaemonAction {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let none = DaemonJson { action: "", pinned: None, tag: None, audit: false, message: None };
+        let json = match self {
+            DaemonAction::PullPinned { pinned, tag, audit } => {
+                DaemonJson { action: "pull-pinned", pinned: Some(pinned), tag: tag.as_deref(), audit: *audit, ..none }
+            }
+            DaemonAction::Forward { audit } => DaemonJson { action: "forward", audit: *audit, ..none },
+            DaemonAction::Refuse { message } => DaemonJson { action: "refuse", message: Some(message), ..none },
+        };
+        json.serialize(serializer)
     }
 }
 
@@ -127,6 +166,7 @@ impl fmt::Display for Explanation {
         }
         self.write_signatures(f)?;
         line(f, "verdict", &format!("{}: {}", verdict_name(self.verdict), self.reason))?;
+        line(f, "  code", self.reason_code.as_str())?;
         line(f, "daemon", &self.daemon.to_string())
     }
 }
@@ -230,6 +270,18 @@ mod tests {
         }
     }
 
+    /// Has no manifest at all.
+    struct Empty;
+
+    impl Registry for Empty {
+        async fn manifest(&self, _: &ImageRef, _: &str, _: &Credentials) -> Result<Option<Manifest>, RegistryError> {
+            Ok(None)
+        }
+        async fn blob(&self, _: &ImageRef, _: &Digest, _: usize, _: &Credentials) -> Result<Bytes, RegistryError> {
+            Err(RegistryError::Protocol("no blobs".into()))
+        }
+    }
+
     const DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
     fn rule(scope: &str, require: Requirement, mode: Mode) -> Rule {
@@ -242,6 +294,7 @@ mod tests {
             identity: IdentityRule::MatchRepository,
             mode,
             source: PathBuf::from("/etc/pullgate/policy.d/10.toml"),
+            message: None,
         }
     }
 
@@ -304,6 +357,7 @@ mod tests {
         let down = explain("r.example/signed/app:v1").await;
         assert_eq!(down.verdict, Verdict::Unavailable);
         assert!(down.reason.contains("connection refused"), "{}", down.reason);
+        assert_eq!(down.reason_code, ReasonCode::RegistryUnavailable);
         let DaemonAction::Refuse { message } = &down.daemon else { panic!("{down:?}") };
         assert!(message.starts_with("RegistryUnavailable: "), "{message}");
     }
@@ -313,9 +367,28 @@ mod tests {
         let stray = explain("elsewhere.example/app:v1").await;
         assert!(stray.rule.is_none());
         assert!(stray.to_string().contains("rule        none matches"), "{stray}");
+        assert_eq!(stray.reason_code, ReasonCode::NoRule);
         let bad = explain("r.example//app").await;
         assert_eq!((bad.verdict, bad.image.as_str()), (Verdict::Rejected, "r.example//app"));
         assert!(bad.reason.starts_with("not a valid image reference"), "{}", bad.reason);
+        assert_eq!(bad.reason_code, ReasonCode::Unparsable);
+    }
+
+    #[tokio::test]
+    async fn a_missing_tag_is_not_found_in_the_kubelets_terms() {
+        let policy = Policy::from_rules(vec![rule("r.example/signed", Requirement::Signed, Mode::Enforce)]);
+        let gate = Gate::new(SharedPolicy::new(policy), Arc::new(Empty), Duration::from_secs(5));
+        let image = "r.example/signed/app:nope";
+        let pull = PullRequest { image: image.into(), namespace: Some("default".into()), ..Default::default() };
+        let decision = gate.decide(&pull).await;
+        let explained = Explanation::new(image, Some("default"), &decision);
+        assert_eq!((explained.verdict, explained.reason_code), (Verdict::Rejected, ReasonCode::NotFound));
+        let status = status::rejected(&decision.action().expect_err("refused"));
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        // No SignatureValidationFailed prefix: the kubelet reports it as ErrImagePull, as it
+        // does containerd's own "not found".
+        assert!(status.message().starts_with("pullgate: image r.example/signed/app:nope not found: "), "{status:?}");
+        assert!(status.message().contains("no tag \"nope\""), "{status:?}");
     }
 
     #[tokio::test]
@@ -323,11 +396,20 @@ mod tests {
         let value = serde_json::to_value(explain("r.example/closed/app:v1").await).unwrap();
         let fields: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
         // serde_json sorts keys.
-        let expected = "daemon digest elapsed_ms image matched namespace reason requested required_keys rule \
-                        satisfied_keys signatures verdict";
+        let expected = "daemon digest elapsed_ms image matched missing_keys namespace reason reason_code requested \
+                        required_keys rule satisfied_keys schema_version signatures verdict";
         assert_eq!(fields.join(" "), expected);
         assert_eq!(value["verdict"], "rejected");
+        assert_eq!(
+            (value["schema_version"].clone(), value["reason_code"].clone()),
+            (1.into(), "rejected-scope".into())
+        );
         assert_eq!(value["daemon"]["action"], "refuse");
+        let daemon: Vec<&str> = value["daemon"].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(daemon.join(" "), "action audit message pinned tag", "one shape whatever the action");
+        let forwarded = serde_json::to_value(explain("r.example/open/app").await).unwrap();
+        let daemon: Vec<&str> = forwarded["daemon"].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(daemon.join(" "), "action audit message pinned tag", "one shape whatever the action");
         assert_eq!(value["rule"]["require"], "reject");
         assert_eq!(value["rule"]["namespaces"], serde_json::json!(["default"]));
     }

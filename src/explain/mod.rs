@@ -6,6 +6,6 @@ mod decision;
 mod rule;
 mod table;
 
-pub use decision::{DaemonAction, Explanation, SignatureView};
+pub use decision::{DaemonAction, Explanation, SCHEMA_VERSION, SignatureView};
 pub use rule::{KeyView, RuleView};
 pub use table::PolicyTable;

@@ -72,6 +72,7 @@ mod tests {
             identity: IdentityRule::Ignore,
             mode: Mode::Enforce,
             source: PathBuf::from("/p/a.toml"),
+            message: None,
         }
     }
 

@@ -8,6 +8,7 @@ mod error;
 pub mod identity;
 mod input;
 mod limits;
+pub mod lint;
 mod load;
 mod policy_json;
 pub mod scope;
@@ -21,6 +22,7 @@ pub use error::{PolicyError, Problem};
 pub use identity::{IdentityConfigError, IdentityMismatch, IdentityRule};
 pub use scope::{Scope, ScopeError, Specificity};
 pub use shared::SharedPolicy;
+pub(crate) use toml_file::valid_namespace;
 
 use crate::reference::ImageRef;
 use crate::verify::keys::TrustedKey;
@@ -71,6 +73,9 @@ pub struct Rule {
     pub mode: Mode,
     /// The file the rule was read from.
     pub source: PathBuf,
+    /// The operator's words appended to the kubelet's error when this rule refuses a pull
+    /// (a ticket, whom to ask); None for none.
+    pub message: Option<String>,
 }
 
 impl Rule {
@@ -195,6 +200,7 @@ mod tests {
             identity: IdentityRule::MatchRepository,
             mode: Mode::Enforce,
             source: PathBuf::from("test.toml"),
+            message: None,
         }
     }
 

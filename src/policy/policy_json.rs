@@ -136,6 +136,21 @@ enum RawSignedIdentity {
     RemapIdentity { prefix: String, signed_prefix: String },
 }
 
+/// The transports containers-policy.json(5) defines; only `docker` applies to a CRI pull.
+const TRANSPORTS: [&str; 11] = [
+    "docker",
+    "atomic",
+    "containers-storage",
+    "dir",
+    "docker-archive",
+    "docker-daemon",
+    "oci",
+    "oci-archive",
+    "ostree",
+    "sif",
+    "tarball",
+];
+
 // === loading ===
 
 pub(super) fn load_file(path: &Path, loader: &mut Loader) {
@@ -170,10 +185,12 @@ impl<'a> JsonCtx<'a> {
     fn json_problem(&mut self, raw: Option<&RawValue>, context: &str, e: &serde_json::Error) {
         let base = raw.and_then(|r| self.line(r)).unwrap_or(1);
         let line = (e.line() > 0).then(|| base + e.line() - 1);
-        self.problem(
-            line,
-            format!("{context}{e}").replace(&format!(" at line {} column {}", e.line(), e.column()), ""),
-        );
+        let mut message = format!("{context}{e}").replace(&format!(" at line {} column {}", e.line(), e.column()), "");
+        // serde_json meets `,}` as a key that is not a string.
+        if message.ends_with("key must be a string") {
+            message.push_str(" (a trailing comma before \"}\"? JSON allows none)");
+        }
+        self.problem(line, message);
     }
 
     fn load(mut self) {
@@ -195,6 +212,14 @@ impl<'a> JsonCtx<'a> {
     }
 
     fn docker_scopes(&mut self, transports: Entries<'a>) -> Vec<(String, &'a RawValue)> {
+        // A misspelt "docker" would otherwise leave its scopes out without a word.
+        for (name, value) in transports.0.iter().filter(|(name, _)| !TRANSPORTS.contains(&name.as_str())) {
+            let line = self.line(value);
+            self.problem(
+                line,
+                format!("unknown transport {name:?} (containers-policy.json(5) knows {})", TRANSPORTS.join(", ")),
+            );
+        }
         let Some((_, docker)) = transports.0.into_iter().find(|(name, _)| name == "docker") else {
             return Vec::new();
         };
@@ -393,7 +418,17 @@ impl JsonCtx<'_> {
         identity: IdentityRule,
     ) {
         let source = self.path.to_owned();
-        let rule = Rule { scope, namespaces: None, require, keys, threshold, identity, mode: Mode::Enforce, source };
+        let rule = Rule {
+            scope,
+            namespaces: None,
+            require,
+            keys,
+            threshold,
+            identity,
+            mode: Mode::Enforce,
+            source,
+            message: None,
+        };
         self.loader.push(rule, line);
     }
 }
@@ -435,6 +470,9 @@ impl JsonCtx<'_> {
 }
 
 fn decode_key_data(data: &str) -> Result<KeyRef, String> {
+    if data.trim_start().starts_with("-----BEGIN") {
+        return Err("is PEM text; keyData takes the PEM file base64-encoded (`base64 -w0 FILE`), or use keyPath".into());
+    }
     let pem = BASE64.decode(data.trim()).map_err(|e| format!("not valid base64 ({e})"))?;
     let key = load::parse_key(&pem)?;
     Ok(KeyRef { path: None, key, group: 0 })
@@ -478,6 +516,21 @@ mod tests {
 
     /// `{"default": [reject], "transports": {"docker": {scope: [req]}}}` on separate lines;
     /// the requirement sits on line 4.
+    #[test]
+    fn a_misspelt_transport_and_pem_in_key_data_say_what_is_wrong() {
+        let json = "{\n\"default\": [{\"type\": \"reject\"}],\n\"transports\": {\"dokcer\": {}, \"oci\": {}}\n}\n";
+        assert_one(&load_err(json), Some(3), "unknown transport \"dokcer\"");
+        let pem = serde_json::to_string(KEY_A).unwrap();
+        let err = load_err(&with_scope("r.io", &format!("{{\"type\": \"sigstoreSigned\", \"keyData\": {pem}}}")));
+        assert!(err.to_string().contains("is PEM text; keyData takes the PEM file base64-encoded"), "{err}");
+        let trailing = "{\n\"default\": [{\"type\": \"reject\"}],\n\"transports\": {\"docker\": {\n\"r.io\": [{\"type\": \"reject\"}],\n}}}\n";
+        assert_one(
+            &load_err(trailing),
+            Some(5),
+            "key must be a string (a trailing comma before \"}\"? JSON allows none)",
+        );
+    }
+
     fn with_scope(scope: &str, requirement: &str) -> String {
         format!(
             "{{\n\"default\": [{{\"type\": \"reject\"}}],\n\"transports\": {{\"docker\": {{\n  {scope:?}: [{requirement}]\n}}}}}}\n"

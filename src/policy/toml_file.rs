@@ -11,6 +11,7 @@
 //!                               # { exact-repository = "…" }
 //! mode = "enforce"              # enforce | audit
 //! namespaces = ["kube-system"]  # default: all namespaces
+//! message = "see INC-123"       # appended to the kubelet's error when this rule refuses
 //! ```
 //!
 //! A syntax or type error stops the reading of that one file (toml reports only the
@@ -29,6 +30,10 @@ use super::identity::IdentityRule;
 use super::input;
 use super::load::{self, Loader, line_of};
 use super::{KeyRef, Mode, Requirement, Rule, Scope};
+
+/// Room for a ticket reference and whom to ask, short enough that the kubelet's event and the
+/// pod's status still show pullgate's own reason in full.
+const MAX_MESSAGE_CHARS: usize = 200;
 
 // === raw serde types ===
 
@@ -50,6 +55,7 @@ struct RawRule {
     identity: Option<Spanned<RawIdentity>>,
     mode: Option<RawMode>,
     namespaces: Option<Spanned<Vec<Spanned<String>>>>,
+    message: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +190,13 @@ fn load_str(path: &Path, text: &str, loader: &mut Loader) {
 
 fn toml_problem(path: &Path, text: &str, e: &toml::de::Error, loader: &mut Loader) {
     let line = e.span().map(|s| line_of(text, s.start));
-    loader.problem(path, line, e.message().trim().to_owned());
+    let mut message = e.message().trim().to_owned();
+    // `[rule]` is a single table where an array of tables is expected; toml says only that a
+    // map is not a sequence.
+    if text.lines().any(|l| l.trim() == "[rule]") && message.contains("expected a sequence") {
+        message.push_str("; write each rule under [[rule]] (double brackets), not [rule]");
+    }
+    loader.problem(path, line, message);
 }
 
 fn convert_all(path: &Path, text: &str, raw: RawFile, loader: &mut Loader) {
@@ -240,6 +252,7 @@ impl FileCtx<'_> {
         let require = *raw.require.get_ref();
         let scopes = self.scopes(raw.scope);
         let namespaces = self.namespaces(raw.namespaces);
+        let message = raw.message.and_then(|message| self.message(message));
         let signed_only = SignedOnly { keys: raw.keys, threshold: raw.threshold, identity: raw.identity };
         let (keys, threshold, identity) = if require == RawRequire::Signed {
             self.signed_fields(signed_only, raw.require.span())
@@ -259,6 +272,7 @@ impl FileCtx<'_> {
             identity,
             mode: raw.mode.map_or(Mode::Enforce, Mode::from),
             source: self.path.to_owned(),
+            message,
         };
         for (scope, line) in scopes {
             self.loader.push(Rule { scope, ..template.clone() }, line);
@@ -332,6 +346,28 @@ impl FileCtx<'_> {
             }
         }
         Some(names)
+    }
+
+    /// The message goes into the kubelet's error, its events and pullgate's log: one short line.
+    fn message(&mut self, field: Spanned<String>) -> Option<String> {
+        let span = field.span();
+        let text = field.into_inner();
+        let problem = if text.trim().is_empty() {
+            Some("message is empty; leave it out for none".to_owned())
+        } else if text.chars().any(char::is_control) {
+            Some("message must be one line of text, without control characters".to_owned())
+        } else if text.chars().count() > MAX_MESSAGE_CHARS {
+            Some(format!("message is longer than {MAX_MESSAGE_CHARS} characters"))
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => {
+                self.problem(&span, problem);
+                None
+            }
+            None => Some(text),
+        }
     }
 
     fn signed_fields(&mut self, raw: SignedOnly, require_span: Range<usize>) -> (Vec<KeyRef>, usize, IdentityRule) {
@@ -417,7 +453,7 @@ impl FileCtx<'_> {
 }
 
 /// Kubernetes namespace names are RFC 1123 labels: lowercase alphanumerics and '-'.
-fn valid_namespace(name: &str) -> bool {
+pub(crate) fn valid_namespace(name: &str) -> bool {
     crate::reference::valid_dns_label(name) && !name.chars().any(|c| c.is_ascii_uppercase())
 }
 
@@ -474,6 +510,24 @@ identity = { remap = { prefix = "registry.example.com/team-a", signed_prefix = "
 mode = "audit"
 namespaces = ["kube-system", "team-a"]
 "#;
+
+    #[test]
+    fn a_single_bracket_rule_table_says_to_double_the_brackets() {
+        let err = load_err(&[("a.toml", "[rule]\nscope = \"*\"\nrequire = \"reject\"\n")]);
+        assert!(err.to_string().contains("write each rule under [[rule]] (double brackets)"), "{err}");
+    }
+
+    #[test]
+    fn a_rules_message_is_one_short_line() {
+        let rule = |message: &str| format!("[[rule]]\nscope = \"*\"\nrequire = \"reject\"\nmessage = {message:?}\n");
+        let dir = setup(&[("a.toml", &rule("revoked build, see INC-123"))]);
+        let policy = load(&dir).unwrap();
+        assert_eq!(policy.rules()[0].message.as_deref(), Some("revoked build, see INC-123"));
+        assert_one(&load_err(&[("a.toml", &rule("line\nbreak"))]), "a.toml", 4, "one line of text");
+        assert_one(&load_err(&[("a.toml", &rule(" "))]), "a.toml", 4, "message is empty");
+        let long = "x".repeat(MAX_MESSAGE_CHARS + 1);
+        assert_one(&load_err(&[("a.toml", &rule(&long))]), "a.toml", 4, "longer than 200 characters");
+    }
 
     #[test]
     fn full_rule_with_scope_list() {

@@ -47,11 +47,29 @@ pub fn transport_error(registry: &str, err: reqwest::Error) -> RegistryError {
     if err.is_redirect() || err.is_builder() {
         return RegistryError::Protocol(format!("{registry}: {}", detail(&err)));
     }
-    RegistryError::Unreachable(format!("{registry}: {}", detail(&err)))
+    let detail = detail(&err);
+    let hint = tls_hint(&detail).map(|hint| format!("; {hint}")).unwrap_or_default();
+    RegistryError::Unreachable(format!("{registry}: {detail}{hint}"))
 }
 
 fn detail(err: &reqwest::Error) -> String {
     crate::error_text::with_causes(err).chars().take(MAX_ERROR_DETAIL_CHARS).collect()
+}
+
+/// What to do about the two TLS failures a node's own registry runs into, which rustls words
+/// for TLS experts. Read from the text because rustls's error sits behind an io::Error whose
+/// `source()` skips it; the words matched are rustls's stable names for these alerts.
+fn tls_hint(detail: &str) -> Option<&'static str> {
+    if detail.contains("InvalidContentType") {
+        // A TLS client hello answered with something that is not TLS: an HTTP response.
+        return Some("the registry answered in plain HTTP; add it to registry.insecure (host:port) to allow that");
+    }
+    if detail.contains("UnknownIssuer") {
+        return Some(
+            "its certificate is signed by a CA the node does not trust; set registry.ca_file to that CA's PEM file",
+        );
+    }
+    None
 }
 
 /// Reads at most `limit` bytes. Fails as soon as the declared length or the received bytes pass
@@ -114,6 +132,16 @@ mod tests {
         assert!(check_status(StatusCode::TOO_MANY_REQUESTS, &origin(), false).unwrap_err().is_unavailable());
         let teapot = check_status(StatusCode::IM_A_TEAPOT, &origin(), false).unwrap_err();
         assert!(matches!(teapot, RegistryError::Protocol(_)));
+    }
+
+    #[test]
+    fn tls_failures_say_what_to_configure() {
+        let plain =
+            "error sending request: client error (Connect): received corrupt message of type InvalidContentType";
+        assert!(tls_hint(plain).is_some_and(|hint| hint.contains("plain HTTP; add it to registry.insecure")));
+        let private = "client error (Connect): invalid peer certificate: UnknownIssuer";
+        assert!(tls_hint(private).is_some_and(|hint| hint.contains("set registry.ca_file")));
+        assert_eq!(tls_hint("client error (Connect): tcp connect error: Connection refused"), None);
     }
 
     #[test]

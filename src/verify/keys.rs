@@ -31,6 +31,8 @@ pub enum KeyError {
     TooLarge,
     #[error("key is not valid PEM: {0}")]
     Pem(String),
+    #[error("{0}; {EXPECTED}")]
+    NotAPublicKey(String),
     #[error(
         "PEM block is {0:?}; expected \"PUBLIC KEY\" (SubjectPublicKeyInfo, as written by `cosign generate-key-pair`)"
     )]
@@ -48,6 +50,12 @@ pub enum KeyError {
     #[error("invalid {algorithm} key: {detail}")]
     Invalid { algorithm: &'static str, detail: String },
 }
+
+const EXPECTED: &str = "expected one PEM public key (\"-----BEGIN PUBLIC KEY-----\", as `cosign generate-key-pair` \
+     writes to cosign.pub)";
+
+/// Where OpenSSH public keys start: their algorithm name.
+const SSH_KEY_PREFIXES: [&str; 3] = ["ssh-", "ecdsa-sha2-", "sk-"];
 
 /// Deliberately carries no detail: which step of a verification failed is of no use to an
 /// operator and only helps someone probing with forged signatures.
@@ -73,6 +81,9 @@ impl TrustedKey {
             return Err(KeyError::TooLarge);
         }
         let text = std::str::from_utf8(pem).map_err(|_| KeyError::Pem("not UTF-8 text".into()))?;
+        if let Some(what) = not_a_public_key(text.trim()) {
+            return Err(KeyError::NotAPublicKey(what));
+        }
         let (label, doc) = spki::Document::from_pem(text.trim()).map_err(|e| KeyError::Pem(e.to_string()))?;
         if label != "PUBLIC KEY" {
             return Err(KeyError::WrongLabel(label.to_string()));
@@ -131,6 +142,37 @@ impl fmt::Debug for TrustedKey {
             .field("algorithm", &self.algorithm())
             .field("fingerprint", &self.fingerprint)
             .finish()
+    }
+}
+
+/// What a file that is not a public key is, for the files `keys` is pointed at by mistake; the
+/// PEM decoder would only say which byte it choked on.
+fn not_a_public_key(text: &str) -> Option<String> {
+    if text.is_empty() {
+        return Some("the file is empty".to_owned());
+    }
+    if SSH_KEY_PREFIXES.iter().any(|prefix| text.starts_with(prefix)) {
+        return Some(
+            "this is an SSH public key, which cosign does not sign with (an RSA or ECDSA one can be exported \
+             with `ssh-keygen -e -m PKCS8 -f FILE`)"
+                .to_owned(),
+        );
+    }
+    let labels: Vec<&str> =
+        text.lines().filter_map(|line| line.trim().strip_prefix("-----BEGIN ")?.strip_suffix("-----")).collect();
+    match labels.as_slice() {
+        [label] if label.contains("PRIVATE KEY") => Some(format!(
+            "this is a private key ({label}), which must stay with the signer; give its public key \
+             (cosign.pub, or `cosign public-key --key FILE`)"
+        )),
+        [label] if label.contains("CERTIFICATE") => Some(format!(
+            "this is a certificate ({label}); give its public key (`openssl x509 -pubkey -noout -in FILE`)"
+        )),
+        [] | [_] => None,
+        many => Some(format!(
+            "the file holds {} PEM blocks; put each key in a file of its own and list every file in `keys`",
+            many.len()
+        )),
     }
 }
 
@@ -348,10 +390,32 @@ mod tests {
         assert!(matches!(TrustedKey::from_pem(b"hello"), Err(KeyError::Pem(_))));
         assert!(matches!(TrustedKey::from_pem(&[0xff, 0xfe]), Err(KeyError::Pem(_))));
         assert!(matches!(TrustedKey::from_pem(&vec![b'a'; MAX_PEM_BYTES + 1]), Err(KeyError::TooLarge)));
-        let wrong = "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n";
-        assert_eq!(TrustedKey::from_pem(wrong.as_bytes()).unwrap_err(), KeyError::WrongLabel("PRIVATE KEY".into()));
+        let wrong = "-----BEGIN RSA PUBLIC KEY-----\nMAA=\n-----END RSA PUBLIC KEY-----\n";
+        assert_eq!(TrustedKey::from_pem(wrong.as_bytes()).unwrap_err(), KeyError::WrongLabel("RSA PUBLIC KEY".into()));
         let junk = "-----BEGIN PUBLIC KEY-----\nMAA=\n-----END PUBLIC KEY-----\n";
         assert!(matches!(TrustedKey::from_pem(junk.as_bytes()), Err(KeyError::Spki(_))));
+    }
+
+    #[test]
+    fn files_that_are_no_public_key_are_named_for_what_they_are() {
+        let (sk, _) = p256_key();
+        let public = sk.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
+        let cosign_private =
+            "-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\nMAA=\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n";
+        let cases = [
+            ("".to_owned(), "the file is empty; expected one PEM public key"),
+            ("\n \n".to_owned(), "the file is empty"),
+            ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI op@node\n".to_owned(), "this is an SSH public key"),
+            ("ecdsa-sha2-nistp256 AAAAE2VjZHNh op@node\n".to_owned(), "this is an SSH public key"),
+            (format!("{public}{public}"), "the file holds 2 PEM blocks; put each key in a file of its own"),
+            (cosign_private.to_owned(), "this is a private key (ENCRYPTED SIGSTORE PRIVATE KEY)"),
+            ("-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n".to_owned(), "this is a certificate"),
+        ];
+        for (file, expected) in cases {
+            let error = TrustedKey::from_pem(file.as_bytes()).expect_err(expected).to_string();
+            assert!(error.starts_with(expected), "{file:?}: {error}");
+            assert!(error.contains("-----BEGIN PUBLIC KEY-----"), "says what is expected: {error}");
+        }
     }
 
     #[test]

@@ -25,6 +25,29 @@ pub struct Evaluation {
     pub required: usize,
     pub signatures: Vec<SignatureOutcome>,
     pub reason: String,
+    /// Why the signatures fall short; None when accepted.
+    pub shortfall: Option<Shortfall>,
+    /// The rule's keys without a signature that counts, by path or fingerprint; empty when
+    /// accepted.
+    pub missing_keys: Vec<String>,
+}
+
+/// What kept the signatures from satisfying the rule, most telling first: a signature by a
+/// trusted key that names something else says more than one by an unknown key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Shortfall {
+    /// Fewer distinct trusted keys signed than the threshold needs, but at least one did.
+    Threshold,
+    /// A trusted key signed, but for another image name.
+    IdentityMismatch,
+    /// A trusted key signed, but for another digest.
+    DigestMismatch,
+    /// A trusted key signed something that is not a cosign image signature.
+    UnusablePayload,
+    /// Signatures exist, but none verifies with a trusted key.
+    UntrustedKey,
+    /// There is no signature at all.
+    NoSignatures,
 }
 
 /// A signature counts towards the threshold exactly when `rejected_because` is `None`.
@@ -34,7 +57,17 @@ pub struct Evaluation {
 pub struct SignatureOutcome {
     pub layer: Digest,
     pub verified_by: Option<String>,
+    /// The image name the signed payload carries; only read once a trusted key's signature
+    /// over it verified, since until then it is anybody's text.
+    pub signed_name: Option<String>,
     pub rejected_because: Option<String>,
+}
+
+/// What checking one signature found.
+struct Checked<'k> {
+    key: Option<&'k KeyRef>,
+    signed_name: Option<String>,
+    problem: Option<(Shortfall, String)>,
 }
 
 /// `digest` is the manifest digest the pull will be pinned to; `sigs` pairs each signature layer
@@ -46,20 +79,44 @@ pub fn evaluate(image: &ImageRef, digest: &Digest, rule: &Rule, sigs: &[(Signatu
     let required = rule.threshold.max(1);
     let mut satisfied: HashSet<usize> = HashSet::new();
     let mut outcomes = Vec::with_capacity(sigs.len());
+    let mut worst = Shortfall::NoSignatures;
     for (layer, payload) in sigs {
-        let (key, problem) = check_signature(image, digest, rule, &keys, layer, payload);
-        if let (Some(key), None) = (key, &problem) {
-            satisfied.extend(groups_of(rule, key));
+        let Checked { key, signed_name, problem } = check_signature(image, digest, rule, &keys, layer, payload);
+        match (key, &problem) {
+            (Some(key), None) => satisfied.extend(groups_of(rule, key)),
+            (_, Some((kind, _))) => worst = worst.min(*kind),
+            (None, None) => {}
         }
         outcomes.push(SignatureOutcome {
             layer: layer.digest.clone(),
             verified_by: key.map(key_label),
-            rejected_because: problem,
+            signed_name,
+            rejected_because: problem.map(|(_, text)| text),
         });
     }
     let accepted = satisfied.len() >= required;
-    let reason = summarize(accepted, satisfied.len(), required, &outcomes);
-    Evaluation { accepted, satisfied_keys: satisfied.len(), required, signatures: outcomes, reason }
+    let missing_keys: Vec<String> = if accepted {
+        Vec::new()
+    } else {
+        // A key is missing when no group it belongs to is satisfied: in a group of
+        // alternatives that another key satisfied, it is not needed.
+        keys.iter().filter(|k| !groups_of(rule, k).any(|g| satisfied.contains(&g))).map(|k| key_label(k)).collect()
+    };
+    let shortfall = match (accepted, satisfied.len()) {
+        (true, _) => None,
+        (false, 0) => Some(worst),
+        (false, _) => Some(Shortfall::Threshold),
+    };
+    let reason = summarize(accepted, satisfied.len(), required, &outcomes, &missing_keys);
+    Evaluation {
+        accepted,
+        satisfied_keys: satisfied.len(),
+        required,
+        signatures: outcomes,
+        reason,
+        shortfall,
+        missing_keys,
+    }
 }
 
 /// Each key is tried once, however many times (and in however many groups) it is listed.
@@ -91,31 +148,50 @@ fn check_signature<'k>(
     keys: &[&'k KeyRef],
     layer: &SignatureLayer,
     payload: &[u8],
-) -> (Option<&'k KeyRef>, Option<String>) {
+) -> Checked<'k> {
+    let refused = |kind, text: String| Checked { key: None, signed_name: None, problem: Some((kind, text)) };
     if !layer.digest.verify(payload) {
-        return (None, Some("payload blob does not match the layer digest".to_string()));
+        return refused(Shortfall::UnusablePayload, "payload blob does not match the layer digest".to_string());
     }
     let Some(key) = keys.iter().copied().find(|k| k.key.verify(payload, &layer.signature).is_ok()) else {
         let n = keys.len();
-        return (None, Some(format!("signature does not verify with any of the {n} trusted {}", plural(n, "key"))));
+        let text = format!("signature does not verify with any of the {n} trusted {}", plural(n, "key"));
+        return refused(Shortfall::UntrustedKey, text);
     };
-    (Some(key), check_payload(image, digest, rule, payload).err())
-}
-
-fn check_payload(image: &ImageRef, digest: &Digest, rule: &Rule, payload: &[u8]) -> Result<(), String> {
-    let signed = SignedPayload::parse(payload).map_err(|e| match e {
-        PayloadError::WrongType(t) => {
-            format!("signature payload has type {t:?}, not a cosign container image signature")
+    let signed = match SignedPayload::parse(payload) {
+        Ok(signed) => signed,
+        Err(PayloadError::WrongType(t)) => {
+            let text = format!("signature payload has type {t:?}, not a cosign container image signature");
+            return Checked { key: Some(key), ..refused(Shortfall::UnusablePayload, text) };
         }
-        other => other.to_string(),
-    })?;
-    if signed.manifest_digest != *digest {
-        return Err(format!("signature payload names digest {}, not {digest}", signed.manifest_digest));
-    }
-    rule.identity.check(image, &signed.docker_reference).map_err(|e| format!("identity mismatch: {e}"))
+        Err(other) => return Checked { key: Some(key), ..refused(Shortfall::UnusablePayload, other.to_string()) },
+    };
+    let problem = check_payload(image, digest, rule, &signed).err();
+    Checked { key: Some(key), signed_name: Some(signed.docker_reference), problem }
 }
 
-fn summarize(accepted: bool, satisfied: usize, required: usize, outcomes: &[SignatureOutcome]) -> String {
+fn check_payload(
+    image: &ImageRef,
+    digest: &Digest,
+    rule: &Rule,
+    signed: &SignedPayload,
+) -> Result<(), (Shortfall, String)> {
+    if signed.manifest_digest != *digest {
+        let text = format!("signature payload names digest {}, not {digest}", signed.manifest_digest);
+        return Err((Shortfall::DigestMismatch, text));
+    }
+    rule.identity
+        .check(image, &signed.docker_reference)
+        .map_err(|e| (Shortfall::IdentityMismatch, format!("identity mismatch: {e}")))
+}
+
+fn summarize(
+    accepted: bool,
+    satisfied: usize,
+    required: usize,
+    outcomes: &[SignatureOutcome],
+    missing: &[String],
+) -> String {
     if accepted {
         return format!("signed by {satisfied} of {required} required {}", plural(required, "key"));
     }
@@ -126,7 +202,8 @@ fn summarize(accepted: bool, satisfied: usize, required: usize, outcomes: &[Sign
     if satisfied == 0 {
         format!("no signature by a trusted key ({problems})")
     } else {
-        format!("only {satisfied} of {required} required keys signed ({problems})")
+        // Naming the keys still missing tells the operator whom to ask for a signature.
+        format!("only {satisfied} of {required} required keys signed; missing: {} ({problems})", missing.join(", "))
     }
 }
 
@@ -223,6 +300,7 @@ mod tests {
             identity: IdentityRule::MatchRepository,
             mode: Mode::Enforce,
             source: PathBuf::from("/etc/pullgate/policy.d/test.toml"),
+            message: None,
         }
     }
 
@@ -239,7 +317,9 @@ mod tests {
         assert_eq!((ev.satisfied_keys, ev.required), (1, 1));
         assert_eq!(ev.signatures[0].verified_by.as_deref(), Some("/keys/a.pub"));
         assert_eq!(ev.signatures[0].rejected_because, None);
+        assert_eq!(ev.signatures[0].signed_name.as_deref(), Some(REPO));
         assert_eq!(ev.reason, "signed by 1 of 1 required key");
+        assert_eq!((ev.shortfall, ev.missing_keys.len()), (None, 0));
     }
 
     #[test]
@@ -250,7 +330,8 @@ mod tests {
         let ev = run(&r, &twice_by_a);
         assert!(!ev.accepted);
         assert_eq!(ev.satisfied_keys, 1);
-        assert!(ev.reason.starts_with("only 1 of 2 required keys signed"), "{}", ev.reason);
+        assert!(ev.reason.starts_with("only 1 of 2 required keys signed; missing: b.pub ("), "{}", ev.reason);
+        assert_eq!((ev.shortfall, ev.missing_keys.clone()), (Some(Shortfall::Threshold), vec!["b.pub".to_owned()]));
         let ev = run(&r, &[a.sign_for(REPO, DIGEST), b.sign_for(REPO, DIGEST)]);
         assert!(ev.accepted, "{ev:?}");
         assert_eq!(ev.reason, "signed by 2 of 2 required keys");
@@ -263,6 +344,17 @@ mod tests {
         let ev = run(&r, &[a.sign_for(REPO, DIGEST)]);
         assert!(!ev.accepted);
         assert_eq!(ev.satisfied_keys, 1);
+    }
+
+    #[test]
+    fn missing_keys_are_those_of_groups_nobody_satisfied() {
+        let (a1, a2, b) = (Signer::new(), Signer::new(), Signer::new());
+        let r = grouped(
+            vec![vec![a1.key_ref(Some("a1.pub")), a2.key_ref(Some("a2.pub"))], vec![b.key_ref(Some("b.pub"))]],
+            2,
+        );
+        let ev = run(&r, &[a1.sign_for(REPO, DIGEST)]);
+        assert_eq!((ev.shortfall, ev.missing_keys.clone()), (Some(Shortfall::Threshold), vec!["b.pub".to_owned()]));
     }
 
     #[test]
@@ -296,6 +388,7 @@ mod tests {
         let ev = run(&r, &[mallory.sign_for(REPO, DIGEST)]);
         assert!(!ev.accepted);
         assert_eq!(ev.signatures[0].verified_by, None);
+        assert_eq!(ev.signatures[0].signed_name, None, "an unverified payload is not read");
         assert_eq!(
             ev.reason,
             "no signature by a trusted key (1 signature: signature does not verify with any of the 2 trusted keys)"
@@ -320,6 +413,22 @@ mod tests {
         assert!(!ev.accepted);
         let because = ev.signatures[0].rejected_because.as_deref().unwrap_or_default();
         assert!(because.starts_with("identity mismatch: "), "{because}");
+        assert_eq!(ev.signatures[0].signed_name.as_deref(), Some("registry.example/other/app"));
+        assert_eq!(ev.shortfall, Some(Shortfall::IdentityMismatch));
+    }
+
+    #[test]
+    fn the_most_telling_shortfall_wins_over_unknown_signers() {
+        let (a, mallory) = (Signer::new(), Signer::new());
+        let r = rule(vec![a.key_ref(Some("a.pub"))], 1);
+        let sigs = [mallory.sign_for(REPO, DIGEST), a.sign_for(REPO, OTHER), mallory.sign_for(REPO, DIGEST)];
+        let ev = run(&r, &sigs);
+        assert_eq!(
+            (ev.shortfall, ev.missing_keys.clone()),
+            (Some(Shortfall::DigestMismatch), vec!["a.pub".to_owned()])
+        );
+        let ev = run(&r, &[mallory.sign_for(REPO, DIGEST)]);
+        assert_eq!(ev.shortfall, Some(Shortfall::UntrustedKey));
     }
 
     #[test]
@@ -329,6 +438,7 @@ mod tests {
         let ev = run(&rule(vec![a.key_ref(None)], 1), &[sig]);
         let because = ev.signatures[0].rejected_because.as_deref().unwrap_or_default();
         assert!(because.contains("type \"atomic container signature\""), "{because}");
+        assert_eq!(ev.shortfall, Some(Shortfall::UnusablePayload));
     }
 
     #[test]
@@ -358,6 +468,7 @@ mod tests {
         assert!(!ev.accepted);
         assert_eq!(ev.required, 1);
         assert_eq!(ev.reason, "no signature by a trusted key: no signatures found");
+        assert_eq!(ev.shortfall, Some(Shortfall::NoSignatures));
     }
 
     #[test]
@@ -375,7 +486,7 @@ mod tests {
         assert_eq!(
             ev.reason,
             format!(
-                "only 1 of 2 required keys signed (2 signatures: signature does not verify with any of the 2 trusted keys; \
+                "only 1 of 2 required keys signed; missing: b.pub (2 signatures: signature does not verify with any of the 2 trusted keys; \
                  1 signature: signature payload names digest {OTHER}, not {DIGEST})"
             )
         );
