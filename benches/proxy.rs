@@ -4,7 +4,7 @@
 //! pullgate binary in front of it, and times ImageStatus directly and through pullgate.
 //! Prints a Markdown table; figures go to docs/performance.md.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};

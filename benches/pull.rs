@@ -5,7 +5,7 @@
 //! key, and prints a Markdown table: cold and warm pulls, 200 concurrent pulls of one uncached
 //! image, ImageStatus latency while verifications are in flight, and pullgate's RSS.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::path::Path;

@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash tests/lab/lab.sh install
 command -v systemd-analyze >/dev/null || { apt-get update -qq && apt-get install -y -qq systemd; }
-# tests/install.rs runs `make install` into a temp dir.
+# tests/it/install.rs runs `make install` into a temp dir.
 command -v make >/dev/null || { apt-get update -qq && apt-get install -y -qq make; }
 
 # Formatting is part of the build's contract (rustfmt.toml): rustfmt is installed if missing, and

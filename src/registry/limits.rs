@@ -59,4 +59,4 @@ pub const DEFAULT_CHECKS_TOTAL: NonZeroUsize = NonZeroUsize::new(16).expect("non
 
 // Response heads need no bound of ours: hyper's HTTP/1 client, which reqwest uses and gives
 // no setting for, stops reading a head at ~408 KiB or 100 headers (`hostile/huge-head` in
-// tests/hostile.rs sends 16 MiB of headers and is refused at once).
+// tests/it/hostile.rs sends 16 MiB of headers and is refused at once).

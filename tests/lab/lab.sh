@@ -21,7 +21,7 @@
 #   LAB_TIMEOUT     seconds to wait for each daemon to become ready (default 20)
 #   LAB_SNAPSHOTTER force "overlayfs" or "native" instead of probing
 #   LAB_OWNER_PID   if set, a watchdog tears the lab down once that pid exits
-#                   (tests/common/lab.rs passes the test process, so a crashed or
+#                   (tests/it/common/lab.rs passes the test process, so a crashed or
 #                   killed test binary still leaves no daemons behind)
 #   LAB_IMAGE_ARCH  architecture written into pushed images (default: the host's,
 #                   i.e. amd64 on x86_64), so containerd's CRI can actually pull them
@@ -207,7 +207,7 @@ cmd_install() {
         log "install: installing grpcio for $(command -v python3)"
         python3 -m pip install --quiet grpcio >&2 ||
             python3 -m pip install --quiet --break-system-packages grpcio >&2 ||
-            log "install: could not install grpcio; tests/hostile_clients.rs's grpcio test will fail"
+            log "install: could not install grpcio; tests/it/hostile_clients.rs's grpcio test will fail"
     fi
     # bcrypt for htpasswd: Debian 12's python3.11 `crypt` does it. A python
     # without `crypt` (3.13+) falls back to apache2-utils' htpasswd binary.

@@ -2,7 +2,7 @@
 //! pullgate answers itself share it with relayed ones, and losing containerd degrades the
 //! connection instead of breaking it.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

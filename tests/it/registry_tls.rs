@@ -3,7 +3,7 @@
 //! the pull, naming the registry, rather than fetch signatures from a server it cannot
 //! authenticate.
 
-mod common;
+use crate::common;
 
 use common::cosign::{self, TestKey};
 use common::cri;

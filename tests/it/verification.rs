@@ -3,7 +3,7 @@
 //!
 //! The cases, their images, policies and expected verdicts are in tests/common/matrix.rs.
 
-mod common;
+use crate::common;
 
 use common::cri;
 use common::lab::Lab;

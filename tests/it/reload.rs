@@ -2,7 +2,7 @@
 //! edit does not concern keep working meanwhile, a broken edit leaves the last good policy in
 //! force, and SIGHUP reloads the binary.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

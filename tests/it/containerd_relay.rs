@@ -1,6 +1,6 @@
 //! The relay in front of a real containerd (lab: Debian's containerd + docker-registry).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

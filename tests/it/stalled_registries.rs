@@ -2,7 +2,7 @@
 //! them, 6 pulls each, against the default slot bounds, while a signed image from the lab
 //! registry is pulled through pullgate into the real containerd.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

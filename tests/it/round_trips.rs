@@ -10,7 +10,7 @@
 //! | again within the cache TTL                    | 0                                     |
 //! | 48 at once, uncached                          | 1 signature manifest for all of them  |
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! verification matrix in a real lab registry (and against the daemon's own verdicts through
 //! a real containerd), exit codes, JSON output, credentials; policy check's table and errors.
 
-mod common;
+use crate::common;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

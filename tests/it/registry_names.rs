@@ -6,7 +6,7 @@
 //! a number), so a rule naming `127.0.0.1:PORT` must cover those spellings, or a pod could pull
 //! around it. The relay keeps `0PORT` at five digits: a longer port would be refused anyway.
 
-mod common;
+use crate::common;
 
 use common::cosign::TestKey;
 use common::cri;

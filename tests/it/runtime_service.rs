@@ -5,7 +5,7 @@
 //! container) are made through pullgate, and everything read back about them is compared. And
 //! ImageService calls that carry the newer ImageSpec fields work through pullgate as directly.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;

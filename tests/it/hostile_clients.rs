@@ -12,7 +12,7 @@
 //! | idle connections past RLIMIT_NOFILE               | CPU settles; few log lines; served after      |
 //! | grpc C-core's `:authority` (a percent-encoded path) | same answers as any client, containerd or not |
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

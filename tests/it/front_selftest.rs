@@ -1,6 +1,6 @@
 //! The registry front (tests/common/front.rs) itself: forwarding, counting, overrides, hostility.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

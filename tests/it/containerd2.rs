@@ -9,7 +9,7 @@
 //! registry (refused without the kubelet's credentials, accepted with them) and a tag that the
 //! registry moves for containerd after pullgate verified it.
 
-mod common;
+use crate::common;
 
 use common::cosign::{self, TestKey};
 use common::cri;

@@ -1,7 +1,7 @@
 //! A registry with basic auth: pullgate uses the credentials the kubelet put in the
 //! PullImageRequest for the signature fetch, and fails cleanly without them.
 
-mod common;
+use crate::common;
 
 use common::cri;
 use common::private;

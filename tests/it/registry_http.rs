@@ -1,7 +1,7 @@
 //! HttpRegistry against a hand-written HTTP server on loopback: status handling, limits,
 //! digest checks, the auth flows and timeouts.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

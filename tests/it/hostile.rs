@@ -23,7 +23,7 @@
 //! And a hostile client: a PullImage request that prost and containerd's protobuf would read as
 //! two different images is refused with InvalidArgument, never forwarded.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,6 +1,6 @@
 //! The Prometheus endpoint, scraped before and after real pulls and relayed calls.
 
-mod common;
+use crate::common;
 
 use common::cosign::{self, TestKey};
 use common::lab::Lab;

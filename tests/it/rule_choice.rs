@@ -3,7 +3,7 @@
 //! digest applies however the image is asked for, audit pulls are pinned, and a decision a
 //! policy reload overtook is not acted on.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! `grpc.health.v1.Health` on pullgate's socket follows whether containerd answers.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

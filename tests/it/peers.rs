@@ -3,7 +3,7 @@
 //! and cosign (the signer image publishers run) makes the keys and signatures pullgate judges.
 //! Both run in front of containerd 2.x, pulling through its transfer service.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;

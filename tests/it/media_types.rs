@@ -3,7 +3,7 @@
 //! Docker schema2 manifest too.
 //! The signed digest is always the top-level one the registry serves for the tag.
 
-mod common;
+use crate::common;
 
 use common::cosign::{self, TestKey};
 use common::cri;

@@ -12,7 +12,7 @@
 //! - A table whose header starts with `| Image pulled |` is decided, row by row, by `Gate` under
 //!   its section's policy, against an in-memory registry holding cosign-format signatures.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

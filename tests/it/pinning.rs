@@ -2,7 +2,7 @@
 //! tells containerd something else for that tag than it told pullgate (a tag moved between
 //! verification and pull, or a registry that lies to one client).
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -1,6 +1,6 @@
 //! The pullgate binary as systemd runs it: readiness, SIGTERM drain, startup errors, the unit.
 
-mod common;
+use crate::common;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! The relay against an in-process recording upstream: what goes in comes out, byte for byte.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
