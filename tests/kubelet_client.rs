@@ -14,7 +14,7 @@ mod common;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 use std::time::Duration;
 
 use common::cosign::CosignKey;
@@ -37,8 +37,14 @@ fn go() -> PathBuf {
     if local.exists() { local.to_owned() } else { PathBuf::from("go") }
 }
 
-/// Builds the client into the target dir every time: Go's build cache makes that quick, and a
-/// stale client could never be run by mistake.
+/// Builds the client into the target dir once per run: Go's build cache makes that quick, and
+/// a stale client could never be run by mistake. Once, so that no test replaces the binary
+/// while another runs it.
+fn client() -> &'static Path {
+    static CLIENT: OnceLock<PathBuf> = OnceLock::new();
+    CLIENT.get_or_init(build)
+}
+
 fn build() -> PathBuf {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kubeletclient");
     let binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kubeletclient").join("kubeletclient");
@@ -69,7 +75,7 @@ impl Kubelet {
     fn connect(socket: &Path) -> Kubelet {
         let endpoint = format!("unix://{}", socket.display());
         let timeout = format!("{}s", REQUEST_TIMEOUT.as_secs());
-        let mut child = Command::new(build())
+        let mut child = Command::new(client())
             .args([&endpoint, &timeout])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
