@@ -1,26 +1,33 @@
 #!/usr/bin/env bash
-# pullgate in one minute: a private registry and containerd on 127.0.0.1, two images (one
-# signed with a freshly generated key, one not), a one-rule policy, and pullgate in front of
-# containerd. Both images are pulled THROUGH pullgate, as the kubelet would: the signed one is
-# pulled (pinned to the digest pullgate verified), the unsigned one is refused.
+# pullgate in one minute: a private registry and containerd 2.x on 127.0.0.1, two images (one
+# signed by `cosign` with a freshly generated key, one not), a one-rule policy, and pullgate in
+# front of containerd. Both images are pulled THROUGH pullgate with `crictl`, as an operator
+# (or the kubelet) would: the signed one is pulled (pinned to the digest pullgate verified),
+# the unsigned one is refused.
 #
-#   bash tests/demo.sh        (as root, on Debian 12; needs a Rust toolchain for the build)
+#   bash tests/demo.sh        (as root, on Debian 12; needs Rust and Go toolchains for the builds)
+#
+# cosign, crictl and containerd 2.x are the real tools, at the versions `tests/lab/lab.sh
+# install` pins and builds with Go (kept in /var/cache/pullgate-lab/bin: only a machine's first
+# run spends the minutes building them).
 #
 # Everything lives under one temp dir and is torn down on exit, whatever happens. The host's
 # containerd is never touched. Exit status 0 only if the outcome is exactly: signed image
 # pulled, unsigned image refused with "SignatureValidationFailed...".
 #
-# Knob: DEMO_KEEP=1 leaves the temp dir (logs, keys, policy) behind after stopping the daemons.
+# Knobs: DEMO_KEEP=1 leaves the temp dir (logs, keys, policy) behind after stopping the daemons;
+# LAB_CONTAINERD=1.6 runs Debian's containerd 1.6 instead of 2.x (see tests/lab/lab.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LAB="$ROOT/tests/lab"
 cd "$ROOT"
-# Debian's python3 (it has python3-cryptography); a pyenv python3 earlier on PATH may not.
-if [[ -x /usr/bin/python3 ]]; then PY=/usr/bin/python3; else PY=python3; fi
 # pullgate reads PULLGATE_* variables as configuration: one left in the caller's shell (say
-# PULLGATE_UPSTREAM) must not point the demo at the host's containerd.
+# PULLGATE_UPSTREAM) must not point the demo at the host's containerd. crictl's endpoints and
+# config file are given on its command line (below) for the same reason.
 for v in $(compgen -e); do if [[ "$v" == PULLGATE_* ]]; then unset "$v"; fi; done
+unset CONTAINER_RUNTIME_ENDPOINT IMAGE_SERVICE_ENDPOINT
+export LAB_CONTAINERD="${LAB_CONTAINERD:-2}"
 
 bold=""; dim=""; red=""; green=""; off=""
 if [[ -t 1 && -z "${NO_COLOR:-}" ]]; then
@@ -86,23 +93,24 @@ say "${dim}working directory: $WORK${off}"
 
 # ------------------------------------------------------------------ install --
 section "Installing what the demo needs"
-bash "$LAB/lab.sh" install >"$WORK/install.log" 2>&1 || { show_log "$WORK/install.log"; fail "installing the lab packages failed"; }
-if ! "$PY" -c 'import cryptography' 2>/dev/null; then
-    { DEBIAN_FRONTEND=noninteractive apt-get install -y python3-cryptography ||
-        { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3-cryptography; }
-    } >>"$WORK/install.log" 2>&1 || { show_log "$WORK/install.log"; fail "installing python3-cryptography failed"; }
-fi
-say "containerd $(containerd --version | awk '{print $3}'), docker-registry, skopeo, python3-cryptography: ok"
+say "${dim}Debian's containerd, docker-registry and skopeo; containerd 2.x, crictl and cosign built with Go${off}"
+say "${dim}(a few minutes on a machine's first run; the log is $WORK/install.log)${off}"
+PEER_BIN="$(bash "$LAB/lab.sh" install 2>"$WORK/install.log" | sed -n 's/^PEER_BIN=//p')" || true
+[[ -n "$PEER_BIN" && -x "$PEER_BIN/crictl" && -x "$PEER_BIN/cosign" ]] ||
+    { show_log "$WORK/install.log"; fail "installing the lab and its peers failed"; }
+# On PATH, so that the commands shown below are the ones an operator would type.
+export PATH="$PEER_BIN:$PATH"
+say "$(sed -n 's/.*install: peers in [^:]*: //p' "$WORK/install.log" | tail -n 1)"
 command -v cargo >/dev/null ||
     fail "cargo not found: pullgate needs a recent stable Rust (Debian's rustc is too old); see https://rustup.rs"
 
 # -------------------------------------------------------------------- build --
-section "Building pullgate and the demo CRI client (cargo build --release)"
+section "Building pullgate (cargo build --release)"
 build_t0=$SECONDS
-cargo build --quiet --release --locked --bins --examples || fail "cargo build failed"
-PULLGATE="$ROOT/target/release/pullgate"
-CRI="$ROOT/target/release/examples/cri"
-say "target/release/pullgate, target/release/examples/cri ($((SECONDS - build_t0))s)"
+cargo build --quiet --release --locked --bins || fail "cargo build failed"
+PULLGATE="${CARGO_TARGET_DIR:-$ROOT/target}/release/pullgate"
+[[ -x "$PULLGATE" ]] || fail "no pullgate binary at $PULLGATE after the build"
+say "$PULLGATE ($((SECONDS - build_t0))s)"
 T0=$SECONDS
 
 # ---------------------------------------------------------------------- lab --
@@ -114,7 +122,7 @@ lab_get() { sed -n "s/^$1=//p" "$WORK/lab/lab.env" | tail -n 1; }
 REGISTRY="$(lab_get REGISTRY)"
 CONTAINERD_SOCK="$(lab_get CONTAINERD_SOCK)"
 say "registry    http://$REGISTRY"
-say "containerd  $CONTAINERD_SOCK"
+say "containerd  $CONTAINERD_SOCK ($(lab_get CONTAINERD_VERSION))"
 
 # ------------------------------------------------------------------- images --
 section "Building two images; signing one with a freshly generated key"
@@ -126,25 +134,34 @@ SIGNED="$REGISTRY/demo:signed"
 UNSIGNED="$REGISTRY/demo:unsigned"
 SIGNED_DIGEST="$(push demo:signed pullgate-demo-signed)"
 UNSIGNED_DIGEST="$(push demo:unsigned pullgate-demo-unsigned)"
-"$PY" "$LAB/cosign_sign.py" keygen "$WORK/keys"
-"$PY" "$LAB/cosign_sign.py" sign --key "$WORK/keys/demo.key" --registry "$REGISTRY" --repo demo \
-    --digest "$SIGNED_DIGEST" >/dev/null 2>>"$WORK/sign.log" || { show_log "$WORK/sign.log"; fail "signing failed"; }
-# An independent check of what was pushed, so a refusal below can't be blamed on the signer.
-"$PY" "$LAB/cosign_sign.py" verify --key "$WORK/keys/demo.pub" --registry "$REGISTRY" --repo demo \
-    --digest "$SIGNED_DIGEST" >/dev/null 2>>"$WORK/sign.log" || { show_log "$WORK/sign.log"; fail "the pushed signature does not verify"; }
 say "$SIGNED    $SIGNED_DIGEST"
-sig_hex="${SIGNED_DIGEST#sha256:}"
-say "  signed with keys/demo.key -> $REGISTRY/demo:sha256-${sig_hex:0:12}….sig"
 say "$UNSIGNED  $UNSIGNED_DIGEST"
-say "  no signature"
+# cosign in a home of its own: no docker credentials, sigstore cache or config of the host's.
+# Offline: no transparency log, no Fulcio; and the signature format pullgate reads (a
+# simple-signing payload under the sha256-….sig tag), which cosign v3 writes only with its
+# bundle format and signing config turned off. The key's password comes from COSIGN_PASSWORD.
+mkdir -p "$WORK/keys"
+cosign() {
+    (cd "$WORK/keys" && env -i PATH="$PATH" HOME="$WORK/keys" DOCKER_CONFIG="$WORK/keys/docker" \
+        TUF_ROOT="$WORK/keys/tuf" COSIGN_PASSWORD=pullgate-demo cosign "$@")
+}
+sign_args=(--key cosign.key --yes --tlog-upload=false --new-bundle-format=false --use-signing-config=false
+    --allow-http-registry "$REGISTRY/demo@$SIGNED_DIGEST")
+echo
+echo "  \$ cosign generate-key-pair"
+cosign generate-key-pair >>"$WORK/sign.log" 2>&1 || { show_log "$WORK/sign.log"; fail "cosign generate-key-pair failed"; }
+echo "  \$ cosign sign ${sign_args[*]}"
+cosign sign "${sign_args[@]}" >>"$WORK/sign.log" 2>&1 || { show_log "$WORK/sign.log"; fail "cosign sign failed"; }
+sig_hex="${SIGNED_DIGEST#sha256:}"
+say "signed with keys/cosign.key -> $REGISTRY/demo:sha256-${sig_hex:0:12}….sig; $UNSIGNED has no signature"
 
 # ------------------------------------------------------------------- policy --
 section "Writing a policy and starting pullgate in front of containerd"
 mkdir -p "$WORK/policy.d"
 # The policy holds only the public key; the private one stays in keys/.
-cp "$WORK/keys/demo.pub" "$WORK/policy.d/demo.pub"
+cp "$WORK/keys/cosign.pub" "$WORK/policy.d/demo.pub"
 cat >"$WORK/policy.d/demo.toml" <<EOF
-# Everything in $REGISTRY/demo must carry a cosign signature by demo.pub.
+# Everything in $REGISTRY/demo must carry a cosign signature by demo.pub (keys/cosign.pub).
 [[rule]]
 scope = "$REGISTRY/demo"
 require = "signed"
@@ -168,10 +185,17 @@ DEATHSIG=()
 if command -v setpriv >/dev/null && setpriv --pdeathsig TERM true 2>/dev/null; then DEATHSIG=(setpriv --pdeathsig TERM); fi
 NO_COLOR=1 "${DEATHSIG[@]}" "$PULLGATE" serve --config "$WORK/pullgate.toml" </dev/null >"$WORK/pullgate.log" 2>&1 &
 PULLGATE_PID=$!
+# No crictl.yaml of the host's: an empty one of the demo's (crictl reads $CRI_CONFIG_FILE).
+: >"$WORK/crictl.yaml"
+export CRI_CONFIG_FILE="$WORK/crictl.yaml"
+crictl_at() {  # crictl_at SOCKET ARGS...: crictl against that socket's image service
+    local socket="$1"; shift
+    crictl --image-endpoint "unix://$socket" "$@"
+}
 ready=0
 for ((i = 0; i < 100; i++)); do
     kill -0 "$PULLGATE_PID" 2>/dev/null || break
-    if [[ -S "$WORK/pullgate.sock" ]] && "$CRI" list --socket "$WORK/pullgate.sock" --timeout 2 >/dev/null 2>&1; then
+    if [[ -S "$WORK/pullgate.sock" ]] && crictl_at "$WORK/pullgate.sock" --timeout 2s images >/dev/null 2>&1; then
         ready=1; break
     fi
     sleep 0.1
@@ -184,40 +208,47 @@ fi
 say "pullgate (pid $PULLGATE_PID) serving on $WORK/pullgate.sock"
 
 # -------------------------------------------------------------------- pulls --
-section "Pulling both images through pullgate"
+section "Pulling both images through pullgate with crictl"
 problems=()
 
-echo "  \$ cri pull --socket pullgate.sock $SIGNED"
-if ref="$("$CRI" pull --socket "$WORK/pullgate.sock" "$SIGNED" 2>"$WORK/pull-signed.err")"; then
-    echo "    ${green}PULLED${off}  $ref"
-    # Ask containerd itself (not through pullgate) which manifest it fetched.
-    if "$CRI" status --socket "$CONTAINERD_SOCK" "$ref" 2>/dev/null | grep -qxF "  digest  $REGISTRY/demo@$SIGNED_DIGEST"; then
-        say "containerd holds $REGISTRY/demo@${SIGNED_DIGEST:0:19}…, the digest pullgate verified"
-    else
-        problems+=("containerd does not list $REGISTRY/demo@$SIGNED_DIGEST for the signed pull")
-    fi
+echo "  \$ crictl --image-endpoint unix://$WORK/pullgate.sock pull $SIGNED"
+if out="$(crictl_at "$WORK/pullgate.sock" pull "$SIGNED" 2>&1)"; then
+    echo "    ${green}PULLED${off}  ${out//$'\n'/$'\n'            }"
 else
-    echo "    ${red}REFUSED${off} $(cat "$WORK/pull-signed.err")"
+    echo "    ${red}REFUSED${off} ${out//$'\n'/$'\n'      }"
     problems+=("the signed image was refused")
 fi
 
 echo
-echo "  \$ cri pull --socket pullgate.sock $UNSIGNED"
-if ref="$("$CRI" pull --socket "$WORK/pullgate.sock" "$UNSIGNED" 2>"$WORK/pull-unsigned.err")"; then
-    echo "    ${red}PULLED${off}  $ref"
+echo "  \$ crictl --image-endpoint unix://$WORK/pullgate.sock pull $UNSIGNED"
+if out="$(crictl_at "$WORK/pullgate.sock" pull "$UNSIGNED" 2>&1)"; then
+    echo "    ${red}PULLED${off}  $out"
     problems+=("the unsigned image was pulled")
 else
-    err="$(cat "$WORK/pull-unsigned.err")"
-    echo "    ${green}REFUSED${off} (this is what the kubelet sees):"
-    echo "      ${err//$'\n'/$'\n'      }"
-    if [[ "$err" != "UNKNOWN: SignatureValidationFailed"* ]]; then
+    echo "    ${green}REFUSED${off} (crictl pulls with k8s.io/cri-client, as the kubelet does: this is what it sees):"
+    echo "      ${out//$'\n'/$'\n'      }"
+    # The kubelet records the reason SignatureValidationFailed only for an UNKNOWN status whose
+    # message starts with that word (see tests/kubelet_client.rs).
+    if [[ "$out" != *"code = Unknown desc = SignatureValidationFailed: "* ]]; then
         problems+=("the refusal is not gRPC UNKNOWN with a message starting SignatureValidationFailed")
     fi
 fi
-if "$CRI" status --socket "$CONTAINERD_SOCK" "$REGISTRY/demo@$UNSIGNED_DIGEST" >/dev/null 2>&1; then
-    problems+=("containerd has the unsigned image anyway")
-fi
 
+# Ask containerd itself (not through pullgate) what it holds: the signed image by the digest
+# pullgate verified, and nothing of the unsigned one.
+echo
+if held="$(crictl_at "$CONTAINERD_SOCK" images --output json 2>&1)"; then
+    if [[ "$held" == *"\"$REGISTRY/demo@$SIGNED_DIGEST\""* ]]; then
+        say "containerd holds $REGISTRY/demo@${SIGNED_DIGEST:0:19}…, the digest pullgate verified"
+    else
+        problems+=("containerd does not list $REGISTRY/demo@$SIGNED_DIGEST for the signed pull")
+    fi
+    if [[ "$held" == *"$UNSIGNED_DIGEST"* ]]; then
+        problems+=("containerd has the unsigned image anyway")
+    fi
+else
+    problems+=("crictl could not list containerd's images: $held")
+fi
 echo
 if ((${#problems[@]})); then
     show_log "$WORK/pullgate.log"

@@ -100,10 +100,17 @@ impl Puller<'_> {
     }
 }
 
-/// Rebuilds a buffered response body, trailers included.
+/// Rebuilds a buffered response body, trailers included. Without trailers (a trailers-only
+/// answer such as UNAVAILABLE, its status in the head) the body must report its end at once:
+/// otherwise the head goes out without END_STREAM and an empty DATA frame ends the stream,
+/// which grpc-go clients (the kubelet's) read as INTERNAL "server closed the stream without
+/// sending trailers" instead of the status.
 fn replay(data: Bytes, trailers: Option<http::HeaderMap>) -> BoxBody {
     let body = Full::new(data).map_err(|never| match never {});
-    body.with_trailers(std::future::ready(trailers.map(Ok))).boxed_unsync()
+    match trailers {
+        Some(trailers) => body.with_trailers(std::future::ready(Some(Ok(trailers)))).boxed_unsync(),
+        None => body.boxed_unsync(),
+    }
 }
 
 async fn admit<G, B>(gate: &G, body: B) -> Result<(Admission, Bytes), PullError>

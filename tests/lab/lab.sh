@@ -174,7 +174,8 @@ set_dir() {
 # ----------------------------------------------------------------- install --
 
 cmd_install() {
-    local pkgs=(containerd docker-registry skopeo python3) missing=() p
+    # python3-cryptography: labutil.py's tls-cert (the TLS registry's lab CA).
+    local pkgs=(containerd docker-registry skopeo python3 python3-cryptography) missing=() p
     for p in "${pkgs[@]}"; do
         if [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]]; then
             missing+=("$p")
