@@ -228,7 +228,7 @@ else
     echo "    ${green}REFUSED${off} (crictl pulls with k8s.io/cri-client, as the kubelet does: this is what it sees):"
     echo "      ${out//$'\n'/$'\n'      }"
     # The kubelet records the reason SignatureValidationFailed only for an UNKNOWN status whose
-    # message starts with that word (see tests/kubelet_client.rs).
+    # message starts with that word (see tests/it/kubelet_client.rs).
     if [[ "$out" != *"code = Unknown desc = SignatureValidationFailed: "* ]]; then
         problems+=("the refusal is not gRPC UNKNOWN with a message starting SignatureValidationFailed")
     fi

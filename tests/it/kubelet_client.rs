@@ -9,7 +9,7 @@
 //! *starts with* the name (k8s.io/cri-api/pkg/errors); anything else is a plain
 //! `ErrImagePull`. So these tests check the reason the kubelet would record, not just the code.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
