@@ -133,7 +133,7 @@ impl Decision {
         }
         let digest = self.digest.as_ref().map(|d| format!(" ({d})")).unwrap_or_default();
         let rule = match &self.rule {
-            Some(rule) => format!(" by rule {:?} in {}", rule.scope.to_string(), rule.source.display()),
+            Some(rule) => format!(" by rule {:?} in {}", rule.scope.to_string(), rule.location()),
             None => String::new(),
         };
         let note = match self.rule.as_ref().and_then(|rule| rule.message.as_deref()) {
@@ -153,7 +153,7 @@ impl Decision {
     pub fn log(&self) {
         let digest = self.digest.as_ref().map(ToString::to_string).unwrap_or_default();
         let scope = self.rule.as_ref().map(|rule| rule.scope.to_string()).unwrap_or_default();
-        let file = self.rule.as_ref().map(|rule| rule.source.display().to_string()).unwrap_or_default();
+        let file = self.rule.as_ref().map(Rule::location).unwrap_or_default();
         let mode = match self.mode() {
             Some(Mode::Audit) => "audit",
             _ => "enforce",
@@ -202,6 +202,7 @@ mod tests {
             mode,
             source: PathBuf::from("/etc/pullgate/policy.d/team.toml"),
             message: None,
+            line: None,
         }
     }
 

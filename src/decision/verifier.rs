@@ -365,6 +365,7 @@ mod tests {
             mode: Mode::Enforce,
             source: PathBuf::from("test.toml"),
             message: None,
+            line: None,
         }
     }
 

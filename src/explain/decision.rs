@@ -184,7 +184,11 @@ impl Explanation {
 
 fn write_rule(f: &mut fmt::Formatter<'_>, rule: &RuleView) -> fmt::Result {
     line(f, "rule", &rule.scope)?;
-    line(f, "  file", &rule.file.display().to_string())?;
+    let file = match rule.line {
+        Some(number) => format!("{}:{number}", rule.file.display()),
+        None => rule.file.display().to_string(),
+    };
+    line(f, "  file", &file)?;
     line(f, "  applies", &format!("in namespaces: {}", rule.namespaces_label()))?;
     let require = match rule.threshold {
         Some(threshold) => format!("signed by {threshold} of: {}", rule.keys_label()),
@@ -295,6 +299,7 @@ mod tests {
             mode,
             source: PathBuf::from("/etc/pullgate/policy.d/10.toml"),
             message: None,
+            line: None,
         }
     }
 

@@ -22,6 +22,8 @@ pub struct RuleView {
     pub mode: &'static str,
     /// The file the rule was read from.
     pub file: PathBuf,
+    /// The rule's line in `file`, where the format has lines.
+    pub line: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -46,6 +48,7 @@ impl RuleView {
             identity: identity_label(&rule.identity),
             mode: mode_name(rule.mode),
             file: rule.source.clone(),
+            line: rule.line,
         }
     }
 
@@ -150,6 +153,7 @@ mod tests {
             mode: Mode::Audit,
             source: PathBuf::from("/etc/pullgate/policy.d/team.toml"),
             message: None,
+            line: None,
         }
     }
 

@@ -55,7 +55,7 @@ impl Loader {
     pub fn finish(mut self) -> Result<Vec<super::Rule>, PolicyError> {
         check_overlaps(&self.rules, &mut self.problems);
         if self.problems.is_empty() {
-            Ok(self.rules.into_iter().map(|l| l.rule).collect())
+            Ok(self.rules.into_iter().map(|loaded| super::Rule { line: loaded.line, ..loaded.rule }).collect())
         } else {
             Err(PolicyError { problems: self.problems })
         }

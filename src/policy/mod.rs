@@ -73,12 +73,23 @@ pub struct Rule {
     pub mode: Mode,
     /// The file the rule was read from.
     pub source: PathBuf,
+    /// Where in `source` the rule is, for formats that have lines; None for rules built
+    /// elsewhere.
+    pub line: Option<usize>,
     /// The operator's words appended to the kubelet's error when this rule refuses a pull
     /// (a ticket, whom to ask); None for none.
     pub message: Option<String>,
 }
 
 impl Rule {
+    /// "file:line" (or the file alone), as operators look a rule up and as load errors name it.
+    pub fn location(&self) -> String {
+        match self.line {
+            Some(line) => format!("{}:{line}", self.source.display()),
+            None => self.source.display().to_string(),
+        }
+    }
+
     fn applies_in(&self, namespace: Option<&str>) -> bool {
         match (&self.namespaces, namespace) {
             (None, _) => true,
@@ -201,6 +212,7 @@ mod tests {
             mode: Mode::Enforce,
             source: PathBuf::from("test.toml"),
             message: None,
+            line: None,
         }
     }
 
@@ -327,6 +339,19 @@ mod tests {
         dir.write("policy.d/a.toml", rules);
         let err = Policy::load(&dir.path("policy.d"), None).unwrap_err();
         assert!(err.to_string().contains("duplicate rule: scope \"localhost:05000\""), "{err}");
+    }
+
+    #[test]
+    fn a_loaded_rule_knows_its_file_and_line() {
+        let dir = TestDir::new();
+        let toml = "# the default\n[[rule]]\nscope = \"*\"\nrequire = \"reject\"\n\n[[rule]]\n\
+                    scope = [\"r.io/a\", \"r.io/b\"]\nrequire = \"accept\"\n";
+        dir.write("policy.d/a.toml", toml);
+        let policy = Policy::load(&dir.path("policy.d"), None).unwrap();
+        let file = dir.path("policy.d/a.toml").display().to_string();
+        let located: Vec<String> = policy.rules().iter().map(Rule::location).collect();
+        // A rule with several scopes is one rule per scope, each at its scope's line.
+        assert_eq!(located, [format!("{file}:3"), format!("{file}:7"), format!("{file}:7")]);
     }
 
     #[test]

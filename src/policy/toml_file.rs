@@ -272,6 +272,8 @@ impl FileCtx<'_> {
             identity,
             mode: raw.mode.map_or(Mode::Enforce, Mode::from),
             source: self.path.to_owned(),
+            // Each scope's own line, set by the loader.
+            line: None,
             message,
         };
         for (scope, line) in scopes {
