@@ -148,6 +148,8 @@ mod tests {
             self.failing.lock().unwrap().insert(method, code);
         }
 
+        /// Records the call; Err with the status set for `method`, as the service returns it.
+        #[allow(clippy::result_large_err)] // tonic's Status, which the service methods return anyway
         fn called(&self, method: &'static str) -> Result<(), Status> {
             self.calls.lock().unwrap().push(method);
             match self.failing.lock().unwrap().get(method) {
