@@ -411,22 +411,106 @@ mod tests {
         assert_eq!(decode(&mut decoder, &[0x3f, 0x46]), Err(HpackError::TableSize(101, 100)));
     }
 
+    /// A small linear congruential generator: the same "random" bytes on every run.
+    struct Lcg(u32);
+
+    impl Lcg {
+        fn byte(&mut self) -> u8 {
+            self.0 = self.0.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (self.0 >> 16) as u8
+        }
+
+        fn bytes(&mut self, len: usize) -> Vec<u8> {
+            (0..len).map(|_| self.byte()).collect()
+        }
+    }
+
+    /// What the dynamic table must satisfy after any block, decoded or refused: its size is
+    /// the sum of its entries' sizes, within its maximum, itself within what was allowed.
+    fn assert_table_consistent(decoder: &Decoder) {
+        let sum: usize = decoder.entries.iter().map(|(n, v)| n.len() + v.len() + ENTRY_OVERHEAD).sum();
+        assert_eq!(decoder.size, sum, "table size out of step with its entries");
+        assert!(decoder.size <= decoder.max_size, "table {} above its maximum {}", decoder.size, decoder.max_size);
+        assert!(
+            decoder.max_size <= decoder.allowed,
+            "maximum {} above the allowed {}",
+            decoder.max_size,
+            decoder.allowed
+        );
+    }
+
     #[test]
-    fn malformed_blocks_fail_without_panicking() {
+    fn malformed_blocks_fail_and_leave_the_table_consistent() {
         let mut decoder = Decoder::default();
         for block in [&[0x80][..], &[0x40], &[0x40, 0x05, b'a'], &[0x7f, 0xff, 0xff, 0xff, 0xff, 0xff], &[0x0f]] {
             assert!(decode(&mut decoder, block).is_err(), "{block:?}");
         }
-        let mut seed = 1u32;
+        let mut random = Lcg(1);
         for _ in 0..20_000 {
-            let len = (seed % 40) as usize;
-            let block: Vec<u8> = (0..len)
-                .map(|_| {
-                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-                    (seed >> 16) as u8
-                })
-                .collect();
-            let _ = decode(&mut decoder, &block);
+            let len = usize::from(random.byte()) % 40;
+            let _ = decode(&mut decoder, &random.bytes(len));
+            assert_table_consistent(&decoder);
+        }
+    }
+
+    /// An integer with an N-bit prefix (§5.1), the first byte's other bits set to `flags`.
+    fn put_integer(value: usize, prefix: u8, flags: u8, out: &mut Vec<u8>) {
+        let mask = (1usize << prefix) - 1;
+        if value < mask {
+            out.push(flags | value as u8);
+            return;
+        }
+        out.push(flags | mask as u8);
+        let mut rest = value - mask;
+        while rest >= 0x80 {
+            out.push((rest & 0x7f) as u8 | 0x80);
+            rest >>= 7;
+        }
+        out.push(rest as u8);
+    }
+
+    fn put_string(bytes: &[u8], huffman: bool, out: &mut Vec<u8>) {
+        if huffman {
+            let mut encoded = Vec::new();
+            httlib_huffman::encode(bytes, &mut encoded).unwrap();
+            put_integer(encoded.len(), 7, 0x80, out);
+            out.extend_from_slice(&encoded);
+        } else {
+            put_integer(bytes.len(), 7, 0, out);
+            out.extend_from_slice(bytes);
+        }
+    }
+
+    /// Random fields, written as literals with indexing (new names, Huffman or not, some longer
+    /// than a one-byte length) and then referred to by their dynamic-table index, decode to
+    /// exactly what was written, block after block on one decoder.
+    #[test]
+    fn random_fields_round_trip_through_the_dynamic_table() {
+        let mut decoder = Decoder::default();
+        let mut random = Lcg(3);
+        for _ in 0..2_000 {
+            let count = usize::from(random.byte() % 6);
+            let mut fields = Vec::new();
+            let mut block = Vec::new();
+            for _ in 0..count {
+                let (name_len, value_len) = (usize::from(random.byte() % 20), usize::from(random.byte()) * 2 % 300);
+                let (name, value) = (random.bytes(name_len), random.bytes(value_len));
+                block.push(0x40);
+                put_string(&name, random.byte() & 1 == 1, &mut block);
+                put_string(&value, random.byte() & 1 == 1, &mut block);
+                fields.push((name, value));
+            }
+            // The newest entry is index 62 while it fits the table.
+            if let Some((name, value)) = fields.last().cloned()
+                && name.len() + value.len() + ENTRY_OVERHEAD <= DEFAULT_TABLE_SIZE
+            {
+                block.push(0x80 | 62);
+                fields.push((name, value));
+            }
+            let mut decoded = Vec::new();
+            decoder.decode(&block, |n, v| decoded.push((n.to_vec(), v.to_vec()))).unwrap();
+            assert_eq!(decoded, fields);
+            assert_table_consistent(&decoder);
         }
     }
 }

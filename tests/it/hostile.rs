@@ -304,11 +304,16 @@ fn arm(lab: &Lab, front: &Front, key: &TestKey, cases: &[Case]) {
 async fn run_case(socket: &Path, front: &Front, case: &Case) -> Result<(), String> {
     let image = format!("{}/{}:v1", front.addr(), repo(case.name));
     let started = Instant::now();
-    let result = cri::images(socket).pull_image(cri::pull_request(&image, Some("default"))).await;
+    let mut images = cri::images(socket);
+    let pull = images.pull_image(cri::pull_request(&image, Some("default")));
+    // Bounded, so a pull that reached containerd (which may wait on a stalled body for ever)
+    // fails this case instead of hanging the test.
+    let result = tokio::time::timeout(TIMEOUT + MARGIN, pull).await;
     let elapsed = started.elapsed();
     let status = match result {
-        Ok(_) => return Err(format!("{}: pulled; it must be refused", case.name)),
-        Err(status) => status,
+        Err(_) => return Err(format!("{}: still pulling after {elapsed:?}", case.name)),
+        Ok(Ok(_)) => return Err(format!("{}: pulled; it must be refused", case.name)),
+        Ok(Err(status)) => status,
     };
     let message = status.message();
     let mut problems = Vec::new();
@@ -343,6 +348,15 @@ fn stage_of(path: &str) -> Option<Stage> {
     Some(if reference.ends_with(".sig") { Stage::SignatureManifest } else { Stage::Resolve })
 }
 
+/// Neither containerd's store nor the front (which containerd may pull from: `Front::trust_in`)
+/// shows containerd touching a `hostile/` image.
+async fn assert_never_reached_containerd(lab: &Lab, front: &Front) {
+    let asked = front.count(|s| s.is_containerd() && s.path.starts_with("/v2/hostile/"));
+    assert_eq!(asked, 0, "containerd asked the registry for a refused image: {:?}", front.requests());
+    let held = containerd_images(lab).await;
+    assert!(!held.iter().any(|name| name.contains("/hostile/")), "a refused image reached containerd: {held:?}");
+}
+
 /// Names of every image containerd holds.
 async fn containerd_images(lab: &Lab) -> Vec<String> {
     let listed = cri::images(&lab.containerd_sock).list_images(ListImagesRequest::default()).await.expect("ListImages");
@@ -357,6 +371,9 @@ async fn hostile_registries_fail_fast_with_the_right_prefix_and_bounded_memory()
     let key = TestKey::generate();
     let cases = cases();
     arm(&lab, &front, &key, &cases);
+    // containerd can pull from the front from the start, so a refused pull that pullgate
+    // forwarded would show in the front's records and in containerd's store.
+    front.trust_in(&lab);
     let (public, policy) = (key.public_pem(), policy(&front));
     let mut daemon =
         Daemon::start(&lab.containerd_sock, &front.addr(), &[("a.pub", &public), ("10-hostile.toml", &policy)]);
@@ -366,11 +383,9 @@ async fn hostile_registries_fail_fast_with_the_right_prefix_and_bounded_memory()
     let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
     assert!(failures.is_empty(), "{}\n--- pullgate log ---\n{}", failures.join("\n"), daemon.log_text());
 
-    let held = containerd_images(&lab).await;
-    assert!(!held.iter().any(|name| name.contains("/hostile/")), "a refused image reached containerd: {held:?}");
+    assert_never_reached_containerd(&lab, &front).await;
 
     // The same setup with a well-behaved registry accepts, so the refusals above are the attacks' doing.
-    front.trust_in(&lab);
     push_signed(&lab, &front, "hostile/control", &key, None);
     let control = format!("{}/hostile/control:v1", front.addr());
     let pulled = cri::images(&daemon.socket).pull_image(cri::pull_request(&control, Some("default"))).await;
@@ -444,6 +459,8 @@ async fn a_stalling_registry_holds_only_its_own_verification_slots() {
     let front = Front::start(&lab.registry);
     let key = TestKey::generate();
     front.hostile("/v2/hostile/slow/manifests/", Hostile::StallAfterHeaders);
+    // containerd could pull from the front, so a forwarded refusal would show in its records.
+    front.trust_in(&lab);
     // A healthy registry (the lab's, not through the front) with a signed image on it.
     cosign::sign_and_push(&lab.registry, "healthy/app", &lab.push_image("healthy/app:v1", "healthy"), &key, None);
     let policy = format!(
@@ -484,16 +501,21 @@ async fn a_stalling_registry_holds_only_its_own_verification_slots() {
     assert_eq!(stalled(), SLOTS, "a check beyond the registry's {SLOTS} slots reached it");
     assert!(pulls.iter().all(|pull| !pull.is_finished()), "a stalled pull ended early");
 
-    // The queued check starts only when a slot frees, and all of them end within the budget.
+    // The queued check starts only when a slot frees, and all of them end within the budget
+    // (awaited no longer than that: a pull forwarded to containerd would stall there for ever).
+    let deadline = tokio::time::Instant::from_std(started + TIMEOUT + MARGIN);
+    let mut outcomes = Vec::with_capacity(pulls.len());
     for pull in pulls {
-        let (result, elapsed) = pull.await.expect("pull task");
+        outcomes.push(tokio::time::timeout_at(deadline, pull).await);
+    }
+    assert_never_reached_containerd(&lab, &front).await;
+    for outcome in outcomes {
+        let (result, elapsed) = outcome.expect("a stalled pull outlived its budget").expect("pull task");
         let status = result.expect_err("a stalled pull succeeded");
         assert!(status.message().starts_with(UNAVAILABLE), "{}", status.message());
         assert!(elapsed < TIMEOUT + MARGIN, "a stalled pull took {elapsed:?}");
     }
     eprintln!("healthy pull done after {healthy_done:?} with {SLOTS} checks stalled and one queued");
-    let held = containerd_images(&lab).await;
-    assert!(!held.iter().any(|name| name.contains("/hostile/")), "a refused image reached containerd: {held:?}");
     daemon.assert_memory_bounded();
 }
 

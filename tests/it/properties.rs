@@ -17,7 +17,7 @@ use proptest::sample::select;
 use prost::Message as _;
 use pullgate::cri::proto::{AuthConfig, ImageSpec, PodSandboxConfig, PodSandboxMetadata, PullImageRequest};
 use pullgate::cri::wire::{WireError, pull_image_name, rewrite_pull_image};
-use pullgate::policy::Policy;
+use pullgate::policy::{Policy, PolicyError};
 use pullgate::reference::{Digest, ImageRef};
 use pullgate::verify::signatures::{
     MAX_SIGNATURE_LAYERS, ManifestError, OCI_MANIFEST_MEDIA_TYPE, SIGNATURE_ANNOTATION, SIMPLESIGNING_MEDIA_TYPE,
@@ -88,22 +88,37 @@ fn policy_dir() -> &'static Path {
     .path()
 }
 
-/// Loads `toml` as the only policy file (and `json` as policy.json); must not panic.
-/// Each proptest case runs on one thread, so the fixed file names are not raced.
-fn load_policy(name: &str, toml: &[u8], json: Option<&[u8]>) -> Result<(), TestCaseError> {
+/// Loads `toml` as the only policy file (and `json` as policy.json); Err when the policy was
+/// refused. Each proptest case runs on one thread, so the fixed file names are not raced.
+/// A refusal must say where: at least one problem, each naming a file in the policy directory,
+/// with a line inside that file when it names one, and a reason.
+fn load_policy(name: &str, toml: &[u8], json: Option<&[u8]>) -> Result<Result<(), PolicyError>, TestCaseError> {
     let dir = policy_dir().join(name);
     std::fs::create_dir_all(&dir).expect("case dir");
     std::fs::copy(policy_dir().join("a.pub"), dir.join("a.pub")).expect("copy key");
-    std::fs::write(dir.join("policy.toml"), toml).expect("write policy");
-    let json_path = dir.join("policy.json");
+    let (toml_path, json_path) = (dir.join("policy.toml"), dir.join("policy.json"));
+    std::fs::write(&toml_path, toml).expect("write policy");
     if let Some(json) = json {
         std::fs::write(&json_path, json).expect("write policy.json");
     }
-    let loaded = Policy::load(&dir, json.map(|_| json_path.as_path()));
-    if let Err(error) = loaded {
-        prop_assert!(!error.to_string().is_empty());
+    let Err(error) = Policy::load(&dir, json.map(|_| json_path.as_path())) else { return Ok(Ok(())) };
+    prop_assert!(!error.problems.is_empty(), "a refusal without a problem");
+    for problem in &error.problems {
+        prop_assert!(problem.file.starts_with(&dir), "{problem} names a file outside the policy directory");
+        prop_assert!(!problem.message.trim().is_empty(), "{problem} gives no reason");
+        let text = if problem.file == toml_path {
+            Some(toml)
+        } else if problem.file == json_path {
+            json
+        } else {
+            None
+        };
+        if let (Some(line), Some(text)) = (problem.line, text) {
+            let lines = text.iter().filter(|&&b| b == b'\n').count() + 1;
+            prop_assert!((1..=lines).contains(&line), "{problem}: the file has {lines} lines");
+        }
     }
-    Ok(())
+    Ok(Err(error))
 }
 
 fn toml_string() -> impl Strategy<Value = String> {
@@ -217,12 +232,25 @@ fn json_policy() -> impl Strategy<Value = Vec<u8>> {
 proptest! {
     #[test]
     fn policy_loading_survives_arbitrary_bytes(toml in prop::collection::vec(any::<u8>(), 0..512), json in prop::collection::vec(any::<u8>(), 0..512)) {
-        load_policy("bytes", &toml, Some(&json))?;
+        let loaded = load_policy("bytes", &toml, Some(&json))?;
+        // Fail closed: a policy.json that is not JSON is never read as "no policy.json".
+        if serde_json::from_slice::<Value>(&json).is_err() {
+            prop_assert!(loaded.is_err(), "loaded with a policy.json that is not JSON");
+        }
+        // Likewise a policy file that is not UTF-8 text.
+        if std::str::from_utf8(&toml).is_err() {
+            prop_assert!(loaded.is_err(), "loaded a policy file that is not UTF-8");
+        }
     }
 
     #[test]
     fn policy_loading_survives_near_valid_files(rules in prop::collection::vec(toml_rule(), 0..4), json in prop::option::of(json_policy())) {
-        load_policy("grammar", rules.concat().as_bytes(), json.as_deref())?;
+        let toml = rules.concat();
+        let loaded = load_policy("grammar", toml.as_bytes(), json.as_deref())?;
+        // A rule without a scope or a requirement is refused, never half-read.
+        if rules.iter().any(|rule| !rule.contains("\nscope = ") || !rule.contains("\nrequire = ")) {
+            prop_assert!(loaded.is_err(), "loaded a rule without a scope or requirement:\n{}", toml);
+        }
     }
 }
 
@@ -334,7 +362,17 @@ fn manifest_layer() -> impl Strategy<Value = (Value, Expect)> {
 proptest! {
     #[test]
     fn signature_manifest_parsing_survives_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..2048), content_type in any::<String>()) {
-        let _ = parse_signature_manifest(&bytes, &content_type);
+        let json = serde_json::from_slice::<Value>(&bytes);
+        match parse_signature_manifest(&bytes, &content_type) {
+            Ok(layers) => {
+                let manifest = json.expect("accepted bytes that are not JSON");
+                prop_assert_eq!(&manifest["schemaVersion"], &json!(2));
+                prop_assert!(layers.len() <= MAX_SIGNATURE_LAYERS);
+            }
+            // Whatever is not JSON is refused as such, before anything else is looked at.
+            Err(ManifestError::Malformed(_)) => {}
+            Err(other) => prop_assert!(json.is_ok(), "{} for bytes that are not JSON", other),
+        }
     }
 
     #[test]
@@ -435,7 +473,20 @@ proptest! {
     fn hpack_decoding_survives_arbitrary_blocks(blocks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 1..8)) {
         let mut decoder = pullgate::cri::hpack::Decoder::default();
         for block in blocks {
-            let _ = decoder.decode(&block, |_, _| {});
+            let mut fields = Vec::new();
+            if decoder.decode(&block, |name, value| fields.push((name.to_vec(), value.to_vec()))).is_err() {
+                continue;
+            }
+            // What did decode is what the relay writes again: it must read back the same.
+            let mut written = Vec::new();
+            for (name, value) in &fields {
+                pullgate::cri::frame::put_literal(&mut written, name, value);
+            }
+            let mut read_back = Vec::new();
+            pullgate::cri::hpack::Decoder::default()
+                .decode(&written, |name, value| read_back.push((name.to_vec(), value.to_vec())))
+                .expect("the relay's own block decodes");
+            prop_assert_eq!(read_back, fields);
         }
     }
 

@@ -141,11 +141,16 @@ impl Drop for Daemon {
 }
 
 /// Starts `pullgate serve` with metrics on a free port; returns it and the metrics address,
-/// read from its JSON log.
+/// read from its JSON log. Its one policy file, `policy.d/all.toml`, is a hard link to
+/// `outside/all.toml`: written in place through that name, the change reaches no directory
+/// pullgate watches (inotify reports it to the watches on the directory of the name written
+/// through), so only SIGHUP can make pullgate load it.
 fn spawn_serve(dir: &Path) -> (Daemon, SocketAddr) {
-    let policy_dir = dir.join("policy.d");
+    let (policy_dir, outside) = (dir.join("policy.d"), dir.join("outside"));
     std::fs::create_dir_all(&policy_dir).unwrap();
-    std::fs::write(policy_dir.join("all.toml"), rule("*", "reject")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("all.toml"), rule("*", "reject")).unwrap();
+    std::fs::hard_link(outside.join("all.toml"), policy_dir.join("all.toml")).unwrap();
     let mut command = Command::new(BIN);
     command.args(["serve", "--log-format", "json", "--listen"]).arg(dir.join("pg.sock"));
     command.arg("--upstream").arg(dir.join("containerd.sock"));
@@ -171,17 +176,30 @@ fn spawn_serve(dir: &Path) -> (Daemon, SocketAddr) {
 async fn sighup_reloads_the_policy() {
     let dir = tempfile::tempdir().unwrap();
     let (daemon, address) = spawn_serve(dir.path());
+    let socket = dir.path().join("pg.sock");
     // A rejected pull never reaches containerd, so none is needed here.
-    let refused = raw_pull(&dir.path().join("pg.sock")).await;
+    let refused = raw_pull(&socket).await;
     assert!(refused.contains("rejects every image"), "{refused}");
     assert_eq!(metrics::scrape(address).await.value(RELOADS), 0.0);
+
+    // A new policy, in place, through the unwatched name: no rule covers the image any more.
+    std::fs::write(dir.path().join("outside/all.toml"), rule("example.com", "reject")).unwrap();
+    // Not a wait for an event, but for one that must not come: past the reload debounce
+    // (200 ms), with margin, the policy in force is still the old one.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = raw_pull(&socket).await;
+    assert!(before.contains("rejects every image"), "reloaded without SIGHUP: {before}");
+    assert_eq!(metrics::scrape(address).await.value(RELOADS), 0.0, "reloaded without SIGHUP");
 
     let status = Command::new("kill").args(["-HUP", &daemon.0.id().to_string()]).status().unwrap();
     assert!(status.success());
     wait_for_metric(address, RELOADS, 1.0).await;
-    assert_eq!(metrics::scrape(address).await.value(FAILED_RELOADS), 0.0);
+    let scraped = metrics::scrape(address).await;
+    assert_eq!(scraped.value(RELOADS), 1.0, "one SIGHUP, one reload");
+    assert_eq!(scraped.value(FAILED_RELOADS), 0.0);
     // Still serving, with the policy it reloaded.
-    assert!(raw_pull(&dir.path().join("pg.sock")).await.contains("rejects every image"));
+    let after = raw_pull(&socket).await;
+    assert!(after.contains("no policy rule matches the image"), "{after}");
 }
 
 /// The refusal message of a PullImage of an arbitrary image.

@@ -736,3 +736,51 @@ async fn image_calls_with_newer_image_spec_fields_pass_through() {
     assert!(listed.images.is_empty(), "{listed:?}");
     pullgate.stop().await;
 }
+
+/// The same full request under a `signed` rule, so pullgate rewrites it: containerd pulls the
+/// verified digest, never resolves the tag itself (counted at a front it pulls through), accepts
+/// the rewritten request with every other field, and stores the tag pointed at that digest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_pull_request_under_a_signed_rule_is_stored_pinned() {
+    let lab = Lab::start();
+    let front = common::front::Front::start(&lab.registry);
+    front.trust_in(&lab);
+    let key = cosign::TestKey::generate();
+    let digest = lab.push_image("runtime-service/signed:v1", "runtime-service-signed");
+    let payload = cosign::payload(&format!("{}/runtime-service/signed", front.addr()), &digest);
+    cosign::push_signatures(
+        &lab.registry,
+        "runtime-service/signed",
+        &digest,
+        &[(payload.clone(), key.sign_payload(&payload))],
+    );
+    let mut config = pullgate::config::Config { upstream: lab.containerd_sock.clone(), ..Default::default() };
+    config.registry.insecure = vec![front.addr()];
+    let policy =
+        format!("[[rule]]\nscope = \"{}/runtime-service\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n", front.addr());
+    let pem = key.public_pem();
+    let pullgate = common::pullgate::start_with(config, &[("a.pub", &pem), ("policy.toml", &policy)]).await;
+
+    let image = format!("{}/runtime-service/signed:v1", front.addr());
+    let pull = PullImageRequest {
+        image: Some(ImageSpec {
+            image: image.clone(),
+            annotations: [("io.kubernetes.cri.pullgate-test".to_owned(), "annotated".to_owned())].into(),
+            user_specified_image: image.clone(),
+            runtime_handler: "runc".into(),
+            image_ref: String::new(),
+        }),
+        auth: Some(AuthConfig::default()),
+        sandbox_config: Some(sandbox_config("/var/log/pods/unused", "")),
+    };
+    let pulled = outcome(cri::images(&pullgate.socket).pull_image(pull)).await.expect("PullImage through pullgate");
+
+    let (verified_digest, verified_config) =
+        common::store::verified(&lab.registry, "runtime-service/signed", "v1").await;
+    assert_eq!(verified_digest, digest);
+    assert_eq!(pulled.image_ref, verified_config, "PullImage answered another image");
+    let resolved = front.count(|s| s.is_containerd() && s.path == "/v2/runtime-service/signed/manifests/v1");
+    assert_eq!(resolved, 0, "containerd resolved the tag itself: the request was not rewritten");
+    common::store::assert_pinned(&lab, &image, &verified_digest, &verified_config).await;
+    pullgate.stop().await;
+}
