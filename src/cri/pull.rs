@@ -73,12 +73,15 @@ impl Puller<'_> {
     /// that content.
     async fn pinned(
         &self,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: &[u8],
         pinned: &str,
         tag: Option<&str>,
     ) -> Result<http::Response<BoxBody>, PullError> {
         let rewritten = wire::frame(&wire::rewrite_pull_image(wire::unframe(body)?, pinned)?)?;
+        // The client's length was for the body it sent; the rewritten one is longer, and
+        // containerd resets a stream whose body and content-length disagree.
+        parts.headers.remove(http::header::CONTENT_LENGTH);
         let (response, tagged) = match tag {
             Some(tag) => tokio::join!(self.forward(parts, rewritten), self.tagger.points_at(tag, pinned)),
             None => (self.forward(parts, rewritten).await, false),

@@ -71,21 +71,6 @@ pub async fn call(socket: &Path, path: &str, body: Bytes, metadata: &[(&str, &st
     collect(response).await
 }
 
-/// As [`call`], but the body goes as a stream of unknown length, so no content-length header is
-/// sent (as gRPC clients such as grpc-go send it).
-pub async fn call_streamed(socket: &Path, path: &str, body: Bytes) -> RawResponse {
-    let stream = UnixStream::connect(socket).await.expect("connect to socket");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2 handshake");
-    tokio::spawn(connection);
-    let request = Request::post(format!("http://localhost{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers");
-    let body = StreamBody::new(futures_util::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(body))]));
-    let response = sender.send_request(request.body(body).unwrap()).await.expect("send request");
-    collect(response).await
-}
-
 /// Everything of a response: headers, body and trailers.
 pub async fn collect(response: Response<hyper::body::Incoming>) -> RawResponse {
     let (parts, body) = response.into_parts();
