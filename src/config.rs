@@ -225,8 +225,12 @@ impl Config {
     /// What the types alone accept but the daemon would silently misread: every problem,
     /// chained, so one run reports them all.
     fn validate(&self) -> Result<(), Box<figment::Error>> {
+        // A cap of 0 would refuse the kubelet itself, on every connection.
+        let no_connections = (self.max_connections == 0)
+            .then(|| "max_connections = 0 would refuse every client, the kubelet too; leave it out for 64".to_owned());
         let problems: Vec<String> = log_level_problems(&self.log.level)
             .into_iter()
+            .chain(no_connections)
             .chain(self.registry.insecure.iter().filter_map(|entry| insecure_entry_problem(entry)))
             .collect();
         let mut errors = problems.into_iter().map(figment::Error::from);
@@ -373,6 +377,18 @@ mod tests {
                 err.contains("\"r.local:5000/v2/\": write host:port (e.g. \"r.local:5000\")"),
                 "both reported: {err}"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_connection_cap_of_zero_is_an_error() {
+        Jail::expect_with(|jail| {
+            jail.create_file("pullgate.toml", "max_connections = 1\n")?;
+            load_in_jail(jail, &Overrides::default()).map_err(|e| e.to_string())?;
+            jail.create_file("pullgate.toml", "max_connections = 0\n")?;
+            let err = load_in_jail(jail, &Overrides::default()).expect_err("a cap of 0 accepted").to_string();
+            assert!(err.contains("max_connections = 0 would refuse every client"), "{err}");
             Ok(())
         });
     }
