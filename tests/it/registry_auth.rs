@@ -165,4 +165,57 @@ mod foreign {
         assert_eq!(realm.requests().len(), 2);
         assert_eq!(registry.requests().len(), 3);
     }
+
+    /// A Basic-auth registry for alice and bob whose images carry one signature each, its
+    /// payload blob sent off to `blobs` as the blob redirect of a CDN would.
+    async fn signing_registry(blobs: &FakeRegistry) -> FakeRegistry {
+        let blobs = blobs.authority();
+        let signature = super::common::cosign::signature_manifest(&[(BLOB.to_vec(), b"sig".to_vec())]).manifest;
+        FakeRegistry::start(move |req: &Request| {
+            if !matches!(req.header("authorization"), Some(ALICE | BOB)) {
+                return Reply::status(401).header("WWW-Authenticate", "Basic realm=\"registry\"");
+            }
+            let path = req.path();
+            match path.split_once("/blobs/") {
+                Some((_, digest)) => Reply::status(302).header("Location", &format!("http://{blobs}/store/{digest}")),
+                None if path.ends_with(".sig") => Reply::ok("application/vnd.oci.image.manifest.v1+json", &signature),
+                None => Reply::ok("application/vnd.oci.image.manifest.v1+json", MANIFEST),
+            }
+        })
+        .await
+    }
+
+    /// The same leak, driven as the kubelet drives it: two users' PullImage requests, with
+    /// their pull secrets, through pullgate in front of the real containerd.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn through_the_daemon_no_users_secret_reaches_a_foreign_realm() {
+        use super::common::{cri, lab::Lab};
+        use pullgate::config::Config;
+        use pullgate::cri::proto::AuthConfig;
+
+        let lab = Lab::start();
+        let realm = recording_realm().await;
+        let blobs = blob_host(&realm).await;
+        let registry = signing_registry(&blobs).await;
+        let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
+        config.registry.insecure = [&realm, &blobs, &registry].iter().map(|s| s.authority()).collect();
+        let policy = "[[rule]]\nscope = \"*\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n";
+        let pem = super::common::cosign::TestKey::generate().public_pem();
+        let pullgate = super::common::pullgate::start_with(config, &[("a.pub", &pem), ("policy.toml", policy)]).await;
+
+        for (user, repository) in [("alice", "team/app"), ("bob", "team/other")] {
+            let image = format!("{}/{repository}:v1", registry.authority());
+            let mut request = cri::pull_request(&image, Some("default"));
+            let password = format!("{user}-pw");
+            request.auth = Some(AuthConfig { username: user.into(), password: password.clone(), ..Default::default() });
+            let status = cri::images(&pullgate.socket).pull_image(request).await.expect_err("pulled unverified");
+            assert!(!status.message().contains(&password), "{user}'s password in the error: {}", status.message());
+        }
+        assert_eq!(realm.requests().len(), 0, "the foreign realm was asked: {:?}", realm.requests());
+        assert!(blobs.count("/store/") > 0, "the signature blob was never fetched: the test proves nothing");
+        for request in blobs.requests() {
+            assert_eq!(request.header("authorization"), None, "credentials reached the blob host: {request:?}");
+        }
+        pullgate.stop().await;
+    }
 }
