@@ -253,7 +253,6 @@ impl<G: PullGate> Splice<G> {
                 })
                 .collect();
             let kept = Kept {
-                route: Some(proxy::route(&path)),
                 path,
                 log,
                 headers,
@@ -285,7 +284,9 @@ impl<G: PullGate> Splice<G> {
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = kept.path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
         *request.headers_mut() = std::mem::take(&mut kept.headers);
-        let route = kept.route.take().unwrap_or(Route::Relay);
+        // Derived from the path here, never defaulted: a call whose route were lost must not
+        // become a relayed one (for PullImage, an unverified pull).
+        let route = proxy::route(&kept.path);
         let (proxy, events) = (self.proxy.clone(), self.events.clone());
         let held = std::mem::replace(&mut kept.held, Held::new(proxy.budget()));
         let task = tokio::spawn(async move {

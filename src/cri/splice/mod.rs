@@ -282,9 +282,8 @@ struct Relayed {
 }
 
 struct Kept {
-    /// How the call is answered (`Route::Relay`: through the shared upstream connection,
-    /// while this one is without containerd); taken when the call starts.
-    route: Option<Route>,
+    /// Routed (`proxy::route`) when the call starts; a relayed path is kept only while this
+    /// connection is without containerd, and then goes through the shared upstream connection.
     path: String,
     log: Option<CallLog>,
     headers: http::HeaderMap,
