@@ -198,8 +198,10 @@ pub async fn await_shown(cri: &ImageServiceClient<Channel>, name: &str, want: Op
     let request =
         ImageStatusRequest { image: Some(ImageSpec { image: name.to_owned(), ..Default::default() }), verbose: false };
     loop {
-        // An unanswered ImageStatus shows nothing either way; keep asking.
-        if let Ok(response) = cri.clone().image_status(request.clone()).await
+        // An unanswered ImageStatus shows nothing either way; keep asking, but never past the
+        // deadline, even when containerd does not answer at all.
+        let status = tokio::time::timeout_at(deadline, cri.clone().image_status(request.clone())).await;
+        if let Ok(Ok(response)) = status
             && response.into_inner().image.map(|image| image.id).as_deref() == want
         {
             return true;
