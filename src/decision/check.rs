@@ -6,7 +6,7 @@ use futures_util::future::join_all;
 
 use crate::policy::Rule;
 use crate::reference::{Digest, ImageRef};
-use crate::registry::{Credentials, Manifest, Registry, RegistryError};
+use crate::registry::{Credentials, Manifest, Registry, RegistryError, media_type};
 use crate::verify::payload::MAX_PAYLOAD_BYTES;
 use crate::verify::signatures::{SignatureLayer, parse_signature_manifest};
 use crate::verify::{Evaluation, Shortfall, evaluate};
@@ -120,16 +120,8 @@ pub async fn resolve_tag<R: Registry>(
     }
 }
 
-/// The manifest kinds a pull can be pinned to: OCI and Docker schema 2 images and indexes.
-const PINNABLE_MEDIA_TYPES: [&str; 4] = [
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-];
-
 fn pinnable(manifest: &Manifest) -> Result<(), String> {
-    if PINNABLE_MEDIA_TYPES.contains(&manifest.media_type.as_str()) {
+    if media_type::PINNABLE.contains(&manifest.media_type.as_str()) {
         return Ok(());
     }
     #[derive(serde::Deserialize)]

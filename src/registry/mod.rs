@@ -7,6 +7,7 @@ pub mod buffering;
 pub mod credentials;
 mod http;
 pub mod limits;
+pub mod media_type;
 mod response;
 mod token;
 

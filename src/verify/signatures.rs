@@ -11,8 +11,7 @@ use crate::reference::Digest;
 
 pub const SIMPLESIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
-pub const OCI_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const DOCKER_MANIFEST_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
+use crate::registry::media_type::{DOCKER_MANIFEST, OCI_MANIFEST};
 /// Same ceiling the registry client applies when downloading a manifest.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 /// Each signature layer costs a blob download and up to one verification per trusted key on the
@@ -115,7 +114,7 @@ fn check_media_type(content_type: &str, body: Option<&str>) -> Result<(), Manife
         Some(body) => body,
         None => header,
     };
-    if effective == OCI_MANIFEST_MEDIA_TYPE || effective == DOCKER_MANIFEST_MEDIA_TYPE {
+    if effective == OCI_MANIFEST || effective == DOCKER_MANIFEST {
         Ok(())
     } else {
         Err(ManifestError::UnsupportedMediaType(effective.chars().take(100).collect()))
@@ -185,8 +184,7 @@ mod tests {
             json!({"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json", "digest": D2, "size": 1}),
             sig_layer(D2, Some("/w==")),
         ];
-        let got = parse_signature_manifest(&manifest(Some(OCI_MANIFEST_MEDIA_TYPE), layers), OCI_MANIFEST_MEDIA_TYPE)
-            .unwrap();
+        let got = parse_signature_manifest(&manifest(Some(OCI_MANIFEST), layers), OCI_MANIFEST).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0], SignatureLayer { digest: D1.parse().unwrap(), size: 250, signature: vec![0, 1, 2] });
         assert_eq!(got[1].signature, vec![0xff]);
@@ -195,14 +193,14 @@ mod tests {
     #[test]
     fn accepts_docker_schema2_and_oci_without_media_type_field() {
         let layers = || vec![sig_layer(D1, Some("AAEC"))];
-        let docker = manifest(Some(DOCKER_MANIFEST_MEDIA_TYPE), layers());
-        assert_eq!(parse_signature_manifest(&docker, DOCKER_MANIFEST_MEDIA_TYPE).unwrap().len(), 1);
+        let docker = manifest(Some(DOCKER_MANIFEST), layers());
+        assert_eq!(parse_signature_manifest(&docker, DOCKER_MANIFEST).unwrap().len(), 1);
         let bare = manifest(None, layers());
         assert_eq!(
             parse_signature_manifest(&bare, "application/vnd.oci.image.manifest.v1+json; charset=utf-8").unwrap().len(),
             1
         );
-        let generic_header = manifest(Some(OCI_MANIFEST_MEDIA_TYPE), layers());
+        let generic_header = manifest(Some(OCI_MANIFEST), layers());
         assert_eq!(parse_signature_manifest(&generic_header, "application/json").unwrap().len(), 1);
     }
 
@@ -220,8 +218,8 @@ mod tests {
 
     #[test]
     fn header_and_body_media_types_must_agree() {
-        let m = manifest(Some(OCI_MANIFEST_MEDIA_TYPE), vec![]);
-        let err = parse_signature_manifest(&m, DOCKER_MANIFEST_MEDIA_TYPE).unwrap_err();
+        let m = manifest(Some(OCI_MANIFEST), vec![]);
+        let err = parse_signature_manifest(&m, DOCKER_MANIFEST).unwrap_err();
         assert!(matches!(err, ManifestError::MediaTypeMismatch { .. }), "{err}");
     }
 
@@ -235,11 +233,11 @@ mod tests {
     fn too_many_signature_layers_is_an_error_not_a_truncation() {
         let at_cap: Vec<_> = (0..MAX_SIGNATURE_LAYERS).map(|_| sig_layer(D1, Some("AA=="))).collect();
         assert_eq!(
-            parse_signature_manifest(&manifest(Some(OCI_MANIFEST_MEDIA_TYPE), at_cap), "").unwrap().len(),
+            parse_signature_manifest(&manifest(Some(OCI_MANIFEST), at_cap), "").unwrap().len(),
             MAX_SIGNATURE_LAYERS
         );
         let over: Vec<_> = (0..=MAX_SIGNATURE_LAYERS).map(|_| sig_layer(D1, Some("AA=="))).collect();
-        let err = parse_signature_manifest(&manifest(Some(OCI_MANIFEST_MEDIA_TYPE), over), "").unwrap_err();
+        let err = parse_signature_manifest(&manifest(Some(OCI_MANIFEST), over), "").unwrap_err();
         assert_eq!(err, ManifestError::TooManyLayers { count: MAX_SIGNATURE_LAYERS + 1 });
     }
 
@@ -255,7 +253,7 @@ mod tests {
         ];
         for (layer, needle) in cases {
             let layers = vec![sig_layer(D2, Some("AA==")), layer];
-            let err = parse_signature_manifest(&manifest(Some(OCI_MANIFEST_MEDIA_TYPE), layers), "").unwrap_err();
+            let err = parse_signature_manifest(&manifest(Some(OCI_MANIFEST), layers), "").unwrap_err();
             let ManifestError::BadLayer { index: 1, reason } = &err else { panic!("{err:?}") };
             assert!(reason.contains(needle), "{needle}: {reason}");
         }
@@ -266,7 +264,7 @@ mod tests {
         for junk in
             [&b""[..], b"null", b"[]", b"{\"schemaVersion\":\"2\"}", b"{\"schemaVersion\":2,\"layers\":{}}", b"\xff"]
         {
-            assert!(parse_signature_manifest(junk, OCI_MANIFEST_MEDIA_TYPE).is_err(), "{junk:?}");
+            assert!(parse_signature_manifest(junk, OCI_MANIFEST).is_err(), "{junk:?}");
         }
         let big = vec![b' '; MAX_MANIFEST_BYTES + 1];
         assert_eq!(parse_signature_manifest(&big, ""), Err(ManifestError::TooLarge { size: MAX_MANIFEST_BYTES + 1 }));

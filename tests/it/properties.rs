@@ -19,9 +19,9 @@ use pullgate::cri::proto::{AuthConfig, ImageSpec, PodSandboxConfig, PodSandboxMe
 use pullgate::cri::wire::{WireError, pull_image_name, rewrite_pull_image};
 use pullgate::policy::{Policy, PolicyError};
 use pullgate::reference::{Digest, ImageRef};
+use pullgate::registry::media_type::OCI_MANIFEST;
 use pullgate::verify::signatures::{
-    MAX_SIGNATURE_LAYERS, ManifestError, OCI_MANIFEST_MEDIA_TYPE, SIGNATURE_ANNOTATION, SIMPLESIGNING_MEDIA_TYPE,
-    parse_signature_manifest,
+    MAX_SIGNATURE_LAYERS, ManifestError, SIGNATURE_ANNOTATION, SIMPLESIGNING_MEDIA_TYPE, parse_signature_manifest,
 };
 use pullgate::verify::{PayloadError, SignedPayload};
 use serde_json::{Value, json};
@@ -378,10 +378,10 @@ proptest! {
     #[test]
     fn signature_manifest_parsing_returns_exactly_the_signature_layers(
         layers in prop::collection::vec(manifest_layer(), 0..80),
-        content_type in select(vec![OCI_MANIFEST_MEDIA_TYPE, "application/json", "", "text/html"]),
+        content_type in select(vec![OCI_MANIFEST, "application/json", "", "text/html"]),
     ) {
         let values: Vec<&Value> = layers.iter().map(|(layer, _)| layer).collect();
-        let manifest = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST_MEDIA_TYPE, "layers": values});
+        let manifest = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": values});
         let bytes = serde_json::to_vec(&manifest).expect("JSON");
         let candidates = layers.iter().filter(|(layer, _)| layer["mediaType"] == SIMPLESIGNING_MEDIA_TYPE).count();
         let count = |want: Expect| layers.iter().filter(|(_, expect)| *expect == want).count();
