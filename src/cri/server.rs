@@ -4,22 +4,26 @@
 //! without one while containerd cannot be reached.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Sleep;
 
 use crate::cri::proxy::Proxy;
 use crate::cri::splice;
 use crate::decision::PullGate;
 
 /// After `accept` fails (out of descriptors, say), the listener is left alone this long at
-/// first, twice as long after each further failure, up to `MAX_ACCEPT_PAUSE`: retrying at once
-/// would spin, since the connection that could not be taken is still waiting.
+/// first, twice as long after each further failure, up to `MAX_ACCEPT_PAUSE`, or until one of
+/// our connections ends and so frees its descriptors: retrying at once would spin, since the
+/// connection that could not be taken is still waiting.
 const FIRST_ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-/// Short enough that a kubelet is let in well within a second once descriptors are free again.
+/// Short enough that a kubelet is let in well within a second once descriptors are free again,
+/// even when they were freed by something other than one of our connections.
 const MAX_ACCEPT_PAUSE: Duration = Duration::from_millis(500);
 /// Failed accepts and refused connections are logged at most this often, with how many there
 /// were since the last line, so an attacker cannot turn them into a flood of log lines.
@@ -39,10 +43,12 @@ pub async fn run<G: PullGate>(
     let mut connections = JoinSet::new();
     let (mut refusals, mut failures) = (Throttled::default(), Throttled::default());
     let mut pause = FIRST_ACCEPT_PAUSE;
+    // Set while the listener is left alone after a failed accept.
+    let mut paused: Option<Pin<Box<Sleep>>> = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept(), if paused.is_none() => match accepted {
                 Ok((stream, _)) => {
                     pause = FIRST_ACCEPT_PAUSE;
                     // Finished connections still count until reaped.
@@ -60,15 +66,14 @@ pub async fn run<G: PullGate>(
                     if let Some(failed) = failures.note() {
                         tracing::warn!(%error, failed, pause = ?pause, "accept failed; pausing before the next");
                     }
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        () = &mut shutdown => break,
-                    }
+                    paused = Some(Box::pin(tokio::time::sleep(pause)));
                     pause = (pause * 2).min(MAX_ACCEPT_PAUSE);
                 }
             },
-            // Reap finished connections so the set does not grow with every kubelet restart.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = pause_over(&mut paused) => paused = None,
+            // Reap finished connections so the set does not grow with every kubelet restart; the
+            // descriptors a finished one held are free again, so a pause can end.
+            Some(_) = connections.join_next(), if !connections.is_empty() => paused = None,
             () = &mut shutdown => break,
         }
     }
@@ -76,6 +81,14 @@ pub async fn run<G: PullGate>(
     tracing::info!(connections = connections.len(), "draining");
     let _ = draining.send(true);
     tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await.is_ok()
+}
+
+/// Resolves when the pause after a failed accept is over; never while there is none.
+async fn pause_over(paused: &mut Option<Pin<Box<Sleep>>>) {
+    match paused {
+        Some(sleep) => sleep.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Counts events of one kind and says when one is to be logged: the first, then at most one
