@@ -231,7 +231,7 @@ impl Config {
         let problems: Vec<String> = log_level_problems(&self.log.level)
             .into_iter()
             .chain(no_connections)
-            .chain(self.registry.insecure.iter().filter_map(|entry| insecure_entry_problem(entry)))
+            .chain(self.registry.insecure.iter().filter_map(|entry| crate::registry::insecure_entry_problem(entry)))
             .collect();
         let mut errors = problems.into_iter().map(figment::Error::from);
         match errors.next() {
@@ -259,16 +259,6 @@ fn log_level_problems(level: &str) -> Option<String> {
         shown.join(", "),
         LOG_LEVELS.join(", ")
     ))
-}
-
-/// Entries are matched against a registry's host[:port], so a URL would silently match none.
-fn insecure_entry_problem(entry: &str) -> Option<String> {
-    let bare = entry.split_once("://").map_or(entry, |(_, rest)| rest);
-    let bare = bare.split('/').next().unwrap_or_default();
-    if bare == entry && !entry.is_empty() {
-        return None;
-    }
-    Some(format!("registry.insecure {entry:?}: write host:port (e.g. {bare:?}) or host, without a scheme or path"))
 }
 
 #[cfg(test)]
