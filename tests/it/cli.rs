@@ -498,6 +498,9 @@ fn a_rules_message_ends_the_kubelets_error() {
     let message = run.json()["daemon"]["message"].as_str().unwrap().to_owned();
     assert!(message.starts_with("SignatureValidationFailed: image r.example/team/app:1 refused"), "{message}");
     assert!(message.ends_with(". revoked build, see INC-123"), "{message}");
+    let rule = &run.json()["rule"];
+    let file = node.policy_dir().join("policy.toml");
+    assert_eq!((&rule["file"], &rule["line"]), (&Value::from(file.to_str().unwrap()), &Value::from(2)), "{rule:#}");
 }
 
 #[test]
