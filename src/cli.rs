@@ -74,7 +74,7 @@ enum Output {
 
 /// Something that kept a command from doing what was asked, as `Output` reports it.
 struct Failure {
-    /// `config`, `policy`, `input` or `output`: what a tool should look at.
+    /// `usage`, `config`, `policy`, `input` or `output`: what a tool should look at.
     kind: &'static str,
     message: String,
     /// Each problem of a policy that does not load, with its file and line.
@@ -142,11 +142,53 @@ struct ServeArgs {
 }
 
 pub fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(error, std::env::args_os().skip(1)),
+    };
+    match cli.command {
         Command::Serve(args) => serve(args),
         Command::Verify(args) => verify::run(args),
         Command::Policy(PolicyCommand::Check(args)) => policy_check::run(&args),
     }
+}
+
+/// A command line clap refuses. With `--output json` among the arguments that is one JSON
+/// error object on standard output too, so a tool never has to read clap's text; help and
+/// version requests, and everything without `--output json`, are clap's own.
+fn usage_error(error: clap::Error, args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    use clap::error::ErrorKind;
+    let informational = matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if informational || !asks_for_json(args) {
+        error.exit();
+    }
+    Output::Json.fail(Failure::new("usage", usage_message(&error.to_string())))
+}
+
+/// `--output json` or `--output=json` before any `--`.
+fn asks_for_json(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let mut previous_was_output = false;
+    for arg in args {
+        let arg = arg.to_string_lossy();
+        if arg == "--" {
+            return false;
+        }
+        if arg == "--output=json" || (previous_was_output && arg == "json") {
+            return true;
+        }
+        previous_was_output = arg == "--output";
+    }
+    false
+}
+
+/// clap's message without its `error: ` label and the usage and tips that follow it.
+fn usage_message(text: &str) -> String {
+    let text = text.strip_prefix("error: ").unwrap_or(text);
+    let lines: Vec<&str> = text.lines().take_while(|line| !line.trim().is_empty()).map(str::trim).collect();
+    lines.join(" ")
 }
 
 impl ConfigArgs {
@@ -198,6 +240,22 @@ mod tests {
     #[test]
     fn arguments_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn json_output_is_found_however_it_is_written() {
+        let asks = |args: &[&str]| asks_for_json(args.iter().map(std::ffi::OsString::from));
+        assert!(asks(&["verify", "nginx", "--output", "json"]));
+        assert!(asks(&["policy", "check", "--output=json", "--bogus"]));
+        assert!(!asks(&["verify", "nginx", "--output", "text"]));
+        assert!(!asks(&["verify", "nginx", "json"]));
+        assert!(!asks(&["verify", "--", "--output", "json"]));
+    }
+
+    #[test]
+    fn a_usage_message_keeps_the_problem_and_drops_the_usage() {
+        let error = Cli::try_parse_from(["pullgate", "verify", "--output", "json"]).err().expect("no image accepted");
+        assert_eq!(usage_message(&error.to_string()), "the following required arguments were not provided: <IMAGE>");
     }
 
     #[test]

@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::registry::RegistryConfig;
 
+mod problems;
+
+pub use problems::ConfigError;
+
 /// Where the kubelet will look for an image service next to containerd.
 const DEFAULT_LISTEN: &str = "/run/pullgate/pullgate.sock";
 /// Where node operators (and configuration management) drop policy files.
@@ -147,59 +151,6 @@ pub struct LogOverrides {
     pub format: LogFormat,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigError(#[from] Box<figment::Error>);
-
-/// Every problem, each as "key in file: what is wrong", in the words of the configuration file
-/// rather than of serde (no `usize`, no internal `default.` profile, no nested backticks).
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let problems: Vec<String> = (*self.0).clone().into_iter().map(|error| describe(&error)).collect();
-        match problems.as_slice() {
-            [one] => write!(f, "invalid configuration: {one}"),
-            many => {
-                write!(f, "invalid configuration, {} problems:", many.len())?;
-                many.iter().try_for_each(|problem| write!(f, "\n  {problem}"))
-            }
-        }
-    }
-}
-
-fn describe(error: &figment::Error) -> String {
-    use figment::error::Kind;
-    let key = error.path.join(".");
-    // The path as given, not figment's rendering relative to the working directory.
-    let file = match error.metadata.as_ref().and_then(|m| m.source.as_ref()) {
-        Some(figment::Source::File(path)) => format!(" in {}", path.display()),
-        Some(other) => format!(" in {other}"),
-        None => String::new(),
-    };
-    match &error.kind {
-        Kind::UnknownField(found, expected) => {
-            let hint = if found == "rule" { " (policy rules go in policy_dir files, not here)" } else { "" };
-            format!("unknown key \"{key}\"{file}{hint}; the keys here are {}", expected.join(", "))
-        }
-        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
-            format!("\"{key}\"{file} must be {}, not {actual}", plain_type(expected))
-        }
-        Kind::UnknownVariant(found, expected) => {
-            format!("\"{key}\"{file} must be one of {}, not {found:?}", expected.join(", "))
-        }
-        Kind::Message(message) if key.is_empty() => format!("{}{file}", message.trim()),
-        _ => error.to_string(),
-    }
-}
-
-/// serde's names for what was expected, as a configuration file's reader says them.
-fn plain_type(expected: &str) -> &str {
-    match expected {
-        "a sequence" => "a list",
-        "usize" | "u64" | "u32" | "u16" | "u8" | "i64" | "i32" => "a whole number",
-        "nonzero usize" => "a whole number above 0",
-        other => other,
-    }
-}
-
 impl Config {
     /// The figment that `serve` and the other commands extract from; exposed so tests can layer
     /// their own providers without touching the process environment.
@@ -212,32 +163,35 @@ impl Config {
         figment.merge(Env::prefixed("PULLGATE_").split("__")).merge(Serialized::defaults(overrides))
     }
 
+    /// The file is checked on its own first, so that all of its problems are reported at
+    /// once, each at its line; then the layers together.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::unreadable(path, &error))?;
+            problems::in_file(path, &text)?;
+        }
         Self::from_figment(Self::figment(file, overrides))
     }
 
     pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
-        let config: Config = figment.extract().map_err(|e| ConfigError(Box::new(e)))?;
-        config.validate().map_err(ConfigError)?;
-        Ok(config)
+        let config: Config = figment.extract().map_err(ConfigError::extracting)?;
+        match config.value_problems() {
+            problems if problems.is_empty() => Ok(config),
+            problems => Err(ConfigError::values(problems)),
+        }
     }
 
-    /// What the types alone accept but the daemon would silently misread: every problem,
-    /// chained, so one run reports them all.
-    fn validate(&self) -> Result<(), Box<figment::Error>> {
+    /// What the types alone accept but the daemon would silently misread: every problem, so
+    /// one run reports them all.
+    fn value_problems(&self) -> Vec<String> {
         // A cap of 0 would refuse the kubelet itself, on every connection.
         let no_connections = (self.max_connections == 0)
             .then(|| "max_connections = 0 would refuse every client, the kubelet too; leave it out for 64".to_owned());
-        let problems: Vec<String> = log_level_problems(&self.log.level)
+        log_level_problems(&self.log.level)
             .into_iter()
             .chain(no_connections)
-            .chain(self.registry.insecure.iter().filter_map(|entry| insecure_entry_problem(entry)))
-            .collect();
-        let mut errors = problems.into_iter().map(figment::Error::from);
-        match errors.next() {
-            None => Ok(()),
-            Some(first) => Err(Box::new(errors.fold(first, figment::Error::chain))),
-        }
+            .chain(self.registry.insecure.iter().filter_map(|entry| crate::registry::insecure_entry_problem(entry)))
+            .collect()
     }
 }
 
@@ -259,16 +213,6 @@ fn log_level_problems(level: &str) -> Option<String> {
         shown.join(", "),
         LOG_LEVELS.join(", ")
     ))
-}
-
-/// Entries are matched against a registry's host[:port], so a URL would silently match none.
-fn insecure_entry_problem(entry: &str) -> Option<String> {
-    let bare = entry.split_once("://").map_or(entry, |(_, rest)| rest);
-    let bare = bare.split('/').next().unwrap_or_default();
-    if bare == entry && !entry.is_empty() {
-        return None;
-    }
-    Some(format!("registry.insecure {entry:?}: write host:port (e.g. {bare:?}) or host, without a scheme or path"))
 }
 
 #[cfg(test)]
@@ -398,22 +342,67 @@ mod tests {
         Jail::expect_with(|jail| {
             let path = jail.directory().join("pullgate.toml");
             let cases = [
+                ("polcy_dir = \"/p\"\n", "1: unknown key \"polcy_dir\"; the keys here are listen, upstream,"),
                 (
-                    "polcy_dir = \"/p\"\n",
-                    format!("unknown key \"polcy_dir\" in {}; the keys here are listen,", path.display()),
+                    "[cache]\nmax_entries = \"many\"\n",
+                    "2: \"cache.max_entries\" must be a whole number, not the string \"many\"",
                 ),
-                ("[cache]\nmax_entries = \"many\"\n", "\"cache.max_entries\" in".to_owned()),
-                ("[cache]\nmax_entries = \"many\"\n", "must be a whole number, not string \"many\"".to_owned()),
-                ("[registry]\ninsecure = \"a:1\"\n", "\"registry.insecure\" in".to_owned()),
-                ("[registry]\ninsecure = \"a:1\"\n", "must be a list, not string \"a:1\"".to_owned()),
-                ("[rule]\nscope = \"*\"\n", "(policy rules go in policy_dir files, not here)".to_owned()),
+                (
+                    "[registry]\n\ninsecure = \"a:1\"\n",
+                    "3: \"registry.insecure\" must be a list, not the string \"a:1\"",
+                ),
+                ("max_connections = -1\n", "1: \"max_connections\" must be a whole number, not -1"),
+                (
+                    "[registry]\nchecks_total = 0\n",
+                    "2: \"registry.checks_total\" must be a whole number above 0, not 0",
+                ),
+                ("log.format = \"xml\"\n", "1: \"log.format\" must be one of \"text\", \"json\", not \"xml\""),
+                ("[metrics]\nlisten = \"localhost\"\n", "2: \"metrics.listen\": invalid socket address syntax"),
+                ("[rule]\nscope = \"*\"\n", "1: unknown key \"rule\" (policy rules go in policy_dir files, not here)"),
+                ("# pullgate\n[log.x]\n", "2: unknown key \"log.x\"; the keys here are format, level"),
+                ("listen = \n", "1: not valid TOML: "),
             ];
             for (file, expected) in cases {
                 jail.create_file("pullgate.toml", file)?;
                 let err = load_in_jail(jail, &Overrides::default()).expect_err(file).to_string();
-                assert!(err.contains(&expected), "{file}: {err}");
-                assert!(!err.contains("default.") && !err.contains("usize") && !err.contains("``"), "{err}");
+                let expected = format!("invalid configuration: {}:{expected}", path.display());
+                assert!(err.starts_with(&expected), "{file}:\n{err}\nis not\n{expected}");
+                for library in ["default.", "usize", "i64", "``", "sequence", "TOML file"] {
+                    assert!(!err.contains(library), "{err}");
+                }
             }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_problem_in_the_file_is_reported_at_once_in_its_order() {
+        Jail::expect_with(|jail| {
+            let file = "max_connections = \"x\"\n[cache]\nmax_entries = \"many\"\nttl = 5\n[log]\nlevel = \"loud\"\n\
+                        [registry]\ninsecure = [\"http://r.example\"]\nchecks_total = 0\n";
+            jail.create_file("pullgate.toml", file)?;
+            let err = load_in_jail(jail, &Overrides::default()).expect_err("accepted").to_string();
+            let path = jail.directory().join("pullgate.toml").display().to_string();
+            let lines: Vec<&str> = err.lines().collect();
+            assert_eq!(lines[0], "invalid configuration, 6 problems:", "{err}");
+            let located: Vec<String> =
+                lines[1..].iter().map(|line| line.trim().split(' ').next().unwrap_or_default().to_owned()).collect();
+            let expected: Vec<String> = [1, 3, 4, 6, 8, 9].iter().map(|n| format!("{path}:{n}:")).collect();
+            assert_eq!(located, expected, "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_value_from_the_environment_says_so() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PULLGATE_CACHE__MAX_ENTRIES", "many");
+            let err = Config::load(None, &Overrides::default()).expect_err("accepted").to_string();
+            assert_eq!(
+                err,
+                "invalid configuration: \"cache.max_entries\" must be a whole number, not the string \"many\" \
+                 (from PULLGATE_ environment variable(s))"
+            );
             Ok(())
         });
     }

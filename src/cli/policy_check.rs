@@ -1,7 +1,6 @@
 //! `pullgate policy check`: the policy `serve` would load, as a table, or every problem in it;
 //! with what may not mean what its author meant (ignored files, rules that cannot match).
 
-use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +12,6 @@ use crate::daemon;
 use crate::explain::{PolicyTable, RuleView, SCHEMA_VERSION};
 use crate::policy::Policy;
 use crate::policy::lint::{self, Warning, WarningKind};
-use crate::reference::RegistryHost;
 
 use super::{ConfigArgs, EXIT_REFUSED, Failure, Output};
 
@@ -38,6 +36,7 @@ struct Report {
 
 #[derive(Serialize)]
 struct WarningView {
+    /// `ignored`, `rule`, or `alias` (a note, not a problem).
     kind: WarningKind,
     file: PathBuf,
     message: String,
@@ -87,20 +86,10 @@ fn print_text(config: &Config, policy: &Policy, warnings: &[Warning]) -> std::io
     if policy.is_empty() {
         eprintln!("pullgate: warning: the policy has no rules, so every pull will be rejected");
     }
-    note_aliases(policy);
-    Ok(())
-}
-
-/// A scope naming `127.0.0.1:5000` also covers `localhost:5000`: say so, once per host, so
-/// nobody writes a second rule expecting it to be separate.
-fn note_aliases(policy: &Policy) {
-    let hosts: BTreeSet<&RegistryHost> = policy.rules().iter().filter_map(|rule| rule.scope.registry()).collect();
-    for host in hosts {
-        let aliases = host.well_known_aliases();
-        if !aliases.is_empty() {
-            eprintln!("pullgate: note: scopes on \"{host}\" also cover {}", aliases.join(", "));
-        }
+    for note in lint::alias_notes(policy) {
+        eprintln!("pullgate: note: {}", note.message);
     }
+    Ok(())
 }
 
 fn print_json(config: &Config, policy: &Policy, warnings: Vec<Warning>) -> std::io::Result<()> {
@@ -111,6 +100,7 @@ fn print_json(config: &Config, policy: &Policy, warnings: Vec<Warning>) -> std::
         rules: policy.rules().iter().map(RuleView::new).collect(),
         warnings: warnings
             .into_iter()
+            .chain(lint::alias_notes(policy))
             .map(|Warning { file, kind, message }| WarningView { kind, file, message })
             .collect(),
     };

@@ -139,4 +139,26 @@ mod tests {
             assert!(docs.contains(&format!("`{}`", code.as_str())), "docs/policy.md does not list {}", code.as_str());
         }
     }
+
+    /// The words of `as_str` (an exhaustive match, so every variant) are exactly the rows of
+    /// the table in docs/policy.md, in the same order: none missing, none documented that
+    /// does not exist.
+    #[test]
+    fn the_documented_table_lists_exactly_the_codes() {
+        let source = include_str!("reason.rs");
+        let as_str = &source[source.find("pub fn as_str").expect("as_str")..];
+        let as_str = &as_str[..as_str.find("\n    }\n").expect("end of as_str")];
+        let words: Vec<&str> =
+            as_str.lines().filter_map(|line| line.split(" => \"").nth(1)?.strip_suffix("\",")).collect();
+        let docs = include_str!("../../docs/policy.md");
+        let table = &docs[docs.find("### Reason codes").expect("a Reason codes section")..];
+        let table = &table[..table.find("\n#").unwrap_or(table.len())];
+        let rows: Vec<&str> = table
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `")?.split('`').next())
+            .filter(|word| *word != "reason_code")
+            .collect();
+        assert_eq!(rows, words, "docs/policy.md's table of reason codes differs from ReasonCode::as_str");
+        assert_eq!(words.len(), ALL.len(), "ALL misses a code");
+    }
 }

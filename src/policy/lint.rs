@@ -3,6 +3,7 @@
 //! Warnings, not load errors: each of these can be intended, and the daemon must not refuse
 //! to start over one. `policy check` prints them and `serve` logs them.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,8 @@ pub enum WarningKind {
     Ignored,
     /// A rule that loads but does not do what it seems to.
     Rule,
+    /// Not a problem: a scope's host also has other well-known spellings it covers.
+    Alias,
 }
 
 impl fmt::Display for Warning {
@@ -33,6 +36,7 @@ impl fmt::Display for Warning {
         let label = match self.kind {
             WarningKind::Ignored => "ignored",
             WarningKind::Rule => "warning",
+            WarningKind::Alias => "note",
         };
         write!(f, "{label}: {}: {}", self.file.display(), self.message)
     }
@@ -57,6 +61,22 @@ pub fn warnings(policy: &Policy, policy_dir: &Path, policy_json: Option<&Path>) 
         }
     }
     warnings
+}
+
+/// A scope naming `127.0.0.1:5000` also covers `localhost:5000`: said once per host, at the
+/// first rule naming it, so nobody writes a second rule expecting it to be separate.
+pub fn alias_notes(policy: &Policy) -> Vec<Warning> {
+    let mut seen = BTreeSet::new();
+    let mut notes = Vec::new();
+    for rule in policy.rules() {
+        let Some(host) = rule.scope.registry().filter(|host| seen.insert(*host)) else { continue };
+        let aliases = host.well_known_aliases();
+        if !aliases.is_empty() {
+            let message = format!("scopes on \"{host}\" also cover {}", aliases.join(", "));
+            notes.push(Warning { file: rule.source.clone(), kind: WarningKind::Alias, message });
+        }
+    }
+    notes
 }
 
 /// Files that look like policy but are not `*.toml`, so nothing in them applies. Hidden files
@@ -149,6 +169,24 @@ mod tests {
         let warnings = warnings(&policy, Path::new("/nonexistent"), Some(json));
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].message.starts_with("scope \"r.example/a\": signedIdentity"), "{}", warnings[0]);
+    }
+
+    #[test]
+    fn a_loopback_or_hub_host_is_noted_once_with_its_other_spellings() {
+        let policy = Policy::from_rules(vec![
+            rule("127.0.0.1:5000/a", IdentityRule::MatchRepository, "/p/a.toml"),
+            rule("localhost:5000/b", IdentityRule::MatchRepository, "/p/b.toml"),
+            rule("registry.example/c", IdentityRule::MatchRepository, "/p/c.toml"),
+            rule("docker.io/library/nginx", IdentityRule::MatchRepository, "/p/d.toml"),
+        ]);
+        let notes: Vec<String> = alias_notes(&policy).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            notes,
+            [
+                "note: /p/a.toml: scopes on \"127.0.0.1:5000\" also cover localhost:5000, [::1]:5000",
+                "note: /p/d.toml: scopes on \"docker.io\" also cover index.docker.io, registry-1.docker.io",
+            ]
+        );
     }
 
     #[test]

@@ -185,7 +185,8 @@ impl<'a> JsonCtx<'a> {
     fn json_problem(&mut self, raw: Option<&RawValue>, context: &str, e: &serde_json::Error) {
         let base = raw.and_then(|r| self.line(r)).unwrap_or(1);
         let line = (e.line() > 0).then(|| base + e.line() - 1);
-        let mut message = format!("{context}{e}").replace(&format!(" at line {} column {}", e.line(), e.column()), "");
+        let serde = e.to_string().replace(&format!(" at line {} column {}", e.line(), e.column()), "");
+        let mut message = format!("{context}{}", crate::error_text::plain(&serde));
         // serde_json meets `,}` as a key that is not a string.
         if message.ends_with("key must be a string") {
             message.push_str(" (a trailing comma before \"}\"? JSON allows none)");
@@ -632,9 +633,10 @@ mod tests {
         let err = load_err(&with_scope("r.io", &req(r#"{"type": "exactReference", "dockerReference": "r.io/a:v1"}"#)));
         assert_one(&err, Some(4), "\"exactReference\" is not supported");
         let err = load_err(&with_scope("r.io", &req(r#"{"type": "matchSomething"}"#)));
-        assert_one(&err, Some(4), "unknown variant `matchSomething`");
+        assert_one(&err, Some(4), "must be one of \"matchExact\"");
+        assert!(err.to_string().contains("not \"matchSomething\""), "{err}");
         let err = load_err(&with_scope("r.io", &req(r#"{"type": "matchRepository", "extra": 1}"#)));
-        assert_one(&err, Some(4), "unknown field `extra`");
+        assert_one(&err, Some(4), "unknown key \"extra\"");
         let err = load_err(&with_scope(
             "r.io",
             &req(r#"{"type": "remapIdentity", "prefix": "busybox", "signedPrefix": "r.io"}"#),
@@ -679,7 +681,7 @@ mod tests {
             (r#"{"type": "sigstoreSigned", "keyData": "!!!"}"#, "keyData #1: not valid base64"),
             (r#"{"type": "sigstoreSigned", "keyData": "aGVsbG8="}"#, "keyData #1: "),
             (r#"{"type": "sigstoreSigned", "keyPaths": ["keys/a.pub", "/k/a.pub"]}"#, "/k/a.pub: cannot open"),
-            (r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "keyType": "GPGKeys"}"#, "unknown field `keyType`"),
+            (r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "keyType": "GPGKeys"}"#, "unknown key \"keyType\""),
         ];
         for (req, needle) in cases {
             assert_one(&load_err(&with_scope("r.io", req)), Some(4), needle);
@@ -763,9 +765,9 @@ mod tests {
     fn requirement_list_shape() {
         assert_one(&load_err(&with_scope("r.io", "")), Some(4), "scope \"r.io\" has no requirement");
         assert_one(&load_err(&with_scope("r.io", "{}")), Some(4), "requirement has no \"type\"");
-        assert_one(&load_err(&with_scope("r.io", r#"{"type": "reject", "x": 1}"#)), Some(4), "unknown field `x`");
+        assert_one(&load_err(&with_scope("r.io", r#"{"type": "reject", "x": 1}"#)), Some(4), "unknown key \"x\"");
         let not_list = "{\"default\": [{\"type\": \"reject\"}],\n\"transports\": {\"docker\": {\"r.io\": {}}}}";
-        assert_one(&load_err(not_list), Some(2), "scope \"r.io\": invalid type");
+        assert_one(&load_err(not_list), Some(2), "scope \"r.io\": must be a list");
     }
 
     #[test]
@@ -782,7 +784,7 @@ mod tests {
         assert_one(
             &load_err("{\"default\": [{\"type\": \"reject\"}],\n\"extra\": 1}"),
             Some(2),
-            "unknown field `extra`",
+            "unknown key \"extra\"",
         );
         assert_one(&load_err("{\n\"default\": [\n{\"type\": \"reject\"},\n]}"), Some(4), "expected value");
         let dup = "{\"default\": [{\"type\": \"reject\"}],\n\"transports\": {\"docker\": {\n\"r.io\": [{\"type\": \"reject\"}],\n\"r.io\": [{\"type\": \"insecureAcceptAnything\"}]}}}";

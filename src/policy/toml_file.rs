@@ -190,13 +190,26 @@ fn load_str(path: &Path, text: &str, loader: &mut Loader) {
 
 fn toml_problem(path: &Path, text: &str, e: &toml::de::Error, loader: &mut Loader) {
     let line = e.span().map(|s| line_of(text, s.start));
-    let mut message = e.message().trim().to_owned();
     // `[rule]` is a single table where an array of tables is expected; toml says only that a
     // map is not a sequence.
-    if text.lines().any(|l| l.trim() == "[rule]") && message.contains("expected a sequence") {
-        message.push_str("; write each rule under [[rule]] (double brackets), not [rule]");
+    if text.lines().any(|l| l.trim() == "[rule]") && e.message().contains("expected a sequence") {
+        return loader.problem(path, line, "write each rule under [[rule]] (double brackets), not [rule]");
     }
+    let message = crate::error_text::plain(e.message());
+    let message = match e.span().and_then(|span| key_before(text, span.start)) {
+        Some(key) if message.starts_with("must be") => format!("{key} {message}"),
+        _ => message,
+    };
     loader.problem(path, line, message);
+}
+
+/// The key of the `key = value` line where a value starts at `offset`: toml's type errors
+/// point at the value and do not name its key.
+fn key_before(text: &str, offset: usize) -> Option<&str> {
+    let line_start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let (key, _) = text.get(line_start..offset)?.split_once('=')?;
+    let key = key.trim();
+    (!key.is_empty() && !key.starts_with('[')).then_some(key)
 }
 
 fn convert_all(path: &Path, text: &str, raw: RawFile, loader: &mut Loader) {
@@ -654,13 +667,13 @@ namespaces = ["kube-system", "team-a"]
     #[test]
     fn unknown_field_names_line() {
         let err = load_err(&[("a.toml", "[[rule]]\nscope = \"r.io\"\nrequire = \"accept\"\nkeyz = []\n")]);
-        assert_one(&err, "a.toml", 4, "unknown field `keyz`");
+        assert_one(&err, "a.toml", 4, "unknown key \"keyz\"");
     }
 
     #[test]
     fn unknown_top_level_table() {
         let err = load_err(&[("a.toml", "[[rules]]\nscope = \"r.io\"\n")]);
-        assert_one(&err, "a.toml", 1, "unknown field `rules`");
+        assert_one(&err, "a.toml", 1, "unknown key \"rules\"; the keys here are rule");
     }
 
     #[test]
@@ -670,19 +683,36 @@ namespaces = ["kube-system", "team-a"]
     }
 
     #[test]
+    fn type_errors_name_the_key_in_the_files_words() {
+        let rule =
+            |line: &str| format!("[[rule]]\nscope = \"r.io\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n{line}\n");
+        let cases = [
+            ("threshold = \"one\"", "threshold must be a whole number, not the string \"one\""),
+            ("threshold = 1.5", "threshold must be a whole number, not 1.5"),
+            ("namespaces = 5", "namespaces must be a list, not 5"),
+            ("message = 3", "message must be a string, not 3"),
+        ];
+        for (line, expected) in cases {
+            let err = load_err(&[("a.toml", &rule(line))]);
+            assert_one(&err, "a.toml", 5, expected);
+            assert!(!err.to_string().contains('`'), "{err}");
+        }
+    }
+
+    #[test]
     fn missing_require() {
         let err = load_err(&[("a.toml", "\n[[rule]]\nscope = \"r.io\"\n")]);
         assert_eq!(err.problems.len(), 1, "{err}");
-        assert!(err.problems[0].message.contains("missing field `require`"), "{err}");
+        assert!(err.problems[0].message.contains("missing key \"require\""), "{err}");
         assert!(err.problems[0].line.is_some(), "{err}");
     }
 
     #[test]
     fn bad_enum_values() {
         let err = load_err(&[("a.toml", "[[rule]]\nscope = \"r.io\"\nrequire = \"maybe\"\n")]);
-        assert_one(&err, "a.toml", 3, "unknown variant `maybe`");
+        assert_one(&err, "a.toml", 3, "require must be one of \"signed\", \"accept\", \"reject\", not \"maybe\"");
         let err = load_err(&[("a.toml", "[[rule]]\nscope = \"r.io\"\nrequire = \"accept\"\nmode = \"warn\"\n")]);
-        assert_one(&err, "a.toml", 4, "unknown variant `warn`");
+        assert_one(&err, "a.toml", 4, "mode must be one of \"enforce\", \"audit\", not \"warn\"");
     }
 
     const SIGNED: &str = "[[rule]]\nscope = \"r.io\"\nrequire = \"signed\"\n";
@@ -752,11 +782,11 @@ namespaces = ["kube-system", "team-a"]
     fn bad_identities() {
         let with = |id: &str| format!("{SIGNED}keys = [\"keys/a.pub\"]\nidentity = {id}\n");
         let err = load_err(&[("a.toml", &with("\"match-anything\""))]);
-        assert_one(&err, "a.toml", 5, "unknown variant `match-anything`");
+        assert_one(&err, "a.toml", 5, "not \"match-anything\"");
         let err = load_err(&[("a.toml", &with("{ remap = { prefix = \"nginx\", signed_prefix = \"r.io\" } }"))]);
         assert_one(&err, "a.toml", 5, "bad identity: remap prefix \"nginx\"");
         let err = load_err(&[("a.toml", &with("{ remap = { prefix = \"r.io\" } }"))]);
-        assert_one(&err, "a.toml", 5, "missing field `signed_prefix`");
+        assert_one(&err, "a.toml", 5, "missing key \"signed_prefix\"");
         let err = load_err(&[("a.toml", &with("{ remap = { prefix = \"r.io\", signed_prefix = \"s.io\", x = 1 } }"))]);
         assert_one(&err, "a.toml", 5, "unexpected keys in table: x");
         let err = load_err(&[("a.toml", &with("{ exact-repository = \"r.io/a:v1\" }"))]);
@@ -824,15 +854,15 @@ namespaces = ["kube-system", "team-a"]
         let err = load_err(&[("a.toml", text)]);
         let got: Vec<_> = err.problems.iter().map(|p| p.line).collect();
         assert_eq!(got, vec![Some(4), Some(8), Some(11), Some(14)], "{err}");
-        assert!(err.problems[1].message.contains("unknown variant `allow`"), "{err}");
-        assert!(err.problems[3].message.contains("missing field `require`"), "{err}");
+        assert!(err.problems[1].message.contains("not \"allow\""), "{err}");
+        assert!(err.problems[3].message.contains("missing key \"require\""), "{err}");
     }
 
     #[test]
     fn header_lookalike_inside_a_string_still_reports_the_real_error() {
         let text = "[[rule]]\nscope = \"a.io\"\nrequire = \"accept\"\nbad = \"\"\"\n[[rule]]\n\"\"\"\n";
         let err = load_err(&[("a.toml", text)]);
-        assert!(err.problems.iter().any(|p| p.message.contains("unknown field `bad`")), "{err}");
+        assert!(err.problems.iter().any(|p| p.message.contains("unknown key \"bad\"")), "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use reqwest::{Certificate, Client, Response, StatusCode, Url};
 use serde::Deserialize;
 
 use super::auth::{AuthState, BearerChallenge, Challenge, Issuer, TokenKey, preferred_challenge};
+use super::insecure::InsecureHosts;
 use super::limits::{CONNECT_TIMEOUT, MANIFEST_MAX_BYTES, MAX_REDIRECTS, MAX_REFERENCE_LEN};
 use super::response::{Origin, check_status, read_capped, transport_error, verify_digest};
 use super::token::{self, TokenRequest, bearer_header};
@@ -45,7 +46,7 @@ pub struct HttpRegistry {
     /// One client for all registries: it pools connections per host, so consecutive
     /// manifest and blob requests reuse the TLS session.
     client: Client,
-    insecure: Arc<[String]>,
+    insecure: Arc<InsecureHosts>,
     auth: AuthState,
     requests: AtomicU64,
     metrics: Option<Arc<Metrics>>,
@@ -92,7 +93,7 @@ impl HttpRegistry {
         if config.timeout.is_zero() {
             return Err(BuildError::ZeroTimeout);
         }
-        let insecure: Arc<[String]> = config.insecure.clone().into();
+        let insecure = Arc::new(InsecureHosts::new(&config.insecure));
         let mut builder = Client::builder()
             .user_agent(USER_AGENT)
             .timeout(config.timeout)
@@ -133,52 +134,26 @@ fn load_ca_file(path: &Path) -> Result<Vec<Certificate>, BuildError> {
 /// Registries send blobs to a CDN or object store, so redirects are followed, but only a
 /// few, and never from TLS down to plain HTTP unless the target host is configured insecure.
 /// reqwest drops the Authorization header when a redirect leaves the host.
-fn redirect_policy(insecure: Arc<[String]>) -> Policy {
+fn redirect_policy(insecure: Arc<InsecureHosts>) -> Policy {
     Policy::custom(move |attempt| {
         if attempt.previous().len() > MAX_REDIRECTS {
             return attempt.error("too many redirects");
         }
-        if attempt.url().scheme() != "https" && !url_is_insecure(&insecure, attempt.url()) {
+        if attempt.url().scheme() != "https" && !insecure.covers_url(attempt.url()) {
             return attempt.error("refusing redirect to a non-https URL");
         }
         attempt.follow()
     })
 }
 
-fn url_is_insecure(insecure: &[String], url: &Url) -> bool {
-    let host = url.host_str().unwrap_or_default();
-    let authority = match url.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_owned(),
-    };
-    is_insecure(insecure, &authority)
-}
-
-/// "host:port" entries match exactly; a bare "host" entry matches that host on any port.
-fn is_insecure(insecure: &[String], authority: &str) -> bool {
-    let host = host_of(authority);
-    insecure.iter().any(|entry| entry == authority || entry == host)
-}
-
-/// "[::1]:5000" → "[::1]", "reg:5000" → "reg", "reg" → "reg".
-fn host_of(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.find(']').and_then(|end| authority.get(..end + 2)).unwrap_or(authority);
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    }
-}
-
 // === impl HttpRegistry: requests ===
 
 impl HttpRegistry {
     fn target<'a>(&self, image: &'a ImageRef, kind: &str, reference: &str) -> Result<Target<'a>, RegistryError> {
-        // The host as written: where containerd connects, and what `insecure` lists.
+        // The host as written: where containerd connects.
         let (registry, repository) = (image.registry().as_str(), image.repository());
         check_path(registry, repository, reference)?;
-        let scheme = if is_insecure(&self.insecure, registry) { "http" } else { "https" };
+        let scheme = if self.insecure.covers(image.registry()) { "http" } else { "https" };
         let host = if registry == DOCKER_HUB { DOCKER_HUB_API } else { registry };
         let url = format!("{scheme}://{host}/v2/{repository}/{kind}/{reference}");
         let url = Url::parse(&url)
@@ -280,7 +255,7 @@ impl HttpRegistry {
         challenge: &BearerChallenge,
         creds: &Credentials,
     ) -> Result<HeaderValue, RegistryError> {
-        let allow_http = |url: &Url| url_is_insecure(&self.insecure, url);
+        let allow_http = |url: &Url| self.insecure.covers_url(url);
         let request = TokenRequest {
             challenge,
             registry: target.registry,
@@ -410,31 +385,6 @@ fn media_type_field(bytes: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn list(entries: &[&str]) -> Vec<String> {
-        entries.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    #[test]
-    fn insecure_matches_exact_authority_or_bare_host() {
-        let insecure = list(&["127.0.0.1:5000", "localhost", "[::1]"]);
-        assert!(is_insecure(&insecure, "127.0.0.1:5000"));
-        assert!(!is_insecure(&insecure, "127.0.0.1:5001"));
-        assert!(!is_insecure(&insecure, "127.0.0.1"));
-        assert!(is_insecure(&insecure, "localhost:443"));
-        assert!(is_insecure(&insecure, "localhost"));
-        assert!(is_insecure(&insecure, "[::1]:5000"));
-        assert!(!is_insecure(&insecure, "localhost.example:5000"));
-    }
-
-    #[test]
-    fn host_of_handles_ports_and_ipv6() {
-        assert_eq!(host_of("reg:5000"), "reg");
-        assert_eq!(host_of("reg"), "reg");
-        assert_eq!(host_of("[::1]:5000"), "[::1]");
-        assert_eq!(host_of("[::1"), "[::1");
-        assert_eq!(host_of("reg:"), "reg:");
-    }
 
     #[test]
     fn path_pieces_are_checked() {

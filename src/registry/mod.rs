@@ -6,6 +6,7 @@ mod auth;
 pub mod buffering;
 pub mod credentials;
 mod http;
+mod insecure;
 pub mod limits;
 pub mod media_type;
 mod response;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use credentials::{Credentials, CredentialsError};
 pub use http::{BuildError, HttpRegistry};
+pub use insecure::entry_problem as insecure_entry_problem;
 
 use crate::reference::{Digest, ImageRef};
 
@@ -80,8 +82,9 @@ impl RegistryError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
-    /// Registries spoken to over plain HTTP: "host:port" matches exactly, "host" matches any
-    /// port. Default: none, everything else is HTTPS.
+    /// Registries spoken to over plain HTTP: "host:port" matches that registry however an image
+    /// spells its host (`localhost:5000` is `127.0.0.1:5000`), "host" matches it on any port.
+    /// Default: none, everything else is HTTPS.
     pub insecure: Vec<String>,
     /// PEM bundle of extra CAs trusted on top of the system roots. Default: none.
     pub ca_file: Option<PathBuf>,

@@ -305,6 +305,30 @@ async fn verify_json_gives_a_reason_code_and_the_keys_that_did_not_sign() {
     assert!(reason.contains("the registry answered in plain HTTP; add it to registry.insecure"), "{reason}");
 }
 
+// === verify: registry.insecure ===
+
+#[test]
+fn an_insecure_registry_is_reached_however_an_image_spells_its_host() {
+    let lab = Lab::start();
+    let digest = lab.push_image("team/app:v1", "insecure-spellings");
+    let port = lab.registry.strip_prefix("127.0.0.1:").expect("the lab registry listens on 127.0.0.1");
+    let key = TestKey::generate().public_pem();
+    let policy = format!("[[rule]]\nscope = \"{}/team\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n", lab.registry);
+    // Both ways round: the entry as the registry is named, the image by its other spelling.
+    for (entry, host) in [
+        (format!("127.0.0.1:{port}"), format!("localhost:{port}")),
+        (format!("localhost:{port}"), format!("127.0.0.1:{port}")),
+    ] {
+        let node = Node::new(&entry, &[("a.pub", &key), ("policy.toml", &policy)], None);
+        let json = node.verify(&format!("{host}/team/app:v1"), &["--output", "json"]).json();
+        assert_eq!(
+            (json["reason_code"].as_str(), json["digest"].as_str()),
+            (Some("no-signatures"), Some(digest.as_str())),
+            "insecure = [{entry:?}], image on {host}: {json:#}"
+        );
+    }
+}
+
 // === verify: containers-policy.json and audit mode ===
 
 #[tokio::test(flavor = "multi_thread")]
@@ -450,6 +474,19 @@ fn verify_refuses_a_namespace_no_pod_can_have() {
     assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("\"Default\" is not a Kubernetes namespace name"), "{}", run.stderr);
     assert!(run.stdout.is_empty(), "{}", run.stdout);
+
+    // Asked for JSON, a tool gets JSON even when the command line itself is refused.
+    let args = ["verify", "nginx", "--config", config.to_str().unwrap(), "--namespace", "Default", "--output", "json"];
+    let run = pullgate(&args);
+    assert_eq!((run.code, run.stderr.as_str()), (2, ""), "{}", run.stdout);
+    let json = run.json();
+    assert_eq!((json["schema_version"].as_u64(), json["error"]["kind"].as_str()), (Some(1), Some("usage")), "{json:#}");
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("\"Default\" is not a Kubernetes namespace name"), "{message}");
+    assert!(!message.contains("Usage:") && !message.starts_with("error:"), "{message}");
+    let run = pullgate(&["policy", "check", "--output=json", "--no-such-flag"]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert_eq!(run.json()["error"]["message"], "unexpected argument '--no-such-flag' found", "{}", run.stdout);
 }
 
 #[test]
@@ -461,6 +498,9 @@ fn a_rules_message_ends_the_kubelets_error() {
     let message = run.json()["daemon"]["message"].as_str().unwrap().to_owned();
     assert!(message.starts_with("SignatureValidationFailed: image r.example/team/app:1 refused"), "{message}");
     assert!(message.ends_with(". revoked build, see INC-123"), "{message}");
+    let rule = &run.json()["rule"];
+    let file = node.policy_dir().join("policy.toml");
+    assert_eq!((&rule["file"], &rule["line"]), (&Value::from(file.to_str().unwrap()), &Value::from(2)), "{rule:#}");
 }
 
 #[test]
@@ -529,7 +569,13 @@ fn policy_check_names_ignored_files_and_rules_that_cannot_do_what_they_say() {
     assert_eq!(report["schema_version"], 1);
     assert_eq!(report["rules"].as_array().map(Vec::len), Some(2), "{report:#}");
     let kinds: Vec<&str> = report["warnings"].as_array().unwrap().iter().map(|w| w["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["ignored", "ignored", "ignored", "rule", "rule"], "{report:#}");
+    assert_eq!(kinds, ["ignored", "ignored", "ignored", "rule", "rule", "alias"], "{report:#}");
+    let alias = &report["warnings"][5];
+    assert_eq!(
+        alias["message"], "scopes on \"docker.io\" also cover index.docker.io, registry-1.docker.io",
+        "{alias:#}"
+    );
+    assert_eq!(alias["file"], dir.join("10-hub.toml").to_str().unwrap(), "{alias:#}");
 }
 
 #[test]
@@ -620,6 +666,23 @@ fn policy_check_exits_2_for_an_unusable_config() {
     let bad = pullgate(&["policy", "check", "--config", node.config().to_str().unwrap()]);
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert!(bad.stderr.contains("timeout"), "{}", bad.stderr);
+
+    // Every type error of the file at once, each at its line, in the file's words.
+    let config = "polcy_dir = \"/p\"\n[cache]\nmax_entries = \"many\"\n[registry]\ninsecure = \"a:1\"\n";
+    std::fs::write(node.config(), config).unwrap();
+    let bad = pullgate(&["policy", "check", "--config", node.config().to_str().unwrap()]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    let path = node.config().display().to_string();
+    let expected = format!(
+        "pullgate: invalid configuration, 3 problems:\n  {path}:1: unknown key \"polcy_dir\"; the keys here are listen, \
+         upstream, shutdown_grace, connect_timeout, max_connections, policy_dir, policy_json, registry, cache, log, \
+         metrics\n  {path}:3: \"cache.max_entries\" must be a whole number, not the string \"many\"\n  {path}:5: \
+         \"registry.insecure\" must be a list, not the string \"a:1\"\n"
+    );
+    assert_eq!(bad.stderr, expected);
+    let json = pullgate(&["policy", "check", "--config", node.config().to_str().unwrap(), "--output", "json"]);
+    assert_eq!((json.code, json.json()["error"]["kind"].clone()), (2, Value::from("config")), "{}", json.stdout);
+    assert!(json.json()["error"]["message"].as_str().unwrap().contains(&format!("{path}:3: ")), "{}", json.stdout);
 }
 
 /// Runs pullgate, killing it if it has not exited within `limit`: for cases where a hang is

@@ -7,6 +7,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cosign::{CosignKey, TestKey};
+use common::cri;
+use common::lab::Lab;
 use common::raw::{self, Delay, RecordingUpstream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pullgate");
@@ -108,6 +111,97 @@ fn a_log_level_that_is_no_level_fails_startup() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("\"verbose\" is not a level"), "{stderr}");
+}
+
+/// With `level = "warn"`, a refusal an audit rule lets through still leaves a trace: one
+/// WARN event naming the image, the digest, the rule at file:line and the reason. Enforced
+/// refusals likewise, a threshold one naming the key that did not sign; an acceptance is INFO
+/// and does not show.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_refusal_is_logged_at_warn_an_audited_one_too() {
+    let lab = Lab::start();
+    let audited = lab.push_image("audit/app:v1", "audit-warn");
+    let enforced = lab.push_image("enforce/app:v1", "enforce-warn");
+    lab.push_image("open/app:v1", "open-warn");
+    // Signed by one of the two keys its rule requires.
+    let pair = lab.push_image("pair/app:v1", "pair-warn");
+    let signer = CosignKey::generate();
+    signer.sign(&lab.registry, "pair/app", &pair);
+    let dir = tempfile::tempdir().unwrap();
+    let policy_dir = dir.path().join("policy.d");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("a.pub"), signer.public_pem()).unwrap();
+    std::fs::write(policy_dir.join("b.pub"), TestKey::generate().public_pem()).unwrap();
+    let rules = format!(
+        "[[rule]]\nscope = \"{r}/audit\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\nmode = \"audit\"\n\n\
+         [[rule]]\nscope = \"{r}/enforce\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n\n\
+         [[rule]]\nscope = \"{r}/open\"\nrequire = \"accept\"\n\n\
+         [[rule]]\nscope = \"{r}/pair\"\nrequire = \"signed\"\nkeys = [\"a.pub\", \"b.pub\"]\nthreshold = 2\n",
+        r = lab.registry
+    );
+    let policy = policy_dir.join("rules.toml");
+    std::fs::write(&policy, rules).unwrap();
+    let listen = dir.path().join("pg.sock");
+    let config = dir.path().join("pullgate.toml");
+    let text = format!(
+        "listen = {listen:?}\nupstream = {:?}\npolicy_dir = {policy_dir:?}\n[registry]\ninsecure = [{:?}]\n\
+         [log]\nlevel = \"warn\"\nformat = \"json\"\n",
+        lab.containerd_sock, lab.registry
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pullgate");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !listen.exists() {
+        assert!(Instant::now() < deadline, "pullgate did not bind its socket");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pull = |repo: &str| {
+        let (socket, image) = (listen.clone(), format!("{}/{repo}:v1", lab.registry));
+        async move { cri::images(&socket).pull_image(cri::pull_request(&image, Some("default"))).await }
+    };
+    pull("audit/app").await.expect("an audit rule lets the pull through");
+    pull("enforce/app").await.expect_err("the enforced rule refuses");
+    pull("open/app").await.expect("the accept rule lets the pull through");
+    let short = pull("pair/app").await.expect_err("one of two keys is not enough");
+    let b_pub = policy_dir.join("b.pub").display().to_string();
+    assert!(short.message().contains(&format!("only 1 of 2 required keys signed; missing: {b_pub}")), "{short:?}");
+    send_sigterm(&child);
+    let (status, stderr) = tokio::task::spawn_blocking(move || {
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        (wait_exit(&mut child, Duration::from_secs(10)), stderr)
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    let decisions: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["message"] == "decision")
+        .collect();
+    let rule_at = |line: usize| format!("{}:{line}", policy.display());
+    let a_pub = policy_dir.join("a.pub").display().to_string();
+    let expected = [
+        ("audit", "audit/app", audited, rule_at(2), "no-signatures", a_pub.clone()),
+        ("enforce", "enforce/app", enforced, rule_at(8), "no-signatures", a_pub),
+        ("enforce", "pair/app", pair, rule_at(17), "threshold", b_pub),
+    ];
+    assert_eq!(decisions.len(), expected.len(), "only the refusals, at WARN:\n{stderr}");
+    for (event, (mode, repo, digest, file, code, missing)) in decisions.iter().zip(expected) {
+        assert_eq!(event["level"], "WARN", "{event}");
+        assert_eq!(event["mode"], mode, "{event}");
+        assert_eq!(event["image"], format!("{}/{repo}:v1", lab.registry), "{event}");
+        assert_eq!(event["digest"], digest, "{event}");
+        assert_eq!(event["file"], file, "{event}");
+        assert_eq!((&event["reason_code"], &event["missing_keys"]), (&code.into(), &missing.into()), "{event}");
+        assert!(event["reason"].as_str().is_some_and(|reason| !reason.is_empty()), "{event}");
+    }
 }
 
 #[test]
