@@ -745,15 +745,8 @@ async fn a_full_pull_request_under_a_signed_rule_is_stored_pinned() {
     let lab = Lab::start();
     let front = common::front::Front::start(&lab.registry);
     front.trust_in(&lab);
-    let key = cosign::TestKey::generate();
-    let digest = lab.push_image("runtime-service/signed:v1", "runtime-service-signed");
-    let payload = cosign::payload(&format!("{}/runtime-service/signed", front.addr()), &digest);
-    cosign::push_signatures(
-        &lab.registry,
-        "runtime-service/signed",
-        &digest,
-        &[(payload.clone(), key.sign_payload(&payload))],
-    );
+    let key = cosign::CosignKey::generate();
+    let digest = cosign::push_signed(&lab, &key, &front.addr(), "runtime-service/signed:v1", "runtime-service-signed");
     let mut config = pullgate::config::Config { upstream: lab.containerd_sock.clone(), ..Default::default() };
     config.registry.insecure = vec![front.addr()];
     let policy =
