@@ -426,13 +426,3 @@ pub fn copy_signatures(registry: &str, from_repo: &str, from_digest: &str, to_re
 pub fn unused_public_pem() -> String {
     HostileSigner::generate().public_pem()
 }
-
-// === until every test signs with cosign ===
-
-pub type TestKey = HostileSigner;
-
-pub fn sign_and_push(registry: &str, repo: &str, digest: &str, key: &TestKey, creds: Option<&str>) {
-    let payload = payload(&format!("{registry}/{repo}"), digest);
-    let sigs = [(payload.clone(), key.sign_payload(&payload))];
-    push_signatures_with_creds(registry, repo, digest, &sigs, creds);
-}
