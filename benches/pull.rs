@@ -1,7 +1,7 @@
 //! Verified PullImage latency through pullgate against a direct containerd pull, in one run.
 //!
 //! `cargo bench --bench pull` starts the lab (containerd + registry on loopback), signs test
-//! images with a generated key, runs the release pullgate binary with a policy that requires that
+//! images with the real cosign and a key it generated, runs the release pullgate binary with a policy that requires that
 //! key, and prints a Markdown table: cold and warm pulls, 200 concurrent pulls of one uncached
 //! image, ImageStatus latency while verifications are in flight, and pullgate's RSS.
 
@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::cosign::{self, TestKey};
+use common::cosign::{self, CosignKey};
 use common::cri::{self, spec};
 use common::lab::Lab;
 use common::process::Daemon;
@@ -24,7 +24,7 @@ const CONCURRENT: usize = 200;
 /// once on one connection.
 const CONNECTIONS: usize = 8;
 
-fn start_pullgate(dir: &Path, lab: &Lab, key: &TestKey) -> Daemon {
+fn start_pullgate(dir: &Path, lab: &Lab, key: &CosignKey) -> Daemon {
     let rule = format!("[[rule]]\nscope = \"{}/bench\"\nrequire = \"signed\"\nkeys = [\"bench.pub\"]\n", lab.registry);
     let pem = key.public_pem();
     let bin = env!("CARGO_BIN_EXE_pullgate");
@@ -39,10 +39,9 @@ fn start_pullgate(dir: &Path, lab: &Lab, key: &TestKey) -> Daemon {
 }
 
 /// Pushes and signs `bench/<name>:v1`; returns the image name to pull.
-fn signed_image(lab: &Lab, key: &TestKey, name: &str) -> String {
+fn signed_image(lab: &Lab, key: &CosignKey, name: &str) -> String {
     let repo = format!("bench/{name}");
-    let digest = lab.push_image(&format!("{repo}:v1"), name);
-    cosign::sign_and_push(&lab.registry, &repo, &digest, key, None);
+    cosign::push_signed(lab, key, &lab.registry, &format!("{repo}:v1"), name);
     format!("{}/{repo}:v1", lab.registry)
 }
 
@@ -122,7 +121,7 @@ fn row(name: &str, direct: &[Duration], via: &[Duration]) {
 #[tokio::main]
 async fn main() {
     let lab = Lab::start();
-    let key = TestKey::generate();
+    let key = CosignKey::generate();
     let names = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>();
     let cold_direct: Vec<_> = names("cold-direct-", COLD).iter().map(|n| signed_image(&lab, &key, n)).collect();
     let cold_via: Vec<_> = names("cold-via-", COLD).iter().map(|n| signed_image(&lab, &key, n)).collect();

@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::cosign::TestKey;
+use common::cosign::unused_public_pem;
 use common::cri;
 use common::lab::Lab;
 use common::matrix::{self, Keys, MATRIX, Row};
@@ -407,7 +407,7 @@ fn verify_exits_2_when_the_registry_refuses_connections() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().to_string()
     };
-    let key = TestKey::generate().public_pem();
+    let key = unused_public_pem();
     let policy = format!("[[rule]]\nscope = \"{registry}\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");
     let node = Node::new(&registry, &[("a.pub", &key), ("policy.toml", &policy)], None);
     let image = format!("{registry}/team/app:v1");
@@ -531,7 +531,7 @@ fn policy_json_can_be_given_on_the_command_line() {
 
 #[test]
 fn policy_check_names_ignored_files_and_rules_that_cannot_do_what_they_say() {
-    let key = TestKey::generate().public_pem();
+    let key = unused_public_pem();
     let hub = "[[rule]]\nscope = \"docker.io/nginx\"\nrequire = \"reject\"\n";
     let files = [
         ("10-hub.toml", hub),
@@ -607,7 +607,7 @@ fn policy_check_json_lists_every_problem_of_a_broken_policy() {
 
 #[test]
 fn policy_check_prints_the_rules_as_serve_would_load_them() {
-    let (a, c) = (TestKey::generate().public_pem(), TestKey::generate().public_pem());
+    let (a, c) = (unused_public_pem(), unused_public_pem());
     let policy = matrix::native_policy("127.0.0.1:5000");
     let limited = "[[rule]]\nscope = \"*\"\nnamespaces = [\"dev\", \"ci\"]\nrequire = \"accept\"\nmode = \"audit\"\n";
     let files = [("a.pub", a.as_str()), ("c.pub", c.as_str()), ("10-team.toml", &policy), ("20-dev.toml", limited)];
@@ -729,7 +729,7 @@ fn policy_check_refuses_a_fifo_key_and_a_device_policy_json_promptly_naming_them
     assert!(run.stderr.contains(&expected), "{}", run.stderr);
 
     std::fs::remove_file(&key).unwrap();
-    std::fs::write(&key, TestKey::generate().public_pem()).unwrap();
+    std::fs::write(&key, unused_public_pem()).unwrap();
     std::fs::write(&config, format!("policy_dir = {:?}\npolicy_json = \"/dev/zero\"\n", node.policy_dir())).unwrap();
     let run = pullgate_within(&["policy", "check", "--config", config.to_str().unwrap()], PROMPT);
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);

@@ -11,7 +11,7 @@
 
 use crate::common;
 
-use common::cosign::{self, TestKey};
+use common::cosign;
 use common::cri;
 use common::front::{self, Client, Front};
 use common::lab::{Containerd, Lab};
@@ -103,12 +103,11 @@ async fn populate(containerd: Containerd) -> Setup {
     let auth_registry = lab.auth_registry.clone().expect("auth registry");
     let creds = Some((USER, PASSWORD));
     let digest = lab.push_image_to(&auth_registry, &format!("{PRIVATE_REPO}:v1"), "private", creds);
-    cosign::sign_and_push(&auth_registry, PRIVATE_REPO, &digest, &keys.a, Some(&format!("{USER}:{PASSWORD}")));
+    keys.a.signing(&auth_registry, PRIVATE_REPO, &digest).creds(&format!("{USER}:{PASSWORD}")).run();
 
     let front = Front::start(&lab.registry);
     front.trust_in(&lab);
-    let good = lab.push_image(&format!("{MOVING_REPO}:v1"), "good");
-    sign_for(&front.addr(), &lab.registry, MOVING_REPO, &good, &keys.a);
+    cosign::push_signed(&lab, &keys.a, &front.addr(), &format!("{MOVING_REPO}:v1"), "good");
     lab.push_image(&format!("{MOVING_REPO}:evil"), "evil");
     let (moving_good, _) = front::manifest(&lab.registry, MOVING_REPO, "v1").await;
     let (moving_evil, media_type) = front::manifest(&lab.registry, MOVING_REPO, "evil").await;
@@ -116,12 +115,6 @@ async fn populate(containerd: Containerd) -> Setup {
     front.override_manifest(MOVING_REPO, "v1", moving_evil.clone(), &media_type, Client::Containerd);
 
     Setup { lab, front, auth_registry, keys, moving_good: moving_good.to_vec(), moving_evil: moving_evil.to_vec() }
-}
-
-/// A signature by `key` claiming `claimed_registry/repo`, stored in `registry`.
-fn sign_for(claimed_registry: &str, registry: &str, repo: &str, digest: &str, key: &TestKey) {
-    let payload = cosign::payload(&format!("{claimed_registry}/{repo}"), digest);
-    cosign::push_signatures(registry, repo, digest, &[(payload.clone(), key.sign_payload(&payload))]);
 }
 
 /// The matrix's rules, plus key A for the private registry and the front's moving repository.

@@ -10,7 +10,8 @@
 //! - `/etc/` in examples stands for a temp dir; every `*.pub` path an example names gets a
 //!   fresh key, known in the verdict table by its file stem.
 //! - A table whose header starts with `| Image pulled |` is decided, row by row, by `Gate` under
-//!   its section's policy, against an in-memory registry holding cosign-format signatures.
+//!   its section's policy, against an in-memory registry holding signatures the real cosign
+//!   made (`cosign sign-blob` of the payload `cosign sign` writes).
 
 use crate::common;
 
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::cosign::{self, TestKey};
+use common::cosign::{self, CosignKey};
 use pullgate::decision::{Gate, PullGate, PullRequest, Verdict};
 use pullgate::policy::{Mode, Policy, PolicyError, SharedPolicy};
 use pullgate::reference::{Digest, ImageRef};
@@ -152,7 +153,7 @@ impl Example {
 
 struct Materialised {
     etc: tempfile::TempDir,
-    keys: HashMap<String, TestKey>,
+    keys: HashMap<String, CosignKey>,
 }
 
 impl Materialised {
@@ -214,7 +215,7 @@ fn write_with_keys(m: &mut Materialised, path: &Path, text: &str) {
             continue;
         }
         std::fs::create_dir_all(key_path.parent().expect("key in a dir")).expect("create key dir");
-        let key = TestKey::generate();
+        let key = CosignKey::generate();
         key.write_public_pem(&key_path);
         let stem = key_path.file_stem().expect("stem").to_string_lossy().into_owned();
         assert!(m.keys.insert(stem.clone(), key).is_none(), "two key files named {stem}.pub");
@@ -281,7 +282,7 @@ fn parse_row(cells: &[String], digest: &Digest) -> Row {
 }
 
 /// A registry holding the row's image and its signatures.
-fn registry_for(row: &Row, image: &ImageRef, keys: &HashMap<String, TestKey>) -> MemRegistry {
+fn registry_for(row: &Row, image: &ImageRef, keys: &HashMap<String, CosignKey>) -> MemRegistry {
     let mut registry = MemRegistry::default();
     let bytes = Bytes::from(format!("{{\"schemaVersion\":2,\"image\":{:?}}}", row.image));
     let digest = image.digest().cloned().unwrap_or_else(|| Digest::sha256_of(&bytes));
@@ -298,7 +299,7 @@ fn registry_for(row: &Row, image: &ImageRef, keys: &HashMap<String, TestKey>) ->
         .map(|(stem, repo)| {
             let key = keys.get(stem).unwrap_or_else(|| panic!("no key file {stem}.pub in the example"));
             let payload = cosign::payload(repo.as_deref().unwrap_or(&image.name()), &digest.to_string());
-            let signature = key.sign_payload(&payload);
+            let signature = key.sign_blob(&payload);
             (payload, signature)
         })
         .collect();
@@ -315,7 +316,7 @@ fn registry_for(row: &Row, image: &ImageRef, keys: &HashMap<String, TestKey>) ->
 }
 
 /// Decides one row and returns a description of any disagreement with the page.
-async fn check_row(policy: &Policy, keys: &HashMap<String, TestKey>, row: &Row) -> Option<String> {
+async fn check_row(policy: &Policy, keys: &HashMap<String, CosignKey>, row: &Row) -> Option<String> {
     let image = ImageRef::parse_for_pull(&row.image).expect("table image parses");
     let registry = Arc::new(registry_for(row, &image, keys));
     let gate = Gate::new(SharedPolicy::new(policy.clone()), registry, Duration::from_secs(5));

@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::cosign::{self, TestKey};
+use common::cosign::{self, CosignKey};
 use common::cri;
 use common::front::{self, Front};
 use common::lab::{Format, Lab};
@@ -17,14 +17,13 @@ const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
-/// Signs `repo@digest` in the lab registry for pulls through `pulled_from` (the lab registry
-/// or a front before it): the payload names the image as pulled.
-fn sign(lab: &Lab, key: &TestKey, pulled_from: &str, repo: &str, digest: &str) {
-    let payload = cosign::payload(&format!("{pulled_from}/{repo}"), digest);
-    cosign::push_signatures(&lab.registry, repo, digest, &[(payload.clone(), key.sign_payload(&payload))]);
+/// Signs `repo@digest` in the lab registry with cosign for pulls through `pulled_from` (the lab
+/// registry or a front before it): the payload names the image as pulled.
+fn sign(lab: &Lab, key: &CosignKey, pulled_from: &str, repo: &str, digest: &str) {
+    key.signing(&lab.registry, repo, digest).claiming(&format!("{pulled_from}/{repo}")).run();
 }
 
-async fn start_pullgate(lab: &Lab, key: &TestKey, registry: &str) -> common::pullgate::Running {
+async fn start_pullgate(lab: &Lab, key: &CosignKey, registry: &str) -> common::pullgate::Running {
     let policy = format!("[[rule]]\nscope = \"{registry}/media\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");
     let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
     config.registry.insecure = vec![registry.to_owned()];
@@ -38,7 +37,7 @@ async fn signed_index_list_docker_and_oci_manifests_are_pulled_pinned_and_tagged
     // Through a front that only watches, to see that containerd never resolves the tag itself.
     let front = Front::start(&lab.registry);
     front.trust_in(&lab);
-    let key = TestKey::generate();
+    let key = CosignKey::generate();
     let cases = [
         ("media/oci", Format::Oci, "application/vnd.oci.image.manifest.v1+json"),
         ("media/index", Format::OciIndex, INDEX),
@@ -104,7 +103,7 @@ async fn push_docker_list(lab: &Lab, repo: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unsigned_index_is_rejected() {
     let lab = Lab::start();
-    let key = TestKey::generate();
+    let key = CosignKey::generate();
     let digest = lab.push_image_with("media/unsigned:v1", "unsigned", Format::OciIndex);
     // Signing one platform's manifest is not signing the index the tag names.
     let (index, _) = front::manifest(&lab.registry, "media/unsigned", &digest).await;

@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use common::cosign::{self, TestKey};
+use common::cosign::{self, CosignKey};
 use common::lab::Lab;
 use common::metrics::{self, Scraped};
 use common::{cri, raw};
@@ -33,10 +33,8 @@ fn registry(scraped: &Scraped, status: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn decisions_latency_and_registry_requests_follow_pulls() {
     let lab = Lab::start();
-    let key = TestKey::generate();
-    let signed = lab.push_image("team/signed:v1", "metrics-signed");
-    let payload = cosign::payload(&format!("{}/team/signed", lab.registry), &signed);
-    cosign::push_signatures(&lab.registry, "team/signed", &signed, &[(payload.clone(), key.sign_payload(&payload))]);
+    let key = CosignKey::generate();
+    cosign::push_signed(&lab, &key, &lab.registry, "team/signed:v1", "metrics-signed");
     lab.push_image("team/unsigned:v1", "metrics-unsigned");
     let (team, closed) = (format!("{}/team", lab.registry), format!("{}/closed", lab.registry));
     let policy = format!(

@@ -200,7 +200,7 @@ mod foreign {
         let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
         config.registry.insecure = [&realm, &blobs, &registry].iter().map(|s| s.authority()).collect();
         let policy = "[[rule]]\nscope = \"*\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n";
-        let pem = super::common::cosign::TestKey::generate().public_pem();
+        let pem = super::common::cosign::unused_public_pem();
         let pullgate = super::common::pullgate::start_with(config, &[("a.pub", &pem), ("policy.toml", policy)]).await;
 
         for (user, repository) in [("alice", "team/app"), ("bob", "team/other")] {

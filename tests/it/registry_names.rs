@@ -8,7 +8,7 @@
 
 use crate::common;
 
-use common::cosign::TestKey;
+use common::cosign::unused_public_pem;
 use common::cri;
 use common::lab::Lab;
 use pullgate::config::Config;
@@ -57,7 +57,7 @@ async fn every_spelling_of_a_rejected_registry_is_rejected() {
     lab.push_image("other/x:v1", "registry-names");
     let (registry, relay) = relay(lab.registry.clone()).await;
     let port = registry.rsplit_once(':').expect("host:port").1;
-    let pem = TestKey::generate().public_pem();
+    let pem = unused_public_pem();
     let config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
     let pullgate = common::pullgate::start_with(config, &[("a.pub", &pem), ("policy.toml", &policy(&registry))]).await;
 

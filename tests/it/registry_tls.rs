@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::cosign::{self, TestKey};
+use common::cosign::{self, CosignKey};
 use common::cri;
 use common::lab::Lab;
 use common::store;
@@ -16,9 +16,9 @@ use pullgate::cri::proto::ImageStatusRequest;
 async fn a_registry_behind_a_private_ca_is_verified_only_with_that_ca() {
     let lab = Lab::start();
     let (registry, ca) = lab.start_tls_registry();
-    let key = TestKey::generate();
+    let key = CosignKey::generate();
     let digest = lab.push_image_to(&registry, "edge/app:v1", "edge", None);
-    cosign::sign_and_push(&registry, "edge/app", &digest, &key, None);
+    key.signing(&registry, "edge/app", &digest).ca(&ca).run();
     let unsigned_digest = lab.push_image_to(&registry, "edge/unsigned:v1", "unsigned", None);
 
     let policy = format!("[[rule]]\nscope = \"{registry}/edge\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");

@@ -5,7 +5,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::cosign::{self, TestKey};
+use common::cosign::{self, CosignKey};
 use common::lab::Lab;
 use common::raw;
 use prost::Message;
@@ -60,9 +60,8 @@ async fn pull_request_keeps_fields_pullgate_does_not_know() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_verified_pull_reaches_containerd_pinned_with_every_other_field_kept() {
     let lab = Lab::start();
-    let key = TestKey::generate();
-    let digest = lab.push_image("relay/signed:v1", "relay-signed");
-    cosign::sign_and_push(&lab.registry, "relay/signed", &digest, &key, None);
+    let key = CosignKey::generate();
+    let digest = cosign::push_signed(&lab, &key, &lab.registry, "relay/signed:v1", "relay-signed");
     let dir = tempfile::tempdir().expect("temp dir");
     let upstream = raw::RecordingUpstream::start(&dir.path().join("upstream.sock"));
     let mut config = Config { upstream: dir.path().join("upstream.sock"), ..Config::default() };

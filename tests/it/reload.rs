@@ -270,9 +270,9 @@ impl Served {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_file_turned_fifo_fails_the_reload_and_the_next_revocation_applies() {
     let lab = Lab::start();
-    let (a, c) = (common::cosign::TestKey::generate(), common::cosign::TestKey::generate());
+    let (a, c) = (common::cosign::CosignKey::generate(), common::cosign::CosignKey::generate());
     let digest = lab.push_image("team/app:v1", "reload-fifo");
-    common::cosign::sign_and_push(&lab.registry, "team/app", &digest, &a, None);
+    a.sign(&lab.registry, "team/app", &digest);
     let dir = tempfile::tempdir().unwrap();
     let (policy_dir, scope) = (dir.path().join("policy.d"), format!("{}/team", lab.registry));
     std::fs::create_dir_all(&policy_dir).unwrap();

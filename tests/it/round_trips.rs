@@ -14,7 +14,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::cosign::{self, TestKey};
+use common::cosign::{self, CosignKey};
 use common::cri;
 use common::front::{Front, Hostile};
 use common::lab::Lab;
@@ -23,14 +23,11 @@ use pullgate::config::Config;
 
 /// Pushes `repo:v1` (content from `seed`) to the lab registry and signs it with `key` for the
 /// name it is pulled by through the front. Returns the image digest.
-fn push_signed(lab: &Lab, front: &Front, repo: &str, seed: &str, key: &TestKey) -> String {
-    let digest = lab.push_image(&format!("{repo}:v1"), seed);
-    let payload = cosign::payload(&format!("{}/{repo}", front.addr()), &digest);
-    cosign::push_signatures(&lab.registry, repo, &digest, &[(payload.clone(), key.sign_payload(&payload))]);
-    digest
+fn push_signed(lab: &Lab, front: &Front, repo: &str, seed: &str, key: &CosignKey) -> String {
+    cosign::push_signed(lab, key, &front.addr(), &format!("{repo}:v1"), seed)
 }
 
-async fn start(lab: &Lab, front: &Front, key: &TestKey, budget: Duration) -> Running {
+async fn start(lab: &Lab, front: &Front, key: &CosignKey, budget: Duration) -> Running {
     let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
     config.registry.insecure = vec![front.addr()];
     config.registry.timeout = budget;
@@ -77,7 +74,7 @@ async fn a_verified_pull_costs_the_fewest_round_trips() {
     let lab = Lab::start();
     let front = Front::start(&lab.registry);
     front.trust_in(&lab);
-    let key = TestKey::generate();
+    let key = CosignKey::generate();
     let by_tag = push_signed(&lab, &front, "rt/tagged", "tagged", &key);
     let by_digest = push_signed(&lab, &front, "rt/pinned", "pinned", &key);
     let running = start(&lab, &front, &key, Duration::from_secs(10)).await;
@@ -108,7 +105,7 @@ async fn a_moved_tag_is_verified_again_despite_the_cache() {
     let lab = Lab::start();
     let front = Front::start(&lab.registry);
     front.trust_in(&lab);
-    let key = TestKey::generate();
+    let key = CosignKey::generate();
     push_signed(&lab, &front, "rt/moving", "first", &key);
     let running = start(&lab, &front, &key, Duration::from_secs(10)).await;
     let image = format!("{}/rt/moving:v1", front.addr());
@@ -126,7 +123,7 @@ async fn concurrent_pulls_of_one_image_fetch_its_signatures_once() {
     let lab = Lab::start();
     let front = Front::start(&lab.registry);
     front.trust_in(&lab);
-    let key = TestKey::generate();
+    let key = CosignKey::generate();
     let digest = push_signed(&lab, &front, "rt/popular", "popular", &key);
     let budget = Duration::from_secs(3);
     let running = start(&lab, &front, &key, budget).await;

@@ -8,7 +8,7 @@ use crate::common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::cosign::{self, TestKey};
+use common::cosign::{self, CosignKey};
 use common::front::{self, Client, Front};
 use common::lab::Lab;
 use common::{cri, metrics};
@@ -27,7 +27,7 @@ fn signed(scope: &str) -> String {
 struct Setup {
     lab: Lab,
     front: Front,
-    key: TestKey,
+    key: CosignKey,
 }
 
 impl Setup {
@@ -35,25 +35,17 @@ impl Setup {
         let lab = Lab::start();
         let front = Front::start(&lab.registry);
         front.trust_in(&lab);
-        Setup { lab, front, key: TestKey::generate() }
+        Setup { lab, front, key: CosignKey::generate() }
     }
 
     fn reg(&self) -> String {
         self.front.addr()
     }
 
-    /// Pushes `repo:tag` and signs it with the test key as cosign would; returns its digest.
+    /// Pushes `repo:tag` and signs it with cosign for pulls through the front; returns its
+    /// digest.
     fn push_signed(&self, repo_tag: &str, seed: &str) -> String {
-        let digest = self.lab.push_image(repo_tag, seed);
-        let repo = repo_tag.split(':').next().expect("repo");
-        let payload = cosign::payload(&format!("{}/{repo}", self.reg()), &digest);
-        cosign::push_signatures(
-            &self.lab.registry,
-            repo,
-            &digest,
-            &[(payload.clone(), self.key.sign_payload(&payload))],
-        );
-        digest
+        cosign::push_signed(&self.lab, &self.key, &self.reg(), repo_tag, seed)
     }
 
     fn config(&self) -> Config {

@@ -134,7 +134,11 @@ fn clients(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_runtime_method_answers_as_containerd_does() {
-    let lab = Lab::start();
+    // containerd 1.6 for now: 2.x serves GetContainerEvents but sends no response headers until
+    // the first event, and tonic's client waits for them, so opening the stream hangs on either
+    // side (the kubelet's grpc-go client does not wait). Moving this test to 2.x needs the
+    // stream opened without waiting for headers.
+    let lab = Lab::start_1_6();
     let pullgate = common::pullgate::start(&lab.containerd_sock).await;
     let (mut direct, mut via) = clients(&lab, &pullgate);
 
@@ -214,7 +218,15 @@ async fn every_runtime_method_answers_as_containerd_does() {
     // way the answers must match. None of them may fail in transport through pullgate.
     for answer in [
         compare!(direct, via, runtime_config, RuntimeConfigRequest {}).map(|_| ()),
-        compare!(direct, via, list_metric_descriptors, ListMetricDescriptorsRequest {}).map(|_| ()),
+        // containerd 2.x lists the descriptors in map order: a different order each call.
+        compare!(
+            direct,
+            via,
+            list_metric_descriptors,
+            ListMetricDescriptorsRequest {},
+            |m: &mut ListMetricDescriptorsResponse| { m.descriptors.sort_by(|a, b| a.name.cmp(&b.name)) }
+        )
+        .map(|_| ()),
         compare!(direct, via, list_pod_sandbox_metrics, ListPodSandboxMetricsRequest {}).map(|_| ()),
     ] {
         if let Err((code, message)) = answer {
@@ -510,8 +522,9 @@ fn sampled_sandbox(stats: &mut PodSandboxStats) {
 async fn a_running_pod_looks_the_same_both_ways() {
     let cgroup_parent = CgroupParent::new();
     // The lab's containerd restricts sandboxes' oom_score_adj, so this runs without
-    // CAP_SYS_RESOURCE (see tests/lab/lab.sh).
-    let lab = Lab::start();
+    // CAP_SYS_RESOURCE (see tests/lab/lab.sh). containerd 1.6 for now, for the event stream's
+    // sake (see every_runtime_method_answers_as_containerd_does).
+    let lab = Lab::start_1_6();
     // The lab's containerd takes its sandbox (pause) image from here.
     let image = format!("{}/pullgate-lab/pause:lab", lab.registry);
     cosign::push_artifact_http(&lab.registry, "pullgate-lab/pause", "lab", &sleeper_image(), None);
@@ -745,15 +758,8 @@ async fn a_full_pull_request_under_a_signed_rule_is_stored_pinned() {
     let lab = Lab::start();
     let front = common::front::Front::start(&lab.registry);
     front.trust_in(&lab);
-    let key = cosign::TestKey::generate();
-    let digest = lab.push_image("runtime-service/signed:v1", "runtime-service-signed");
-    let payload = cosign::payload(&format!("{}/runtime-service/signed", front.addr()), &digest);
-    cosign::push_signatures(
-        &lab.registry,
-        "runtime-service/signed",
-        &digest,
-        &[(payload.clone(), key.sign_payload(&payload))],
-    );
+    let key = cosign::CosignKey::generate();
+    let digest = cosign::push_signed(&lab, &key, &front.addr(), "runtime-service/signed:v1", "runtime-service-signed");
     let mut config = pullgate::config::Config { upstream: lab.containerd_sock.clone(), ..Default::default() };
     config.registry.insecure = vec![front.addr()];
     let policy =

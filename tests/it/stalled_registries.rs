@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cosign::{self, TestKey};
+use common::cosign::CosignKey;
 use common::cri;
 use common::lab::Lab;
 use pullgate::config::Config;
@@ -102,19 +102,17 @@ async fn registries_that_stall_after_a_head_do_not_delay_a_pull_from_one_that_do
 /// `signatures` > 1 pads each signature's payload with 40 KiB.
 async fn stalled_registries_and_one_healthy_pull(stall: Stall, signatures: usize) {
     let lab = Lab::start();
-    let key = TestKey::generate();
+    let key = CosignKey::generate();
     let digest = lab.push_image("team/app:v1", "healthy");
     if signatures == 1 {
-        cosign::sign_and_push(&lab.registry, "team/app", &digest, &key, None);
+        key.sign(&lab.registry, "team/app", &digest);
     } else {
-        let sigs: Vec<_> = (0..signatures)
-            .map(|n| {
-                let payload = padded_payload(&format!("{}/team/app", lab.registry), &digest, n);
-                let signature = key.sign_payload(&payload);
-                (payload, signature)
-            })
-            .collect();
-        cosign::push_signatures(&lab.registry, "team/app", &digest, &sigs);
+        // Each signature's payload carries 40 KiB in its free-form `optional` section.
+        let padding = "a".repeat(40 * 1024);
+        for n in 0..signatures {
+            let signing = key.signing(&lab.registry, "team/app", &digest);
+            signing.annotate("n", &n.to_string()).annotate("padding", &padding).run();
+        }
     }
 
     let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
@@ -172,12 +170,4 @@ async fn stalled_registries_and_one_healthy_pull(stall: Stall, signatures: usize
         assert!(status.message().starts_with("RegistryUnavailable: "), "{}", status.message());
     }
     pullgate.stop().await;
-}
-
-/// A valid SimpleSigning payload whose free-form `optional` section carries 40 KiB.
-fn padded_payload(docker_reference: &str, digest: &str, n: usize) -> Vec<u8> {
-    let mut doc: serde_json::Value =
-        serde_json::from_slice(&cosign::payload(docker_reference, digest)).expect("payload");
-    doc["optional"] = serde_json::json!({ "n": n, "padding": "a".repeat(40 * 1024) });
-    serde_json::to_vec(&doc).expect("serialize payload")
 }

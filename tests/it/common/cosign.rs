@@ -1,6 +1,7 @@
-//! Test-only cosign stand-in: makes keys, payloads and signatures the way `cosign sign --key`
-//! does, and pushes signature manifests to a registry (skopeo for well-formed ones, plain HTTP
-//! PUTs via curl for arbitrary bytes). Panics freely: it is test code.
+//! Signing for the tests. Well-formed signatures come from the real cosign ([`CosignKey`],
+//! [`push_signed`]); [`HostileSigner`] and the manifest builders below exist only for what
+//! cosign would never write (malformed, oversized, lying payloads), pushed with skopeo or plain
+//! HTTP PUTs via curl. Panics freely: it is test code.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::fs;
@@ -10,22 +11,28 @@ use std::process::Command;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use p256::ecdsa::signature::Signer as _;
-use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+use p256::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _, LineEnding};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
+
+use super::lab::Lab;
 
 pub const SIMPLESIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 pub const OCI_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 
-pub struct TestKey {
+/// A home-made P-256 signer for signatures cosign would never produce: payloads it would not
+/// write (hostile JSON, padding, lies about the digest) signed by a key the policy trusts, so
+/// the test reaches the check it means to hit. Never for a well-formed signature: that is
+/// [`CosignKey`]'s job.
+pub struct HostileSigner {
     signing: p256::ecdsa::SigningKey,
 }
 
-impl TestKey {
-    pub fn generate() -> TestKey {
-        TestKey { signing: p256::ecdsa::SigningKey::random(&mut rand_core::OsRng) }
+impl HostileSigner {
+    pub fn generate() -> HostileSigner {
+        HostileSigner { signing: p256::ecdsa::SigningKey::random(&mut rand_core::OsRng) }
     }
 
     /// PEM SubjectPublicKeyInfo, as in cosign.pub.
@@ -142,7 +149,19 @@ pub fn push_artifact(registry: &str, repo: &str, tag: &str, artifact: &Artifact,
     let work = tempfile::tempdir().expect("temp dir");
     let layout = work.path().join("layout");
     write_oci_layout(&layout, artifact);
-    // skopeo must not consult the host's policy, registries or auth files.
+    let mut cmd = skopeo(&work);
+    cmd.args(["copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false"]);
+    cmd.arg("--dest-authfile").arg(work.path().join("auth.json"));
+    if let Some(creds) = creds {
+        cmd.args(["--dest-creds", creds]);
+    }
+    cmd.arg(format!("oci:{}:pushed", layout.display())).arg(format!("docker://{registry}/{repo}:{tag}"));
+    run(cmd, "skopeo copy");
+}
+
+/// skopeo with its state in `work`: it must not consult the host's policy, registries or auth
+/// files.
+fn skopeo(work: &tempfile::TempDir) -> Command {
     let policy = work.path().join("policy.json");
     fs::write(&policy, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).expect("write policy");
     fs::write(work.path().join("registries.conf"), "").expect("write registries.conf");
@@ -150,13 +169,8 @@ pub fn push_artifact(registry: &str, repo: &str, tag: &str, artifact: &Artifact,
     let mut cmd = Command::new("skopeo");
     cmd.env("CONTAINERS_REGISTRIES_CONF", work.path().join("registries.conf"));
     cmd.arg("--policy").arg(&policy).arg("--registries.d").arg(work.path().join("registries.d"));
-    cmd.arg("--tmpdir").arg(work.path()).args(["copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false"]);
-    cmd.arg("--dest-authfile").arg(work.path().join("auth.json"));
-    if let Some(creds) = creds {
-        cmd.args(["--dest-creds", creds]);
-    }
-    cmd.arg(format!("oci:{}:pushed", layout.display())).arg(format!("docker://{registry}/{repo}:{tag}"));
-    run(cmd, "skopeo copy");
+    cmd.arg("--tmpdir").arg(work.path());
+    cmd
 }
 
 pub fn write_oci_layout(dir: &Path, artifact: &Artifact) {
@@ -262,14 +276,6 @@ fn run(mut cmd: Command, what: &str) -> String {
     stdout
 }
 
-/// Signs `digest` of `registry/repo` with `key` (the payload names `registry/repo`, as cosign
-/// does) and pushes the signature beside it; `creds` is "user:password" for a private registry.
-pub fn sign_and_push(registry: &str, repo: &str, digest: &str, key: &TestKey, creds: Option<&str>) {
-    let payload = payload(&format!("{registry}/{repo}"), digest);
-    let sigs = [(payload.clone(), key.sign_payload(&payload))];
-    push_signatures_with_creds(registry, repo, digest, &sigs, creds);
-}
-
 // === the real cosign CLI ===
 
 /// What `cosign generate-key-pair` encrypts test keys with, and `cosign sign` decrypts them
@@ -289,28 +295,42 @@ impl CosignKey {
         key
     }
 
+    /// The key of `signer`, imported into cosign (`cosign import-key-pair`): for tests that
+    /// need cosign's well-formed signatures and a hostile one by the same trusted key.
+    pub fn import(signer: &HostileSigner) -> CosignKey {
+        let key = CosignKey { dir: tempfile::tempdir().expect("temp dir") };
+        let private = signer.signing.to_pkcs8_pem(LineEnding::LF).expect("encode private key");
+        fs::write(key.dir.path().join("signer.pem"), private.as_bytes()).expect("write private key");
+        key.cosign(&["import-key-pair", "--yes", "--key", "signer.pem", "--output-key-prefix", "cosign"]);
+        key
+    }
+
     /// cosign.pub: PEM SubjectPublicKeyInfo.
     pub fn public_pem(&self) -> String {
         fs::read_to_string(self.dir.path().join("cosign.pub")).expect("read cosign.pub")
     }
 
-    /// `cosign sign` of `registry/repo@digest`, offline (no transparency log, no Fulcio) and
-    /// in the format pullgate reads: a simple-signing payload under the `sha256-….sig` tag.
-    /// cosign v3 writes a sigstore bundle by default; the legacy format needs the bundle and
-    /// the signing config turned off. `registry` is plain HTTP.
+    pub fn write_public_pem(&self, path: &Path) {
+        fs::write(path, self.public_pem()).expect("write public key");
+    }
+
+    /// `cosign sign` of `registry/repo@digest`, the payload naming `registry/repo`.
     pub fn sign(&self, registry: &str, repo: &str, digest: &str) {
-        let image = format!("{registry}/{repo}@{digest}");
-        self.cosign(&[
-            "sign",
-            "--key",
-            "cosign.key",
-            "--yes",
-            "--tlog-upload=false",
-            "--new-bundle-format=false",
-            "--use-signing-config=false",
-            "--allow-http-registry",
-            &image,
-        ]);
+        self.signing(registry, repo, digest).run();
+    }
+
+    /// `cosign sign-blob` of `payload`, offline: the DER signature cosign makes, for tests that
+    /// judge signatures without a registry (an in-memory one).
+    pub fn sign_blob(&self, payload: &[u8]) -> Vec<u8> {
+        fs::write(self.dir.path().join("payload"), payload).expect("write payload");
+        let flags = ["--tlog-upload=false", "--new-bundle-format=false", "--use-signing-config=false"];
+        let out = self.cosign(&[&["sign-blob", "--key", "cosign.key", "--yes"][..], &flags, &["payload"]].concat());
+        STANDARD.decode(out.trim()).expect("cosign sign-blob prints base64")
+    }
+
+    /// A `cosign sign` of `registry/repo@digest` to adjust before [`Signing::run`].
+    pub fn signing(&self, registry: &str, repo: &str, digest: &str) -> Signing<'_> {
+        Signing { key: self, image: format!("{registry}/{repo}@{digest}"), extra: Vec::new() }
     }
 
     fn cosign(&self, args: &[&str]) -> String {
@@ -322,4 +342,87 @@ impl CosignKey {
         cmd.env("COSIGN_PASSWORD", COSIGN_PASSWORD);
         run(cmd, &format!("cosign {}", args.join(" ")))
     }
+}
+
+/// One `cosign sign --key`, offline (no transparency log, no Fulcio) and in the format pullgate
+/// reads: a simple-signing payload under the `sha256-….sig` tag. cosign v3 writes a sigstore
+/// bundle by default; the legacy format needs the bundle and the signing config turned off.
+/// Signing an image that already has signatures adds a layer to its signature manifest, as
+/// cosign does for a second signer.
+pub struct Signing<'a> {
+    key: &'a CosignKey,
+    image: String,
+    extra: Vec<String>,
+}
+
+impl Signing<'_> {
+    /// The payload's `docker-reference` (`--sign-container-identity`): the name containerd pulls
+    /// by when that is not where cosign pushes, e.g. a front's address, or another repository
+    /// for an identity mismatch.
+    pub fn claiming(mut self, docker_reference: &str) -> Self {
+        self.extra.extend(["--sign-container-identity".into(), docker_reference.into()]);
+        self
+    }
+
+    /// `-a key=value`: an entry in the payload's free-form `optional` section.
+    pub fn annotate(mut self, key: &str, value: &str) -> Self {
+        self.extra.extend(["-a".into(), format!("{key}={value}")]);
+        self
+    }
+
+    /// Basic-auth credentials for the registry, "user:password".
+    pub fn creds(mut self, creds: &str) -> Self {
+        let (user, password) = creds.split_once(':').expect("creds are user:password");
+        self.extra.extend([format!("--registry-username={user}"), format!("--registry-password={password}")]);
+        self
+    }
+
+    /// The registry serves HTTPS with a certificate from this CA.
+    pub fn ca(mut self, ca_pem: &Path) -> Self {
+        self.extra.push(format!("--registry-cacert={}", ca_pem.display()));
+        self
+    }
+
+    pub fn run(self) {
+        let mut args = vec![
+            "sign",
+            "--key",
+            "cosign.key",
+            "--yes",
+            "--tlog-upload=false",
+            "--new-bundle-format=false",
+            "--use-signing-config=false",
+            "--allow-http-registry",
+        ];
+        args.extend(self.extra.iter().map(String::as_str));
+        args.push(&self.image);
+        self.key.cosign(&args);
+    }
+}
+
+/// The one way tests make a signed image: pushes `repo:tag` (made from `seed`) to the lab's open
+/// registry and signs it with the real cosign, the payload naming `pulled_from/repo` (the lab
+/// registry, or the front containerd pulls through). Returns the image's digest.
+pub fn push_signed(lab: &Lab, key: &CosignKey, pulled_from: &str, name_tag: &str, seed: &str) -> String {
+    let digest = lab.push_image(name_tag, seed);
+    let repo = name_tag.split_once(':').map_or(name_tag, |(repo, _)| repo);
+    key.signing(&lab.registry, repo, &digest).claiming(&format!("{pulled_from}/{repo}")).run();
+    digest
+}
+
+/// Copies the signatures of `from_repo@from_digest` to the signature tag of
+/// `to_repo@to_digest`, bytes unchanged: a valid signature replayed onto another image.
+pub fn copy_signatures(registry: &str, from_repo: &str, from_digest: &str, to_repo: &str, to_digest: &str) {
+    let from = format!("docker://{registry}/{from_repo}:{}", signature_tag(from_digest));
+    let to = format!("docker://{registry}/{to_repo}:{}", signature_tag(to_digest));
+    let work = tempfile::tempdir().expect("temp dir");
+    let mut cmd = skopeo(&work);
+    cmd.args(["copy", "--quiet", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false"]);
+    cmd.arg("--authfile").arg(work.path().join("auth.json")).arg(&from).arg(&to);
+    run(cmd, "skopeo copy");
+}
+
+/// PEM of a fresh P-256 public key nobody signs with, for configs that only need a valid key.
+pub fn unused_public_pem() -> String {
+    HostileSigner::generate().public_pem()
 }

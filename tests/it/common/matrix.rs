@@ -20,7 +20,7 @@
 
 use std::path::Path;
 
-use super::cosign::{self, TestKey};
+use super::cosign::{self, CosignKey};
 use super::lab::Lab;
 
 /// (image under the lab registry, accepted, words the refusal must contain)
@@ -40,16 +40,16 @@ pub const MATRIX: &[Row] = &[
     ("stray/signed", false, "no policy rule matches"),
 ];
 
-/// A and C are trusted by the policies; B never is.
+/// A and C are trusted by the policies; B never is. Made and used by the real cosign.
 pub struct Keys {
-    pub a: TestKey,
-    pub b: TestKey,
-    pub c: TestKey,
+    pub a: CosignKey,
+    pub b: CosignKey,
+    pub c: CosignKey,
 }
 
 impl Keys {
     pub fn generate() -> Keys {
-        Keys { a: TestKey::generate(), b: TestKey::generate(), c: TestKey::generate() }
+        Keys { a: CosignKey::generate(), b: CosignKey::generate(), c: CosignKey::generate() }
     }
 }
 
@@ -58,11 +58,12 @@ fn push(lab: &Lab, repo: &str) -> String {
     lab.push_image(&format!("{repo}:v1"), repo)
 }
 
-/// Signs `digest` of `repo` with each key; the payload claims `claimed_repo`.
-fn sign(lab: &Lab, repo: &str, digest: &str, claimed_repo: &str, keys: &[&TestKey]) {
-    let payload = cosign::payload(&format!("{}/{claimed_repo}", lab.registry), digest);
-    let sigs: Vec<_> = keys.iter().map(|key| (payload.clone(), key.sign_payload(&payload))).collect();
-    cosign::push_signatures(&lab.registry, repo, digest, &sigs);
+/// Signs `digest` of `repo` with each key (cosign adds one layer per signer); the payload
+/// claims `claimed_repo`.
+fn sign(lab: &Lab, repo: &str, digest: &str, claimed_repo: &str, keys: &[&CosignKey]) {
+    for key in keys {
+        key.signing(&lab.registry, repo, digest).claiming(&format!("{}/{claimed_repo}", lab.registry)).run();
+    }
 }
 
 /// Pushes and signs every image of the matrix.
@@ -74,8 +75,7 @@ pub fn populate(lab: &Lab, keys: &Keys) {
     sign(lab, "team/by-b", &by_b, "team/by-b", &[&keys.b]);
     // A valid signature by A, but for team/signed's digest, stored under copied's .sig tag.
     let copied = push(lab, "team/copied");
-    let payload = cosign::payload(&format!("{}/team/signed", lab.registry), &signed);
-    cosign::push_signatures(&lab.registry, "team/copied", &copied, &[(payload.clone(), keys.a.sign_payload(&payload))]);
+    cosign::copy_signatures(&lab.registry, "team/signed", &signed, "team/copied", &copied);
     for repo in ["team/renamed", "loose/renamed"] {
         let digest = push(lab, repo);
         sign(lab, repo, &digest, "elsewhere/app", &[&keys.a]);

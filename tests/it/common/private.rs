@@ -1,6 +1,6 @@
 //! A private registry as a node meets it: basic auth, one image signed by a trusted key.
 
-use super::cosign::{self, TestKey};
+use super::cosign::CosignKey;
 use super::lab::Lab;
 
 pub const REPO: &str = "private/app";
@@ -12,7 +12,7 @@ pub struct PrivateImage {
     /// `REGISTRY/private/app:v1`.
     pub image: String,
     pub digest: String,
-    pub key: TestKey,
+    pub key: CosignKey,
     /// A policy requiring a signature by `key`, read from the key file "a.pub".
     pub policy: String,
 }
@@ -22,9 +22,9 @@ pub struct PrivateImage {
 pub fn signed_image(user: &str, password: &str) -> PrivateImage {
     let lab = Lab::start_with_auth(user, password);
     let registry = lab.auth_registry.clone().expect("auth registry");
-    let key = TestKey::generate();
+    let key = CosignKey::generate();
     let digest = lab.push_image_to(&registry, &format!("{REPO}:v1"), "private", Some((user, password)));
-    cosign::sign_and_push(&registry, REPO, &digest, &key, Some(&format!("{user}:{password}")));
+    key.signing(&registry, REPO, &digest).creds(&format!("{user}:{password}")).run();
     let policy = format!("[[rule]]\nscope = \"{registry}/private\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");
     let image = format!("{registry}/{REPO}:v1");
     PrivateImage { lab, registry, image, digest, key, policy }
