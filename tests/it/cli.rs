@@ -312,7 +312,7 @@ fn an_insecure_registry_is_reached_however_an_image_spells_its_host() {
     let lab = Lab::start();
     let digest = lab.push_image("team/app:v1", "insecure-spellings");
     let port = lab.registry.strip_prefix("127.0.0.1:").expect("the lab registry listens on 127.0.0.1");
-    let key = TestKey::generate().public_pem();
+    let key = unused_public_pem();
     let policy = format!("[[rule]]\nscope = \"{}/team\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n", lab.registry);
     // Both ways round: the entry as the registry is named, the image by its other spelling.
     for (entry, host) in [

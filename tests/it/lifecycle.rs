@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cosign::{CosignKey, TestKey};
+use common::cosign::{CosignKey, unused_public_pem};
 use common::cri;
 use common::lab::Lab;
 use common::raw::{self, Delay, RecordingUpstream};
@@ -131,7 +131,7 @@ async fn every_refusal_is_logged_at_warn_an_audited_one_too() {
     let policy_dir = dir.path().join("policy.d");
     std::fs::create_dir_all(&policy_dir).unwrap();
     std::fs::write(policy_dir.join("a.pub"), signer.public_pem()).unwrap();
-    std::fs::write(policy_dir.join("b.pub"), TestKey::generate().public_pem()).unwrap();
+    std::fs::write(policy_dir.join("b.pub"), unused_public_pem()).unwrap();
     let rules = format!(
         "[[rule]]\nscope = \"{r}/audit\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\nmode = \"audit\"\n\n\
          [[rule]]\nscope = \"{r}/enforce\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n\n\
