@@ -4,63 +4,22 @@
 
 use crate::common;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::cosign::TestKey;
 use common::cri;
 use common::lab::Lab;
 use common::matrix::{self, Keys, MATRIX, Row};
 use common::private;
+use common::process::{self, Run};
 use pullgate::config::Config;
 use serde_json::Value;
 
 // === running the binary ===
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn pullgate(args: &[&str]) -> Run {
-    pullgate_with_stdin(args, "")
-}
-
-fn pullgate_with_stdin(args: &[&str], stdin: &str) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pullgate"));
-    command.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    // The configuration must come from the test alone, not from the environment it runs in.
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("PULLGATE_") {
-            command.env_remove(name);
-        }
-    }
-    let mut child = command.spawn().expect("run pullgate");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
-    let out = child.wait_with_output().expect("wait for pullgate");
-    Run {
-        code: out.status.code().expect("pullgate exited by a signal"),
-        stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
-        stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
-    }
-}
-
-impl Run {
-    /// The value of a `label  value` line of verify's text output.
-    fn field(&self, label: &str) -> &str {
-        self.stdout
-            .lines()
-            .filter_map(|line| line.trim_start().strip_prefix(label))
-            .find(|rest| rest.starts_with(' '))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("no {label:?} line in:\n{}", self.stdout))
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
-    }
+    process::run(args, "")
 }
 
 /// A node's /etc/pullgate in a temp dir: pullgate.toml, policy.d with `files`, maybe policy.json.
@@ -370,7 +329,7 @@ async fn verify_fetches_signatures_with_the_given_credentials() {
     assert_eq!(given.field("digest"), digest);
     let config = node.config();
     let args = ["verify", image.as_str(), "-c", config.to_str().unwrap(), "--username", USER, "--password-stdin"];
-    let piped = pullgate_with_stdin(&args, &format!("{PASSWORD}\n"));
+    let piped = process::run(&args, &format!("{PASSWORD}\n"));
     assert_eq!(piped.code, 0, "{}{}", piped.stdout, piped.stderr);
 }
 
@@ -622,33 +581,6 @@ fn policy_check_exits_2_for_an_unusable_config() {
     assert!(bad.stderr.contains("timeout"), "{}", bad.stderr);
 }
 
-/// Runs pullgate, killing it if it has not exited within `limit`: for cases where a hang is
-/// the failure being tested.
-fn pullgate_within(args: &[&str], limit: std::time::Duration) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pullgate"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run pullgate");
-    let started = std::time::Instant::now();
-    while child.try_wait().expect("wait for pullgate").is_none() {
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("pullgate {args:?} still running after {limit:?}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("pullgate output");
-    Run {
-        code: out.status.code().expect("pullgate exited by a signal"),
-        stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
-        stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
-    }
-}
-
 #[test]
 fn policy_check_refuses_a_fifo_key_and_a_device_policy_json_promptly_naming_them() {
     // A refusal takes milliseconds; a blocked open or an endless read would take forever.
@@ -658,7 +590,7 @@ fn policy_check_refuses_a_fifo_key_and_a_device_policy_json_promptly_naming_them
     let key = node.policy_dir().join("team.pub");
     assert!(Command::new("mkfifo").arg(&key).status().expect("run mkfifo").success());
     let config = node.config();
-    let run = pullgate_within(&["policy", "check", "--config", config.to_str().unwrap()], PROMPT);
+    let run = process::run_within(&["policy", "check", "--config", config.to_str().unwrap()], PROMPT);
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     let policy_file = node.policy_dir().join("team.toml");
     let expected =
@@ -668,7 +600,7 @@ fn policy_check_refuses_a_fifo_key_and_a_device_policy_json_promptly_naming_them
     std::fs::remove_file(&key).unwrap();
     std::fs::write(&key, TestKey::generate().public_pem()).unwrap();
     std::fs::write(&config, format!("policy_dir = {:?}\npolicy_json = \"/dev/zero\"\n", node.policy_dir())).unwrap();
-    let run = pullgate_within(&["policy", "check", "--config", config.to_str().unwrap()], PROMPT);
+    let run = process::run_within(&["policy", "check", "--config", config.to_str().unwrap()], PROMPT);
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("/dev/zero: is a character device, not a regular file"), "{}", run.stderr);
 }

@@ -17,18 +17,19 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::cri;
 use common::lab::Lab;
+use common::policy;
+use common::process::{self, MemoryWatch, Serve};
 use pullgate::cri::frame;
 use pullgate::cri::proto::{ImageStatusRequest, ListImagesRequest};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pullgate");
 /// The bound on pullgate's resident memory while under attack.
 const RSS_LIMIT_KIB: u64 = 64 * 1024;
 /// The bound on how long a kubelet-like call may take while pullgate is attacked.
@@ -41,69 +42,30 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 // === the pullgate binary, watched ===
 
+/// pullgate refusing every pull, its memory watched.
 struct Daemon {
-    child: Child,
+    process: process::Daemon,
     socket: PathBuf,
-    log: PathBuf,
-    peak_rss_kib: Arc<AtomicU64>,
-    stop_watch: Arc<AtomicBool>,
-    _dir: tempfile::TempDir,
+    memory: MemoryWatch,
 }
 
 impl Daemon {
     /// pullgate with every pull refused; `wrapper` runs it (e.g. `prlimit`), `extra` is more
     /// of the config's top level.
     fn start(upstream: &Path, wrapper: &[&str], extra: &str) -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (socket, policy_dir, log) =
-            (dir.path().join("pullgate.sock"), dir.path().join("policy.d"), dir.path().join("pullgate.log"));
-        std::fs::create_dir_all(&policy_dir).expect("policy dir");
-        std::fs::write(policy_dir.join("p.toml"), "[[rule]]\nscope = \"*\"\nrequire = \"reject\"\n").expect("policy");
-        let config = format!(
-            "listen = {socket:?}\nupstream = {upstream:?}\npolicy_dir = {policy_dir:?}\n{extra}\n[log]\nlevel = \"warn\"\n"
-        );
-        std::fs::write(dir.path().join("pullgate.toml"), config).expect("config");
-        let (program, args) = match wrapper {
-            [program, args @ ..] => (*program, args),
-            [] => (BIN, &[][..]),
-        };
-        let mut command = Command::new(program);
-        if !wrapper.is_empty() {
-            command.args(args).arg(BIN);
-        }
-        let child = command
-            .args(["serve", "--config"])
-            .arg(dir.path().join("pullgate.toml"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn pullgate");
-        let (peak_rss_kib, stop_watch) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
-        let (peak, stop, pid) = (peak_rss_kib.clone(), stop_watch.clone(), child.id());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(rss) = status_kib(pid, "VmRSS:") {
-                    peak.fetch_max(rss, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        let daemon = Daemon { child, socket, log, peak_rss_kib, stop_watch, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !daemon.socket.exists() {
-            assert!(Instant::now() < deadline, "pullgate did not bind its socket:\n{}", daemon.log_text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        daemon
+        let serve = Serve::new(upstream).files(&[("p.toml", &policy::reject("*"))]).wrapper(wrapper);
+        let process = serve.config(&format!("{extra}\n[log]\nlevel = \"warn\"")).spawn();
+        let memory = MemoryWatch::start(process.child.id());
+        Daemon { socket: process.socket.clone(), process, memory }
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log_text()
     }
 
     fn assert_memory_bounded(&self) {
-        let peak = self.peak_rss_kib.load(Ordering::Relaxed);
-        let hwm = status_kib(self.child.id(), "VmHWM:").expect("pullgate is running");
+        let peak = self.memory.peak_kib();
+        let hwm = self.process.status_kib("VmHWM:");
         eprintln!("pullgate memory: largest VmRSS sample {peak} KiB, VmHWM {hwm} KiB");
         assert!(peak > 0, "no VmRSS sample was taken");
         assert!(hwm < RSS_LIMIT_KIB, "pullgate's VmHWM reached {hwm} KiB\n{}", self.log_text());
@@ -111,26 +73,12 @@ impl Daemon {
 
     /// User plus system CPU time pullgate has used, in clock ticks.
     fn cpu_ticks(&self) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("proc stat");
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.child.id())).expect("proc stat");
         // Fields after the command name, which is in parentheses and may hold spaces.
         let fields: Vec<&str> = stat.rsplit_once(')').expect("stat format").1.split_whitespace().collect();
         // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
         fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
     }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop_watch.store(true, Ordering::Relaxed);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with(field))?;
-    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// One ImageStatus on `client`'s connection; panics unless it is answered within `SERVED_WITHIN`.
