@@ -80,9 +80,8 @@ fn scope_of(registry: &str, repo: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_gives_the_daemons_verdict_for_every_matrix_row() {
-    let lab = Lab::start();
-    let keys = Keys::generate();
-    matrix::populate(&lab, &keys);
+    let matrix = matrix::shared();
+    let (lab, keys) = (&matrix.lab, &matrix.keys);
     let node = native_node(&lab, &keys);
     let file = node.policy_dir().join("10-team.toml");
     for row in MATRIX {
@@ -176,9 +175,8 @@ async fn daemon_verdicts(lab: &Lab, keys: &Keys) -> Vec<bool> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_names_the_key_behind_each_signature_or_why_it_did_not_count() {
-    let lab = Lab::start();
-    let keys = Keys::generate();
-    matrix::populate(&lab, &keys);
+    let matrix = matrix::shared();
+    let (lab, keys) = (&matrix.lab, &matrix.keys);
     let node = native_node(&lab, &keys);
     let a_pub = node.policy_dir().join("a.pub").display().to_string();
     let signatures = |repo: &str| node.verify(&image(&lab, repo), &["--output", "json"]).json()["signatures"].clone();
@@ -205,9 +203,8 @@ async fn verify_names_the_key_behind_each_signature_or_why_it_did_not_count() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_json_gives_a_reason_code_and_the_keys_that_did_not_sign() {
-    let lab = Lab::start();
-    let keys = Keys::generate();
-    matrix::populate(&lab, &keys);
+    let matrix = matrix::shared();
+    let (lab, keys) = (&matrix.lab, &matrix.keys);
     let node = native_node(&lab, &keys);
     let c_pub = node.policy_dir().join("c.pub").display().to_string();
     let verify = |reference: &str| node.verify(&format!("{}/{reference}", lab.registry), &["--output", "json"]).json();
@@ -268,11 +265,9 @@ async fn verify_json_gives_a_reason_code_and_the_keys_that_did_not_sign() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_judges_policy_json_and_notes_audit_mode() {
-    let lab = Lab::start();
-    let keys = Keys::generate();
-    let dir = tempfile::tempdir().unwrap();
-    let json = matrix::populate_for_policy_json(&lab, &keys, dir.path());
-    let node = Node::new(&lab.registry, &[], Some(&json));
+    let matrix = matrix::shared();
+    let (lab, keys) = (&matrix.lab, &matrix.keys);
+    let node = Node::new(&lab.registry, &[], Some(&matrix.policy_json));
     for &(repo, accepted, words) in &matrix::policy_json_rows() {
         let run = node.verify(&image(&lab, repo), &[]);
         assert_eq!(run.code, if accepted { 0 } else { 1 }, "{repo}:\n{}{}", run.stdout, run.stderr);
