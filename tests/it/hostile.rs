@@ -25,7 +25,7 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,7 +33,7 @@ use common::cosign::{self, TestKey};
 use common::cri;
 use common::front::{Front, Hostile};
 use common::lab::Lab;
-use common::process::{self, MemoryWatch, Serve};
+use common::process::{Daemon, Serve};
 use common::{policy, store};
 use pullgate::cri::proto::{ImageStatusRequest, ListImagesRequest};
 
@@ -54,33 +54,9 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 // === the pullgate binary, watched ===
 
-/// The pullgate binary with the registry timeout `timeout`, its memory sampled from /proc
-/// every few milliseconds until it is stopped.
-struct Daemon {
-    process: process::Daemon,
-    socket: PathBuf,
-    memory: MemoryWatch,
-}
-
-impl Daemon {
-    fn start(serve: Serve, timeout: Duration) -> Daemon {
-        let process = serve.registry(&format!("timeout = \"{}s\"", timeout.as_secs())).spawn();
-        let memory = MemoryWatch::start(process.child.id());
-        Daemon { socket: process.socket.clone(), process, memory }
-    }
-
-    fn log_text(&self) -> String {
-        self.process.log_text()
-    }
-
-    fn assert_memory_bounded(&mut self) {
-        let hwm = self.process.status_kib("VmHWM:");
-        let peak_rss = self.memory.stop();
-        eprintln!("pullgate memory: largest VmRSS sample {peak_rss} KiB, VmHWM {hwm} KiB");
-        assert!(peak_rss > 0, "no VmRSS sample was taken");
-        assert!(hwm < RSS_LIMIT_KIB, "pullgate's VmHWM reached {hwm} KiB (limit {RSS_LIMIT_KIB})");
-        assert!(peak_rss < RSS_LIMIT_KIB, "pullgate's VmRSS reached {peak_rss} KiB (limit {RSS_LIMIT_KIB})");
-    }
+/// The pullgate binary with the registry timeout `timeout`, its memory watched.
+fn start(serve: Serve, timeout: Duration) -> Daemon {
+    serve.registry(&format!("timeout = \"{}s\"", timeout.as_secs())).watch_memory().spawn()
 }
 
 // === the cases ===
@@ -284,7 +260,7 @@ async fn hostile_registries_fail_fast_with_the_right_prefix_and_bounded_memory()
     // A slot for every case: all run at once against one registry, and the stalling ones would
     // otherwise hold the default four for the whole budget while the rest queue and time out.
     let serve = serve_hostile(&lab, &front, &key).registry(&format!("checks_per_registry = {}", cases.len()));
-    let mut daemon = Daemon::start(serve, TIMEOUT);
+    let daemon = start(serve, TIMEOUT);
 
     // All at once: the memory bound must hold with every attack in flight together.
     let results = futures_util::future::join_all(cases.iter().map(|case| run_case(&daemon.socket, &front, case))).await;
@@ -299,7 +275,7 @@ async fn hostile_registries_fail_fast_with_the_right_prefix_and_bounded_memory()
     let pulled = cri::images(&daemon.socket).pull_image(cri::pull_request(&control, Some("default"))).await;
     assert!(pulled.is_ok(), "control image refused: {pulled:?}\n{}", daemon.log_text());
 
-    daemon.assert_memory_bounded();
+    daemon.assert_memory_below(RSS_LIMIT_KIB);
 }
 
 /// Ordered against the stalls, not timed: every ImageStatus call is answered while all the
@@ -317,7 +293,7 @@ async fn passthrough_calls_do_not_wait_behind_stalled_verifications() {
     let key = TestKey::generate();
     // Every tag stalls; the images need not exist, as no verification gets past the headers.
     front.hostile("/v2/hostile/slow/manifests/", Hostile::StallAfterHeaders);
-    let mut daemon = Daemon::start(serve_hostile(&lab, &front, &key), STALL_TIMEOUT);
+    let daemon = start(serve_hostile(&lab, &front, &key), STALL_TIMEOUT);
     // One connection for everything, as the kubelet has: the calls share it with the stalled pulls.
     let mut images = cri::images(&daemon.socket);
     images.list_images(ListImagesRequest::default()).await.expect("warm-up ListImages");
@@ -363,7 +339,7 @@ async fn passthrough_calls_do_not_wait_behind_stalled_verifications() {
         let status = pull.await.expect("pull task").expect_err("a stalled pull succeeded");
         assert!(status.message().starts_with(UNAVAILABLE), "{}", status.message());
     }
-    daemon.assert_memory_bounded();
+    daemon.assert_memory_below(RSS_LIMIT_KIB);
 }
 
 /// The healthy pull is ordered against the stalled ones, not timed: it must be done while
@@ -387,7 +363,7 @@ async fn a_stalling_registry_holds_only_its_own_verification_slots() {
         .insecure(&[&lab.registry])
         .files(&[("20-healthy.toml", &healthy_policy)])
         .registry(&format!("checks_per_registry = {SLOTS}"));
-    let mut daemon = Daemon::start(serve, STALL_TIMEOUT);
+    let daemon = start(serve, STALL_TIMEOUT);
 
     // One more stalled pull than the registry has slots; distinct tags, so no check is shared.
     let started = Instant::now();
@@ -430,7 +406,7 @@ async fn a_stalling_registry_holds_only_its_own_verification_slots() {
         assert!(elapsed < STALL_TIMEOUT + MARGIN, "a stalled pull took {elapsed:?}");
     }
     eprintln!("healthy pull done after {healthy_done:?} with {SLOTS} checks stalled and one queued");
-    daemon.assert_memory_bounded();
+    daemon.assert_memory_below(RSS_LIMIT_KIB);
 }
 
 // === a hostile client ===

@@ -14,7 +14,7 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +24,7 @@ use bytes::BytesMut;
 use common::cri;
 use common::lab::Lab;
 use common::policy;
-use common::process::{self, MemoryWatch, Serve};
+use common::process::{Daemon, Serve};
 use pullgate::cri::frame;
 use pullgate::cri::proto::{ImageStatusRequest, ListImagesRequest};
 use tokio::io::AsyncWriteExt;
@@ -42,43 +42,11 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 // === the pullgate binary, watched ===
 
-/// pullgate refusing every pull, its memory watched.
-struct Daemon {
-    process: process::Daemon,
-    socket: PathBuf,
-    memory: MemoryWatch,
-}
-
-impl Daemon {
-    /// pullgate with every pull refused; `wrapper` runs it (e.g. `prlimit`), `extra` is more
-    /// of the config's top level.
-    fn start(upstream: &Path, wrapper: &[&str], extra: &str) -> Daemon {
-        let serve = Serve::new(upstream).files(&[("p.toml", &policy::reject("*"))]).wrapper(wrapper);
-        let process = serve.config(&format!("{extra}\n[log]\nlevel = \"warn\"")).spawn();
-        let memory = MemoryWatch::start(process.child.id());
-        Daemon { socket: process.socket.clone(), process, memory }
-    }
-
-    fn log_text(&self) -> String {
-        self.process.log_text()
-    }
-
-    fn assert_memory_bounded(&self) {
-        let peak = self.memory.peak_kib();
-        let hwm = self.process.status_kib("VmHWM:");
-        eprintln!("pullgate memory: largest VmRSS sample {peak} KiB, VmHWM {hwm} KiB");
-        assert!(peak > 0, "no VmRSS sample was taken");
-        assert!(hwm < RSS_LIMIT_KIB, "pullgate's VmHWM reached {hwm} KiB\n{}", self.log_text());
-    }
-
-    /// User plus system CPU time pullgate has used, in clock ticks.
-    fn cpu_ticks(&self) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.child.id())).expect("proc stat");
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let fields: Vec<&str> = stat.rsplit_once(')').expect("stat format").1.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
-    }
+/// pullgate with every pull refused, its memory watched; `wrapper` runs it (e.g. `prlimit`),
+/// `extra` is more of the config's top level.
+fn start(upstream: &Path, wrapper: &[&str], extra: &str) -> Daemon {
+    let serve = Serve::new(upstream).files(&[("p.toml", &policy::reject("*"))]).wrapper(wrapper);
+    serve.config(&format!("{extra}\n[log]\nlevel = \"warn\"")).watch_memory().spawn()
 }
 
 /// One ImageStatus on `client`'s connection; panics unless it is answered within `SERVED_WITHIN`.
@@ -175,7 +143,7 @@ async fn ctr_through_pullgate_cannot_pull_import_tag_list_or_run() {
         .output()
         .expect("skopeo");
     assert!(copied.status.success(), "skopeo: {}", String::from_utf8_lossy(&copied.stderr));
-    let daemon = Daemon::start(&lab.containerd_sock, &[], "");
+    let daemon = start(&lab.containerd_sock, &[], "");
     let archive = archive.to_str().expect("utf-8 path");
     let good = format!("{}/team/app:good", lab.registry);
 
@@ -227,7 +195,7 @@ async fn a_client_that_never_reads_is_not_read_either() {
     const FLOOD: Duration = Duration::from_secs(5);
     let _turn = ONE_AT_A_TIME.lock().await;
     let lab = Lab::start();
-    let daemon = Daemon::start(&lab.containerd_sock, &[], "");
+    let daemon = start(&lab.containerd_sock, &[], "");
     let mut kubelet = cri::images(&daemon.socket);
     assert_served(&mut kubelet, "before the flood").await;
 
@@ -266,7 +234,7 @@ async fn a_client_that_never_reads_is_not_read_either() {
     flood.join().expect("flood thread");
     eprintln!("flooded {} KiB of requests; slowest ImageStatus {slowest:?}", flooded >> 10);
     assert_served(&mut kubelet, "after the flood").await;
-    daemon.assert_memory_bounded();
+    daemon.assert_memory_below(RSS_LIMIT_KIB);
     drop(stream);
 }
 
@@ -286,7 +254,7 @@ async fn many_connections_holding_partial_requests_stay_bounded() {
     const PULLS_EACH: u32 = 4;
     let _turn = ONE_AT_A_TIME.lock().await;
     let lab = Lab::start();
-    let daemon = Daemon::start(&lab.containerd_sock, &[], "");
+    let daemon = start(&lab.containerd_sock, &[], "");
     let mut kubelet = cri::images(&daemon.socket);
     assert_served(&mut kubelet, "before the attack").await;
 
@@ -321,7 +289,7 @@ async fn many_connections_holding_partial_requests_stay_bounded() {
     // The kubelet's connection is one of the cap too.
     assert!(closed > CONNECTIONS - MAX_CONNECTIONS, "only {closed} of {CONNECTIONS} connections were closed");
     assert_served(&mut kubelet, "after the attack").await;
-    daemon.assert_memory_bounded();
+    daemon.assert_memory_below(RSS_LIMIT_KIB);
     let refusals = daemon.log_text().lines().filter(|line| line.contains("connections refused")).count();
     assert!((1..=3).contains(&refusals), "{refusals} lines about refused connections:\n{}", daemon.log_text());
 }
@@ -333,7 +301,7 @@ async fn running_out_of_descriptors_neither_spins_nor_floods_the_log() {
     const IDLE: usize = 100;
     let _turn = ONE_AT_A_TIME.lock().await;
     let lab = Lab::start();
-    let daemon = Daemon::start(&lab.containerd_sock, &["prlimit", "--nofile=48:48", "--"], "");
+    let daemon = start(&lab.containerd_sock, &["prlimit", "--nofile=48:48", "--"], "");
     cri::images(&daemon.socket).list_images(ListImagesRequest::default()).await.expect("served before the attack");
     let lines_before = daemon.log_text().lines().count();
 
@@ -526,7 +494,7 @@ async fn header_blocks_that_never_end_are_cut_short() {
     let _turn = ONE_AT_A_TIME.lock().await;
     // No containerd: connections start without it, and collect header blocks all the same.
     let dir = tempfile::tempdir().expect("temp dir");
-    let daemon = Daemon::start(&dir.path().join("no-containerd.sock"), &[], "");
+    let daemon = start(&dir.path().join("no-containerd.sock"), &[], "");
     let mut out = BytesMut::from(frame::PREFACE);
     frame::put_head(&mut out, 0, frame::kind::SETTINGS, 0, 0);
     let fragment = vec![0u8; frame::DEFAULT_MAX_FRAME];
@@ -552,7 +520,7 @@ async fn header_blocks_that_never_end_are_cut_short() {
         assert!(matches!(&read, Ok(Ok(_))) || matches!(&read, Ok(Err(e)) if closed(e)), "not closed: {read:?}");
         assert!(has_goaway(&received), "no GOAWAY(PROTOCOL_ERROR) before the close");
     }
-    daemon.assert_memory_bounded();
+    daemon.assert_memory_below(RSS_LIMIT_KIB);
 }
 
 /// Whether `bytes` (a server's frames, no preface) hold a GOAWAY with PROTOCOL_ERROR.

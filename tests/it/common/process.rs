@@ -32,6 +32,7 @@ pub struct Serve {
     wrapper: Vec<String>,
     listen: Option<PathBuf>,
     text_log: bool,
+    watch_memory: bool,
 }
 
 enum Dir {
@@ -72,6 +73,7 @@ impl Serve {
             wrapper: Vec::new(),
             listen: None,
             text_log: false,
+            watch_memory: false,
         }
     }
 
@@ -119,6 +121,12 @@ impl Serve {
         self
     }
 
+    /// Samples pullgate's memory while it runs, for [`Daemon::assert_memory_below`].
+    pub fn watch_memory(mut self) -> Serve {
+        self.watch_memory = true;
+        self
+    }
+
     /// Runs pullgate under `wrapper` (a program and its arguments, e.g. `prlimit … --`).
     pub fn wrapper(mut self, wrapper: &[&str]) -> Serve {
         self.wrapper = wrapper.iter().map(|arg| arg.to_string()).collect();
@@ -128,8 +136,11 @@ impl Serve {
     /// Starts pullgate; returns once it has said READY=1. Panics with its log if it exits or
     /// stays silent instead.
     pub fn spawn(self) -> Daemon {
-        let metrics = self.metrics;
+        let (metrics, watch_memory) = (self.metrics, self.watch_memory);
         let (mut daemon, notify) = self.launch();
+        if watch_memory {
+            daemon.memory = Some(MemoryWatch::start(daemon.child.id()));
+        }
         daemon.wait_ready(&notify);
         if metrics {
             let line = daemon.wait_for_log(&["serving metrics"]);
@@ -173,7 +184,7 @@ impl Serve {
         command.env("NOTIFY_SOCKET", &notify_path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn pullgate");
         let log = Log::collect(child.stderr.take().expect("piped stderr"));
-        (Daemon { child, socket, config, log, metrics: None, _dir: self.dir }, notify)
+        (Daemon { child, socket, config, log, metrics: None, memory: None, _dir: self.dir }, notify)
     }
 
     fn config_text(&self, socket: &Path, policy_dir: &Path) -> String {
@@ -206,6 +217,7 @@ pub struct Daemon {
     /// Where `/metrics` is served, when [`Serve::metrics`] asked for it.
     pub metrics: Option<SocketAddr>,
     log: Log,
+    memory: Option<MemoryWatch>,
     _dir: Dir,
 }
 
@@ -263,6 +275,26 @@ impl Daemon {
             assert!(Instant::now() < deadline, "pullgate did not exit within {limit:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Both the largest VmRSS sampled so far and the kernel's high-water mark (VmHWM) are
+    /// below `limit_kib`; needs [`Serve::watch_memory`].
+    pub fn assert_memory_below(&self, limit_kib: u64) {
+        let peak = self.memory.as_ref().expect("Serve::watch_memory was not asked for").peak_kib();
+        let hwm = self.status_kib("VmHWM:");
+        eprintln!("pullgate memory: largest VmRSS sample {peak} KiB, VmHWM {hwm} KiB");
+        assert!(peak > 0, "no VmRSS sample was taken");
+        assert!(hwm < limit_kib, "pullgate's VmHWM reached {hwm} KiB (limit {limit_kib})\n{}", self.log_text());
+        assert!(peak < limit_kib, "pullgate's VmRSS reached {peak} KiB (limit {limit_kib})\n{}", self.log_text());
+    }
+
+    /// User plus system CPU time pullgate has used, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("proc stat");
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')').expect("stat format").1.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
     }
 
     /// A `/proc/<pid>/status` field in KiB, e.g. "VmRSS:" or "VmHWM:".
