@@ -13,7 +13,6 @@ use common::lab::Lab;
 use common::matrix::{self, Keys, MATRIX, Row};
 use common::private;
 use common::process::{self, Run};
-use pullgate::config::Config;
 use serde_json::Value;
 
 // === running the binary ===
@@ -88,7 +87,7 @@ async fn verify_gives_the_daemons_verdict_for_every_matrix_row() {
         assert_text_explains(&lab, &node, row, &file);
         assert_json_explains(&lab, &node, row, &file);
     }
-    let daemon = daemon_verdicts(&lab, &keys).await;
+    let daemon = daemon_verdicts(lab).await;
     let cli: Vec<bool> = MATRIX.iter().map(|(repo, ..)| node.verify(&image(&lab, repo), &[]).code == 0).collect();
     assert_eq!(cli, daemon, "verify and the daemon disagree; rows: {MATRIX:?}");
 }
@@ -154,13 +153,8 @@ fn assert_json_explains(lab: &Lab, node: &Node, &(repo, accepted, words): &Row, 
 }
 
 /// The daemon's own verdicts, pulling every row through pullgate into the lab's containerd.
-async fn daemon_verdicts(lab: &Lab, keys: &Keys) -> Vec<bool> {
-    let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
-    config.registry.insecure = vec![lab.registry.clone()];
-    let policy = matrix::native_policy(&lab.registry);
-    let (a, c) = (keys.a.public_pem(), keys.c.public_pem());
-    let files = [("a.pub", a.as_str()), ("c.pub", c.as_str()), ("10-team.toml", policy.as_str())];
-    let pullgate = common::pullgate::start_with(config, &files).await;
+async fn daemon_verdicts(lab: &Lab) -> Vec<bool> {
+    let pullgate = matrix::shared().pullgate().await;
     let mut images = cri::images(&pullgate.socket);
     let mut verdicts = Vec::new();
     for (repo, ..) in MATRIX {
@@ -236,12 +230,7 @@ async fn verify_json_gives_a_reason_code_and_the_keys_that_did_not_sign() {
     let expected = format!("pullgate: image {}/team/signed:no-such-tag not found: ", lab.registry);
     assert!(message.starts_with(&expected), "{message}");
     // The daemon answers the kubelet exactly so, through the real containerd.
-    let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
-    config.registry.insecure = vec![lab.registry.clone()];
-    let policy = matrix::native_policy(&lab.registry);
-    let (a, c) = (keys.a.public_pem(), keys.c.public_pem());
-    let files = [("a.pub", a.as_str()), ("c.pub", c.as_str()), ("10-team.toml", policy.as_str())];
-    let pullgate = common::pullgate::start_with(config, &files).await;
+    let pullgate = matrix.pullgate().await;
     let image = format!("{}/team/signed:no-such-tag", lab.registry);
     let status = cri::images(&pullgate.socket)
         .pull_image(cri::pull_request(&image, Some("default")))

@@ -45,10 +45,7 @@ async fn run_matrix(lab: &Lab, socket: &std::path::Path, rows: &[(&str, bool, &s
 async fn native_policy_matrix() {
     let matrix = matrix::shared();
     let lab = &matrix.lab;
-    let policy = matrix::native_policy(&lab.registry);
-    let (a, c) = (matrix.keys.a.public_pem(), matrix.keys.c.public_pem());
-    let files = [("a.pub", a.as_str()), ("c.pub", c.as_str()), ("10-team.toml", policy.as_str())];
-    let pullgate = common::pullgate::start_with(config(lab), &files).await;
+    let pullgate = matrix.pullgate().await;
     run_matrix(lab, &pullgate.socket, MATRIX).await;
     pullgate.stop().await;
 }

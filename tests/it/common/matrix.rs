@@ -120,6 +120,19 @@ pub fn populate(lab: &Lab, keys: &Keys) {
     }
 }
 
+impl Shared {
+    /// pullgate (in-process) in front of the shared lab's containerd, judging by the matrix's
+    /// native policy.
+    pub async fn pullgate(&self) -> super::pullgate::Running {
+        let mut config = pullgate::config::Config { upstream: self.lab.containerd_sock.clone(), ..Default::default() };
+        config.registry.insecure = vec![self.lab.registry.clone()];
+        let policy = native_policy(&self.lab.registry);
+        let (a, c) = (self.keys.a.public_pem(), self.keys.c.public_pem());
+        let files = [("a.pub", a.as_str()), ("c.pub", c.as_str()), ("10-team.toml", policy.as_str())];
+        super::pullgate::start_with(config, &files).await
+    }
+}
+
 /// The matrix's rules as a native TOML policy file; keys `a.pub` and `c.pub` lie beside it.
 pub fn native_policy(registry: &str) -> String {
     format!(
