@@ -7,6 +7,7 @@
 //! directly, including one containerd 1.6 does not implement.
 
 use crate::common;
+use common::policy;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
@@ -773,8 +774,7 @@ async fn a_full_pull_request_under_a_signed_rule_is_stored_pinned() {
     );
     let mut config = pullgate::config::Config { upstream: lab.containerd_sock.clone(), ..Default::default() };
     config.registry.insecure = vec![front.addr()];
-    let policy =
-        format!("[[rule]]\nscope = \"{}/runtime-service\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n", front.addr());
+    let policy = policy::signed(&format!("{}/runtime-service", front.addr()), &["a.pub"]);
     let pem = key.public_pem();
     let pullgate = common::pullgate::start_with(config, &[("a.pub", &pem), ("policy.toml", &policy)]).await;
 

@@ -2,6 +2,7 @@
 
 use super::cosign::{self, TestKey};
 use super::lab::Lab;
+use super::policy;
 
 pub const REPO: &str = "private/app";
 
@@ -25,7 +26,7 @@ pub fn signed_image(user: &str, password: &str) -> PrivateImage {
     let key = TestKey::generate();
     let digest = lab.push_image_to(&registry, &format!("{REPO}:v1"), "private", Some((user, password)));
     cosign::sign_and_push(&registry, REPO, &digest, &key, Some(&format!("{user}:{password}")));
-    let policy = format!("[[rule]]\nscope = \"{registry}/private\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");
+    let policy = policy::signed(&format!("{registry}/private"), &["a.pub"]);
     let image = format!("{registry}/{REPO}:v1");
     PrivateImage { lab, registry, image, digest, key, policy }
 }
