@@ -61,9 +61,10 @@ async fn main() {
     let image = format!("{}/bench/app:v1", lab.registry);
     cri::images(&lab.containerd_sock).pull_image(cri::pull_request(&image, None)).await.expect("pull bench image");
     let dir = tempfile::tempdir().expect("temp dir");
-    let bin = env!("CARGO_BIN_EXE_pullgate");
-    let pullgate =
-        common::process::start(bin, dir.path(), &lab.containerd_sock, common::pullgate::ACCEPT_ALL, &[], &[]);
+    let pullgate = common::process::Serve::in_dir(dir.path(), &lab.containerd_sock)
+        .files(&[("policy.toml", common::pullgate::ACCEPT_ALL)])
+        .config("[log]\nlevel = \"warn\"")
+        .spawn();
 
     println!("ImageStatus, {CALLS} calls per row, pullgate {}", env!("CARGO_PKG_VERSION"));
     println!("| path, clients | direct p50 | direct p99 | through p50 | through p99 | added p50 | added p99 |");

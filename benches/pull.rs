@@ -27,15 +27,11 @@ const CONNECTIONS: usize = 8;
 fn start_pullgate(dir: &Path, lab: &Lab, key: &CosignKey) -> Daemon {
     let rule = format!("[[rule]]\nscope = \"{}/bench\"\nrequire = \"signed\"\nkeys = [\"bench.pub\"]\n", lab.registry);
     let pem = key.public_pem();
-    let bin = env!("CARGO_BIN_EXE_pullgate");
-    common::process::start(
-        bin,
-        dir,
-        &lab.containerd_sock,
-        &rule,
-        &[("bench.pub", &pem)],
-        std::slice::from_ref(&lab.registry),
-    )
+    common::process::Serve::in_dir(dir, &lab.containerd_sock)
+        .files(&[("policy.toml", &rule), ("bench.pub", &pem)])
+        .insecure(&[&lab.registry])
+        .config("[log]\nlevel = \"warn\"")
+        .spawn()
 }
 
 /// Pushes and signs `bench/<name>:v1`; returns the image name to pull.

@@ -88,11 +88,21 @@ impl Reloader {
     }
 
     /// Watches and reloads until the task is dropped.
-    pub async fn run(mut self) {
+    pub async fn run(self) {
+        let watcher = self.armed_watcher().await;
+        self.serve(watcher).await;
+    }
+
+    /// The watches the policy in force needs, armed: a change made after this returns is seen.
+    async fn armed_watcher(&self) -> Watcher {
         let mut watcher = Watcher::new();
         if let Some(plan) = self.plan_for_current().await {
             watcher.arm(plan);
         }
+        watcher
+    }
+
+    async fn serve(mut self, mut watcher: Watcher) {
         loop {
             tokio::select! {
                 () = watcher.changed() => {}

@@ -52,9 +52,9 @@ impl Setup {
         let policy = SharedPolicy::new(Policy::load(&config.policy_dir, config.policy_json.as_deref()).unwrap());
         let (metrics, trigger) = (Metrics::new(), Trigger::default());
         let reloader = adjust(Reloader::new(&config, policy.clone(), metrics.clone(), trigger.clone()));
-        let task = tokio::spawn(reloader.run());
-        // Let the reloader arm its watches before the test changes anything.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Armed before the test changes anything, so no change can come before the watches.
+        let watcher = reloader.armed_watcher().await;
+        let task = tokio::spawn(reloader.serve(watcher));
         Setup { dir, policy, metrics, trigger, task }
     }
 

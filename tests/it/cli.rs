@@ -4,63 +4,21 @@
 
 use crate::common;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::cosign::unused_public_pem;
 use common::cri;
 use common::lab::Lab;
 use common::matrix::{self, Keys, MATRIX, Row};
 use common::private;
-use pullgate::config::Config;
+use common::process::{self, Run};
 use serde_json::Value;
 
 // === running the binary ===
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn pullgate(args: &[&str]) -> Run {
-    pullgate_with_stdin(args, "")
-}
-
-fn pullgate_with_stdin(args: &[&str], stdin: &str) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pullgate"));
-    command.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    // The configuration must come from the test alone, not from the environment it runs in.
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("PULLGATE_") {
-            command.env_remove(name);
-        }
-    }
-    let mut child = command.spawn().expect("run pullgate");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
-    let out = child.wait_with_output().expect("wait for pullgate");
-    Run {
-        code: out.status.code().expect("pullgate exited by a signal"),
-        stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
-        stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
-    }
-}
-
-impl Run {
-    /// The value of a `label  value` line of verify's text output.
-    fn field(&self, label: &str) -> &str {
-        self.stdout
-            .lines()
-            .filter_map(|line| line.trim_start().strip_prefix(label))
-            .find(|rest| rest.starts_with(' '))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("no {label:?} line in:\n{}", self.stdout))
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
-    }
+    process::run(args, "")
 }
 
 /// A node's /etc/pullgate in a temp dir: pullgate.toml, policy.d with `files`, maybe policy.json.
@@ -121,16 +79,15 @@ fn scope_of(registry: &str, repo: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_gives_the_daemons_verdict_for_every_matrix_row() {
-    let lab = Lab::start();
-    let keys = Keys::generate();
-    matrix::populate(&lab, &keys);
+    let matrix = matrix::shared();
+    let (lab, keys) = (&matrix.lab, &matrix.keys);
     let node = native_node(&lab, &keys);
     let file = node.policy_dir().join("10-team.toml");
     for row in MATRIX {
         assert_text_explains(&lab, &node, row, &file);
         assert_json_explains(&lab, &node, row, &file);
     }
-    let daemon = daemon_verdicts(&lab, &keys).await;
+    let daemon = daemon_verdicts(lab).await;
     let cli: Vec<bool> = MATRIX.iter().map(|(repo, ..)| node.verify(&image(&lab, repo), &[]).code == 0).collect();
     assert_eq!(cli, daemon, "verify and the daemon disagree; rows: {MATRIX:?}");
 }
@@ -196,13 +153,8 @@ fn assert_json_explains(lab: &Lab, node: &Node, &(repo, accepted, words): &Row, 
 }
 
 /// The daemon's own verdicts, pulling every row through pullgate into the lab's containerd.
-async fn daemon_verdicts(lab: &Lab, keys: &Keys) -> Vec<bool> {
-    let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
-    config.registry.insecure = vec![lab.registry.clone()];
-    let policy = matrix::native_policy(&lab.registry);
-    let (a, c) = (keys.a.public_pem(), keys.c.public_pem());
-    let files = [("a.pub", a.as_str()), ("c.pub", c.as_str()), ("10-team.toml", policy.as_str())];
-    let pullgate = common::pullgate::start_with(config, &files).await;
+async fn daemon_verdicts(lab: &Lab) -> Vec<bool> {
+    let pullgate = matrix::shared().pullgate().await;
     let mut images = cri::images(&pullgate.socket);
     let mut verdicts = Vec::new();
     for (repo, ..) in MATRIX {
@@ -217,9 +169,8 @@ async fn daemon_verdicts(lab: &Lab, keys: &Keys) -> Vec<bool> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_names_the_key_behind_each_signature_or_why_it_did_not_count() {
-    let lab = Lab::start();
-    let keys = Keys::generate();
-    matrix::populate(&lab, &keys);
+    let matrix = matrix::shared();
+    let (lab, keys) = (&matrix.lab, &matrix.keys);
     let node = native_node(&lab, &keys);
     let a_pub = node.policy_dir().join("a.pub").display().to_string();
     let signatures = |repo: &str| node.verify(&image(&lab, repo), &["--output", "json"]).json()["signatures"].clone();
@@ -246,9 +197,8 @@ async fn verify_names_the_key_behind_each_signature_or_why_it_did_not_count() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_json_gives_a_reason_code_and_the_keys_that_did_not_sign() {
-    let lab = Lab::start();
-    let keys = Keys::generate();
-    matrix::populate(&lab, &keys);
+    let matrix = matrix::shared();
+    let (lab, keys) = (&matrix.lab, &matrix.keys);
     let node = native_node(&lab, &keys);
     let c_pub = node.policy_dir().join("c.pub").display().to_string();
     let verify = |reference: &str| node.verify(&format!("{}/{reference}", lab.registry), &["--output", "json"]).json();
@@ -280,12 +230,7 @@ async fn verify_json_gives_a_reason_code_and_the_keys_that_did_not_sign() {
     let expected = format!("pullgate: image {}/team/signed:no-such-tag not found: ", lab.registry);
     assert!(message.starts_with(&expected), "{message}");
     // The daemon answers the kubelet exactly so, through the real containerd.
-    let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
-    config.registry.insecure = vec![lab.registry.clone()];
-    let policy = matrix::native_policy(&lab.registry);
-    let (a, c) = (keys.a.public_pem(), keys.c.public_pem());
-    let files = [("a.pub", a.as_str()), ("c.pub", c.as_str()), ("10-team.toml", policy.as_str())];
-    let pullgate = common::pullgate::start_with(config, &files).await;
+    let pullgate = matrix.pullgate().await;
     let image = format!("{}/team/signed:no-such-tag", lab.registry);
     let status = cri::images(&pullgate.socket)
         .pull_image(cri::pull_request(&image, Some("default")))
@@ -333,11 +278,9 @@ fn an_insecure_registry_is_reached_however_an_image_spells_its_host() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_judges_policy_json_and_notes_audit_mode() {
-    let lab = Lab::start();
-    let keys = Keys::generate();
-    let dir = tempfile::tempdir().unwrap();
-    let json = matrix::populate_for_policy_json(&lab, &keys, dir.path());
-    let node = Node::new(&lab.registry, &[], Some(&json));
+    let matrix = matrix::shared();
+    let (lab, keys) = (&matrix.lab, &matrix.keys);
+    let node = Node::new(&lab.registry, &[], Some(&matrix.policy_json));
     for &(repo, accepted, words) in &matrix::policy_json_rows() {
         let run = node.verify(&image(&lab, repo), &[]);
         assert_eq!(run.code, if accepted { 0 } else { 1 }, "{repo}:\n{}{}", run.stdout, run.stderr);
@@ -394,7 +337,7 @@ async fn verify_fetches_signatures_with_the_given_credentials() {
     assert_eq!(given.field("digest"), digest);
     let config = node.config();
     let args = ["verify", image.as_str(), "-c", config.to_str().unwrap(), "--username", USER, "--password-stdin"];
-    let piped = pullgate_with_stdin(&args, &format!("{PASSWORD}\n"));
+    let piped = process::run(&args, &format!("{PASSWORD}\n"));
     assert_eq!(piped.code, 0, "{}{}", piped.stdout, piped.stderr);
 }
 
@@ -685,33 +628,6 @@ fn policy_check_exits_2_for_an_unusable_config() {
     assert!(json.json()["error"]["message"].as_str().unwrap().contains(&format!("{path}:3: ")), "{}", json.stdout);
 }
 
-/// Runs pullgate, killing it if it has not exited within `limit`: for cases where a hang is
-/// the failure being tested.
-fn pullgate_within(args: &[&str], limit: std::time::Duration) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pullgate"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run pullgate");
-    let started = std::time::Instant::now();
-    while child.try_wait().expect("wait for pullgate").is_none() {
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("pullgate {args:?} still running after {limit:?}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("pullgate output");
-    Run {
-        code: out.status.code().expect("pullgate exited by a signal"),
-        stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
-        stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
-    }
-}
-
 #[test]
 fn policy_check_refuses_a_fifo_key_and_a_device_policy_json_promptly_naming_them() {
     // A refusal takes milliseconds; a blocked open or an endless read would take forever.
@@ -721,7 +637,7 @@ fn policy_check_refuses_a_fifo_key_and_a_device_policy_json_promptly_naming_them
     let key = node.policy_dir().join("team.pub");
     assert!(Command::new("mkfifo").arg(&key).status().expect("run mkfifo").success());
     let config = node.config();
-    let run = pullgate_within(&["policy", "check", "--config", config.to_str().unwrap()], PROMPT);
+    let run = process::run_within(&["policy", "check", "--config", config.to_str().unwrap()], PROMPT);
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     let policy_file = node.policy_dir().join("team.toml");
     let expected =
@@ -731,7 +647,7 @@ fn policy_check_refuses_a_fifo_key_and_a_device_policy_json_promptly_naming_them
     std::fs::remove_file(&key).unwrap();
     std::fs::write(&key, unused_public_pem()).unwrap();
     std::fs::write(&config, format!("policy_dir = {:?}\npolicy_json = \"/dev/zero\"\n", node.policy_dir())).unwrap();
-    let run = pullgate_within(&["policy", "check", "--config", config.to_str().unwrap()], PROMPT);
+    let run = process::run_within(&["policy", "check", "--config", config.to_str().unwrap()], PROMPT);
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("/dev/zero: is a character device, not a regular file"), "{}", run.stderr);
 }

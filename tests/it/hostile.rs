@@ -25,11 +25,7 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,13 +33,18 @@ use common::cosign::{self, CosignKey, HostileSigner};
 use common::cri;
 use common::front::{Front, Hostile};
 use common::lab::Lab;
+use common::process::{Daemon, Serve};
+use common::{policy, store};
 use pullgate::cri::proto::{ImageStatusRequest, ListImagesRequest};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pullgate");
 /// pullgate's registry timeout, which is also its budget for one pull's whole verification.
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// Scheduling slack on a loaded 2-core CI machine, on top of the budget.
 const MARGIN: Duration = Duration::from_secs(1);
+/// The registry timeout of the tests that order other calls against stalled verifications:
+/// the stalls end when it passes, so it leaves room for the calls that must finish before
+/// them on a loaded 2-core machine, where one pull into containerd can take seconds.
+const STALL_TIMEOUT: Duration = Duration::from_secs(12);
 /// The issue's bound on pullgate's resident memory while under attack.
 const RSS_LIMIT_KIB: u64 = 64 * 1024;
 const HUNDRED_MIB: usize = 100 * 1024 * 1024;
@@ -53,128 +54,9 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 // === the pullgate binary, watched ===
 
-/// The pullgate binary with a config and policy written by the test; its memory is sampled
-/// from /proc every few milliseconds until it is stopped.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-    memory: MemoryWatch,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    /// `files` are (name, content) pairs for the policy directory.
-    fn start(upstream: &Path, insecure: &str, files: &[(&str, &str)]) -> Daemon {
-        Daemon::start_with(upstream, &[insecure], "", files)
-    }
-
-    /// `registry` is more of the config's `[registry]` table.
-    fn start_with(upstream: &Path, insecure: &[&str], registry: &str, files: &[(&str, &str)]) -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (socket, policy_dir, log) =
-            (dir.path().join("pullgate.sock"), dir.path().join("policy.d"), dir.path().join("pullgate.log"));
-        std::fs::create_dir_all(&policy_dir).expect("policy dir");
-        for (name, content) in files {
-            std::fs::write(policy_dir.join(name), content).expect("write policy file");
-        }
-        let config = format!(
-            "listen = {socket:?}\nupstream = {upstream:?}\npolicy_dir = {policy_dir:?}\n\n\
-             [registry]\ninsecure = {insecure:?}\ntimeout = \"{}s\"\n{registry}\n",
-            TIMEOUT.as_secs()
-        );
-        let config_path = dir.path().join("pullgate.toml");
-        std::fs::write(&config_path, config).expect("write config");
-        let stderr = std::fs::File::create(&log).expect("create log file");
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn pullgate");
-        let memory = MemoryWatch::start(child.id());
-        let mut daemon = Daemon { child, socket, log, memory, _dir: dir };
-        daemon.wait_for_socket();
-        daemon
-    }
-
-    fn wait_for_socket(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.socket.exists() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("pullgate exited at startup ({status}):\n{}", self.log_text());
-            }
-            assert!(Instant::now() < deadline, "pullgate did not bind its socket:\n{}", self.log_text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Stops the memory watch and returns (largest VmRSS sampled, VmHWM), in KiB.
-    fn memory(&mut self) -> (u64, u64) {
-        let hwm = read_status_kib(self.child.id(), "VmHWM:")
-            .unwrap_or_else(|| panic!("no VmHWM for pullgate; is it still running?\n{}", self.log_text()));
-        (self.memory.stop(), hwm)
-    }
-
-    fn assert_memory_bounded(&mut self) {
-        let (peak_rss, hwm) = self.memory();
-        eprintln!("pullgate memory: largest VmRSS sample {peak_rss} KiB, VmHWM {hwm} KiB");
-        assert!(peak_rss > 0, "no VmRSS sample was taken");
-        assert!(hwm < RSS_LIMIT_KIB, "pullgate's VmHWM reached {hwm} KiB (limit {RSS_LIMIT_KIB})");
-        assert!(peak_rss < RSS_LIMIT_KIB, "pullgate's VmRSS reached {peak_rss} KiB (limit {RSS_LIMIT_KIB})");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.memory.stop();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Samples VmRSS of one process on a thread of its own.
-struct MemoryWatch {
-    stop: Arc<AtomicBool>,
-    peak_kib: Arc<AtomicU64>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl MemoryWatch {
-    fn start(pid: u32) -> MemoryWatch {
-        let (stop, peak_kib) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-        let (stop_flag, peak) = (stop.clone(), peak_kib.clone());
-        let thread = std::thread::spawn(move || {
-            while !stop_flag.load(Ordering::Relaxed) {
-                if let Some(rss) = read_status_kib(pid, "VmRSS:") {
-                    peak.fetch_max(rss, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        MemoryWatch { stop, peak_kib, thread: Some(thread) }
-    }
-
-    /// Ends sampling; returns the largest VmRSS seen, in KiB.
-    fn stop(&mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        self.peak_kib.load(Ordering::Relaxed)
-    }
-}
-
-/// A "Name:   1234 kB" line of /proc/<pid>/status, in KiB.
-fn read_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with(field))?;
-    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+/// The pullgate binary with the registry timeout `timeout`, its memory watched.
+fn start(serve: Serve, timeout: Duration) -> Daemon {
+    serve.registry(&format!("timeout = \"{}s\"", timeout.as_secs())).watch_memory().spawn()
 }
 
 // === the cases ===
@@ -300,8 +182,17 @@ fn push_signed(lab: &Lab, front: &Front, repo: &str, key: &Key, payload: Option<
     digest
 }
 
-fn policy(front: &Front) -> String {
-    format!("[[rule]]\nscope = \"{}/hostile\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n", front.addr())
+fn hostile_policy(front: &Front) -> String {
+    policy::signed(&format!("{}/hostile", front.addr()), &["a.pub"])
+}
+
+/// pullgate in front of the lab's containerd, trusting the key `public` (PEM) for the front's
+/// `hostile/`.
+fn serve_hostile(lab: &Lab, front: &Front, public: &str) -> Serve {
+    let policy = hostile_policy(front);
+    Serve::new(&lab.containerd_sock)
+        .insecure(&[&front.addr()])
+        .files(&[("a.pub", public), ("10-hostile.toml", &policy)])
 }
 
 /// Pushes every case's image (in parallel: each push is a skopeo run) and arms the front.
@@ -373,14 +264,7 @@ fn stage_of(path: &str) -> Option<Stage> {
 async fn assert_never_reached_containerd(lab: &Lab, front: &Front) {
     let asked = front.count(|s| s.is_containerd() && s.path.starts_with("/v2/hostile/"));
     assert_eq!(asked, 0, "containerd asked the registry for a refused image: {:?}", front.requests());
-    let held = containerd_images(lab).await;
-    assert!(!held.iter().any(|name| name.contains("/hostile/")), "a refused image reached containerd: {held:?}");
-}
-
-/// Names of every image containerd holds.
-async fn containerd_images(lab: &Lab) -> Vec<String> {
-    let listed = cri::images(&lab.containerd_sock).list_images(ListImagesRequest::default()).await.expect("ListImages");
-    listed.into_inner().images.iter().flat_map(|i| [&i.repo_tags[..], &i.repo_digests[..]].concat()).collect()
+    store::assert_none_named(lab, "/hostile/").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -394,9 +278,11 @@ async fn hostile_registries_fail_fast_with_the_right_prefix_and_bounded_memory()
     // containerd can pull from the front from the start, so a refused pull that pullgate
     // forwarded would show in the front's records and in containerd's store.
     front.trust_in(&lab);
-    let (public, policy) = (key.public_pem(), policy(&front));
-    let mut daemon =
-        Daemon::start(&lab.containerd_sock, &front.addr(), &[("a.pub", &public), ("10-hostile.toml", &policy)]);
+    // A slot for every case: all run at once against one registry, and the stalling ones would
+    // otherwise hold the default four for the whole budget while the rest queue and time out.
+    let serve =
+        serve_hostile(&lab, &front, &key.public_pem()).registry(&format!("checks_per_registry = {}", cases.len()));
+    let daemon = start(serve, TIMEOUT);
 
     // All at once: the memory bound must hold with every attack in flight together.
     let results = futures_util::future::join_all(cases.iter().map(|case| run_case(&daemon.socket, &front, case))).await;
@@ -411,9 +297,14 @@ async fn hostile_registries_fail_fast_with_the_right_prefix_and_bounded_memory()
     let pulled = cri::images(&daemon.socket).pull_image(cri::pull_request(&control, Some("default"))).await;
     assert!(pulled.is_ok(), "control image refused: {pulled:?}\n{}", daemon.log_text());
 
-    daemon.assert_memory_bounded();
+    daemon.assert_memory_below(RSS_LIMIT_KIB);
 }
 
+/// Ordered against the stalls, not timed: every ImageStatus call is answered while all the
+/// stalled verifications are still waiting on the registry (which they do until
+/// `STALL_TIMEOUT`). Were the calls queued behind a verification, none could come back
+/// before the stalls end. The latencies are printed, not bounded: on a loaded 2-core machine
+/// a percentile says more about the neighbours than about pullgate.
 #[tokio::test(flavor = "multi_thread")]
 async fn passthrough_calls_do_not_wait_behind_stalled_verifications() {
     const STALLED: usize = 4;
@@ -424,15 +315,14 @@ async fn passthrough_calls_do_not_wait_behind_stalled_verifications() {
     let key = CosignKey::generate();
     // Every tag stalls; the images need not exist, as no verification gets past the headers.
     front.hostile("/v2/hostile/slow/manifests/", Hostile::StallAfterHeaders);
-    let (public, policy) = (key.public_pem(), policy(&front));
-    let mut daemon =
-        Daemon::start(&lab.containerd_sock, &front.addr(), &[("a.pub", &public), ("10-hostile.toml", &policy)]);
+    let daemon = start(serve_hostile(&lab, &front, &key.public_pem()), STALL_TIMEOUT);
     // One connection for everything, as the kubelet has: the calls share it with the stalled pulls.
     let mut images = cri::images(&daemon.socket);
     images.list_images(ListImagesRequest::default()).await.expect("warm-up ListImages");
 
     // Distinct tags: pulls of one image would share a single verification.
     let image = |n: usize| format!("{}/hostile/slow:v{n}", front.addr());
+    let stalled_since = Instant::now();
     let pulls: Vec<_> = (0..STALLED)
         .map(|n| {
             let (mut client, request) = (images.clone(), cri::pull_request(&image(n), Some("default")));
@@ -440,9 +330,12 @@ async fn passthrough_calls_do_not_wait_behind_stalled_verifications() {
         })
         .collect();
     let stalled = || front.count(|s| s.path.starts_with("/v2/hostile/slow/manifests/") && !s.is_containerd());
-    let deadline = Instant::now() + TIMEOUT;
     while stalled() < STALLED {
-        assert!(Instant::now() < deadline, "only {} of {STALLED} verifications reached the registry", stalled());
+        assert!(
+            stalled_since.elapsed() < STALL_TIMEOUT,
+            "only {} of {STALLED} verifications reached the registry",
+            stalled()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
@@ -455,22 +348,26 @@ async fn passthrough_calls_do_not_wait_behind_stalled_verifications() {
             .expect("ImageStatus");
         latencies.push(started.elapsed());
     }
-    assert!(pulls.iter().all(|pull| !pull.is_finished()), "a stalled pull ended before the ImageStatus calls did");
+    let unfinished = pulls.iter().filter(|pull| !pull.is_finished()).count();
+    assert_eq!(unfinished, STALLED, "stalled pulls ended before the ImageStatus calls did");
     latencies.sort();
     let (p50, p99) = (latencies[CALLS / 2], latencies[CALLS * 99 / 100 - 1]);
     eprintln!(
         "ImageStatus during {STALLED} stalled verifications: p50 {p50:?}, p99 {p99:?}, max {:?}",
         latencies[CALLS - 1]
     );
-    assert!(p99 < Duration::from_millis(50), "ImageStatus p99 {p99:?} while verifications stall");
 
     for pull in pulls {
         let status = pull.await.expect("pull task").expect_err("a stalled pull succeeded");
         assert!(status.message().starts_with(UNAVAILABLE), "{}", status.message());
     }
-    daemon.assert_memory_bounded();
+    daemon.assert_memory_below(RSS_LIMIT_KIB);
 }
 
+/// The healthy pull is ordered against the stalled ones, not timed: it must be done while
+/// every stalled check still waits (until `STALL_TIMEOUT`), which it could not be if it had
+/// queued for their slots. That the stalled pulls then end within their budget is a time
+/// bound because the budget is the claim, checked with `MARGIN`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalling_registry_holds_only_its_own_verification_slots() {
     const SLOTS: usize = 2;
@@ -483,17 +380,12 @@ async fn a_stalling_registry_holds_only_its_own_verification_slots() {
     front.trust_in(&lab);
     // A healthy registry (the lab's, not through the front) with a signed image on it.
     cosign::push_signed(&lab, &key, &lab.registry, "healthy/app:v1", "healthy");
-    let policy = format!(
-        "{}[[rule]]\nscope = \"{}/healthy\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n",
-        policy(&front),
-        lab.registry
-    );
-    let mut daemon = Daemon::start_with(
-        &lab.containerd_sock,
-        &[&front.addr(), &lab.registry],
-        &format!("checks_per_registry = {SLOTS}"),
-        &[("a.pub", &key.public_pem()), ("10-hostile.toml", &policy)],
-    );
+    let healthy_policy = policy::signed(&format!("{}/healthy", lab.registry), &["a.pub"]);
+    let serve = serve_hostile(&lab, &front, &key.public_pem())
+        .insecure(&[&lab.registry])
+        .files(&[("20-healthy.toml", &healthy_policy)])
+        .registry(&format!("checks_per_registry = {SLOTS}"));
+    let daemon = start(serve, STALL_TIMEOUT);
 
     // One more stalled pull than the registry has slots; distinct tags, so no check is shared.
     let started = Instant::now();
@@ -508,7 +400,7 @@ async fn a_stalling_registry_holds_only_its_own_verification_slots() {
         .collect();
     let stalled = || front.count(|s| s.path.starts_with("/v2/hostile/slow/manifests/") && !s.is_containerd());
     while stalled() < SLOTS {
-        assert!(started.elapsed() < TIMEOUT, "only {} of {SLOTS} checks reached the registry", stalled());
+        assert!(started.elapsed() < STALL_TIMEOUT, "only {} of {SLOTS} checks reached the registry", stalled());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
@@ -517,13 +409,13 @@ async fn a_stalling_registry_holds_only_its_own_verification_slots() {
     let pulled = cri::images(&daemon.socket).pull_image(cri::pull_request(&healthy, Some("default"))).await;
     let healthy_done = started.elapsed();
     assert!(pulled.is_ok(), "healthy image refused: {pulled:?}\n{}", daemon.log_text());
-    assert!(healthy_done < TIMEOUT, "the healthy pull took {healthy_done:?}, as long as the stalled ones");
+    let unfinished = pulls.iter().filter(|pull| !pull.is_finished()).count();
+    assert_eq!(unfinished, SLOTS + 1, "stalled pulls ended before the healthy one: it waited for their slots");
     assert_eq!(stalled(), SLOTS, "a check beyond the registry's {SLOTS} slots reached it");
-    assert!(pulls.iter().all(|pull| !pull.is_finished()), "a stalled pull ended early");
 
     // The queued check starts only when a slot frees, and all of them end within the budget
     // (awaited no longer than that: a pull forwarded to containerd would stall there for ever).
-    let deadline = tokio::time::Instant::from_std(started + TIMEOUT + MARGIN);
+    let deadline = tokio::time::Instant::from_std(started + STALL_TIMEOUT + MARGIN);
     let mut outcomes = Vec::with_capacity(pulls.len());
     for pull in pulls {
         outcomes.push(tokio::time::timeout_at(deadline, pull).await);
@@ -533,10 +425,10 @@ async fn a_stalling_registry_holds_only_its_own_verification_slots() {
         let (result, elapsed) = outcome.expect("a stalled pull outlived its budget").expect("pull task");
         let status = result.expect_err("a stalled pull succeeded");
         assert!(status.message().starts_with(UNAVAILABLE), "{}", status.message());
-        assert!(elapsed < TIMEOUT + MARGIN, "a stalled pull took {elapsed:?}");
+        assert!(elapsed < STALL_TIMEOUT + MARGIN, "a stalled pull took {elapsed:?}");
     }
     eprintln!("healthy pull done after {healthy_done:?} with {SLOTS} checks stalled and one queued");
-    daemon.assert_memory_bounded();
+    daemon.assert_memory_below(RSS_LIMIT_KIB);
 }
 
 // === a hostile client ===
@@ -566,8 +458,7 @@ async fn a_request_read_two_ways_is_refused_not_forwarded() {
     let upstream_socket = dir.path().join("upstream.sock");
     let upstream = RecordingUpstream::start(&upstream_socket);
     let config = pullgate::config::Config { upstream: upstream_socket, ..Default::default() };
-    let pullgate =
-        common::pullgate::start_with(config, &[("p.toml", "[[rule]]\nscope = \"a.b\"\nrequire = \"accept\"\n")]).await;
+    let pullgate = common::pullgate::start_with(config, &[("p.toml", &policy::accept("a.b"))]).await;
     let path = "/runtime.v1.ImageService/PullImage";
 
     let message = ambiguous_pull();
@@ -596,7 +487,7 @@ async fn pull_image_under_another_name_is_refused_not_forwarded() {
     let lab = Lab::start_1_6();
     lab.push_image("unsigned/app:v1", "unsigned-other-path");
     let image = format!("{}/unsigned/app:v1", lab.registry);
-    let policy = format!("[[rule]]\nscope = \"{}\"\nrequire = \"reject\"\n", lab.registry);
+    let policy = policy::reject(&lab.registry);
     let config = pullgate::config::Config { upstream: lab.containerd_sock.clone(), ..Default::default() };
     let pullgate = common::pullgate::start_with(config, &[("p.toml", &policy)]).await;
     let message = cri::pull_request(&image, Some("default")).encode_to_vec();
@@ -627,8 +518,7 @@ async fn pull_image_under_another_name_is_refused_not_forwarded() {
     let paths = ["/runtime.v1.ImageService/PullImage", "/runtime.v1.ImageService/ImageStatus"];
     let status = call_by_hand(&pullgate.socket, &paths, &message).await;
     assert_eq!(status.0, "7", "PullImage with a second :path: {status:?}");
-    let held = containerd_images(&lab).await;
-    assert!(!held.iter().any(|name| name.contains("/unsigned/")), "the image reached containerd: {held:?}");
+    store::assert_absent(&lab, &image).await;
     pullgate.stop().await;
 }
 

@@ -14,21 +14,22 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::cri;
 use common::lab::Lab;
+use common::policy;
+use common::process::{Daemon, Serve};
 use pullgate::cri::frame;
 use pullgate::cri::proto::{ImageStatusRequest, ListImagesRequest};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pullgate");
 /// The bound on pullgate's resident memory while under attack.
 const RSS_LIMIT_KIB: u64 = 64 * 1024;
 /// The bound on how long a kubelet-like call may take while pullgate is attacked.
@@ -41,96 +42,11 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 // === the pullgate binary, watched ===
 
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-    peak_rss_kib: Arc<AtomicU64>,
-    stop_watch: Arc<AtomicBool>,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    /// pullgate with every pull refused; `wrapper` runs it (e.g. `prlimit`), `extra` is more
-    /// of the config's top level.
-    fn start(upstream: &Path, wrapper: &[&str], extra: &str) -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (socket, policy_dir, log) =
-            (dir.path().join("pullgate.sock"), dir.path().join("policy.d"), dir.path().join("pullgate.log"));
-        std::fs::create_dir_all(&policy_dir).expect("policy dir");
-        std::fs::write(policy_dir.join("p.toml"), "[[rule]]\nscope = \"*\"\nrequire = \"reject\"\n").expect("policy");
-        let config = format!(
-            "listen = {socket:?}\nupstream = {upstream:?}\npolicy_dir = {policy_dir:?}\n{extra}\n[log]\nlevel = \"warn\"\n"
-        );
-        std::fs::write(dir.path().join("pullgate.toml"), config).expect("config");
-        let (program, args) = match wrapper {
-            [program, args @ ..] => (*program, args),
-            [] => (BIN, &[][..]),
-        };
-        let mut command = Command::new(program);
-        if !wrapper.is_empty() {
-            command.args(args).arg(BIN);
-        }
-        let child = command
-            .args(["serve", "--config"])
-            .arg(dir.path().join("pullgate.toml"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn pullgate");
-        let (peak_rss_kib, stop_watch) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
-        let (peak, stop, pid) = (peak_rss_kib.clone(), stop_watch.clone(), child.id());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(rss) = status_kib(pid, "VmRSS:") {
-                    peak.fetch_max(rss, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        let daemon = Daemon { child, socket, log, peak_rss_kib, stop_watch, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !daemon.socket.exists() {
-            assert!(Instant::now() < deadline, "pullgate did not bind its socket:\n{}", daemon.log_text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        daemon
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_memory_bounded(&self) {
-        let peak = self.peak_rss_kib.load(Ordering::Relaxed);
-        let hwm = status_kib(self.child.id(), "VmHWM:").expect("pullgate is running");
-        eprintln!("pullgate memory: largest VmRSS sample {peak} KiB, VmHWM {hwm} KiB");
-        assert!(peak > 0, "no VmRSS sample was taken");
-        assert!(hwm < RSS_LIMIT_KIB, "pullgate's VmHWM reached {hwm} KiB\n{}", self.log_text());
-    }
-
-    /// User plus system CPU time pullgate has used, in clock ticks.
-    fn cpu_ticks(&self) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("proc stat");
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let fields: Vec<&str> = stat.rsplit_once(')').expect("stat format").1.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop_watch.store(true, Ordering::Relaxed);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with(field))?;
-    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+/// pullgate with every pull refused, its memory watched; `wrapper` runs it (e.g. `prlimit`),
+/// `extra` is more of the config's top level.
+fn start(upstream: &Path, wrapper: &[&str], extra: &str) -> Daemon {
+    let serve = Serve::new(upstream).files(&[("p.toml", &policy::reject("*"))]).wrapper(wrapper);
+    serve.config(&format!("{extra}\n[log]\nlevel = \"warn\"")).watch_memory().spawn()
 }
 
 /// One ImageStatus on `client`'s connection; panics unless it is answered within `SERVED_WITHIN`.
@@ -227,7 +143,7 @@ async fn ctr_through_pullgate_cannot_pull_import_tag_list_or_run() {
         .output()
         .expect("skopeo");
     assert!(copied.status.success(), "skopeo: {}", String::from_utf8_lossy(&copied.stderr));
-    let daemon = Daemon::start(&lab.containerd_sock, &[], "");
+    let daemon = start(&lab.containerd_sock, &[], "");
     let archive = archive.to_str().expect("utf-8 path");
     let good = format!("{}/team/app:good", lab.registry);
 
@@ -279,7 +195,7 @@ async fn a_client_that_never_reads_is_not_read_either() {
     const FLOOD: Duration = Duration::from_secs(5);
     let _turn = ONE_AT_A_TIME.lock().await;
     let lab = Lab::start();
-    let daemon = Daemon::start(&lab.containerd_sock, &[], "");
+    let daemon = start(&lab.containerd_sock, &[], "");
     let mut kubelet = cri::images(&daemon.socket);
     assert_served(&mut kubelet, "before the flood").await;
 
@@ -318,7 +234,7 @@ async fn a_client_that_never_reads_is_not_read_either() {
     flood.join().expect("flood thread");
     eprintln!("flooded {} KiB of requests; slowest ImageStatus {slowest:?}", flooded >> 10);
     assert_served(&mut kubelet, "after the flood").await;
-    daemon.assert_memory_bounded();
+    daemon.assert_memory_below(RSS_LIMIT_KIB);
     drop(stream);
 }
 
@@ -338,7 +254,7 @@ async fn many_connections_holding_partial_requests_stay_bounded() {
     const PULLS_EACH: u32 = 4;
     let _turn = ONE_AT_A_TIME.lock().await;
     let lab = Lab::start();
-    let daemon = Daemon::start(&lab.containerd_sock, &[], "");
+    let daemon = start(&lab.containerd_sock, &[], "");
     let mut kubelet = cri::images(&daemon.socket);
     assert_served(&mut kubelet, "before the attack").await;
 
@@ -373,7 +289,7 @@ async fn many_connections_holding_partial_requests_stay_bounded() {
     // The kubelet's connection is one of the cap too.
     assert!(closed > CONNECTIONS - MAX_CONNECTIONS, "only {closed} of {CONNECTIONS} connections were closed");
     assert_served(&mut kubelet, "after the attack").await;
-    daemon.assert_memory_bounded();
+    daemon.assert_memory_below(RSS_LIMIT_KIB);
     let refusals = daemon.log_text().lines().filter(|line| line.contains("connections refused")).count();
     assert!((1..=3).contains(&refusals), "{refusals} lines about refused connections:\n{}", daemon.log_text());
 }
@@ -385,7 +301,7 @@ async fn running_out_of_descriptors_neither_spins_nor_floods_the_log() {
     const IDLE: usize = 100;
     let _turn = ONE_AT_A_TIME.lock().await;
     let lab = Lab::start();
-    let daemon = Daemon::start(&lab.containerd_sock, &["prlimit", "--nofile=48:48", "--"], "");
+    let daemon = start(&lab.containerd_sock, &["prlimit", "--nofile=48:48", "--"], "");
     cri::images(&daemon.socket).list_images(ListImagesRequest::default()).await.expect("served before the attack");
     let lines_before = daemon.log_text().lines().count();
 
@@ -578,7 +494,7 @@ async fn header_blocks_that_never_end_are_cut_short() {
     let _turn = ONE_AT_A_TIME.lock().await;
     // No containerd: connections start without it, and collect header blocks all the same.
     let dir = tempfile::tempdir().expect("temp dir");
-    let daemon = Daemon::start(&dir.path().join("no-containerd.sock"), &[], "");
+    let daemon = start(&dir.path().join("no-containerd.sock"), &[], "");
     let mut out = BytesMut::from(frame::PREFACE);
     frame::put_head(&mut out, 0, frame::kind::SETTINGS, 0, 0);
     let fragment = vec![0u8; frame::DEFAULT_MAX_FRAME];
@@ -604,7 +520,7 @@ async fn header_blocks_that_never_end_are_cut_short() {
         assert!(matches!(&read, Ok(Ok(_))) || matches!(&read, Ok(Err(e)) if closed(e)), "not closed: {read:?}");
         assert!(has_goaway(&received), "no GOAWAY(PROTOCOL_ERROR) before the close");
     }
-    daemon.assert_memory_bounded();
+    daemon.assert_memory_below(RSS_LIMIT_KIB);
 }
 
 /// Whether `bytes` (a server's frames, no preface) hold a GOAWAY with PROTOCOL_ERROR.

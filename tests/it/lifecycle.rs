@@ -2,61 +2,29 @@
 
 use crate::common;
 
-use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::cosign::{CosignKey, unused_public_pem};
 use common::cri;
 use common::lab::Lab;
+use common::policy;
+use common::process::{self, Serve};
 use common::raw::{self, Delay, RecordingUpstream};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pullgate");
-
-fn spawn_serve(listen: &Path, upstream: &Path, notify: Option<&Path>) -> Child {
-    let policy_dir = listen.parent().unwrap().join("policy.d");
-    std::fs::create_dir_all(&policy_dir).unwrap();
-    std::fs::write(policy_dir.join("all.toml"), "[[rule]]\nscope = \"*\"\nrequire = \"accept\"\n").unwrap();
-    let mut command = Command::new(BIN);
-    command.env("PULLGATE_POLICY_DIR", &policy_dir);
-    command.args(["serve", "--listen"]).arg(listen).arg("--upstream").arg(upstream);
-    command.stdout(Stdio::null()).stderr(Stdio::piped());
-    if let Some(notify) = notify {
-        command.env("NOTIFY_SOCKET", notify);
-    }
-    command.spawn().expect("spawn pullgate")
-}
-
-fn send_sigterm(child: &Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "pullgate did not exit within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// pullgate as systemd starts it, accepting every image.
+fn serve(upstream: &Path) -> Serve {
+    Serve::new(upstream).files(&[("all.toml", &policy::accept("*"))])
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn signals_ready_then_drains_in_flight_calls_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (listen, upstream_socket) = (dir.path().join("run/pg.sock"), dir.path().join("up.sock"));
-    let notify_path = dir.path().join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let upstream = RecordingUpstream::start_delayed(&upstream_socket, Delay(Duration::from_millis(800)));
-    let mut child = spawn_serve(&listen, &upstream_socket, Some(&notify_path));
-
-    let mut buf = [0u8; 256];
-    let n = notify.recv(&mut buf).expect("no sd_notify message from pullgate");
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    // Returns once pullgate has sent READY=1 to its NOTIFY_SOCKET, and fails if it never does.
+    let mut daemon = serve(&upstream_socket).listen(&listen).spawn();
 
     let socket = listen.clone();
     let in_flight =
@@ -69,10 +37,10 @@ async fn signals_ready_then_drains_in_flight_calls_on_sigterm() {
         assert!(started.elapsed() < Duration::from_secs(10), "the call never reached the upstream");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    send_sigterm(&child);
+    daemon.signal("TERM");
     let response = in_flight.await.unwrap();
     assert_eq!(response.grpc_status(), Some("5"), "in-flight call was cut: {response:?}");
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10))).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || daemon.wait_exit(Duration::from_secs(10))).await.unwrap();
     assert!(status.success(), "exit status {status}");
     assert!(!listen.exists(), "socket left behind");
 }
@@ -82,10 +50,9 @@ fn unknown_config_key_fails_startup_and_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pullgate.toml");
     std::fs::write(&config, "listen = \"/tmp/x.sock\"\nupstraem = \"/tmp/y.sock\"\n").unwrap();
-    let output = Command::new(BIN).args(["serve", "--config"]).arg(&config).output().unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("upstraem"), "{stderr}");
+    let run = process::run(&["serve", "--config", config.to_str().unwrap()], "");
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("upstraem"), "{}", run.stderr);
 }
 
 #[test]
@@ -93,11 +60,9 @@ fn refuses_a_socket_another_process_serves() {
     let dir = tempfile::tempdir().unwrap();
     let listen = dir.path().join("pg.sock");
     let _held = std::os::unix::net::UnixListener::bind(&listen).unwrap();
-    let mut child = spawn_serve(&listen, &dir.path().join("up.sock"), None);
-    let status = wait_exit(&mut child, Duration::from_secs(5));
+    let (status, stderr) =
+        serve(&dir.path().join("up.sock")).listen(&listen).text_log().spawn_to_exit(Duration::from_secs(5));
     assert!(!status.success());
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("in use by another live process"), "{stderr}");
     assert!(!stderr.contains('\x1b'), "colour codes in a log that is not a terminal: {stderr:?}");
 }
@@ -107,10 +72,9 @@ fn a_log_level_that_is_no_level_fails_startup() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pullgate.toml");
     std::fs::write(&config, "[log]\nlevel = \"verbose\"\n").unwrap();
-    let output = Command::new(BIN).args(["serve", "--config"]).arg(&config).output().unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("\"verbose\" is not a level"), "{stderr}");
+    let run = process::run(&["serve", "--config", config.to_str().unwrap()], "");
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("\"verbose\" is not a level"), "{}", run.stderr);
 }
 
 /// With `level = "warn"`, a refusal an audit rule lets through still leaves a trace: one
@@ -129,9 +93,6 @@ async fn every_refusal_is_logged_at_warn_an_audited_one_too() {
     signer.sign(&lab.registry, "pair/app", &pair);
     let dir = tempfile::tempdir().unwrap();
     let policy_dir = dir.path().join("policy.d");
-    std::fs::create_dir_all(&policy_dir).unwrap();
-    std::fs::write(policy_dir.join("a.pub"), signer.public_pem()).unwrap();
-    std::fs::write(policy_dir.join("b.pub"), unused_public_pem()).unwrap();
     let rules = format!(
         "[[rule]]\nscope = \"{r}/audit\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\nmode = \"audit\"\n\n\
          [[rule]]\nscope = \"{r}/enforce\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n\n\
@@ -140,29 +101,13 @@ async fn every_refusal_is_logged_at_warn_an_audited_one_too() {
         r = lab.registry
     );
     let policy = policy_dir.join("rules.toml");
-    std::fs::write(&policy, rules).unwrap();
-    let listen = dir.path().join("pg.sock");
-    let config = dir.path().join("pullgate.toml");
-    let text = format!(
-        "listen = {listen:?}\nupstream = {:?}\npolicy_dir = {policy_dir:?}\n[registry]\ninsecure = [{:?}]\n\
-         [log]\nlevel = \"warn\"\nformat = \"json\"\n",
-        lab.containerd_sock, lab.registry
-    );
-    std::fs::write(&config, text).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn pullgate");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !listen.exists() {
-        assert!(Instant::now() < deadline, "pullgate did not bind its socket");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut daemon = Serve::in_dir(dir.path(), &lab.containerd_sock)
+        .files(&[("a.pub", &signer.public_pem()), ("b.pub", &unused_public_pem()), ("rules.toml", &rules)])
+        .insecure(&[&lab.registry])
+        .config("[log]\nlevel = \"warn\"")
+        .spawn();
     let pull = |repo: &str| {
-        let (socket, image) = (listen.clone(), format!("{}/{repo}:v1", lab.registry));
+        let (socket, image) = (daemon.socket.clone(), format!("{}/{repo}:v1", lab.registry));
         async move { cri::images(&socket).pull_image(cri::pull_request(&image, Some("default"))).await }
     };
     pull("audit/app").await.expect("an audit rule lets the pull through");
@@ -171,14 +116,9 @@ async fn every_refusal_is_logged_at_warn_an_audited_one_too() {
     let short = pull("pair/app").await.expect_err("one of two keys is not enough");
     let b_pub = policy_dir.join("b.pub").display().to_string();
     assert!(short.message().contains(&format!("only 1 of 2 required keys signed; missing: {b_pub}")), "{short:?}");
-    send_sigterm(&child);
-    let (status, stderr) = tokio::task::spawn_blocking(move || {
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-        (wait_exit(&mut child, Duration::from_secs(10)), stderr)
-    })
-    .await
-    .unwrap();
+    daemon.signal("TERM");
+    let status = tokio::task::block_in_place(|| daemon.wait_exit(Duration::from_secs(10)));
+    let stderr = daemon.log_text();
     assert!(status.success(), "{status}: {stderr}");
     let decisions: Vec<serde_json::Value> = stderr
         .lines()
@@ -210,7 +150,7 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/pullgate.service")).unwrap();
     assert!(unit.contains("Type=notify"));
     // verify checks that ExecStart exists, so point it at the binary under test.
-    let unit = unit.replace("/usr/local/bin/pullgate", BIN);
+    let unit = unit.replace("/usr/local/bin/pullgate", process::BIN);
     let path = dir.path().join("pullgate.service");
     std::fs::write(&path, unit).unwrap();
     let output = Command::new("systemd-analyze")

@@ -4,6 +4,7 @@
 //! The signed digest is always the top-level one the registry serves for the tag.
 
 use crate::common;
+use common::policy;
 
 use common::cosign::{self, CosignKey};
 use common::cri;
@@ -24,7 +25,7 @@ fn sign(lab: &Lab, key: &CosignKey, pulled_from: &str, repo: &str, digest: &str)
 }
 
 async fn start_pullgate(lab: &Lab, key: &CosignKey, registry: &str) -> common::pullgate::Running {
-    let policy = format!("[[rule]]\nscope = \"{registry}/media\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");
+    let policy = policy::signed(&format!("{registry}/media"), &["a.pub"]);
     let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
     config.registry.insecure = vec![registry.to_owned()];
     let pem = key.public_pem();

@@ -3,6 +3,7 @@
 //! verification and pull, or a registry that lies to one client).
 
 use crate::common;
+use common::policy;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -28,7 +29,7 @@ async fn a_tag_moved_after_verification_leaves_nothing_unverified_under_the_name
     // containerd is told v1 is the evil image; pullgate sees the real v1.
     front.override_manifest("moving/app", "v1", evil_manifest.clone(), &media_type, Client::Containerd);
 
-    let policy = format!("[[rule]]\nscope = \"{}/moving\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n", front.addr());
+    let policy = policy::signed(&format!("{}/moving", front.addr()), &["a.pub"]);
     let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
     config.registry.insecure = vec![front.addr()];
     let pem = key.public_pem();
@@ -108,7 +109,7 @@ async fn signed_and_schema1(lab: &Lab, pulled_from: &str, key: &CosignKey, repo:
 
 /// pullgate requiring signatures by `key` for `registry/scope`, which it reads over plain HTTP.
 async fn start_signed(lab: &Lab, registry: &str, key: &CosignKey, scope: &str) -> common::pullgate::Running {
-    let policy = format!("[[rule]]\nscope = \"{registry}/{scope}\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");
+    let policy = policy::signed(&format!("{registry}/{scope}"), &["a.pub"]);
     let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
     config.registry.insecure = vec![registry.to_owned()];
     let pem = key.public_pem();

@@ -199,7 +199,7 @@ mod foreign {
         let registry = signing_registry(&blobs).await;
         let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
         config.registry.insecure = [&realm, &blobs, &registry].iter().map(|s| s.authority()).collect();
-        let policy = "[[rule]]\nscope = \"*\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n";
+        let policy = &super::common::policy::signed("*", &["a.pub"]);
         let pem = super::common::cosign::unused_public_pem();
         let pullgate = super::common::pullgate::start_with(config, &[("a.pub", &pem), ("policy.toml", policy)]).await;
 

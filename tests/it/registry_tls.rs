@@ -4,6 +4,7 @@
 //! authenticate.
 
 use crate::common;
+use common::policy;
 
 use common::cosign::{self, CosignKey};
 use common::cri;
@@ -21,7 +22,7 @@ async fn a_registry_behind_a_private_ca_is_verified_only_with_that_ca() {
     key.signing(&registry, "edge/app", &digest).ca(&ca).run();
     let unsigned_digest = lab.push_image_to(&registry, "edge/unsigned:v1", "unsigned", None);
 
-    let policy = format!("[[rule]]\nscope = \"{registry}/edge\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");
+    let policy = policy::signed(&format!("{registry}/edge"), &["a.pub"]);
     let pem = key.public_pem();
     let files = [("a.pub", pem.as_str()), ("policy.toml", policy.as_str())];
     let image = format!("{registry}/edge/app:v1");

@@ -1,6 +1,7 @@
 //! The relay against an in-process recording upstream: what goes in comes out, byte for byte.
 
 use crate::common;
+use common::policy;
 
 use std::time::{Duration, Instant};
 
@@ -66,7 +67,7 @@ async fn a_verified_pull_reaches_containerd_pinned_with_every_other_field_kept()
     let upstream = raw::RecordingUpstream::start(&dir.path().join("upstream.sock"));
     let mut config = Config { upstream: dir.path().join("upstream.sock"), ..Config::default() };
     config.registry.insecure = vec![lab.registry.clone()];
-    let policy = format!("[[rule]]\nscope = \"{}/relay\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n", lab.registry);
+    let policy = policy::signed(&format!("{}/relay", lab.registry), &["a.pub"]);
     let pem = key.public_pem();
     let pullgate = common::pullgate::start_with(config, &[("a.pub", &pem), ("policy.toml", &policy)]).await;
 

@@ -4,16 +4,17 @@
 
 use crate::common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::lab::Lab;
 use common::metrics;
+use common::policy::{self, rule};
+use common::process::{self, Serve};
 use common::{cri, raw};
 use pullgate::config::Config;
 
@@ -21,10 +22,6 @@ use pullgate::config::Config;
 const LIMIT: Duration = Duration::from_secs(2);
 const FAILED_RELOADS: &str = r#"pullgate_policy_reloads_total{result="failure"}"#;
 const RELOADS: &str = r#"pullgate_policy_reloads_total{result="success"}"#;
-
-fn rule(scope: &str, require: &str) -> String {
-    format!("[[rule]]\nscope = \"{scope}\"\nrequire = \"{require}\"\n")
-}
 
 /// Saves as editors do: a new file renamed over the old one.
 fn replace(path: &Path, content: &str) {
@@ -128,55 +125,24 @@ async fn wait_for_metric(address: SocketAddr, series: &str, at_least: f64) {
 
 // === SIGHUP, with the binary ===
 
-const BIN: &str = env!("CARGO_BIN_EXE_pullgate");
-
-/// Kills the child when the test ends, however it ends.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `pullgate serve` with metrics on a free port; returns it and the metrics address,
-/// read from its JSON log. Its one policy file, `policy.d/all.toml`, is a hard link to
-/// `outside/all.toml`: written in place through that name, the change reaches no directory
-/// pullgate watches (inotify reports it to the watches on the directory of the name written
-/// through), so only SIGHUP can make pullgate load it.
-fn spawn_serve(dir: &Path) -> (Daemon, SocketAddr) {
+/// Starts `pullgate serve` with metrics on a free port. Its one policy file,
+/// `policy.d/all.toml`, is a hard link to `outside/all.toml`: written in place through that
+/// name, the change reaches no directory pullgate watches (inotify reports it to the watches
+/// on the directory of the name written through), so only SIGHUP can make pullgate load it.
+fn spawn_serve(dir: &Path) -> process::Daemon {
     let (policy_dir, outside) = (dir.join("policy.d"), dir.join("outside"));
     std::fs::create_dir_all(&policy_dir).unwrap();
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("all.toml"), rule("*", "reject")).unwrap();
     std::fs::hard_link(outside.join("all.toml"), policy_dir.join("all.toml")).unwrap();
-    let mut command = Command::new(BIN);
-    command.args(["serve", "--log-format", "json", "--listen"]).arg(dir.join("pg.sock"));
-    command.arg("--upstream").arg(dir.join("containerd.sock"));
-    command.env("PULLGATE_POLICY_DIR", &policy_dir).env("PULLGATE_METRICS__LISTEN", "127.0.0.1:0");
-    command.stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut daemon = Daemon(command.spawn().expect("spawn pullgate"));
-    let stderr = BufReader::new(daemon.0.stderr.take().unwrap());
-    let mut lines = stderr.lines();
-    let address = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            let event: serde_json::Value = serde_json::from_str(&line).ok()?;
-            (event["message"] == "serving metrics").then(|| event["address"].as_str()?.parse().ok())?
-        })
-        .expect("pullgate logged no metrics address");
-    // Keep draining the log so the daemon never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (daemon, address)
+    Serve::in_dir(dir, &dir.join("containerd.sock")).metrics().spawn()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_the_policy() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, address) = spawn_serve(dir.path());
-    let socket = dir.path().join("pg.sock");
+    let daemon = spawn_serve(dir.path());
+    let (socket, address) = (daemon.socket.clone(), daemon.metrics.expect("metrics address"));
     // A rejected pull never reaches containerd, so none is needed here.
     let refused = raw_pull(&socket).await;
     assert!(refused.contains("rejects every image"), "{refused}");
@@ -191,8 +157,7 @@ async fn sighup_reloads_the_policy() {
     assert!(before.contains("rejects every image"), "reloaded without SIGHUP: {before}");
     assert_eq!(metrics::scrape(address).await.value(RELOADS), 0.0, "reloaded without SIGHUP");
 
-    let status = Command::new("kill").args(["-HUP", &daemon.0.id().to_string()]).status().unwrap();
-    assert!(status.success());
+    daemon.signal("HUP");
     wait_for_metric(address, RELOADS, 1.0).await;
     let scraped = metrics::scrape(address).await;
     assert_eq!(scraped.value(RELOADS), 1.0, "one SIGHUP, one reload");
@@ -215,55 +180,6 @@ async fn raw_pull(socket: &Path) -> String {
 
 const LAST_RELOAD_OK: &str = "pullgate_policy_last_reload_success";
 
-/// `pullgate serve` in front of the lab, with `dir/policy.d` as its policy; its JSON log lines
-/// are collected for the test to search.
-struct Served {
-    daemon: Daemon,
-    metrics: SocketAddr,
-    log: Arc<std::sync::Mutex<Vec<String>>>,
-    socket: std::path::PathBuf,
-}
-
-fn serve_lab(lab: &Lab, dir: &Path) -> Served {
-    let socket = dir.join("pg.sock");
-    let config = format!(
-        "listen = {socket:?}\nupstream = {:?}\npolicy_dir = {:?}\n[registry]\ninsecure = [{:?}]\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
-        lab.containerd_sock,
-        dir.join("policy.d"),
-        lab.registry
-    );
-    std::fs::write(dir.join("pullgate.toml"), config).unwrap();
-    let mut command = Command::new(BIN);
-    command.args(["serve", "--log-format", "json", "--config"]).arg(dir.join("pullgate.toml"));
-    command.stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut daemon = Daemon(command.spawn().expect("spawn pullgate"));
-    let mut lines = BufReader::new(daemon.0.stderr.take().unwrap()).lines();
-    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let metrics = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            let event: serde_json::Value = serde_json::from_str(&line).ok()?;
-            (event["message"] == "serving metrics").then(|| event["address"].as_str()?.parse().ok())?
-        })
-        .expect("pullgate logged no metrics address");
-    let collected = log.clone();
-    // Keeps draining the log, so the daemon never blocks on a full pipe.
-    std::thread::spawn(move || lines.map_while(Result::ok).for_each(|line| collected.lock().unwrap().push(line)));
-    Served { daemon, metrics, log, socket }
-}
-
-impl Served {
-    fn sighup(&self) {
-        let status = Command::new("kill").args(["-HUP", &self.daemon.0.id().to_string()]).status().unwrap();
-        assert!(status.success());
-    }
-
-    fn logged(&self, words: &[&str]) -> bool {
-        self.log.lock().unwrap().iter().any(|line| words.iter().all(|word| line.contains(word)))
-    }
-}
-
 /// A trusted key file replaced by a FIFO used to block the reload for good, with the metric
 /// still saying 1, so a later revocation never applied. Now: the reload fails at once and says
 /// why, the key still in force still decides, and the next valid edit applies.
@@ -278,30 +194,27 @@ async fn a_key_file_turned_fifo_fails_the_reload_and_the_next_revocation_applies
     std::fs::create_dir_all(&policy_dir).unwrap();
     a.write_public_pem(&policy_dir.join("a.pub"));
     c.write_public_pem(&policy_dir.join("c.pub"));
-    let signed_by = |key: &str| format!("{}keys = [\"{key}\"]\n", rule(&scope, "signed"));
+    let signed_by = |key: &str| policy::signed(&scope, &[key]);
     std::fs::write(policy_dir.join("team.toml"), signed_by("a.pub")).unwrap();
-    let served = serve_lab(&lab, dir.path());
+    let served = Serve::in_dir(dir.path(), &lab.containerd_sock).insecure(&[&lab.registry]).metrics().spawn();
+    let address = served.metrics.expect("metrics address");
     let image = format!("{scope}/app:v1");
     pull(&served.socket, &image).await.expect("signed by A, trusted");
 
     let key = policy_dir.join("a.pub");
     std::fs::remove_file(&key).unwrap();
     assert!(Command::new("mkfifo").arg(&key).status().unwrap().success());
-    served.sighup();
-    wait_for_metric(served.metrics, FAILED_RELOADS, 1.0).await;
-    assert_eq!(metrics::scrape(served.metrics).await.value(LAST_RELOAD_OK), 0.0);
-    let started = Instant::now();
-    while !served.logged(&["policy reload failed", &key.display().to_string(), "FIFO"]) {
-        assert!(started.elapsed() < LIMIT, "no log line names the FIFO: {:?}", served.log.lock().unwrap());
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    served.signal("HUP");
+    wait_for_metric(address, FAILED_RELOADS, 1.0).await;
+    assert_eq!(metrics::scrape(address).await.value(LAST_RELOAD_OK), 0.0);
+    served.wait_for_log(&["policy reload failed", &key.display().to_string(), "FIFO"]);
     pull(&served.socket, &image).await.expect("the policy in force, trusting A, still decides");
 
     // Revoke A: trust only C. The FIFO stays where it is, now named by no rule.
     replace(&policy_dir.join("team.toml"), &signed_by("c.pub"));
-    served.sighup();
+    served.signal("HUP");
     until_outcome(&served.socket, &image, false).await;
-    assert_eq!(metrics::scrape(served.metrics).await.value(LAST_RELOAD_OK), 1.0);
+    assert_eq!(metrics::scrape(address).await.value(LAST_RELOAD_OK), 1.0);
     let refused = pull(&served.socket, &image).await.expect_err("A is revoked");
     assert!(refused.message().contains("no signature by a trusted key"), "{refused:?}");
 }

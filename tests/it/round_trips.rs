@@ -11,6 +11,7 @@
 //! | 48 at once, uncached                          | 1 signature manifest for all of them  |
 
 use crate::common;
+use common::policy;
 
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ async fn start(lab: &Lab, front: &Front, key: &CosignKey, budget: Duration) -> R
     let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
     config.registry.insecure = vec![front.addr()];
     config.registry.timeout = budget;
-    let policy = format!("[[rule]]\nscope = \"{}/rt\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n", front.addr());
+    let policy = policy::signed(&format!("{}/rt", front.addr()), &["a.pub"]);
     let pem = key.public_pem();
     common::pullgate::start_with(config, &[("a.pub", pem.as_str()), ("rt.toml", policy.as_str())]).await
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::cosign::{self, CosignKey};
 use common::front::{self, Client, Front};
 use common::lab::Lab;
-use common::{cri, metrics};
+use common::{cri, metrics, policy};
 use pullgate::config::Config;
 use pullgate::cri::proto::{ImageStatusRequest, ListImagesRequest};
 
@@ -20,7 +20,7 @@ fn rule(scope: &str, require: &str) -> String {
 }
 
 fn signed(scope: &str) -> String {
-    format!("[[rule]]\nscope = \"{scope}\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n")
+    policy::signed(scope, &["a.pub"])
 }
 
 /// A lab whose registry is reached through a front, pullgate configured for it.

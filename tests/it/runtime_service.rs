@@ -3,9 +3,11 @@
 //! message when containerd implements the method, the same status code and message when it does
 //! not. The calls that change state (running a pod, creating, starting, stopping and removing its
 //! container) are made through pullgate, and everything read back about them is compared. And
-//! ImageService calls that carry the newer ImageSpec fields work through pullgate as directly.
+//! every ImageService call (with the newer ImageSpec fields set) works through pullgate as
+//! directly, including one containerd 1.6 does not implement.
 
 use crate::common;
+use common::policy;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use common::cosign::{self, Artifact};
 use common::cri::{self, spec};
-use common::lab::Lab;
+use common::lab::{Containerd, Lab};
 use pullgate::cri::proto::runtime_service_client::RuntimeServiceClient;
 use pullgate::cri::proto::*;
 use serde_json::json;
@@ -742,6 +744,31 @@ async fn image_calls_with_newer_image_spec_fields_pass_through() {
 
     let request = StreamImagesRequest { filter: Some(ImageFilter { image: Some(full_spec(&image, "")) }) };
     compare_stream!(direct, via, stream_images, request, images, |i: &Image| i.id.clone());
+    // StreamImages is Unimplemented on containerd 1.6 and served by 2.x; a method no CRI has is
+    // Unimplemented on both. The relay passes containerd's own answer back, code and message, as
+    // it would for any method pullgate does not know, even for an empty request body.
+    for (path, unimplemented) in [
+        ("/runtime.v1.ImageService/StreamImages", lab.containerd == Containerd::V1_6),
+        ("/runtime.v1.ImageService/NoSuchMethod", true),
+    ] {
+        let raw_via = common::raw::call(&pullgate.socket, path, common::raw::frame(b""), &[]).await;
+        let raw_direct = common::raw::call(&lab.containerd_sock, path, common::raw::frame(b""), &[]).await;
+        assert_eq!(raw_via.grpc_status() == Some("12"), unimplemented, "{path}: {raw_via:?}");
+        assert_eq!(
+            (raw_via.grpc_status(), raw_via.grpc_message()),
+            (raw_direct.grpc_status(), raw_direct.grpc_message()),
+            "{path}"
+        );
+    }
+
+    let listed = compare!(direct, via, list_images, ListImagesRequest::default()).expect("ListImages");
+    assert_eq!(listed.images.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), [pulled_via.image_ref.as_str()]);
+    // The timestamps say when containerd sampled usage; everything else must agree.
+    let unstamped = |info: &mut ImageFsInfoResponse| {
+        info.image_filesystems.iter_mut().chain(&mut info.container_filesystems).for_each(|usage| usage.timestamp = 0)
+    };
+    let usage = compare!(direct, via, image_fs_info, ImageFsInfoRequest {}, unstamped).expect("ImageFsInfo");
+    assert!(!usage.image_filesystems.is_empty(), "{usage:?}");
 
     let remove = RemoveImageRequest { image: Some(full_spec(&image, &pulled_via.image_ref)) };
     compare!(direct, via, remove_image, remove).expect("RemoveImage (idempotent)");
@@ -762,8 +789,7 @@ async fn a_full_pull_request_under_a_signed_rule_is_stored_pinned() {
     let digest = cosign::push_signed(&lab, &key, &front.addr(), "runtime-service/signed:v1", "runtime-service-signed");
     let mut config = pullgate::config::Config { upstream: lab.containerd_sock.clone(), ..Default::default() };
     config.registry.insecure = vec![front.addr()];
-    let policy =
-        format!("[[rule]]\nscope = \"{}/runtime-service\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n", front.addr());
+    let policy = policy::signed(&format!("{}/runtime-service", front.addr()), &["a.pub"]);
     let pem = key.public_pem();
     let pullgate = common::pullgate::start_with(config, &[("a.pub", &pem), ("policy.toml", &policy)]).await;
 

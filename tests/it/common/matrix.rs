@@ -18,10 +18,39 @@
 //!
 //! ¹ In containers-policy.json: two `sigstoreSigned` requirements in one scope, one per key.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use super::cosign::{self, CosignKey};
 use super::lab::Lab;
+
+/// The matrix's images, pushed and signed once per test process (about twenty skopeo runs)
+/// in a lab every matrix test shares: they only pull through pullgate, whose verdicts are
+/// the same for every test, so one containerd serves them all.
+pub struct Shared {
+    pub lab: Lab,
+    pub keys: Keys,
+    /// Holds `a.pub` and `c.pub`, which `policy_json` names.
+    pub key_dir: PathBuf,
+    /// The matrix policy in its containers-policy.json form.
+    pub policy_json: serde_json::Value,
+}
+
+/// The shared matrix, built by the first test that asks (the others wait for it). It lives
+/// as long as the process: a static is never dropped, so the lab's daemons are stopped by
+/// lab.sh's watchdog when the test process exits; they are plain processes, not tasks of one
+/// test's runtime, so every test, on whichever runtime, can use them.
+pub fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let lab = Lab::start();
+        let keys = Keys::generate();
+        let key_dir = lab.dir.path().join("matrix-keys");
+        std::fs::create_dir_all(&key_dir).expect("matrix key dir");
+        let policy_json = populate_for_policy_json(&lab, &keys, &key_dir);
+        Shared { lab, keys, key_dir, policy_json }
+    })
+}
 
 /// (image under the lab registry, accepted, words the refusal must contain)
 pub type Row = (&'static str, bool, &'static str);
@@ -88,6 +117,19 @@ pub fn populate(lab: &Lab, keys: &Keys) {
     for repo in ["closed/signed", "stray/signed"] {
         let digest = push(lab, repo);
         sign(lab, repo, &digest, repo, &[&keys.a]);
+    }
+}
+
+impl Shared {
+    /// pullgate (in-process) in front of the shared lab's containerd, judging by the matrix's
+    /// native policy.
+    pub async fn pullgate(&self) -> super::pullgate::Running {
+        let mut config = pullgate::config::Config { upstream: self.lab.containerd_sock.clone(), ..Default::default() };
+        config.registry.insecure = vec![self.lab.registry.clone()];
+        let policy = native_policy(&self.lab.registry);
+        let (a, c) = (self.keys.a.public_pem(), self.keys.c.public_pem());
+        let files = [("a.pub", a.as_str()), ("c.pub", c.as_str()), ("10-team.toml", policy.as_str())];
+        super::pullgate::start_with(config, &files).await
     }
 }
 

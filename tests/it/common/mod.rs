@@ -7,6 +7,7 @@ pub mod front;
 pub mod lab;
 pub mod matrix;
 pub mod metrics;
+pub mod policy;
 pub mod private;
 pub mod process;
 pub mod pullgate;

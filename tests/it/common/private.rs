@@ -2,6 +2,7 @@
 
 use super::cosign::CosignKey;
 use super::lab::Lab;
+use super::policy;
 
 pub const REPO: &str = "private/app";
 
@@ -25,7 +26,7 @@ pub fn signed_image(user: &str, password: &str) -> PrivateImage {
     let key = CosignKey::generate();
     let digest = lab.push_image_to(&registry, &format!("{REPO}:v1"), "private", Some((user, password)));
     key.signing(&registry, REPO, &digest).creds(&format!("{user}:{password}")).run();
-    let policy = format!("[[rule]]\nscope = \"{registry}/private\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n");
+    let policy = policy::signed(&format!("{registry}/private"), &["a.pub"]);
     let image = format!("{registry}/{REPO}:v1");
     PrivateImage { lab, registry, image, digest, key, policy }
 }

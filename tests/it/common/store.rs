@@ -8,7 +8,7 @@
 
 use pullgate::cri::images_proto::GetImageRequest;
 use pullgate::cri::images_proto::images_client::ImagesClient;
-use pullgate::cri::proto::ImageStatusRequest;
+use pullgate::cri::proto::{ImageStatusRequest, ListImagesRequest};
 use tonic::Request;
 
 use super::cri;
@@ -98,6 +98,26 @@ pub async fn assert_nothing_else_under(lab: &Lab, name: &str, verified_digest: &
     if let Some(id) = image_id(lab, name).await {
         assert_eq!(id, verified_config, "{name}: the CRI shows an unverified image under this name");
     }
+}
+
+/// containerd holds nothing under `name`: no image record, and the CRI shows no image by it.
+pub async fn assert_absent(lab: &Lab, name: &str) {
+    let target = record_target(lab, name).await;
+    assert_eq!(target, None, "{name}: containerd holds a record for an image that must not be there");
+    let id = image_id(lab, name).await;
+    assert_eq!(id, None, "{name}: the CRI shows an image that must not be there");
+}
+
+/// No image containerd holds has a name containing `part`: neither its image records (read
+/// with `ctr`) nor the tags and digests the CRI lists.
+pub async fn assert_none_named(lab: &Lab, part: &str) {
+    let records = records(lab);
+    assert!(!records.iter().any(|(name, _)| name.contains(part)), "containerd holds {part}: {records:?}");
+    let listed = cri::images(&lab.containerd_sock).list_images(ListImagesRequest::default()).await;
+    let listed = listed.expect("ListImages").into_inner().images;
+    let names: Vec<&String> =
+        listed.iter().flat_map(|image| image.repo_tags.iter().chain(&image.repo_digests)).collect();
+    assert!(!names.iter().any(|name| name.contains(part)), "the CRI lists {part}: {names:?}");
 }
 
 /// `registry/repo` of `registry/repo:tag` or `registry/repo@digest`.
