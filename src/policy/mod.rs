@@ -6,7 +6,7 @@
 
 mod error;
 pub mod identity;
-mod input;
+pub(crate) mod input;
 mod limits;
 pub mod lint;
 mod load;

@@ -5,6 +5,7 @@
 mod auth;
 pub mod buffering;
 pub mod credentials;
+pub mod hosts;
 mod http;
 pub mod limits;
 pub mod media_type;
