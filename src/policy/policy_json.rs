@@ -428,6 +428,7 @@ impl JsonCtx<'_> {
             mode: Mode::Enforce,
             source,
             message: None,
+            signatures_from: None,
             line: None,
         };
         self.loader.push(rule, line);

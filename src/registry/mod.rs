@@ -33,6 +33,8 @@ pub struct Manifest {
     pub media_type: String,
     /// sha256 over `bytes`, computed here; the registry's `Docker-Content-Digest` is not trusted.
     pub digest: Digest,
+    /// The host that answered (`host[:port]`): the registry itself or one of its mirrors.
+    pub host: String,
 }
 
 pub trait Registry: Send + Sync {
@@ -95,6 +97,11 @@ pub struct RegistryConfig {
     /// Most verifications keeping more than a little of what registries answered (all
     /// registries together); more wait before they read further. Default: 16.
     pub checks_total: NonZeroUsize,
+    /// containerd's registry host directory (its CRI `registry.config_path`, e.g.
+    /// "/etc/containerd/certs.d"; a ":"-separated list as there): images are fetched from the
+    /// hosts its `hosts.toml` files list, as containerd fetches them. Default: none, each
+    /// registry is asked directly.
+    pub config_path: Option<String>,
 }
 
 impl Default for RegistryConfig {
@@ -105,6 +112,7 @@ impl Default for RegistryConfig {
             timeout: limits::DEFAULT_REQUEST_TIMEOUT,
             checks_per_registry: limits::DEFAULT_CHECKS_PER_REGISTRY,
             checks_total: limits::DEFAULT_CHECKS_TOTAL,
+            config_path: None,
         }
     }
 }
