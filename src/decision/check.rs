@@ -183,7 +183,7 @@ async fn fetch_signatures<R: Registry>(
     digest: &Digest,
     credentials: &Credentials,
 ) -> Result<Fetched, Outcome> {
-    let manifest = match registry.manifest(image, &signature_tag(digest), credentials).await {
+    let manifest = match registry.artifact_manifest(image, &signature_tag(digest), credentials).await {
         Ok(Some(manifest)) => manifest,
         Ok(None) => return Ok(Fetched { signatures: Vec::new(), unusable: Vec::new(), host: None }),
         Err(error) => return Err(Outcome::registry_error(None, "cannot fetch signatures", &error)),

@@ -486,8 +486,17 @@ impl Registry for HttpRegistry {
         let expected = expected_digest(image.registry().as_str(), reference)?;
         // A tag is resolved; anything named by its digest is pulled.
         let operation = if expected.is_some() { Operation::Pull } else { Operation::Resolve };
-        let routes = self.routes(image, operation)?;
-        first_answer(&routes, |route| self.manifest_from(route, image, reference, expected.as_ref(), creds)).await
+        self.manifest_on(operation, image, reference, expected.as_ref(), creds).await
+    }
+
+    async fn artifact_manifest(
+        &self,
+        image: &ImageRef,
+        tag: &str,
+        creds: &Credentials,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let expected = expected_digest(image.registry().as_str(), tag)?;
+        self.manifest_on(Operation::Pull, image, tag, expected.as_ref(), creds).await
     }
 
     async fn blob(
@@ -507,6 +516,18 @@ impl Registry for HttpRegistry {
 }
 
 impl HttpRegistry {
+    async fn manifest_on(
+        &self,
+        operation: Operation,
+        image: &ImageRef,
+        reference: &str,
+        expected: Option<&Digest>,
+        creds: &Credentials,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let routes = self.routes(image, operation)?;
+        first_answer(&routes, |route| self.manifest_from(route, image, reference, expected, creds)).await
+    }
+
     async fn manifest_from(
         &self,
         route: &Route,
@@ -556,9 +577,10 @@ impl HttpRegistry {
 /// signatures verified), so moving on lets a mirror withhold, never forge; what one host
 /// lacks may be on the next (a mirror holding images but not their signatures).
 ///
-/// When no host has it: "not found" only if every host said so; if one could not be reached,
-/// the answer is unknown and the whole is unreachable (retryable), since the missing thing may
-/// be exactly there; otherwise the first host's error.
+/// When no host has it, the answers rank as containerd ranks them: a host's refusal or broken
+/// answer first (the first such error), then "not found", then "unreachable". So a mirror
+/// without an image's signatures, in front of an upstream registry an air-gapped node cannot
+/// reach, means "no signatures" (refused), not an outage to retry forever.
 async fn first_answer<'r, T, F, Fut>(routes: &'r [Route], mut ask: F) -> Result<Option<T>, RegistryError>
 where
     F: FnMut(&'r Route) -> Fut,
@@ -575,7 +597,11 @@ where
             }
         }
     }
-    if failures.is_empty() {
+    if let Some(first) = failures.iter().position(|e| !e.is_unavailable()) {
+        return Err(failures.swap_remove(first));
+    }
+    let said_not_found = failures.len() < routes.len();
+    if said_not_found {
         return Ok(None);
     }
     if routes.len() == 1 {
@@ -583,14 +609,7 @@ where
     }
     let all: Vec<String> =
         failures.iter().map(|e| e.to_string().chars().take(MAX_ERROR_DETAIL_CHARS).collect()).collect();
-    let summary = format!("no host of {} answered: {}", routes.len(), all.join("; "));
-    if failures.iter().any(RegistryError::is_unavailable) {
-        return Err(RegistryError::Unreachable(summary));
-    }
-    Err(match failures.remove(0) {
-        RegistryError::Unauthorized(_) => RegistryError::Unauthorized(summary),
-        _ => RegistryError::Protocol(summary),
-    })
+    Err(RegistryError::Unreachable(format!("no host of {} answered: {}", routes.len(), all.join("; "))))
 }
 
 /// The files a host's TLS settings name, read with the same bounds as policy files.

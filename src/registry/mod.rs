@@ -47,6 +47,18 @@ pub trait Registry: Send + Sync {
         creds: &Credentials,
     ) -> impl Future<Output = Result<Option<Manifest>, RegistryError>> + Send;
 
+    /// A manifest under a tag derived from a digest (cosign's `sha256-<hex>.sig`): content
+    /// addressed in all but name, so fetched where digests are (hosts that can pull, not only
+    /// those that resolve tags). Ok(None) when no host has it.
+    fn artifact_manifest(
+        &self,
+        image: &ImageRef,
+        tag: &str,
+        creds: &Credentials,
+    ) -> impl Future<Output = Result<Option<Manifest>, RegistryError>> + Send {
+        self.manifest(image, tag, creds)
+    }
+
     /// The blob's bytes, at most `max_bytes`, checked against `digest`.
     fn blob(
         &self,
