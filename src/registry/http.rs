@@ -763,6 +763,43 @@ mod tests {
     }
 
     #[test]
+    fn routes_follow_hosts_toml_with_namespace_api_root_and_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let host_dir = dir.path().join("r.example");
+        std::fs::create_dir_all(&host_dir).unwrap();
+        let hosts = "server = \"https://r.example\"\n\
+                     [host.\"http://pull-only:5000\"]\ncapabilities = [\"pull\"]\n\
+                     [host.\"https://cache/api\"]\noverride_path = true\n[host.\"https://cache/api\".header]\nx-token = \"t0ken\"\n";
+        std::fs::write(host_dir.join("hosts.toml"), hosts).unwrap();
+        let config =
+            RegistryConfig { config_path: Some(dir.path().display().to_string()), ..RegistryConfig::default() };
+        let registry = HttpRegistry::new(&config).unwrap();
+        let image: ImageRef = "r.example/team/app:v1".parse().unwrap();
+        let url = |route: &Route| registry.target(route, &image, "manifests", "v1").unwrap().url.to_string();
+
+        let resolve = registry.routes(&image, Operation::Resolve).unwrap();
+        let urls: Vec<String> = resolve.iter().map(url).collect();
+        assert_eq!(
+            urls,
+            ["https://cache/api/team/app/manifests/v1?ns=r.example", "https://r.example/v2/team/app/manifests/v1",],
+            "the pull-only host resolves nothing; the registry itself gets no ns"
+        );
+        assert_eq!(resolve[0].headers.len(), 1);
+        assert!(format!("{:?}", resolve[0].headers).contains("Sensitive"));
+        let pull = registry.routes(&image, Operation::Pull).unwrap();
+        let hosts: Vec<&str> = pull.iter().map(|route| route.host.as_str()).collect();
+        assert_eq!(hosts, ["pull-only:5000", "cache", "r.example"]);
+        assert_eq!(pull[0].scheme, Scheme::Http);
+
+        let other: ImageRef = "elsewhere.example/app:v1".parse().unwrap();
+        let direct = registry.routes(&other, Operation::Resolve).unwrap();
+        assert_eq!(direct.len(), 1, "no host directory: the registry itself");
+        std::fs::write(host_dir.join("hosts.toml"), "[host.\"m\"]\ncapabilities = [\"bogus\"]\n").unwrap();
+        let broken = registry.routes(&image, Operation::Resolve).err().unwrap().to_string();
+        assert!(broken.contains("unknown capability"), "a hosts.toml pullgate cannot use refuses: {broken}");
+    }
+
+    #[test]
     fn zero_timeout_and_bad_ca_file_are_build_errors() {
         let zero = RegistryConfig { timeout: std::time::Duration::ZERO, ..RegistryConfig::default() };
         assert!(matches!(HttpRegistry::new(&zero), Err(BuildError::ZeroTimeout)));
