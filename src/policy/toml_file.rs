@@ -552,6 +552,31 @@ namespaces = ["kube-system", "team-a"]
     }
 
     #[test]
+    fn signatures_from_is_a_repository_on_signed_rules_only() {
+        let rule = |require: &str, from: &str| {
+            format!(
+                "[[rule]]\nscope = \"*\"\nrequire = \"{require}\"\nkeys = [\"keys/a.pub\"]\nsignatures_from = {from:?}\n"
+            )
+        };
+        let dir = setup(&[("a.toml", &rule("signed", "registry.internal:5000/sigs/app"))]);
+        let policy = load(&dir).unwrap();
+        let from = policy.rules()[0].signatures_from.as_ref().map(ImageRef::name);
+        assert_eq!(from.as_deref(), Some("registry.internal:5000/sigs/app"));
+        assert!(
+            load(&setup(&[("a.toml", FULL)])).unwrap().rules()[0].signatures_from.is_none(),
+            "default: beside the image"
+        );
+        for bad in
+            ["registry.internal/sigs/app:v1", "registry.internal/sigs/app@sha256:0", "Registry.internal/x", "app"]
+        {
+            let err = load_err(&[("a.toml", &rule("signed", bad))]);
+            assert!(err.to_string().contains("signatures_from"), "{bad}: {err}");
+        }
+        let reject = "[[rule]]\nscope = \"*\"\nrequire = \"reject\"\nsignatures_from = \"r.io/sigs\"\n";
+        assert_one(&load_err(&[("a.toml", reject)]), "a.toml", 4, "only applies to require = \"signed\"");
+    }
+
+    #[test]
     fn a_rules_message_is_one_short_line() {
         let rule = |message: &str| format!("[[rule]]\nscope = \"*\"\nrequire = \"reject\"\nmessage = {message:?}\n");
         let dir = setup(&[("a.toml", &rule("revoked build, see INC-123"))]);
