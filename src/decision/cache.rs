@@ -155,6 +155,7 @@ mod tests {
             evaluation: Some(evaluation),
             reason: format!("{verdict:?}"),
             code: if accepted { ReasonCode::Verified } else { ReasonCode::NoSignatures },
+            answered: Vec::new(),
         }
     }
 

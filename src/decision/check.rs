@@ -22,6 +22,9 @@ pub struct Outcome {
     pub evaluation: Option<Evaluation>,
     pub reason: String,
     pub code: ReasonCode,
+    /// Which host answered each registry request of the check ("signatures … from HOST"):
+    /// the registry itself or one of its mirrors.
+    pub answered: Vec<String>,
 }
 
 impl Outcome {
@@ -38,7 +41,7 @@ impl Outcome {
     }
 
     fn new(verdict: Verdict, code: ReasonCode, reason: String) -> Outcome {
-        Outcome { verdict, digest: None, evaluation: None, reason, code }
+        Outcome { verdict, digest: None, evaluation: None, reason, code, answered: Vec::new() }
     }
 
     fn registry_error(digest: Option<Digest>, context: &str, error: &RegistryError) -> Outcome {
@@ -62,15 +65,32 @@ pub async fn signatures<R: Registry>(
     rule: &Rule,
     credentials: &Credentials,
 ) -> Outcome {
-    let (signatures, unusable) = match fetch_signatures(registry, image, &digest, credentials).await {
+    let (store, credentials) = signature_store(image, rule, credentials);
+    let Fetched { signatures, unusable, host } = match fetch_signatures(registry, store, &digest, &credentials).await {
         Ok(fetched) => fetched,
         Err(outcome) => return Outcome { digest: Some(digest), ..outcome },
     };
+    let tag = signature_tag(&digest);
+    let answered = vec![match host {
+        Some(host) => format!("signatures {}:{tag} from {host}", store.name()),
+        None => format!("signatures {}:{tag}: no host has them", store.name()),
+    }];
     let evaluation = evaluate(image, &digest, rule, &signatures);
     let verdict = if evaluation.accepted { Verdict::Accepted } else { Verdict::Rejected };
     let code = code(&evaluation, &unusable);
     let reason = reason(&evaluation, &unusable);
-    Outcome { verdict, reason, code, digest: Some(digest), evaluation: Some(evaluation) }
+    Outcome { verdict, reason, code, digest: Some(digest), evaluation: Some(evaluation), answered }
+}
+
+/// Where the signatures are looked up: beside the image, or in the rule's `signatures_from`
+/// repository. The kubelet's credentials are for the image's registry: they go to a separate
+/// signature repository only on that same registry, and otherwise it is asked anonymously.
+fn signature_store<'a>(image: &'a ImageRef, rule: &'a Rule, credentials: &Credentials) -> (&'a ImageRef, Credentials) {
+    match &rule.signatures_from {
+        None => (image, credentials.clone()),
+        Some(store) if store.registry() == image.registry() => (store, credentials.clone()),
+        Some(store) => (store, Credentials::default()),
+    }
 }
 
 /// Signatures whose payload never arrived intact are not "no signatures".
@@ -97,6 +117,12 @@ fn reason(evaluation: &Evaluation, unusable: &[RegistryError]) -> String {
     }
 }
 
+/// A tag's digest, and the host that said so.
+pub struct Resolved {
+    pub digest: Digest,
+    pub host: String,
+}
+
 /// The digest `tag` names now: the digest of the manifest bytes the registry serves for it.
 /// Only manifests containerd fetches by their digest are admitted: a Docker schema1 manifest
 /// (or anything else) is refused, since containerd before 2.1 converts schema1 on its own and
@@ -106,10 +132,10 @@ pub async fn resolve_tag<R: Registry>(
     image: &ImageRef,
     tag: &str,
     credentials: &Credentials,
-) -> Result<Digest, Outcome> {
+) -> Result<Resolved, Outcome> {
     match registry.manifest(image, tag, credentials).await {
         Ok(Some(manifest)) => match pinnable(&manifest) {
-            Ok(()) => Ok(manifest.digest),
+            Ok(()) => Ok(Resolved { digest: manifest.digest, host: manifest.host }),
             Err(reason) => Err(Outcome {
                 digest: Some(manifest.digest),
                 ..Outcome::reject(ReasonCode::UnsupportedManifest, &reason)
@@ -142,18 +168,24 @@ fn pinnable(manifest: &Manifest) -> Result<(), String> {
     Err(format!("the tag resolves to {kind}; only OCI and Docker schema 2 images and indexes are verified and pinned"))
 }
 
-/// Signature layers paired with their payloads, and the errors of payloads that could not be
+/// Signature layers paired with their payloads, the errors of payloads that could not be
 /// fetched intact (too large, wrong digest, missing): those only make their signature count
-/// for nothing, unless the registry is down altogether.
+/// for nothing, unless the registry is down altogether; and the host that had the signatures.
+struct Fetched {
+    signatures: Vec<(SignatureLayer, Bytes)>,
+    unusable: Vec<RegistryError>,
+    host: Option<String>,
+}
+
 async fn fetch_signatures<R: Registry>(
     registry: &R,
     image: &ImageRef,
     digest: &Digest,
     credentials: &Credentials,
-) -> Result<(Vec<(SignatureLayer, Bytes)>, Vec<RegistryError>), Outcome> {
-    let manifest = match registry.manifest(image, &signature_tag(digest), credentials).await {
+) -> Result<Fetched, Outcome> {
+    let manifest = match registry.artifact_manifest(image, &signature_tag(digest), credentials).await {
         Ok(Some(manifest)) => manifest,
-        Ok(None) => return Ok((Vec::new(), Vec::new())),
+        Ok(None) => return Ok(Fetched { signatures: Vec::new(), unusable: Vec::new(), host: None }),
         Err(error) => return Err(Outcome::registry_error(None, "cannot fetch signatures", &error)),
     };
     let layers = parse_signature_manifest(&manifest.bytes, &manifest.media_type).map_err(|error| {
@@ -171,5 +203,5 @@ async fn fetch_signatures<R: Registry>(
             Err(error) => unusable.push(error),
         }
     }
-    Ok((signatures, unusable))
+    Ok(Fetched { signatures, unusable, host: Some(manifest.host) })
 }

@@ -36,6 +36,8 @@ pub struct Decision {
     pub verdict: Verdict,
     pub reason: String,
     pub code: ReasonCode,
+    /// Which host answered each registry request (see `check::Outcome::answered`).
+    pub answered: Vec<String>,
     pub elapsed: Duration,
 }
 
@@ -52,6 +54,7 @@ impl Decision {
             verdict: outcome.verdict,
             reason: outcome.reason,
             code: outcome.code,
+            answered: outcome.answered,
             elapsed: started.elapsed(),
         }
     }
@@ -82,6 +85,7 @@ impl Decision {
             verdict: Verdict::Rejected,
             reason,
             code,
+            answered: Vec::new(),
             elapsed: started.elapsed(),
         }
     }
@@ -159,6 +163,7 @@ impl Decision {
             _ => "enforce",
         };
         let missing_keys = self.missing_keys().join(", ");
+        let answered = self.answered.join("; ");
         macro_rules! event {
             ($level:expr) => {
                 tracing::event!(
@@ -172,6 +177,7 @@ impl Decision {
                     reason_code = self.code.as_str(),
                     reason = %self.reason,
                     missing_keys,
+                    answered,
                     duration_ms = self.elapsed.as_millis() as u64,
                     "decision"
                 )
@@ -202,6 +208,7 @@ mod tests {
             mode,
             source: PathBuf::from("/etc/pullgate/policy.d/team.toml"),
             message: None,
+            signatures_from: None,
             line: None,
         }
     }

@@ -153,37 +153,42 @@ impl<R: Registry + 'static> Verifier<R> {
 
     /// The decision with the registry's help: learn the digest, choose the rule, check.
     async fn settle(&self, job: &Job) -> Settled {
-        let matched = match self.facts(job).await {
-            Ok(matched) => matched,
+        let (matched, resolved_by) = match self.facts(job).await {
+            Ok(facts) => facts,
             Err(outcome) => return job.unsettled(outcome),
         };
         let Some((index, rule)) = job.policy.find_indexed(&matched, job.namespace()) else {
             return job.no_rule(matched);
         };
-        let outcome = match (rule.require, matched.digest()) {
+        let mut outcome = match (rule.require, matched.digest()) {
             (Requirement::Signed, Some(digest)) => self.signatures(job, index, rule, digest.clone()).await,
             (Requirement::Signed, None) => Outcome::reject(ReasonCode::NoDigest, "no digest to verify"),
             _ => unverified(rule, matched.digest()),
         };
+        outcome.answered.splice(0..0, resolved_by);
         Settled { rule: Some(rule.clone()), matched, outcome }
     }
 
     /// The image as rules are matched against it: the digest containerd will fetch, and the
-    /// tag only when it points at that digest.
-    async fn facts(&self, job: &Job) -> Result<ImageRef, Outcome> {
+    /// tag only when it points at that digest; and which host resolved the tag, if one did.
+    async fn facts(&self, job: &Job) -> Result<(ImageRef, Option<String>), Outcome> {
         let image = &job.image;
+        let resolved_by = |tag: &str, resolved: &check::Resolved| format!("tag {tag} resolved by {}", resolved.host);
         match (image.tag(), image.digest()) {
             (Some(tag), Some(digest)) if job.policy.names_the_tag_of(image, job.namespace()) => {
                 // containerd ignores the tag of "repo:tag@digest"; a rule about the tag counts
                 // only while the tag names that very digest. A tag that cannot be resolved
                 // names nothing, so its rule does not apply.
-                let resolved = check::resolve_tag(&*self.registry, image, tag, &job.credentials).await;
-                Ok(if resolved.as_ref().ok() == Some(digest) { image.clone() } else { image.without_tag() })
+                let resolved = check::resolve_tag(&*self.registry, image, tag, &job.credentials).await.ok();
+                let answered = resolved.as_ref().map(|r| resolved_by(tag, r));
+                let names_it = resolved.is_some_and(|r| r.digest == *digest);
+                Ok((if names_it { image.clone() } else { image.without_tag() }, answered))
             }
-            (_, Some(_)) => Ok(image.without_tag()),
+            (_, Some(_)) => Ok((image.without_tag(), None)),
             (Some(tag), None) => {
-                let digest = check::resolve_tag(&*self.registry, image, tag, &job.credentials).await?;
-                Ok(image.with_digest(digest))
+                let resolved = check::resolve_tag(&*self.registry, image, tag, &job.credentials).await?;
+                let answered = resolved_by(tag, &resolved);
+                Ok((image.with_digest(resolved.digest), Some(answered)))
             }
             (None, None) => {
                 Err(Outcome::reject(ReasonCode::NoDigest, "the reference names neither a tag nor a digest"))
@@ -340,12 +345,17 @@ mod tests {
             if self.schema1 {
                 let bytes = Bytes::from_static(br#"{"schemaVersion":1,"name":"team/app","fsLayers":[]}"#);
                 let media_type = "application/vnd.docker.distribution.manifest.v1+prettyjws".into();
-                return Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type, bytes }));
+                return Ok(Some(Manifest {
+                    digest: Digest::sha256_of(&bytes),
+                    media_type,
+                    bytes,
+                    host: String::new(),
+                }));
             }
             let bytes = Bytes::from_static(TAG_MANIFEST);
             buffering::reserve(bytes.len()).await;
             let media_type = "application/vnd.oci.image.manifest.v1+json".into();
-            Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type, bytes }))
+            Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type, bytes, host: String::new() }))
         }
 
         async fn blob(&self, _: &ImageRef, digest: &Digest, _: usize, _: &Credentials) -> Result<Bytes, RegistryError> {
@@ -365,6 +375,7 @@ mod tests {
             mode: Mode::Enforce,
             source: PathBuf::from("test.toml"),
             message: None,
+            signatures_from: None,
             line: None,
         }
     }

@@ -40,6 +40,9 @@ pub struct Explanation {
     pub reason_code: ReasonCode,
     /// The rule's keys without a signature that counts; empty unless a signature check fell short.
     pub missing_keys: Vec<String>,
+    /// Which host answered each registry request: the registry itself or one of its mirrors
+    /// (containerd's hosts.toml), e.g. "tag v1 resolved by mirror.local:5000".
+    pub answered: Vec<String>,
     pub daemon: DaemonAction,
     pub elapsed_ms: u64,
 }
@@ -88,6 +91,7 @@ impl Explanation {
             reason: decision.reason.clone(),
             reason_code: decision.code,
             missing_keys: decision.missing_keys().to_vec(),
+            answered: decision.answered.clone(),
             daemon: DaemonAction::new(decision),
             elapsed_ms: u64::try_from(decision.elapsed.as_millis()).unwrap_or(u64::MAX),
         }
@@ -163,6 +167,9 @@ impl fmt::Display for Explanation {
                 }
             }
             None => line(f, "rule", "none matches; a pull no rule covers is refused")?,
+        }
+        for answer in &self.answered {
+            line(f, "registry", answer)?;
         }
         self.write_signatures(f)?;
         line(f, "verdict", &format!("{}: {}", verdict_name(self.verdict), self.reason))?;
@@ -299,6 +306,7 @@ mod tests {
             mode,
             source: PathBuf::from("/etc/pullgate/policy.d/10.toml"),
             message: None,
+            signatures_from: None,
             line: None,
         }
     }
@@ -401,7 +409,7 @@ mod tests {
         let value = serde_json::to_value(explain("r.example/closed/app:v1").await).unwrap();
         let fields: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
         // serde_json sorts keys.
-        let expected = "daemon digest elapsed_ms image matched missing_keys namespace reason reason_code requested \
+        let expected = "answered daemon digest elapsed_ms image matched missing_keys namespace reason reason_code requested \
                         required_keys rule satisfied_keys schema_version signatures verdict";
         assert_eq!(fields.join(" "), expected);
         assert_eq!(value["verdict"], "rejected");

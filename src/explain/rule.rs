@@ -153,6 +153,7 @@ mod tests {
             mode: Mode::Audit,
             source: PathBuf::from("/etc/pullgate/policy.d/team.toml"),
             message: None,
+            signatures_from: None,
             line: None,
         }
     }

@@ -73,6 +73,7 @@ mod tests {
             mode: Mode::Enforce,
             source: PathBuf::from("/p/a.toml"),
             message: None,
+            signatures_from: None,
             line: None,
         }
     }

@@ -25,7 +25,8 @@ pub(super) fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
     read_bounded(path, MAX_KEY_FILE, "key file")
 }
 
-fn read_bounded(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, String> {
+/// Also used for containerd's `hosts.toml` (`registry::hosts`), which has the same hazards.
+pub(crate) fn read_bounded(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, String> {
     // Why look before opening: opening a socket fails with a bare ENXIO, and opening some
     // devices has effects of its own; this way neither is ever opened.
     let found = std::fs::metadata(path).map_err(|e| format!("cannot open: {e}"))?;

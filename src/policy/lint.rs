@@ -139,6 +139,7 @@ mod tests {
             mode: Mode::Enforce,
             source: PathBuf::from(source),
             message: None,
+            signatures_from: None,
             line: None,
         }
     }

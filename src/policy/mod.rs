@@ -6,7 +6,7 @@
 
 mod error;
 pub mod identity;
-mod input;
+pub(crate) mod input;
 mod limits;
 pub mod lint;
 mod load;
@@ -79,6 +79,10 @@ pub struct Rule {
     /// The operator's words appended to the kubelet's error when this rule refuses a pull
     /// (a ticket, whom to ask); None for none.
     pub message: Option<String>,
+    /// The repository the image's signatures are stored in instead of beside it (cosign's
+    /// `COSIGN_REPOSITORY`), looked up for the image's digest; None: beside the image. The
+    /// signatures still speak of the image's own name.
+    pub signatures_from: Option<ImageRef>,
 }
 
 impl Rule {
@@ -212,6 +216,7 @@ mod tests {
             mode: Mode::Enforce,
             source: PathBuf::from("test.toml"),
             message: None,
+            signatures_from: None,
             line: None,
         }
     }

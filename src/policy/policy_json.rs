@@ -429,6 +429,7 @@ impl JsonCtx<'_> {
             mode: Mode::Enforce,
             source,
             message: None,
+            signatures_from: None,
             line: None,
         };
         self.loader.push(rule, line);

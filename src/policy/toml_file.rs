@@ -12,6 +12,8 @@
 //! mode = "enforce"              # enforce | audit
 //! namespaces = ["kube-system"]  # default: all namespaces
 //! message = "see INC-123"       # appended to the kubelet's error when this rule refuses
+//! signatures_from = "registry.internal/sigs/app"  # where the signatures are stored
+//!                               # (cosign's COSIGN_REPOSITORY); default: beside the image
 //! ```
 //!
 //! A syntax or type error stops the reading of that one file (toml reports only the
@@ -30,6 +32,7 @@ use super::identity::IdentityRule;
 use super::input;
 use super::load::{self, Loader, line_of};
 use super::{KeyRef, Mode, Requirement, Rule, Scope};
+use crate::reference::ImageRef;
 
 /// Room for a ticket reference and whom to ask, short enough that the kubelet's event and the
 /// pod's status still show pullgate's own reason in full.
@@ -56,6 +59,7 @@ struct RawRule {
     mode: Option<RawMode>,
     namespaces: Option<Spanned<Vec<Spanned<String>>>>,
     message: Option<Spanned<String>>,
+    signatures_from: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +270,7 @@ impl FileCtx<'_> {
         let scopes = self.scopes(raw.scope);
         let namespaces = self.namespaces(raw.namespaces);
         let message = raw.message.and_then(|message| self.message(message));
+        let signatures_from = raw.signatures_from.and_then(|field| self.signatures_from(field, require));
         let signed_only = SignedOnly { keys: raw.keys, threshold: raw.threshold, identity: raw.identity };
         let (keys, threshold, identity) = if require == RawRequire::Signed {
             self.signed_fields(signed_only, raw.require.span())
@@ -288,6 +293,7 @@ impl FileCtx<'_> {
             // Each scope's own line, set by the loader.
             line: None,
             message,
+            signatures_from,
         };
         for (scope, line) in scopes {
             self.loader.push(Rule { scope, ..template.clone() }, line);
@@ -324,6 +330,32 @@ struct SignedOnly {
 // === impl FileCtx: field checks ===
 
 impl FileCtx<'_> {
+    /// A repository as an image names one (`registry/path`), without tag or digest: the
+    /// signatures are looked up there by the image's digest.
+    fn signatures_from(&mut self, field: Spanned<String>, require: RawRequire) -> Option<ImageRef> {
+        let span = field.span();
+        if require != RawRequire::Signed {
+            self.problem(&span, "signatures_from only applies to require = \"signed\"");
+            return None;
+        }
+        let text = field.into_inner();
+        match text.parse::<ImageRef>() {
+            Ok(repo) if repo.tag().is_none() && repo.digest().is_none() && text.contains('/') => Some(repo),
+            Ok(_) => {
+                let shown: String = text.chars().take(100).collect();
+                self.problem(
+                    &span,
+                    format!("signatures_from {shown:?} must be a repository (registry/path), without tag or digest"),
+                );
+                None
+            }
+            Err(e) => {
+                self.problem(&span, format!("signatures_from: {e}"));
+                None
+            }
+        }
+    }
+
     fn scopes(&mut self, field: Spanned<ScopeField>) -> Vec<(Scope, Option<usize>)> {
         let span = field.span();
         let items = match field.into_inner() {
@@ -530,6 +562,31 @@ namespaces = ["kube-system", "team-a"]
     fn a_single_bracket_rule_table_says_to_double_the_brackets() {
         let err = load_err(&[("a.toml", "[rule]\nscope = \"*\"\nrequire = \"reject\"\n")]);
         assert!(err.to_string().contains("write each rule under [[rule]] (double brackets)"), "{err}");
+    }
+
+    #[test]
+    fn signatures_from_is_a_repository_on_signed_rules_only() {
+        let rule = |require: &str, from: &str| {
+            format!(
+                "[[rule]]\nscope = \"*\"\nrequire = \"{require}\"\nkeys = [\"keys/a.pub\"]\nsignatures_from = {from:?}\n"
+            )
+        };
+        let dir = setup(&[("a.toml", &rule("signed", "registry.internal:5000/sigs/app"))]);
+        let policy = load(&dir).unwrap();
+        let from = policy.rules()[0].signatures_from.as_ref().map(ImageRef::name);
+        assert_eq!(from.as_deref(), Some("registry.internal:5000/sigs/app"));
+        assert!(
+            load(&setup(&[("a.toml", FULL)])).unwrap().rules()[0].signatures_from.is_none(),
+            "default: beside the image"
+        );
+        for bad in
+            ["registry.internal/sigs/app:v1", "registry.internal/sigs/app@sha256:0", "Registry.internal/x", "app"]
+        {
+            let err = load_err(&[("a.toml", &rule("signed", bad))]);
+            assert!(err.to_string().contains("signatures_from"), "{bad}: {err}");
+        }
+        let reject = "[[rule]]\nscope = \"*\"\nrequire = \"reject\"\nsignatures_from = \"r.io/sigs\"\n";
+        assert_one(&load_err(&[("a.toml", reject)]), "a.toml", 4, "only applies to require = \"signed\"");
     }
 
     #[test]

@@ -1,23 +1,32 @@
 //! `HttpRegistry`: the OCI distribution API over one pooled HTTP client.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, WWW_AUTHENTICATE};
 use reqwest::redirect::Policy;
-use reqwest::{Certificate, Client, Response, StatusCode, Url};
+use reqwest::{Certificate, Client, ClientBuilder, Identity, Response, StatusCode, Url};
 use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 
 use super::auth::{AuthState, BearerChallenge, Challenge, Issuer, TokenKey, preferred_challenge};
+use super::hosts::{self, HostConfig, Operation, Scheme, Tls};
 use super::insecure::InsecureHosts;
-use super::limits::{CONNECT_TIMEOUT, MANIFEST_MAX_BYTES, MAX_REDIRECTS, MAX_REFERENCE_LEN};
+use super::limits::{
+    CERT_FILE_MAX_BYTES, CONNECT_TIMEOUT, MANIFEST_MAX_BYTES, MAX_ERROR_DETAIL_CHARS, MAX_REDIRECTS, MAX_REFERENCE_LEN,
+    MAX_TLS_CLIENTS,
+};
 use super::response::{Origin, check_status, read_capped, transport_error, verify_digest};
 use super::token::{self, TokenRequest, bearer_header};
 use super::{Credentials, Manifest, Registry, RegistryConfig, RegistryError};
 use crate::metrics::Metrics;
-use crate::reference::{Digest, ImageRef};
+use crate::policy::input::read_bounded;
+use crate::reference::{Digest, ImageRef, RegistryHost};
 
 /// Both OCI and Docker schema 2, single manifests and indexes: a registry that only has the
 /// index must not be able to answer "not found" because we did not ask for it.
@@ -43,22 +52,52 @@ pub enum BuildError {
 }
 
 pub struct HttpRegistry {
-    /// One client for all registries: it pools connections per host, so consecutive
-    /// manifest and blob requests reuse the TLS session.
+    /// One client for all hosts without TLS settings of their own: it pools connections per
+    /// host, so consecutive manifest and blob requests reuse the TLS session.
     client: Client,
+    /// What every client is built with; hosts with their own TLS settings get a client each.
+    base: ClientBase,
+    /// Keyed by a hash of the TLS settings and of the files they name, so an edited CA file
+    /// gets a new client.
+    tls_clients: Mutex<HashMap<String, Client>>,
+    /// containerd's `config_path` roots; empty when pullgate asks each registry directly.
+    host_roots: Vec<PathBuf>,
     insecure: Arc<InsecureHosts>,
     auth: AuthState,
     requests: AtomicU64,
     metrics: Option<Arc<Metrics>>,
 }
 
+struct ClientBase {
+    timeout: Duration,
+    roots: Vec<Certificate>,
+    insecure: Arc<InsecureHosts>,
+}
+
+/// One host to ask for a repository: the registry itself, or a host its `hosts.toml` lists.
+struct Route {
+    /// `host[:port]` as asked; what messages, reports and the auth state name.
+    host: String,
+    /// `scheme://host[:port]` and the API root (`/v2` unless `override_path`).
+    base: String,
+    scheme: Scheme,
+    /// A host other than the registry is told which registry is meant (`?ns=`), as
+    /// containerd tells it: pull-through caches serving several registries route on it.
+    namespace: Option<String>,
+    client: Client,
+    /// Values are sensitive: never logged.
+    headers: Arc<[(HeaderName, HeaderValue)]>,
+}
+
 /// One manifest or blob request, with what error messages may say about it.
 struct Target<'a> {
+    /// The host asked, `host[:port]`: the registry itself or one of its mirrors.
     registry: &'a str,
     repository: &'a str,
     url: Url,
     accept: Option<&'static str>,
     what: String,
+    route: &'a Route,
 }
 
 impl Target<'_> {
@@ -94,18 +133,27 @@ impl HttpRegistry {
             return Err(BuildError::ZeroTimeout);
         }
         let insecure = Arc::new(InsecureHosts::new(&config.insecure));
-        let mut builder = Client::builder()
-            .user_agent(USER_AGENT)
-            .timeout(config.timeout)
-            .connect_timeout(CONNECT_TIMEOUT.min(config.timeout))
-            .redirect(redirect_policy(Arc::clone(&insecure)));
-        if let Some(path) = &config.ca_file {
-            for cert in load_ca_file(path)? {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let client = builder.build().map_err(|e| BuildError::Client(e.without_url().to_string()))?;
-        Ok(HttpRegistry { client, insecure, auth: AuthState::default(), requests: AtomicU64::new(0), metrics: None })
+        let roots = match &config.ca_file {
+            Some(path) => load_ca_file(path)?,
+            None => Vec::new(),
+        };
+        let base = ClientBase { timeout: config.timeout, roots, insecure: Arc::clone(&insecure) };
+        let client = base.builder().build().map_err(|e| BuildError::Client(e.without_url().to_string()))?;
+        // containerd's `config_path` is a list, split as Go's filepath.SplitList splits it.
+        let host_roots = config
+            .config_path
+            .as_deref()
+            .map_or_else(Vec::new, |paths| paths.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect());
+        Ok(HttpRegistry {
+            client,
+            base,
+            tls_clients: Mutex::new(HashMap::new()),
+            host_roots,
+            insecure,
+            auth: AuthState::default(),
+            requests: AtomicU64::new(0),
+            metrics: None,
+        })
     }
 
     /// Counts every response (and every request that got none) by status in `metrics`.
@@ -118,6 +166,20 @@ impl HttpRegistry {
     /// (token requests are not counted).
     pub fn request_count(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl ClientBase {
+    fn builder(&self) -> ClientBuilder {
+        let mut builder = Client::builder()
+            .user_agent(USER_AGENT)
+            .timeout(self.timeout)
+            .connect_timeout(CONNECT_TIMEOUT.min(self.timeout))
+            .redirect(redirect_policy(Arc::clone(&self.insecure)));
+        for cert in &self.roots {
+            builder = builder.add_root_certificate(cert.clone());
+        }
+        builder
     }
 }
 
@@ -149,18 +211,93 @@ fn redirect_policy(insecure: Arc<InsecureHosts>) -> Policy {
 // === impl HttpRegistry: requests ===
 
 impl HttpRegistry {
-    fn target<'a>(&self, image: &'a ImageRef, kind: &str, reference: &str) -> Result<Target<'a>, RegistryError> {
-        // The host as written: where containerd connects.
+    /// The hosts to ask, in containerd's order, for `operation` on `image`'s repository: the
+    /// ones its registry's `hosts.toml` lists with the capability, or the registry itself.
+    fn routes(&self, image: &ImageRef, operation: Operation) -> Result<Vec<Route>, RegistryError> {
+        // The host as written: what containerd looks its host directory up by.
+        let registry = image.registry().as_str();
+        let configs = if self.host_roots.is_empty() {
+            None
+        } else {
+            hosts::lookup(&self.host_roots, registry)
+                .map_err(|e| RegistryError::Protocol(format!("{registry}: cannot use its host directory: {e}")))?
+        };
+        let configs = configs.unwrap_or_else(|| vec![HostConfig::registry_itself()]);
+        let routes: Vec<Route> = configs
+            .into_iter()
+            .filter(|config| operation.allowed_on(config.capabilities))
+            .map(|config| self.route(image.registry(), config))
+            .collect::<Result<_, _>>()?;
+        if routes.is_empty() {
+            let verb = if operation == Operation::Resolve { "resolve tags" } else { "pull" };
+            return Err(RegistryError::Protocol(format!("{registry}: no host in its hosts.toml may {verb}")));
+        }
+        Ok(routes)
+    }
+
+    fn route(&self, written: &RegistryHost, config: HostConfig) -> Result<Route, RegistryError> {
+        let registry = written.as_str();
+        let (scheme, host, path) = match config.server {
+            Some(server) => (server.scheme, server.authority, server.path),
+            None => {
+                // The registry itself, reached as without a host directory: `insecure` decides.
+                let scheme = if self.insecure.covers(written) { Scheme::Http } else { Scheme::Https };
+                let host = if registry == DOCKER_HUB { DOCKER_HUB_API } else { registry };
+                (scheme, host.to_owned(), "/v2".to_owned())
+            }
+        };
+        let is_registry = host == registry || registry == DOCKER_HUB && host == DOCKER_HUB_API;
+        let client = self.client_for(registry, &config.tls)?;
+        Ok(Route {
+            base: format!("{}://{host}{path}", scheme.as_str()),
+            host,
+            scheme,
+            namespace: (!is_registry).then(|| registry.to_owned()),
+            client,
+            headers: config.headers.into(),
+        })
+    }
+
+    /// The shared client, or one with the host's own CAs, client certificates and
+    /// `skip_verify`, reused while those settings and files stay the same.
+    fn client_for(&self, registry: &str, tls: &Tls) -> Result<Client, RegistryError> {
+        if tls.is_default() {
+            return Ok(self.client.clone());
+        }
+        let fail = |reason: String| RegistryError::Protocol(format!("{registry}: hosts.toml TLS settings: {reason}"));
+        let files = TlsFiles::read(tls).map_err(fail)?;
+        let key = files.key(tls);
+        let mut clients = self.tls_clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = files.client(self.base.builder(), tls).map_err(fail)?;
+        if clients.len() >= MAX_TLS_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    fn target<'a>(
+        &self,
+        route: &'a Route,
+        image: &'a ImageRef,
+        kind: &str,
+        reference: &str,
+    ) -> Result<Target<'a>, RegistryError> {
         let (registry, repository) = (image.registry().as_str(), image.repository());
         check_path(registry, repository, reference)?;
-        let scheme = if self.insecure.covers(image.registry()) { "http" } else { "https" };
-        let host = if registry == DOCKER_HUB { DOCKER_HUB_API } else { registry };
-        let url = format!("{scheme}://{host}/v2/{repository}/{kind}/{reference}");
+        let mut url = format!("{}/{repository}/{kind}/{reference}", route.base);
+        if let Some(namespace) = &route.namespace {
+            url.push_str("?ns=");
+            url.push_str(namespace);
+        }
         let url = Url::parse(&url)
-            .map_err(|_| RegistryError::Protocol(format!("{registry}: cannot form a URL for {repository}")))?;
+            .map_err(|_| RegistryError::Protocol(format!("{}: cannot form a URL for {repository}", route.host)))?;
         let sep = if reference.contains(':') { '@' } else { ':' };
         let what = format!("{} {registry}/{repository}{sep}{reference}", kind.trim_end_matches('s'));
-        Ok(Target { registry, repository, url, accept: None, what })
+        Ok(Target { registry: &route.host, repository, url, accept: None, what, route })
     }
 
     /// Sends with the best authorization we know, answers one 401 challenge, and returns
@@ -198,7 +335,10 @@ impl HttpRegistry {
         target: &Target<'_>,
         authorization: Option<&HeaderValue>,
     ) -> Result<Response, RegistryError> {
-        let mut request = self.client.get(target.url.clone());
+        let mut request = target.route.client.get(target.url.clone());
+        for (name, value) in target.route.headers.iter() {
+            request = request.header(name, value);
+        }
         if let Some(accept) = target.accept {
             request = request.header(ACCEPT, accept);
         }
@@ -255,14 +395,16 @@ impl HttpRegistry {
         challenge: &BearerChallenge,
         creds: &Credentials,
     ) -> Result<HeaderValue, RegistryError> {
-        let allow_http = |url: &Url| self.insecure.covers_url(url);
+        // A host configured for plain http may name a realm on itself over http.
+        let same_http_host = |url: &Url| target.route.scheme == Scheme::Http && Issuer::of(url) == target.issuer();
+        let allow_http = |url: &Url| self.insecure.covers_url(url) || same_http_host(url);
         let request = TokenRequest {
             challenge,
             registry: target.registry,
             repository: target.repository,
             allow_http: &allow_http,
         };
-        let token = token::fetch(&self.client, &request, creds).await?;
+        let token = token::fetch(&target.route.client, &request, creds).await?;
         tracing::debug!(registry = target.registry, repository = target.repository, "obtained a bearer token");
         self.auth.store_token(target.token_key(creds), token.header.clone(), token.lifetime);
         Ok(token.header)
@@ -318,20 +460,19 @@ impl Registry for HttpRegistry {
         creds: &Credentials,
     ) -> Result<Option<Manifest>, RegistryError> {
         let expected = expected_digest(image.registry().as_str(), reference)?;
-        let mut target = self.target(image, "manifests", reference)?;
-        target.accept = Some(MANIFEST_ACCEPT);
-        let response = self.send(&target, creds).await?;
-        if response.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        check_status(response.status(), &target.origin(), creds.is_anonymous())?;
-        let header_type = content_type(&response);
-        let bytes = read_capped(response, MANIFEST_MAX_BYTES, &target.origin()).await?;
-        if let Some(expected) = &expected {
-            verify_digest(expected, &bytes, &target.what)?;
-        }
-        let media_type = header_type.or_else(|| media_type_field(&bytes)).unwrap_or_default();
-        Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type, bytes }))
+        // A tag is resolved; anything named by its digest is pulled.
+        let operation = if expected.is_some() { Operation::Pull } else { Operation::Resolve };
+        self.manifest_on(operation, image, reference, expected.as_ref(), creds).await
+    }
+
+    async fn artifact_manifest(
+        &self,
+        image: &ImageRef,
+        tag: &str,
+        creds: &Credentials,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let expected = expected_digest(image.registry().as_str(), tag)?;
+        self.manifest_on(Operation::Pull, image, tag, expected.as_ref(), creds).await
     }
 
     async fn blob(
@@ -341,15 +482,162 @@ impl Registry for HttpRegistry {
         max_bytes: usize,
         creds: &Credentials,
     ) -> Result<Bytes, RegistryError> {
-        let target = self.target(image, "blobs", digest.as_str())?;
+        let routes = self.routes(image, Operation::Pull)?;
+        let found = first_answer(&routes, |route| self.blob_from(route, image, digest, max_bytes, creds)).await?;
+        found.ok_or_else(|| {
+            let name = image.name();
+            RegistryError::Protocol(format!("blob {name}@{digest} not found"))
+        })
+    }
+}
+
+impl HttpRegistry {
+    async fn manifest_on(
+        &self,
+        operation: Operation,
+        image: &ImageRef,
+        reference: &str,
+        expected: Option<&Digest>,
+        creds: &Credentials,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let routes = self.routes(image, operation)?;
+        first_answer(&routes, |route| self.manifest_from(route, image, reference, expected, creds)).await
+    }
+
+    async fn manifest_from(
+        &self,
+        route: &Route,
+        image: &ImageRef,
+        reference: &str,
+        expected: Option<&Digest>,
+        creds: &Credentials,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let mut target = self.target(route, image, "manifests", reference)?;
+        target.accept = Some(MANIFEST_ACCEPT);
         let response = self.send(&target, creds).await?;
         if response.status() == StatusCode::NOT_FOUND {
-            return Err(RegistryError::Protocol(format!("{} not found", target.what)));
+            return Ok(None);
+        }
+        check_status(response.status(), &target.origin(), creds.is_anonymous())?;
+        let header_type = content_type(&response);
+        let bytes = read_capped(response, MANIFEST_MAX_BYTES, &target.origin()).await?;
+        if let Some(expected) = expected {
+            verify_digest(expected, &bytes, &target.what)?;
+        }
+        let media_type = header_type.or_else(|| media_type_field(&bytes)).unwrap_or_default();
+        Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type, bytes, host: route.host.clone() }))
+    }
+
+    async fn blob_from(
+        &self,
+        route: &Route,
+        image: &ImageRef,
+        digest: &Digest,
+        max_bytes: usize,
+        creds: &Credentials,
+    ) -> Result<Option<Bytes>, RegistryError> {
+        let target = self.target(route, image, "blobs", digest.as_str())?;
+        let response = self.send(&target, creds).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
         }
         check_status(response.status(), &target.origin(), creds.is_anonymous())?;
         let bytes = read_capped(response, max_bytes, &target.origin()).await?;
         verify_digest(digest, &bytes, &target.what)?;
-        Ok(bytes)
+        Ok(Some(bytes))
+    }
+}
+
+/// Asks each host in turn, as containerd does: after any failure of a host, and after "not
+/// found" too, the next one is asked. Nothing a host says is trusted (digests are checked,
+/// signatures verified), so moving on lets a mirror withhold, never forge; what one host
+/// lacks may be on the next (a mirror holding images but not their signatures).
+///
+/// When no host has it, the answers rank as containerd ranks them: a host's refusal or broken
+/// answer first (the first such error), then "not found", then "unreachable". So a mirror
+/// without an image's signatures, in front of an upstream registry an air-gapped node cannot
+/// reach, means "no signatures" (refused), not an outage to retry forever.
+async fn first_answer<'r, T, F, Fut>(routes: &'r [Route], mut ask: F) -> Result<Option<T>, RegistryError>
+where
+    F: FnMut(&'r Route) -> Fut,
+    Fut: Future<Output = Result<Option<T>, RegistryError>>,
+{
+    let mut failures = Vec::new();
+    for route in routes {
+        match ask(route).await {
+            Ok(Some(found)) => return Ok(Some(found)),
+            Ok(None) => tracing::debug!(host = %route.host, "not found there; asking the next host"),
+            Err(error) => {
+                tracing::debug!(host = %route.host, %error, "failed there; asking the next host");
+                failures.push(error);
+            }
+        }
+    }
+    if let Some(first) = failures.iter().position(|e| !e.is_unavailable()) {
+        return Err(failures.swap_remove(first));
+    }
+    let said_not_found = failures.len() < routes.len();
+    if said_not_found {
+        return Ok(None);
+    }
+    if routes.len() == 1 {
+        return Err(failures.remove(0));
+    }
+    let all: Vec<String> =
+        failures.iter().map(|e| e.to_string().chars().take(MAX_ERROR_DETAIL_CHARS).collect()).collect();
+    Err(RegistryError::Unreachable(format!("no host of {} answered: {}", routes.len(), all.join("; "))))
+}
+
+/// The files a host's TLS settings name, read with the same bounds as policy files.
+struct TlsFiles {
+    ca: Vec<Vec<u8>>,
+    /// Certificate and key in one PEM, as reqwest takes them.
+    identities: Vec<Vec<u8>>,
+}
+
+impl TlsFiles {
+    fn read(tls: &Tls) -> Result<TlsFiles, String> {
+        let read = |path: &Path| {
+            read_bounded(path, CERT_FILE_MAX_BYTES, "certificate file").map_err(|e| format!("{}: {e}", path.display()))
+        };
+        let ca = tls.ca.iter().map(|path| read(path)).collect::<Result<_, _>>()?;
+        let mut identities = Vec::new();
+        for (cert, key) in &tls.client {
+            let mut pem = read(cert)?;
+            if let Some(key) = key {
+                pem.push(b'\n');
+                pem.extend(read(key)?);
+            }
+            identities.push(pem);
+        }
+        Ok(TlsFiles { ca, identities })
+    }
+
+    fn key(&self, tls: &Tls) -> String {
+        let mut hash = Sha256::new();
+        hash.update([u8::from(tls.skip_verify == Some(true))]);
+        for file in self.ca.iter().chain(&self.identities) {
+            hash.update((file.len() as u64).to_be_bytes());
+            hash.update(file);
+        }
+        hex::encode(hash.finalize())
+    }
+
+    fn client(&self, mut builder: ClientBuilder, tls: &Tls) -> Result<Client, String> {
+        for pem in &self.ca {
+            for cert in Certificate::from_pem_bundle(pem).map_err(|e| format!("a CA file: {e}"))? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        for pem in &self.identities {
+            builder = builder.identity(Identity::from_pem(pem).map_err(|e| format!("a client certificate: {e}"))?);
+        }
+        if tls.skip_verify == Some(true) {
+            // The operator's explicit choice for this host, as containerd honours it; the
+            // signature check does not depend on the transport.
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        builder.build().map_err(|e| e.without_url().to_string())
     }
 }
 
@@ -419,9 +707,47 @@ mod tests {
     fn docker_hub_uses_its_api_host() {
         let registry = HttpRegistry::new(&RegistryConfig::default()).unwrap();
         let image: ImageRef = "nginx:1.27".parse().unwrap();
-        let target = registry.target(&image, "manifests", "1.27").unwrap();
+        let routes = registry.routes(&image, Operation::Resolve).unwrap();
+        let target = registry.target(&routes[0], &image, "manifests", "1.27").unwrap();
         assert_eq!(target.url.as_str(), "https://registry-1.docker.io/v2/library/nginx/manifests/1.27");
         assert_eq!(target.what, "manifest docker.io/library/nginx:1.27");
+    }
+
+    #[test]
+    fn routes_follow_hosts_toml_with_namespace_api_root_and_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let host_dir = dir.path().join("r.example");
+        std::fs::create_dir_all(&host_dir).unwrap();
+        let hosts = "server = \"https://r.example\"\n\
+                     [host.\"http://pull-only:5000\"]\ncapabilities = [\"pull\"]\n\
+                     [host.\"https://cache/api\"]\noverride_path = true\n[host.\"https://cache/api\".header]\nx-token = \"t0ken\"\n";
+        std::fs::write(host_dir.join("hosts.toml"), hosts).unwrap();
+        let config =
+            RegistryConfig { config_path: Some(dir.path().display().to_string()), ..RegistryConfig::default() };
+        let registry = HttpRegistry::new(&config).unwrap();
+        let image: ImageRef = "r.example/team/app:v1".parse().unwrap();
+        let url = |route: &Route| registry.target(route, &image, "manifests", "v1").unwrap().url.to_string();
+
+        let resolve = registry.routes(&image, Operation::Resolve).unwrap();
+        let urls: Vec<String> = resolve.iter().map(url).collect();
+        assert_eq!(
+            urls,
+            ["https://cache/api/team/app/manifests/v1?ns=r.example", "https://r.example/v2/team/app/manifests/v1",],
+            "the pull-only host resolves nothing; the registry itself gets no ns"
+        );
+        assert_eq!(resolve[0].headers.len(), 1);
+        assert!(format!("{:?}", resolve[0].headers).contains("Sensitive"));
+        let pull = registry.routes(&image, Operation::Pull).unwrap();
+        let hosts: Vec<&str> = pull.iter().map(|route| route.host.as_str()).collect();
+        assert_eq!(hosts, ["pull-only:5000", "cache", "r.example"]);
+        assert_eq!(pull[0].scheme, Scheme::Http);
+
+        let other: ImageRef = "elsewhere.example/app:v1".parse().unwrap();
+        let direct = registry.routes(&other, Operation::Resolve).unwrap();
+        assert_eq!(direct.len(), 1, "no host directory: the registry itself");
+        std::fs::write(host_dir.join("hosts.toml"), "[host.\"m\"]\ncapabilities = [\"bogus\"]\n").unwrap();
+        let broken = registry.routes(&image, Operation::Resolve).err().unwrap().to_string();
+        assert!(broken.contains("unknown capability"), "a hosts.toml pullgate cannot use refuses: {broken}");
     }
 
     #[test]

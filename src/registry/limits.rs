@@ -60,3 +60,35 @@ pub const DEFAULT_CHECKS_TOTAL: NonZeroUsize = NonZeroUsize::new(16).expect("non
 // Response heads need no bound of ours: hyper's HTTP/1 client, which reqwest uses and gives
 // no setting for, stops reading a head at ~408 KiB or 100 headers (`hostile/huge-head` in
 // tests/it/hostile.rs sends 16 MiB of headers and is refused at once).
+
+/// containerd's `hosts.toml` is a handful of lines per mirror; 64 KiB is hundreds of hosts'
+/// worth, and keeps a file replaced by something huge from being read into memory.
+pub const HOSTS_FILE_MAX_BYTES: u64 = 64 * 1024;
+
+/// Every host is tried in turn for every request, so the list bounds how many requests (and
+/// timeouts) one registry request can become; real configurations list one to three mirrors.
+pub const MAX_HOSTS_PER_FILE: usize = 8;
+
+/// Header values one host entry may add to each request: a few tokens or routing hints.
+pub const MAX_HEADERS_PER_HOST: usize = 32;
+
+/// One header value from `hosts.toml`; tokens are a few KiB at most, and the sum stays far
+/// below what registries accept in a request head.
+pub const MAX_HEADER_BYTES: usize = 4 * 1024;
+
+/// Entries in a `hosts.toml` list (`capabilities`, `ca`, a header's values).
+pub const MAX_LIST_ENTRIES: usize = 32;
+
+/// CA and client certificate files one host may name; each is read when its client is built.
+pub const MAX_CERT_FILES_PER_HOST: usize = 16;
+
+/// A PEM bundle of CAs or a client certificate with its key.
+pub const CERT_FILE_MAX_BYTES: u64 = 1024 * 1024;
+
+/// A host directory without `hosts.toml` is listed for Docker-style certificate files; a
+/// directory with more entries than this is not a certificate directory.
+pub const HOST_DIR_MAX_ENTRIES: usize = 256;
+
+/// Clients built for hosts with their own TLS settings, kept for reuse (connection pooling);
+/// past this many distinct settings the cache starts over.
+pub const MAX_TLS_CLIENTS: usize = 16;

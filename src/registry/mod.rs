@@ -5,6 +5,7 @@
 mod auth;
 pub mod buffering;
 pub mod credentials;
+pub mod hosts;
 mod http;
 mod insecure;
 pub mod limits;
@@ -34,6 +35,8 @@ pub struct Manifest {
     pub media_type: String,
     /// sha256 over `bytes`, computed here; the registry's `Docker-Content-Digest` is not trusted.
     pub digest: Digest,
+    /// The host that answered (`host[:port]`): the registry itself or one of its mirrors.
+    pub host: String,
 }
 
 pub trait Registry: Send + Sync {
@@ -45,6 +48,18 @@ pub trait Registry: Send + Sync {
         reference: &str,
         creds: &Credentials,
     ) -> impl Future<Output = Result<Option<Manifest>, RegistryError>> + Send;
+
+    /// A manifest under a tag derived from a digest (cosign's `sha256-<hex>.sig`): content
+    /// addressed in all but name, so fetched where digests are (hosts that can pull, not only
+    /// those that resolve tags). Ok(None) when no host has it.
+    fn artifact_manifest(
+        &self,
+        image: &ImageRef,
+        tag: &str,
+        creds: &Credentials,
+    ) -> impl Future<Output = Result<Option<Manifest>, RegistryError>> + Send {
+        self.manifest(image, tag, creds)
+    }
 
     /// The blob's bytes, at most `max_bytes`, checked against `digest`.
     fn blob(
@@ -97,6 +112,11 @@ pub struct RegistryConfig {
     /// Most verifications keeping more than a little of what registries answered (all
     /// registries together); more wait before they read further. Default: 16.
     pub checks_total: NonZeroUsize,
+    /// containerd's registry host directory (its CRI `registry.config_path`, e.g.
+    /// "/etc/containerd/certs.d"; a ":"-separated list as there): images are fetched from the
+    /// hosts its `hosts.toml` files list, as containerd fetches them. Default: none, each
+    /// registry is asked directly.
+    pub config_path: Option<String>,
 }
 
 impl Default for RegistryConfig {
@@ -107,6 +127,7 @@ impl Default for RegistryConfig {
             timeout: limits::DEFAULT_REQUEST_TIMEOUT,
             checks_per_registry: limits::DEFAULT_CHECKS_PER_REGISTRY,
             checks_total: limits::DEFAULT_CHECKS_TOTAL,
+            config_path: None,
         }
     }
 }

@@ -301,6 +301,7 @@ mod tests {
             mode: Mode::Enforce,
             source: PathBuf::from("/etc/pullgate/policy.d/test.toml"),
             message: None,
+            signatures_from: None,
             line: None,
         }
     }

@@ -288,7 +288,7 @@ fn registry_for(row: &Row, image: &ImageRef, keys: &HashMap<String, CosignKey>) 
     let digest = image.digest().cloned().unwrap_or_else(|| Digest::sha256_of(&bytes));
     let reference = image.tag().map_or_else(|| digest.to_string(), str::to_owned);
     let media_type = cosign::OCI_MANIFEST_MEDIA_TYPE.to_owned();
-    let manifest = Manifest { bytes, media_type, digest: digest.clone() };
+    let manifest = Manifest { bytes, media_type, digest: digest.clone(), host: String::new() };
     registry.manifests.insert((image.name(), reference), manifest);
     if row.signatures.is_empty() {
         return registry;
@@ -305,8 +305,12 @@ fn registry_for(row: &Row, image: &ImageRef, keys: &HashMap<String, CosignKey>) 
         .collect();
     let artifact = cosign::signature_manifest(&sigs);
     let sig_bytes = Bytes::from(artifact.manifest.clone());
-    let sig_manifest =
-        Manifest { digest: Digest::sha256_of(&sig_bytes), bytes: sig_bytes, media_type: artifact.media_type.clone() };
+    let sig_manifest = Manifest {
+        digest: Digest::sha256_of(&sig_bytes),
+        bytes: sig_bytes,
+        media_type: artifact.media_type.clone(),
+        host: String::new(),
+    };
     let tag = format!("{}-{}.sig", digest.algorithm(), digest.hex());
     registry.manifests.insert((image.name(), tag), sig_manifest);
     for blob in artifact.blobs {

@@ -17,6 +17,7 @@ mod kubelet_client;
 mod lifecycle;
 mod media_types;
 mod metrics;
+mod mirrors;
 mod peers;
 mod pinning;
 mod properties;

@@ -333,13 +333,47 @@ impl CosignKey {
         Signing { key: self, image: format!("{registry}/{repo}@{digest}"), extra: Vec::new() }
     }
 
+    /// A signature for `identity@digest` made by the real cosign where `identity`'s registry
+    /// cannot be reached (a name that only a mirror serves): `cosign generate` writes the
+    /// payload for that name offline, `cosign sign-blob` signs it, and `cosign attach
+    /// signature` stores both beside `registry/repo@digest`, or in `signatures_repo` (cosign's
+    /// COSIGN_REPOSITORY) when given. `registry` is plain HTTP.
+    pub fn sign_as(&self, identity: &str, registry: &str, repo: &str, digest: &str, signatures_repo: Option<&str>) {
+        let payload = self.cosign(&["generate", &format!("{identity}@{digest}")]);
+        fs::write(self.dir.path().join("payload.json"), payload.trim_end()).expect("write payload.json");
+        self.cosign(&[
+            "sign-blob",
+            "--key",
+            "cosign.key",
+            "--yes",
+            "--tlog-upload=false",
+            "--new-bundle-format=false",
+            "--use-signing-config=false",
+            "--output-signature",
+            "payload.sig",
+            "payload.json",
+        ]);
+        let image = format!("{registry}/{repo}@{digest}");
+        let args = ["attach", "signature", "--payload", "payload.json", "--signature", "payload.sig"];
+        let mut args = args.to_vec();
+        args.extend(["--allow-http-registry", &image]);
+        match signatures_repo {
+            Some(repository) => self.cosign_with(&args, &[("COSIGN_REPOSITORY", repository)]),
+            None => self.cosign(&args),
+        };
+    }
+
     fn cosign(&self, args: &[&str]) -> String {
+        self.cosign_with(args, &[])
+    }
+
+    fn cosign_with(&self, args: &[&str], env: &[(&str, &str)]) -> String {
         let home = self.dir.path();
         let mut cmd = Command::new(super::lab::peer("cosign"));
         cmd.args(args).current_dir(home).env_clear();
         cmd.env("PATH", std::env::var_os("PATH").unwrap_or_default()).env("HOME", home);
         cmd.env("DOCKER_CONFIG", home.join("docker")).env("TUF_ROOT", home.join("tuf"));
-        cmd.env("COSIGN_PASSWORD", COSIGN_PASSWORD);
+        cmd.env("COSIGN_PASSWORD", COSIGN_PASSWORD).envs(env.iter().copied());
         run(cmd, &format!("cosign {}", args.join(" ")))
     }
 }

@@ -1,0 +1,196 @@
+//! Fetching from where containerd fetches (issue 15): containerd 2.x and pullgate share one
+//! `certs.d` (containerd's CRI `registry.config_path`, pullgate's `registry.config_path`), and
+//! images are named on a registry host that does not exist, `registry.example.invalid`, which
+//! only its mirrors serve. The mirrors are fronts on 127.0.0.1 forwarding to the lab registry;
+//! they count who asked for what (containerd by its user agent, pullgate otherwise).
+//!
+//! | case                                                | expected                               |
+//! |-----------------------------------------------------|----------------------------------------|
+//! | signed, through its mirror                          | accepted, pinned, visible under its tag |
+//! | unsigned, through its mirror                        | SignatureValidationFailed              |
+//! | cold pull through the mirror vs. direct             | the same pullgate reads (3)            |
+//! | mirror stopped                                      | RegistryUnavailable within the timeout |
+//! | two mirrors, the first without the signature        | the second's signature is used          |
+//! | first mirror without `resolve`                      | never asked for the tag                |
+//! | signatures in another repository, `signatures_from` | accepted; refused without it           |
+
+use crate::common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::cosign::CosignKey;
+use common::cri;
+use common::front::{Front, Hostile};
+use common::lab::Lab;
+use common::pullgate::Running;
+use common::store;
+use pullgate::config::Config;
+
+/// A registry host that cannot be reached: `.invalid` never resolves (RFC 2606).
+const UPSTREAM: &str = "registry.example.invalid";
+/// Long enough for a loaded CI box, short enough to show the refusal comes within it.
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// What the refusal may take beyond the timeout: the gRPC round trip and scheduling.
+const MARGIN: Duration = Duration::from_secs(3);
+
+/// containerd's host directory for UPSTREAM, in the lab's `certs.d`.
+fn write_hosts(lab: &Lab, hosts_toml: &str) {
+    let dir = lab.dir.path().join("certs.d").join(UPSTREAM);
+    std::fs::create_dir_all(&dir).expect("mkdir certs.d/registry.example.invalid");
+    std::fs::write(dir.join("hosts.toml"), hosts_toml).expect("write hosts.toml");
+}
+
+fn mirror_entry(mirror: &Front, capabilities: &[&str]) -> String {
+    format!("[host.\"http://{}\"]\n  capabilities = {capabilities:?}\n", mirror.addr())
+}
+
+fn signed_rule(scope: &str, signatures_from: Option<&str>) -> String {
+    let from = signatures_from.map(|repo| format!("signatures_from = \"{repo}\"\n")).unwrap_or_default();
+    format!("[[rule]]\nscope = \"{scope}\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\n{from}\n")
+}
+
+async fn start(lab: &Lab, key: &CosignKey, policy: &str, insecure: Vec<String>) -> Running {
+    let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
+    config.registry.config_path = Some(lab.dir.path().join("certs.d").display().to_string());
+    config.registry.insecure = insecure;
+    config.registry.timeout = TIMEOUT;
+    let pem = key.public_pem();
+    common::pullgate::start_with(config, &[("a.pub", pem.as_str()), ("mirrors.toml", policy)]).await
+}
+
+/// Pulls `image` through pullgate; Err holds the status message.
+async fn pull(running: &Running, image: &str) -> Result<(), String> {
+    let mut images = cri::images(&running.socket);
+    match images.pull_image(cri::pull_request(image, Some("default"))).await {
+        Ok(_) => Ok(()),
+        Err(status) => Err(status.message().to_owned()),
+    }
+}
+
+/// Pushes `repo:v1` to the lab registry and signs it, with the real cosign, for the name
+/// `UPSTREAM/repo`; the signatures go to `signatures_repo` when given. Returns the digest.
+fn push_signed(lab: &Lab, key: &CosignKey, repo: &str, signatures_repo: Option<&str>) -> String {
+    let digest = lab.push_image(&format!("{repo}:v1"), repo);
+    key.sign_as(&format!("{UPSTREAM}/{repo}"), &lab.registry, repo, &digest, signatures_repo);
+    digest
+}
+
+/// Pulls `UPSTREAM/repo:v1`, expects it accepted, and checks containerd holds exactly the
+/// verified manifest under the tag and under the pinned digest.
+async fn assert_accepted_and_pinned(lab: &Lab, running: &Running, repo: &str, digest: &str) {
+    let image = format!("{UPSTREAM}/{repo}:v1");
+    pull(running, &image).await.unwrap_or_else(|e| panic!("{image} refused: {e}\n{}", lab.logs()));
+    let (verified, config) = store::verified(&lab.registry, repo, "v1").await;
+    assert_eq!(verified, digest);
+    store::assert_pinned(lab, &image, &verified, &config).await;
+}
+
+/// pullgate's reads of `repo` at `front` (containerd's left out), as "manifests/…" or "blobs/…".
+fn pullgate_reads(front: &Front, repo: &str) -> Vec<String> {
+    let prefix = format!("/v2/{repo}/");
+    let reads = front.requests().into_iter().filter(|seen| seen.reads_repo(repo) && !seen.is_containerd());
+    reads.map(|seen| seen.path.trim_start_matches(&prefix).to_owned()).collect()
+}
+
+fn tag_reads(reads: &[String]) -> usize {
+    reads.iter().filter(|read| *read == "manifests/v1").count()
+}
+
+fn signature_reads(reads: &[String]) -> usize {
+    reads.iter().filter(|read| read.starts_with("manifests/sha256-") && read.ends_with(".sig")).count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_only_a_mirror_serves_is_verified_there_pinned_and_refused_once_the_mirror_stops() {
+    let lab = Lab::start_containerd2(false);
+    let mirror = Front::start(&lab.registry);
+    // The same front is also a registry of its own, for the direct pull to compare with.
+    mirror.trust_in(&lab);
+    let key = CosignKey::generate();
+    let digest = push_signed(&lab, &key, "demo/app", None);
+    let via_mirror = push_signed(&lab, &key, "demo/cold", None);
+    lab.push_image("demo/unsigned:v1", "unsigned");
+    let direct = lab.push_image("direct/app:v1", "direct");
+    key.sign_as(&format!("{}/direct/app", mirror.addr()), &lab.registry, "direct/app", &direct, None);
+    write_hosts(&lab, &mirror_entry(&mirror, &["pull", "resolve"]));
+    let policy =
+        signed_rule(&format!("{UPSTREAM}/demo"), None) + &signed_rule(&format!("{}/direct", mirror.addr()), None);
+    let running = start(&lab, &key, &policy, vec![mirror.addr()]).await;
+
+    assert_accepted_and_pinned(&lab, &running, "demo/app", &digest).await;
+    let reads = pullgate_reads(&mirror, "demo/app");
+    assert_eq!((tag_reads(&reads), signature_reads(&reads)), (1, 1), "pullgate asked the mirror: {reads:?}");
+    let containerd = mirror.count(|seen| seen.is_containerd() && seen.reads_repo("demo/app"));
+    assert!(containerd > 0, "containerd fetched through the same mirror");
+    let containerd_tag = mirror.count(|seen| seen.is_containerd() && seen.path.ends_with("/demo/app/manifests/v1"));
+    assert_eq!(containerd_tag, 0, "containerd pulled the pinned digest, it did not resolve the tag");
+
+    let unsigned = format!("{UPSTREAM}/demo/unsigned:v1");
+    let refusal = pull(&running, &unsigned).await.expect_err("an unsigned image through the mirror");
+    assert!(refusal.starts_with("SignatureValidationFailed: "), "{refusal}");
+    assert!(store::image_id(&lab, &unsigned).await.is_none(), "the unsigned image reached containerd");
+
+    // Round trips: a cold pull through the mirror reads what a cold direct pull reads.
+    pull(&running, &format!("{UPSTREAM}/demo/cold:v1")).await.expect("cold pull through the mirror");
+    pull(&running, &format!("{}/direct/app:v1", mirror.addr())).await.expect("cold direct pull");
+    let (mirrored, direct_reads) = (pullgate_reads(&mirror, "demo/cold"), pullgate_reads(&mirror, "direct/app"));
+    assert_eq!(mirrored.len(), 3, "resolve, signature manifest, payload: {mirrored:?}");
+    assert_eq!(mirrored.len(), direct_reads.len(), "through the mirror {mirrored:?}, direct {direct_reads:?}");
+    let (verified, config) = store::verified(&lab.registry, "demo/cold", "v1").await;
+    assert_eq!(verified, via_mirror);
+    store::assert_pinned(&lab, &format!("{UPSTREAM}/demo/cold:v1"), &verified, &config).await;
+
+    // The mirror stops: the registry itself cannot be reached either, so nothing can be checked.
+    drop(mirror);
+    let started = Instant::now();
+    let refusal = pull(&running, &format!("{UPSTREAM}/demo/app:v1")).await.expect_err("no host answers");
+    assert!(refusal.starts_with("RegistryUnavailable: "), "{refusal}");
+    assert!(started.elapsed() < TIMEOUT + MARGIN, "refused after {:?}", started.elapsed());
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_are_tried_in_order_and_a_mirror_without_resolve_is_never_asked_for_a_tag() {
+    let lab = Lab::start_containerd2(false);
+    let (first, second) = (Front::start(&lab.registry), Front::start(&lab.registry));
+    let key = CosignKey::generate();
+    let digest = push_signed(&lab, &key, "demo/app", None);
+    // The first mirror holds the image but not its signatures.
+    let withheld = format!("/v2/demo/app/manifests/{}", common::cosign::signature_tag(&digest));
+    first.hostile(&withheld, Hostile::Body(404, "application/json".into(), Bytes::from_static(b"{}")));
+    write_hosts(&lab, &(mirror_entry(&first, &["pull"]) + &mirror_entry(&second, &["pull", "resolve"])));
+    let running = start(&lab, &key, &signed_rule(&format!("{UPSTREAM}/demo"), None), Vec::new()).await;
+
+    assert_accepted_and_pinned(&lab, &running, "demo/app", &digest).await;
+    let (at_first, at_second) = (pullgate_reads(&first, "demo/app"), pullgate_reads(&second, "demo/app"));
+    assert_eq!(tag_reads(&at_first), 0, "the pull-only mirror was asked to resolve: {at_first:?}");
+    assert_eq!(tag_reads(&at_second), 1, "{at_second:?}");
+    assert_eq!(signature_reads(&at_first), 1, "the first host is asked first: {at_first:?}");
+    assert_eq!(signature_reads(&at_second), 1, "then the second, which has them: {at_second:?}");
+    let containerd_tag = first.count(|seen| seen.is_containerd() && seen.path.ends_with("/manifests/v1"));
+    assert_eq!(containerd_tag, 0);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signatures_kept_in_another_repository_count_only_where_the_rule_says_so() {
+    let lab = Lab::start_containerd2(false);
+    let mirror = Front::start(&lab.registry);
+    let key = CosignKey::generate();
+    let signatures = format!("{}/sigs/app", lab.registry);
+    let named = push_signed(&lab, &key, "demo/named", Some(&signatures));
+    push_signed(&lab, &key, "demo/unnamed", Some(&signatures));
+    write_hosts(&lab, &mirror_entry(&mirror, &["pull", "resolve"]));
+    let policy = signed_rule(&format!("{UPSTREAM}/demo/named"), Some(&signatures))
+        + &signed_rule(&format!("{UPSTREAM}/demo/unnamed"), None);
+    let running = start(&lab, &key, &policy, vec![lab.registry.clone()]).await;
+
+    assert_accepted_and_pinned(&lab, &running, "demo/named", &named).await;
+    assert_eq!(signature_reads(&pullgate_reads(&mirror, "demo/named")), 0, "looked up beside the image");
+
+    let unnamed = format!("{UPSTREAM}/demo/unnamed:v1");
+    let refusal = pull(&running, &unnamed).await.expect_err("signatures elsewhere, and the rule does not say where");
+    assert!(refusal.starts_with("SignatureValidationFailed: ") && refusal.contains("no signatures found"), "{refusal}");
+    running.stop().await;
+}
