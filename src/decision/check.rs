@@ -1,15 +1,17 @@
 //! Checking an image against a `signed` rule: resolve the digest, fetch the cosign signatures
-//! stored beside it, and evaluate them.
+//! stored beside it (the `.sig` tag and the OCI referrers), and evaluate them.
 
-use bytes::Bytes;
-use futures_util::future::join_all;
+use futures_util::future::{join, join_all};
 
 use crate::policy::Rule;
 use crate::reference::{Digest, ImageRef};
 use crate::registry::{Credentials, Manifest, Registry, RegistryError, media_type};
 use crate::verify::payload::MAX_PAYLOAD_BYTES;
+use crate::verify::referrers::{
+    Discovery, MAX_BUNDLE_BYTES, Referrer, ReferrerKind, parse_bundle_manifest, parse_referrer_index,
+};
 use crate::verify::signatures::{SignatureLayer, parse_signature_manifest};
-use crate::verify::{Evaluation, Shortfall, evaluate};
+use crate::verify::{Evaluation, Format, Found, Shortfall, evaluate_found};
 
 use super::Verdict;
 use super::reason::ReasonCode;
@@ -50,7 +52,13 @@ impl Outcome {
 
 /// The tag cosign stores an image's signatures under: `sha256-<hex>.sig`.
 pub fn signature_tag(digest: &Digest) -> String {
-    format!("{}-{}.sig", digest.algorithm(), digest.hex())
+    format!("{}.sig", referrers_tag(digest))
+}
+
+/// The tag of the referrers tag schema (OCI distribution spec 1.1), where registries without
+/// the referrers API keep the index of a digest's referrers: `sha256-<hex>`.
+pub fn referrers_tag(digest: &Digest) -> String {
+    format!("{}-{}", digest.algorithm(), digest.hex())
 }
 
 /// The signature check proper, for a digest already resolved: fetch the signatures stored
@@ -62,11 +70,11 @@ pub async fn signatures<R: Registry>(
     rule: &Rule,
     credentials: &Credentials,
 ) -> Outcome {
-    let (signatures, unusable) = match fetch_signatures(registry, image, &digest, credentials).await {
+    let (signatures, unusable) = match fetch_all(registry, image, &digest, credentials).await {
         Ok(fetched) => fetched,
         Err(outcome) => return Outcome { digest: Some(digest), ..outcome },
     };
-    let evaluation = evaluate(image, &digest, rule, &signatures);
+    let evaluation = evaluate_found(image, &digest, rule, &signatures);
     let verdict = if evaluation.accepted { Verdict::Accepted } else { Verdict::Rejected };
     let code = code(&evaluation, &unusable);
     let reason = reason(&evaluation, &unusable);
@@ -74,7 +82,7 @@ pub async fn signatures<R: Registry>(
 }
 
 /// Signatures whose payload never arrived intact are not "no signatures".
-fn code(evaluation: &Evaluation, unusable: &[RegistryError]) -> ReasonCode {
+fn code(evaluation: &Evaluation, unusable: &[String]) -> ReasonCode {
     match evaluation.shortfall {
         None => ReasonCode::Verified,
         Some(Shortfall::NoSignatures) if !unusable.is_empty() => ReasonCode::UnusableSignature,
@@ -84,11 +92,11 @@ fn code(evaluation: &Evaluation, unusable: &[RegistryError]) -> ReasonCode {
 
 /// A payload the registry would not hand over intact never reaches the evaluation, so a
 /// refusal names it: otherwise it would read "no signatures found" while there were some.
-fn reason(evaluation: &Evaluation, unusable: &[RegistryError]) -> String {
+fn reason(evaluation: &Evaluation, unusable: &[String]) -> String {
     let Some(first) = unusable.first().filter(|_| !evaluation.accepted) else { return evaluation.reason.clone() };
     let what = match unusable.len() {
-        1 => "1 signature payload is unusable".to_owned(),
-        n => format!("{n} signature payloads are unusable"),
+        1 => "1 signature is unusable".to_owned(),
+        n => format!("{n} signatures are unusable"),
     };
     if evaluation.signatures.is_empty() {
         format!("no signature by a trusted key: {what} ({first})")
@@ -142,6 +150,27 @@ fn pinnable(manifest: &Manifest) -> Result<(), String> {
     Err(format!("the tag resolves to {kind}; only OCI and Docker schema 2 images and indexes are verified and pinned"))
 }
 
+/// Every signature found beside the digest, in either format, and why those that could not be
+/// fetched intact were left out: the `.sig` tag and the referrers are asked for at once, so a
+/// cold check waits for the slower of them, not for both.
+async fn fetch_all<R: Registry>(
+    registry: &R,
+    image: &ImageRef,
+    digest: &Digest,
+    credentials: &Credentials,
+) -> Result<(Vec<Found>, Vec<String>), Outcome> {
+    let (tagged, referred) = join(
+        fetch_signatures(registry, image, digest, credentials),
+        fetch_referrers(registry, image, digest, credentials),
+    )
+    .await;
+    let (mut found, mut unusable) = tagged?;
+    let (more, more_unusable) = referred?;
+    found.extend(more);
+    unusable.extend(more_unusable);
+    Ok((found, unusable))
+}
+
 /// Signature layers paired with their payloads, and the errors of payloads that could not be
 /// fetched intact (too large, wrong digest, missing): those only make their signature count
 /// for nothing, unless the registry is down altogether.
@@ -150,7 +179,7 @@ async fn fetch_signatures<R: Registry>(
     image: &ImageRef,
     digest: &Digest,
     credentials: &Credentials,
-) -> Result<(Vec<(SignatureLayer, Bytes)>, Vec<RegistryError>), Outcome> {
+) -> Result<(Vec<Found>, Vec<String>), Outcome> {
     let manifest = match registry.manifest(image, &signature_tag(digest), credentials).await {
         Ok(Some(manifest)) => manifest,
         Ok(None) => return Ok((Vec::new(), Vec::new())),
@@ -159,17 +188,122 @@ async fn fetch_signatures<R: Registry>(
     let layers = parse_signature_manifest(&manifest.bytes, &manifest.media_type).map_err(|error| {
         Outcome::reject(ReasonCode::UnusableSignature, &format!("unusable signature manifest: {error}"))
     })?;
+    simple_signing_payloads(registry, image, layers, Format::SigTag, credentials).await
+}
+
+async fn simple_signing_payloads<R: Registry>(
+    registry: &R,
+    image: &ImageRef,
+    layers: Vec<SignatureLayer>,
+    format: Format,
+    credentials: &Credentials,
+) -> Result<(Vec<Found>, Vec<String>), Outcome> {
     let payloads =
         join_all(layers.iter().map(|layer| registry.blob(image, &layer.digest, MAX_PAYLOAD_BYTES, credentials))).await;
     let (mut signatures, mut unusable) = (Vec::with_capacity(layers.len()), Vec::new());
     for (layer, payload) in layers.into_iter().zip(payloads) {
         match payload {
-            Ok(bytes) => signatures.push((layer, bytes)),
+            Ok(payload) => signatures.push(Found::Simple { layer, payload, format }),
             Err(error) if error.is_unavailable() => {
                 return Err(Outcome::registry_error(None, "cannot fetch a signature payload", &error));
             }
-            Err(error) => unusable.push(error),
+            Err(error) => unusable.push(error.to_string()),
         }
     }
     Ok((signatures, unusable))
+}
+
+/// The signatures among the digest's OCI referrers, listed by the referrers tag schema's
+/// `sha256-<hex>` tag. A referrer that cannot be used (a broken list, a manifest the list
+/// names but the registry does not have, a bundle for another image) counts for nothing and
+/// is named in the refusal.
+async fn fetch_referrers<R: Registry>(
+    registry: &R,
+    image: &ImageRef,
+    digest: &Digest,
+    credentials: &Credentials,
+) -> Result<(Vec<Found>, Vec<String>), Outcome> {
+    let via = Discovery::ReferrersTag;
+    let list = match registry.manifest(image, &referrers_tag(digest), credentials).await {
+        Ok(Some(list)) => list,
+        Ok(None) => return Ok((Vec::new(), Vec::new())),
+        Err(error) => return unusable_or_unavailable(error, "cannot fetch the referrers tag"),
+    };
+    let referrers = match parse_referrer_index(&list.bytes, &list.media_type) {
+        Ok(referrers) => referrers,
+        Err(error) => return Ok((Vec::new(), vec![format!("{}: {error}", via.describe())])),
+    };
+    let fetched =
+        join_all(referrers.iter().map(|referrer| fetch_referrer(registry, image, digest, referrer, via, credentials)))
+            .await;
+    let (mut found, mut unusable) = (Vec::new(), Vec::new());
+    for result in fetched {
+        let (more, more_unusable) = result?;
+        found.extend(more);
+        unusable.extend(more_unusable);
+    }
+    Ok((found, unusable))
+}
+
+/// One referrer's signatures: its manifest, then the bundle or the payloads it holds.
+async fn fetch_referrer<R: Registry>(
+    registry: &R,
+    image: &ImageRef,
+    digest: &Digest,
+    referrer: &Referrer,
+    via: Discovery,
+    credentials: &Credentials,
+) -> Result<(Vec<Found>, Vec<String>), Outcome> {
+    let what = match referrer.kind {
+        ReferrerKind::Bundle => "bundle referrer",
+        ReferrerKind::SimpleSigning => "simple-signing referrer",
+    };
+    let manifest = match registry.manifest(image, referrer.digest.as_str(), credentials).await {
+        Ok(Some(manifest)) => manifest,
+        Ok(None) => {
+            let text = format!("{what} {} listed by the {} is missing", referrer.digest, via.describe());
+            return Ok((Vec::new(), vec![text]));
+        }
+        Err(error) => return unusable_or_unavailable(error, &format!("cannot fetch {what} {}", referrer.digest)),
+    };
+    match referrer.kind {
+        ReferrerKind::Bundle => fetch_bundle(registry, image, digest, referrer, &manifest, via, credentials).await,
+        ReferrerKind::SimpleSigning => match parse_signature_manifest(&manifest.bytes, &manifest.media_type) {
+            Ok(layers) => {
+                let format = Format::SimpleSigningReferrer(via);
+                simple_signing_payloads(registry, image, layers, format, credentials).await
+            }
+            Err(error) => Ok((Vec::new(), vec![format!("{what} {}: {error}", referrer.digest)])),
+        },
+    }
+}
+
+async fn fetch_bundle<R: Registry>(
+    registry: &R,
+    image: &ImageRef,
+    digest: &Digest,
+    referrer: &Referrer,
+    manifest: &Manifest,
+    via: Discovery,
+    credentials: &Credentials,
+) -> Result<(Vec<Found>, Vec<String>), Outcome> {
+    let layer = match parse_bundle_manifest(&referrer.digest, &manifest.bytes, digest) {
+        Ok(layer) => layer,
+        Err(error) => return Ok((Vec::new(), vec![error.to_string()])),
+    };
+    match registry.blob(image, &layer.digest, MAX_BUNDLE_BYTES, credentials).await {
+        Ok(bundle) => Ok((vec![Found::Bundle { layer: layer.digest, bundle, via }], Vec::new())),
+        Err(error) => unusable_or_unavailable(error, &format!("cannot fetch the bundle of {}", referrer.digest)),
+    }
+}
+
+/// A registry that cannot be reached leaves nothing decided; any other failure only makes
+/// what was asked for count for nothing.
+// Same shape as the async fetchers it answers for, which clippy does not size-check.
+#[allow(clippy::result_large_err)]
+fn unusable_or_unavailable(error: RegistryError, context: &str) -> Result<(Vec<Found>, Vec<String>), Outcome> {
+    if error.is_unavailable() {
+        return Err(Outcome::registry_error(None, context, &error));
+    }
+    Ok((Vec::new(), vec![format!("{context}: {error}")]))
 }

@@ -46,8 +46,15 @@ pub struct Explanation {
 
 #[derive(Debug, Serialize)]
 pub struct SignatureView {
-    /// The signature layer's digest in the `.sig` manifest.
+    /// The digest of the layer holding the signed payload or the bundle.
     pub layer: String,
+    /// `sig`, `simple-signing-referrer` or `bundle`.
+    pub format: &'static str,
+    /// `sig-tag`, `referrers-api` or `referrers-tag`.
+    pub found_via: &'static str,
+    /// Format and place in words, for the text explanation.
+    #[serde(skip)]
+    pub found: String,
     /// The key whose check passed, even when the payload was then refused.
     pub verified_by: Option<String>,
     /// The image name the signature is for, once a trusted key's signature over it verified.
@@ -98,6 +105,9 @@ impl SignatureView {
     fn new(outcome: &SignatureOutcome) -> SignatureView {
         SignatureView {
             layer: outcome.layer.to_string(),
+            format: outcome.format.word(),
+            found_via: outcome.format.found_via(),
+            found: outcome.format.to_string(),
             verified_by: outcome.verified_by.clone(),
             signed_name: outcome.signed_name.clone(),
             counted: outcome.rejected_because.is_none(),
@@ -203,7 +213,7 @@ fn write_rule(f: &mut fmt::Formatter<'_>, rule: &RuleView) -> fmt::Result {
 
 impl fmt::Display for SignatureView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: ", self.layer)?;
+        write!(f, "{} ({}): ", self.layer, self.found)?;
         match (&self.verified_by, &self.rejected_because) {
             (Some(key), None) => write!(f, "counts, verified by {key}"),
             (Some(key), Some(why)) => write!(f, "does not count, verified by {key} but {why}"),

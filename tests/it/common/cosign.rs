@@ -313,6 +313,46 @@ impl CosignKey {
         ]);
     }
 
+    /// `cosign sign` of `registry/repo@digest` as cosign v3 does by default: a sigstore bundle
+    /// (v0.3) attached as an OCI referrer, under the referrers tag `sha256-<hex>` on a registry
+    /// without the referrers API (docker-registry 2.8). Offline: `--tlog-upload=false` alone is
+    /// refused while the default signing config is in use, so it is turned off too.
+    pub fn sign_bundle(&self, registry: &str, repo: &str, digest: &str) {
+        let image = format!("{registry}/{repo}@{digest}");
+        self.cosign(&[
+            "sign",
+            "--key",
+            "cosign.key",
+            "--yes",
+            "--tlog-upload=false",
+            "--use-signing-config=false",
+            "--allow-http-registry",
+            &image,
+        ]);
+    }
+
+    /// `cosign attest` of a `predicate_type` attestation (e.g. "slsaprovenance1") to
+    /// `registry/repo@digest`: a bundle referrer like a signature's, with another predicate.
+    pub fn attest(&self, registry: &str, repo: &str, digest: &str, predicate_type: &str) {
+        let image = format!("{registry}/{repo}@{digest}");
+        fs::write(self.dir.path().join("predicate.json"), br#"{"buildType":"pullgate-test"}"#)
+            .expect("write predicate");
+        self.cosign(&[
+            "attest",
+            "--key",
+            "cosign.key",
+            "--yes",
+            "--tlog-upload=false",
+            "--use-signing-config=false",
+            "--allow-http-registry",
+            "--type",
+            predicate_type,
+            "--predicate",
+            "predicate.json",
+            &image,
+        ]);
+    }
+
     fn cosign(&self, args: &[&str]) -> String {
         let home = self.dir.path();
         let mut cmd = Command::new(super::lab::peer("cosign"));
