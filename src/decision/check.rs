@@ -213,21 +213,32 @@ async fn simple_signing_payloads<R: Registry>(
     Ok((signatures, unusable))
 }
 
-/// The signatures among the digest's OCI referrers, listed by the referrers tag schema's
-/// `sha256-<hex>` tag. A referrer that cannot be used (a broken list, a manifest the list
-/// names but the registry does not have, a bundle for another image) counts for nothing and
-/// is named in the refusal.
+/// The signatures among the digest's OCI referrers. The referrers API and the referrers tag
+/// schema's `sha256-<hex>` tag are asked at once, so a registry without the API (it answers
+/// 404) costs no round trip more; the API's list wins when there is one. A referrer that
+/// cannot be used (a broken list, a manifest the list names but the registry does not have, a
+/// bundle for another image) counts for nothing and is named in the refusal.
 async fn fetch_referrers<R: Registry>(
     registry: &R,
     image: &ImageRef,
     digest: &Digest,
     credentials: &Credentials,
 ) -> Result<(Vec<Found>, Vec<String>), Outcome> {
-    let via = Discovery::ReferrersTag;
-    let list = match registry.manifest(image, &referrers_tag(digest), credentials).await {
-        Ok(Some(list)) => list,
-        Ok(None) => return Ok((Vec::new(), Vec::new())),
-        Err(error) => return unusable_or_unavailable(error, "cannot fetch the referrers tag"),
+    let (api, tag) = join(
+        registry.referrers(image, digest, credentials),
+        registry.manifest(image, &referrers_tag(digest), credentials),
+    )
+    .await;
+    // Registries without the API should answer 404, but some refuse the unknown path otherwise
+    // (400, 405, …): only an unreachable registry keeps the tag from being read.
+    let (list, via) = match (api, tag) {
+        (Ok(Some(list)), _) => (list, Discovery::ReferrersApi),
+        (Err(error), _) if error.is_unavailable() => {
+            return Err(Outcome::registry_error(None, "cannot list the referrers", &error));
+        }
+        (_, Ok(Some(list))) => (list, Discovery::ReferrersTag),
+        (_, Ok(None)) => return Ok((Vec::new(), Vec::new())),
+        (_, Err(error)) => return unusable_or_unavailable(error, "cannot fetch the referrers tag"),
     };
     let referrers = match parse_referrer_index(&list.bytes, &list.media_type) {
         Ok(referrers) => referrers,

@@ -14,7 +14,7 @@ use super::auth::{AuthState, BearerChallenge, Challenge, Issuer, TokenKey, prefe
 use super::limits::{CONNECT_TIMEOUT, MANIFEST_MAX_BYTES, MAX_REDIRECTS, MAX_REFERENCE_LEN};
 use super::response::{Origin, check_status, read_capped, transport_error, verify_digest};
 use super::token::{self, TokenRequest, bearer_header};
-use super::{Credentials, Manifest, Registry, RegistryConfig, RegistryError};
+use super::{Credentials, Manifest, Registry, RegistryConfig, RegistryError, media_type};
 use crate::metrics::Metrics;
 use crate::reference::{Digest, ImageRef};
 
@@ -355,6 +355,27 @@ impl Registry for HttpRegistry {
         if let Some(expected) = &expected {
             verify_digest(expected, &bytes, &target.what)?;
         }
+        let media_type = header_type.or_else(|| media_type_field(&bytes)).unwrap_or_default();
+        Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type, bytes }))
+    }
+
+    async fn referrers(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        creds: &Credentials,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let mut target = self.target(image, "referrers", digest.as_str())?;
+        target.accept = Some(media_type::OCI_INDEX);
+        let response = self.send(&target, creds).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        check_status(response.status(), &target.origin(), creds.is_anonymous())?;
+        let header_type = content_type(&response);
+        // The answer is an image index, bounded like any manifest. Only its first page is read:
+        // more signature referrers than one page holds is beyond any limit of ours anyway.
+        let bytes = read_capped(response, MANIFEST_MAX_BYTES, &target.origin()).await?;
         let media_type = header_type.or_else(|| media_type_field(&bytes)).unwrap_or_default();
         Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type, bytes }))
     }

@@ -18,6 +18,8 @@
 use crate::common;
 
 use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -25,9 +27,14 @@ use serde_json::json;
 
 use common::cosign::{self, CosignKey};
 use common::cri;
+use common::fake_registry::{FakeRegistry, Reply, Request};
 use common::lab::{Format, Lab};
 use common::store;
 use pullgate::config::Config;
+use pullgate::decision::{Gate, PullRequest, Verdict};
+use pullgate::policy::{Policy, SharedPolicy};
+use pullgate::registry::{HttpRegistry, RegistryConfig};
+use pullgate::verify::{Discovery, Format as VerifyFormat};
 
 const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -107,6 +114,77 @@ async fn cosign_v3_bundles_are_verified_through_the_referrers_tag() {
     let missing_message = pull_error(&pullgate.socket, &format!("{reg}/b/missing:v1")).await;
     assert!(missing_message.contains("listed by the referrers tag is missing"), "{missing_message}");
     pullgate.stop().await;
+}
+
+/// A registry with the referrers API (an in-process fake following the distribution spec)
+/// serving what cosign pushed to docker-registry: the referrers list comes from
+/// `GET /v2/<name>/referrers/<digest>`, and there is no referrers tag to fall back on. A list
+/// naming a manifest the registry does not have counts for nothing and says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_referrers_api_is_used_where_the_registry_has_it() {
+    let lab = Lab::start();
+    let key = CosignKey::generate();
+    let reg = lab.registry.clone();
+    let digest = lab.push_image("b/api:v1", "api");
+    key.sign_bundle(&reg, "b/api", &digest);
+    let manifest =
+        cosign::http_get(&format!("http://{reg}/v2/b/api/manifests/v1"), common::front::ACCEPT_MANIFESTS, None);
+    let index = referrer_index(&reg, "b/api", &digest);
+    let referrer = only_referrer(&reg, "b/api", &digest);
+    let referrer_manifest =
+        cosign::http_get(&format!("http://{reg}/v2/b/api/manifests/{referrer}"), cosign::OCI_MANIFEST_MEDIA_TYPE, None);
+    let bundle = only_bundle(&reg, "b/api", &digest);
+    let bundle_digest = cosign::sha256_digest(&bundle);
+    let index = serde_json::to_vec(&index).expect("index");
+    let (image_type, image_bytes) = (manifest.content_type.clone(), manifest.body.clone());
+    let (digest_seen, referrer_seen) = (digest.clone(), referrer.clone());
+    let served = move |path: &str| -> Option<(String, Vec<u8>)> {
+        let (digest, referrer) = (&digest_seen, &referrer_seen);
+        let image_path = |p: &str| format!("/v2/b/{p}/manifests/v1");
+        if path == image_path("api") || path == image_path("gone") {
+            return Some((image_type.clone(), image_bytes.clone()));
+        }
+        if path == format!("/v2/b/api/referrers/{digest}") || path == format!("/v2/b/gone/referrers/{digest}") {
+            return Some((OCI_INDEX.to_owned(), index.clone()));
+        }
+        if path == format!("/v2/b/api/manifests/{referrer}") {
+            return Some((cosign::OCI_MANIFEST_MEDIA_TYPE.to_owned(), referrer_manifest.body.clone()));
+        }
+        (path == format!("/v2/b/api/blobs/{bundle_digest}"))
+            .then(|| ("application/octet-stream".into(), bundle.clone()))
+    };
+    let fake = FakeRegistry::start(move |request: &Request| match served(request.path()) {
+        Some((content_type, body)) => Reply::ok(&content_type, &body),
+        None if request.path() == "/v2/" => Reply::ok("application/json", b"{}"),
+        None => Reply::status(404),
+    })
+    .await;
+
+    let dir = tempfile::tempdir().expect("policy dir");
+    std::fs::write(dir.path().join("cosign.pub"), key.public_pem()).expect("write key");
+    std::fs::write(dir.path().join("policy.toml"), policy(&fake.authority())).expect("write policy");
+    let policy = Policy::load(dir.path(), None).expect("policy loads");
+    let config = RegistryConfig { insecure: vec![fake.authority()], ..RegistryConfig::default() };
+    let registry = Arc::new(HttpRegistry::new(&config).expect("registry client"));
+    let gate = Gate::new(SharedPolicy::new(policy), registry, Duration::from_secs(10));
+
+    let decide = |repo: &str| PullRequest { image: format!("{}/b/{repo}:v1", fake.authority()), ..Default::default() };
+    let accepted = gate.decide(&decide("api")).await;
+    assert_eq!(accepted.verdict, Verdict::Accepted, "{}", accepted.reason);
+    let signatures = &accepted.evaluation.as_ref().expect("an evaluation").signatures;
+    assert_eq!(signatures.len(), 1, "{signatures:?}");
+    assert_eq!(signatures[0].format, VerifyFormat::Bundle(Discovery::ReferrersApi));
+    let tag = digest.replacen(':', "-", 1);
+    assert!(fake.count(&format!("/v2/b/api/referrers/{digest}")) > 0, "the referrers API was never asked");
+    assert!(fake.count(&format!("/v2/b/api/manifests/{tag}")) > 0, "the referrers tag was not asked at once");
+
+    let refused = gate.decide(&decide("gone")).await;
+    assert_eq!(refused.verdict, Verdict::Rejected, "{}", refused.reason);
+    assert!(
+        refused.reason.contains(&format!("bundle referrer {referrer} listed by the referrers API is missing")),
+        "{}",
+        refused.reason
+    );
 }
 
 async fn pull_error(socket: &std::path::Path, image: &str) -> String {
