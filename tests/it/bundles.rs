@@ -14,6 +14,7 @@
 //! | b/altered        | cosign's bundle with its DSSE payload altered        | does not verify           |
 //! | b/missing        | referrer index naming a deleted manifest             | referrer is missing       |
 //! | strict/signed    | `cosign sign`, under a rule that needs an identity   | names no image            |
+//! | strict/referrer  | `cosign sign` simple-signing, pushed as a referrer   | pulled, pinned            |
 
 use crate::common;
 
@@ -75,13 +76,15 @@ async fn cosign_v3_bundles_are_verified_through_the_referrers_tag() {
     delete_manifest(&reg, "b/missing", &only_referrer(&reg, "b/missing", &missing));
     let strict = lab.push_image("strict/signed:v1", "strict");
     key.sign_bundle(&reg, "strict/signed", &strict);
+    let referred = lab.push_image("strict/referrer:v1", "referrer");
+    key.sign_referrer(&reg, "strict/referrer", &referred);
 
     let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
     config.registry.insecure = vec![reg.clone()];
     let (pem, policy) = (key.public_pem(), policy(&reg));
     let pullgate = common::pullgate::start_with(config, &[("cosign.pub", &pem), ("policy.toml", &policy)]).await;
 
-    for (repo, digest) in [("b/signed", &signed), ("b/multi", &multi)] {
+    for (repo, digest) in [("b/signed", &signed), ("b/multi", &multi), ("strict/referrer", &referred)] {
         let image = format!("{reg}/{repo}:v1");
         let pulled = cri::images(&pullgate.socket).pull_image(cri::pull_request(&image, None)).await;
         pulled.unwrap_or_else(|status| panic!("{image} refused: {}\n{}", status.message(), lab.logs()));

@@ -331,6 +331,25 @@ impl CosignKey {
         ]);
     }
 
+    /// `cosign sign` in the legacy simple-signing format, pushed as an OCI referrer instead of
+    /// under the `.sig` tag (`--registry-referrers-mode=oci-1-1`, an experimental flag).
+    pub fn sign_referrer(&self, registry: &str, repo: &str, digest: &str) {
+        let image = format!("{registry}/{repo}@{digest}");
+        let args = [
+            "sign",
+            "--key",
+            "cosign.key",
+            "--yes",
+            "--tlog-upload=false",
+            "--new-bundle-format=false",
+            "--use-signing-config=false",
+            "--registry-referrers-mode=oci-1-1",
+            "--allow-http-registry",
+            &image,
+        ];
+        self.cosign_with(&args, &[("COSIGN_EXPERIMENTAL", "1")]);
+    }
+
     /// `cosign attest` of a `predicate_type` attestation (e.g. "slsaprovenance1") to
     /// `registry/repo@digest`: a bundle referrer like a signature's, with another predicate.
     pub fn attest(&self, registry: &str, repo: &str, digest: &str, predicate_type: &str) {
@@ -354,12 +373,16 @@ impl CosignKey {
     }
 
     fn cosign(&self, args: &[&str]) -> String {
+        self.cosign_with(args, &[])
+    }
+
+    fn cosign_with(&self, args: &[&str], env: &[(&str, &str)]) -> String {
         let home = self.dir.path();
         let mut cmd = Command::new(super::lab::peer("cosign"));
         cmd.args(args).current_dir(home).env_clear();
         cmd.env("PATH", std::env::var_os("PATH").unwrap_or_default()).env("HOME", home);
         cmd.env("DOCKER_CONFIG", home.join("docker")).env("TUF_ROOT", home.join("tuf"));
-        cmd.env("COSIGN_PASSWORD", COSIGN_PASSWORD);
+        cmd.env("COSIGN_PASSWORD", COSIGN_PASSWORD).envs(env.iter().copied());
         run(cmd, &format!("cosign {}", args.join(" ")))
     }
 }
