@@ -428,4 +428,32 @@ mod tests {
         assert_eq!(value["rule"]["require"], "reject");
         assert_eq!(value["rule"]["namespaces"], serde_json::json!(["default"]));
     }
+
+    #[test]
+    fn each_signature_says_its_format_and_where_it_was_found() {
+        use crate::verify::{Discovery, Format, SignatureOutcome};
+        let layer: Digest = format!("sha256:{}", "cd".repeat(32)).parse().unwrap();
+        let outcome = |format| SignatureOutcome {
+            layer: layer.clone(),
+            format,
+            verified_by: Some("/keys/a.pub".into()),
+            signed_name: None,
+            rejected_because: Some("sigstore bundle: names no image".into()),
+        };
+        let bundle = SignatureView::new(&outcome(Format::Bundle(Discovery::ReferrersTag)));
+        assert_eq!(
+            bundle.to_string(),
+            format!(
+                "{layer} (sigstore bundle, via the referrers tag): does not count, verified by /keys/a.pub but \
+                 sigstore bundle: names no image"
+            )
+        );
+        let json = serde_json::to_value(&bundle).unwrap();
+        assert_eq!((json["format"].as_str(), json["found_via"].as_str()), (Some("bundle"), Some("referrers-tag")));
+        assert!(json.get("found").is_none(), "the words are for the text output only: {json}");
+        let sig = serde_json::to_value(SignatureView::new(&outcome(Format::SigTag))).unwrap();
+        assert_eq!((sig["format"].as_str(), sig["found_via"].as_str()), (Some("sig"), Some("sig-tag")));
+        let api = SignatureView::new(&outcome(Format::SimpleSigningReferrer(Discovery::ReferrersApi)));
+        assert!(api.to_string().contains("(simple-signing referrer, via the referrers API)"), "{api}");
+    }
 }
