@@ -1,15 +1,17 @@
 //! Checking an image against a `signed` rule: resolve the digest, fetch the cosign signatures
-//! stored beside it, and evaluate them.
+//! stored beside it (the `.sig` tag and the OCI referrers), and evaluate them.
 
-use bytes::Bytes;
-use futures_util::future::join_all;
+use futures_util::future::{join, join_all};
 
 use crate::policy::Rule;
 use crate::reference::{Digest, ImageRef};
 use crate::registry::{Credentials, Manifest, Registry, RegistryError, media_type};
 use crate::verify::payload::MAX_PAYLOAD_BYTES;
+use crate::verify::referrers::{
+    Discovery, MAX_BUNDLE_BYTES, Referrer, ReferrerKind, parse_bundle_manifest, parse_referrer_index,
+};
 use crate::verify::signatures::{SignatureLayer, parse_signature_manifest};
-use crate::verify::{Evaluation, Shortfall, evaluate};
+use crate::verify::{Evaluation, Format, Found, Shortfall, evaluate_found};
 
 use super::Verdict;
 use super::reason::ReasonCode;
@@ -53,7 +55,13 @@ impl Outcome {
 
 /// The tag cosign stores an image's signatures under: `sha256-<hex>.sig`.
 pub fn signature_tag(digest: &Digest) -> String {
-    format!("{}-{}.sig", digest.algorithm(), digest.hex())
+    format!("{}.sig", referrers_tag(digest))
+}
+
+/// The tag of the referrers tag schema (OCI distribution spec 1.1), where registries without
+/// the referrers API keep the index of a digest's referrers: `sha256-<hex>`.
+pub fn referrers_tag(digest: &Digest) -> String {
+    format!("{}-{}", digest.algorithm(), digest.hex())
 }
 
 /// The signature check proper, for a digest already resolved: fetch the signatures stored
@@ -66,16 +74,12 @@ pub async fn signatures<R: Registry>(
     credentials: &Credentials,
 ) -> Outcome {
     let (store, credentials) = signature_store(image, rule, credentials);
-    let Fetched { signatures, unusable, host } = match fetch_signatures(registry, store, &digest, &credentials).await {
-        Ok(fetched) => fetched,
-        Err(outcome) => return Outcome { digest: Some(digest), ..outcome },
-    };
-    let tag = signature_tag(&digest);
-    let answered = vec![match host {
-        Some(host) => format!("signatures {}:{tag} from {host}", store.name()),
-        None => format!("signatures {}:{tag}: no host has them", store.name()),
-    }];
-    let evaluation = evaluate(image, &digest, rule, &signatures);
+    let Fetched { found: signatures, unusable, answered } =
+        match fetch_all(registry, store, &digest, &credentials).await {
+            Ok(fetched) => fetched,
+            Err(outcome) => return Outcome { digest: Some(digest), ..outcome },
+        };
+    let evaluation = evaluate_found(image, &digest, rule, &signatures);
     let verdict = if evaluation.accepted { Verdict::Accepted } else { Verdict::Rejected };
     let code = code(&evaluation, &unusable);
     let reason = reason(&evaluation, &unusable);
@@ -94,7 +98,7 @@ fn signature_store<'a>(image: &'a ImageRef, rule: &'a Rule, credentials: &Creden
 }
 
 /// Signatures whose payload never arrived intact are not "no signatures".
-fn code(evaluation: &Evaluation, unusable: &[RegistryError]) -> ReasonCode {
+fn code(evaluation: &Evaluation, unusable: &[String]) -> ReasonCode {
     match evaluation.shortfall {
         None => ReasonCode::Verified,
         Some(Shortfall::NoSignatures) if !unusable.is_empty() => ReasonCode::UnusableSignature,
@@ -104,11 +108,11 @@ fn code(evaluation: &Evaluation, unusable: &[RegistryError]) -> ReasonCode {
 
 /// A payload the registry would not hand over intact never reaches the evaluation, so a
 /// refusal names it: otherwise it would read "no signatures found" while there were some.
-fn reason(evaluation: &Evaluation, unusable: &[RegistryError]) -> String {
+fn reason(evaluation: &Evaluation, unusable: &[String]) -> String {
     let Some(first) = unusable.first().filter(|_| !evaluation.accepted) else { return evaluation.reason.clone() };
     let what = match unusable.len() {
-        1 => "1 signature payload is unusable".to_owned(),
-        n => format!("{n} signature payloads are unusable"),
+        1 => "1 signature is unusable".to_owned(),
+        n => format!("{n} signatures are unusable"),
     };
     if evaluation.signatures.is_empty() {
         format!("no signature by a trusted key: {what} ({first})")
@@ -168,40 +172,195 @@ fn pinnable(manifest: &Manifest) -> Result<(), String> {
     Err(format!("the tag resolves to {kind}; only OCI and Docker schema 2 images and indexes are verified and pinned"))
 }
 
-/// Signature layers paired with their payloads, the errors of payloads that could not be
-/// fetched intact (too large, wrong digest, missing): those only make their signature count
-/// for nothing, unless the registry is down altogether; and the host that had the signatures.
+/// Every signature found for the digest, in either format; why those that could not be
+/// fetched intact were left out (too large, wrong digest, missing: those only make their
+/// signature count for nothing, unless the registry is down altogether); and which host
+/// answered each lookup.
 struct Fetched {
-    signatures: Vec<(SignatureLayer, Bytes)>,
-    unusable: Vec<RegistryError>,
-    host: Option<String>,
+    found: Vec<Found>,
+    unusable: Vec<String>,
+    answered: Vec<String>,
+}
+
+impl Fetched {
+    fn nothing(answered: Vec<String>) -> Fetched {
+        Fetched { found: Vec::new(), unusable: Vec::new(), answered }
+    }
+
+    fn extend(&mut self, more: Fetched) {
+        self.found.extend(more.found);
+        self.unusable.extend(more.unusable);
+        self.answered.extend(more.answered);
+    }
+}
+
+/// The `.sig` tag and the referrers are asked for at once, so a cold check waits for the
+/// slower of them, not for both. `store` is where the signatures are kept: the image's own
+/// repository or the rule's `signatures_from`.
+async fn fetch_all<R: Registry>(
+    registry: &R,
+    store: &ImageRef,
+    digest: &Digest,
+    credentials: &Credentials,
+) -> Result<Fetched, Outcome> {
+    let (tagged, referred) = join(
+        fetch_signatures(registry, store, digest, credentials),
+        fetch_referrers(registry, store, digest, credentials),
+    )
+    .await;
+    let mut fetched = tagged?;
+    fetched.extend(referred?);
+    Ok(fetched)
 }
 
 async fn fetch_signatures<R: Registry>(
     registry: &R,
-    image: &ImageRef,
+    store: &ImageRef,
     digest: &Digest,
     credentials: &Credentials,
 ) -> Result<Fetched, Outcome> {
-    let manifest = match registry.artifact_manifest(image, &signature_tag(digest), credentials).await {
+    let tag = signature_tag(digest);
+    let manifest = match registry.artifact_manifest(store, &tag, credentials).await {
         Ok(Some(manifest)) => manifest,
-        Ok(None) => return Ok(Fetched { signatures: Vec::new(), unusable: Vec::new(), host: None }),
+        Ok(None) => return Ok(Fetched::nothing(vec![format!("signatures {}:{tag}: no host has them", store.name())])),
         Err(error) => return Err(Outcome::registry_error(None, "cannot fetch signatures", &error)),
     };
     let layers = parse_signature_manifest(&manifest.bytes, &manifest.media_type).map_err(|error| {
         Outcome::reject(ReasonCode::UnusableSignature, &format!("unusable signature manifest: {error}"))
     })?;
+    let (found, unusable) = simple_signing_payloads(registry, store, layers, Format::SigTag, credentials).await?;
+    Ok(Fetched { found, unusable, answered: vec![format!("signatures {}:{tag} from {}", store.name(), manifest.host)] })
+}
+
+async fn simple_signing_payloads<R: Registry>(
+    registry: &R,
+    image: &ImageRef,
+    layers: Vec<SignatureLayer>,
+    format: Format,
+    credentials: &Credentials,
+) -> Result<(Vec<Found>, Vec<String>), Outcome> {
     let payloads =
         join_all(layers.iter().map(|layer| registry.blob(image, &layer.digest, MAX_PAYLOAD_BYTES, credentials))).await;
     let (mut signatures, mut unusable) = (Vec::with_capacity(layers.len()), Vec::new());
     for (layer, payload) in layers.into_iter().zip(payloads) {
         match payload {
-            Ok(bytes) => signatures.push((layer, bytes)),
+            Ok(payload) => signatures.push(Found::Simple { layer, payload, format }),
             Err(error) if error.is_unavailable() => {
                 return Err(Outcome::registry_error(None, "cannot fetch a signature payload", &error));
             }
-            Err(error) => unusable.push(error),
+            Err(error) => unusable.push(error.to_string()),
         }
     }
-    Ok(Fetched { signatures, unusable, host: Some(manifest.host) })
+    Ok((signatures, unusable))
+}
+
+/// The signatures among the digest's OCI referrers. The referrers API and the referrers tag
+/// schema's `sha256-<hex>` tag are asked at once, so a registry without the API (it answers
+/// 404) costs no round trip more; the API's list wins when there is one. A referrer that
+/// cannot be used (a broken list, a manifest the list names but the registry does not have, a
+/// bundle for another image) counts for nothing and is named in the refusal.
+async fn fetch_referrers<R: Registry>(
+    registry: &R,
+    store: &ImageRef,
+    digest: &Digest,
+    credentials: &Credentials,
+) -> Result<Fetched, Outcome> {
+    let (api, tag) = join(
+        registry.referrers(store, digest, credentials),
+        registry.artifact_manifest(store, &referrers_tag(digest), credentials),
+    )
+    .await;
+    // Registries without the API should answer 404, but some refuse the unknown path otherwise
+    // (400, 405, …): only an unreachable registry keeps the tag from being read.
+    let (list, via) = match (api, tag) {
+        (Ok(Some(list)), _) => (list, Discovery::ReferrersApi),
+        (Err(error), _) if error.is_unavailable() => {
+            return Err(Outcome::registry_error(None, "cannot list the referrers", &error));
+        }
+        (_, Ok(Some(list))) => (list, Discovery::ReferrersTag),
+        (_, Ok(None)) => return Ok(Fetched::nothing(Vec::new())),
+        (_, Err(error)) => {
+            let (found, unusable) = unusable_or_unavailable(error, "cannot fetch the referrers tag")?;
+            return Ok(Fetched { found, unusable, answered: Vec::new() });
+        }
+    };
+    let answered = vec![format!("referrers of {}@{digest} from {} ({})", store.name(), list.host, via.describe())];
+    let referrers = match parse_referrer_index(&list.bytes, &list.media_type) {
+        Ok(referrers) => referrers,
+        Err(error) => {
+            return Ok(Fetched { found: Vec::new(), unusable: vec![format!("{}: {error}", via.describe())], answered });
+        }
+    };
+    let fetched =
+        join_all(referrers.iter().map(|referrer| fetch_referrer(registry, store, digest, referrer, via, credentials)))
+            .await;
+    let mut all = Fetched::nothing(answered);
+    for result in fetched {
+        let (found, unusable) = result?;
+        all.extend(Fetched { found, unusable, answered: Vec::new() });
+    }
+    Ok(all)
+}
+
+/// One referrer's signatures: its manifest, then the bundle or the payloads it holds.
+async fn fetch_referrer<R: Registry>(
+    registry: &R,
+    image: &ImageRef,
+    digest: &Digest,
+    referrer: &Referrer,
+    via: Discovery,
+    credentials: &Credentials,
+) -> Result<(Vec<Found>, Vec<String>), Outcome> {
+    let what = match referrer.kind {
+        ReferrerKind::Bundle => "bundle referrer",
+        ReferrerKind::SimpleSigning => "simple-signing referrer",
+    };
+    let manifest = match registry.manifest(image, referrer.digest.as_str(), credentials).await {
+        Ok(Some(manifest)) => manifest,
+        Ok(None) => {
+            let text = format!("{what} {} listed by the {} is missing", referrer.digest, via.describe());
+            return Ok((Vec::new(), vec![text]));
+        }
+        Err(error) => return unusable_or_unavailable(error, &format!("cannot fetch {what} {}", referrer.digest)),
+    };
+    match referrer.kind {
+        ReferrerKind::Bundle => fetch_bundle(registry, image, digest, referrer, &manifest, via, credentials).await,
+        ReferrerKind::SimpleSigning => match parse_signature_manifest(&manifest.bytes, &manifest.media_type) {
+            Ok(layers) => {
+                let format = Format::SimpleSigningReferrer(via);
+                simple_signing_payloads(registry, image, layers, format, credentials).await
+            }
+            Err(error) => Ok((Vec::new(), vec![format!("{what} {}: {error}", referrer.digest)])),
+        },
+    }
+}
+
+async fn fetch_bundle<R: Registry>(
+    registry: &R,
+    image: &ImageRef,
+    digest: &Digest,
+    referrer: &Referrer,
+    manifest: &Manifest,
+    via: Discovery,
+    credentials: &Credentials,
+) -> Result<(Vec<Found>, Vec<String>), Outcome> {
+    let layer = match parse_bundle_manifest(&referrer.digest, &manifest.bytes, digest) {
+        Ok(layer) => layer,
+        Err(error) => return Ok((Vec::new(), vec![error.to_string()])),
+    };
+    match registry.blob(image, &layer.digest, MAX_BUNDLE_BYTES, credentials).await {
+        Ok(bundle) => Ok((vec![Found::Bundle { layer: layer.digest, bundle, via }], Vec::new())),
+        Err(error) => unusable_or_unavailable(error, &format!("cannot fetch the bundle of {}", referrer.digest)),
+    }
+}
+
+/// A registry that cannot be reached leaves nothing decided; any other failure only makes
+/// what was asked for count for nothing.
+// Same shape as the async fetchers it answers for, which clippy does not size-check.
+#[allow(clippy::result_large_err)]
+fn unusable_or_unavailable(error: RegistryError, context: &str) -> Result<(Vec<Found>, Vec<String>), Outcome> {
+    if error.is_unavailable() {
+        return Err(Outcome::registry_error(None, context, &error));
+    }
+    Ok((Vec::new(), vec![format!("{context}: {error}")]))
 }

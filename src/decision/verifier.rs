@@ -303,7 +303,7 @@ mod tests {
     /// What `Canned` serves for every tag.
     const TAG_MANIFEST: &[u8] = br#"{"schemaVersion":2}"#;
 
-    /// Serves one image manifest for every tag and no signatures, recording each request; with
+    /// Serves one image manifest for every tag and no signatures (no `.sig` or referrers tag), recording each request; with
     /// `stall`, never answers at all. Registries named `stalled…` never answer either; those
     /// named `large…` answer with more than a check keeps without a total slot, then stall.
     #[derive(Default)]
@@ -339,7 +339,7 @@ mod tests {
                 buffering::reserve(SMALL_CHECK_BYTES + 1).await;
                 std::future::pending::<()>().await;
             }
-            if reference.ends_with(".sig") {
+            if reference.ends_with(".sig") || reference.starts_with("sha256-") {
                 return Ok(None);
             }
             if self.schema1 {
@@ -416,9 +416,11 @@ mod tests {
         let gate = gate(&registry, &SharedPolicy::new(policy()), Duration::from_secs(5));
         let first = gate.decide(&pull(&digest_ref())).await;
         assert_eq!(first.verdict, Verdict::Rejected, "{}", first.reason);
+        let image_digest = Digest::sha256_of(b"image");
         assert_eq!(
             registry.requests(),
-            vec![format!("manifest {}", check::signature_tag(&Digest::sha256_of(b"image")))]
+            [check::signature_tag(&image_digest), check::referrers_tag(&image_digest)]
+                .map(|tag| format!("manifest {tag}"))
         );
         registry.take();
         let second = gate.decide(&pull(&digest_ref())).await;
@@ -431,7 +433,7 @@ mod tests {
         let registry = Arc::new(Canned::default());
         let gate = gate(&registry, &SharedPolicy::new(policy()), Duration::from_secs(5));
         gate.decide(&pull(&format!("{IMAGE}:v1"))).await;
-        assert_eq!(registry.take(), 2, "resolve and signature manifest");
+        assert_eq!(registry.take(), 3, "resolve, signature manifest and referrers tag");
         gate.decide(&pull(&format!("{IMAGE}:v1"))).await;
         assert_eq!(registry.requests(), vec!["manifest v1".to_owned()]);
     }
@@ -443,10 +445,10 @@ mod tests {
         let gate = gate(&registry, &shared, Duration::from_secs(5));
         gate.decide(&pull(&digest_ref())).await;
         gate.decide(&pull(&digest_ref())).await;
-        assert_eq!(registry.take(), 1);
+        assert_eq!(registry.take(), 2);
         shared.replace(policy());
         gate.decide(&pull(&digest_ref())).await;
-        assert_eq!(registry.take(), 1, "a result of the old policy was reused");
+        assert_eq!(registry.take(), 2, "a result of the old policy was reused");
     }
 
     #[tokio::test(start_paused = true)]
@@ -456,7 +458,7 @@ mod tests {
         gate.decide(&pull(&digest_ref())).await;
         tokio::time::advance(cache::REJECTION_TTL).await;
         gate.decide(&pull(&digest_ref())).await;
-        assert_eq!(registry.take(), 2);
+        assert_eq!(registry.take(), 4);
     }
 
     #[tokio::test(start_paused = true)]
@@ -507,7 +509,7 @@ mod tests {
         };
         let (decision, ()) = futures_util::future::join(waiting, freeing).await;
         assert_eq!(decision.verdict, Verdict::Rejected, "{}", decision.reason);
-        assert_eq!(registry.take(), 2, "resolve and signature manifest");
+        assert_eq!(registry.take(), 3, "resolve, signature manifest and referrers tag");
     }
 
     #[tokio::test(start_paused = true)]

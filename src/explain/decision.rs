@@ -49,8 +49,15 @@ pub struct Explanation {
 
 #[derive(Debug, Serialize)]
 pub struct SignatureView {
-    /// The signature layer's digest in the `.sig` manifest.
+    /// The digest of the layer holding the signed payload or the bundle.
     pub layer: String,
+    /// `sig`, `simple-signing-referrer` or `bundle`.
+    pub format: &'static str,
+    /// `sig-tag`, `referrers-api` or `referrers-tag`.
+    pub found_via: &'static str,
+    /// Format and place in words, for the text explanation.
+    #[serde(skip)]
+    pub found: String,
     /// The key whose check passed, even when the payload was then refused.
     pub verified_by: Option<String>,
     /// The image name the signature is for, once a trusted key's signature over it verified.
@@ -102,6 +109,9 @@ impl SignatureView {
     fn new(outcome: &SignatureOutcome) -> SignatureView {
         SignatureView {
             layer: outcome.layer.to_string(),
+            format: outcome.format.word(),
+            found_via: outcome.format.found_via(),
+            found: outcome.format.to_string(),
             verified_by: outcome.verified_by.clone(),
             signed_name: outcome.signed_name.clone(),
             counted: outcome.rejected_because.is_none(),
@@ -210,7 +220,7 @@ fn write_rule(f: &mut fmt::Formatter<'_>, rule: &RuleView) -> fmt::Result {
 
 impl fmt::Display for SignatureView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: ", self.layer)?;
+        write!(f, "{} ({}): ", self.layer, self.found)?;
         match (&self.verified_by, &self.rejected_because) {
             (Some(key), None) => write!(f, "counts, verified by {key}"),
             (Some(key), Some(why)) => write!(f, "does not count, verified by {key} but {why}"),
@@ -425,5 +435,33 @@ mod tests {
         assert_eq!(daemon.join(" "), "action audit message pinned tag", "one shape whatever the action");
         assert_eq!(value["rule"]["require"], "reject");
         assert_eq!(value["rule"]["namespaces"], serde_json::json!(["default"]));
+    }
+
+    #[test]
+    fn each_signature_says_its_format_and_where_it_was_found() {
+        use crate::verify::{Discovery, Format, SignatureOutcome};
+        let layer: Digest = format!("sha256:{}", "cd".repeat(32)).parse().unwrap();
+        let outcome = |format| SignatureOutcome {
+            layer: layer.clone(),
+            format,
+            verified_by: Some("/keys/a.pub".into()),
+            signed_name: None,
+            rejected_because: Some("sigstore bundle: names no image".into()),
+        };
+        let bundle = SignatureView::new(&outcome(Format::Bundle(Discovery::ReferrersTag)));
+        assert_eq!(
+            bundle.to_string(),
+            format!(
+                "{layer} (sigstore bundle, via the referrers tag): does not count, verified by /keys/a.pub but \
+                 sigstore bundle: names no image"
+            )
+        );
+        let json = serde_json::to_value(&bundle).unwrap();
+        assert_eq!((json["format"].as_str(), json["found_via"].as_str()), (Some("bundle"), Some("referrers-tag")));
+        assert!(json.get("found").is_none(), "the words are for the text output only: {json}");
+        let sig = serde_json::to_value(SignatureView::new(&outcome(Format::SigTag))).unwrap();
+        assert_eq!((sig["format"].as_str(), sig["found_via"].as_str()), (Some("sig"), Some("sig-tag")));
+        let api = SignatureView::new(&outcome(Format::SimpleSigningReferrer(Discovery::ReferrersApi)));
+        assert!(api.to_string().contains("(simple-signing referrer, via the referrers API)"), "{api}");
     }
 }

@@ -23,7 +23,7 @@ use super::limits::{
 };
 use super::response::{Origin, check_status, read_capped, transport_error, verify_digest};
 use super::token::{self, TokenRequest, bearer_header};
-use super::{Credentials, Manifest, Registry, RegistryConfig, RegistryError};
+use super::{Credentials, Manifest, Registry, RegistryConfig, RegistryError, media_type};
 use crate::metrics::Metrics;
 use crate::policy::input::read_bounded;
 use crate::reference::{Digest, ImageRef, RegistryHost};
@@ -223,11 +223,15 @@ impl HttpRegistry {
                 .map_err(|e| RegistryError::Protocol(format!("{registry}: cannot use its host directory: {e}")))?
         };
         let configs = configs.unwrap_or_else(|| vec![HostConfig::registry_itself()]);
-        let routes: Vec<Route> = configs
+        let mut routes: Vec<Route> = configs
             .into_iter()
             .filter(|config| operation.allowed_on(config.capabilities))
             .map(|config| self.route(image.registry(), config))
             .collect::<Result<_, _>>()?;
+        // A hosts.toml that lists the registry itself as a host and as `server` would have every
+        // miss (an image without bundles, say) asked twice of the same URL.
+        let mut seen = std::collections::HashSet::new();
+        routes.retain(|route| seen.insert(route.base.clone()));
         if routes.is_empty() {
             let verb = if operation == Operation::Resolve { "resolve tags" } else { "pull" };
             return Err(RegistryError::Protocol(format!("{registry}: no host in its hosts.toml may {verb}")));
@@ -475,6 +479,17 @@ impl Registry for HttpRegistry {
         self.manifest_on(Operation::Pull, image, tag, expected.as_ref(), creds).await
     }
 
+    async fn referrers(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        creds: &Credentials,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        // Named by the digest: asked where digests are pulled, as the referrers tag is.
+        let routes = self.routes(image, Operation::Pull)?;
+        first_answer(&routes, |route| self.referrers_from(route, image, digest, creds)).await
+    }
+
     async fn blob(
         &self,
         image: &ImageRef,
@@ -524,6 +539,28 @@ impl HttpRegistry {
         if let Some(expected) = expected {
             verify_digest(expected, &bytes, &target.what)?;
         }
+        let media_type = header_type.or_else(|| media_type_field(&bytes)).unwrap_or_default();
+        Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type, bytes, host: route.host.clone() }))
+    }
+
+    async fn referrers_from(
+        &self,
+        route: &Route,
+        image: &ImageRef,
+        digest: &Digest,
+        creds: &Credentials,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let mut target = self.target(route, image, "referrers", digest.as_str())?;
+        target.accept = Some(media_type::OCI_INDEX);
+        let response = self.send(&target, creds).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        check_status(response.status(), &target.origin(), creds.is_anonymous())?;
+        let header_type = content_type(&response);
+        // The answer is an image index, bounded like any manifest. Only its first page is read:
+        // more signature referrers than one page holds is beyond any limit of ours anyway.
+        let bytes = read_capped(response, MANIFEST_MAX_BYTES, &target.origin()).await?;
         let media_type = header_type.or_else(|| media_type_field(&bytes)).unwrap_or_default();
         Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type, bytes, host: route.host.clone() }))
     }

@@ -61,6 +61,20 @@ pub trait Registry: Send + Sync {
         self.manifest(image, tag, creds)
     }
 
+    /// The image index listing `digest`'s referrers, from the referrers API
+    /// (`GET /v2/<name>/referrers/<digest>`, OCI distribution 1.1). Ok(None) when the registry
+    /// has no referrers API (it answers 404, as docker-registry 2.8 and GHCR do): the referrers
+    /// tag schema then applies. Registries that cannot know better (canned ones in tests) say so
+    /// by default.
+    fn referrers(
+        &self,
+        _image: &ImageRef,
+        _digest: &Digest,
+        _creds: &Credentials,
+    ) -> impl Future<Output = Result<Option<Manifest>, RegistryError>> + Send {
+        async { Ok(None) }
+    }
+
     /// The blob's bytes, at most `max_bytes`, checked against `digest`.
     fn blob(
         &self,

@@ -1,7 +1,11 @@
-//! Decides whether the cosign signatures found for an image digest satisfy a policy rule.
+//! Decides whether the cosign signatures found for an image digest satisfy a policy rule:
+//! simple-signing signatures (the `.sig` tag, or referrers of that kind) and sigstore bundles
+//! (cosign v3's default, found as OCI referrers).
 
+mod bundle;
 pub mod keys;
 pub mod payload;
+pub mod referrers;
 pub mod signatures;
 
 use std::collections::HashSet;
@@ -10,6 +14,7 @@ use bytes::Bytes;
 
 pub use keys::{BadSignature, KeyError, TrustedKey};
 pub use payload::{MAX_PAYLOAD_BYTES, PayloadError, SignedPayload};
+pub use referrers::Discovery;
 pub use signatures::{ManifestError, SignatureLayer, parse_signature_manifest};
 
 use crate::policy::{KeyRef, Rule};
@@ -50,12 +55,66 @@ pub enum Shortfall {
     NoSignatures,
 }
 
+/// Where a signature was found and in which format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A simple-signing layer of the manifest under the `sha256-<hex>.sig` tag.
+    SigTag,
+    /// A simple-signing layer of a referrer (`cosign --registry-referrers-mode=oci-1-1`).
+    SimpleSigningReferrer(Discovery),
+    /// A sigstore bundle referrer (cosign v3's default).
+    Bundle(Discovery),
+}
+
+impl Format {
+    /// The format as one word, for JSON: `sig`, `simple-signing-referrer` or `bundle`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Format::SigTag => "sig",
+            Format::SimpleSigningReferrer(_) => "simple-signing-referrer",
+            Format::Bundle(_) => "bundle",
+        }
+    }
+
+    /// Where it was found, for JSON: `sig-tag`, `referrers-api` or `referrers-tag`.
+    pub fn found_via(self) -> &'static str {
+        match self {
+            Format::SigTag => "sig-tag",
+            Format::SimpleSigningReferrer(via) | Format::Bundle(via) => match via {
+                Discovery::ReferrersApi => "referrers-api",
+                Discovery::ReferrersTag => "referrers-tag",
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Format::SigTag => f.write_str(".sig tag"),
+            Format::SimpleSigningReferrer(via) => write!(f, "simple-signing referrer, via the {}", via.describe()),
+            Format::Bundle(via) => write!(f, "sigstore bundle, via the {}", via.describe()),
+        }
+    }
+}
+
+/// One signature as fetched, not yet checked.
+#[derive(Debug, Clone)]
+pub enum Found {
+    /// A simple-signing layer and its payload blob.
+    Simple { layer: SignatureLayer, payload: Bytes, format: Format },
+    /// A bundle layer's digest and its blob.
+    Bundle { layer: Digest, bundle: Bytes, via: Discovery },
+}
+
 /// A signature counts towards the threshold exactly when `rejected_because` is `None`.
 /// `verified_by` is set whenever the cryptographic check passed, even if the payload was then
 /// refused, so an operator can see "signed by the right key, but for something else".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureOutcome {
+    /// The digest of the layer holding the payload or the bundle.
     pub layer: Digest,
+    pub format: Format,
     pub verified_by: Option<String>,
     /// The image name the signed payload carries; only read once a trusted key's signature
     /// over it verified, since until then it is anybody's text.
@@ -70,9 +129,22 @@ struct Checked<'k> {
     problem: Option<(Shortfall, String)>,
 }
 
-/// `digest` is the manifest digest the pull will be pinned to; `sigs` pairs each signature layer
-/// with its payload blob.
+/// `evaluate_found` for `.sig` tag signatures alone: each layer with its payload blob.
 pub fn evaluate(image: &ImageRef, digest: &Digest, rule: &Rule, sigs: &[(SignatureLayer, Bytes)]) -> Evaluation {
+    let found: Vec<Found> = sigs
+        .iter()
+        .map(|(layer, payload)| Found::Simple {
+            layer: layer.clone(),
+            payload: payload.clone(),
+            format: Format::SigTag,
+        })
+        .collect();
+    evaluate_found(image, digest, rule, &found)
+}
+
+/// `digest` is the manifest digest the pull will be pinned to. A threshold counts distinct
+/// keys whatever format their signatures came in.
+pub fn evaluate_found(image: &ImageRef, digest: &Digest, rule: &Rule, sigs: &[Found]) -> Evaluation {
     let keys = distinct_keys(&rule.keys);
     // A threshold of 0 would accept an image with no signature at all; policy loading forbids
     // it, and this keeps a mistake there from turning into an open door.
@@ -80,15 +152,24 @@ pub fn evaluate(image: &ImageRef, digest: &Digest, rule: &Rule, sigs: &[(Signatu
     let mut satisfied: HashSet<usize> = HashSet::new();
     let mut outcomes = Vec::with_capacity(sigs.len());
     let mut worst = Shortfall::NoSignatures;
-    for (layer, payload) in sigs {
-        let Checked { key, signed_name, problem } = check_signature(image, digest, rule, &keys, layer, payload);
+    for found in sigs {
+        let (layer, format, checked) = match found {
+            Found::Simple { layer, payload, format } => {
+                (&layer.digest, *format, check_signature(image, digest, rule, &keys, layer, payload))
+            }
+            Found::Bundle { layer, bundle, via } => {
+                (layer, Format::Bundle(*via), bundle::check_bundle(digest, rule, &keys, layer, bundle))
+            }
+        };
+        let Checked { key, signed_name, problem } = checked;
         match (key, &problem) {
             (Some(key), None) => satisfied.extend(groups_of(rule, key)),
             (_, Some((kind, _))) => worst = worst.min(*kind),
             (None, None) => {}
         }
         outcomes.push(SignatureOutcome {
-            layer: layer.digest.clone(),
+            layer: layer.clone(),
+            format,
             verified_by: key.map(key_label),
             signed_name,
             rejected_because: problem.map(|(_, text)| text),
@@ -185,6 +266,9 @@ fn check_payload(
         .map_err(|e| (Shortfall::IdentityMismatch, format!("identity mismatch: {e}")))
 }
 
+/// Names both places looked in, so an image signed in a format not looked for is told apart.
+const NONE_FOUND: &str = "no signatures found (no .sig tag, no sigstore bundle or simple-signing referrer)";
+
 fn summarize(
     accepted: bool,
     satisfied: usize,
@@ -196,7 +280,7 @@ fn summarize(
         return format!("signed by {satisfied} of {required} required {}", plural(required, "key"));
     }
     if outcomes.is_empty() {
-        return "no signature by a trusted key: no signatures found".to_string();
+        return format!("no signature by a trusted key: {NONE_FOUND}");
     }
     let problems = problem_summary(outcomes);
     if satisfied == 0 {
@@ -469,7 +553,7 @@ mod tests {
         let ev = run(&rule(vec![a.key_ref(None)], 0), &[]);
         assert!(!ev.accepted);
         assert_eq!(ev.required, 1);
-        assert_eq!(ev.reason, "no signature by a trusted key: no signatures found");
+        assert_eq!(ev.reason, format!("no signature by a trusted key: {NONE_FOUND}"));
         assert_eq!(ev.shortfall, Some(Shortfall::NoSignatures));
     }
 
@@ -492,5 +576,174 @@ mod tests {
                  1 signature: signature payload names digest {OTHER}, not {DIGEST})"
             )
         );
+    }
+
+    // === bundles ===
+
+    const BUNDLE_V03: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+
+    fn statement(digest: &str, predicate_type: &str) -> Vec<u8> {
+        let hex = digest.trim_start_matches("sha256:");
+        serde_json::to_vec(&serde_json::json!({
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{"digest": {"sha256": hex}}],
+            "predicateType": predicate_type,
+            "predicate": {},
+        }))
+        .unwrap()
+    }
+
+    fn envelope_json(payload_type: &str, payload: &[u8], signature: &[u8]) -> serde_json::Value {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        serde_json::json!({
+            "payload": b64.encode(payload),
+            "payloadType": payload_type,
+            "signatures": [{"sig": b64.encode(signature)}],
+        })
+    }
+
+    fn found_bundle(bundle: serde_json::Value) -> Found {
+        let bytes = Bytes::from(serde_json::to_vec(&bundle).unwrap());
+        Found::Bundle { layer: Digest::sha256_of(&bytes), bundle: bytes, via: Discovery::ReferrersTag }
+    }
+
+    impl Signer {
+        /// A key-signed bundle over `payload` of `payload_type`, as cosign v3 writes one.
+        fn bundle_of(&self, payload_type: &str, payload: &[u8]) -> Found {
+            let pae = sigstore_types::pae(payload_type, payload);
+            let sig: p256::ecdsa::Signature = self.0.sign(&pae);
+            found_bundle(serde_json::json!({
+                "mediaType": BUNDLE_V03,
+                "verificationMaterial": {"publicKey": {"hint": "unauthenticated"}},
+                "dsseEnvelope": envelope_json(payload_type, payload, sig.to_der().as_bytes()),
+            }))
+        }
+        fn bundle_for(&self, digest: &str) -> Found {
+            self.bundle_of(bundle::IN_TOTO_PAYLOAD_TYPE, &statement(digest, bundle::COSIGN_SIGN_PREDICATE))
+        }
+    }
+
+    fn digest_only(keys: Vec<KeyRef>, threshold: usize) -> Rule {
+        Rule { identity: IdentityRule::Ignore, ..rule(keys, threshold) }
+    }
+
+    fn run_found(rule: &Rule, found: &[Found]) -> Evaluation {
+        let image: ImageRef = format!("{REPO}:v1").parse().unwrap();
+        evaluate_found(&image, &DIGEST.parse().unwrap(), rule, found)
+    }
+
+    fn only_reason(ev: &Evaluation) -> &str {
+        ev.signatures[0].rejected_because.as_deref().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_bundle_by_a_trusted_key_counts_where_the_rule_accepts_digest_only_signatures() {
+        let a = Signer::new();
+        let ev = run_found(&digest_only(vec![a.key_ref(Some("a.pub"))], 1), &[a.bundle_for(DIGEST)]);
+        assert!(ev.accepted, "{ev:?}");
+        assert_eq!(ev.signatures[0].format, Format::Bundle(Discovery::ReferrersTag));
+        assert_eq!(
+            (ev.signatures[0].verified_by.as_deref(), ev.signatures[0].signed_name.as_deref()),
+            (Some("a.pub"), None)
+        );
+    }
+
+    #[test]
+    fn a_bundle_does_not_satisfy_a_rule_that_needs_an_identity() {
+        let a = Signer::new();
+        let ev = run_found(&rule(vec![a.key_ref(None)], 1), &[a.bundle_for(DIGEST)]);
+        assert!(!ev.accepted);
+        assert_eq!(ev.shortfall, Some(Shortfall::IdentityMismatch));
+        assert!(only_reason(&ev).starts_with("sigstore bundle: names no image"), "{}", only_reason(&ev));
+        assert!(only_reason(&ev).contains("match-repository"), "{}", only_reason(&ev));
+    }
+
+    #[test]
+    fn a_threshold_counts_distinct_keys_across_both_formats() {
+        let (a, b) = (Signer::new(), Signer::new());
+        let r = digest_only(vec![a.key_ref(None), b.key_ref(None)], 2);
+        let (layer, payload) = a.sign_for(REPO, DIGEST);
+        let by_a_twice = [Found::Simple { layer, payload, format: Format::SigTag }, a.bundle_for(DIGEST)];
+        assert_eq!(run_found(&r, &by_a_twice).satisfied_keys, 1);
+        let (layer, payload) = a.sign_for(REPO, DIGEST);
+        let both = [Found::Simple { layer, payload, format: Format::SigTag }, b.bundle_for(DIGEST)];
+        assert!(run_found(&r, &both).accepted);
+    }
+
+    #[test]
+    fn hostile_bundles_are_refused_with_a_reason_naming_the_format() {
+        let (a, mallory) = (Signer::new(), Signer::new());
+        let r = digest_only(vec![a.key_ref(None)], 1);
+        let attestation =
+            a.bundle_of(bundle::IN_TOTO_PAYLOAD_TYPE, &statement(DIGEST, "https://slsa.dev/provenance/v1"));
+        let other_type = a.bundle_of("application/vnd.dev.cosign.simplesigning.v1+json", &statement(DIGEST, "x"));
+        let cases = [
+            (
+                mallory.bundle_for(DIGEST),
+                Shortfall::UntrustedKey,
+                "signature does not verify with any of the 1 trusted key",
+            ),
+            (a.bundle_for(OTHER), Shortfall::DigestMismatch, "signed statement names sha256:bbbb"),
+            (
+                attestation,
+                Shortfall::UnusablePayload,
+                "an attestation (predicate type \"https://slsa.dev/provenance/v1\")",
+            ),
+            (other_type, Shortfall::UnusablePayload, "not an in-toto statement"),
+        ];
+        for (found, shortfall, needle) in cases {
+            let ev = run_found(&r, &[found]);
+            assert!(!ev.accepted, "{needle}");
+            assert_eq!(ev.shortfall, Some(shortfall), "{needle}: {ev:?}");
+            assert!(only_reason(&ev).starts_with("sigstore bundle: "), "{}", only_reason(&ev));
+            assert!(only_reason(&ev).contains(needle), "{needle}: {}", only_reason(&ev));
+        }
+    }
+
+    #[test]
+    fn an_altered_dsse_payload_does_not_verify() {
+        let a = Signer::new();
+        let Found::Bundle { bundle, .. } = a.bundle_for(OTHER) else { unreachable!() };
+        let mut json: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
+        let forged = statement(DIGEST, bundle::COSIGN_SIGN_PREDICATE);
+        let sig = json["dsseEnvelope"]["signatures"][0]["sig"].clone();
+        json["dsseEnvelope"] = envelope_json(bundle::IN_TOTO_PAYLOAD_TYPE, &forged, b"");
+        json["dsseEnvelope"]["signatures"][0]["sig"] = sig;
+        let ev = run_found(&digest_only(vec![a.key_ref(None)], 1), &[found_bundle(json)]);
+        assert_eq!(ev.shortfall, Some(Shortfall::UntrustedKey));
+        assert!(only_reason(&ev).contains("does not verify"), "{}", only_reason(&ev));
+    }
+
+    #[test]
+    fn keyless_message_signature_and_malformed_bundles_do_not_count() {
+        let a = Signer::new();
+        let r = digest_only(vec![a.key_ref(None)], 1);
+        let envelope =
+            envelope_json(bundle::IN_TOTO_PAYLOAD_TYPE, &statement(DIGEST, bundle::COSIGN_SIGN_PREDICATE), b"x");
+        let keyless = serde_json::json!({
+            "mediaType": BUNDLE_V03,
+            "verificationMaterial": {"certificate": {"rawBytes": "MAo="}},
+            "dsseEnvelope": envelope,
+        });
+        let message = serde_json::json!({
+            "mediaType": BUNDLE_V03,
+            "verificationMaterial": {"publicKey": {"hint": ""}},
+            "messageSignature": {"messageDigest": {"algorithm": "SHA2_256", "digest": "qqo="}, "signature": "MAo="},
+        });
+        let cases = [
+            (found_bundle(keyless), "sigstore bundle: keyless bundle: not supported yet"),
+            (found_bundle(message), "sigstore bundle: holds a message signature"),
+            (found_bundle(serde_json::json!({"mediaType": BUNDLE_V03})), "sigstore bundle: not a valid bundle"),
+            (found_bundle(serde_json::json!([1, 2])), "sigstore bundle: not a valid bundle"),
+        ];
+        for (found, needle) in cases {
+            let ev = run_found(&r, &[found]);
+            assert!(!ev.accepted && only_reason(&ev).starts_with(needle), "{needle}: {}", only_reason(&ev));
+        }
+        let Found::Bundle { layer, .. } = a.bundle_for(DIGEST) else { unreachable!() };
+        let swapped = Found::Bundle { layer, bundle: Bytes::from_static(b"{}"), via: Discovery::ReferrersApi };
+        let ev = run_found(&r, &[swapped]);
+        assert_eq!(only_reason(&ev), "sigstore bundle: blob does not match the layer digest");
     }
 }

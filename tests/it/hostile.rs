@@ -110,7 +110,7 @@ fn cases() -> Vec<Case> {
             "endless-payload",
             Some((Payload, Hostile::EndlessBody)),
             SVF,
-            &["1 signature payload is unusable", "larger than the limit"],
+            &["1 signature is unusable", "larger than the limit"],
         ),
         case(
             "huge-head",

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod bundles;
 mod cli;
 mod containerd2;
 mod containerd_relay;

@@ -135,7 +135,7 @@ async fn an_image_only_a_mirror_serves_is_verified_there_pinned_and_refused_once
     pull(&running, &format!("{UPSTREAM}/demo/cold:v1")).await.expect("cold pull through the mirror");
     pull(&running, &format!("{}/direct/app:v1", mirror.addr())).await.expect("cold direct pull");
     let (mirrored, direct_reads) = (pullgate_reads(&mirror, "demo/cold"), pullgate_reads(&mirror, "direct/app"));
-    assert_eq!(mirrored.len(), 3, "resolve, signature manifest, payload: {mirrored:?}");
+    assert_eq!(mirrored.len(), 4, "resolve, signature tag, referrers tag, payload: {mirrored:?}");
     assert_eq!(mirrored.len(), direct_reads.len(), "through the mirror {mirrored:?}, direct {direct_reads:?}");
     let (verified, config) = store::verified(&lab.registry, "demo/cold", "v1").await;
     assert_eq!(verified, via_mirror);

@@ -2,12 +2,17 @@
 //! registry: only pullgate's reads of `/v2/<repo>/manifests|blobs/…` are counted (containerd's
 //! own pull through the front, the `/v2/` ping and token fetches are not).
 //!
+//! The `.sig` tag and the referrers tag (`sha256-<hex>`, where docker-registry 2.8 keeps cosign
+//! v3's referrers) are read at once, so each costs a read but not a round trip of its own.
+//!
 //! | pull                                          | pullgate's registry reads             |
 //! |-----------------------------------------------|---------------------------------------|
-//! | cold, by tag                                  | 3: resolve, signature manifest, payload |
+//! | cold, by tag                                  | 4: resolve, (signature manifest ‖ referrers tag), payload |
 //! | again within the cache TTL                    | 1: resolve (a tag can move)           |
-//! | cold, by digest                               | 2: signature manifest, payload        |
+//! | cold, by digest                               | 3: (signature manifest ‖ referrers tag), payload |
 //! | again within the cache TTL                    | 0                                     |
+//! | cold, by tag, cosign v3 bundle                | 5: resolve, (signature manifest ‖ referrers tag), bundle manifest, bundle |
+//! | again within the cache TTL                    | 1: resolve                            |
 //! | 48 at once, uncached                          | 1 signature manifest for all of them  |
 
 use crate::common;
@@ -63,6 +68,25 @@ fn signature_manifest(digest: &str) -> String {
     format!("manifests/{}", cosign::signature_tag(digest))
 }
 
+fn referrers_tag(digest: &str) -> String {
+    format!("manifests/{}", digest.replacen(':', "-", 1))
+}
+
+/// The lookup of an image's signatures: its `.sig` tag and its referrers tag, issued at once,
+/// then what they list. The referrers tag may arrive after the payload: it can wait for a
+/// connection of its own while the `.sig` tag's is reused.
+fn assert_lookup(reads: &[String], digest: &str, then: &[&str]) {
+    let position = |read: &str| reads.iter().position(|r| r == read);
+    let (sig, referrers) = (position(&signature_manifest(digest)), position(&referrers_tag(digest)));
+    assert!(sig.is_some() && referrers.is_some(), "{reads:?}");
+    let rest: Vec<&String> =
+        reads.iter().filter(|r| **r != signature_manifest(digest) && **r != referrers_tag(digest)).collect();
+    assert_eq!(rest.len(), then.len(), "{reads:?}");
+    for (read, prefix) in rest.iter().zip(then) {
+        assert!(read.starts_with(prefix), "{read} is not {prefix}…: {reads:?}");
+    }
+}
+
 /// How often pullgate read rt/popular's tag and its signature manifest, and forgets the reads.
 fn resolves_and_signature_reads(front: &Front, digest: &str) -> (usize, usize) {
     let reads = take_reads(front, "rt/popular");
@@ -83,9 +107,9 @@ async fn a_verified_pull_costs_the_fewest_round_trips() {
     let tagged = format!("{}/rt/tagged:v1", front.addr());
     pull(&running, &tagged).await.expect("signed image by tag");
     let reads = take_reads(&front, "rt/tagged");
-    assert_eq!(reads.len(), 3, "cold pull by tag: {reads:?}");
-    assert_eq!(&reads[..2], ["manifests/v1".to_owned(), signature_manifest(&by_tag)], "{reads:?}");
-    assert!(reads[2].starts_with("blobs/sha256:"), "{reads:?}");
+    assert_eq!(reads.len(), 4, "cold pull by tag: {reads:?}");
+    assert_eq!(reads[0], "manifests/v1", "{reads:?}");
+    assert_lookup(&reads[1..], &by_tag, &["blobs/sha256:"]);
 
     pull(&running, &tagged).await.expect("signed image by tag, again");
     assert_eq!(take_reads(&front, "rt/tagged"), ["manifests/v1"], "warm pull by tag");
@@ -93,11 +117,42 @@ async fn a_verified_pull_costs_the_fewest_round_trips() {
     let pinned = format!("{}/rt/pinned@{by_digest}", front.addr());
     pull(&running, &pinned).await.expect("signed image by digest");
     let reads = take_reads(&front, "rt/pinned");
-    assert_eq!(reads.len(), 2, "cold pull by digest: {reads:?}");
-    assert_eq!(reads[0], signature_manifest(&by_digest));
+    assert_eq!(reads.len(), 3, "cold pull by digest: {reads:?}");
+    assert_lookup(&reads, &by_digest, &["blobs/sha256:"]);
 
     pull(&running, &pinned).await.expect("signed image by digest, again");
     assert_eq!(take_reads(&front, "rt/pinned"), Vec::<String>::new(), "warm pull by digest");
+    running.stop().await;
+}
+
+/// cosign v3's default: a bundle referrer, listed by the referrers tag (docker-registry has no
+/// referrers API). The bundle costs two reads after the concurrent pair, none when warm.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bundle_signed_pull_costs_two_reads_more_than_the_lookup() {
+    let lab = Lab::start();
+    let front = Front::start(&lab.registry);
+    front.trust_in(&lab);
+    let key = CosignKey::generate();
+    let digest = lab.push_image("rtb/bundled:v1", "bundled");
+    key.sign_bundle(&lab.registry, "rtb/bundled", &digest);
+    let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
+    config.registry.insecure = vec![front.addr()];
+    let policy = format!(
+        "[[rule]]\nscope = \"{}/rtb\"\nrequire = \"signed\"\nkeys = [\"a.pub\"]\nidentity = \"ignore\"\n",
+        front.addr()
+    );
+    let pem = key.public_pem();
+    let running = common::pullgate::start_with(config, &[("a.pub", pem.as_str()), ("rtb.toml", policy.as_str())]).await;
+
+    let image = format!("{}/rtb/bundled:v1", front.addr());
+    pull(&running, &image).await.expect("bundle-signed image by tag");
+    let reads = take_reads(&front, "rtb/bundled");
+    assert_eq!(reads.len(), 5, "cold pull by tag: {reads:?}");
+    assert_eq!(reads[0], "manifests/v1", "{reads:?}");
+    assert_lookup(&reads[1..], &digest, &["manifests/sha256:", "blobs/sha256:"]);
+
+    pull(&running, &image).await.expect("bundle-signed image by tag, again");
+    assert_eq!(take_reads(&front, "rtb/bundled"), ["manifests/v1"], "warm pull by tag");
     running.stop().await;
 }
 

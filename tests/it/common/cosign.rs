@@ -434,6 +434,68 @@ impl Signing<'_> {
     }
 }
 
+/// Signatures in the formats cosign v3 writes besides the `.sig` tag.
+impl CosignKey {
+    /// `cosign sign` of `registry/repo@digest` as cosign v3 does by default: a sigstore bundle
+    /// (v0.3) attached as an OCI referrer, under the referrers tag `sha256-<hex>` on a registry
+    /// without the referrers API (docker-registry 2.8). Offline: `--tlog-upload=false` alone is
+    /// refused while the default signing config is in use, so it is turned off too.
+    pub fn sign_bundle(&self, registry: &str, repo: &str, digest: &str) {
+        let image = format!("{registry}/{repo}@{digest}");
+        self.cosign(&[
+            "sign",
+            "--key",
+            "cosign.key",
+            "--yes",
+            "--tlog-upload=false",
+            "--use-signing-config=false",
+            "--allow-http-registry",
+            &image,
+        ]);
+    }
+
+    /// `cosign sign` in the legacy simple-signing format, pushed as an OCI referrer instead of
+    /// under the `.sig` tag (`--registry-referrers-mode=oci-1-1`, an experimental flag).
+    pub fn sign_referrer(&self, registry: &str, repo: &str, digest: &str) {
+        let image = format!("{registry}/{repo}@{digest}");
+        let args = [
+            "sign",
+            "--key",
+            "cosign.key",
+            "--yes",
+            "--tlog-upload=false",
+            "--new-bundle-format=false",
+            "--use-signing-config=false",
+            "--registry-referrers-mode=oci-1-1",
+            "--allow-http-registry",
+            &image,
+        ];
+        self.cosign_with(&args, &[("COSIGN_EXPERIMENTAL", "1")]);
+    }
+
+    /// `cosign attest` of a `predicate_type` attestation (e.g. "slsaprovenance1") to
+    /// `registry/repo@digest`: a bundle referrer like a signature's, with another predicate.
+    pub fn attest(&self, registry: &str, repo: &str, digest: &str, predicate_type: &str) {
+        let image = format!("{registry}/{repo}@{digest}");
+        fs::write(self.dir.path().join("predicate.json"), br#"{"buildType":"pullgate-test"}"#)
+            .expect("write predicate");
+        self.cosign(&[
+            "attest",
+            "--key",
+            "cosign.key",
+            "--yes",
+            "--tlog-upload=false",
+            "--use-signing-config=false",
+            "--allow-http-registry",
+            "--type",
+            predicate_type,
+            "--predicate",
+            "predicate.json",
+            &image,
+        ]);
+    }
+}
+
 /// The one way tests make a signed image: pushes `repo:tag` (made from `seed`) to the lab's open
 /// registry and signs it with the real cosign, the payload naming `pulled_from/repo` (the lab
 /// registry, or the front containerd pulls through). Returns the image's digest.

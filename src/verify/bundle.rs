@@ -1,0 +1,144 @@
+//! A sigstore bundle as cosign v3 signs an image with a key: a DSSE envelope over an in-toto
+//! statement whose predicate type says "cosign signature" and whose subject is the image digest.
+//!
+//! The bundle model (v0.1–v0.3, the DSSE envelope and its PAE, in-toto statements) is
+//! sigstore-rust's `sigstore-types`; the signature is checked with the rule's keys
+//! (`keys::TrustedKey`, RustCrypto), as for `.sig` signatures. Keyless bundles (a Fulcio
+//! certificate instead of a key hint) are refused until the keyless check exists.
+
+use sigstore_types::bundle::VerificationMaterialContent;
+use sigstore_types::{Bundle, DsseEnvelope, SignatureContent, Statement};
+
+use super::referrers::MAX_BUNDLE_BYTES;
+use super::{Checked, Shortfall, plural};
+use crate::policy::{IdentityRule, KeyRef, Rule};
+use crate::reference::Digest;
+
+/// The payload type of a DSSE envelope holding an in-toto statement.
+pub const IN_TOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
+/// The predicate type of `cosign sign`'s statement; any other (SLSA provenance, SBOM, …) is
+/// an attestation about the image, not a signature of it.
+pub const COSIGN_SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
+
+/// Every refusal of a bundle says so, so a reason never leaves the format to be guessed.
+const PREFIX: &str = "sigstore bundle: ";
+
+/// The signature is checked before the statement is read: until then it is anybody's text.
+pub(super) fn check_bundle<'k>(
+    digest: &Digest,
+    rule: &Rule,
+    keys: &[&'k KeyRef],
+    layer: &Digest,
+    bytes: &[u8],
+) -> Checked<'k> {
+    let envelope = match envelope(layer, bytes) {
+        Ok(envelope) => envelope,
+        Err((kind, text)) => return refused(None, kind, text),
+    };
+    let signature = envelope.signature.sig.as_bytes();
+    let pae = envelope.pae();
+    let Some(key) = keys.iter().copied().find(|k| k.key.verify(&pae, signature).is_ok()) else {
+        let n = keys.len();
+        let text = format!("{PREFIX}signature does not verify with any of the {n} trusted {}", plural(n, "key"));
+        return refused(None, Shortfall::UntrustedKey, text);
+    };
+    match check_statement(digest, rule, &envelope) {
+        Ok(()) => Checked { key: Some(key), signed_name: None, problem: None },
+        Err((kind, text)) => refused(Some(key), kind, text),
+    }
+}
+
+fn refused(key: Option<&KeyRef>, kind: Shortfall, text: String) -> Checked<'_> {
+    Checked { key, signed_name: None, problem: Some((kind, text)) }
+}
+
+/// The DSSE envelope of a key-signed bundle.
+fn envelope(layer: &Digest, bytes: &[u8]) -> Result<DsseEnvelope, (Shortfall, String)> {
+    let unusable = |text: &str| (Shortfall::UnusablePayload, format!("{PREFIX}{text}"));
+    if bytes.len() > MAX_BUNDLE_BYTES {
+        return Err(unusable(&format!("{} bytes, more than the {MAX_BUNDLE_BYTES}-byte limit", bytes.len())));
+    }
+    if !layer.verify(bytes) {
+        return Err(unusable("blob does not match the layer digest"));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| unusable("not UTF-8 JSON"))?;
+    let bundle = Bundle::from_json(text).map_err(|e| unusable(&format!("not a valid bundle: {}", truncated(&e))))?;
+    match bundle.verification_material.content {
+        VerificationMaterialContent::PublicKey(_) => {}
+        // The keyless check (certificate chain to Fulcio, identity, log proof) plugs in here.
+        VerificationMaterialContent::Certificate(_) | VerificationMaterialContent::X509CertificateChain { .. } => {
+            return Err((Shortfall::UntrustedKey, format!("{PREFIX}keyless bundle: not supported yet")));
+        }
+        _ => return Err(unusable("verification material of an unknown kind")),
+    }
+    match bundle.content {
+        SignatureContent::DsseEnvelope(envelope) => Ok(envelope),
+        SignatureContent::MessageSignature(_) => {
+            Err(unusable("holds a message signature; cosign signs images with a DSSE envelope"))
+        }
+        _ => Err(unusable("content of an unknown kind")),
+    }
+}
+
+/// What a trusted key signed must be cosign's signature statement for exactly `digest`, and
+/// the rule must accept a signature that names no image.
+fn check_statement(digest: &Digest, rule: &Rule, envelope: &DsseEnvelope) -> Result<(), (Shortfall, String)> {
+    let unusable = |text: String| (Shortfall::UnusablePayload, format!("{PREFIX}{text}"));
+    if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE {
+        return Err(unusable(format!(
+            "payload type {:?}, not an in-toto statement",
+            truncated(&envelope.payload_type)
+        )));
+    }
+    let statement: Statement = serde_json::from_slice(envelope.payload.as_bytes())
+        .map_err(|e| unusable(format!("payload is not an in-toto statement: {}", truncated(&e))))?;
+    // The predicate first: an attestation (cosign still writes those as in-toto v0.1) is told
+    // apart as one, whatever its statement version.
+    if statement.predicate_type != COSIGN_SIGN_PREDICATE {
+        let text = format!(
+            "an attestation (predicate type {:?}), not a cosign signature",
+            truncated(&statement.predicate_type)
+        );
+        return Err(unusable(text));
+    }
+    if statement.type_ != Statement::TYPE_V1 {
+        return Err(unusable(format!("statement type {:?}, not in-toto v1", truncated(&statement.type_))));
+    }
+    if !names_digest(&statement, digest) {
+        let text = format!("signed statement names {}, not {digest}", subjects(&statement));
+        return Err((Shortfall::DigestMismatch, format!("{PREFIX}{text}")));
+    }
+    if rule.identity != IdentityRule::Ignore {
+        let text = format!(
+            "names no image, only its digest, and the rule's identity {} needs one \
+             (identity = \"ignore\" accepts digest-only signatures)",
+            rule.identity.name()
+        );
+        return Err((Shortfall::IdentityMismatch, format!("{PREFIX}{text}")));
+    }
+    Ok(())
+}
+
+fn names_digest(statement: &Statement, digest: &Digest) -> bool {
+    if digest.algorithm() != "sha256" {
+        return false;
+    }
+    sigstore_types::Sha256Hash::from_hex(digest.hex()).is_ok_and(|hash| statement.matches_sha256(&hash))
+}
+
+/// The statement's sha256 subjects, a few at most: they end up in CRI error messages.
+fn subjects(statement: &Statement) -> String {
+    const MAX: usize = 3;
+    let named: Vec<String> = statement
+        .subject
+        .iter()
+        .filter_map(|s| s.digest.sha256.as_ref())
+        .take(MAX)
+        .map(|hash| format!("sha256:{}", hash.to_hex()))
+        .collect();
+    if named.is_empty() { "no sha256 digest".to_owned() } else { named.join(", ") }
+}
+
+fn truncated(text: &dyn std::fmt::Display) -> String {
+    text.to_string().chars().take(100).collect()
+}
