@@ -8,9 +8,9 @@
 //!
 //! Without containerd (it could not be reached when the kubelet connected, or its connection
 //! was lost) the kubelet's connection goes on: pullgate answers SETTINGS and PING itself and
-//! answers every call locally, passing CRI calls through the shared upstream connection (UNAVAILABLE
-//! naming the socket while containerd is down), until containerd is back and the kubelet is
-//! moved to a new, spliced connection. One reading of the kubelet's frames serves both, so
+//! answers every call locally, passing CRI calls through the shared upstream connection
+//! (UNAVAILABLE naming the socket while containerd is down), until containerd is back and the
+//! kubelet is moved to a new, spliced connection. One reading of the kubelet's frames serves both, so
 //! every client gets the same answers either way.
 //!
 //! Calls pullgate answers itself (PullImage, health: "local" calls) never reach this containerd
