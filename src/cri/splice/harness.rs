@@ -556,6 +556,14 @@ impl Harness {
         for (id, side) in &self.kubelet.streams {
             check(side.recv_ended, || format!("stream {id} never ended"))?;
         }
+        // A relayed call neither side reset, on a connection that kept containerd, arrived whole.
+        for (id, seen) in self.containerd.streams.iter().filter(|_| self.spliced) {
+            let kubelet = &self.kubelet.streams[id];
+            if !seen.reset && !kubelet.reset {
+                check(kubelet.sent == seen.received, || format!("stream {id}'s request arrived in part"))?;
+                check(seen.sent == kubelet.received, || format!("stream {id}'s answer arrived in part"))?;
+            }
+        }
         Ok(())
     }
 }
