@@ -409,9 +409,11 @@ impl<L: Local> Machine<L> {
         self.actions.push_back(Action::Close(ending));
     }
 
-    /// After a GOAWAY, the connection is over once no call is left and none can still come.
+    /// After a GOAWAY, the connection is over once no call is left and none can still come,
+    /// and every frame for the kubelet has been let through its window: a call is forgotten
+    /// as soon as its last frame is queued, which may be before the window lets it go.
     fn finish_if_done(&mut self) {
-        if !self.streams.is_empty() {
+        if !self.streams.is_empty() || !self.blocked.is_empty() {
             return;
         }
         match self.phase {

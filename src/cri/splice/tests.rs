@@ -348,6 +348,13 @@ fn scripted_connections_keep_the_invariants() {
         &[1u8, 64, 0, 0, 0, 0, 15, 255, 0, 5, 255, 0, 6, 0, 0, 6, 1, 200, 15, 255, 0, 4, 255, 0][..],
         &[0, 0, 0, 0, 1, 0, 15, 255, 0, 12, 0, 0, 12, 0, 1, 12, 0, 2, 4, 255, 0][..],
         &[1, 1, 1, 0, 0, 0, 11, 1, 0, 0, 0, 1, 11, 2, 2, 11, 3, 0, 15, 255, 0][..],
+        // Found by the fuzz target: a kubelet that sent GOAWAY while a local answer's last
+        // frames waited for its connection window; the connection closed without them.
+        &[
+            248, 255, 255, 0, 220, 220, 220, 220, 220, 220, 158, 158, 158, 158, 158, 220, 220, 220, 255, 255, 255, 255,
+            255, 220, 220, 220, 220, 220, 220, 220, 220, 220, 220, 220, 220, 220, 220, 220, 220, 220, 220, 220, 220,
+            220, 220, 220, 220, 220, 220, 220, 4, 255, 64, 23,
+        ][..],
     ] {
         harness::run(script).unwrap_or_else(|violation| panic!("{script:?}: {violation}"));
     }
