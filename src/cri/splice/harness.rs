@@ -553,6 +553,8 @@ impl Harness {
         if matches!(self.ending, Some(Ending::Broken(_))) {
             return Ok(());
         }
+        // What pullgate wrote before it closed reaches the kubelet (the driver writes it all).
+        self.kubelet_reads(usize::MAX)?;
         for (id, side) in &self.kubelet.streams {
             check(side.recv_ended, || format!("stream {id} never ended"))?;
         }
