@@ -8,8 +8,9 @@
 //!   on a stream, and pullgate's own record of the kubelet's window never goes negative;
 //! - containerd never sees a call pullgate answers itself;
 //! - relayed DATA arrives unchanged, in order, on both sides;
-//! - what pullgate holds for a kubelet that does not read stays bounded;
-//! and at the end, once both peers and pullgate's handler have finished what they started,
+//! - what pullgate holds for a kubelet that does not read stays bounded.
+//!
+//! And at the end, once both peers and pullgate's handler have finished what they started,
 //! every stream the kubelet opened has ended.
 
 use std::collections::BTreeMap;
