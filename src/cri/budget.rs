@@ -19,6 +19,11 @@ impl Budget {
     pub fn limit(&self) -> usize {
         self.limit
     }
+
+    /// What all shares hold now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
 }
 
 /// One call's share of a `Budget`, given back when dropped.

@@ -12,6 +12,7 @@ use tower::ServiceExt;
 use crate::cri::budget::Budget;
 use crate::cri::health::{self, Health};
 use crate::cri::pull;
+use crate::cri::splice::Local;
 use crate::cri::tagger::Tagger;
 use crate::cri::upstream::Upstream;
 use crate::decision::PullGate;
@@ -20,7 +21,8 @@ use crate::metrics::Metrics;
 /// Bytes of requests to calls pullgate answers itself (PullImage, health) held at once, all
 /// connections together. A kubelet's PullImage request is a few KiB, so this is room for
 /// hundreds at once, and for eight of the largest allowed; however many connections a client
-/// opens, together they hold no more (buffers grow by doubling, so up to twice this in memory).
+/// opens, together they hold no more: the count is of the memory their buffers hold
+/// (`splice::local::grow_body`), not only of the bytes received.
 const MAX_LOCAL_REQUEST_BYTES_TOTAL: usize = 8 << 20;
 
 pub struct Proxy<G> {
@@ -40,23 +42,12 @@ impl<G: PullGate> Proxy<G> {
         let budget = Budget::new(MAX_LOCAL_REQUEST_BYTES_TOTAL);
         Arc::new(Proxy { gate, upstream, tagger, health, metrics, budget })
     }
+}
 
-    /// What the requests of local calls may hold, all connections together.
-    pub fn budget(&self) -> &Arc<Budget> {
-        &self.budget
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    pub fn upstream(&self) -> &Upstream {
-        &self.upstream
-    }
-
+impl<G: PullGate> Local for Proxy<G> {
     /// pullgate's own answer to a call it does not splice through (see `route`): PullImage,
     /// health, refusals, and CRI calls while the connection is without containerd.
-    pub async fn local(
+    async fn answer(
         self: Arc<Self>,
         route: Route,
         request: http::Request<http_body_util::Full<Bytes>>,
@@ -75,6 +66,22 @@ impl<G: PullGate> Proxy<G> {
                 self.upstream.call(request.map(|body| body.map_err(|never| match never {}).boxed_unsync())).await
             }
         }
+    }
+
+    fn unavailable(&self, why: &str) -> tonic::Status {
+        self.upstream.unavailable(&std::io::Error::other(why.to_owned()))
+    }
+
+    async fn dial(&self) -> std::io::Result<tokio::net::UnixStream> {
+        self.upstream.dial().await
+    }
+
+    fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 }
 

@@ -13,9 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
 
-use crate::cri::proxy::Proxy;
-use crate::cri::splice;
-use crate::decision::PullGate;
+use crate::cri::splice::{self, Local};
 
 /// After `accept` fails (out of descriptors, say), the listener is left alone this long at
 /// first, twice as long after each further failure, up to `MAX_ACCEPT_PAUSE`, or until one of
@@ -32,9 +30,9 @@ const LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// Serves until `shutdown` resolves, then gives in-flight calls up to `grace` to finish.
 /// At most `max_connections` are served at once; further ones are closed as they come.
 /// Returns whether every call finished within the grace period.
-pub async fn run<G: PullGate>(
+pub async fn run<L: Local>(
     listener: UnixListener,
-    proxy: Arc<Proxy<G>>,
+    local: Arc<L>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     max_connections: usize,
@@ -60,7 +58,7 @@ pub async fn run<G: PullGate>(
                         }
                         continue;
                     }
-                    connections.spawn(serve(stream, proxy.clone(), drain_seen.clone()));
+                    connections.spawn(serve(stream, local.clone(), drain_seen.clone()));
                 }
                 Err(error) => {
                     if let Some(failed) = failures.note() {
@@ -114,15 +112,15 @@ impl Throttled {
 
 /// Splices the connection to one of its own to containerd, or starts it without containerd
 /// when it cannot be reached (see `splice`).
-async fn serve<G: PullGate>(stream: UnixStream, proxy: Arc<Proxy<G>>, draining: watch::Receiver<bool>) {
-    let containerd = match proxy.upstream().dial().await {
+async fn serve<L: Local>(stream: UnixStream, local: Arc<L>, draining: watch::Receiver<bool>) {
+    let containerd = match local.dial().await {
         Ok(containerd) => Some(containerd),
         Err(error) => {
             tracing::debug!(%error, "containerd unreachable; this connection starts without it");
             None
         }
     };
-    splice::run(stream, containerd, proxy, draining).await
+    splice::run(stream, containerd, local, draining).await
 }
 
 #[cfg(test)]

@@ -1,22 +1,23 @@
 //! Frames from containerd, on their way to the kubelet.
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 
+use super::limits::*;
+use super::machine::*;
 use super::*;
+use crate::cri::frame::{self, Frame, ProtocolError, flag, kind, reason};
+use crate::metrics::CallOutcome;
 
-impl<G: PullGate> Splice<G> {
-    pub(super) fn on_containerd_bytes(&mut self) -> Result<(), ProtocolError> {
-        while let Some(frame) = frame::next(&mut self.from_containerd, self.containerd_max_frame)? {
+impl<L: Local> Machine<L> {
+    pub(super) fn on_containerd_bytes(&mut self, bytes: &mut BytesMut) -> Result<(), ProtocolError> {
+        while let Some(frame) = frame::next(bytes, self.containerd_max_frame)? {
             self.containerd_frame(frame)?;
         }
-        if self.containerd_credit >= CREDIT_BATCH {
-            frame::put_window_update(&mut self.to_containerd, 0, self.containerd_credit as u32);
-            self.containerd_credit = 0;
-        }
+        self.credit_containerd();
         Ok(())
     }
 
-    pub(super) fn containerd_frame(&mut self, frame: Frame) -> Result<(), ProtocolError> {
+    fn containerd_frame(&mut self, frame: Frame) -> Result<(), ProtocolError> {
         if self.containerd_block.is_some() != (frame.kind == kind::CONTINUATION) {
             return Err(ProtocolError::new(reason::PROTOCOL_ERROR, "header block interrupted"));
         }
@@ -41,9 +42,8 @@ impl<G: PullGate> Splice<G> {
                 Ok(())
             }
             kind::RST_STREAM => {
-                if matches!(self.streams.get(&frame.stream), Some(Stream::Relayed(_))) {
-                    self.end_relayed(frame.stream, CallOutcome::Aborted);
-                    self.streams.remove(&frame.stream);
+                if let Some(Stream::Relayed(mut relayed)) = self.streams.remove(&frame.stream) {
+                    end_log(&mut relayed.log, CallOutcome::Aborted);
                     self.send_blocked(Out::Other(frame.bytes));
                 }
                 Ok(())
@@ -67,7 +67,9 @@ impl<G: PullGate> Splice<G> {
                 // Not passed on: its last stream id counts containerd's streams only. Calls
                 // containerd has stay with it (those it will not answer are answered when it
                 // closes); new ones go as while containerd is lost.
-                self.containerd_leaving = true;
+                if self.containerd == Containerd::Spliced {
+                    self.containerd = Containerd::Leaving(Dial::Unanswered);
+                }
                 Ok(())
             }
             kind::WINDOW_UPDATE => {
@@ -82,7 +84,7 @@ impl<G: PullGate> Splice<G> {
         }
     }
 
-    pub(super) fn containerd_headers(&mut self, block: Block) -> Result<(), ProtocolError> {
+    fn containerd_headers(&mut self, block: Block) -> Result<(), ProtocolError> {
         let mut encoded = Vec::with_capacity(block.bytes.len() + 64);
         let mut code = None;
         self.containerd_hpack
@@ -94,7 +96,10 @@ impl<G: PullGate> Splice<G> {
             })
             .map_err(|error| ProtocolError::new(reason::COMPRESSION_ERROR, format!("containerd headers: {error}")))?;
         let Some(Stream::Relayed(relayed)) = self.streams.get_mut(&block.stream) else { return Ok(()) };
-        relayed.answered = true;
+        if relayed.response == Response::Ended {
+            return Ok(());
+        }
+        relayed.response = Response::Begun;
         if block.end_stream {
             let outcome = code.map_or(CallOutcome::Missing, |code| CallOutcome::Code(tonic::Code::from_i32(code)));
             self.end_relayed(block.stream, outcome);
@@ -106,10 +111,11 @@ impl<G: PullGate> Splice<G> {
     }
 
     /// Logs a relayed call's end, and forgets it once the kubelet is done with it too.
-    pub(super) fn end_relayed(&mut self, id: u32, outcome: CallOutcome) {
+    fn end_relayed(&mut self, id: u32, outcome: CallOutcome) {
         let Some(Stream::Relayed(relayed)) = self.streams.get_mut(&id) else { return };
         end_log(&mut relayed.log, outcome);
-        if relayed.sent {
+        relayed.response = Response::Ended;
+        if relayed.request == Request::Sent {
             self.streams.remove(&id);
         }
     }

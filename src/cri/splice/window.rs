@@ -1,9 +1,15 @@
 //! Towards the kubelet under its flow-control windows: the connection window pullgate
-//! keeps for it, and the stream windows of kept calls.
+//! keeps for it, and the stream windows of local calls.
 
+use bytes::BufMut;
+
+use super::limits::*;
+use super::machine::*;
 use super::*;
+use crate::cri::frame;
+use crate::metrics::CallOutcome;
 
-impl<G: PullGate> Splice<G> {
+impl<L: Local> Machine<L> {
     pub(super) fn send_blocked(&mut self, out: Out) {
         if self.blocked.is_empty() && self.fits(&out) {
             self.emit(out);
@@ -13,14 +19,14 @@ impl<G: PullGate> Splice<G> {
         }
     }
 
-    pub(super) fn fits(&self, out: &Out) -> bool {
+    fn fits(&self, out: &Out) -> bool {
         match out {
             Out::Data { cost, .. } => (*cost as i64) <= self.kubelet_window,
             Out::Other(_) => true,
         }
     }
 
-    pub(super) fn emit(&mut self, out: Out) {
+    fn emit(&mut self, out: Out) {
         match out {
             Out::Data { frame, cost, credit } => {
                 self.kubelet_window -= cost as i64;
@@ -36,39 +42,48 @@ impl<G: PullGate> Splice<G> {
             if !self.fits(out) {
                 break;
             }
-            let out = self.blocked.pop_front().expect("front exists");
+            let Some(out) = self.blocked.pop_front() else { break };
             self.blocked_bytes -= out.len();
             self.emit(out);
         }
+        self.credit_containerd();
+    }
+
+    /// Gives containerd back the credit gathered, once it is worth a frame.
+    pub(super) fn credit_containerd(&mut self) {
         if self.containerd_credit >= CREDIT_BATCH {
-            frame::put_window_update(&mut self.to_containerd, 0, self.containerd_credit as u32);
+            if self.spliced() {
+                frame::put_window_update(&mut self.to_containerd, 0, self.containerd_credit as u32);
+            }
             self.containerd_credit = 0;
         }
     }
 
     /// Moves answer frames the stream windows allow on towards the kubelet.
-    pub(super) fn pump_kept(&mut self) {
+    pub(super) fn pump_local(&mut self) {
         let mut done = Vec::new();
         let mut ready = Vec::new();
         for (&id, stream) in &mut self.streams {
-            let Stream::Kept(kept) = stream else { continue };
-            while let Some(out) = kept.waiting.front() {
-                match out {
-                    Out::Data { cost, .. } if (*cost as i64) > kept.window => break,
-                    Out::Data { cost, .. } => kept.window -= *cost as i64,
-                    Out::Other(frame) if frame.is_empty() => {
+            let Stream::Local(call) = stream else { continue };
+            while let Some(part) = call.waiting.front() {
+                match part {
+                    Part::Frame(Out::Data { cost, .. }) if (*cost as i64) > call.window => break,
+                    Part::Frame(Out::Data { cost, .. }) => call.window -= *cost as i64,
+                    Part::Frame(Out::Other(_)) => {}
+                    Part::End => {
                         done.push(id);
-                        kept.waiting.clear();
                         break;
                     }
-                    Out::Other(_) => {}
                 }
-                ready.push(kept.waiting.pop_front().expect("front exists"));
+                if let Some(Part::Frame(out)) = call.waiting.pop_front() {
+                    self.waiting_bytes -= out.len();
+                    ready.push(out);
+                }
             }
         }
         for id in done {
-            if let Some(Stream::Kept(mut kept)) = self.streams.remove(&id) {
-                end_log(&mut kept.log, CallOutcome::Missing);
+            if let Some(Stream::Local(call)) = self.streams.remove(&id) {
+                self.forget_local(id, call, CallOutcome::Missing);
             }
         }
         for out in ready {
