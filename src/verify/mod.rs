@@ -1,5 +1,6 @@
 //! Decides whether the cosign signatures found for an image digest satisfy a policy rule.
 
+pub mod keyless;
 pub mod keys;
 pub mod payload;
 pub mod signatures;
