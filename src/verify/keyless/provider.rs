@@ -235,10 +235,7 @@ mod tests {
             &padded,
             signature.to_der().as_bytes(),
         );
-        assert!(
-            matches!(&wrong_length, Err(Error::Verification(m)) if m.contains("wrong length")),
-            "{wrong_length:?}"
-        );
+        assert!(matches!(&wrong_length, Err(Error::Verification(m)) if m.contains("wrong length")), "{wrong_length:?}");
         let ml_dsa = RUST_CRYPTO.verify_raw(SigningScheme::MlDsa44, &[0; 1312], MESSAGE, &[0; 2420]);
         assert!(matches!(ml_dsa, Err(Error::UnsupportedAlgorithm(_))), "{ml_dsa:?}");
     }
