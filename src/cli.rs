@@ -148,6 +148,8 @@ struct ServeArgs {
 }
 
 pub fn main() -> ExitCode {
+    // Before anything can reach sigstore-crypto, which panics without a provider.
+    crate::verify::keyless::provider::install();
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
         Command::Verify(args) => verify::run(args),
