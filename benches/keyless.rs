@@ -32,7 +32,7 @@ fn main() {
     });
     let root = TrustRoot::from_json(&root_json).expect("root");
     let verify = time(ROUNDS, || {
-        keyless::verify_bundle(&root, &bundle, Subject::Digest(digest.clone()), &signer).expect("verified");
+        keyless::verify_bundle(&root, &bundle, Subject::Digest(digest), &signer).expect("verified");
     });
     println!("| keyless, per signature (P-256 chain, SCT, SET) | median {:?} | p90 {:?} |", verify.0, verify.1);
     println!("| trusted root load (test root) | median {:?} | p90 {:?} |", load.0, load.1);
