@@ -2,6 +2,7 @@
 
 mod policy_check;
 mod verify;
+mod verify_bundle;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +36,11 @@ enum Command {
     /// unreachable). It follows the verdict even under an audit-mode rule, where the daemon
     /// would let the pull go ahead.
     Verify(verify::VerifyArgs),
+    /// Check one sigstore bundle offline (the sigstore-conformance CLI protocol).
+    ///
+    /// Exit status: 0 verified, 1 refused (the message names the check), 2 error (unreadable
+    /// input, unusable trusted root).
+    VerifyBundle(verify_bundle::VerifyBundleArgs),
     /// Inspect the node policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -142,6 +148,8 @@ struct ServeArgs {
 }
 
 pub fn main() -> ExitCode {
+    // Before anything can reach sigstore-crypto, which panics without a provider.
+    crate::verify::keyless::provider::install();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => return usage_error(error, std::env::args_os().skip(1)),
@@ -149,6 +157,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Verify(args) => verify::run(args),
+        Command::VerifyBundle(args) => verify_bundle::run(&args),
         Command::Policy(PolicyCommand::Check(args)) => policy_check::run(&args),
     }
 }

@@ -7,7 +7,8 @@
 //!   to the gate first. Errors become gRPC statuses only in [`cri::status`].
 //! - [`reference`] — image names and digests, normalised as containerd does.
 //! - [`policy`] — the node's rules: which scope needs which signatures.
-//! - [`verify`] — cosign signature checks against a rule's keys and identity.
+//! - [`verify`] — cosign signature checks against a rule's keys and identity; [`verify::keyless`]
+//!   verifies sigstore bundles offline (certificates, SCTs, transparency-log proofs, timestamps).
 //! - [`decision`] — the interception point: admit, pin or reject a pull.
 //! - [`config`], [`telemetry`], [`daemon`], [`cli`] — wiring: configuration, logs, lifecycle.
 //! - [`reload`], [`metrics`] — operating it: policy hot reload, Prometheus metrics.

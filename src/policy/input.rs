@@ -15,14 +15,20 @@ use super::limits::{MAX_KEY_FILE, MAX_POLICY_FILE};
 /// A policy file or policy.json, as text. Errors name what is wrong, not the path: callers
 /// report them against the file (or the rule that names it).
 pub(super) fn read_policy_file(path: &Path) -> Result<String, String> {
-    let bytes = read_bounded(path, MAX_POLICY_FILE, "policy file")?;
-    String::from_utf8(bytes)
-        .map_err(|e| format!("is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
+    read_bounded_text(path, MAX_POLICY_FILE, "policy file")
 }
 
 /// A key file's bytes (PEM, parsed by the caller).
 pub(super) fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
     read_bounded(path, MAX_KEY_FILE, "key file")
+}
+
+/// Any other file pullgate reads as text (a trusted root, a bundle), within `limit` bytes;
+/// `what` names it in the error.
+pub fn read_bounded_text(path: &Path, limit: u64, what: &str) -> Result<String, String> {
+    let bytes = read_bounded(path, limit, what)?;
+    String::from_utf8(bytes)
+        .map_err(|e| format!("is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
 }
 
 /// Also used for containerd's `hosts.toml` (`registry::hosts`), which has the same hazards.

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 pub use error::{PolicyError, Problem};
 pub use identity::{IdentityConfigError, IdentityMismatch, IdentityRule};
+pub use input::read_bounded_text;
 pub use scope::{Scope, ScopeError, Specificity};
 pub use shared::SharedPolicy;
 pub(crate) use toml_file::valid_namespace;

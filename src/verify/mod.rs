@@ -3,6 +3,7 @@
 //! (cosign v3's default, found as OCI referrers).
 
 mod bundle;
+pub mod keyless;
 pub mod keys;
 pub mod payload;
 pub mod referrers;

@@ -14,6 +14,7 @@ mod health;
 mod hostile;
 mod hostile_clients;
 mod install;
+mod keyless;
 mod kubelet_client;
 mod lifecycle;
 mod media_types;

@@ -138,6 +138,9 @@ elapsed() {
 }
 
 tail_log() {
+    # A daemon's fatal line may come before pages of plugin loading: show those first.
+    echo "----- errors in $1 -----" >&2
+    grep -E 'level=(fatal|error|panic)|^panic:' "$1" 2>/dev/null | tail -n 10 >&2 || true
     echo "----- last lines of $1 -----" >&2
     tail -n "${2:-40}" "$1" >&2 2>/dev/null || echo "(no log)" >&2
     echo "-----" >&2

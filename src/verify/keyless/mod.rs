@@ -1,0 +1,148 @@
+//! Keyless signatures: a signing certificate issued by a Fulcio-like CA, logged in a
+//! Rekor-like transparency log, perhaps timestamped, all verified offline against a sigstore
+//! trusted root held on the node.
+//!
+//! Every check is sigstore-rust's (`sigstore-verify`): X.509 path validation to a CA of the
+//! root at the signing time (the log's integrated time or a verified RFC 3161 timestamp, never
+//! the clock), the code-signing EKU, the embedded SCT, the log entry's SET or inclusion proof
+//! and signed checkpoint, the binding of the entry's body to this certificate, signature and
+//! artifact, then the identity. What this module adds is the offline setup (our
+//! [`provider`], the embedded public-good roots) and bounds on what it is handed.
+//!
+//! Why sigstore-verify and not the `sigstore` crate 0.15: the latter's bundle support comes
+//! with its `sign` stack (oauth2, openidconnect, reqwest, webbrowser) and its own X.509 code;
+//! sigstore-verify is verification only, follows the conformance suite, and builds without
+//! any network or C dependency once aws-lc-rs is left out.
+
+pub mod provider;
+
+use std::path::Path;
+
+use sigstore_verify::trust_root::{SIGSTORE_PRODUCTION_TRUSTED_ROOT, SIGSTORE_STAGING_TRUSTED_ROOT, TrustedRoot};
+use sigstore_verify::types::{Artifact, Bundle, DerPublicKey, Sha256Hash};
+use sigstore_verify::{PublicKeyVerificationPolicy, VerificationPolicy, Verifier};
+
+/// A trusted root file: the public-good root is about 7 KiB, one with a long history of
+/// rotated keys a few tens; anything near this bound is not a trusted root.
+pub const MAX_TRUSTED_ROOT_BYTES: u64 = 1024 * 1024;
+/// A bundle file: a DSSE bundle carries its whole attestation, and SBOM attestations run to a
+/// few MiB; a message-signature bundle is a few KiB.
+pub const MAX_BUNDLE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The certificate authorities, transparency logs, CT logs and timestamp authorities a
+/// keyless signature may chain to, ready to verify with.
+pub struct TrustRoot {
+    verifier: Verifier,
+}
+
+/// Which root: the Sigstore public-good instance (production or staging), as embedded in
+/// sigstore-trust-root, or a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicGood {
+    Production,
+    Staging,
+}
+
+impl TrustRoot {
+    pub fn public_good(instance: PublicGood) -> Result<TrustRoot, KeylessError> {
+        let json = match instance {
+            PublicGood::Production => SIGSTORE_PRODUCTION_TRUSTED_ROOT,
+            PublicGood::Staging => SIGSTORE_STAGING_TRUSTED_ROOT,
+        };
+        TrustRoot::from_json(json)
+    }
+
+    /// A `TrustedRoot` document (`application/vnd.dev.sigstore.trustedroot+json;version=0.1`).
+    /// Malformed, duplicate or unsupported trust material is refused here, not at first use.
+    pub fn from_json(json: &str) -> Result<TrustRoot, KeylessError> {
+        provider::install();
+        let root = TrustedRoot::from_json(json).map_err(|e| KeylessError::TrustRoot(e.to_string()))?;
+        let verifier = Verifier::new(&root).map_err(|e| KeylessError::TrustRoot(e.to_string()))?;
+        Ok(TrustRoot { verifier })
+    }
+}
+
+/// Who must have signed: a certificate identity (SAN) and OIDC issuer, or a public key.
+pub enum Signer {
+    Identity { subject: String, issuer: String },
+    Key(DerPublicKey),
+}
+
+impl Signer {
+    /// A PEM public key (SubjectPublicKeyInfo), as `--key` names it.
+    pub fn key_from_pem(pem: &str) -> Result<Signer, KeylessError> {
+        DerPublicKey::from_pem(pem)
+            .map(Signer::Key)
+            .map_err(|e| KeylessError::Input(format!("not a PEM public key: {e}")))
+    }
+}
+
+/// What a bundle signs: an artifact's bytes, read in constant memory, or its SHA-256 digest.
+pub enum Subject<'a> {
+    Reader(&'a mut dyn std::io::Read),
+    Digest(Sha256Hash),
+}
+
+/// What a verified bundle established, for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The certificate's SAN, when it was signed with a certificate.
+    pub identity: Option<String>,
+    pub issuer: Option<String>,
+    /// RFC 3339: the log's integrated time or the verified timestamps the certificate was
+    /// checked at.
+    pub signing_times: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeylessError {
+    #[error("trusted root unusable: {0}")]
+    TrustRoot(String),
+    #[error("{0}")]
+    Input(String),
+    #[error("bundle is not a sigstore bundle: {0}")]
+    Bundle(String),
+    /// Names the check that failed, as sigstore-verify words it (certificate chain, SCT,
+    /// transparency log, timestamp, identity, issuer, signature, artifact).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Verifies a sigstore bundle (v0.1 to v0.3) for `subject`, signed by `signer`.
+pub fn verify_bundle(
+    root: &TrustRoot,
+    bundle_json: &str,
+    subject: Subject<'_>,
+    signer: &Signer,
+) -> Result<Verified, KeylessError> {
+    let bundle = Bundle::from_json(bundle_json).map_err(|e| KeylessError::Bundle(e.to_string()))?;
+    let certificate_policy;
+    let key_policy;
+    let policy: &dyn sigstore_verify::Policy = match signer {
+        Signer::Identity { subject, issuer } => {
+            certificate_policy = VerificationPolicy::new(subject.as_str(), issuer.as_str());
+            &certificate_policy
+        }
+        Signer::Key(key) => {
+            key_policy = PublicKeyVerificationPolicy::new(key.clone());
+            &key_policy
+        }
+    };
+    let result = match subject {
+        Subject::Reader(reader) => root.verifier.verify_reader(reader, &bundle, policy),
+        Subject::Digest(digest) => root.verifier.verify(Artifact::from_digest(digest), &bundle, policy),
+    }
+    .map_err(|e| KeylessError::Refused(e.to_string()))?;
+    Ok(Verified {
+        identity: result.identity().map(|san| san.to_string()),
+        issuer: result.issuer().map(str::to_owned),
+        signing_times: result.verified_timestamps().iter().map(ToString::to_string).collect(),
+    })
+}
+
+/// Reads a trusted root file within [`MAX_TRUSTED_ROOT_BYTES`].
+pub fn read_trust_root(path: &Path) -> Result<TrustRoot, KeylessError> {
+    let json = crate::policy::read_bounded_text(path, MAX_TRUSTED_ROOT_BYTES, "trusted root")
+        .map_err(|e| KeylessError::TrustRoot(format!("{}: {e}", path.display())))?;
+    TrustRoot::from_json(&json)
+}
