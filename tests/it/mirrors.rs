@@ -8,11 +8,12 @@
 //! |-----------------------------------------------------|----------------------------------------|
 //! | signed, through its mirror                          | accepted, pinned, visible under its tag |
 //! | unsigned, through its mirror                        | SignatureValidationFailed              |
-//! | cold pull through the mirror vs. direct             | the same pullgate reads (3)            |
+//! | cold pull through the mirror vs. direct             | the same pullgate reads (4)            |
 //! | mirror stopped                                      | RegistryUnavailable within the timeout |
 //! | two mirrors, the first without the signature        | the second's signature is used          |
 //! | first mirror without `resolve`                      | never asked for the tag                |
 //! | signatures in another repository, `signatures_from` | accepted; refused without it           |
+//! | HTTPS mirror: hosts.toml `ca` / none / `skip_verify` | accepted / RegistryUnavailable / accepted |
 
 use crate::common;
 
@@ -193,4 +194,59 @@ async fn signatures_kept_in_another_repository_count_only_where_the_rule_says_so
     let refusal = pull(&running, &unnamed).await.expect_err("signatures elsewhere, and the rule does not say where");
     assert!(refusal.starts_with("SignatureValidationFailed: ") && refusal.contains("no signatures found"), "{refusal}");
     running.stop().await;
+}
+
+/// A mirror served over HTTPS by a private CA: the `ca` its hosts.toml entry names is what
+/// pullgate trusts it by, as containerd does; without it the pull is refused for the
+/// certificate and nothing reaches containerd; `skip_verify` trusts it without a CA.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_mirror_is_trusted_by_its_hosts_toml_ca_or_skip_verify() {
+    let lab = Lab::start_containerd2(false);
+    let (mirror, ca) = lab.start_tls_registry();
+    let key = CosignKey::generate();
+    let mut digests = Vec::new();
+    for repo in ["tls/with-ca", "tls/without-ca", "tls/skip-verify"] {
+        let digest = lab.push_image_to(&mirror, &format!("{repo}:v1"), repo, None);
+        key.signing(&mirror, repo, &digest).claiming(&format!("{UPSTREAM}/{repo}")).ca(&ca).run();
+        digests.push(digest);
+    }
+    let policy = signed_rule(&format!("{UPSTREAM}/tls"), None);
+    let running = start(&lab, &key, &policy, Vec::new()).await;
+    let entry = |tls: &str| format!("[host.\"https://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n{tls}");
+
+    write_hosts(&lab, &entry(&format!("  ca = {:?}\n", ca.display().to_string())));
+    let image = format!("{UPSTREAM}/tls/with-ca:v1");
+    pull(&running, &image).await.unwrap_or_else(|e| panic!("{image} refused: {e}\n{}", lab.logs()));
+    let config = config_over_tls(&mirror, &ca, "tls/with-ca", &digests[0]);
+    store::assert_pinned(&lab, &image, &digests[0], &config).await;
+
+    // hosts.toml is read on every pull: the next one meets the mirror without its CA.
+    write_hosts(&lab, &entry(""));
+    let image = format!("{UPSTREAM}/tls/without-ca:v1");
+    let refusal = pull(&running, &image).await.expect_err("a mirror whose certificate chains to nothing trusted");
+    assert!(refusal.starts_with("RegistryUnavailable: "), "{refusal}");
+    assert!(refusal.to_lowercase().contains("certificate"), "{refusal}");
+    store::assert_absent(&lab, &image).await;
+
+    write_hosts(&lab, &entry("  skip_verify = true\n"));
+    let image = format!("{UPSTREAM}/tls/skip-verify:v1");
+    pull(&running, &image).await.unwrap_or_else(|e| panic!("{image} refused: {e}\n{}", lab.logs()));
+    let config = config_over_tls(&mirror, &ca, "tls/skip-verify", &digests[2]);
+    store::assert_pinned(&lab, &image, &digests[2], &config).await;
+    running.stop().await;
+}
+
+/// The config digest of `repo@digest` on the HTTPS registry, read with curl trusting `ca`, after
+/// checking the registry serves the digest's own bytes.
+fn config_over_tls(registry: &str, ca: &std::path::Path, repo: &str, digest: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--cacert"])
+        .arg(ca)
+        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+        .arg(format!("https://{registry}/v2/{repo}/manifests/{digest}"))
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(common::cosign::sha256_digest(&out.stdout), digest, "the registry served other bytes");
+    store::config_digest(&out.stdout)
 }
