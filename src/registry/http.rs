@@ -527,8 +527,35 @@ impl HttpRegistry {
         expected: Option<&Digest>,
         creds: &Credentials,
     ) -> Result<Option<Manifest>, RegistryError> {
-        let mut target = self.target(route, image, "manifests", reference)?;
-        target.accept = Some(MANIFEST_ACCEPT);
+        self.document_from(route, image, ("manifests", reference), MANIFEST_ACCEPT, expected, creds).await
+    }
+
+    async fn referrers_from(
+        &self,
+        route: &Route,
+        image: &ImageRef,
+        digest: &Digest,
+        creds: &Credentials,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        // The answer is an image index, bounded like any manifest. Only its first page is read:
+        // more signature referrers than one page holds is beyond any limit of ours anyway.
+        let path = ("referrers", digest.as_str());
+        self.document_from(route, image, path, media_type::OCI_INDEX, None, creds).await
+    }
+
+    /// A manifest or an index at `kind/reference` on one host, bounded; checked against
+    /// `expected` when it is named by its digest. Ok(None) when the host has none.
+    async fn document_from(
+        &self,
+        route: &Route,
+        image: &ImageRef,
+        (kind, reference): (&str, &str),
+        accept: &'static str,
+        expected: Option<&Digest>,
+        creds: &Credentials,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let mut target = self.target(route, image, kind, reference)?;
+        target.accept = Some(accept);
         let response = self.send(&target, creds).await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -539,28 +566,6 @@ impl HttpRegistry {
         if let Some(expected) = expected {
             verify_digest(expected, &bytes, &target.what)?;
         }
-        let media_type = header_type.or_else(|| media_type_field(&bytes)).unwrap_or_default();
-        Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type, bytes, host: route.host.clone() }))
-    }
-
-    async fn referrers_from(
-        &self,
-        route: &Route,
-        image: &ImageRef,
-        digest: &Digest,
-        creds: &Credentials,
-    ) -> Result<Option<Manifest>, RegistryError> {
-        let mut target = self.target(route, image, "referrers", digest.as_str())?;
-        target.accept = Some(media_type::OCI_INDEX);
-        let response = self.send(&target, creds).await?;
-        if response.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        check_status(response.status(), &target.origin(), creds.is_anonymous())?;
-        let header_type = content_type(&response);
-        // The answer is an image index, bounded like any manifest. Only its first page is read:
-        // more signature referrers than one page holds is beyond any limit of ours anyway.
-        let bytes = read_capped(response, MANIFEST_MAX_BYTES, &target.origin()).await?;
         let media_type = header_type.or_else(|| media_type_field(&bytes)).unwrap_or_default();
         Ok(Some(Manifest { digest: Digest::sha256_of(&bytes), media_type, bytes, host: route.host.clone() }))
     }

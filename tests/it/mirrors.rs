@@ -217,7 +217,7 @@ async fn an_https_mirror_is_trusted_by_its_hosts_toml_ca_or_skip_verify() {
     write_hosts(&lab, &entry(&format!("  ca = {:?}\n", ca.display().to_string())));
     let image = format!("{UPSTREAM}/tls/with-ca:v1");
     pull(&running, &image).await.unwrap_or_else(|e| panic!("{image} refused: {e}\n{}", lab.logs()));
-    let config = config_over_tls(&mirror, &ca, "tls/with-ca", &digests[0]);
+    let config = store::config_over_tls(&mirror, &ca, "tls/with-ca", &digests[0]);
     store::assert_pinned(&lab, &image, &digests[0], &config).await;
 
     // hosts.toml is read on every pull: the next one meets the mirror without its CA.
@@ -231,22 +231,7 @@ async fn an_https_mirror_is_trusted_by_its_hosts_toml_ca_or_skip_verify() {
     write_hosts(&lab, &entry("  skip_verify = true\n"));
     let image = format!("{UPSTREAM}/tls/skip-verify:v1");
     pull(&running, &image).await.unwrap_or_else(|e| panic!("{image} refused: {e}\n{}", lab.logs()));
-    let config = config_over_tls(&mirror, &ca, "tls/skip-verify", &digests[2]);
+    let config = store::config_over_tls(&mirror, &ca, "tls/skip-verify", &digests[2]);
     store::assert_pinned(&lab, &image, &digests[2], &config).await;
     running.stop().await;
-}
-
-/// The config digest of `repo@digest` on the HTTPS registry, read with curl trusting `ca`, after
-/// checking the registry serves the digest's own bytes.
-fn config_over_tls(registry: &str, ca: &std::path::Path, repo: &str, digest: &str) -> String {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--fail", "--cacert"])
-        .arg(ca)
-        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
-        .arg(format!("https://{registry}/v2/{repo}/manifests/{digest}"))
-        .output()
-        .expect("run curl");
-    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(common::cosign::sha256_digest(&out.stdout), digest, "the registry served other bytes");
-    store::config_digest(&out.stdout)
 }

@@ -6,7 +6,7 @@
 use crate::common;
 use common::policy;
 
-use common::cosign::{self, CosignKey};
+use common::cosign::CosignKey;
 use common::cri;
 use common::lab::Lab;
 use common::store;
@@ -45,7 +45,7 @@ async fn a_registry_behind_a_private_ca_is_verified_only_with_that_ca() {
     let pullgate = common::pullgate::start_with(config, &files).await;
     let mut images = cri::images(&pullgate.socket);
     let pulled = images.pull_image(cri::pull_request(&image, None)).await.expect("signed pull over HTTPS");
-    let config = verified_config(&registry, &ca, &digest);
+    let config = store::config_over_tls(&registry, &ca, "edge/app", &digest);
     assert_eq!(pulled.into_inner().image_ref, config, "containerd stored another image than the verified one");
     store::assert_pinned(&lab, &image, &digest, &config).await;
     let unsigned = format!("{registry}/edge/unsigned:v1");
@@ -58,18 +58,4 @@ async fn a_registry_behind_a_private_ca_is_verified_only_with_that_ca() {
 async fn image_status(lab: &Lab, image: &str) -> Option<pullgate::cri::proto::Image> {
     let request = ImageStatusRequest { image: cri::spec(image), verbose: false };
     cri::images(&lab.containerd_sock).image_status(request).await.expect("ImageStatus").into_inner().image
-}
-
-/// The config digest of `digest`'s manifest, read from the HTTPS registry with curl (trusting `ca`).
-fn verified_config(registry: &str, ca: &std::path::Path, digest: &str) -> String {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--fail", "--cacert"])
-        .arg(ca)
-        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
-        .arg(format!("https://{registry}/v2/edge/app/manifests/{digest}"))
-        .output()
-        .expect("run curl");
-    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(cosign::sha256_digest(&out.stdout), digest, "the registry served other bytes for the digest");
-    store::config_digest(&out.stdout)
 }

@@ -150,3 +150,18 @@ pub fn records(lab: &Lab) -> Vec<(String, String)> {
     });
     rows.collect()
 }
+
+/// The config digest of `repo@digest` on the HTTPS registry, read with curl trusting `ca`, after
+/// checking the registry serves the digest's own bytes.
+pub fn config_over_tls(registry: &str, ca: &std::path::Path, repo: &str, digest: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--cacert"])
+        .arg(ca)
+        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+        .arg(format!("https://{registry}/v2/{repo}/manifests/{digest}"))
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(super::cosign::sha256_digest(&out.stdout), digest, "the registry served other bytes");
+    config_digest(&out.stdout)
+}
