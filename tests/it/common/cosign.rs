@@ -418,21 +418,20 @@ impl Signing<'_> {
     }
 
     pub fn run(self) {
-        let mut args = vec![
-            "sign",
-            "--key",
-            "cosign.key",
-            "--yes",
-            "--tlog-upload=false",
-            "--new-bundle-format=false",
-            "--use-signing-config=false",
-            "--allow-http-registry",
-        ];
+        let mut args = vec!["sign"];
+        args.extend(OFFLINE_WITH_KEY);
+        args.extend(["--new-bundle-format=false"]);
         args.extend(self.extra.iter().map(String::as_str));
         args.push(&self.image);
         self.key.cosign(&args);
     }
 }
+
+/// What every signing run here passes: the test key, no prompt, no transparency log (offline),
+/// and the plain-HTTP lab registry. `--tlog-upload=false` alone is refused while cosign's
+/// default signing config is in use, so that is turned off too.
+const OFFLINE_WITH_KEY: &[&str] =
+    &["--key", "cosign.key", "--yes", "--tlog-upload=false", "--use-signing-config=false", "--allow-http-registry"];
 
 /// Signatures in the formats cosign v3 writes besides the `.sig` tag.
 impl CosignKey {
@@ -442,34 +441,15 @@ impl CosignKey {
     /// refused while the default signing config is in use, so it is turned off too.
     pub fn sign_bundle(&self, registry: &str, repo: &str, digest: &str) {
         let image = format!("{registry}/{repo}@{digest}");
-        self.cosign(&[
-            "sign",
-            "--key",
-            "cosign.key",
-            "--yes",
-            "--tlog-upload=false",
-            "--use-signing-config=false",
-            "--allow-http-registry",
-            &image,
-        ]);
+        self.cosign(&[&["sign"], OFFLINE_WITH_KEY, &[&image]].concat());
     }
 
     /// `cosign sign` in the legacy simple-signing format, pushed as an OCI referrer instead of
     /// under the `.sig` tag (`--registry-referrers-mode=oci-1-1`, an experimental flag).
     pub fn sign_referrer(&self, registry: &str, repo: &str, digest: &str) {
         let image = format!("{registry}/{repo}@{digest}");
-        let args = [
-            "sign",
-            "--key",
-            "cosign.key",
-            "--yes",
-            "--tlog-upload=false",
-            "--new-bundle-format=false",
-            "--use-signing-config=false",
-            "--registry-referrers-mode=oci-1-1",
-            "--allow-http-registry",
-            &image,
-        ];
+        let legacy_as_referrer = ["--new-bundle-format=false", "--registry-referrers-mode=oci-1-1"];
+        let args = [&["sign"], OFFLINE_WITH_KEY, &legacy_as_referrer, &[&image]].concat();
         self.cosign_with(&args, &[("COSIGN_EXPERIMENTAL", "1")]);
     }
 
@@ -479,20 +459,8 @@ impl CosignKey {
         let image = format!("{registry}/{repo}@{digest}");
         fs::write(self.dir.path().join("predicate.json"), br#"{"buildType":"pullgate-test"}"#)
             .expect("write predicate");
-        self.cosign(&[
-            "attest",
-            "--key",
-            "cosign.key",
-            "--yes",
-            "--tlog-upload=false",
-            "--use-signing-config=false",
-            "--allow-http-registry",
-            "--type",
-            predicate_type,
-            "--predicate",
-            "predicate.json",
-            &image,
-        ]);
+        let predicate = ["--type", predicate_type, "--predicate", "predicate.json"];
+        self.cosign(&[&["attest"], OFFLINE_WITH_KEY, &predicate, &[&image]].concat());
     }
 }
 
