@@ -579,6 +579,11 @@ disabled_plugins = [
     stream_server_address = "127.0.0.1"
     stream_server_port = "0"
 
+  # NRI listens on one socket for the whole host (/var/run/nri/nri.sock): two labs starting at
+  # once collided on it and one containerd exited. The lab runs no NRI plugins.
+  [plugins.'io.containerd.nri.v1.nri']
+    disable = true
+
   # Where transfer-service pulls unpack: the lab's snapshotter, with the default differ.
   # (The built-in default names overlayfs, which the lab may not be able to use.)
   [plugins.'io.containerd.transfer.v1.local']
