@@ -65,8 +65,10 @@ fn tls_hint(detail: &str) -> Option<&'static str> {
         return Some("the registry answered in plain HTTP; add it to registry.insecure (host:port) to allow that");
     }
     if detail.contains("UnknownIssuer") {
+        // A mirror listed in a hosts.toml is trusted by that file's `ca`, as containerd trusts it.
         return Some(
-            "its certificate is signed by a CA the node does not trust; set registry.ca_file to that CA's PEM file",
+            "its certificate is signed by a CA the node does not trust; set registry.ca_file to that CA's PEM \
+             file (for a host listed in a hosts.toml: that host's `ca`)",
         );
     }
     None
@@ -141,6 +143,7 @@ mod tests {
         assert!(tls_hint(plain).is_some_and(|hint| hint.contains("plain HTTP; add it to registry.insecure")));
         let private = "client error (Connect): invalid peer certificate: UnknownIssuer";
         assert!(tls_hint(private).is_some_and(|hint| hint.contains("set registry.ca_file")));
+        assert!(tls_hint(private).is_some_and(|hint| hint.contains("in a hosts.toml: that host's `ca`")));
         assert_eq!(tls_hint("client error (Connect): tcp connect error: Connection refused"), None);
     }
 
