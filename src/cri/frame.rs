@@ -300,6 +300,7 @@ mod tests {
         put_head(&mut buffer, 1 << 20, kind::DATA, 0, 1);
         let error = next(&mut buffer, DEFAULT_MAX_FRAME).unwrap_err();
         assert_eq!(error.reason, reason::FRAME_SIZE_ERROR);
+        assert!(buffer.capacity() < DEFAULT_MAX_FRAME, "no room was made for it");
     }
 
     #[test]

@@ -124,6 +124,8 @@ pub struct Endpoint {
     pub incoming: BytesMut,
     /// A GOAWAY was received, and sent.
     pub goaway: bool,
+    /// The error code of the last GOAWAY received.
+    pub goaway_reason: Option<u32>,
     pub left: bool,
     decoder: Decoder,
 }
@@ -276,7 +278,11 @@ impl Endpoint {
                 frame::put_head(&mut self.outgoing, 8, kind::PING, flag::ACK, 0);
                 self.outgoing.put_slice(frame.payload());
             }
-            kind::GOAWAY => self.goaway = true,
+            kind::GOAWAY => {
+                self.goaway = true;
+                let code = frame.payload().get(4..8).and_then(|code| code.try_into().ok());
+                self.goaway_reason = code.map(u32::from_be_bytes);
+            }
             kind::WINDOW_UPDATE => {
                 let increment =
                     i64::from(frame::window_increment(frame).map_err(|e| Violation(format!("{who}: {e}")))?);

@@ -334,11 +334,14 @@ fn without_containerd_answers_a_kubelet_does_not_read_are_taken_no_faster_than_i
 #[test]
 fn a_protocol_error_from_the_kubelet_closes_with_goaway() {
     let mut h = spliced(frame::DEFAULT_WINDOW as u32);
+    // DATA on a stream the kubelet never opened: a connection error (RFC 9113 §5.1).
     frame::put_head(&mut h.kubelet.outgoing, 0, kind::DATA, flag::END_STREAM, 99);
     h.deliver(usize::MAX).unwrap();
-    assert!(matches!(h.ending, Some(Ending::Broken(_))));
+    assert!(matches!(h.ending, Some(Ending::Broken(_))), "{:?}", h.ending);
     h.kubelet_reads(usize::MAX).unwrap();
-    assert!(h.kubelet.goaway);
+    assert_eq!(h.kubelet.goaway_reason, Some(reason::PROTOCOL_ERROR));
+    h.containerd_reads(usize::MAX).unwrap();
+    assert!(!h.containerd.streams.contains_key(&99), "the broken frame is not passed on");
 }
 
 #[test]
