@@ -1,5 +1,8 @@
-//! Routes each incoming call: PullImage through the gate, health checks to pullgate's own
-//! health service, the rest of the CRI straight upstream, and anything else nowhere.
+//! What becomes of each call, by its path (`route`), and pullgate's own answers to the calls
+//! the splice relay hands over (`Local`): PullImage through the gate, health checks from
+//! pullgate's health service, refusals for anything outside the CRI, and CRI calls made while
+//! a connection is without containerd (through the shared upstream connection). Every other
+//! CRI call is spliced through to containerd by `splice` and never comes here.
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! Accepts kubelet connections and serves the proxy until shutdown, then drains.
+//! Accepts kubelet connections and serves them until shutdown, then drains.
 //!
 //! Each connection is spliced to a containerd connection of its own (`splice`), or served
 //! without one while containerd cannot be reached.

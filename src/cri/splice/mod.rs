@@ -1,4 +1,4 @@
-//! The fast path: one kubelet connection spliced to one containerd connection of its own.
+//! The one relay: each kubelet connection spliced to a containerd connection of its own.
 //!
 //! Relayed calls cost the kubelet one extra hop of wake-ups and copies, nothing more: their
 //! DATA, PING, SETTINGS and stream-level WINDOW_UPDATE frames are copied from one socket to
