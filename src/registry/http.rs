@@ -304,6 +304,9 @@ impl HttpRegistry {
     /// Sends with the best authorization we know, answers one 401 challenge, and returns
     /// whatever the registry says last; the caller maps the status.
     async fn send(&self, target: &Target<'_>, creds: &Credentials) -> Result<Response, RegistryError> {
+        // A mirror gets the image's credentials only where containerd would offer them.
+        let anonymous = Credentials::anonymous();
+        let creds = if creds.offered_to(target.registry) { creds } else { &anonymous };
         let first = self.upfront_authorization(target, creds).await?;
         let response = self.send_once(target, first.header.as_ref()).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
