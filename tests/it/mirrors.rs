@@ -343,11 +343,13 @@ async fn a_mirrors_own_challenge_is_answered_as_containerd_answers_it() {
 
     let other = format!("{UPSTREAM}/demo/other:v1");
     let refusal = pull_on(&running.socket, &other, None).await.expect_err("no credentials");
-    assert!(refusal.contains("denied") || refusal.contains("401"), "{refusal}");
+    assert!(refusal.contains("registry denied access") && refusal.contains("HTTP 401"), "{refusal}");
     let for_upstream = Some(auth(&format!("https://{UPSTREAM}")));
     let refusal = pull_on(&running.socket, &other, for_upstream).await.expect_err("credentials for another server");
-    assert!(refusal.contains("denied") || refusal.contains("401"), "{refusal}");
+    assert!(refusal.contains("registry denied access") && refusal.contains("HTTP 401"), "{refusal}");
     store::assert_absent(&lab, &other).await;
+    let containerd = mirror.count(|seen| seen.is_containerd() && seen.reads_repo("demo/other"));
+    assert_eq!(containerd, 0, "pullgate let containerd try: the refusal must be pullgate's");
     let for_mirror = Some(auth(&format!("http://{}", mirror.addr())));
     pull_on(&running.socket, &other, for_mirror).await.expect("credentials named for the mirror");
     running.stop().await;
