@@ -17,6 +17,7 @@
 //! | hosts.toml: none / mirror added / broken / removed  | unavailable / accepted / refused naming the line / unavailable, no restart |
 //! | mirror asking for credentials (its own 401)         | kubelet's credentials: accepted; none, or meant for another server: refused |
 //! | `header` with a secret, log at trace level          | sent to the mirror, never in the log   |
+//! | mirror requiring a client certificate: `client` pair / none / one file | accepted / RegistryUnavailable / accepted |
 
 use crate::common;
 
@@ -387,4 +388,48 @@ async fn header_values_are_sent_and_never_logged() {
     let log = daemon.log_text();
     assert!(log.contains("\"level\":\"TRACE\""), "the log is not at trace level");
     assert!(!log.contains("hosts-toml-header-s3cr3t"), "a header value reached the log");
+}
+
+/// A mirror that requires a client certificate (docker-registry with `http.tls.clientcas`,
+/// serving the lab registry's storage): the `client` of its hosts.toml entry is presented,
+/// as a [certificate, key] pair or as one file holding both, as containerd presents it;
+/// without it the pull is refused and nothing reaches containerd.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mirror_requiring_a_client_certificate_gets_the_hosts_toml_client() {
+    let lab = Lab::start_containerd2(false);
+    let (mirror, ca, cert, client_key) = lab.start_mtls_registry();
+    let key = CosignKey::generate();
+    let pair = push_signed(&lab, &key, "mtls/pair", None);
+    push_signed(&lab, &key, "mtls/none", None);
+    let single = push_signed(&lab, &key, "mtls/single", None);
+    let both = lab.dir.path().join("client-both.pem");
+    let pem = |path: &std::path::Path| std::fs::read(path).expect("read a client certificate file");
+    std::fs::write(&both, [pem(&cert), pem(&client_key)].concat()).expect("write client-both.pem");
+    let entry = |client: String| {
+        format!("[host.\"https://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = {ca:?}\n{client}")
+    };
+    write_hosts(&lab, &entry(format!("  client = [[{cert:?}, {client_key:?}]]\n")));
+    let running = start(&lab, &key, &signed_rule(&format!("{UPSTREAM}/mtls"), None), Vec::new()).await;
+
+    let accepted = |repo: &'static str, digest: String| {
+        let (lab, running) = (&lab, &running);
+        async move {
+            let image = format!("{UPSTREAM}/{repo}:v1");
+            pull(running, &image).await.unwrap_or_else(|e| panic!("{image} refused: {e}\n{}", lab.logs()));
+            let (verified, config) = store::verified(&lab.registry, repo, "v1").await;
+            assert_eq!(verified, digest);
+            store::assert_pinned(lab, &image, &verified, &config).await;
+        }
+    };
+    accepted("mtls/pair", pair).await;
+
+    edit_hosts(&lab, &running, Some(&entry(String::new()))).await;
+    let image = format!("{UPSTREAM}/mtls/none:v1");
+    let refusal = pull(&running, &image).await.expect_err("no client certificate");
+    assert!(refusal.starts_with("RegistryUnavailable: "), "{refusal}");
+    store::assert_absent(&lab, &image).await;
+
+    edit_hosts(&lab, &running, Some(&entry(format!("  client = {both:?}\n")))).await;
+    accepted("mtls/single", single).await;
+    running.stop().await;
 }
