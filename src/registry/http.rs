@@ -793,7 +793,7 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(hosts(&registry), ["m", "r.example"], "a lookup read the directory");
         }
-        registry.hosts().replace(HostsTable::load(&[root.clone()]));
+        registry.hosts().replace(HostsTable::load(std::slice::from_ref(&root)));
         let refused = registry.routes(&image, Operation::Pull).err().unwrap().to_string();
         assert!(refused.contains("FIFO"), "{refused}");
         std::fs::remove_dir_all(&root).unwrap();
