@@ -16,6 +16,7 @@ use crate::cri::{server, socket};
 use crate::decision::Gate;
 use crate::metrics::{self, Metrics};
 use crate::policy::{Policy, PolicyError, SharedPolicy};
+use crate::registry::hosts::SharedHosts;
 use crate::registry::{BuildError, HttpRegistry};
 use crate::reload::{Reloader, Trigger};
 
@@ -39,6 +40,8 @@ pub enum DaemonError {
 /// `pullgate verify` and `policy check` see exactly what the daemon would.
 pub struct Prepared {
     pub policy: SharedPolicy,
+    /// containerd's host directory as the registry client routes by it; reloaded with the policy.
+    pub hosts: SharedHosts,
     pub gate: Gate<HttpRegistry>,
     pub metrics: Arc<Metrics>,
     /// Asks the running daemon to load the policy again, as SIGHUP does.
@@ -63,9 +66,13 @@ pub fn prepare(config: &Config) -> Result<Prepared, DaemonError> {
     let policy = SharedPolicy::new(policy);
     let metrics = Metrics::new();
     let registry = Arc::new(HttpRegistry::new(&config.registry)?.with_metrics(metrics.clone()));
+    let hosts = registry.hosts();
+    for problem in hosts.current().problems() {
+        tracing::warn!(%problem, "registry host directory unusable; pulls from the registries it serves are refused until it is fixed");
+    }
     let gate =
         Gate::configured(policy.clone(), registry, &config.registry, &config.cache).with_metrics(metrics.clone());
-    Ok(Prepared { policy, gate, metrics, reload: Trigger::default() })
+    Ok(Prepared { policy, hosts, gate, metrics, reload: Trigger::default() })
 }
 
 pub async fn bind(config: &Config) -> Result<Listeners, DaemonError> {
@@ -100,7 +107,7 @@ pub async fn run(
     let upstream = Upstream::new(&config.upstream, config.connect_timeout);
     // Dropped (and so stopped) once the CRI server has drained.
     let mut background = JoinSet::new();
-    let reloader = Reloader::new(&config, prepared.policy, prepared.metrics.clone(), prepared.reload);
+    let reloader = Reloader::new(&config, prepared.policy, prepared.hosts, prepared.metrics.clone(), prepared.reload);
     background.spawn(reloader.run());
     if let Some(listener) = listeners.metrics {
         if let Ok(address) = listener.local_addr() {

@@ -154,5 +154,6 @@ fn credentials(auth: Option<&AuthConfig>) -> Credentials {
         auth: auth.auth.clone(),
         identity_token: auth.identity_token.clone(),
         registry_token: auth.registry_token.clone(),
+        server_address: auth.server_address.clone(),
     }
 }

@@ -20,6 +20,9 @@ pub struct Credentials {
     pub identity_token: String,
     /// Bearer token sent to the registry as is.
     pub registry_token: String,
+    /// The server the kubelet meant them for; not a secret. Empty (the kubelet's usual) means
+    /// any host asked for the image, mirrors included, as containerd offers them.
+    pub server_address: String,
 }
 
 /// Never carries any part of the credentials, only what is wrong with their shape.
@@ -42,6 +45,15 @@ impl Credentials {
 
     pub fn is_anonymous(&self) -> bool {
         self.fields().iter().all(|f| f.is_empty())
+    }
+
+    /// Whether these credentials may be offered to `host` (`host[:port]`, the host asked),
+    /// as containerd's CRI decides (`ParseAuth`): always without a server address, otherwise
+    /// only to the host a URL's authority names ("https://host:port/…"). An address without
+    /// a scheme ("docker.io") names no host to Go's URL parser, so containerd offers it to
+    /// none; neither does pullgate.
+    pub fn offered_to(&self, host: &str) -> bool {
+        self.server_address.is_empty() || url_host(&self.server_address) == Some(host)
     }
 
     pub fn identity_token(&self) -> Option<&str> {
@@ -86,6 +98,26 @@ impl Credentials {
     }
 }
 
+/// The host part Go's `url.Parse` gives "scheme://[user@]host[:port]/…" or "//host…"; None
+/// when it gives none (no `//` after a valid scheme).
+fn url_host(address: &str) -> Option<&str> {
+    let after_scheme = match address.split_once(':') {
+        Some((scheme, rest)) if valid_scheme(scheme) => rest,
+        _ => address,
+    };
+    let authority = after_scheme.strip_prefix("//")?;
+    let end = authority.find(['/', '?', '#']).unwrap_or(authority.len());
+    let authority = &authority[..end];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    (!host.is_empty()).then_some(host)
+}
+
+fn valid_scheme(scheme: &str) -> bool {
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+}
+
 fn non_empty(s: &str) -> Option<&str> {
     Some(s).filter(|s| !s.is_empty())
 }
@@ -117,6 +149,7 @@ impl fmt::Debug for Credentials {
             .field("auth", &shown(&self.auth))
             .field("identity_token", &shown(&self.identity_token))
             .field("registry_token", &shown(&self.registry_token))
+            .field("server_address", &self.server_address)
             .finish()
     }
 }
@@ -206,5 +239,20 @@ mod tests {
         assert_eq!(a.fingerprint(), a.clone().fingerprint());
         assert_eq!(Credentials::anonymous().fingerprint(), "anonymous");
         assert_eq!(a.fingerprint().len(), 64);
+    }
+
+    #[test]
+    fn offered_to_follows_containerds_server_address_check() {
+        let with = |address: &str| Credentials { server_address: address.into(), ..creds("u", "p", "") };
+        assert!(with("").offered_to("mirror:5000"), "no address: every host of the image");
+        assert!(with("https://r.io").offered_to("r.io"));
+        assert!(with("https://u@r.io:5000/v1/").offered_to("r.io:5000"));
+        assert!(with("//r.io/x").offered_to("r.io"));
+        assert!(!with("https://r.io").offered_to("mirror:5000"));
+        assert!(!with("https://r.io:443").offered_to("r.io"), "compared as written, as Go does");
+        for nameless in ["r.io", "r.io:5000", "localhost:5000", "1.2.3.4:5000", "https:r.io"] {
+            assert!(!with(nameless).offered_to("r.io"), "{nameless}");
+            assert!(!with(nameless).offered_to("r.io:5000"), "{nameless}");
+        }
     }
 }

@@ -21,23 +21,25 @@
 //! read with the bounded, non-blocking reads of `policy::input`, and every count is bounded.
 //! Header values are marked sensitive: they often carry tokens and are never logged.
 //!
-//! The file is read at each lookup, as containerd reads it at each pull: an edit applies to
-//! the next pull of both, with no window in which they disagree.
+//! The directory is read into memory ([`HostsTable`]) at startup and again at each reload, with
+//! the policy: a check reads no file. A `hosts.toml` that cannot be used is kept as its error,
+//! so the pulls it would route are refused until it is fixed (see `table`).
 
+mod table;
+
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use reqwest::Url;
 use reqwest::header::{HeaderName, HeaderValue};
 use toml_edit::{DocumentMut, Item, TableLike, Value};
 
 use super::limits::{
-    HOST_DIR_MAX_ENTRIES, HOSTS_FILE_MAX_BYTES, MAX_CERT_FILES_PER_HOST, MAX_HEADER_BYTES, MAX_HEADERS_PER_HOST,
-    MAX_HOSTS_PER_FILE, MAX_LIST_ENTRIES,
+    MAX_CERT_FILES_PER_HOST, MAX_HEADER_BYTES, MAX_HEADERS_PER_HOST, MAX_HOSTS_PER_FILE, MAX_LIST_ENTRIES,
 };
-use crate::policy::input::read_bounded;
 
-const HOSTS_FILE: &str = "hosts.toml";
-const DEFAULT_DIR: &str = "_default";
+pub use table::{HostsTable, SharedHosts, roots};
 
 /// What a host may be asked. containerd resolves a tag only on hosts that can both resolve
 /// and pull, and fetches by digest on hosts that can pull.
@@ -94,7 +96,8 @@ pub struct Server {
     pub path: String,
 }
 
-/// TLS settings of one host; files are read when a client is built for them.
+/// TLS settings of one host, as `hosts.toml` names them; the files are read when the
+/// directory is loaded (`TlsMaterial`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Tls {
     pub ca: Vec<PathBuf>,
@@ -118,100 +121,50 @@ pub struct HostConfig {
     pub tls: Tls,
     /// Sent with every request to this host; values are sensitive (never in logs or `Debug`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// What `tls` names, read when the directory was loaded; None when `tls` is the default.
+    pub material: Option<Arc<TlsMaterial>>,
 }
 
 impl HostConfig {
     /// The registry itself, as when no host directory applies.
     pub fn registry_itself() -> HostConfig {
-        HostConfig { server: None, capabilities: Capabilities::ALL, tls: Tls::default(), headers: Vec::new() }
+        HostConfig {
+            server: None,
+            capabilities: Capabilities::ALL,
+            tls: Tls::default(),
+            headers: Vec::new(),
+            material: None,
+        }
+    }
+}
+
+/// The bytes of the files a host's TLS settings name. Client keys are in here: `Debug` shows
+/// only how many files there are.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TlsMaterial {
+    /// PEM bundles of CAs.
+    pub ca: Vec<Vec<u8>>,
+    /// Certificate and key in one PEM, as reqwest takes them.
+    pub identities: Vec<Vec<u8>>,
+    pub skip_verify: bool,
+}
+
+impl fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("ca_files", &self.ca.len())
+            .field("identities", &self.identities.len())
+            .field("skip_verify", &self.skip_verify)
+            .finish()
     }
 }
 
 /// Why a host directory could not be used. Never quotes header values.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{path}: {reason}")]
 pub struct HostsError {
     pub path: PathBuf,
     pub reason: String,
-}
-
-// === lookup (I/O) ===
-
-/// The hosts containerd would try for `registry` (the host as the reference writes it), in
-/// order; None when no host directory applies (then containerd asks the registry itself).
-pub fn lookup(roots: &[PathBuf], registry: &str) -> Result<Option<Vec<HostConfig>>, HostsError> {
-    let Some(dir) = host_dir(roots, registry)? else { return Ok(None) };
-    let file = dir.join(HOSTS_FILE);
-    let fail = |path: &Path, reason: String| HostsError { path: path.to_owned(), reason };
-    match std::fs::symlink_metadata(&file) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return docker_certs(&dir).map(Some),
-        Err(e) => return Err(fail(&file, e.to_string())),
-        Ok(_) => {}
-    }
-    let bytes = read_bounded(&file, HOSTS_FILE_MAX_BYTES, "hosts.toml").map_err(|reason| fail(&file, reason))?;
-    if bytes.is_empty() {
-        return docker_certs(&dir).map(Some);
-    }
-    let text = String::from_utf8(bytes).map_err(|_| fail(&file, "is not UTF-8 text".to_owned()))?;
-    parse(&text, &dir).map(Some).map_err(|reason| fail(&file, reason))
-}
-
-/// containerd's `hostPaths` over each root: `H_port_`, `H`, `_default`.
-fn host_dir(roots: &[PathBuf], registry: &str) -> Result<Option<PathBuf>, HostsError> {
-    // The host was validated as a registry host; this keeps it a single path component anyway.
-    if registry.is_empty() || registry.contains('/') || registry.starts_with('.') {
-        return Ok(None);
-    }
-    for root in roots {
-        for name in dir_names(registry) {
-            let candidate = root.join(&name);
-            match std::fs::metadata(&candidate) {
-                Ok(_) => return Ok(Some(candidate)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(HostsError { path: candidate, reason: e.to_string() }),
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// "reg:5000" → ["reg_5000_", "reg:5000", "_default"]; "reg" → ["reg", "_default"].
-fn dir_names(registry: &str) -> Vec<String> {
-    let mut names = Vec::with_capacity(3);
-    if let Some(idx) = registry.rfind(':').filter(|&i| i > 0) {
-        names.push(format!("{}_{}_", &registry[..idx], &registry[idx + 1..]));
-    }
-    names.push(registry.to_owned());
-    names.push(DEFAULT_DIR.to_owned());
-    names
-}
-
-/// Docker's layout: `*.crt` are CAs, `*.cert` client certificates with an optional `*.key`.
-fn docker_certs(dir: &Path) -> Result<Vec<HostConfig>, HostsError> {
-    let fail = |reason: String| HostsError { path: dir.to_owned(), reason };
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| fail(e.to_string()))?.take(HOST_DIR_MAX_ENTRIES + 1) {
-        let entry = entry.map_err(|e| fail(e.to_string()))?;
-        names.push(entry.file_name().to_string_lossy().into_owned());
-    }
-    if names.len() > HOST_DIR_MAX_ENTRIES {
-        return Err(fail(format!("has more than {HOST_DIR_MAX_ENTRIES} entries")));
-    }
-    names.sort();
-    let mut tls = Tls::default();
-    for name in &names {
-        if name.ends_with(".crt") {
-            tls.ca.push(dir.join(name));
-        } else if let Some(stem) = name.strip_suffix(".cert") {
-            let key = format!("{stem}.key");
-            tls.client.push((dir.join(name), names.contains(&key).then(|| dir.join(&key))));
-        }
-    }
-    if tls.ca.len() + tls.client.len() > MAX_CERT_FILES_PER_HOST {
-        return Err(fail(format!("names more than {MAX_CERT_FILES_PER_HOST} certificate files")));
-    }
-    // containerd sets the TLS fields only when files were found; none means its defaults.
-    Ok(vec![HostConfig { tls, ..HostConfig::registry_itself() }])
 }
 
 // === parsing (no I/O) ===
@@ -219,7 +172,7 @@ fn docker_certs(dir: &Path) -> Result<Vec<HostConfig>, HostsError> {
 /// `hosts.toml` as containerd reads it: the `[host."…"]` entries in file order, then the root
 /// entry. Relative file paths are taken from `dir`.
 pub fn parse(text: &str, dir: &Path) -> Result<Vec<HostConfig>, String> {
-    let doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| e.message().to_owned())?;
+    let doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| syntax_error(text, &e))?;
     let root = doc.as_table();
     let mut hosts = Vec::new();
     if let Some(table) = root.get("host") {
@@ -247,6 +200,18 @@ pub fn parse(text: &str, dir: &Path) -> Result<Vec<HostConfig>, String> {
     Ok(hosts)
 }
 
+/// "line 3: expected `]`": where the operator has to look.
+fn syntax_error(text: &str, error: &toml_edit::TomlError) -> String {
+    let message = error.message().trim_end().replace('\n', ": ");
+    match error.span() {
+        Some(span) => {
+            let line = text.as_bytes()[..span.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1;
+            format!("line {line}: {message}")
+        }
+        None => message,
+    }
+}
+
 fn entry_config(url: Option<&str>, entry: &dyn TableLike, dir: &Path) -> Result<HostConfig, String> {
     let override_path = match entry.get("override_path") {
         None => false,
@@ -266,7 +231,7 @@ fn entry_config(url: Option<&str>, entry: &dyn TableLike, dir: &Path) -> Result<
         None => Vec::new(),
         Some(item) => headers(item)?,
     };
-    Ok(HostConfig { server, capabilities, tls, headers })
+    Ok(HostConfig { server, capabilities, tls, headers, material: None })
 }
 
 /// containerd prefixes "https://" to anything not starting with "http", keeps the URL's

@@ -15,17 +15,15 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::auth::{AuthState, BearerChallenge, Challenge, Issuer, TokenKey, preferred_challenge};
-use super::hosts::{self, HostConfig, Operation, Scheme, Tls};
+use super::hosts::{self, HostConfig, HostsTable, Operation, Scheme, SharedHosts, TlsMaterial};
 use super::insecure::InsecureHosts;
 use super::limits::{
-    CERT_FILE_MAX_BYTES, CONNECT_TIMEOUT, MANIFEST_MAX_BYTES, MAX_ERROR_DETAIL_CHARS, MAX_REDIRECTS, MAX_REFERENCE_LEN,
-    MAX_TLS_CLIENTS,
+    CONNECT_TIMEOUT, MANIFEST_MAX_BYTES, MAX_ERROR_DETAIL_CHARS, MAX_REDIRECTS, MAX_REFERENCE_LEN, MAX_TLS_CLIENTS,
 };
 use super::response::{Origin, check_status, read_capped, transport_error, verify_digest};
 use super::token::{self, TokenRequest, bearer_header};
 use super::{Credentials, Manifest, Registry, RegistryConfig, RegistryError, media_type};
 use crate::metrics::Metrics;
-use crate::policy::input::read_bounded;
 use crate::reference::{Digest, ImageRef, RegistryHost};
 
 /// Both OCI and Docker schema 2, single manifests and indexes: a registry that only has the
@@ -60,8 +58,9 @@ pub struct HttpRegistry {
     /// Keyed by a hash of the TLS settings and of the files they name, so an edited CA file
     /// gets a new client.
     tls_clients: Mutex<HashMap<String, Client>>,
-    /// containerd's `config_path` roots; empty when pullgate asks each registry directly.
-    host_roots: Vec<PathBuf>,
+    /// containerd's host directory as last loaded; empty when pullgate asks each registry
+    /// directly. The reloader replaces it.
+    hosts: SharedHosts,
     insecure: Arc<InsecureHosts>,
     auth: AuthState,
     requests: AtomicU64,
@@ -139,16 +138,12 @@ impl HttpRegistry {
         };
         let base = ClientBase { timeout: config.timeout, roots, insecure: Arc::clone(&insecure) };
         let client = base.builder().build().map_err(|e| BuildError::Client(e.without_url().to_string()))?;
-        // containerd's `config_path` is a list, split as Go's filepath.SplitList splits it.
-        let host_roots = config
-            .config_path
-            .as_deref()
-            .map_or_else(Vec::new, |paths| paths.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect());
+        let hosts = SharedHosts::new(HostsTable::load(&hosts::roots(config.config_path.as_deref())));
         Ok(HttpRegistry {
             client,
             base,
             tls_clients: Mutex::new(HashMap::new()),
-            host_roots,
+            hosts,
             insecure,
             auth: AuthState::default(),
             requests: AtomicU64::new(0),
@@ -160,6 +155,11 @@ impl HttpRegistry {
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// The host directory this client routes by, for the reloader to replace.
+    pub fn hosts(&self) -> SharedHosts {
+        self.hosts.clone()
     }
 
     /// Requests sent to `/v2/<name>/manifests|blobs/…` so far, retries after a 401 included
@@ -216,12 +216,12 @@ impl HttpRegistry {
     fn routes(&self, image: &ImageRef, operation: Operation) -> Result<Vec<Route>, RegistryError> {
         // The host as written: what containerd looks its host directory up by.
         let registry = image.registry().as_str();
-        let configs = if self.host_roots.is_empty() {
-            None
-        } else {
-            hosts::lookup(&self.host_roots, registry)
-                .map_err(|e| RegistryError::Protocol(format!("{registry}: cannot use its host directory: {e}")))?
-        };
+        // Memory only: the directory was read when it was (re)loaded.
+        let configs = self
+            .hosts
+            .current()
+            .lookup(registry)
+            .map_err(|e| RegistryError::Protocol(format!("{registry}: cannot use its host directory: {e}")))?;
         let configs = configs.unwrap_or_else(|| vec![HostConfig::registry_itself()]);
         let mut routes: Vec<Route> = configs
             .into_iter()
@@ -251,7 +251,7 @@ impl HttpRegistry {
             }
         };
         let is_registry = host == registry || registry == DOCKER_HUB && host == DOCKER_HUB_API;
-        let client = self.client_for(registry, &config.tls)?;
+        let client = self.client_for(registry, config.material.as_deref())?;
         Ok(Route {
             base: format!("{}://{host}{path}", scheme.as_str()),
             host,
@@ -264,18 +264,15 @@ impl HttpRegistry {
 
     /// The shared client, or one with the host's own CAs, client certificates and
     /// `skip_verify`, reused while those settings and files stay the same.
-    fn client_for(&self, registry: &str, tls: &Tls) -> Result<Client, RegistryError> {
-        if tls.is_default() {
-            return Ok(self.client.clone());
-        }
+    fn client_for(&self, registry: &str, tls: Option<&TlsMaterial>) -> Result<Client, RegistryError> {
+        let Some(tls) = tls else { return Ok(self.client.clone()) };
         let fail = |reason: String| RegistryError::Protocol(format!("{registry}: hosts.toml TLS settings: {reason}"));
-        let files = TlsFiles::read(tls).map_err(fail)?;
-        let key = files.key(tls);
+        let key = tls_key(tls);
         let mut clients = self.tls_clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
-        let client = files.client(self.base.builder(), tls).map_err(fail)?;
+        let client = tls_client(self.base.builder(), tls).map_err(fail)?;
         if clients.len() >= MAX_TLS_CLIENTS {
             clients.clear();
         }
@@ -307,6 +304,9 @@ impl HttpRegistry {
     /// Sends with the best authorization we know, answers one 401 challenge, and returns
     /// whatever the registry says last; the caller maps the status.
     async fn send(&self, target: &Target<'_>, creds: &Credentials) -> Result<Response, RegistryError> {
+        // A mirror gets the image's credentials only where containerd would offer them.
+        let anonymous = Credentials::anonymous();
+        let creds = if creds.offered_to(target.registry) { creds } else { &anonymous };
         let first = self.upfront_authorization(target, creds).await?;
         let response = self.send_once(target, first.header.as_ref()).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
@@ -630,57 +630,31 @@ where
     Err(RegistryError::Unreachable(format!("no host of {} answered: {}", routes.len(), all.join("; "))))
 }
 
-/// The files a host's TLS settings name, read with the same bounds as policy files.
-struct TlsFiles {
-    ca: Vec<Vec<u8>>,
-    /// Certificate and key in one PEM, as reqwest takes them.
-    identities: Vec<Vec<u8>>,
+fn tls_key(tls: &TlsMaterial) -> String {
+    let mut hash = Sha256::new();
+    hash.update([u8::from(tls.skip_verify)]);
+    for file in tls.ca.iter().chain(&tls.identities) {
+        hash.update((file.len() as u64).to_be_bytes());
+        hash.update(file);
+    }
+    hex::encode(hash.finalize())
 }
 
-impl TlsFiles {
-    fn read(tls: &Tls) -> Result<TlsFiles, String> {
-        let read = |path: &Path| {
-            read_bounded(path, CERT_FILE_MAX_BYTES, "certificate file").map_err(|e| format!("{}: {e}", path.display()))
-        };
-        let ca = tls.ca.iter().map(|path| read(path)).collect::<Result<_, _>>()?;
-        let mut identities = Vec::new();
-        for (cert, key) in &tls.client {
-            let mut pem = read(cert)?;
-            if let Some(key) = key {
-                pem.push(b'\n');
-                pem.extend(read(key)?);
-            }
-            identities.push(pem);
+fn tls_client(mut builder: ClientBuilder, tls: &TlsMaterial) -> Result<Client, String> {
+    for pem in &tls.ca {
+        for cert in Certificate::from_pem_bundle(pem).map_err(|e| format!("a CA file: {e}"))? {
+            builder = builder.add_root_certificate(cert);
         }
-        Ok(TlsFiles { ca, identities })
     }
-
-    fn key(&self, tls: &Tls) -> String {
-        let mut hash = Sha256::new();
-        hash.update([u8::from(tls.skip_verify == Some(true))]);
-        for file in self.ca.iter().chain(&self.identities) {
-            hash.update((file.len() as u64).to_be_bytes());
-            hash.update(file);
-        }
-        hex::encode(hash.finalize())
+    for pem in &tls.identities {
+        builder = builder.identity(Identity::from_pem(pem).map_err(|e| format!("a client certificate: {e}"))?);
     }
-
-    fn client(&self, mut builder: ClientBuilder, tls: &Tls) -> Result<Client, String> {
-        for pem in &self.ca {
-            for cert in Certificate::from_pem_bundle(pem).map_err(|e| format!("a CA file: {e}"))? {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        for pem in &self.identities {
-            builder = builder.identity(Identity::from_pem(pem).map_err(|e| format!("a client certificate: {e}"))?);
-        }
-        if tls.skip_verify == Some(true) {
-            // The operator's explicit choice for this host, as containerd honours it; the
-            // signature check does not depend on the transport.
-            builder = builder.danger_accept_invalid_certs(true);
-        }
-        builder.build().map_err(|e| e.without_url().to_string())
+    if tls.skip_verify {
+        // The operator's explicit choice for this host, as containerd honours it; the
+        // signature check does not depend on the transport.
+        builder = builder.danger_accept_invalid_certs(true);
     }
+    builder.build().map_err(|e| e.without_url().to_string())
 }
 
 /// Tags cannot contain ':', so a reference with one must be a digest, and a malformed one is
@@ -788,8 +762,43 @@ mod tests {
         let direct = registry.routes(&other, Operation::Resolve).unwrap();
         assert_eq!(direct.len(), 1, "no host directory: the registry itself");
         std::fs::write(host_dir.join("hosts.toml"), "[host.\"m\"]\ncapabilities = [\"bogus\"]\n").unwrap();
+        registry.hosts().replace(HostsTable::load(&[dir.path().to_owned()]));
         let broken = registry.routes(&image, Operation::Resolve).err().unwrap().to_string();
         assert!(broken.contains("unknown capability"), "a hosts.toml pullgate cannot use refuses: {broken}");
+    }
+
+    /// The request path reads no file: with the whole host directory gone (and a FIFO, which
+    /// a read would refuse, where a `hosts.toml` was), routes stay what was loaded, until the
+    /// table is replaced. (`hosts::tests` shows the same for the certificate files.)
+    #[test]
+    fn routes_are_looked_up_in_memory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("certs.d");
+        let host_dir = root.join("r.example");
+        std::fs::create_dir_all(&host_dir).unwrap();
+        std::fs::write(host_dir.join("hosts.toml"), "[host.\"https://m\"]\nskip_verify = true\n").unwrap();
+        let config = RegistryConfig { config_path: Some(root.display().to_string()), ..RegistryConfig::default() };
+        let registry = HttpRegistry::new(&config).unwrap();
+        let image: ImageRef = "r.example/app:v1".parse().unwrap();
+        let hosts = |registry: &HttpRegistry| -> Vec<String> {
+            let routes = registry.routes(&image, Operation::Pull).unwrap();
+            routes.iter().map(|route| route.host.clone()).collect()
+        };
+        assert_eq!(hosts(&registry), ["m", "r.example"]);
+
+        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&host_dir).unwrap();
+        let fifo = std::process::Command::new("mkfifo").arg(host_dir.join("hosts.toml")).status().unwrap();
+        assert!(fifo.success());
+        for _ in 0..3 {
+            assert_eq!(hosts(&registry), ["m", "r.example"], "a lookup read the directory");
+        }
+        registry.hosts().replace(HostsTable::load(std::slice::from_ref(&root)));
+        let refused = registry.routes(&image, Operation::Pull).err().unwrap().to_string();
+        assert!(refused.contains("FIFO"), "{refused}");
+        std::fs::remove_dir_all(&root).unwrap();
+        registry.hosts().replace(HostsTable::load(&[root]));
+        assert_eq!(hosts(&registry), ["r.example"], "a removed hosts.toml means no mirror");
     }
 
     #[test]

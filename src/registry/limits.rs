@@ -89,6 +89,16 @@ pub const CERT_FILE_MAX_BYTES: u64 = 1024 * 1024;
 /// directory with more entries than this is not a certificate directory.
 pub const HOST_DIR_MAX_ENTRIES: usize = 256;
 
+/// Entries in one root of `config_path` (`certs.d`): one directory per registry, a handful on
+/// a real node. Every one is read at each reload, so the count bounds that work; a root with
+/// more is refused as a whole.
+pub const MAX_HOST_DIRS: usize = 256;
+
+/// All `hosts.toml` and certificate files of the host directory together, held in memory
+/// between reloads (each file counted once, however many hosts name it): far above any real
+/// configuration, far below what `MAX_HOST_DIRS` directories of maximal files would be.
+pub const HOST_FILES_MAX_TOTAL_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Clients built for hosts with their own TLS settings, kept for reuse (connection pooling);
 /// past this many distinct settings the cache starts over.
 pub const MAX_TLS_CLIENTS: usize = 16;

@@ -2,6 +2,13 @@
 //! through inotify), or on request (SIGHUP), the policy is loaded again and applies from the
 //! next pull. A policy that does not load changes nothing: the last good one stays in force,
 //! and so does it when a load outlives `LOAD_DEADLINE` (a file on a hung mount, say).
+//!
+//! containerd's host directory (`registry.config_path`) is read by the same load, on the same
+//! watches and debounce: one reload, one deadline, one metric. The two are put in force each
+//! on its own, so that a broken `hosts.toml` never holds back a policy change (a revocation)
+//! and a broken policy file never holds back a mirror change. Unlike the policy, the host
+//! directory has no "last good" version: what cannot be used is kept as an error that refuses
+//! the pulls it would route (see `registry::hosts`), and the reload counts as failed.
 
 mod watch;
 
@@ -15,6 +22,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError, SharedPolicy};
+use crate::registry::hosts::{self, HostsTable, SharedHosts};
 
 pub use watch::Sources;
 use watch::{Plan, Watcher};
@@ -57,14 +65,20 @@ pub enum ReloadError {
     StillStuck,
 }
 
-/// What a reload computes off the async threads: the policy, and the watches it needs.
-type Loaded = (Result<Policy, PolicyError>, Plan);
+/// What a reload computes off the async threads: the policy, the host directory, and the
+/// watches they need.
+struct Loaded {
+    policy: Result<Policy, PolicyError>,
+    hosts: HostsTable,
+    plan: Plan,
+}
 /// Given the sources and the policy in force; tests put a load that hangs in its place.
 type Load = Arc<dyn Fn(&Sources, &Policy) -> Loaded + Send + Sync>;
 
 pub struct Reloader {
     sources: Sources,
     policy: SharedPolicy,
+    hosts: SharedHosts,
     metrics: Arc<Metrics>,
     trigger: Trigger,
     load: Load,
@@ -77,14 +91,26 @@ pub struct Reloader {
 // === impl Reloader ===
 
 impl Reloader {
-    pub fn new(config: &Config, policy: SharedPolicy, metrics: Arc<Metrics>, trigger: Trigger) -> Reloader {
-        let sources = Sources { policy_dir: config.policy_dir.clone(), policy_json: config.policy_json.clone() };
+    /// `hosts` is the table the registry client routes by (`HttpRegistry::hosts`).
+    pub fn new(
+        config: &Config,
+        policy: SharedPolicy,
+        hosts: SharedHosts,
+        metrics: Arc<Metrics>,
+        trigger: Trigger,
+    ) -> Reloader {
+        let sources = Sources {
+            policy_dir: config.policy_dir.clone(),
+            policy_json: config.policy_json.clone(),
+            host_roots: hosts::roots(config.registry.config_path.as_deref()),
+        };
         let load: Load = Arc::new(|sources, current| {
-            let result = Policy::load(&sources.policy_dir, sources.policy_json.as_deref());
-            let plan = Plan::new(sources, result.as_ref().unwrap_or(current));
-            (result, plan)
+            let policy = Policy::load(&sources.policy_dir, sources.policy_json.as_deref());
+            let hosts = HostsTable::load(&sources.host_roots);
+            let plan = Plan::new(sources, policy.as_ref().unwrap_or(current), &hosts);
+            Loaded { policy, hosts, plan }
         });
-        Reloader { sources, policy, metrics, trigger, load, deadline: LOAD_DEADLINE, stuck: None }
+        Reloader { sources, policy, hosts, metrics, trigger, load, deadline: LOAD_DEADLINE, stuck: None }
     }
 
     /// Watches and reloads until the task is dropped.
@@ -149,12 +175,21 @@ impl Reloader {
             return None;
         };
         match loaded {
-            Ok((Ok(policy), plan)) => {
-                self.put_in_force(policy);
-                Some(plan)
-            }
-            Ok((Err(error), plan)) => {
-                self.failed(&error.into());
+            Ok(Loaded { policy, hosts, plan }) => {
+                // Hosts first: the policy's new generation makes checks under way start over,
+                // and they should then see the new hosts too.
+                let hosts_usable = self.put_hosts_in_force(hosts);
+                match policy {
+                    Ok(policy) => {
+                        self.put_in_force(policy);
+                        if hosts_usable {
+                            self.metrics.reload_succeeded();
+                        } else {
+                            self.metrics.reload_failed();
+                        }
+                    }
+                    Err(error) => self.failed(&error.into()),
+                }
                 Some(plan)
             }
             Err(error) => {
@@ -164,10 +199,19 @@ impl Reloader {
         }
     }
 
+    /// Returns whether everything in the host directory could be used.
+    fn put_hosts_in_force(&self, hosts: HostsTable) -> bool {
+        let problems: Vec<String> = hosts.problems().iter().map(ToString::to_string).collect();
+        self.hosts.replace(hosts);
+        for problem in &problems {
+            tracing::error!(%problem, "registry host directory unusable; pulls from the registries it serves are refused until it is fixed");
+        }
+        problems.is_empty()
+    }
+
     fn put_in_force(&self, policy: Policy) {
         let rules = policy.rules().len();
         self.policy.replace(policy);
-        self.metrics.reload_succeeded();
         tracing::info!(rules, "policy reloaded");
         if rules == 0 {
             tracing::warn!(policy_dir = %self.sources.policy_dir.display(), "policy has no rules: every pull will be rejected");
@@ -181,8 +225,8 @@ impl Reloader {
 
     async fn plan_for_current(&self) -> Option<Plan> {
         let sources = self.sources.clone();
-        let current = self.policy.current();
-        let planned = tokio::task::spawn_blocking(move || Plan::new(&sources, &current)).await;
+        let (current, hosts) = (self.policy.current(), self.hosts.current());
+        let planned = tokio::task::spawn_blocking(move || Plan::new(&sources, &current, &hosts)).await;
         planned.inspect_err(|error| tracing::warn!(%error, "cannot plan policy file watches")).ok()
     }
 }

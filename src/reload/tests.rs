@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::*;
 use crate::policy::Requirement;
 use crate::policy::test_support::{KEY_A, KEY_B};
+use crate::registry::hosts::{HostsTable, SharedHosts};
 
 /// What the daemon promises: a change applies within this long.
 const LIMIT: Duration = Duration::from_secs(2);
@@ -16,6 +17,7 @@ const REJECT: &str = "[[rule]]\nscope = \"r.io\"\nrequire = \"reject\"\n";
 struct Setup {
     dir: tempfile::TempDir,
     policy: SharedPolicy,
+    hosts: SharedHosts,
     metrics: Arc<Metrics>,
     trigger: Trigger,
     task: tokio::task::JoinHandle<()>,
@@ -44,18 +46,20 @@ impl Setup {
         for (name, content) in files {
             write(&dir.path().join(name), content);
         }
-        let config = Config {
+        let mut config = Config {
             policy_dir: dir.path().join("policy.d"),
             policy_json: policy_json.map(|name| dir.path().join(name)),
             ..Config::default()
         };
+        config.registry.config_path = Some(dir.path().join("certs.d").display().to_string());
         let policy = SharedPolicy::new(Policy::load(&config.policy_dir, config.policy_json.as_deref()).unwrap());
+        let hosts = SharedHosts::new(HostsTable::load(&[dir.path().join("certs.d")]));
         let (metrics, trigger) = (Metrics::new(), Trigger::default());
-        let reloader = adjust(Reloader::new(&config, policy.clone(), metrics.clone(), trigger.clone()));
+        let reloader = adjust(Reloader::new(&config, policy.clone(), hosts.clone(), metrics.clone(), trigger.clone()));
         // Armed before the test changes anything, so no change can come before the watches.
         let watcher = reloader.armed_watcher().await;
         let task = tokio::spawn(reloader.serve(watcher));
-        Setup { dir, policy, metrics, trigger, task }
+        Setup { dir, policy, hosts, metrics, trigger, task }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -64,6 +68,16 @@ impl Setup {
 
     fn require(&self) -> Option<Requirement> {
         self.policy.current().rules().first().map(|rule| rule.require)
+    }
+
+    /// The first host `registry`'s hosts.toml lists ("" for the registry itself), None without
+    /// a host directory, or the error that refuses its pulls.
+    fn mirror(&self, registry: &str) -> Result<Option<String>, String> {
+        let hosts = self.hosts.current().lookup(registry).map_err(|e| e.to_string())?;
+        let first = |hosts: Vec<crate::registry::hosts::HostConfig>| {
+            hosts[0].server.as_ref().map_or(String::new(), |server| server.authority.clone())
+        };
+        Ok(hosts.map(first))
     }
 
     fn reloads(&self, result: &str) -> u64 {
@@ -188,7 +202,7 @@ async fn a_load_past_its_deadline_is_reported_and_the_previous_policy_stays() {
             // Bounded, so a failing test cannot leave a thread blocked for good.
             let _ = hang.recv_timeout(Duration::from_secs(30));
             // A policy no file holds: seeing it in force would mean the stale result was used.
-            (Ok(Policy::default()), real(sources, current).1)
+            Loaded { policy: Ok(Policy::default()), ..real(sources, current) }
         });
         Reloader { load, deadline: DEADLINE, ..reloader }
     })
@@ -210,4 +224,55 @@ async fn a_load_past_its_deadline_is_reported_and_the_previous_policy_stays() {
     assert!(setup.metrics.encode().contains("pullgate_policy_last_reload_success 1"));
     tokio::time::sleep(DEADLINE).await;
     assert_eq!(setup.reloads("success"), 1, "the hung load's result was put in force as well");
+}
+
+fn mirror_at(host: &str) -> String {
+    format!("[host.\"https://{host}\"]\ncapabilities = [\"pull\", \"resolve\"]\n")
+}
+
+/// containerd's host directory is watched with the policy: a mirror added, changed, broken
+/// (its registry's pulls refused, naming the file and line, and the reload counted failed,
+/// while the policy still reloads) and removed, each in force after one reload.
+#[tokio::test]
+async fn hosts_toml_edits_apply_and_a_broken_one_refuses_its_registry() {
+    let setup =
+        Setup::start(&[("policy.d/a.toml", ACCEPT), ("certs.d/r.io/hosts.toml", &mirror_at("one"))], None).await;
+    assert_eq!(setup.mirror("r.io"), Ok(Some("one".to_owned())));
+    let file = setup.path("certs.d/r.io/hosts.toml");
+    replace(&file, &mirror_at("two"));
+    setup.within_limit("mirror changed", |s| s.mirror("r.io") == Ok(Some("two".to_owned()))).await;
+    assert_eq!(setup.reloads("success"), 1);
+
+    std::fs::write(&file, "# mirrors\n[host.\"https://three\"\n").unwrap();
+    setup.within_limit("broken hosts.toml counted", |s| s.reloads("failure") == 1).await;
+    let refusal = setup.mirror("r.io").unwrap_err();
+    assert!(refusal.contains("certs.d/r.io/hosts.toml") && refusal.contains("line 2"), "{refusal}");
+    assert_eq!(setup.mirror("other.io"), Ok(None), "other registries are not affected");
+    replace(&setup.path("policy.d/a.toml"), REJECT);
+    setup.within_limit("policy reloads past a broken hosts.toml", |s| s.require() == Some(Requirement::Reject)).await;
+
+    std::fs::remove_file(&file).unwrap();
+    setup.within_limit("hosts.toml removed", |s| s.mirror("r.io") == Ok(Some(String::new()))).await;
+    std::fs::remove_dir(setup.path("certs.d/r.io")).unwrap();
+    setup.within_limit("directory removed", |s| s.mirror("r.io") == Ok(None)).await;
+    write(&setup.path("certs.d/_default/hosts.toml"), &mirror_at("everyone"));
+    setup.within_limit("a new directory", |s| s.mirror("r.io") == Ok(Some("everyone".to_owned()))).await;
+}
+
+/// A certificate file a hosts.toml names elsewhere is watched too: rotating it is seen, and a
+/// certs.d created after startup is found.
+#[tokio::test]
+async fn a_certificate_file_and_a_late_host_directory_are_watched() {
+    let setup = Setup::start(&[("policy.d/a.toml", ACCEPT)], None).await;
+    assert_eq!(setup.mirror("r.io"), Ok(None));
+    std::fs::create_dir(setup.path("pki")).unwrap();
+    let hosts_toml = format!("{}ca = \"{}\"\n", mirror_at("m"), setup.path("pki/ca.pem").display());
+    write(&setup.path("certs.d/r.io/hosts.toml"), &hosts_toml);
+    setup.within_limit("certs.d created", |s| s.mirror("r.io").is_err()).await;
+    assert!(setup.mirror("r.io").unwrap_err().contains("pki/ca.pem"));
+    write(&setup.path("pki/ca.pem"), "first");
+    setup.within_limit("CA file created", |s| s.mirror("r.io").is_ok()).await;
+    let ca = |s: &Setup| s.hosts.current().lookup("r.io").unwrap().unwrap()[0].material.as_ref().unwrap().ca.clone();
+    replace(&setup.path("pki/ca.pem"), "second");
+    setup.within_limit("CA file rotated", |s| ca(s) == [b"second".to_vec()]).await;
 }

@@ -1,4 +1,5 @@
-//! Which directories to watch for a policy change, and inotify watches on them.
+//! Which directories to watch for a change of the policy or of containerd's host directory,
+//! and inotify watches on them.
 //!
 //! Directories, not files: editors save by writing a new file and renaming it over the old
 //! one, and Kubernetes updates a ConfigMap volume by re-pointing its `..data` symlink. Either
@@ -13,16 +14,20 @@ use futures_util::StreamExt;
 use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask, Watches};
 
 use crate::policy::Policy;
+use crate::registry::hosts::HostsTable;
 
 /// Room for dozens of events per read; a burst larger than the kernel queue is reported as an
 /// overflow, which triggers a reload like any change.
 const EVENT_BUFFER: usize = 16 * 1024;
 
-/// Where the policy is read from: the part of the configuration a reload looks at.
+/// Where the policy and the host directory are read from: the part of the configuration a
+/// reload looks at.
 #[derive(Clone, Debug)]
 pub struct Sources {
     pub policy_dir: PathBuf,
     pub policy_json: Option<PathBuf>,
+    /// containerd's `config_path` roots; empty without one.
+    pub host_roots: Vec<PathBuf>,
 }
 
 /// The names in one directory whose change matters.
@@ -31,26 +36,33 @@ pub struct Interest {
     names: BTreeSet<OsString>,
     /// Any visible `*.toml`: the directory is `policy_dir`.
     policy_files: bool,
+    /// Any visible name: a root of the host directory (a registry's directory comes or goes)
+    /// or a registry's directory (its `hosts.toml`, Docker-style certificates).
+    every_name: bool,
 }
 
 impl Interest {
     fn merge(&mut self, other: Interest) {
         self.names.extend(other.names);
         self.policy_files |= other.policy_files;
+        self.every_name |= other.every_name;
     }
 
     fn wants(&self, name: &OsStr) -> bool {
         let bytes = name.as_bytes();
+        let visible = !bytes.starts_with(b".");
         // `..data` and `..<timestamp>`: a ConfigMap volume swapping in a new version.
         bytes.starts_with(b"..")
             || self.names.contains(name)
-            || (self.policy_files && !bytes.starts_with(b".") && bytes.ends_with(b".toml"))
+            || (self.policy_files && visible && bytes.ends_with(b".toml"))
+            || (self.every_name && visible)
     }
 }
 
-/// The directories to watch for one policy: `policy_dir`, and the directory of every file the
-/// policy was read from (policy.json, the policy files, key files), also where a symlink
-/// points.
+/// The directories to watch for one policy and host directory: `policy_dir`, the directory
+/// of every file the policy was read from (policy.json, the policy files, key files), each
+/// root of the host directory and each registry's directory in it, and the directory of every
+/// certificate file a `hosts.toml` names; also where a symlink points.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     dirs: BTreeMap<PathBuf, Interest>,
@@ -58,9 +70,9 @@ pub struct Plan {
 
 impl Plan {
     /// Does blocking I/O (resolving symlinks).
-    pub fn new(sources: &Sources, policy: &Policy) -> Plan {
+    pub fn new(sources: &Sources, policy: &Policy, hosts: &HostsTable) -> Plan {
         let mut plan = Plan::default();
-        let policy_files = Interest { names: BTreeSet::new(), policy_files: true };
+        let policy_files = Interest { policy_files: true, ..Interest::default() };
         plan.dirs.entry(sources.policy_dir.clone()).or_default().merge(policy_files);
         plan.file(&sources.policy_dir);
         if let Some(path) = &sources.policy_json {
@@ -72,7 +84,29 @@ impl Plan {
                 plan.file(path);
             }
         }
+        plan.hosts(hosts);
         plan
+    }
+
+    fn hosts(&mut self, hosts: &HostsTable) {
+        // A root that does not exist yet is seen when it is created in its parent.
+        for dir in hosts.roots().chain(hosts.dirs()) {
+            self.file(dir);
+            self.every_name(dir);
+            if let Ok(real) = std::fs::canonicalize(dir) {
+                self.every_name(&real);
+            }
+        }
+        for path in hosts.files() {
+            self.file(path);
+        }
+    }
+
+    fn every_name(&mut self, dir: &Path) {
+        // Only what exists can be watched; the parent's watch sees it appear.
+        if dir.is_dir() {
+            self.dirs.entry(dir.to_owned()).or_default().every_name = true;
+        }
     }
 
     fn file(&mut self, path: &Path) {
@@ -184,7 +218,7 @@ mod tests {
     use super::*;
 
     fn interest(names: &[&str], policy_files: bool) -> Interest {
-        Interest { names: names.iter().map(OsString::from).collect(), policy_files }
+        Interest { names: names.iter().map(OsString::from).collect(), policy_files, every_name: false }
     }
 
     #[test]
@@ -212,9 +246,9 @@ mod tests {
         let rule = "[[rule]]\nscope = \"r.io\"\nrequire = \"signed\"\nkeys = [\"../keys/a.pub\"]\n";
         std::fs::write(policy_dir.join("a.toml"), rule).unwrap();
         let json = root.join("etc/policy.json");
-        let sources = Sources { policy_dir: policy_dir.clone(), policy_json: Some(json) };
+        let sources = Sources { policy_dir: policy_dir.clone(), policy_json: Some(json), host_roots: Vec::new() };
         let policy = Policy::load(&policy_dir, None).unwrap();
-        let plan = Plan::new(&sources, &policy);
+        let plan = Plan::new(&sources, &policy, &HostsTable::default());
         // The key as the policy names it, and where that path really leads.
         let expected: BTreeMap<PathBuf, Interest> = [
             (root.clone(), interest(&["policy.d"], false)),

@@ -14,6 +14,7 @@
 //! | cold, by tag, cosign v3 bundle                | 5: resolve, (signature manifest ‖ referrers tag), bundle manifest, bundle |
 //! | again within the cache TTL                    | 1: resolve                            |
 //! | 48 at once, uncached                          | 1 signature manifest for all of them  |
+//! | cold, by tag, through a hosts.toml mirror     | 4, the same as direct, all at the mirror (`mirrors.rs`) |
 
 use crate::common;
 use common::policy;

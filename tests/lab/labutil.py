@@ -82,12 +82,17 @@ def _no_proxy_opener(hostport: str = None):
     handlers = [urllib.request.ProxyHandler({})]
     ca = _tls_ca(hostport) if hostport else None
     if ca:
-        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=ca)))
+        context = ssl.create_default_context(cafile=ca)
+        client = os.path.join(os.path.dirname(ca), "client.pem")
+        if os.path.exists(client):
+            context.load_cert_chain(client, os.path.join(os.path.dirname(ca), "client-key.pem"))
+        handlers.append(urllib.request.HTTPSHandler(context=context))
     return urllib.request.build_opener(*handlers)
 
 
 def tls_cert(directory: str) -> None:
-    """Writes ca.pem, and cert.pem/key.pem for 127.0.0.1 signed by that CA, into directory."""
+    """Writes ca.pem, and cert.pem/key.pem for 127.0.0.1 signed by that CA, into directory; and
+    client.pem/client-key.pem, a client certificate signed by client-ca.pem."""
     import datetime
     import ipaddress
     from cryptography import x509
@@ -118,8 +123,30 @@ def tls_cert(directory: str) -> None:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
+    # A client certificate from a CA of its own, for registries that require one.
+    client_ca_key = ec.generate_private_key(ec.SECP256R1())
+    client_ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pullgate lab client CA")])
+    client_ca = (x509.CertificateBuilder().subject_name(client_ca_name).issuer_name(client_ca_name)
+                 .public_key(client_ca_key.public_key()).serial_number(x509.random_serial_number())
+                 .not_valid_before(start).not_valid_after(end)
+                 .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                 .sign(client_ca_key, hashes.SHA256()))
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pullgate lab client")]))
+              .issuer_name(client_ca_name).public_key(client_key.public_key())
+              .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+              .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+              .sign(client_ca_key, hashes.SHA256()))
     os.makedirs(directory, exist_ok=True)
     pem = serialization.Encoding.PEM
+    with open(os.path.join(directory, "client-ca.pem"), "wb") as f:
+        f.write(client_ca.public_bytes(pem))
+    with open(os.path.join(directory, "client.pem"), "wb") as f:
+        f.write(client.public_bytes(pem))
+    with open(os.path.join(directory, "client-key.pem"), "wb") as f:
+        f.write(client_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     with open(os.path.join(directory, "ca.pem"), "wb") as f:
         f.write(ca.public_bytes(pem))
     with open(os.path.join(directory, "cert.pem"), "wb") as f:

@@ -2,7 +2,13 @@
 
 use std::os::unix::fs::symlink;
 
+use super::table::dir_names;
 use super::*;
+use crate::registry::limits::{HOSTS_FILE_MAX_BYTES, MAX_HOST_DIRS};
+
+fn lookup(roots: &[PathBuf], registry: &str) -> Result<Option<Vec<HostConfig>>, HostsError> {
+    HostsTable::load(roots).lookup(registry)
+}
 
 fn parsed(text: &str) -> Vec<HostConfig> {
     parse(text, Path::new("/etc/containerd/certs.d/r.io")).unwrap_or_else(|e| panic!("{e}"))
@@ -142,7 +148,8 @@ fn malformed_entries_are_refused() {
         ("[host.\"m\"]\nskip_verify = \"yes\"\n", "skip_verify"),
         ("[host.\"m\"]\noverride_path = 1\n", "override_path"),
         ("[host.\"m\"]\ncapabilities = \"pull\"\n", "list of strings"),
-        ("[host.\"m\"\n", ""),
+        ("[host.\"m\"\n", "line 1:"),
+        ("[host.\"m\"]\n\ncapabilities = [\"pull\",, ]\nskip_verify = true\n", "line 3:"),
     ] {
         let err = parse(text, Path::new("/d")).expect_err(text);
         assert!(err.contains(expect), "{text}: {err}");
@@ -227,4 +234,60 @@ fn hostile_files_are_refused_without_blocking_or_reading_them_whole() {
     write(&dir.path().join("bad.io/hosts.toml"), "[host.\"https://m\"\n");
     let err = lookup(&roots, "bad.io").unwrap_err();
     assert!(err.to_string().contains("bad.io/hosts.toml"), "{err}");
+}
+
+/// What a lookup returns comes from memory: the certificate files were read at load, and
+/// neither removing the directory nor putting a FIFO in place of a file changes it.
+#[test]
+fn tls_files_are_read_at_load_and_lookups_read_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("r.io");
+    write(&host.join("ca.pem"), "CA BYTES");
+    write(&host.join("c.pem"), "CERT");
+    write(&host.join("k.pem"), "KEY");
+    write(&host.join("hosts.toml"), "[host.\"https://m\"]\nca = \"ca.pem\"\nclient = [[\"c.pem\", \"k.pem\"]]\n");
+    let table = HostsTable::load(&[dir.path().to_owned()]);
+    let material = |table: &HostsTable| table.lookup("r.io").unwrap().unwrap()[0].material.clone().unwrap();
+    let loaded = material(&table);
+    assert_eq!(loaded.ca, [b"CA BYTES".to_vec()]);
+    assert_eq!(loaded.identities, [b"CERT\nKEY".to_vec()]);
+    assert!(!format!("{loaded:?}").contains("KEY"), "Debug shows no key material");
+    let mut files: Vec<_> = table.files().map(Path::to_owned).collect();
+    files.sort();
+    assert_eq!(files, [host.join("c.pem"), host.join("ca.pem"), host.join("hosts.toml"), host.join("k.pem")]);
+
+    std::fs::remove_dir_all(&host).unwrap();
+    std::fs::create_dir_all(&host).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(host.join("ca.pem")).status().unwrap().success());
+    assert_eq!(material(&table), loaded, "a lookup read a file");
+    let reloaded = HostsTable::load(&[dir.path().to_owned()]);
+    assert!(reloaded.lookup("r.io").unwrap().is_some_and(|hosts| hosts[0].server.is_none()), "no hosts.toml now");
+}
+
+#[test]
+fn a_missing_certificate_file_refuses_its_registry_and_is_still_watched() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("r.io");
+    write(&host.join("hosts.toml"), "[host.\"https://m\"]\nca = \"/nonexistent/ca.pem\"\n");
+    let table = HostsTable::load(&[dir.path().to_owned()]);
+    let err = table.lookup("r.io").unwrap_err().to_string();
+    assert!(err.contains("r.io/hosts.toml") && err.contains("/nonexistent/ca.pem"), "{err}");
+    assert_eq!(table.problems().len(), 1);
+    assert!(table.lookup("other.io").unwrap().is_none(), "other registries are not affected");
+    assert!(table.files().any(|file| file == Path::new("/nonexistent/ca.pem")), "its fix must be seen");
+}
+
+#[test]
+fn a_root_with_too_many_entries_refuses_every_lookup_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..MAX_HOST_DIRS {
+        std::fs::create_dir(dir.path().join(format!("r{i}.io"))).unwrap();
+    }
+    let roots = [dir.path().to_owned()];
+    assert!(HostsTable::load(&roots).problems().is_empty(), "at the limit");
+    std::fs::create_dir(dir.path().join("one-more.io")).unwrap();
+    let table = HostsTable::load(&roots);
+    let err = table.lookup("anything.io").unwrap_err().to_string();
+    assert!(err.contains(&format!("more than {MAX_HOST_DIRS} entries")), "{err}");
+    assert!(HostsTable::load(&[dir.path().join("absent")]).lookup("r.io").unwrap().is_none());
 }

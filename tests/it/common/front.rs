@@ -124,6 +124,8 @@ struct State {
     blobs: Vec<(String, String, Bytes)>,
     hostile: Vec<(String, Hostile)>,
     held: Vec<(String, tokio::sync::watch::Receiver<bool>)>,
+    /// Every request must carry exactly this Authorization; others get a Basic challenge.
+    authorization: Option<String>,
 }
 
 pub struct Front {
@@ -210,6 +212,12 @@ impl Front {
         let (release, held) = tokio::sync::watch::channel(false);
         lock(&self.state).held.push((path_prefix.into(), held));
         Hold(release)
+    }
+
+    /// From now on, answers 401 with `WWW-Authenticate: Basic` to any request whose
+    /// Authorization is not `value`: a mirror with credentials of its own.
+    pub fn require_authorization(&self, value: &str) {
+        lock(&self.state).authorization = Some(value.to_owned());
     }
 
     pub fn hostile(&self, path_prefix: &str, behaviour: Hostile) {
@@ -325,6 +333,15 @@ async fn handle(
     for mut hold in held {
         // A dropped `Hold` releases too (the wait then ends with an error).
         let _ = hold.wait_for(|released| *released).await;
+    }
+    let required = lock(&state).authorization.clone();
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if required.is_some_and(|required| given != Some(required.as_str())) {
+        let challenge = Response::builder()
+            .status(StatusCode::UNAUTHORIZED)
+            .header(header::WWW_AUTHENTICATE, "Basic realm=\"front\"")
+            .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed_unsync());
+        return Ok(challenge.expect("a 401 response"));
     }
     let planned = plan(&lock(&state), &path, &user_agent, read);
     Ok(match planned {

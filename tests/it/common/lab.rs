@@ -206,6 +206,18 @@ impl Lab {
         (get("TLS_REGISTRY"), PathBuf::from(get("TLS_REGISTRY_CA")))
     }
 
+    /// Starts a registry like `start_tls_registry` that also requires a client certificate,
+    /// serving what is pushed to `registry`; returns its address, the server CA, and the
+    /// client certificate and key files.
+    pub fn start_mtls_registry(&self) -> (String, PathBuf, PathBuf, PathBuf) {
+        lab_sh(&["start-mtls-registry", self.dir_str()]);
+        let env = read_env(self.dir.path());
+        let get =
+            |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned().unwrap_or_else(|| panic!("lab.env has no {k}"));
+        let tls = PathBuf::from(get("MTLS_REGISTRY_DIR"));
+        (get("MTLS_REGISTRY"), tls.join("ca.pem"), tls.join("client.pem"), tls.join("client-key.pem"))
+    }
+
     fn dir_str(&self) -> &str {
         self.dir.path().to_str().expect("utf-8 temp dir")
     }

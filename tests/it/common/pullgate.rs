@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pullgate::config::Config;
+use pullgate::registry::hosts::SharedHosts;
 use pullgate::reload::Trigger;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -19,6 +20,8 @@ pub struct Running {
     pub metrics: Option<SocketAddr>,
     /// Reloads the policy, as SIGHUP does for the binary.
     pub reload: Trigger,
+    /// containerd's host directory as pullgate routes by it, replaced at each reload.
+    pub hosts: SharedHosts,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -44,6 +47,7 @@ pub async fn start_with(mut config: Config, files: &[(&str, &str)]) -> Running {
     let listeners = pullgate::daemon::bind(&config).await.expect("bind pullgate's sockets");
     let metrics = listeners.metrics.as_ref().map(|listener| listener.local_addr().expect("metrics address"));
     let (socket, policy_dir, reload) = (config.listen.clone(), config.policy_dir.clone(), prepared.reload.clone());
+    let hosts = prepared.hosts.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let shutdown = async move {
@@ -51,7 +55,7 @@ pub async fn start_with(mut config: Config, files: &[(&str, &str)]) -> Running {
         };
         pullgate::daemon::run(config, prepared, listeners, shutdown).await.expect("pullgate ran");
     });
-    Running { socket, policy_dir, metrics, reload, stop: Some(stop), task: Some(task), _dir: dir }
+    Running { socket, policy_dir, metrics, reload, hosts, stop: Some(stop), task: Some(task), _dir: dir }
 }
 
 impl Running {
