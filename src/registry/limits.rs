@@ -92,3 +92,13 @@ pub const HOST_DIR_MAX_ENTRIES: usize = 256;
 /// Clients built for hosts with their own TLS settings, kept for reuse (connection pooling);
 /// past this many distinct settings the cache starts over.
 pub const MAX_TLS_CLIENTS: usize = 16;
+
+/// How long a host's 404 to the referrers API is taken to mean it has none (see
+/// `referrers_api`): registries gain the API by an upgrade, rarely, and an image signed only
+/// through it in the meantime is refused for at most this long, about one of the kubelet's
+/// longest pull back-offs (5 min). Within it, a cold check asks one request fewer.
+pub const REFERRERS_API_ABSENT_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// Hosts remembered without a referrers API; past this many the memory starts over, which
+/// only costs each host its API request again. Real nodes pull from a handful of registries.
+pub const MAX_REFERRERS_API_ABSENT_HOSTS: usize = 256;
