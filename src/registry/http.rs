@@ -18,8 +18,8 @@ use super::auth::{AuthState, BearerChallenge, Challenge, Issuer, TokenKey, prefe
 use super::hosts::{self, HostConfig, Operation, Scheme, Tls};
 use super::insecure::InsecureHosts;
 use super::limits::{
-    CERT_FILE_MAX_BYTES, CONNECT_TIMEOUT, MANIFEST_MAX_BYTES, MAX_ERROR_DETAIL_CHARS, MAX_REDIRECTS, MAX_REFERENCE_LEN,
-    MAX_TLS_CLIENTS,
+    CERT_FILE_MAX_BYTES, CONNECT_TIMEOUT, IDLE_CONNECTION_TIMEOUT, MANIFEST_MAX_BYTES, MAX_ERROR_DETAIL_CHARS,
+    MAX_IDLE_CONNECTIONS_PER_HOST, MAX_REDIRECTS, MAX_REFERENCE_LEN, MAX_TLS_CLIENTS,
 };
 use super::referrers_api::ReferrersApiAbsent;
 use super::response::{Origin, check_status, read_capped, transport_error, verify_digest};
@@ -179,6 +179,8 @@ impl ClientBase {
             .user_agent(USER_AGENT)
             .timeout(self.timeout)
             .connect_timeout(CONNECT_TIMEOUT.min(self.timeout))
+            .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS_PER_HOST)
+            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .redirect(redirect_policy(Arc::clone(&self.insecure)));
         for cert in &self.roots {
             builder = builder.add_root_certificate(cert.clone());

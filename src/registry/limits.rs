@@ -35,6 +35,18 @@ pub const TOKEN_CACHE_MAX_ENTRIES: usize = 1024;
 /// that well before the whole request timeout, so the kubelet can back off and retry.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Idle connections kept per host for the next request (reqwest would keep any number). A
+/// check asks for up to three documents at once (see `decision::check`), then its payloads,
+/// and `checks_per_registry` (default 4) checks run at once: this keeps a busy registry's
+/// connections, so cold checks need no new TCP (or TLS) handshake, and bounds what a burst
+/// against one host leaves open.
+pub const MAX_IDLE_CONNECTIONS_PER_HOST: usize = 16;
+
+/// An idle connection is dropped after this: pulls of one rollout arrive within seconds of
+/// each other, and a connection idle for longer is likely to have been closed by the
+/// registry or a middlebox already (reqwest's default, written down).
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// Default whole-request deadline (connect, headers and body) when the config gives none:
 /// long enough for a slow registry, short enough to stay inside the kubelet's pull deadline.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
