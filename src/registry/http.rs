@@ -5,7 +5,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, WWW_AUTHENTICATE};
@@ -18,8 +18,10 @@ use super::auth::{AuthState, BearerChallenge, Challenge, Issuer, TokenKey, prefe
 use super::hosts::{self, HostConfig, HostsTable, Operation, Scheme, SharedHosts, TlsMaterial};
 use super::insecure::InsecureHosts;
 use super::limits::{
-    CONNECT_TIMEOUT, MANIFEST_MAX_BYTES, MAX_ERROR_DETAIL_CHARS, MAX_REDIRECTS, MAX_REFERENCE_LEN, MAX_TLS_CLIENTS,
+    CONNECT_TIMEOUT, IDLE_CONNECTION_TIMEOUT, MANIFEST_MAX_BYTES, MAX_ERROR_DETAIL_CHARS, MAX_IDLE_CONNECTIONS_PER_HOST,
+    MAX_REDIRECTS, MAX_REFERENCE_LEN, MAX_TLS_CLIENTS,
 };
+use super::referrers_api::ReferrersApiAbsent;
 use super::response::{Origin, check_status, read_capped, transport_error, verify_digest};
 use super::token::{self, TokenRequest, bearer_header};
 use super::{Credentials, Manifest, Registry, RegistryConfig, RegistryError, media_type};
@@ -63,6 +65,8 @@ pub struct HttpRegistry {
     hosts: SharedHosts,
     insecure: Arc<InsecureHosts>,
     auth: AuthState,
+    /// Hosts that said lately they have no referrers API: not asked again for a while.
+    referrers_api_absent: ReferrersApiAbsent,
     requests: AtomicU64,
     metrics: Option<Arc<Metrics>>,
 }
@@ -146,6 +150,7 @@ impl HttpRegistry {
             hosts,
             insecure,
             auth: AuthState::default(),
+            referrers_api_absent: ReferrersApiAbsent::default(),
             requests: AtomicU64::new(0),
             metrics: None,
         })
@@ -175,6 +180,8 @@ impl ClientBase {
             .user_agent(USER_AGENT)
             .timeout(self.timeout)
             .connect_timeout(CONNECT_TIMEOUT.min(self.timeout))
+            .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS_PER_HOST)
+            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .redirect(redirect_policy(Arc::clone(&self.insecure)));
         for cert in &self.roots {
             builder = builder.add_root_certificate(cert.clone());
@@ -487,7 +494,7 @@ impl Registry for HttpRegistry {
     ) -> Result<Option<Manifest>, RegistryError> {
         // Named by the digest: asked where digests are pulled, as the referrers tag is.
         let routes = self.routes(image, Operation::Pull)?;
-        first_answer(&routes, |route| self.referrers_from(route, image, digest, creds)).await
+        first_answer(&routes, |route| self.referrers_unless_absent(route, image, digest, creds)).await
     }
 
     async fn blob(
@@ -528,6 +535,29 @@ impl HttpRegistry {
         creds: &Credentials,
     ) -> Result<Option<Manifest>, RegistryError> {
         self.document_from(route, image, ("manifests", reference), MANIFEST_ACCEPT, expected, creds).await
+    }
+
+    /// The referrers API of one host, unless it said lately that it has none: then "none"
+    /// without asking, so the referrers tag (read in any case) decides. See `referrers_api`.
+    async fn referrers_unless_absent(
+        &self,
+        route: &Route,
+        image: &ImageRef,
+        digest: &Digest,
+        creds: &Credentials,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let host = match &route.namespace {
+            Some(namespace) => format!("{}?ns={namespace}", route.base),
+            None => route.base.clone(),
+        };
+        if self.referrers_api_absent.remembers(&host, Instant::now()) {
+            return Ok(None);
+        }
+        let list = self.referrers_from(route, image, digest, creds).await?;
+        if list.is_none() {
+            self.referrers_api_absent.remember(&host, Instant::now());
+        }
+        Ok(list)
     }
 
     async fn referrers_from(

@@ -35,6 +35,18 @@ pub const TOKEN_CACHE_MAX_ENTRIES: usize = 1024;
 /// that well before the whole request timeout, so the kubelet can back off and retry.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Idle connections kept per host for the next request (reqwest would keep any number). A
+/// check asks for up to three documents at once (see `decision::check`), then its payloads,
+/// and `checks_per_registry` (default 4) checks run at once: this keeps a busy registry's
+/// connections, so cold checks need no new TCP (or TLS) handshake, and bounds what a burst
+/// against one host leaves open.
+pub const MAX_IDLE_CONNECTIONS_PER_HOST: usize = 16;
+
+/// An idle connection is dropped after this: pulls of one rollout arrive within seconds of
+/// each other, and a connection idle for longer is likely to have been closed by the
+/// registry or a middlebox already (reqwest's default, written down).
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// Default whole-request deadline (connect, headers and body) when the config gives none:
 /// long enough for a slow registry, short enough to stay inside the kubelet's pull deadline.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,3 +114,13 @@ pub const HOST_FILES_MAX_TOTAL_BYTES: u64 = 16 * 1024 * 1024;
 /// Clients built for hosts with their own TLS settings, kept for reuse (connection pooling);
 /// past this many distinct settings the cache starts over.
 pub const MAX_TLS_CLIENTS: usize = 16;
+
+/// How long a host's 404 to the referrers API is taken to mean it has none (see
+/// `referrers_api`): registries gain the API by an upgrade, rarely, and an image signed only
+/// through it in the meantime is refused for at most this long, about one of the kubelet's
+/// longest pull back-offs (5 min). Within it, a cold check asks one request fewer.
+pub const REFERRERS_API_ABSENT_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// Hosts remembered without a referrers API; past this many the memory starts over, which
+/// only costs each host its API request again. Real nodes pull from a handful of registries.
+pub const MAX_REFERRERS_API_ABSENT_HOSTS: usize = 256;

@@ -10,6 +10,7 @@ mod http;
 mod insecure;
 pub mod limits;
 pub mod media_type;
+mod referrers_api;
 mod response;
 mod token;
 

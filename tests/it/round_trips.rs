@@ -4,6 +4,8 @@
 //!
 //! The `.sig` tag and the referrers tag (`sha256-<hex>`, where docker-registry 2.8 keeps cosign
 //! v3's referrers) are read at once, so each costs a read but not a round trip of its own.
+//! The referrers API (not a manifests or blobs read) is asked beside them until the registry
+//! has answered it 404 once: then not for a while (`registry::referrers_api`).
 //!
 //! | pull                                          | pullgate's registry reads             |
 //! |-----------------------------------------------|---------------------------------------|
@@ -19,14 +21,19 @@
 use crate::common;
 use common::policy;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::cosign::{self, CosignKey};
 use common::cri;
+use common::fake_registry::{FakeRegistry, Reply, Request};
 use common::front::{Front, Hostile};
 use common::lab::Lab;
 use common::pullgate::Running;
 use pullgate::config::Config;
+use pullgate::decision::{Gate, PullRequest, Verdict};
+use pullgate::policy::{Policy, SharedPolicy};
+use pullgate::registry::{HttpRegistry, RegistryConfig};
 
 /// Pushes `repo:v1` (content from `seed`) to the lab registry and signs it with `key` for the
 /// name it is pulled by through the front. Returns the image digest.
@@ -220,4 +227,42 @@ async fn concurrent_pulls_of_one_image_fetch_its_signatures_once() {
     let (_, signatures) = resolves_and_signature_reads(&front, &digest);
     assert_eq!(signatures, 1, "signature manifest reads for {PULLS} concurrent pulls");
     running.stop().await;
+}
+
+/// The registry client keeps its connections across checks: a cold check asks for several
+/// documents at once (the `.sig` tag, the referrers tag and the referrers API), each on a
+/// connection, and the next cold check against the same registry opens none. A registry that
+/// answered 404 to the referrers API is not asked it again; its referrers tag still is read.
+/// (On the current-thread runtime a connection is back in the pool before the check ends.)
+#[tokio::test]
+async fn cold_checks_reuse_connections_and_remember_a_missing_referrers_api() {
+    const MANIFEST: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    let fake = FakeRegistry::start(|request: &Request| match request.path().ends_with("/manifests/v1") {
+        true => Reply::ok("application/vnd.oci.image.manifest.v1+json", MANIFEST),
+        false => Reply::status(404),
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("policy dir");
+    std::fs::write(dir.path().join("a.pub"), cosign::unused_public_pem()).expect("write key");
+    let rule = policy::signed(&format!("{}/rt", fake.authority()), &["a.pub"]);
+    std::fs::write(dir.path().join("rt.toml"), rule).expect("write policy");
+    let policy = Policy::load(dir.path(), None).expect("policy loads");
+    let config = RegistryConfig { insecure: vec![fake.authority()], ..RegistryConfig::default() };
+    let registry = Arc::new(HttpRegistry::new(&config).expect("registry client"));
+    let gate = Gate::new(SharedPolicy::new(policy), registry, Duration::from_secs(10));
+    let decide = |repo: &str| PullRequest { image: format!("{}/{repo}:v1", fake.authority()), ..Default::default() };
+    let api = |repo: &str| fake.count(&format!("/v2/{repo}/referrers/"));
+    let tags = |repo: &str| fake.count(&format!("/v2/{repo}/manifests/sha256-"));
+
+    let first = gate.decide(&decide("rt/first")).await;
+    assert_eq!(first.verdict, Verdict::Rejected, "{}", first.reason);
+    assert_eq!((api("rt/first"), tags("rt/first")), (1, 2), "referrers API, then `.sig` and referrers tags");
+    let opened = fake.connections();
+    assert!(opened <= 3, "the resolve, then three documents at once, opened {opened} connections");
+
+    let second = gate.decide(&decide("rt/second")).await;
+    assert_eq!(second.verdict, Verdict::Rejected, "{}", second.reason);
+    assert_eq!(fake.connections(), opened, "a second cold check opened connections of its own");
+    assert_eq!(api("rt/second"), 0, "the referrers API was asked again after its 404");
+    assert_eq!(tags("rt/second"), 2, "the `.sig` tag and the referrers tag are still read");
 }
