@@ -1,20 +1,25 @@
 //! Images signed the way cosign v3 signs by default: a sigstore bundle attached as an OCI
-//! referrer. docker-registry 2.8 has no referrers API, so cosign (and pullgate) use the
-//! referrers tag schema: an index of referrers under the tag `sha256-<hex>`. Pulled through
-//! pullgate by the real containerd 2.x; every refusal names the format.
+//! referrer, pulled through pullgate by the real containerd 2.x from the real docker-registry
+//! twice: directly, where (docker-registry 2.8 having no referrers API) cosign and pullgate use
+//! the referrers tag schema, an index of referrers under the tag `sha256-<hex>`; and through a
+//! front that implements the referrers API (`GET /v2/<name>/referrers/<digest>`, answered with
+//! the index cosign wrote) and hides the referrers tag. Every refusal names the format.
 //!
 //! | image            | signed with                                          | verdict                   |
 //! |------------------|------------------------------------------------------|---------------------------|
 //! | b/signed         | `cosign sign` (v3 default), trusted key              | pulled, pinned            |
 //! | b/multi          | `cosign sign` at the index digest of a multi-arch image | pulled, pinned         |
+//! | b/message        | `cosign sign-blob --bundle` of the manifest, attached as a referrer | pulled, pinned |
 //! | b/unsigned       | nothing                                              | no signatures found       |
+//! | b/platform       | `cosign sign` of one platform manifest of a multi-arch image only | no signatures found |
 //! | b/wrong-key      | `cosign sign`, another key                           | does not verify           |
 //! | b/other-digest   | the trusted key's bundle for b/decoy, attached here  | names another digest      |
+//! | b/other-message  | b/message's message-signature bundle, attached here  | over another digest       |
 //! | b/attested       | `cosign attest` (SLSA provenance) only               | an attestation            |
 //! | b/altered        | cosign's bundle with its DSSE payload altered        | does not verify           |
 //! | b/missing        | referrer index naming a deleted manifest             | referrer is missing       |
 //! | strict/signed    | `cosign sign`, under a rule that needs an identity   | names no image            |
-//! | strict/referrer  | `cosign sign` simple-signing, pushed as a referrer   | pulled, pinned            |
+//! | strict/referrer  | `cosign sign` simple-signing, pushed as a referrer   | pulled, pinned (referrers tag pass only: its payload names the registry, not the front) |
 
 use crate::common;
 
@@ -29,6 +34,7 @@ use serde_json::json;
 use common::cosign::{self, CosignKey};
 use common::cri;
 use common::fake_registry::{FakeRegistry, Reply, Request};
+use common::front::{Front, Hostile};
 use common::lab::{Format, Lab};
 use common::store;
 use pullgate::config::Config;
@@ -51,72 +57,133 @@ fn policy(registry: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn cosign_v3_bundles_are_verified_through_the_referrers_tag() {
+async fn cosign_v3_bundles_are_verified_through_the_referrers_tag_and_the_referrers_api() {
     let lab = Lab::start_containerd2(false);
     let (key, other) = (CosignKey::generate(), CosignKey::generate());
     let reg = lab.registry.clone();
-    let signed = lab.push_image("b/signed:v1", "signed");
+    let mut images = Vec::new();
+    let mut push = |repo: &str, format: Format| {
+        let digest = lab.push_image_with(&format!("{repo}:v1"), repo, format);
+        images.push((repo.to_owned(), digest.clone()));
+        digest
+    };
+    let signed = push("b/signed", Format::Oci);
     key.sign_bundle(&reg, "b/signed", &signed);
-    let multi = lab.push_image_with("b/multi:v1", "multi", Format::OciIndex);
+    let multi = push("b/multi", Format::OciIndex);
     key.sign_bundle(&reg, "b/multi", &multi);
-    lab.push_image("b/unsigned:v1", "unsigned");
-    let wrong = lab.push_image("b/wrong-key:v1", "wrong-key");
+    let message = push("b/message", Format::Oci);
+    let message_bundle = key.sign_blob_bundle(&manifest_bytes(&reg, "b/message", &message));
+    attach_bundle(&reg, "b/message", &message, &message_bundle);
+    push("b/unsigned", Format::Oci);
+    let platform = push("b/platform", Format::OciIndex);
+    key.sign_bundle(&reg, "b/platform", &first_platform(&reg, "b/platform", &platform));
+    let wrong = push("b/wrong-key", Format::Oci);
     other.sign_bundle(&reg, "b/wrong-key", &wrong);
-    let decoy = lab.push_image("b/decoy:v1", "decoy");
+    let decoy = push("b/decoy", Format::Oci);
     key.sign_bundle(&reg, "b/decoy", &decoy);
-    let target = lab.push_image("b/other-digest:v1", "other-digest");
+    let target = push("b/other-digest", Format::Oci);
     attach_bundle(&reg, "b/other-digest", &target, &only_bundle(&reg, "b/decoy", &decoy));
-    let attested = lab.push_image("b/attested:v1", "attested");
+    let other_message = push("b/other-message", Format::Oci);
+    attach_bundle(&reg, "b/other-message", &other_message, &message_bundle);
+    let attested = push("b/attested", Format::Oci);
     key.attest(&reg, "b/attested", &attested, "slsaprovenance1");
-    let altered = lab.push_image("b/altered:v1", "altered");
+    let altered = push("b/altered", Format::Oci);
     key.sign_bundle(&reg, "b/altered", &altered);
     attach_bundle(&reg, "b/altered", &altered, &with_altered_payload(&only_bundle(&reg, "b/altered", &altered)));
-    let missing = lab.push_image("b/missing:v1", "missing");
+    let missing = push("b/missing", Format::Oci);
     key.sign_bundle(&reg, "b/missing", &missing);
     delete_manifest(&reg, "b/missing", &only_referrer(&reg, "b/missing", &missing));
-    let strict = lab.push_image("strict/signed:v1", "strict");
+    let strict = push("strict/signed", Format::Oci);
     key.sign_bundle(&reg, "strict/signed", &strict);
-    let referred = lab.push_image("strict/referrer:v1", "referrer");
+    let referred = push("strict/referrer", Format::Oci);
     key.sign_referrer(&reg, "strict/referrer", &referred);
 
+    let api = Front::start(&reg);
+    api.trust_in(&lab);
+    for (repo, digest) in &images {
+        serve_referrers_api(&api, &reg, repo, digest);
+    }
     let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
-    config.registry.insecure = vec![reg.clone()];
-    let (pem, policy) = (key.public_pem(), policy(&reg));
+    config.registry.insecure = vec![reg.clone(), api.addr()];
+    let (pem, policy) = (key.public_pem(), format!("{}\n{}", policy(&reg), policy(&api.addr())));
     let pullgate = common::pullgate::start_with(config, &[("cosign.pub", &pem), ("policy.toml", &policy)]).await;
 
-    for (repo, digest) in [("b/signed", &signed), ("b/multi", &multi), ("strict/referrer", &referred)] {
-        let image = format!("{reg}/{repo}:v1");
-        let pulled = cri::images(&pullgate.socket).pull_image(cri::pull_request(&image, None)).await;
-        pulled.unwrap_or_else(|status| panic!("{image} refused: {}\n{}", status.message(), lab.logs()));
-        let (verified, config) = store::verified(&reg, repo, "v1").await;
-        assert_eq!(&verified, digest, "{repo}: the registry's v1 is the signed digest");
-        store::assert_pinned(&lab, &image, &verified, &config).await;
-    }
+    let api_host = api.addr();
+    for (host, via) in [(reg.as_str(), "referrers tag"), (api_host.as_str(), "referrers API")] {
+        let mut accepted = vec![("b/signed", &signed), ("b/multi", &multi), ("b/message", &message)];
+        if via == "referrers tag" {
+            accepted.push(("strict/referrer", &referred));
+        }
+        for (repo, digest) in accepted {
+            let image = format!("{host}/{repo}:v1");
+            let pulled = cri::images(&pullgate.socket).pull_image(cri::pull_request(&image, None)).await;
+            pulled.unwrap_or_else(|status| panic!("{image} refused: {}\n{}", status.message(), lab.logs()));
+            let (verified, config) = store::verified(&reg, repo, "v1").await;
+            assert_eq!(&verified, digest, "{repo}: the registry's v1 is the signed digest");
+            store::assert_pinned(&lab, &image, &verified, &config).await;
+        }
 
-    let refusals = [
-        ("b/unsigned", "no signatures found (no .sig tag, no sigstore bundle".to_owned()),
-        ("b/wrong-key", "sigstore bundle: signature does not verify with any of the 1 trusted key".to_owned()),
-        ("b/other-digest", format!("sigstore bundle: signed statement names {decoy}, not {target}")),
-        (
-            "b/attested",
-            "sigstore bundle: an attestation (predicate type \"https://slsa.dev/provenance/v1\")".to_owned(),
-        ),
-        ("b/altered", "sigstore bundle: signature does not verify".to_owned()),
-        ("b/missing", "bundle referrer sha256:".to_owned()),
-        ("strict/signed", "sigstore bundle: names no image, only its digest".to_owned()),
-    ];
-    for (repo, needle) in refusals {
-        let image = format!("{reg}/{repo}:v1");
-        let refused = cri::images(&pullgate.socket).pull_image(cri::pull_request(&image, None)).await;
-        let status = refused.expect_err(&format!("{image} was pulled"));
-        let message = status.message();
-        assert!(message.starts_with("SignatureValidationFailed: "), "{repo}: {message}");
-        assert!(message.contains(&needle), "{repo}: {message:?} does not say {needle:?}");
-        assert_eq!(store::record_target(&lab, &image).await, None, "{repo}: containerd stored a refused image");
+        let refusals = [
+            ("b/unsigned", "no signatures found (no .sig tag, no sigstore bundle".to_owned()),
+            ("b/platform", "no signatures found (no .sig tag, no sigstore bundle".to_owned()),
+            ("b/wrong-key", "sigstore bundle: signature does not verify with any of the 1 trusted key".to_owned()),
+            ("b/other-digest", format!("sigstore bundle: signed statement names {decoy}, not {target}")),
+            ("b/other-message", format!("sigstore bundle: message signature is over {message}, not {other_message}")),
+            (
+                "b/attested",
+                "sigstore bundle: an attestation (predicate type \"https://slsa.dev/provenance/v1\")".to_owned(),
+            ),
+            ("b/altered", "sigstore bundle: signature does not verify".to_owned()),
+            ("b/missing", "bundle referrer sha256:".to_owned()),
+            ("b/missing", format!("listed by the {via} is missing")),
+            ("strict/signed", "sigstore bundle: names no image, only its digest".to_owned()),
+        ];
+        for (repo, needle) in refusals {
+            let image = format!("{host}/{repo}:v1");
+            let refused = cri::images(&pullgate.socket).pull_image(cri::pull_request(&image, None)).await;
+            let status = refused.expect_err(&format!("{image} was pulled"));
+            let message = status.message();
+            assert!(message.starts_with("SignatureValidationFailed: "), "{image}: {message}");
+            assert!(message.contains(&needle), "{image}: {message:?} does not say {needle:?}");
+            assert_eq!(store::record_target(&lab, &image).await, None, "{image}: containerd stored a refused image");
+        }
     }
-    let missing_message = pull_error(&pullgate.socket, &format!("{reg}/b/missing:v1")).await;
-    assert!(missing_message.contains("listed by the referrers tag is missing"), "{missing_message}");
+    for (repo, digest) in images.iter().filter(|(repo, _)| !["b/decoy", "strict/referrer"].contains(&repo.as_str())) {
+        let listed = api.count(|seen| seen.path == format!("/v2/{repo}/referrers/{digest}") && !seen.is_containerd());
+        assert!(listed > 0, "pullgate never asked the referrers API for {repo}");
+    }
     pullgate.stop().await;
+}
+
+/// Makes `front` answer the referrers API for `repo@digest` as a registry implementing it
+/// would: with the index cosign keeps under the referrers tag (an empty index when there is
+/// none), while the tag itself is hidden, so only the API can list the referrers.
+fn serve_referrers_api(front: &Front, registry: &str, repo: &str, digest: &str) {
+    let tag = digest.replacen(':', "-", 1);
+    let stored = cosign::http_get(&format!("http://{registry}/v2/{repo}/manifests/{tag}"), OCI_INDEX, None);
+    let index = match stored.status {
+        200 => stored.body,
+        _ => serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})).expect("index"),
+    };
+    let path = format!("/v2/{repo}/referrers/{digest}");
+    front.hostile(&path, Hostile::Body(200, OCI_INDEX.to_owned(), index.into()));
+    let unknown = br#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#;
+    let hidden = Hostile::Body(404, "application/json".to_owned(), unknown.to_vec().into());
+    front.hostile(&format!("/v2/{repo}/manifests/{tag}"), hidden);
+}
+
+/// The manifest bytes of `repo@digest`, as `cosign sign-blob` signs them.
+fn manifest_bytes(registry: &str, repo: &str, digest: &str) -> Vec<u8> {
+    let url = format!("http://{registry}/v2/{repo}/manifests/{digest}");
+    let got = cosign::http_get(&url, common::front::ACCEPT_MANIFESTS, None);
+    assert_eq!(cosign::sha256_digest(&got.body), digest, "{url}");
+    got.body
+}
+
+/// The digest of the first platform manifest the index `repo@digest` lists.
+fn first_platform(registry: &str, repo: &str, digest: &str) -> String {
+    let index: serde_json::Value = serde_json::from_slice(&manifest_bytes(registry, repo, digest)).expect("index");
+    index["manifests"][0]["digest"].as_str().expect("entry digest").to_owned()
 }
 
 /// A registry with the referrers API (an in-process fake following the distribution spec)
@@ -188,11 +255,6 @@ async fn the_referrers_api_is_used_where_the_registry_has_it() {
         "{}",
         refused.reason
     );
-}
-
-async fn pull_error(socket: &std::path::Path, image: &str) -> String {
-    let refused = cri::images(socket).pull_image(cri::pull_request(image, None)).await;
-    refused.expect_err("refused").message().to_owned()
 }
 
 // === home-made referrers, for what cosign never writes ===
