@@ -40,6 +40,7 @@ use common::store;
 use pullgate::config::Config;
 use pullgate::decision::{Gate, PullRequest, Verdict};
 use pullgate::policy::{Policy, SharedPolicy};
+use pullgate::registry::limits::MAX_REFERRER_PAGES;
 use pullgate::registry::{HttpRegistry, RegistryConfig};
 use pullgate::verify::{Discovery, Format as VerifyFormat};
 
@@ -186,6 +187,88 @@ fn first_platform(registry: &str, repo: &str, digest: &str) -> String {
     index["manifests"][0]["digest"].as_str().expect("entry digest").to_owned()
 }
 
+/// What cosign pushed to docker-registry for one bundle-signed image, served again by an
+/// in-process fake registry that follows the distribution spec where the tests say so.
+struct Pushed {
+    digest: String,
+    manifest: (String, Vec<u8>),
+    /// The referrer index entries cosign wrote.
+    entries: serde_json::Value,
+    referrer: String,
+    referrer_manifest: Vec<u8>,
+    bundle_digest: String,
+    bundle: Vec<u8>,
+}
+
+impl Pushed {
+    /// `b/api:v1` pushed to the lab registry and signed with `cosign sign` (a bundle).
+    fn sign(lab: &Lab, key: &CosignKey) -> Pushed {
+        let reg = &lab.registry;
+        let digest = lab.push_image("b/api:v1", "api");
+        key.sign_bundle(reg, "b/api", &digest);
+        let manifest =
+            cosign::http_get(&format!("http://{reg}/v2/b/api/manifests/v1"), common::front::ACCEPT_MANIFESTS, None);
+        let referrer = only_referrer(reg, "b/api", &digest);
+        let url = format!("http://{reg}/v2/b/api/manifests/{referrer}");
+        let referrer_manifest = cosign::http_get(&url, cosign::OCI_MANIFEST_MEDIA_TYPE, None).body;
+        let bundle = only_bundle(reg, "b/api", &digest);
+        Pushed {
+            entries: referrer_index(reg, "b/api", &digest)["manifests"].clone(),
+            manifest: (manifest.content_type, manifest.body),
+            bundle_digest: cosign::sha256_digest(&bundle),
+            digest,
+            referrer,
+            referrer_manifest,
+            bundle,
+        }
+    }
+
+    /// The image, its referrer manifest and bundle under `b/<repo>` for any repo; referrer
+    /// lists come from `referrers`, given the request and the `b/<repo>` it is for.
+    fn fake(self, referrers: impl Fn(&Request, &str) -> Reply + Send + Sync + 'static) -> impl Fn(&Request) -> Reply {
+        move |request: &Request| {
+            let Some(rest) = request.path().strip_prefix("/v2/b/") else {
+                return if request.path() == "/v2/" {
+                    Reply::ok("application/json", b"{}")
+                } else {
+                    Reply::status(404)
+                };
+            };
+            let Some((repo, kind_reference)) = rest.split_once('/') else { return Reply::status(404) };
+            match kind_reference.split_once('/') {
+                Some(("manifests", "v1")) => Reply::ok(&self.manifest.0, &self.manifest.1),
+                Some(("referrers", digest)) if digest == self.digest => referrers(request, repo),
+                Some(("manifests", referrer)) if referrer == self.referrer && repo != "gone" => {
+                    Reply::ok(cosign::OCI_MANIFEST_MEDIA_TYPE, &self.referrer_manifest)
+                }
+                Some(("blobs", blob)) if blob == self.bundle_digest => {
+                    Reply::ok("application/octet-stream", &self.bundle)
+                }
+                _ => Reply::status(404),
+            }
+        }
+    }
+}
+
+fn index_of(entries: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})).expect("index")
+}
+
+/// A gate deciding pulls of `registry`'s images under [`policy`], trusting `key`.
+fn gate(registry: &str, key: &CosignKey) -> Gate<HttpRegistry> {
+    let dir = tempfile::tempdir().expect("policy dir");
+    std::fs::write(dir.path().join("cosign.pub"), key.public_pem()).expect("write key");
+    std::fs::write(dir.path().join("policy.toml"), policy(registry)).expect("write policy");
+    let policy = Policy::load(dir.path(), None).expect("policy loads");
+    let config = RegistryConfig { insecure: vec![registry.to_owned()], ..RegistryConfig::default() };
+    let registry = Arc::new(HttpRegistry::new(&config).expect("registry client"));
+    Gate::new(SharedPolicy::new(policy), registry, Duration::from_secs(10))
+}
+
+fn pull(registry: &str, repo: &str) -> PullRequest {
+    PullRequest { image: format!("{registry}/b/{repo}:v1"), ..Default::default() }
+}
+
 /// A registry with the referrers API (an in-process fake following the distribution spec)
 /// serving what cosign pushed to docker-registry: the referrers list comes from
 /// `GET /v2/<name>/referrers/<digest>`, and there is no referrers tag to fall back on. A list
@@ -194,52 +277,17 @@ fn first_platform(registry: &str, repo: &str, digest: &str) -> String {
 async fn the_referrers_api_is_used_where_the_registry_has_it() {
     let lab = Lab::start();
     let key = CosignKey::generate();
-    let reg = lab.registry.clone();
-    let digest = lab.push_image("b/api:v1", "api");
-    key.sign_bundle(&reg, "b/api", &digest);
-    let manifest =
-        cosign::http_get(&format!("http://{reg}/v2/b/api/manifests/v1"), common::front::ACCEPT_MANIFESTS, None);
-    let index = referrer_index(&reg, "b/api", &digest);
-    let referrer = only_referrer(&reg, "b/api", &digest);
-    let referrer_manifest =
-        cosign::http_get(&format!("http://{reg}/v2/b/api/manifests/{referrer}"), cosign::OCI_MANIFEST_MEDIA_TYPE, None);
-    let bundle = only_bundle(&reg, "b/api", &digest);
-    let bundle_digest = cosign::sha256_digest(&bundle);
-    let index = serde_json::to_vec(&index).expect("index");
-    let (image_type, image_bytes) = (manifest.content_type.clone(), manifest.body.clone());
-    let (digest_seen, referrer_seen) = (digest.clone(), referrer.clone());
-    let served = move |path: &str| -> Option<(String, Vec<u8>)> {
-        let (digest, referrer) = (&digest_seen, &referrer_seen);
-        let image_path = |p: &str| format!("/v2/b/{p}/manifests/v1");
-        if path == image_path("api") || path == image_path("gone") {
-            return Some((image_type.clone(), image_bytes.clone()));
-        }
-        if path == format!("/v2/b/api/referrers/{digest}") || path == format!("/v2/b/gone/referrers/{digest}") {
-            return Some((OCI_INDEX.to_owned(), index.clone()));
-        }
-        if path == format!("/v2/b/api/manifests/{referrer}") {
-            return Some((cosign::OCI_MANIFEST_MEDIA_TYPE.to_owned(), referrer_manifest.body.clone()));
-        }
-        (path == format!("/v2/b/api/blobs/{bundle_digest}"))
-            .then(|| ("application/octet-stream".into(), bundle.clone()))
-    };
-    let fake = FakeRegistry::start(move |request: &Request| match served(request.path()) {
-        Some((content_type, body)) => Reply::ok(&content_type, &body),
-        None if request.path() == "/v2/" => Reply::ok("application/json", b"{}"),
-        None => Reply::status(404),
-    })
+    let pushed = Pushed::sign(&lab, &key);
+    let (digest, referrer) = (pushed.digest.clone(), pushed.referrer.clone());
+    let index = index_of(pushed.entries.clone());
+    let fake = FakeRegistry::start(pushed.fake(move |_, repo| match repo {
+        "api" | "gone" => Reply::ok(OCI_INDEX, &index),
+        _ => Reply::status(404),
+    }))
     .await;
+    let gate = gate(&fake.authority(), &key);
 
-    let dir = tempfile::tempdir().expect("policy dir");
-    std::fs::write(dir.path().join("cosign.pub"), key.public_pem()).expect("write key");
-    std::fs::write(dir.path().join("policy.toml"), policy(&fake.authority())).expect("write policy");
-    let policy = Policy::load(dir.path(), None).expect("policy loads");
-    let config = RegistryConfig { insecure: vec![fake.authority()], ..RegistryConfig::default() };
-    let registry = Arc::new(HttpRegistry::new(&config).expect("registry client"));
-    let gate = Gate::new(SharedPolicy::new(policy), registry, Duration::from_secs(10));
-
-    let decide = |repo: &str| PullRequest { image: format!("{}/b/{repo}:v1", fake.authority()), ..Default::default() };
-    let accepted = gate.decide(&decide("api")).await;
+    let accepted = gate.decide(&pull(&fake.authority(), "api")).await;
     assert_eq!(accepted.verdict, Verdict::Accepted, "{}", accepted.reason);
     let signatures = &accepted.evaluation.as_ref().expect("an evaluation").signatures;
     assert_eq!(signatures.len(), 1, "{signatures:?}");
@@ -248,13 +296,75 @@ async fn the_referrers_api_is_used_where_the_registry_has_it() {
     assert!(fake.count(&format!("/v2/b/api/referrers/{digest}")) > 0, "the referrers API was never asked");
     assert!(fake.count(&format!("/v2/b/api/manifests/{tag}")) > 0, "the referrers tag was not asked at once");
 
-    let refused = gate.decide(&decide("gone")).await;
+    // `gone` lists the referrer, but its manifest is only under `api`.
+    let refused = gate.decide(&pull(&fake.authority(), "gone")).await;
     assert_eq!(refused.verdict, Verdict::Rejected, "{}", refused.reason);
     assert!(
         refused.reason.contains(&format!("bundle referrer {referrer} listed by the referrers API is missing")),
         "{}",
         refused.reason
     );
+}
+
+/// The referrers API pages with `Link: <…>; rel="next"`. pullgate follows the next pages, up to
+/// `MAX_REFERRER_PAGES`, on the same list of the same host only: a signature on a later page
+/// counts; one beyond the bound, or behind a link to another host, is not seen, and the
+/// refusal says that the list was not read to its end.
+#[tokio::test(flavor = "multi_thread")]
+async fn referrers_api_pages_are_followed_within_a_bound_on_the_same_host() {
+    let lab = Lab::start();
+    let key = CosignKey::generate();
+    let pushed = Pushed::sign(&lab, &key);
+    let digest = pushed.digest.clone();
+    let elsewhere = FakeRegistry::start(|_: &Request| Reply::status(404)).await;
+    let foreign = format!("http://{}/v2/b/far/referrers/{digest}?page=2", elsewhere.authority());
+    let (signature, sbom) = (
+        pushed.entries[0].clone(),
+        json!({
+            "mediaType": cosign::OCI_MANIFEST_MEDIA_TYPE, "artifactType": "application/spdx+json", "size": 2,
+            "digest": cosign::sha256_digest(b"{}"),
+        }),
+    );
+    let last = MAX_REFERRER_PAGES;
+    let fake = FakeRegistry::start(pushed.fake(move |request, repo| {
+        let page: usize = request.params().get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+        let path = request.path().to_owned();
+        // `paged`: the signature on the last page read; `beyond`: on the page after it;
+        // `loop`: every page names itself as the next; `far`: the next page is on another host.
+        let (signed_page, next) = match repo {
+            "paged" => (last, (page < last).then(|| format!("{path}?page={}", page + 1))),
+            "beyond" => (last + 1, (page <= last).then(|| format!("{path}?page={}", page + 1))),
+            "loop" => (0, Some(format!("{path}?page=1"))),
+            "far" => (2, (page == 1).then(|| foreign.clone())),
+            _ => return Reply::status(404),
+        };
+        let entries = if page == signed_page { json!([sbom, signature]) } else { json!([sbom]) };
+        let reply = Reply::ok(OCI_INDEX, &index_of(entries));
+        match next {
+            Some(next) => reply.header("Link", &format!("<{next}>; rel=\"next\"")),
+            None => reply,
+        }
+    }))
+    .await;
+    let gate = gate(&fake.authority(), &key);
+    let pages = |repo: &str| fake.count(&format!("/v2/b/{repo}/referrers/"));
+
+    let accepted = gate.decide(&pull(&fake.authority(), "paged")).await;
+    assert_eq!(accepted.verdict, Verdict::Accepted, "{}", accepted.reason);
+    assert_eq!(pages("paged"), MAX_REFERRER_PAGES, "pages read");
+
+    for (repo, read) in [("beyond", MAX_REFERRER_PAGES), ("loop", MAX_REFERRER_PAGES), ("far", 1)] {
+        let refused = gate.decide(&pull(&fake.authority(), repo)).await;
+        assert_eq!(refused.verdict, Verdict::Rejected, "{repo}: {}", refused.reason);
+        assert_eq!(pages(repo), read, "{repo}: pages read");
+        let reason = &refused.reason;
+        assert!(reason.starts_with("no signature by a trusted key: no signatures found"), "{repo}: {reason}");
+        assert!(reason.contains("referrers API: not read to its end"), "{repo}: {reason}");
+        let why = if repo == "far" { "leaves the referrers list" } else { "more than 8 pages" };
+        assert!(reason.contains(why), "{repo}: {reason}");
+        assert!(refused.answered.iter().any(|a| a.contains("not read to its end")), "{repo}: {:?}", refused.answered);
+    }
+    assert_eq!(elsewhere.requests().len(), 0, "pullgate followed a next page to another host");
 }
 
 // === home-made referrers, for what cosign never writes ===
