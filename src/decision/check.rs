@@ -5,10 +5,10 @@ use futures_util::future::{join, join_all};
 
 use crate::policy::Rule;
 use crate::reference::{Digest, ImageRef};
-use crate::registry::{Credentials, Manifest, Registry, RegistryError, media_type};
+use crate::registry::{Credentials, Manifest, ReferrerPages, Registry, RegistryError, media_type};
 use crate::verify::payload::MAX_PAYLOAD_BYTES;
 use crate::verify::referrers::{
-    Discovery, MAX_BUNDLE_BYTES, Referrer, ReferrerKind, parse_bundle_manifest, parse_referrer_index,
+    Discovery, MAX_BUNDLE_BYTES, Referrer, ReferrerKind, parse_bundle_manifest, parse_referrer_pages,
 };
 use crate::verify::signatures::{SignatureLayer, parse_signature_manifest};
 use crate::verify::{Evaluation, Format, Found, Shortfall, evaluate_found};
@@ -74,7 +74,7 @@ pub async fn signatures<R: Registry>(
     credentials: &Credentials,
 ) -> Outcome {
     let (store, credentials) = signature_store(image, rule, credentials);
-    let Fetched { found: signatures, unusable, answered } =
+    let Fetched { found: signatures, unusable, answered, unread } =
         match fetch_all(registry, store, &digest, &credentials).await {
             Ok(fetched) => fetched,
             Err(outcome) => return Outcome { digest: Some(digest), ..outcome },
@@ -82,7 +82,7 @@ pub async fn signatures<R: Registry>(
     let evaluation = evaluate_found(image, &digest, rule, &signatures);
     let verdict = if evaluation.accepted { Verdict::Accepted } else { Verdict::Rejected };
     let code = code(&evaluation, &unusable);
-    let reason = reason(&evaluation, &unusable);
+    let reason = reason(&evaluation, &unusable, unread.as_deref());
     Outcome { verdict, reason, code, digest: Some(digest), evaluation: Some(evaluation), answered }
 }
 
@@ -107,8 +107,17 @@ fn code(evaluation: &Evaluation, unusable: &[String]) -> ReasonCode {
 }
 
 /// A payload the registry would not hand over intact never reaches the evaluation, so a
-/// refusal names it: otherwise it would read "no signatures found" while there were some.
-fn reason(evaluation: &Evaluation, unusable: &[String]) -> String {
+/// refusal names it: otherwise it would read "no signatures found" while there were some. So
+/// does a refusal after a referrers list that was not read to its end.
+fn reason(evaluation: &Evaluation, unusable: &[String], unread: Option<&str>) -> String {
+    let reason = unusable_reason(evaluation, unusable);
+    match unread.filter(|_| !evaluation.accepted) {
+        Some(unread) => format!("{reason}; {unread}"),
+        None => reason,
+    }
+}
+
+fn unusable_reason(evaluation: &Evaluation, unusable: &[String]) -> String {
     let Some(first) = unusable.first().filter(|_| !evaluation.accepted) else { return evaluation.reason.clone() };
     let what = match unusable.len() {
         1 => "1 signature is unusable".to_owned(),
@@ -175,22 +184,28 @@ fn pinnable(manifest: &Manifest) -> Result<(), String> {
 /// Every signature found for the digest, in either format; why those that could not be
 /// fetched intact were left out (too large, wrong digest, missing: those only make their
 /// signature count for nothing, unless the registry is down altogether); and which host
-/// answered each lookup.
+/// answered each lookup; and why the referrers list was not read to its end, if it was not.
 struct Fetched {
     found: Vec<Found>,
     unusable: Vec<String>,
     answered: Vec<String>,
+    unread: Option<String>,
 }
 
 impl Fetched {
     fn nothing(answered: Vec<String>) -> Fetched {
-        Fetched { found: Vec::new(), unusable: Vec::new(), answered }
+        Fetched { found: Vec::new(), unusable: Vec::new(), answered, unread: None }
+    }
+
+    fn of(found: Vec<Found>, unusable: Vec<String>) -> Fetched {
+        Fetched { found, unusable, ..Fetched::nothing(Vec::new()) }
     }
 
     fn extend(&mut self, more: Fetched) {
         self.found.extend(more.found);
         self.unusable.extend(more.unusable);
         self.answered.extend(more.answered);
+        self.unread = self.unread.take().or(more.unread);
     }
 }
 
@@ -229,7 +244,8 @@ async fn fetch_signatures<R: Registry>(
         Outcome::reject(ReasonCode::UnusableSignature, &format!("unusable signature manifest: {error}"))
     })?;
     let (found, unusable) = simple_signing_payloads(registry, store, layers, Format::SigTag, credentials).await?;
-    Ok(Fetched { found, unusable, answered: vec![format!("signatures {}:{tag} from {}", store.name(), manifest.host)] })
+    let answered = vec![format!("signatures {}:{tag} from {}", store.name(), manifest.host)];
+    Ok(Fetched { answered, ..Fetched::of(found, unusable) })
 }
 
 async fn simple_signing_payloads<R: Registry>(
@@ -277,29 +293,45 @@ async fn fetch_referrers<R: Registry>(
         (Err(error), _) if error.is_unavailable() => {
             return Err(Outcome::registry_error(None, "cannot list the referrers", &error));
         }
-        (_, Ok(Some(list))) => (list, Discovery::ReferrersTag),
+        (_, Ok(Some(index))) => (ReferrerPages { pages: vec![index], unread: None }, Discovery::ReferrersTag),
         (_, Ok(None)) => return Ok(Fetched::nothing(Vec::new())),
         (_, Err(error)) => {
             let (found, unusable) = unusable_or_unavailable(error, "cannot fetch the referrers tag")?;
-            return Ok(Fetched { found, unusable, answered: Vec::new() });
+            return Ok(Fetched::of(found, unusable));
         }
     };
-    let answered = vec![format!("referrers of {}@{digest} from {} ({})", store.name(), list.host, via.describe())];
-    let referrers = match parse_referrer_index(&list.bytes, &list.media_type) {
+    let unread = list.unread.as_ref().map(|why| format!("{}: not read to its end ({why})", via.describe()));
+    let answered = vec![listed_by(store, digest, &list, via, unread.as_deref())];
+    let pages = list.pages.iter().map(|page| (&page.bytes[..], page.media_type.as_str()));
+    let referrers = match parse_referrer_pages(pages) {
         Ok(referrers) => referrers,
         Err(error) => {
-            return Ok(Fetched { found: Vec::new(), unusable: vec![format!("{}: {error}", via.describe())], answered });
+            let unusable = vec![format!("{}: {error}", via.describe())];
+            return Ok(Fetched { answered, unread, ..Fetched::of(Vec::new(), unusable) });
         }
     };
     let fetched =
         join_all(referrers.iter().map(|referrer| fetch_referrer(registry, store, digest, referrer, via, credentials)))
             .await;
-    let mut all = Fetched::nothing(answered);
+    let mut all = Fetched { unread, ..Fetched::nothing(answered) };
     for result in fetched {
         let (found, unusable) = result?;
-        all.extend(Fetched { found, unusable, answered: Vec::new() });
+        all.extend(Fetched::of(found, unusable));
     }
     Ok(all)
+}
+
+/// "referrers of NAME@DIGEST from HOST (referrers API, 3 pages; …)", for `pullgate verify`.
+fn listed_by(store: &ImageRef, digest: &Digest, list: &ReferrerPages, via: Discovery, unread: Option<&str>) -> String {
+    let host = list.pages.first().map_or("", |page| page.host.as_str());
+    let mut how = via.describe().to_owned();
+    if list.pages.len() > 1 {
+        how.push_str(&format!(", {} pages", list.pages.len()));
+    }
+    if let Some(unread) = unread {
+        how.push_str(&format!("; {unread}"));
+    }
+    format!("referrers of {}@{digest} from {host} ({how})", store.name())
 }
 
 /// One referrer's signatures: its manifest, then the bundle or the payloads it holds.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, LINK, WWW_AUTHENTICATE};
 use reqwest::redirect::Policy;
 use reqwest::{Certificate, Client, ClientBuilder, Identity, Response, StatusCode, Url};
 use serde::Deserialize;
@@ -19,12 +19,12 @@ use super::hosts::{self, HostConfig, HostsTable, Operation, Scheme, SharedHosts,
 use super::insecure::InsecureHosts;
 use super::limits::{
     CONNECT_TIMEOUT, IDLE_CONNECTION_TIMEOUT, MANIFEST_MAX_BYTES, MAX_ERROR_DETAIL_CHARS, MAX_IDLE_CONNECTIONS_PER_HOST,
-    MAX_REDIRECTS, MAX_REFERENCE_LEN, MAX_TLS_CLIENTS,
+    MAX_REDIRECTS, MAX_REFERENCE_LEN, MAX_REFERRER_PAGES, MAX_TLS_CLIENTS,
 };
 use super::referrers_api::ReferrersApiAbsent;
 use super::response::{Origin, check_status, read_capped, transport_error, verify_digest};
 use super::token::{self, TokenRequest, bearer_header};
-use super::{Credentials, Manifest, Registry, RegistryConfig, RegistryError, media_type};
+use super::{Credentials, Manifest, ReferrerPages, Registry, RegistryConfig, RegistryError, link, media_type};
 use crate::metrics::Metrics;
 use crate::reference::{Digest, ImageRef, RegistryHost};
 
@@ -491,7 +491,7 @@ impl Registry for HttpRegistry {
         image: &ImageRef,
         digest: &Digest,
         creds: &Credentials,
-    ) -> Result<Option<Manifest>, RegistryError> {
+    ) -> Result<Option<ReferrerPages>, RegistryError> {
         // Named by the digest: asked where digests are pulled, as the referrers tag is.
         let routes = self.routes(image, Operation::Pull)?;
         first_answer(&routes, |route| self.referrers_unless_absent(route, image, digest, creds)).await
@@ -545,7 +545,7 @@ impl HttpRegistry {
         image: &ImageRef,
         digest: &Digest,
         creds: &Credentials,
-    ) -> Result<Option<Manifest>, RegistryError> {
+    ) -> Result<Option<ReferrerPages>, RegistryError> {
         let host = match &route.namespace {
             Some(namespace) => format!("{}?ns={namespace}", route.base),
             None => route.base.clone(),
@@ -566,11 +566,38 @@ impl HttpRegistry {
         image: &ImageRef,
         digest: &Digest,
         creds: &Credentials,
-    ) -> Result<Option<Manifest>, RegistryError> {
-        // The answer is an image index, bounded like any manifest. Only its first page is read:
-        // more signature referrers than one page holds is beyond any limit of ours anyway.
-        let path = ("referrers", digest.as_str());
-        self.document_from(route, image, path, media_type::OCI_INDEX, None, creds).await
+    ) -> Result<Option<ReferrerPages>, RegistryError> {
+        let mut target = self.target(route, image, "referrers", digest.as_str())?;
+        target.accept = Some(media_type::OCI_INDEX);
+        let mut pages = Vec::new();
+        // Every page is an image index; all of them together are bounded like one manifest.
+        let mut room = MANIFEST_MAX_BYTES;
+        loop {
+            let response = self.send(&target, creds).await?;
+            if response.status() == StatusCode::NOT_FOUND && pages.is_empty() {
+                return Ok(None);
+            }
+            check_status(response.status(), &target.origin(), creds.is_anonymous())?;
+            let links = response.headers().get_all(LINK).iter().filter_map(|value| value.to_str().ok());
+            let next = link::next_page(&target.url, links);
+            let header_type = content_type(&response);
+            let bytes = read_capped(response, room, &target.origin()).await?;
+            room -= bytes.len();
+            let media_type = header_type.or_else(|| media_type_field(&bytes)).unwrap_or_default();
+            pages.push(Manifest { digest: Digest::sha256_of(&bytes), media_type, bytes, host: route.host.clone() });
+            let unread = match next {
+                Ok(None) => None,
+                Ok(Some(_)) if pages.len() >= MAX_REFERRER_PAGES => {
+                    Some(format!("more than {MAX_REFERRER_PAGES} pages"))
+                }
+                Ok(Some(url)) => {
+                    target.url = url;
+                    continue;
+                }
+                Err(why) => Some(why),
+            };
+            return Ok(Some(ReferrerPages { pages, unread }));
+        }
     }
 
     /// A manifest or an index at `kind/reference` on one host, bounded; checked against

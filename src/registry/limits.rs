@@ -51,6 +51,13 @@ pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(90);
 /// long enough for a slow registry, short enough to stay inside the kubelet's pull deadline.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Pages of the referrers API followed for one digest (`Link: <…>; rel="next"`). A page
+/// usually lists every referrer, or hundreds; signature referrers are capped at 64 anyway, so
+/// eight pages leave room for registries that page small, while a registry that pages forever
+/// costs a check eight round trips, not its whole budget. Referrers on later pages are not
+/// seen, and a refusal says the list was not read to its end.
+pub const MAX_REFERRER_PAGES: usize = 8;
+
 /// Tags are at most 128 characters and digests at most `sha512:` + 128 hex; anything longer
 /// is not a reference and must not reach a URL.
 pub const MAX_REFERENCE_LEN: usize = 135;

@@ -9,6 +9,7 @@ pub mod hosts;
 mod http;
 mod insecure;
 pub mod limits;
+mod link;
 pub mod media_type;
 mod referrers_api;
 mod response;
@@ -40,6 +41,16 @@ pub struct Manifest {
     pub host: String,
 }
 
+/// The referrers API's list of a digest's referrers, page by page as the registry sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReferrerPages {
+    /// At least one.
+    pub pages: Vec<Manifest>,
+    /// Why the list was not read to its end (more pages than `limits::MAX_REFERRER_PAGES`, a
+    /// next page elsewhere); None when its last page was read.
+    pub unread: Option<String>,
+}
+
 pub trait Registry: Send + Sync {
     /// `reference` is a tag or a digest ("sha256:…"); a digest is checked against the bytes.
     /// Ok(None) when the registry has no such manifest (e.g. an image without a `.sig` tag).
@@ -62,8 +73,9 @@ pub trait Registry: Send + Sync {
         self.manifest(image, tag, creds)
     }
 
-    /// The image index listing `digest`'s referrers, from the referrers API
-    /// (`GET /v2/<name>/referrers/<digest>`, OCI distribution 1.1). Ok(None) when the registry
+    /// The image indexes listing `digest`'s referrers, from the referrers API
+    /// (`GET /v2/<name>/referrers/<digest>`, OCI distribution 1.1, and the pages its `Link`
+    /// headers name). Ok(None) when the registry
     /// has no referrers API (it answers 404, as docker-registry 2.8 and GHCR do): the referrers
     /// tag schema then applies. Registries that cannot know better (canned ones in tests) say so
     /// by default.
@@ -72,7 +84,7 @@ pub trait Registry: Send + Sync {
         _image: &ImageRef,
         _digest: &Digest,
         _creds: &Credentials,
-    ) -> impl Future<Output = Result<Option<Manifest>, RegistryError>> + Send {
+    ) -> impl Future<Output = Result<Option<ReferrerPages>, RegistryError>> + Send {
         async { Ok(None) }
     }
 

@@ -1,13 +1,15 @@
 //! A sigstore bundle as cosign v3 signs an image with a key: a DSSE envelope over an in-toto
-//! statement whose predicate type says "cosign signature" and whose subject is the image digest.
+//! statement whose predicate type says "cosign signature" and whose subject is the image digest;
+//! or a message signature over the image digest itself (what `cosign sign-blob` makes of the
+//! manifest bytes).
 //!
 //! The bundle model (v0.1–v0.3, the DSSE envelope and its PAE, in-toto statements) is
 //! sigstore-rust's `sigstore-types`; the signature is checked with the rule's keys
 //! (`keys::TrustedKey`, RustCrypto), as for `.sig` signatures. Keyless bundles (a Fulcio
 //! certificate instead of a key hint) are refused until the keyless check exists.
 
-use sigstore_types::bundle::VerificationMaterialContent;
-use sigstore_types::{Bundle, DsseEnvelope, SignatureContent, Statement};
+use sigstore_types::bundle::{MessageSignature, VerificationMaterialContent};
+use sigstore_types::{Bundle, DsseEnvelope, HashAlgorithm, SignatureContent, Statement};
 
 use super::referrers::MAX_BUNDLE_BYTES;
 use super::{Checked, Shortfall, plural};
@@ -23,7 +25,13 @@ pub const COSIGN_SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
 /// Every refusal of a bundle says so, so a reason never leaves the format to be guessed.
 const PREFIX: &str = "sigstore bundle: ";
 
-/// The signature is checked before the statement is read: until then it is anybody's text.
+/// What a key-signed bundle holds.
+enum Content {
+    Dsse(DsseEnvelope),
+    Message(MessageSignature),
+}
+
+/// The signature is checked before what it signs is read: until then it is anybody's text.
 pub(super) fn check_bundle<'k>(
     digest: &Digest,
     rule: &Rule,
@@ -31,29 +39,65 @@ pub(super) fn check_bundle<'k>(
     layer: &Digest,
     bytes: &[u8],
 ) -> Checked<'k> {
-    let envelope = match envelope(layer, bytes) {
-        Ok(envelope) => envelope,
-        Err((kind, text)) => return refused(None, kind, text),
-    };
+    match content(layer, bytes) {
+        Ok(Content::Dsse(envelope)) => check_dsse(digest, rule, keys, &envelope),
+        Ok(Content::Message(message)) => check_message(digest, rule, keys, &message),
+        Err((kind, text)) => refused(None, kind, text),
+    }
+}
+
+fn check_dsse<'k>(digest: &Digest, rule: &Rule, keys: &[&'k KeyRef], envelope: &DsseEnvelope) -> Checked<'k> {
     let signature = envelope.signature.sig.as_bytes();
     let pae = envelope.pae();
     let Some(key) = keys.iter().copied().find(|k| k.key.verify(&pae, signature).is_ok()) else {
-        let n = keys.len();
-        let text = format!("{PREFIX}signature does not verify with any of the {n} trusted {}", plural(n, "key"));
-        return refused(None, Shortfall::UntrustedKey, text);
+        return untrusted(keys.len());
     };
-    match check_statement(digest, rule, &envelope) {
+    match check_statement(digest, rule, envelope) {
         Ok(()) => Checked { key: Some(key), signed_name: None, problem: None },
         Err((kind, text)) => refused(Some(key), kind, text),
     }
+}
+
+/// A message signature is a signature over the manifest bytes, checked against their SHA-256:
+/// the bundle's message digest, which must then be the digest being pinned. Nothing else is
+/// signed, so this too names no image.
+fn check_message<'k>(digest: &Digest, rule: &Rule, keys: &[&'k KeyRef], message: &MessageSignature) -> Checked<'k> {
+    let unusable = |text: String| refused(None, Shortfall::UnusablePayload, format!("{PREFIX}{text}"));
+    let Some(signed) = &message.message_digest else {
+        return unusable("message signature without a message digest".to_owned());
+    };
+    if signed.algorithm != HashAlgorithm::Sha2256 {
+        return unusable(format!("message digest algorithm {}, not SHA2_256", signed.algorithm));
+    }
+    let Ok(hash) = <[u8; 32]>::try_from(signed.digest.as_bytes()) else {
+        return unusable(format!("message digest of {} bytes, not a SHA-256", signed.digest.as_bytes().len()));
+    };
+    let signature = message.signature.as_bytes();
+    let Some(key) = keys.iter().copied().find(|k| k.key.verify_prehashed(&hash, signature).is_ok()) else {
+        return untrusted(keys.len());
+    };
+    let hex = hex::encode(hash);
+    if digest.algorithm() != "sha256" || digest.hex() != hex {
+        let text = format!("{PREFIX}message signature is over sha256:{hex}, not {digest}");
+        return refused(Some(key), Shortfall::DigestMismatch, text);
+    }
+    match digest_only(rule) {
+        Ok(()) => Checked { key: Some(key), signed_name: None, problem: None },
+        Err((kind, text)) => refused(Some(key), kind, text),
+    }
+}
+
+fn untrusted<'k>(n: usize) -> Checked<'k> {
+    let text = format!("{PREFIX}signature does not verify with any of the {n} trusted {}", plural(n, "key"));
+    refused(None, Shortfall::UntrustedKey, text)
 }
 
 fn refused(key: Option<&KeyRef>, kind: Shortfall, text: String) -> Checked<'_> {
     Checked { key, signed_name: None, problem: Some((kind, text)) }
 }
 
-/// The DSSE envelope of a key-signed bundle.
-fn envelope(layer: &Digest, bytes: &[u8]) -> Result<DsseEnvelope, (Shortfall, String)> {
+/// The signed content of a key-signed bundle.
+fn content(layer: &Digest, bytes: &[u8]) -> Result<Content, (Shortfall, String)> {
     let unusable = |text: &str| (Shortfall::UnusablePayload, format!("{PREFIX}{text}"));
     if bytes.len() > MAX_BUNDLE_BYTES {
         return Err(unusable(&format!("{} bytes, more than the {MAX_BUNDLE_BYTES}-byte limit", bytes.len())));
@@ -72,10 +116,8 @@ fn envelope(layer: &Digest, bytes: &[u8]) -> Result<DsseEnvelope, (Shortfall, St
         _ => return Err(unusable("verification material of an unknown kind")),
     }
     match bundle.content {
-        SignatureContent::DsseEnvelope(envelope) => Ok(envelope),
-        SignatureContent::MessageSignature(_) => {
-            Err(unusable("holds a message signature; cosign signs images with a DSSE envelope"))
-        }
+        SignatureContent::DsseEnvelope(envelope) => Ok(Content::Dsse(envelope)),
+        SignatureContent::MessageSignature(message) => Ok(Content::Message(message)),
         _ => Err(unusable("content of an unknown kind")),
     }
 }
@@ -108,15 +150,20 @@ fn check_statement(digest: &Digest, rule: &Rule, envelope: &DsseEnvelope) -> Res
         let text = format!("signed statement names {}, not {digest}", subjects(&statement));
         return Err((Shortfall::DigestMismatch, format!("{PREFIX}{text}")));
     }
-    if rule.identity != IdentityRule::Ignore {
-        let text = format!(
-            "names no image, only its digest, and the rule's identity {} needs one \
-             (identity = \"ignore\" accepts digest-only signatures)",
-            rule.identity.name()
-        );
-        return Err((Shortfall::IdentityMismatch, format!("{PREFIX}{text}")));
+    digest_only(rule)
+}
+
+/// A bundle names no image, only its digest: it counts only where the rule says it may.
+fn digest_only(rule: &Rule) -> Result<(), (Shortfall, String)> {
+    if rule.identity == IdentityRule::Ignore {
+        return Ok(());
     }
-    Ok(())
+    let text = format!(
+        "names no image, only its digest, and the rule's identity {} needs one \
+         (identity = \"ignore\" accepts digest-only signatures)",
+        rule.identity.name()
+    );
+    Err((Shortfall::IdentityMismatch, format!("{PREFIX}{text}")))
 }
 
 fn names_digest(statement: &Statement, digest: &Digest) -> bool {

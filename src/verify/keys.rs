@@ -107,11 +107,26 @@ impl TrustedKey {
 
     /// `Ok` only if `signature` is a valid signature over exactly `payload` by this key.
     pub fn verify(&self, payload: &[u8], signature: &[u8]) -> Result<(), BadSignature> {
+        let hashed: [u8; 32] = Sha256::digest(payload).into();
         let valid = match &self.kind {
-            KeyKind::EcdsaP256(key) => verify_p256(key, payload, signature),
-            KeyKind::EcdsaP384(key) => verify_p384(key, payload, signature),
-            KeyKind::Rsa(key) => verify_rsa(key, payload, signature),
+            KeyKind::EcdsaP256(key) => verify_p256(key, &hashed, signature),
+            KeyKind::EcdsaP384(key) => verify_p384(key, &hashed, signature),
+            KeyKind::Rsa(key) => verify_rsa(key, &hashed, signature),
             KeyKind::Ed25519(key) => verify_ed25519(key, payload, signature),
+        };
+        if valid { Ok(()) } else { Err(BadSignature) }
+    }
+
+    /// `Ok` only if `signature` is this key's signature over a message whose SHA-256 is
+    /// `sha256`, the message itself unseen (a sigstore bundle's message signature over an image
+    /// digest). Ed25519 signs the message itself, not its hash, so an Ed25519 key never verifies
+    /// here.
+    pub fn verify_prehashed(&self, sha256: &[u8; 32], signature: &[u8]) -> Result<(), BadSignature> {
+        let valid = match &self.kind {
+            KeyKind::EcdsaP256(key) => verify_p256(key, sha256, signature),
+            KeyKind::EcdsaP384(key) => verify_p384(key, sha256, signature),
+            KeyKind::Rsa(key) => verify_rsa(key, sha256, signature),
+            KeyKind::Ed25519(_) => false,
         };
         if valid { Ok(()) } else { Err(BadSignature) }
     }
@@ -210,29 +225,26 @@ fn parse_rsa(spki: &SubjectPublicKeyInfoRef<'_>) -> Result<RsaPublicKey, KeyErro
 
 // cosign hashes with SHA-256 for both curves (LoadPublicKey uses crypto.SHA256), so P-384 is
 // verified over a SHA-256 prehash rather than the curve's customary SHA-384.
-fn verify_p256(key: &p256::ecdsa::VerifyingKey, payload: &[u8], signature: &[u8]) -> bool {
-    p256::ecdsa::Signature::from_der(signature)
-        .is_ok_and(|sig| key.verify_prehash(&Sha256::digest(payload), &sig).is_ok())
+fn verify_p256(key: &p256::ecdsa::VerifyingKey, sha256: &[u8; 32], signature: &[u8]) -> bool {
+    p256::ecdsa::Signature::from_der(signature).is_ok_and(|sig| key.verify_prehash(sha256, &sig).is_ok())
 }
 
-fn verify_p384(key: &p384::ecdsa::VerifyingKey, payload: &[u8], signature: &[u8]) -> bool {
-    p384::ecdsa::Signature::from_der(signature)
-        .is_ok_and(|sig| key.verify_prehash(&Sha256::digest(payload), &sig).is_ok())
+fn verify_p384(key: &p384::ecdsa::VerifyingKey, sha256: &[u8; 32], signature: &[u8]) -> bool {
+    p384::ecdsa::Signature::from_der(signature).is_ok_and(|sig| key.verify_prehash(sha256, &sig).is_ok())
 }
 
 // cosign signs with PKCS#1 v1.5, other sigstore tooling with PSS. The rsa crate cannot
 // auto-detect the PSS salt length, so try the two that signers actually use: the digest length
 // (OpenSSL "digest", sigstore) and the maximum (Go's PSSSaltLengthAuto, OpenSSL default).
-fn verify_rsa(key: &RsaPublicKey, payload: &[u8], signature: &[u8]) -> bool {
-    let hashed = Sha256::digest(payload);
-    if key.verify(Pkcs1v15Sign::new::<Sha256>(), &hashed, signature).is_ok() {
+fn verify_rsa(key: &RsaPublicKey, hashed: &[u8; 32], signature: &[u8]) -> bool {
+    if key.verify(Pkcs1v15Sign::new::<Sha256>(), hashed, signature).is_ok() {
         return true;
     }
     let em_len = (key.n().bits() - 1).div_ceil(8);
     let max_salt = em_len.saturating_sub(hashed.len() + 2);
     [hashed.len(), max_salt]
         .into_iter()
-        .any(|salt| key.verify(Pss::new_with_salt::<Sha256>(salt), &hashed, signature).is_ok())
+        .any(|salt| key.verify(Pss::new_with_salt::<Sha256>(salt), hashed, signature).is_ok())
 }
 
 // Strict verification rejects malleable signatures and small-order keys; Go's ed25519 (cosign)
@@ -273,6 +285,29 @@ mod tests {
             let key = TrustedKey::from_pem(pem.as_bytes()).unwrap();
             (sk, key)
         })
+    }
+
+    #[test]
+    fn a_prehashed_check_verifies_over_the_given_digest_and_never_with_ed25519() {
+        let hashed: [u8; 32] = Sha256::digest(PAYLOAD).into();
+        let (sk, key) = p256_key();
+        let sig = p256_der(&sk, PAYLOAD);
+        assert_eq!(key.verify_prehashed(&hashed, &sig), Ok(()));
+        let mut other = hashed;
+        other[0] ^= 1;
+        assert_eq!(key.verify_prehashed(&other, &sig), Err(BadSignature));
+        let (rsa_sk, rsa_key) = rsa_2048();
+        let v15 = rsa_sk.sign(Pkcs1v15Sign::new::<Sha256>(), &hashed).unwrap();
+        assert_eq!(rsa_key.verify_prehashed(&hashed, &v15), Ok(()));
+        assert_eq!(rsa_key.verify_prehashed(&other, &v15), Err(BadSignature));
+        let mut seed = [0u8; 32];
+        OsRng.fill_bytes(&mut seed);
+        let ed = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let pem = ed.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
+        let ed_key = TrustedKey::from_pem(pem.as_bytes()).unwrap();
+        let ed_sig = ed.sign(&hashed).to_bytes();
+        assert_eq!(ed_key.verify(&hashed, &ed_sig), Ok(()), "a valid signature over the digest's bytes");
+        assert_eq!(ed_key.verify_prehashed(&hashed, &ed_sig), Err(BadSignature));
     }
 
     #[test]

@@ -139,6 +139,21 @@ pub fn parse_referrer_index(bytes: &[u8], content_type: &str) -> Result<Vec<Refe
         .collect()
 }
 
+/// The signature referrers of every page of a referrers list, in order; the limit applies to
+/// all of them together. Each page comes with the media type the registry served it as.
+pub fn parse_referrer_pages<'p>(
+    pages: impl IntoIterator<Item = (&'p [u8], &'p str)>,
+) -> Result<Vec<Referrer>, ReferrerError> {
+    let mut all = Vec::new();
+    for (bytes, content_type) in pages {
+        all.extend(parse_referrer_index(bytes, content_type)?);
+        if all.len() > MAX_SIGNATURE_REFERRERS {
+            return Err(ReferrerError::TooMany { count: all.len() });
+        }
+    }
+    Ok(all)
+}
+
 /// Older cosign set the artifact type only on the referrer's config; the referrers API and
 /// cosign's tag-schema index copy it into the entry's `artifactType` either way.
 fn referrer_kind(entry: &RawDescriptor) -> Option<ReferrerKind> {
@@ -250,6 +265,18 @@ mod tests {
         entries.push(entry(D1, BUNDLE));
         let err = parse_referrer_index(&index(entries), "").unwrap_err();
         assert_eq!(err, ReferrerError::TooMany { count: MAX_SIGNATURE_REFERRERS + 1 });
+    }
+
+    #[test]
+    fn the_signature_referrer_limit_counts_every_page_together() {
+        let half: Vec<_> = (0..MAX_SIGNATURE_REFERRERS / 2).map(|_| entry(D1, BUNDLE)).collect();
+        let (page, last) = (index(half), index(vec![entry(D2, SIMPLE_SIGNING_ARTIFACT_TYPE)]));
+        let two = parse_referrer_pages([(&page[..], ""), (&last[..], "")]).unwrap();
+        assert_eq!(two.len(), MAX_SIGNATURE_REFERRERS / 2 + 1);
+        assert_eq!(two.last().map(|r| r.kind), Some(ReferrerKind::SimpleSigning), "in page order");
+        let err = parse_referrer_pages([(&page[..], ""), (&page[..], ""), (&last[..], "")]).unwrap_err();
+        assert_eq!(err, ReferrerError::TooMany { count: MAX_SIGNATURE_REFERRERS + 1 });
+        assert!(parse_referrer_pages([(&page[..], ""), (&b"{}"[..], "")]).is_err(), "a broken page breaks the list");
     }
 
     #[test]

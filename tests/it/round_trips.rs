@@ -14,9 +14,13 @@
 //! | cold, by digest                               | 3: (signature manifest ‖ referrers tag), payload |
 //! | again within the cache TTL                    | 0                                     |
 //! | cold, by tag, cosign v3 bundle                | 5: resolve, (signature manifest ‖ referrers tag), bundle manifest, bundle |
+//! | the same, in wall time                        | one round trip more than a `.sig`-signed image: 4 against 3 |
 //! | again within the cache TTL                    | 1: resolve                            |
 //! | 48 at once, uncached                          | 1 signature manifest for all of them  |
 //! | cold, by tag, through a hosts.toml mirror     | 4, the same as direct, all at the mirror (`mirrors.rs`) |
+//!
+//! The referrers API (`/v2/<repo>/referrers/<digest>`, 404 on docker-registry) is asked at once
+//! with the referrers tag; it is not a manifest or blob read, so not counted above.
 
 use crate::common;
 use common::policy;
@@ -162,6 +166,55 @@ async fn a_bundle_signed_pull_costs_two_reads_more_than_the_lookup() {
     pull(&running, &image).await.expect("bundle-signed image by tag, again");
     assert_eq!(take_reads(&front, "rtb/bundled"), ["manifests/v1"], "warm pull by tag");
     running.stop().await;
+}
+
+/// With every registry request a fixed round trip away, a cold check of a bundle-signed image
+/// (resolve, then the `.sig` tag, the referrers API and the referrers tag at once, then the bundle
+/// manifest, then the bundle) takes one round trip more than that of a `.sig`-signed one
+/// (resolve, the same concurrent lookup, the payload): four round trips, not one per request.
+/// Wall-clock bounds because the bound is the claim, each with half a round trip of margin.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cold_bundle_check_costs_one_round_trip_more_than_a_legacy_one() {
+    const ROUND_TRIP: Duration = Duration::from_millis(250);
+    let lab = Lab::start();
+    let front = Front::start(&lab.registry);
+    let key = CosignKey::generate();
+    push_signed(&lab, &front, "rtw/legacy", "legacy", &key);
+    let digest = lab.push_image("rtw/bundled:v1", "bundled");
+    key.sign_bundle(&lab.registry, "rtw/bundled", &digest);
+    front.delay("/v2/rtw/", ROUND_TRIP);
+
+    let dir = tempfile::tempdir().expect("policy dir");
+    let registry = front.addr();
+    let rules = format!(
+        "{}\n{}identity = \"ignore\"\n",
+        policy::signed(&format!("{registry}/rtw/legacy"), &["a.pub"]),
+        policy::signed(&format!("{registry}/rtw/bundled"), &["a.pub"]),
+    );
+    std::fs::write(dir.path().join("a.pub"), key.public_pem()).expect("write key");
+    std::fs::write(dir.path().join("rtw.toml"), rules).expect("write policy");
+    let policy = Policy::load(dir.path(), None).expect("policy loads");
+    let config = RegistryConfig { insecure: vec![registry.clone()], ..RegistryConfig::default() };
+    let client = Arc::new(HttpRegistry::new(&config).expect("registry client"));
+    let gate = Gate::new(SharedPolicy::new(policy), client, Duration::from_secs(10));
+    let check = |repo: &str| {
+        let pull = PullRequest { image: format!("{registry}/rtw/{repo}:v1"), ..Default::default() };
+        let (gate, repo) = (&gate, repo.to_owned());
+        async move {
+            let decision = gate.decide(&pull).await;
+            assert_eq!(decision.verdict, Verdict::Accepted, "{repo}: {}", decision.reason);
+            decision.elapsed
+        }
+    };
+
+    let legacy = check("legacy").await;
+    let bundled = check("bundled").await;
+    let margin = ROUND_TRIP / 2;
+    assert!(legacy >= ROUND_TRIP * 3, "legacy check in {legacy:?}: the delay did not apply");
+    assert!(legacy < ROUND_TRIP * 3 + margin, "legacy check in {legacy:?}: more than 3 round trips");
+    assert!(bundled >= ROUND_TRIP * 4, "bundle check in {bundled:?}: the delay did not apply");
+    assert!(bundled < legacy + ROUND_TRIP + margin, "bundle check in {bundled:?}, legacy in {legacy:?}");
+    eprintln!("round trip {ROUND_TRIP:?}: legacy check {legacy:?}, bundle check {bundled:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

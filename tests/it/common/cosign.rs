@@ -453,6 +453,16 @@ impl CosignKey {
         self.cosign_with(&args, &[("COSIGN_EXPERIMENTAL", "1")]);
     }
 
+    /// `cosign sign-blob --bundle` of `blob`, offline: a sigstore bundle (v0.3) holding a
+    /// message signature over the blob's SHA-256, as cosign v3 writes one for a blob. cosign
+    /// never attaches such a bundle to an image (`cosign attach` takes only DSSE bundles).
+    pub fn sign_blob_bundle(&self, blob: &[u8]) -> Vec<u8> {
+        fs::write(self.dir.path().join("blob"), blob).expect("write blob");
+        let flags = ["--tlog-upload=false", "--use-signing-config=false", "--bundle", "blob.bundle"];
+        self.cosign(&[&["sign-blob", "--key", "cosign.key", "--yes"][..], &flags, &["blob"]].concat());
+        fs::read(self.dir.path().join("blob.bundle")).expect("read the bundle cosign wrote")
+    }
+
     /// `cosign attest` of a `predicate_type` attestation (e.g. "slsaprovenance1") to
     /// `registry/repo@digest`: a bundle referrer like a signature's, with another predicate.
     pub fn attest(&self, registry: &str, repo: &str, digest: &str, predicate_type: &str) {

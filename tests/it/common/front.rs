@@ -126,6 +126,7 @@ struct State {
     held: Vec<(String, tokio::sync::watch::Receiver<bool>)>,
     /// Every request must carry exactly this Authorization; others get a Basic challenge.
     authorization: Option<String>,
+    delays: Vec<(String, Duration)>,
 }
 
 pub struct Front {
@@ -218,6 +219,12 @@ impl Front {
     /// Authorization is not `value`: a mirror with credentials of its own.
     pub fn require_authorization(&self, value: &str) {
         lock(&self.state).authorization = Some(value.to_owned());
+    }
+
+    /// Requests whose path starts with `path_prefix` are answered `delay` late (the longest
+    /// delay of those matching): a registry a fixed round trip away.
+    pub fn delay(&self, path_prefix: &str, delay: Duration) {
+        lock(&self.state).delays.push((path_prefix.into(), delay));
     }
 
     pub fn hostile(&self, path_prefix: &str, behaviour: Hostile) {
@@ -325,11 +332,17 @@ async fn handle(
     let user_agent = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let path = req.uri().path().to_owned();
     let read = req.method() == Method::GET || req.method() == Method::HEAD;
-    let held: Vec<_> = {
+    let (held, delay): (Vec<_>, _) = {
         let mut state = lock(&state);
         state.seen.push(Seen { method: req.method().to_string(), path: path.clone(), user_agent: user_agent.clone() });
-        state.held.iter().filter(|(prefix, _)| path.starts_with(prefix.as_str())).map(|(_, h)| h.clone()).collect()
+        let held =
+            state.held.iter().filter(|(prefix, _)| path.starts_with(prefix.as_str())).map(|(_, h)| h.clone()).collect();
+        let delay = state.delays.iter().filter(|(prefix, _)| path.starts_with(prefix.as_str())).map(|(_, d)| *d).max();
+        (held, delay)
     };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     for mut hold in held {
         // A dropped `Hold` releases too (the wait then ends with an error).
         let _ = hold.wait_for(|released| *released).await;
