@@ -18,8 +18,8 @@ use super::auth::{AuthState, BearerChallenge, Challenge, Issuer, TokenKey, prefe
 use super::hosts::{self, HostConfig, HostsTable, Operation, Scheme, SharedHosts, TlsMaterial};
 use super::insecure::InsecureHosts;
 use super::limits::{
-    CONNECT_TIMEOUT, IDLE_CONNECTION_TIMEOUT, MANIFEST_MAX_BYTES, MAX_ERROR_DETAIL_CHARS, MAX_IDLE_CONNECTIONS_PER_HOST,
-    MAX_REDIRECTS, MAX_REFERENCE_LEN, MAX_REFERRER_PAGES, MAX_TLS_CLIENTS,
+    CONNECT_TIMEOUT, IDLE_CONNECTION_TIMEOUT, MANIFEST_MAX_BYTES, MAX_ERROR_DETAIL_CHARS,
+    MAX_IDLE_CONNECTIONS_PER_HOST, MAX_REDIRECTS, MAX_REFERENCE_LEN, MAX_REFERRER_PAGES, MAX_TLS_CLIENTS,
 };
 use super::referrers_api::ReferrersApiAbsent;
 use super::response::{Origin, check_status, read_capped, transport_error, verify_digest};
