@@ -22,6 +22,8 @@
 //! | k/no-sct       | certificate without an embedded SCT                 | refused: SCT         |
 //! | k/forged-sct   | SCT signed by a CT key outside the root             | refused: SCT         |
 //! | k/foreign-ca   | certificate from a CA outside the root              | refused: chain       |
+//! | k/chain        | `--certificate`/`--certificate-chain` (the root CA)  | pulled, pinned       |
+//! | k/chain-foreign| the same from a CA outside the root, in the chain   | refused: chain       |
 
 use crate::common;
 
@@ -45,12 +47,15 @@ struct Case {
     subject: &'static str,
     issuer: &'static str,
     spoil: Spoil,
+    /// Signed with `--certificate`/`--certificate-chain` (the issuing CA in the `chain`
+    /// annotation) instead of through Fulcio.
+    with_chain: bool,
     /// Words of `cosign verify`'s refusal, or None when cosign accepts it.
     cosign_refusal: Option<&'static str>,
 }
 
 const fn case(repo: &'static str, spoil: Spoil, cosign_refusal: Option<&'static str>) -> Case {
-    Case { repo, subject: SUBJECT, issuer: ISSUER, spoil, cosign_refusal }
+    Case { repo, subject: SUBJECT, issuer: ISSUER, spoil, with_chain: false, cosign_refusal }
 }
 
 const CASES: &[Case] = &[
@@ -67,6 +72,12 @@ const CASES: &[Case] = &[
     case("k/no-sct", Spoil::NoSct, Some("certificate does not include required embedded SCT")),
     case("k/forged-sct", Spoil::ForgedSct, Some("only able to verify 0 SCT entries")),
     case("k/foreign-ca", Spoil::ForeignCa, Some("leaf certificate verification failed")),
+    Case { with_chain: true, ..case("k/chain", Spoil::None, None) },
+    // The foreign CA is in the signature's own chain annotation: it is still not trusted.
+    Case {
+        with_chain: true,
+        ..case("k/chain-foreign", Spoil::ForeignCa, Some("leaf certificate verification failed"))
+    },
 ];
 
 /// The lab, the instance and every case's image, signed once per test process: the tests only
@@ -86,7 +97,8 @@ fn shared() -> &'static Shared {
         for case in CASES {
             let digest = lab.push_image(&format!("{}:v1", case.repo), case.repo);
             let signing = sigstore.signing(&lab.registry, case.repo, &digest);
-            signing.identity(case.subject, case.issuer).spoil(case.spoil).run();
+            let signing = signing.identity(case.subject, case.issuer).spoil(case.spoil);
+            if case.with_chain { signing.with_chain().run() } else { signing.run() }
         }
         let bundle = lab.push_image("k/bundle:v1", "k/bundle");
         sigstore.signing(&lab.registry, "k/bundle", &bundle).bundle().run();
@@ -132,8 +144,25 @@ fn cosign_itself_judges_the_fixture_as_the_table_says() {
             (Err(why), None) => panic!("{}: cosign refused it: {why}", case.repo),
         }
     }
+    // The routes differ where the table says: only `--certificate-chain` fills the chain.
+    assert_eq!(chain_annotation(registry, "k/good"), "", "cosign keeps no chain from Fulcio");
+    assert!(chain_annotation(registry, "k/chain").starts_with("-----BEGIN CERTIFICATE-----"));
     let bundle = format!("{registry}/k/bundle@{}", shared.bundle);
     shared.sigstore.cosign_verify(&bundle, SUBJECT, ISSUER).expect("cosign verifies the v3 bundle");
+}
+
+/// The `dev.sigstore.cosign/chain` annotation of `repo:v1`'s one `.sig` layer.
+fn chain_annotation(registry: &str, repo: &str) -> String {
+    let get = |reference: &str| {
+        let url = format!("http://{registry}/v2/{repo}/manifests/{reference}");
+        let got = cosign::http_get(&url, common::front::ACCEPT_MANIFESTS, None);
+        assert_eq!(got.status, 200, "{url}");
+        got.body
+    };
+    let signatures: serde_json::Value =
+        serde_json::from_slice(&get(&cosign::signature_tag(&cosign::sha256_digest(&get("v1"))))).expect("JSON");
+    let annotation = &signatures["layers"][0]["annotations"]["dev.sigstore.cosign/chain"];
+    annotation.as_str().unwrap_or_else(|| panic!("{repo}: no chain annotation: {signatures}")).to_owned()
 }
 
 /// Pulls `repo:v1` through `pullgate`; asserts it was pulled pinned to what was verified.
@@ -166,6 +195,7 @@ async fn the_right_identity_is_accepted_and_pinned() {
     let pullgate = start_pullgate(shared).await;
     assert_accepted(shared, &pullgate.socket, "k/good").await;
     assert_accepted(shared, &pullgate.socket, "w/workflow").await;
+    assert_accepted(shared, &pullgate.socket, "k/chain").await;
     pullgate.stop().await;
 }
 
@@ -195,6 +225,7 @@ async fn an_expired_chain_or_a_ca_outside_the_root_is_refused() {
     let pullgate = start_pullgate(shared).await;
     assert_refused(shared, &pullgate.socket, "k/expired", "certificate chain is invalid").await;
     assert_refused(shared, &pullgate.socket, "k/foreign-ca", "certificate chain is invalid").await;
+    assert_refused(shared, &pullgate.socket, "k/chain-foreign", "certificate chain is invalid").await;
     pullgate.stop().await;
 }
 

@@ -99,6 +99,7 @@ impl Sigstore {
             issuer: ISSUER.into(),
             spoil: Spoil::None,
             bundle: false,
+            with_chain: false,
             extra: Vec::new(),
         }
     }
@@ -134,6 +135,7 @@ pub struct KeylessSigning<'a> {
     issuer: String,
     spoil: Spoil,
     bundle: bool,
+    with_chain: bool,
     extra: Vec<String>,
 }
 
@@ -163,22 +165,67 @@ impl KeylessSigning<'_> {
         self
     }
 
+    /// The `--certificate`/`--certificate-chain` route instead of Fulcio, which is the only
+    /// one that fills the `chain` annotation (cosign keeps only the leaf Fulcio returns): cosign
+    /// makes a key pair, the instance issues a certificate for it (the issuing CA as the
+    /// chain), `cosign sign-blob` signs cosign's own payload for the image and logs it, and
+    /// `cosign attach signature` writes the `.sig` layer with all three annotations. (`cosign
+    /// sign --certificate-chain` checks the chain but, in v3.1.3's legacy format, writes it
+    /// empty.) Legacy format only.
+    pub fn with_chain(mut self) -> Self {
+        self.with_chain = true;
+        self
+    }
+
     pub fn run(self) {
-        let stack = Stack::start(&self.sigstore.dir.path().join("instance"), self.spoil.case());
-        let token = self.sigstore.dir.path().join("token");
+        let instance = self.sigstore.dir.path().join("instance");
+        let stack = Stack::start(&instance, self.spoil.case());
+        let work = tempfile::tempdir_in(self.sigstore.dir.path()).expect("signing dir");
+        let token = work.path().join("token");
         fs::write(&token, identity_token(&self.subject, &self.issuer)).expect("write token");
+        if self.with_chain {
+            return self.run_with_chain(work.path(), &token, &stack);
+        }
         let mut cmd = self.sigstore.cosign();
-        cmd.env("SIGSTORE_CT_LOG_PUBLIC_KEY_FILE", self.sigstore.dir.path().join("instance/ctfe.pub"));
+        cmd.env("SIGSTORE_CT_LOG_PUBLIC_KEY_FILE", instance.join("ctfe.pub"));
         cmd.args(["sign", "--yes", "--use-signing-config=false", "--allow-http-registry"]);
         cmd.args(["--fulcio-url", &stack.url, "--rekor-url", &stack.url]).arg("--identity-token").arg(&token);
         cmd.arg(format!("--new-bundle-format={}", self.bundle));
-        if self.spoil == Spoil::NoTlogEntry {
-            cmd.arg("--tlog-upload=false");
-        }
-        cmd.args(&self.extra).arg(&self.image);
+        cmd.args(self.tlog_upload()).args(&self.extra).arg(&self.image);
         run(cmd, &format!("keyless cosign sign of {} ({:?})", self.image, self.spoil));
     }
+
+    fn tlog_upload(&self) -> &'static [&'static str] {
+        if self.spoil == Spoil::NoTlogEntry { &["--tlog-upload=false"] } else { &[] }
+    }
+
+    fn run_with_chain(&self, work: &Path, token: &Path, stack: &Stack) {
+        assert!(!self.bundle && self.extra.is_empty(), "the chain route writes the legacy format only");
+        let cosign = |args: &[&str]| {
+            let mut cmd = self.sigstore.cosign();
+            cmd.current_dir(work).env("COSIGN_PASSWORD", COSIGN_PASSWORD).args(args);
+            run(cmd, &format!("cosign {}", args.join(" ")))
+        };
+        cosign(&["generate-key-pair"]);
+        let mut issue = Command::new("python3");
+        issue.arg(stack_script()).arg("issue").arg(self.sigstore.dir.path().join("instance"));
+        issue.args(["--case", self.spoil.case(), "--public-key", "cosign.pub"]).arg("--token").arg(token);
+        issue.current_dir(work).args(["--out", "."]);
+        run(issue, "sigstore_stack.py issue");
+        fs::write(work.join("payload.json"), cosign(&["generate", &self.image]).trim_end()).expect("write payload");
+        let certificate = ["--certificate", "leaf.pem", "--certificate-chain", "chain.pem"];
+        let sign =
+            ["sign-blob", "--yes", "--key", "cosign.key", "--use-signing-config=false", "--rekor-url", &stack.url];
+        let outputs = ["--new-bundle-format=false", "--bundle", "local.json", "--output-signature", "payload.sig"];
+        cosign(&[&sign[..], &certificate, &outputs, self.tlog_upload(), &["payload.json"]].concat());
+        let attach = ["attach", "signature", "--payload", "payload.json", "--signature", "payload.sig"];
+        let rekor = ["--rekor-response", "local.json", "--allow-http-registry", &self.image];
+        cosign(&[&attach[..], &certificate, &rekor].concat());
+    }
 }
+
+/// What cosign encrypts the `--certificate` route's key with, and decrypts it with.
+const COSIGN_PASSWORD: &str = "pullgate-test-key";
 
 /// An unsigned JWT with the claims cosign reads (it never verifies the token: Fulcio would).
 /// cosign takes a token inline only if it parses as an RS256 JWT, so it is passed as a file.

@@ -7,7 +7,11 @@ two APIs `cosign sign` calls when signing keyless, so that cosign itself signs, 
                                      ctfe.pub for SIGSTORE_CT_LOG_PUBLIC_KEY_FILE)
   sigstore_stack.py serve DIR --case C
                                      serves on 127.0.0.1 (port printed on the first stdout line)
-                                     until stdin closes:
+                                     until stdin closes (below)
+  sigstore_stack.py issue DIR --case C --public-key PEM --token FILE --out OUT
+                                     writes OUT/leaf.pem and OUT/chain.pem (the issuing CA), as
+                                     Fulcio would issue them, for a key cosign holds
+  The server:
     POST /api/v2/signingCert   Fulcio: a short-lived certificate for the request's public key,
                                for the identity token's `email` (else `sub`, as a URI) and `iss`,
                                with an embedded SCT from the CT log key.
@@ -99,16 +103,31 @@ def token_claims(token):
     return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
 
 
-def signing_cert(instance, request, token):
-    claims = token_claims(token)
-    public = serialization.load_pem_public_key(request["publicKeyRequest"]["publicKey"]["content"].encode())
+def issue(instance, public_pem, claims):
+    """The certificate for `public_pem` and the identity in `claims`, and the CA that issued it."""
+    public = serialization.load_pem_public_key(public_pem)
     args = argparse.Namespace(case=instance.case, issuer=claims["iss"], subject_email=claims.get("email"),
                               subject_uri=None if claims.get("email") else claims["sub"])
     issuer = "foreign" if instance.case == "foreign-ca" else "ca"
     now = datetime.datetime.now(datetime.timezone.utc)
     leaf = ts.leaf_certificate(instance.certs[issuer], instance.keys[issuer], instance.keys["ct"], PublicOnly(public),
                                args, now)
-    return {"signedCertificateEmbeddedSct": {"chain": {"certificates": [pem(leaf), pem(instance.certs[issuer])]}}}
+    return leaf, instance.certs[issuer]
+
+
+def signing_cert(instance, request, token):
+    public = request["publicKeyRequest"]["publicKey"]["content"].encode()
+    leaf, ca = issue(instance, public, token_claims(token))
+    return {"signedCertificateEmbeddedSct": {"chain": {"certificates": [pem(leaf), pem(ca)]}}}
+
+
+def issue_files(directory, case, public_file, token_file, out):
+    """For `cosign sign --key --certificate --certificate-chain`: out/leaf.pem, out/chain.pem."""
+    leaf, ca = issue(Instance(directory, case), open(public_file, "rb").read(), token_claims(open(token_file).read()))
+    with open(os.path.join(out, "leaf.pem"), "w") as f:
+        f.write(pem(leaf))
+    with open(os.path.join(out, "chain.pem"), "w") as f:
+        f.write(pem(ca))
 
 
 def checkpoint(rekor_key, root_hash):
@@ -181,14 +200,19 @@ def serve(directory, case):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["init", "serve"])
+    parser.add_argument("command", choices=["init", "serve", "issue"])
     parser.add_argument("dir")
     parser.add_argument("--case", choices=CASES, default="good")
+    parser.add_argument("--public-key", help="issue: the PEM public key to certify")
+    parser.add_argument("--token", help="issue: the identity token file")
+    parser.add_argument("--out", help="issue: where leaf.pem and chain.pem go")
     args = parser.parse_args()
     if args.command == "init":
         init(args.dir)
-    else:
+    elif args.command == "serve":
         serve(args.dir, args.case)
+    else:
+        issue_files(args.dir, args.case, args.public_key, args.token, args.out)
 
 
 if __name__ == "__main__":
