@@ -424,6 +424,7 @@ impl JsonCtx<'_> {
             namespaces: None,
             require,
             keys,
+            identities: Vec::new(),
             threshold,
             identity,
             mode: Mode::Enforce,
