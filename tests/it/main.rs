@@ -15,6 +15,7 @@ mod hostile;
 mod hostile_clients;
 mod install;
 mod keyless;
+mod keyless_images;
 mod kubelet_client;
 mod lifecycle;
 mod media_types;
