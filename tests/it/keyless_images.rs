@@ -196,7 +196,6 @@ async fn assert_refused(shared: &Shared, socket: &std::path::Path, repo: &str, w
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "the daemon side of keyless (keyless14d) is not merged yet"]
 async fn the_right_identity_is_accepted_and_pinned() {
     let shared = shared();
     let pullgate = start_pullgate(shared).await;
@@ -207,7 +206,6 @@ async fn the_right_identity_is_accepted_and_pinned() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "the daemon side of keyless (keyless14d) is not merged yet"]
 async fn a_v3_bundle_with_a_certificate_is_accepted_and_pinned() {
     let shared = shared();
     let pullgate = start_pullgate(shared).await;
@@ -216,7 +214,6 @@ async fn a_v3_bundle_with_a_certificate_is_accepted_and_pinned() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "the daemon side of keyless (keyless14d) is not merged yet"]
 async fn another_subject_or_issuer_is_refused() {
     let shared = shared();
     let pullgate = start_pullgate(shared).await;
@@ -226,7 +223,6 @@ async fn another_subject_or_issuer_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "the daemon side of keyless (keyless14d) is not merged yet"]
 async fn an_expired_chain_or_a_ca_outside_the_root_is_refused() {
     let shared = shared();
     let pullgate = start_pullgate(shared).await;
@@ -237,7 +233,6 @@ async fn an_expired_chain_or_a_ca_outside_the_root_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "the daemon side of keyless (keyless14d) is not merged yet"]
 async fn a_missing_or_forged_set_is_refused() {
     let shared = shared();
     let pullgate = start_pullgate(shared).await;
@@ -248,7 +243,6 @@ async fn a_missing_or_forged_set_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "the daemon side of keyless (keyless14d) is not merged yet"]
 async fn a_missing_or_forged_sct_is_refused() {
     let shared = shared();
     let pullgate = start_pullgate(shared).await;
@@ -280,7 +274,6 @@ fn take_reads(front: &Front, repo: &str, digest: &str) -> Vec<String> {
 /// travel in the `.sig` manifest's annotations and the trust material is local, so nothing
 /// more is fetched, from the registry or anywhere.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "the daemon side of keyless (keyless14d) is not merged yet"]
 async fn a_cold_keyless_pull_reads_what_a_key_signed_one_does() {
     let lab = Lab::start();
     let front = Front::start(&lab.registry);
