@@ -53,7 +53,7 @@ pub(super) fn check<'a>(
     for trust in distinct_trusts(rule) {
         let found = match keyless::verify_certificate(&trust.root, bundle, artifact(), trust.sct) {
             Ok(certified) => matched(rule, trust, certified),
-            Err(refusal) => Err(refused(refusal.check, &refusal.text)),
+            Err(refusal) => Err(refused(refusal.check, &format!("{}{}", refusal.text, claimed(bundle)))),
         };
         match found {
             Ok(signer) => return Ok(signer),
@@ -83,6 +83,16 @@ fn matched(rule: &Rule, trust: &Arc<CertificateTrust>, certified: Certified) -> 
     Ok(Signer { id: (subject, issuer), groups, label })
 }
 
+/// Whom the certificate names, unverified, so that an operator can tell whose signature failed.
+fn claimed(bundle: &Bundle) -> String {
+    let info = bundle.signing_certificate().and_then(|der| sigstore_verify::crypto::parse_certificate_info(der).ok());
+    let Some(info) = info else { return String::new() };
+    let subject = info.identity.as_ref().map_or("no SAN", |san| san.as_str());
+    let issuer = info.issuer.as_deref().unwrap_or("no issuer");
+    let shown = |text: &str| text.chars().take(200).collect::<String>();
+    format!(" (certificate of {:?} from {:?}, unverified)", shown(subject), shown(issuer))
+}
+
 /// Which half of the signer failed: the subject when some identity accepts the issuer (the
 /// usual case: the right CI, another workflow), else the issuer.
 fn mismatch(rule: &Rule, subject: &str, issuer: &str) -> String {
@@ -100,7 +110,7 @@ fn mismatch(rule: &Rule, subject: &str, issuer: &str) -> String {
 }
 
 fn refused(check: &str, text: &str) -> (Shortfall, String) {
-    let text: String = text.chars().take(300).collect();
+    let text: String = text.chars().take(800).collect();
     (Shortfall::UntrustedCertificate, format!("keyless signature: {check} check failed: {text}"))
 }
 

@@ -8,7 +8,7 @@ use crate::common;
 use common::cosign::CosignKey;
 use common::cri;
 use common::lab::Lab;
-use common::sigstore::{ISSUER, SUBJECT, Sigstore};
+use common::sigstore::{ISSUER, SUBJECT, Sigstore, Spoil};
 use common::store;
 use pullgate::config::Config;
 
@@ -24,6 +24,8 @@ async fn a_threshold_of_two_needs_the_key_and_the_identity() {
     sigstore.signing(&lab.registry, "t/keyless", &keyless_only).run();
     let key_only = lab.push_image("t/key:v1", "key");
     key.sign(&lab.registry, "t/key", &key_only);
+    let no_sct = lab.push_image("t/no-sct:v1", "no-sct");
+    sigstore.signing(&lab.registry, "t/no-sct", &no_sct).spoil(Spoil::NoSct).run();
     // Signed keyless twice by the same signer: still one signer.
     let twice = lab.push_image("t/twice:v1", "twice");
     sigstore.signing(&lab.registry, "t/twice", &twice).run();
@@ -61,4 +63,37 @@ async fn a_threshold_of_two_needs_the_key_and_the_identity() {
         store::assert_absent(&lab, &image).await;
     }
     running.stop().await;
+    explained(&lab, &policy, &pem);
+}
+
+/// `pullgate verify` says, for each certificate signature, whom it names, by which issuer, the
+/// signing time and log entry used, or which check failed.
+fn explained(lab: &Lab, policy: &str, pem: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy_dir = dir.path().join("policy.d");
+    std::fs::create_dir_all(&policy_dir).expect("policy dir");
+    std::fs::write(policy_dir.join("a.pub"), pem).expect("key");
+    std::fs::write(policy_dir.join("t.toml"), policy).expect("policy");
+    let config = dir.path().join("pullgate.toml");
+    let text = format!("policy_dir = {policy_dir:?}\n[registry]\ninsecure = [{:?}]\n", lab.registry);
+    std::fs::write(&config, text).expect("config");
+    let verify = |repo: &str| {
+        let image = format!("{}/{repo}:v1", lab.registry);
+        common::process::run(&["verify", &image, "--config", config.to_str().unwrap()], "")
+    };
+    let run = verify("t/keyless");
+    let counted = format!("counts, verified by certificate of {SUBJECT} from {ISSUER} (signed at ");
+    assert!(run.stdout.contains(&counted), "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains(", log index "), "{}", run.stdout);
+    let rule = format!("signed by 2 of: a.pub, subject {SUBJECT:?} from issuer {ISSUER:?}, subject ~");
+    assert!(run.stdout.contains(&rule), "{}", run.stdout);
+    let run = verify("t/no-sct");
+    let failed = "does not count: keyless signature: SCT check failed: ";
+    assert!(run.stdout.contains(failed), "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains(&format!("(certificate of {SUBJECT:?} from {ISSUER:?}, unverified)")),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("untrusted-certificate") || run.stdout.contains("threshold"), "{}", run.stdout);
 }
