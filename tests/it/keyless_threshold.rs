@@ -97,3 +97,38 @@ fn explained(lab: &Lab, policy: &str, pem: &str) {
     );
     assert!(run.stdout.contains("untrusted-certificate") || run.stdout.contains("threshold"), "{}", run.stdout);
 }
+
+/// A v3 bundle signed keyless (cosign's default format): counts for the identity under a rule
+/// that accepts digest-only signatures, and for no other subject.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keyless_bundle_counts_for_its_identity() {
+    let lab = Lab::start();
+    let sigstore = Sigstore::new();
+    let digest = lab.push_image("b/app:v1", "bundle");
+    sigstore.signing(&lab.registry, "b/app", &digest).bundle().run();
+    let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
+    config.registry.insecure = vec![lab.registry.clone()];
+    let rule = |subject: &str| {
+        format!(
+            "[[rule]]\nscope = \"{}/b\"\nrequire = \"signed\"\nidentity = \"ignore\"\n\
+             identities = [{{ issuer = \"{ISSUER}\", subject = \"{subject}\" }}]\ntrusted_root = \"{}\"\n",
+            lab.registry,
+            sigstore.trusted_root().display()
+        )
+    };
+    let image = format!("{}/b/app:v1", lab.registry);
+
+    let running = common::pullgate::start_with(config.clone(), &[("b.toml", &rule("someone@example.test"))]).await;
+    let refused = cri::images(&running.socket).pull_image(cri::pull_request(&image, None)).await;
+    let message = refused.expect_err("pulled for another subject").message().to_owned();
+    assert!(message.contains("sigstore bundle: keyless signature: identity mismatch"), "{message}");
+    store::assert_absent(&lab, &image).await;
+    running.stop().await;
+
+    let running = common::pullgate::start_with(config, &[("b.toml", &rule(SUBJECT))]).await;
+    let pulled = cri::images(&running.socket).pull_image(cri::pull_request(&image, None)).await;
+    pulled.unwrap_or_else(|status| panic!("{image} refused: {}", status.message()));
+    let (verified, config_digest) = store::verified(&lab.registry, "b/app", "v1").await;
+    store::assert_pinned(&lab, &image, &verified, &config_digest).await;
+    running.stop().await;
+}

@@ -139,8 +139,23 @@ def checkpoint(rekor_key, root_hash):
     return f"{note}\n\u2014 rekor.test {ts.b64(hint + signature)}\n"
 
 
+def canonical_spec(kind, spec):
+    """What Rekor v1 stores for a proposed entry: for dsse, hashes and signatures instead of
+    the envelope (verifiers must find the body in that shape); other kinds as proposed."""
+    if kind != "dsse" or "proposedContent" not in spec:
+        return spec
+    content = spec["proposedContent"]
+    envelope = json.loads(content["envelope"])
+    payload = base64.b64decode(envelope["payload"])
+    return {"envelopeHash": {"algorithm": "sha256", "value": hashlib.sha256(content["envelope"].encode()).hexdigest()},
+            "payloadHash": {"algorithm": "sha256", "value": hashlib.sha256(payload).hexdigest()},
+            "signatures": [{"signature": sig["sig"], "verifier": content["verifiers"][0]}
+                           for sig in envelope["signatures"]]}
+
+
 def log_entry(instance, proposed):
-    body = json.dumps({"apiVersion": proposed["apiVersion"], "kind": proposed["kind"], "spec": proposed["spec"]},
+    spec = canonical_spec(proposed["kind"], proposed["spec"])
+    body = json.dumps({"apiVersion": proposed["apiVersion"], "kind": proposed["kind"], "spec": spec},
                       separators=(",", ":")).encode()
     with instance.lock:
         index = instance.next_index
