@@ -99,13 +99,16 @@ fn explained(lab: &Lab, policy: &str, pem: &str) {
 }
 
 /// A v3 bundle signed keyless (cosign's default format): counts for the identity under a rule
-/// that accepts digest-only signatures, and for no other subject.
+/// that accepts digest-only signatures, and for no other subject. And `ignore_sct = true` lets
+/// a certificate without an SCT count.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_keyless_bundle_counts_for_its_identity() {
     let lab = Lab::start();
     let sigstore = Sigstore::new();
     let digest = lab.push_image("b/app:v1", "bundle");
     sigstore.signing(&lab.registry, "b/app", &digest).bundle().run();
+    let no_sct = lab.push_image("s/no-sct:v1", "no-sct");
+    sigstore.signing(&lab.registry, "s/no-sct", &no_sct).spoil(Spoil::NoSct).run();
     let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
     config.registry.insecure = vec![lab.registry.clone()];
     let rule = |subject: &str| {
@@ -125,10 +128,21 @@ async fn a_keyless_bundle_counts_for_its_identity() {
     store::assert_absent(&lab, &image).await;
     running.stop().await;
 
-    let running = common::pullgate::start_with(config, &[("b.toml", &rule(SUBJECT))]).await;
-    let pulled = cri::images(&running.socket).pull_image(cri::pull_request(&image, None)).await;
-    pulled.unwrap_or_else(|status| panic!("{image} refused: {}", status.message()));
-    let (verified, config_digest) = store::verified(&lab.registry, "b/app", "v1").await;
-    store::assert_pinned(&lab, &image, &verified, &config_digest).await;
+    // ignore_sct = true: a certificate without an SCT counts (a private CA without a CT log).
+    let without_sct = format!(
+        "[[rule]]\nscope = \"{}/s\"\nrequire = \"signed\"\nignore_sct = true\n\
+         identities = [{{ issuer = \"{ISSUER}\", subject = \"{SUBJECT}\" }}]\ntrusted_root = \"{}\"\n",
+        lab.registry,
+        sigstore.trusted_root().display()
+    );
+    let files = [("b.toml", rule(SUBJECT)), ("s.toml", without_sct)];
+    let files: Vec<(&str, &str)> = files.iter().map(|(name, text)| (*name, text.as_str())).collect();
+    let running = common::pullgate::start_with(config, &files).await;
+    for (repo, image) in [("b/app", image), ("s/no-sct", format!("{}/s/no-sct:v1", lab.registry))] {
+        let pulled = cri::images(&running.socket).pull_image(cri::pull_request(&image, None)).await;
+        pulled.unwrap_or_else(|status| panic!("{image} refused: {}", status.message()));
+        let (verified, config_digest) = store::verified(&lab.registry, repo, "v1").await;
+        store::assert_pinned(&lab, &image, &verified, &config_digest).await;
+    }
     running.stop().await;
 }
