@@ -14,6 +14,8 @@ pub struct RuleView {
     /// `signed`, `accept` or `reject`, as written in a policy file.
     pub require: &'static str,
     pub keys: Vec<KeyView>,
+    /// Keyless signers; empty unless `require` is `signed`.
+    pub identities: Vec<IdentityView>,
     /// Distinct key groups needed (for a TOML rule: distinct keys); None unless `require` is
     /// `signed`.
     pub threshold: Option<usize>,
@@ -24,6 +26,18 @@ pub struct RuleView {
     pub file: PathBuf,
     /// The rule's line in `file`, where the format has lines.
     pub line: Option<usize>,
+}
+
+/// A keyless signer: its subject and issuer as written (`~"…"` for a regex), and the root its
+/// certificate must chain to.
+#[derive(Debug, Serialize)]
+pub struct IdentityView {
+    pub subject: String,
+    pub issuer: String,
+    pub trusted_root: String,
+    /// Whether an embedded SCT is required.
+    pub sct: bool,
+    pub group: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -44,6 +58,17 @@ impl RuleView {
             namespaces: rule.namespaces.clone(),
             require: requirement_name(rule.require),
             keys: rule.keys.iter().map(KeyView::new).collect(),
+            identities: rule
+                .identities
+                .iter()
+                .map(|s| IdentityView {
+                    subject: s.subject.to_string(),
+                    issuer: s.issuer.to_string(),
+                    trusted_root: s.trust.root_label(),
+                    sct: s.trust.sct,
+                    group: s.group,
+                })
+                .collect(),
             threshold: signed.then_some(rule.threshold),
             identity: identity_label(&rule.identity),
             mode: mode_name(rule.mode),
@@ -76,7 +101,9 @@ impl RuleView {
             [one] => one.clone(),
             many => format!("({})", many.join(" or ")),
         };
-        groups.iter().map(|(_, labels)| group_label(labels)).collect::<Vec<_>>().join(", ")
+        let keys = groups.iter().map(|(_, labels)| group_label(labels));
+        let signers = self.identities.iter().map(|s| format!("subject {} from issuer {}", s.subject, s.issuer));
+        keys.chain(signers).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -149,6 +176,7 @@ mod tests {
             require,
             threshold: keys.len(),
             keys,
+            identities: vec![],
             identity: IdentityRule::remap("r.example/team", "mirror.example/team").unwrap(),
             mode: Mode::Audit,
             source: PathBuf::from("/etc/pullgate/policy.d/team.toml"),

@@ -424,6 +424,7 @@ impl JsonCtx<'_> {
             namespaces: None,
             require,
             keys,
+            identities: Vec::new(),
             threshold,
             identity,
             mode: Mode::Enforce,
@@ -859,6 +860,7 @@ mod containers_examples {
                 digest: Digest::sha256_of(&payload),
                 size: payload.len() as u64,
                 signature: signature.to_der().as_bytes().to_vec(),
+                certificate: None,
             };
             (layer, Bytes::from(payload))
         }

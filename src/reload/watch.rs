@@ -60,9 +60,9 @@ impl Interest {
 }
 
 /// The directories to watch for one policy and host directory: `policy_dir`, the directory
-/// of every file the policy was read from (policy.json, the policy files, key files), each
-/// root of the host directory and each registry's directory in it, and the directory of every
-/// certificate file a `hosts.toml` names; also where a symlink points.
+/// of every file the policy was read from (policy.json, the policy files, key files, trusted
+/// roots), each root of the host directory and each registry's directory in it, and the
+/// directory of every certificate file a `hosts.toml` names; also where a symlink points.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     dirs: BTreeMap<PathBuf, Interest>,
@@ -81,6 +81,9 @@ impl Plan {
         for rule in policy.rules() {
             plan.file(&rule.source);
             for path in rule.keys.iter().filter_map(|key| key.path.as_deref()) {
+                plan.file(path);
+            }
+            for path in rule.identities.iter().filter_map(|signer| signer.trust.path.as_deref()) {
                 plan.file(path);
             }
         }

@@ -6,13 +6,15 @@
 //! The bundle model (v0.1–v0.3, the DSSE envelope and its PAE, in-toto statements) is
 //! sigstore-rust's `sigstore-types`; the signature is checked with the rule's keys
 //! (`keys::TrustedKey`, RustCrypto), as for `.sig` signatures. Keyless bundles (a Fulcio
-//! certificate instead of a key hint) are refused until the keyless check exists.
+//! certificate instead of a key hint) are verified by sigstore-verify (`certificate`) against
+//! the rule's trusted roots and identities, over the image digest.
 
 use sigstore_types::bundle::{MessageSignature, VerificationMaterialContent};
 use sigstore_types::{Bundle, DsseEnvelope, HashAlgorithm, SignatureContent, Statement};
+use sigstore_verify::types::{Artifact, Sha256Hash};
 
 use super::referrers::MAX_BUNDLE_BYTES;
-use super::{Checked, Shortfall, plural};
+use super::{Checked, Shortfall, certificate, plural};
 use crate::policy::{IdentityRule, KeyRef, Rule};
 use crate::reference::Digest;
 
@@ -25,7 +27,7 @@ pub const COSIGN_SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
 /// Every refusal of a bundle says so, so a reason never leaves the format to be guessed.
 const PREFIX: &str = "sigstore bundle: ";
 
-/// What a key-signed bundle holds.
+/// What a bundle signs.
 enum Content {
     Dsse(DsseEnvelope),
     Message(MessageSignature),
@@ -39,11 +41,43 @@ pub(super) fn check_bundle<'k>(
     layer: &Digest,
     bytes: &[u8],
 ) -> Checked<'k> {
-    match content(layer, bytes) {
-        Ok(Content::Dsse(envelope)) => check_dsse(digest, rule, keys, &envelope),
-        Ok(Content::Message(message)) => check_message(digest, rule, keys, &message),
-        Err((kind, text)) => refused(None, kind, text),
+    let (keyless, content) = match content(layer, bytes) {
+        Ok(parsed) => parsed,
+        Err((kind, text)) => return refused(None, kind, text),
+    };
+    if keyless {
+        return check_keyless(digest, rule, bytes, &content);
     }
+    match content {
+        Content::Dsse(envelope) => check_dsse(digest, rule, keys, &envelope),
+        Content::Message(message) => check_message(digest, rule, keys, &message),
+    }
+}
+
+/// sigstore-verify checks the certificate, the log entry, the signature, and that what was
+/// signed is `digest` (the DSSE statement's subject, or the message digest); what remains is
+/// what the signature vouched for.
+fn check_keyless<'k>(digest: &Digest, rule: &Rule, bytes: &[u8], content: &Content) -> Checked<'k> {
+    let signer = match check_certificate(digest, rule, bytes) {
+        Ok(signer) => signer,
+        Err((kind, text)) => return refused(None, kind, format!("{PREFIX}{text}")),
+    };
+    let problem = match content {
+        Content::Dsse(envelope) => check_statement(digest, rule, envelope).err(),
+        Content::Message(_) => digest_only(rule).err(),
+    };
+    Checked { key: None, signer: Some(signer), signed_name: None, problem }
+}
+
+fn check_certificate(digest: &Digest, rule: &Rule, bytes: &[u8]) -> Result<certificate::Signer, (Shortfall, String)> {
+    let unusable = |text: String| (Shortfall::UnusablePayload, text);
+    // Parsed again: sigstore-verify takes its own bundle type.
+    let text = std::str::from_utf8(bytes).map_err(|_| unusable("not UTF-8 JSON".into()))?;
+    let bundle = sigstore_verify::types::Bundle::from_json(text)
+        .map_err(|e| unusable(format!("not a valid bundle: {}", truncated(&e))))?;
+    let hash = (digest.algorithm() == "sha256").then(|| Sha256Hash::from_hex(digest.hex()).ok()).flatten();
+    let hash = hash.ok_or_else(|| (Shortfall::DigestMismatch, format!("{digest} is not a sha256 digest")))?;
+    certificate::check(rule, &bundle, || Artifact::from_digest(hash))
 }
 
 fn check_dsse<'k>(digest: &Digest, rule: &Rule, keys: &[&'k KeyRef], envelope: &DsseEnvelope) -> Checked<'k> {
@@ -53,7 +87,7 @@ fn check_dsse<'k>(digest: &Digest, rule: &Rule, keys: &[&'k KeyRef], envelope: &
         return untrusted(keys.len());
     };
     match check_statement(digest, rule, envelope) {
-        Ok(()) => Checked { key: Some(key), signed_name: None, problem: None },
+        Ok(()) => Checked { key: Some(key), signer: None, signed_name: None, problem: None },
         Err((kind, text)) => refused(Some(key), kind, text),
     }
 }
@@ -82,7 +116,7 @@ fn check_message<'k>(digest: &Digest, rule: &Rule, keys: &[&'k KeyRef], message:
         return refused(Some(key), Shortfall::DigestMismatch, text);
     }
     match digest_only(rule) {
-        Ok(()) => Checked { key: Some(key), signed_name: None, problem: None },
+        Ok(()) => Checked { key: Some(key), signer: None, signed_name: None, problem: None },
         Err((kind, text)) => refused(Some(key), kind, text),
     }
 }
@@ -93,11 +127,12 @@ fn untrusted<'k>(n: usize) -> Checked<'k> {
 }
 
 fn refused(key: Option<&KeyRef>, kind: Shortfall, text: String) -> Checked<'_> {
-    Checked { key, signed_name: None, problem: Some((kind, text)) }
+    Checked { key, signer: None, signed_name: None, problem: Some((kind, text)) }
 }
 
-/// The signed content of a key-signed bundle.
-fn content(layer: &Digest, bytes: &[u8]) -> Result<Content, (Shortfall, String)> {
+/// The bundle in a layer, bounded and matching its digest: whether it is signed with a
+/// certificate (keyless) rather than a key, and what it signs.
+fn content(layer: &Digest, bytes: &[u8]) -> Result<(bool, Content), (Shortfall, String)> {
     let unusable = |text: &str| (Shortfall::UnusablePayload, format!("{PREFIX}{text}"));
     if bytes.len() > MAX_BUNDLE_BYTES {
         return Err(unusable(&format!("{} bytes, more than the {MAX_BUNDLE_BYTES}-byte limit", bytes.len())));
@@ -107,17 +142,14 @@ fn content(layer: &Digest, bytes: &[u8]) -> Result<Content, (Shortfall, String)>
     }
     let text = std::str::from_utf8(bytes).map_err(|_| unusable("not UTF-8 JSON"))?;
     let bundle = Bundle::from_json(text).map_err(|e| unusable(&format!("not a valid bundle: {}", truncated(&e))))?;
-    match bundle.verification_material.content {
-        VerificationMaterialContent::PublicKey(_) => {}
-        // The keyless check (certificate chain to Fulcio, identity, log proof) plugs in here.
-        VerificationMaterialContent::Certificate(_) | VerificationMaterialContent::X509CertificateChain { .. } => {
-            return Err((Shortfall::UntrustedKey, format!("{PREFIX}keyless bundle: not supported yet")));
-        }
+    let keyless = match bundle.verification_material.content {
+        VerificationMaterialContent::PublicKey(_) => false,
+        VerificationMaterialContent::Certificate(_) | VerificationMaterialContent::X509CertificateChain { .. } => true,
         _ => return Err(unusable("verification material of an unknown kind")),
-    }
+    };
     match bundle.content {
-        SignatureContent::DsseEnvelope(envelope) => Ok(Content::Dsse(envelope)),
-        SignatureContent::MessageSignature(message) => Ok(Content::Message(message)),
+        SignatureContent::DsseEnvelope(envelope) => Ok((keyless, Content::Dsse(envelope))),
+        SignatureContent::MessageSignature(message) => Ok((keyless, Content::Message(message))),
         _ => Err(unusable("content of an unknown kind")),
     }
 }
