@@ -15,6 +15,7 @@
 //! any network or C dependency once aws-lc-rs is left out.
 
 pub mod provider;
+pub mod root;
 
 use std::path::Path;
 
