@@ -9,3 +9,7 @@ pub const MAX_POLICY_FILE: u64 = 4 * 1024 * 1024;
 /// A key file holds one PEM public key; the PEM parser's own bound is the one that applies, so
 /// reading more than it accepts would only waste memory.
 pub const MAX_KEY_FILE: u64 = crate::verify::keys::MAX_PEM_BYTES as u64;
+
+/// A CA file of a containers-policy.json `fulcio` or `pki` requirement: a few PEM certificates,
+/// a couple of KiB each; a whole system bundle is a few hundred KiB.
+pub const MAX_CA_FILE: u64 = 1024 * 1024;

@@ -23,13 +23,15 @@ use std::path::Path;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::identity::IdentityRule;
 use super::input;
 use super::load::{self, Loader, line_of};
 use super::{KeyRef, Mode, Requirement, Rule, Scope};
+
+mod certificates;
 
 // === raw serde types ===
 
@@ -89,7 +91,7 @@ struct Bare {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawSigstore {
+struct RawSigstore<'a> {
     #[serde(rename = "type")]
     _kind: String,
     key_path: Option<String>,
@@ -97,23 +99,19 @@ struct RawSigstore {
     key_data: Option<String>,
     key_datas: Option<Vec<String>>,
     signed_identity: Option<RawSignedIdentity>,
-    // Known but unsupported: recorded as present (even when null) so they can be refused.
-    #[serde(default, deserialize_with = "present")]
-    fulcio: bool,
-    #[serde(default, deserialize_with = "present")]
-    pki: bool,
-    #[serde(default, deserialize_with = "present")]
-    rekor_public_key_path: bool,
-    #[serde(default, deserialize_with = "present")]
-    rekor_public_key_paths: bool,
-    #[serde(default, deserialize_with = "present")]
-    rekor_public_key_data: bool,
-    #[serde(default, deserialize_with = "present")]
-    rekor_public_key_datas: bool,
+    // Kept raw, and present even when null (which is then refused as not an object).
+    #[serde(default, borrow, deserialize_with = "present")]
+    fulcio: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pki: Option<&'a RawValue>,
+    rekor_public_key_path: Option<String>,
+    rekor_public_key_paths: Option<Vec<String>>,
+    rekor_public_key_data: Option<String>,
+    rekor_public_key_datas: Option<Vec<String>>,
 }
 
-fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
-    IgnoredAny::deserialize(deserializer).map(|_| true)
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -266,16 +264,14 @@ impl<'a> JsonCtx<'a> {
 
 // === impl JsonCtx: requirements ===
 
-const CERTS: &str = "pullgate verifies with public keys only; use keyPath, keyPaths, keyData or keyDatas";
-const REKOR: &str = "pullgate does not check Rekor transparency-log entries";
-
 /// One requirement of a scope's list, as read.
 enum Read {
     Accept,
     Reject,
-    /// One group: a signature by any of `keys` satisfies it.
+    /// One group: a signature by any of `keys`, or by `fulcio`'s signer, satisfies it.
     Signed {
         keys: Vec<KeyRef>,
+        fulcio: Option<certificates::Fulcio>,
         identity: IdentityRule,
     },
 }
@@ -322,34 +318,38 @@ impl JsonCtx<'_> {
     fn sigstore(&mut self, raw: &RawValue) -> Option<Read> {
         let line = self.line(raw);
         let before = self.loader.problem_count();
-        let mut sig: RawSigstore = match serde_json::from_str(raw.get()) {
+        let mut sig: RawSigstore<'_> = match serde_json::from_str(raw.get()) {
             Ok(sig) => sig,
             Err(e) => {
                 self.json_problem(Some(raw), "sigstoreSigned: ", &e);
                 return None;
             }
         };
-        self.refuse_unsupported(&sig, line);
         let identity = self.identity(sig.signed_identity.take(), line);
-        let keys = self.keys(&sig, line);
+        let rekor = certificates::RekorKeys {
+            path: sig.rekor_public_key_path.take(),
+            paths: sig.rekor_public_key_paths.take(),
+            data: sig.rekor_public_key_data.take(),
+            datas: sig.rekor_public_key_datas.take(),
+        };
+        let key_forms =
+            [sig.key_path.is_some(), sig.key_paths.is_some(), sig.key_data.is_some(), sig.key_datas.is_some()];
+        let key_forms = key_forms.iter().filter(|given| **given).count();
+        if !self.check_sources(line, key_forms, sig.fulcio.is_some(), sig.pki.is_some(), &rekor) {
+            return None;
+        }
+        let (keys, fulcio) = match (sig.fulcio, sig.pki) {
+            (Some(fulcio), _) => (Vec::new(), self.fulcio(fulcio, &rekor, line)),
+            (None, Some(pki)) => {
+                self.pki(pki, line);
+                return None;
+            }
+            (None, None) => (self.keys(&sig, line), None),
+        };
         if let Err(e) = load::check_distinct_keys(&keys) {
             self.problem(line, e);
         }
-        (self.loader.problem_count() == before).then_some(Read::Signed { keys, identity })
-    }
-
-    fn refuse_unsupported(&mut self, sig: &RawSigstore, line: Option<usize>) {
-        let unsupported = [
-            (sig.fulcio, "fulcio", CERTS),
-            (sig.pki, "pki", CERTS),
-            (sig.rekor_public_key_path, "rekorPublicKeyPath", REKOR),
-            (sig.rekor_public_key_paths, "rekorPublicKeyPaths", REKOR),
-            (sig.rekor_public_key_data, "rekorPublicKeyData", REKOR),
-            (sig.rekor_public_key_datas, "rekorPublicKeyDatas", REKOR),
-        ];
-        for (_, field, why) in unsupported.into_iter().filter(|(set, _, _)| *set) {
-            self.problem(line, format!("sigstoreSigned: \"{field}\" is not supported ({why})"));
-        }
+        (self.loader.problem_count() == before).then_some(Read::Signed { keys, fulcio, identity })
     }
 
     fn identity(&mut self, raw: Option<RawSignedIdentity>, line: Option<usize>) -> IdentityRule {
@@ -382,13 +382,18 @@ impl JsonCtx<'_> {
         if list.iter().any(|read| matches!(read, Read::Reject)) {
             return self.push(scope, line, Requirement::Reject, Vec::new(), 0, IdentityRule::MatchRepoDigestOrExact);
         }
+        let list_has_fulcio = list.iter().any(|read| matches!(read, Read::Signed { fulcio: Some(_), .. }));
         let groups: Vec<(Vec<KeyRef>, IdentityRule)> = list
             .into_iter()
             .filter_map(|read| match read {
-                Read::Signed { keys, identity } => Some((keys, identity)),
+                Read::Signed { keys, fulcio: None, identity } => Some((keys, identity)),
+                Read::Signed { fulcio: Some(_), .. } => None,
                 Read::Accept | Read::Reject => None,
             })
             .collect();
+        if list_has_fulcio {
+            return self.problem(line, "sigstoreSigned: fulcio is not verified by the daemon yet");
+        }
         let Some(identity) = groups.first().map(|(_, identity)| identity.clone()) else {
             return self.push(scope, line, Requirement::Accept, Vec::new(), 0, IdentityRule::MatchRepoDigestOrExact);
         };
@@ -439,22 +444,20 @@ impl JsonCtx<'_> {
 // === impl JsonCtx: keys ===
 
 impl JsonCtx<'_> {
-    fn keys(&mut self, sig: &RawSigstore, line: Option<usize>) -> Vec<KeyRef> {
-        let given = [sig.key_path.is_some(), sig.key_paths.is_some(), sig.key_data.is_some(), sig.key_datas.is_some()];
-        let message = match given.iter().filter(|g| **g).count() {
-            // Fulcio/PKI without keys was already refused; one message is enough.
-            0 if sig.fulcio || sig.pki => return Vec::new(),
-            0 => "sigstoreSigned needs one of keyPath, keyPaths, keyData, keyDatas",
-            1 if sig.key_paths.as_ref().is_some_and(Vec::is_empty) => "sigstoreSigned: keyPaths is empty",
-            1 if sig.key_datas.as_ref().is_some_and(Vec::is_empty) => "sigstoreSigned: keyDatas is empty",
-            1 => return self.load_keys(sig, line),
-            _ => "sigstoreSigned: give only one of keyPath, keyPaths, keyData, keyDatas",
+    /// The keys of a requirement giving exactly one key form (`check_sources` made sure).
+    fn keys(&mut self, sig: &RawSigstore<'_>, line: Option<usize>) -> Vec<KeyRef> {
+        let message = if sig.key_paths.as_ref().is_some_and(Vec::is_empty) {
+            "sigstoreSigned: keyPaths is empty"
+        } else if sig.key_datas.as_ref().is_some_and(Vec::is_empty) {
+            "sigstoreSigned: keyDatas is empty"
+        } else {
+            return self.load_keys(sig, line);
         };
         self.problem(line, message);
         Vec::new()
     }
 
-    fn load_keys(&mut self, sig: &RawSigstore, line: Option<usize>) -> Vec<KeyRef> {
+    fn load_keys(&mut self, sig: &RawSigstore<'_>, line: Option<usize>) -> Vec<KeyRef> {
         let mut keys = Vec::new();
         for path in sig.key_path.iter().chain(sig.key_paths.iter().flatten()) {
             match self.loader.key_file(&load::resolve(self.path, path)) {
@@ -659,23 +662,10 @@ mod tests {
     }
 
     #[test]
-    fn fulcio_rekor_and_pki_are_refused() {
-        let fulcio = r#"{"type": "sigstoreSigned", "fulcio": {"caPath": "/x", "oidcIssuer": "https://i", "subjectEmail": "a@b"}, "rekorPublicKeyPath": "/r.pub"}"#;
-        let err = load_err(&with_scope("r.io", fulcio));
-        assert_eq!(err.problems.len(), 2, "{err}");
-        assert!(err.problems[0].message.contains("\"fulcio\" is not supported"), "{err}");
-        assert!(err.problems[1].message.contains("\"rekorPublicKeyPath\" is not supported"), "{err}");
-        let rekor = r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "rekorPublicKeyData": null}"#;
-        assert_one(&load_err(&with_scope("r.io", rekor)), Some(4), "\"rekorPublicKeyData\" is not supported");
-        let pki = r#"{"type": "sigstoreSigned", "pki": {}}"#;
-        assert_one(&load_err(&with_scope("r.io", pki)), Some(4), "\"pki\" is not supported");
-    }
-
-    #[test]
     fn key_source_problems() {
         let cases = [
-            (r#"{"type": "sigstoreSigned"}"#, "needs one of keyPath"),
-            (r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "keyData": "eA=="}"#, "only one of"),
+            (r#"{"type": "sigstoreSigned"}"#, "exactly one of keyPath, keyPaths"),
+            (r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "keyData": "eA=="}"#, "exactly one of"),
             (r#"{"type": "sigstoreSigned", "keyPaths": []}"#, "keyPaths is empty"),
             (r#"{"type": "sigstoreSigned", "keyDatas": []}"#, "keyDatas is empty"),
             (r#"{"type": "sigstoreSigned", "keyPath": "keys/missing.pub"}"#, "keys/missing.pub: cannot open"),
@@ -748,7 +738,7 @@ mod tests {
         let messages: Vec<&str> = err.problems.iter().map(|p| p.message.as_str()).collect();
         assert_eq!(messages.len(), 2, "{err}");
         assert!(messages[0].contains("\"signedBy\" is not supported"), "{err}");
-        assert!(messages[1].contains("\"pki\" is not supported"), "{err}");
+        assert!(messages[1].contains("exactly one of keyPath, keyPaths, keyData, keyDatas, fulcio and pki"), "{err}");
     }
 
     #[test]
@@ -884,8 +874,9 @@ mod containers_examples {
     }
 
     /// "A reasonably locked-down system", its comments and trailing commas removed, with its
-    /// `fulcio` and `pki` scopes (which pullgate refuses, see `the_fulcio_and_pki_scopes…`).
-    fn locked_down(key_path: &Path, certificates: bool) -> serde_json::Value {
+    /// `fulcio` and `pki` scopes when `certificates` names the directory their files are in
+    /// (see `the_fulcio_and_pki_scopes…`).
+    fn locked_down(key_path: &Path, certificates: Option<&Path>) -> serde_json::Value {
         let mut docker = serde_json::json!({
             "docker.io/openshift": [{"type": "insecureAcceptAnything"}],
             "docker.io/library/busybox": [{"type": "insecureAcceptAnything"}],
@@ -893,12 +884,12 @@ mod containers_examples {
             FULL: [{"type": "sigstoreSigned", "keyPath": key_path}],
             SUBST: [{"type": "sigstoreSigned", "keyPath": key_path, "signedIdentity": {"type": "matchRepository"}}],
         });
-        if certificates {
+        if let Some(dir) = certificates {
             docker["hostname:5000/myns/sigstore-signed-fulcio-rekor"] = serde_json::json!([{"type": "sigstoreSigned",
-                "fulcio": {"caPath": "/path/to/fulcio_v1.crt.pem", "oidcIssuer": "https://github.com/login/oauth", "subjectEmail": "test-user@example.com"},
-                "rekorPublicKeyPath": "/path/to/rekor.pub"}]);
+                "fulcio": {"caPath": dir.join("fulcio_v1.crt.pem"), "oidcIssuer": "https://github.com/login/oauth", "subjectEmail": "test-user@example.com"},
+                "rekorPublicKeyPath": dir.join("rekor.pub")}]);
             docker["hostname:5000/myns/sigstore-signed-byopki"] = serde_json::json!([{"type": "sigstoreSigned",
-                "pki": {"caRootsPath": "/path/to/pki_root_crts.pem", "subjectEmail": "test-user@example.com"}}]);
+                "pki": {"caRootsPath": dir.join("pki_root_crts.pem"), "subjectEmail": "test-user@example.com"}}]);
         }
         serde_json::json!({
             "default": [{"type": "reject"}],
@@ -919,7 +910,7 @@ mod containers_examples {
         let dir = TestDir::new();
         let (trusted, mallory) = (Key::new(), Key::new());
         let key_path = dir.write("sigstore-pubkey.pub", &trusted.pem());
-        let policy = load_json(&dir, &locked_down(&key_path, false)).unwrap();
+        let policy = load_json(&dir, &locked_down(&key_path, None)).unwrap();
         let none: &[(SignatureLayer, Bytes)] = &[];
         let by_digest = format!("{FULL}@{DIGEST}");
         // (image, its signatures, containers/image's verdict)
@@ -955,12 +946,13 @@ mod containers_examples {
     fn the_fulcio_and_pki_scopes_are_refused_naming_the_fields() {
         let dir = TestDir::new();
         let key_path = dir.write("sigstore-pubkey.pub", &Key::new().pem());
-        let err = load_json(&dir, &locked_down(&key_path, true)).unwrap_err();
+        dir.write("certs/fulcio_v1.crt.pem", &super::super::test_support::public_good_fulcio_pem());
+        dir.write("certs/rekor.pub", &Key::new().pem());
+        dir.write("certs/pki_root_crts.pem", &super::super::test_support::public_good_fulcio_pem());
+        let err = load_json(&dir, &locked_down(&key_path, Some(&dir.path("certs")))).unwrap_err();
         let text = err.to_string();
-        assert_eq!(err.problems.len(), 3, "{text}");
-        for field in
-            ["\"fulcio\" is not supported", "\"rekorPublicKeyPath\" is not supported", "\"pki\" is not supported"]
-        {
+        assert_eq!(err.problems.len(), 2, "{text}");
+        for field in ["fulcio is not verified by the daemon yet", "\"pki\" is not supported"] {
             assert!(text.contains(field), "{text}");
         }
     }

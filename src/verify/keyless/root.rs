@@ -3,11 +3,16 @@
 //! working. Everything here reads sigstore-trust-root's parsed `TrustedRoot`; certificate
 //! dates come from sigstore-crypto's certificate parser, never from X.509 code of our own.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use jiff::{SignedDuration, Timestamp};
-use sigstore_verify::crypto::parse_certificate_info;
+use sha2::{Digest as _, Sha256};
+use sigstore_verify::crypto::{KeyAlgorithm, parse_certificate_info};
 use sigstore_verify::trust_root::TrustedRoot;
 use sigstore_verify::trust_root::trusted_root::CertChain;
-use sigstore_verify::types::TimeRange;
+use sigstore_verify::types::{DerCertificate, DerPublicKey, TimeRange};
+
+use super::{KeylessError, TrustRoot};
 
 /// How far ahead `policy check` warns that an authority in force stops being valid: a month is
 /// the usual notice for a scheduled key rotation, and long enough to roll a new root out to
@@ -163,6 +168,85 @@ pub fn warnings(authorities: &[Authority], now: Timestamp) -> Vec<String> {
         warnings.push(message);
     }
     warnings
+}
+
+// === trust material from separate files ===
+
+/// The media type of the `TrustedRoot` documents built here, as of the files operators write.
+const TRUSTED_ROOT_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.trustedroot+json;version=0.1";
+
+/// A trusted root made of separate files rather than a `TrustedRoot` document, as
+/// containers-policy.json gives them (a `fulcio` CA file and Rekor public keys). Built as a
+/// `TrustedRoot` so that the same verifier checks it: each CA certificate is a trust anchor of
+/// its own whose `validFor` is the certificate's validity (Go's x509, which containers/image
+/// uses, refuses a chain whose root has expired at the signing time; webpki does not look at a
+/// trust anchor's dates, the window does it); each Rekor key is a log whose ID is the SHA-256 of
+/// the key, as Rekor's log IDs are. No CT log and no timestamp authority.
+pub fn from_parts(
+    label: &str,
+    ca_certificates: &[DerCertificate],
+    rekor_keys: &[DerPublicKey],
+) -> Result<TrustRoot, KeylessError> {
+    let mut authorities = Vec::new();
+    for (i, der) in ca_certificates.iter().enumerate() {
+        let info = parse_certificate_info(der)
+            .map_err(|e| KeylessError::TrustRoot(format!("CA certificate #{}: {e}", i + 1)))?;
+        authorities.push(serde_json::json!({
+            "subject": {"commonName": format!("{label} CA #{}", i + 1)},
+            "uri": "",
+            "certChain": {"certificates": [{"rawBytes": BASE64.encode(der.as_bytes())}]},
+            "validFor": {"start": info.not_before.to_string(), "end": info.not_after.to_string()},
+        }));
+    }
+    let mut tlogs = Vec::new();
+    for (i, key) in rekor_keys.iter().enumerate() {
+        let details = match KeyAlgorithm::from_spki(key) {
+            Ok(KeyAlgorithm::EcdsaP256) => "PKIX_ECDSA_P256_SHA_256",
+            Ok(KeyAlgorithm::EcdsaP384) => "PKIX_ECDSA_P384_SHA_384",
+            // containers/image takes ECDSA Rekor keys only; sigstore-rust has no P-521.
+            _ => {
+                return Err(KeylessError::TrustRoot(format!(
+                    "Rekor public key #{} is not an ECDSA P-256 or P-384 key",
+                    i + 1
+                )));
+            }
+        };
+        tlogs.push(serde_json::json!({
+            "baseUrl": format!("{label} Rekor key #{}", i + 1),
+            "hashAlgorithm": "SHA2_256",
+            "publicKey": {"rawBytes": BASE64.encode(key.as_bytes()), "keyDetails": details},
+            "logId": {"keyId": BASE64.encode(Sha256::digest(key.as_bytes()))},
+        }));
+    }
+    let root = serde_json::json!({
+        "mediaType": TRUSTED_ROOT_MEDIA_TYPE,
+        "certificateAuthorities": authorities,
+        "tlogs": tlogs,
+    });
+    TrustRoot::from_json(&root.to_string())
+}
+
+/// Every `CERTIFICATE` block of a PEM file. Stricter than Go's `AppendCertsFromPEM`, which
+/// skips what it cannot parse: a CA file with anything else in it is refused, so a truncated
+/// or mistaken file is found at load rather than trusting fewer CAs than its author thinks.
+pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<DerCertificate>, String> {
+    let blocks = pem::parse_many(pem).map_err(|e| format!("not PEM: {e}"))?;
+    if blocks.is_empty() {
+        return Err("holds no PEM certificate".to_owned());
+    }
+    blocks
+        .into_iter()
+        .enumerate()
+        .map(|(i, block)| {
+            if block.tag() != "CERTIFICATE" {
+                return Err(format!("PEM block #{} is a {:?}, not a CERTIFICATE", i + 1, block.tag()));
+            }
+            let der = DerCertificate::new(block.into_contents());
+            parse_certificate_info(&der)
+                .map_err(|e| format!("PEM block #{} is not a usable certificate: {e}", i + 1))?;
+            Ok(der)
+        })
+        .collect()
 }
 
 #[cfg(test)]
