@@ -203,6 +203,7 @@ mod tests {
             namespaces: None,
             require,
             keys: Vec::new(),
+            identities: Vec::new(),
             threshold: 1,
             identity: IdentityRule::MatchRepository,
             mode,

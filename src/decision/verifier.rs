@@ -370,6 +370,7 @@ mod tests {
             namespaces: None,
             require,
             keys: Vec::new(),
+            identities: Vec::new(),
             threshold: 1,
             identity: IdentityRule::MatchRepository,
             mode: Mode::Enforce,

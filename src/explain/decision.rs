@@ -311,6 +311,7 @@ mod tests {
             namespaces: Some(vec!["default".into()]),
             require,
             keys: vec![],
+            identities: vec![],
             threshold: 1,
             identity: IdentityRule::MatchRepository,
             mode,

@@ -149,6 +149,7 @@ mod tests {
             require,
             threshold: keys.len(),
             keys,
+            identities: vec![],
             identity: IdentityRule::remap("r.example/team", "mirror.example/team").unwrap(),
             mode: Mode::Audit,
             source: PathBuf::from("/etc/pullgate/policy.d/team.toml"),

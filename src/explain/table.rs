@@ -68,6 +68,7 @@ mod tests {
             namespaces,
             require,
             keys: vec![],
+            identities: vec![],
             threshold: 0,
             identity: IdentityRule::Ignore,
             mode: Mode::Enforce,

@@ -134,6 +134,7 @@ mod tests {
             namespaces: None,
             require: Requirement::Signed,
             keys: Vec::new(),
+            identities: Vec::new(),
             threshold: 1,
             identity,
             mode: Mode::Enforce,

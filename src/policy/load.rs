@@ -3,11 +3,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::error::{PolicyError, Problem};
 use super::input;
 use super::{KeyRef, Rule};
+use crate::verify::keyless::{KeylessError, MAX_TRUSTED_ROOT_BYTES, PublicGood, TrustRoot};
 use crate::verify::keys::TrustedKey;
 
 /// A rule plus where it came from, for messages about it.
@@ -23,6 +24,9 @@ pub(super) struct Loader {
     rules: Vec<Loaded>,
     // Why cache: the same key file usually backs many rules; parse it once, and share the Arc.
     key_files: HashMap<PathBuf, Result<Arc<TrustedKey>, String>>,
+    // Why cache: a trusted root is parsed and its keys and CAs prepared once per load, however
+    // many rules name it.
+    trusted_roots: HashMap<PathBuf, Result<Arc<TrustRoot>, String>>,
 }
 
 // === impl Loader ===
@@ -51,6 +55,14 @@ impl Loader {
         Ok(KeyRef { path: Some(path.to_owned()), key, group: 0 })
     }
 
+    /// A trusted root file (already resolved against the policy file), or with None the
+    /// Sigstore public-good root built into pullgate. The error names the file.
+    pub fn trusted_root(&mut self, path: Option<&Path>) -> Result<Arc<TrustRoot>, String> {
+        let Some(path) = path else { return built_in_root() };
+        let cached = self.trusted_roots.entry(path.to_owned()).or_insert_with(|| read_trusted_root(path));
+        cached.clone().map_err(|e| format!("trusted root {}: {e}", path.display()))
+    }
+
     /// All rules, or every problem found (including overlaps between rules).
     pub fn finish(mut self) -> Result<Vec<super::Rule>, PolicyError> {
         check_overlaps(&self.rules, &mut self.problems);
@@ -60,6 +72,20 @@ impl Loader {
             Err(PolicyError { problems: self.problems })
         }
     }
+}
+
+fn read_trusted_root(path: &Path) -> Result<Arc<TrustRoot>, String> {
+    let json = input::read_bounded_text(path, MAX_TRUSTED_ROOT_BYTES, "trusted root")?;
+    TrustRoot::from_json(&json).map(Arc::new).map_err(|e| match e {
+        KeylessError::TrustRoot(text) => format!("unusable: {text}"),
+        other => other.to_string(),
+    })
+}
+
+/// Built once per process: it is compiled in and cannot change.
+fn built_in_root() -> Result<Arc<TrustRoot>, String> {
+    static ROOT: OnceLock<Result<Arc<TrustRoot>, String>> = OnceLock::new();
+    ROOT.get_or_init(|| TrustRoot::public_good(PublicGood::Production).map(Arc::new).map_err(|e| e.to_string())).clone()
 }
 
 pub(super) fn parse_key(pem: &[u8]) -> Result<Arc<TrustedKey>, String> {

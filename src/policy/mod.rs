@@ -13,6 +13,7 @@ mod load;
 mod policy_json;
 pub mod scope;
 mod shared;
+pub mod signer;
 mod toml_file;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub use identity::{IdentityConfigError, IdentityMismatch, IdentityRule};
 pub use input::read_bounded_text;
 pub use scope::{Scope, ScopeError, Specificity};
 pub use shared::SharedPolicy;
+pub use signer::{CertificateTrust, Pattern, RootSource, SignerIdentity};
 pub(crate) use toml_file::valid_namespace;
 
 use crate::reference::ImageRef;
@@ -30,7 +32,8 @@ use crate::verify::keys::TrustedKey;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Requirement {
-    /// Signatures satisfying `threshold` distinct key groups are required (see `KeyRef::group`).
+    /// Signatures satisfying `threshold` distinct groups are required (see `KeyRef::group` and
+    /// `SignerIdentity::group`).
     Signed,
     /// Pulled without any signature check.
     Accept,
@@ -68,7 +71,11 @@ pub struct Rule {
     pub require: Requirement,
     /// Empty unless `require` is `Signed`; never holds the same key twice in one group.
     pub keys: Vec<KeyRef>,
-    /// Distinct key groups needed; from 1 to the number of groups for `Signed`.
+    /// Keyless signers (certificate subject and issuer); empty unless `require` is `Signed`.
+    /// Their groups follow the keys' (a TOML rule: one group per entry, after the keys').
+    pub identities: Vec<SignerIdentity>,
+    /// Distinct groups (keys and signer identities) needed; from 1 to the number of groups
+    /// for `Signed`.
     pub threshold: usize,
     pub identity: IdentityRule,
     pub mode: Mode,
@@ -212,6 +219,7 @@ mod tests {
             namespaces: namespaces.map(|n| n.iter().map(|s| s.to_string()).collect()),
             require,
             keys: vec![],
+            identities: vec![],
             threshold: 0,
             identity: IdentityRule::MatchRepository,
             mode: Mode::Enforce,

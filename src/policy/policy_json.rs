@@ -29,7 +29,7 @@ use serde_json::value::RawValue;
 use super::identity::IdentityRule;
 use super::input;
 use super::load::{self, Loader, line_of};
-use super::{KeyRef, Mode, Requirement, Rule, Scope};
+use super::{KeyRef, Mode, Requirement, Rule, Scope, SignerIdentity};
 
 mod certificates;
 
@@ -268,10 +268,10 @@ impl<'a> JsonCtx<'a> {
 enum Read {
     Accept,
     Reject,
-    /// One group: a signature by any of `keys`, or by `fulcio`'s signer, satisfies it.
+    /// One group: a signature by any of `keys`, or by a `fulcio` signer, satisfies it.
     Signed {
         keys: Vec<KeyRef>,
-        fulcio: Option<certificates::Fulcio>,
+        signers: Vec<SignerIdentity>,
         identity: IdentityRule,
     },
 }
@@ -338,18 +338,18 @@ impl JsonCtx<'_> {
         if !self.check_sources(line, key_forms, sig.fulcio.is_some(), sig.pki.is_some(), &rekor) {
             return None;
         }
-        let (keys, fulcio) = match (sig.fulcio, sig.pki) {
-            (Some(fulcio), _) => (Vec::new(), self.fulcio(fulcio, &rekor, line)),
+        let (keys, fulcio): (Vec<KeyRef>, Vec<SignerIdentity>) = match (sig.fulcio, sig.pki) {
+            (Some(fulcio), _) => (Vec::new(), self.fulcio(fulcio, &rekor, line).into_iter().collect()),
             (None, Some(pki)) => {
                 self.pki(pki, line);
                 return None;
             }
-            (None, None) => (self.keys(&sig, line), None),
+            (None, None) => (self.keys(&sig, line), Vec::new()),
         };
         if let Err(e) = load::check_distinct_keys(&keys) {
             self.problem(line, e);
         }
-        (self.loader.problem_count() == before).then_some(Read::Signed { keys, fulcio, identity })
+        (self.loader.problem_count() == before).then_some(Read::Signed { keys, signers: fulcio, identity })
     }
 
     fn identity(&mut self, raw: Option<RawSignedIdentity>, line: Option<usize>) -> IdentityRule {
@@ -380,22 +380,29 @@ impl JsonCtx<'_> {
     /// and all are needed.
     fn combine(&mut self, scope: Scope, line: Option<usize>, list: Vec<Read>) {
         if list.iter().any(|read| matches!(read, Read::Reject)) {
-            return self.push(scope, line, Requirement::Reject, Vec::new(), 0, IdentityRule::MatchRepoDigestOrExact);
+            return self.push(
+                scope,
+                line,
+                Requirement::Reject,
+                Trusted::default(),
+                IdentityRule::MatchRepoDigestOrExact,
+            );
         }
-        let list_has_fulcio = list.iter().any(|read| matches!(read, Read::Signed { fulcio: Some(_), .. }));
-        let groups: Vec<(Vec<KeyRef>, IdentityRule)> = list
+        let groups: Vec<(Trusted, IdentityRule)> = list
             .into_iter()
             .filter_map(|read| match read {
-                Read::Signed { keys, fulcio: None, identity } => Some((keys, identity)),
-                Read::Signed { fulcio: Some(_), .. } => None,
+                Read::Signed { keys, signers, identity } => Some((Trusted { keys, signers, threshold: 1 }, identity)),
                 Read::Accept | Read::Reject => None,
             })
             .collect();
-        if list_has_fulcio {
-            return self.problem(line, "sigstoreSigned: fulcio is not verified by the daemon yet");
-        }
         let Some(identity) = groups.first().map(|(_, identity)| identity.clone()) else {
-            return self.push(scope, line, Requirement::Accept, Vec::new(), 0, IdentityRule::MatchRepoDigestOrExact);
+            return self.push(
+                scope,
+                line,
+                Requirement::Accept,
+                Trusted::default(),
+                IdentityRule::MatchRepoDigestOrExact,
+            );
         };
         // Why refuse: a rule checks one identity for all its signatures; applying the first
         // requirement's to all would accept or refuse what containers/image would not.
@@ -405,13 +412,12 @@ impl JsonCtx<'_> {
             );
             return self.problem(line, message);
         }
-        let threshold = groups.len();
-        let keys = groups
-            .into_iter()
-            .enumerate()
-            .flat_map(|(group, (keys, _))| keys.into_iter().map(move |key| KeyRef { group, ..key }))
-            .collect();
-        self.push(scope, line, Requirement::Signed, keys, threshold, identity);
+        let mut all = Trusted { threshold: groups.len(), ..Trusted::default() };
+        for (group, (trusted, _)) in groups.into_iter().enumerate() {
+            all.keys.extend(trusted.keys.into_iter().map(|key| KeyRef { group, ..key }));
+            all.signers.extend(trusted.signers.into_iter().map(|signer| SignerIdentity { group, ..signer }));
+        }
+        self.push(scope, line, Requirement::Signed, all, identity);
     }
 
     fn push(
@@ -419,8 +425,7 @@ impl JsonCtx<'_> {
         scope: Scope,
         line: Option<usize>,
         require: Requirement,
-        keys: Vec<KeyRef>,
-        threshold: usize,
+        trusted: Trusted,
         identity: IdentityRule,
     ) {
         let source = self.path.to_owned();
@@ -428,8 +433,9 @@ impl JsonCtx<'_> {
             scope,
             namespaces: None,
             require,
-            keys,
-            threshold,
+            keys: trusted.keys,
+            identities: trusted.signers,
+            threshold: trusted.threshold,
             identity,
             mode: Mode::Enforce,
             source,
@@ -439,6 +445,15 @@ impl JsonCtx<'_> {
         };
         self.loader.push(rule, line);
     }
+}
+
+/// What a rule built from a scope trusts: keys and keyless signers, each in its group, and how
+/// many groups it needs.
+#[derive(Default)]
+struct Trusted {
+    keys: Vec<KeyRef>,
+    signers: Vec<SignerIdentity>,
+    threshold: usize,
 }
 
 // === impl JsonCtx: keys ===
@@ -875,7 +890,7 @@ mod containers_examples {
 
     /// "A reasonably locked-down system", its comments and trailing commas removed, with its
     /// `fulcio` and `pki` scopes when `certificates` names the directory their files are in
-    /// (see `the_fulcio_and_pki_scopes…`).
+    /// (see `the_fulcio_scope_loads…`).
     fn locked_down(key_path: &Path, certificates: Option<&Path>) -> serde_json::Value {
         let mut docker = serde_json::json!({
             "docker.io/openshift": [{"type": "insecureAcceptAnything"}],
@@ -943,7 +958,7 @@ mod containers_examples {
     }
 
     #[test]
-    fn the_fulcio_and_pki_scopes_are_refused_naming_the_fields() {
+    fn the_fulcio_scope_loads_and_the_pki_scope_is_refused() {
         let dir = TestDir::new();
         let key_path = dir.write("sigstore-pubkey.pub", &Key::new().pem());
         dir.write("certs/fulcio_v1.crt.pem", &super::super::test_support::public_good_fulcio_pem());
@@ -951,10 +966,8 @@ mod containers_examples {
         dir.write("certs/pki_root_crts.pem", &super::super::test_support::public_good_fulcio_pem());
         let err = load_json(&dir, &locked_down(&key_path, Some(&dir.path("certs")))).unwrap_err();
         let text = err.to_string();
-        assert_eq!(err.problems.len(), 2, "{text}");
-        for field in ["fulcio is not verified by the daemon yet", "\"pki\" is not supported"] {
-            assert!(text.contains(field), "{text}");
-        }
+        assert_eq!(err.problems.len(), 1, "{text}");
+        assert!(text.contains("\"pki\" is not supported"), "{text}");
     }
 
     #[test]

@@ -5,7 +5,14 @@
 //! scope = ["registry.example.com/team-a", "*.team-a.internal"]  # string or list
 //! require = "signed"            # signed | accept | reject
 //! keys = ["keys/team-a.pub"]    # PEM public keys; relative to this file
-//! threshold = 1                 # distinct keys needed; default 1
+//! identities = [                # keyless signers: exactly one of issuer/issuer_regex and one
+//!   { issuer = "https://token.actions.githubusercontent.com",  # of subject/subject_regex;
+//!     subject_regex = "https://github\\.com/org/.*" },          # regexes match the whole string
+//! ]
+//! trusted_root = "trusted_root.json"  # default: the built-in Sigstore public-good root
+//! ignore_sct = false            # default false: an embedded SCT is required
+//! ignore_tlog = false           # only false: a log entry (SET) is required
+//! threshold = 1                 # distinct keys plus identities needed; default 1
 //! identity = "match-repository" # match-exact | match-repo-digest-or-exact | ignore |
 //!                               # { remap = { prefix = "…", signed_prefix = "…" } } |
 //!                               # { exact-repository = "…" }
@@ -23,6 +30,7 @@ use std::fmt;
 use std::fs;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -31,7 +39,7 @@ use toml::Spanned;
 use super::identity::IdentityRule;
 use super::input;
 use super::load::{self, Loader, line_of};
-use super::{KeyRef, Mode, Requirement, Rule, Scope};
+use super::{CertificateTrust, KeyRef, Mode, Pattern, Requirement, RootSource, Rule, Scope, SignerIdentity};
 use crate::reference::ImageRef;
 
 /// Room for a ticket reference and whom to ask, short enough that the kubelet's event and the
@@ -53,6 +61,10 @@ struct RawRule {
     scope: Spanned<ScopeField>,
     require: Spanned<RawRequire>,
     keys: Option<Spanned<Vec<Spanned<String>>>>,
+    identities: Option<Spanned<Vec<Spanned<RawSigner>>>>,
+    trusted_root: Option<Spanned<String>>,
+    ignore_tlog: Option<Spanned<bool>>,
+    ignore_sct: Option<Spanned<bool>>,
     // i64, not usize, so that 0 and negatives reach our own message.
     threshold: Option<Spanned<i64>>,
     identity: Option<Spanned<RawIdentity>>,
@@ -60,6 +72,17 @@ struct RawRule {
     namespaces: Option<Spanned<Vec<Spanned<String>>>>,
     message: Option<Spanned<String>>,
     signatures_from: Option<Spanned<String>>,
+}
+
+/// One keyless signer; which of each pair is given is checked on conversion, so that the
+/// message can say what is wrong.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigner {
+    issuer: Option<String>,
+    issuer_regex: Option<String>,
+    subject: Option<String>,
+    subject_regex: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -271,12 +294,20 @@ impl FileCtx<'_> {
         let namespaces = self.namespaces(raw.namespaces);
         let message = raw.message.and_then(|message| self.message(message));
         let signatures_from = raw.signatures_from.and_then(|field| self.signatures_from(field, require));
-        let signed_only = SignedOnly { keys: raw.keys, threshold: raw.threshold, identity: raw.identity };
-        let (keys, threshold, identity) = if require == RawRequire::Signed {
+        let signed_only = SignedOnly {
+            keys: raw.keys,
+            identities: raw.identities,
+            trusted_root: raw.trusted_root,
+            ignore_tlog: raw.ignore_tlog,
+            ignore_sct: raw.ignore_sct,
+            threshold: raw.threshold,
+            identity: raw.identity,
+        };
+        let Signed { keys, identities, threshold, identity } = if require == RawRequire::Signed {
             self.signed_fields(signed_only, raw.require.span())
         } else {
             self.refuse_signed_fields(signed_only);
-            (Vec::new(), 0, IdentityRule::MatchRepository)
+            Signed { keys: Vec::new(), identities: Vec::new(), threshold: 0, identity: IdentityRule::MatchRepository }
         };
         if self.loader.problem_count() != before {
             return;
@@ -286,6 +317,7 @@ impl FileCtx<'_> {
             namespaces,
             require: require.into(),
             keys,
+            identities,
             threshold,
             identity,
             mode: raw.mode.map_or(Mode::Enforce, Mode::from),
@@ -323,8 +355,27 @@ impl From<RawMode> for Mode {
 /// The fields that only mean something for `require = "signed"`.
 struct SignedOnly {
     keys: Option<Spanned<Vec<Spanned<String>>>>,
+    identities: Option<Spanned<Vec<Spanned<RawSigner>>>>,
+    trusted_root: Option<Spanned<String>>,
+    ignore_tlog: Option<Spanned<bool>>,
+    ignore_sct: Option<Spanned<bool>>,
     threshold: Option<Spanned<i64>>,
     identity: Option<Spanned<RawIdentity>>,
+}
+
+/// What a signed rule needs, as loaded.
+struct Signed {
+    keys: Vec<KeyRef>,
+    identities: Vec<SignerIdentity>,
+    threshold: usize,
+    identity: IdentityRule,
+}
+
+/// The keyless fields of one rule, apart from the identities themselves.
+struct RawTrust {
+    trusted_root: Option<Spanned<String>>,
+    ignore_tlog: Option<Spanned<bool>>,
+    ignore_sct: Option<Spanned<bool>>,
 }
 
 // === impl FileCtx: field checks ===
@@ -417,11 +468,20 @@ impl FileCtx<'_> {
         }
     }
 
-    fn signed_fields(&mut self, raw: SignedOnly, require_span: Range<usize>) -> (Vec<KeyRef>, usize, IdentityRule) {
-        let (keys, listed) = self.keys(raw.keys, &require_span);
-        let threshold = self.threshold(raw.threshold, listed);
+    fn signed_fields(&mut self, raw: SignedOnly, require_span: Range<usize>) -> Signed {
+        let keys_listed = raw.keys.as_ref().map_or(0, |k| k.get_ref().len());
+        let signers_listed = raw.identities.as_ref().map_or(0, |i| i.get_ref().len());
+        if keys_listed + signers_listed == 0 {
+            let text = "require = \"signed\" needs at least one key in `keys` or one signer in `identities`";
+            self.problem(&require_span, text);
+        }
+        let keys = raw.keys.map(|field| self.keys(field)).unwrap_or_default();
+        let trust =
+            RawTrust { trusted_root: raw.trusted_root, ignore_tlog: raw.ignore_tlog, ignore_sct: raw.ignore_sct };
+        let identities = self.identities(raw.identities, trust, keys_listed);
+        let threshold = self.threshold(raw.threshold, keys_listed, signers_listed);
         let identity = raw.identity.map_or(IdentityRule::MatchRepository, |id| self.identity(id));
-        (keys, threshold, identity)
+        Signed { keys, identities, threshold, identity }
     }
 
     fn refuse_signed_fields(&mut self, raw: SignedOnly) {
@@ -429,6 +489,10 @@ impl FileCtx<'_> {
         // them to be checked; silently skipping that would be a security surprise.
         let spans = [
             raw.keys.map(|k| ("keys", k.span())),
+            raw.identities.map(|i| ("identities", i.span())),
+            raw.trusted_root.map(|t| ("trusted_root", t.span())),
+            raw.ignore_tlog.map(|t| ("ignore_tlog", t.span())),
+            raw.ignore_sct.map(|t| ("ignore_sct", t.span())),
             raw.threshold.map(|t| ("threshold", t.span())),
             raw.identity.map(|i| ("identity", i.span())),
         ];
@@ -437,18 +501,9 @@ impl FileCtx<'_> {
         }
     }
 
-    /// Loaded keys, and how many were listed (so a bad key file does not also trip threshold).
-    fn keys(
-        &mut self,
-        field: Option<Spanned<Vec<Spanned<String>>>>,
-        require_span: &Range<usize>,
-    ) -> (Vec<KeyRef>, usize) {
-        let Some(field) = field.filter(|f| !f.get_ref().is_empty()) else {
-            self.problem(require_span, "require = \"signed\" needs at least one key in `keys`");
-            return (Vec::new(), 0);
-        };
+    /// Loaded keys, each a group of its own.
+    fn keys(&mut self, field: Spanned<Vec<Spanned<String>>>) -> Vec<KeyRef> {
         let span = field.span();
-        let listed = field.get_ref().len();
         let mut keys = Vec::new();
         for key in field.into_inner() {
             match self.loader.key_file(&load::resolve(self.path, key.get_ref())) {
@@ -460,10 +515,106 @@ impl FileCtx<'_> {
         if let Err(e) = load::check_distinct_keys(&keys) {
             self.problem(&span, e);
         }
-        (keys, listed)
+        keys
     }
 
-    fn threshold(&mut self, field: Option<Spanned<i64>>, listed: usize) -> usize {
+    /// Keyless signers, each a group of its own after the `first_group - 1` keys' groups.
+    fn identities(
+        &mut self,
+        field: Option<Spanned<Vec<Spanned<RawSigner>>>>,
+        raw: RawTrust,
+        first_group: usize,
+    ) -> Vec<SignerIdentity> {
+        let Some(field) = field.filter(|f| !f.get_ref().is_empty()) else {
+            // Keyless options without signers suggest signers were meant; say so.
+            let spans = [
+                raw.trusted_root.map(|t| ("trusted_root", t.span())),
+                raw.ignore_tlog.map(|t| ("ignore_tlog", t.span())),
+                raw.ignore_sct.map(|t| ("ignore_sct", t.span())),
+            ];
+            for (name, span) in spans.into_iter().flatten() {
+                self.problem(&span, format!("`{name}` applies to keyless signers, and `identities` lists none"));
+            }
+            return Vec::new();
+        };
+        let Some(trust) = self.trust(raw) else { return Vec::new() };
+        let mut signers: Vec<SignerIdentity> = Vec::new();
+        for entry in field.into_inner() {
+            let span = entry.span();
+            let Some((issuer, subject)) = self.signer(entry.into_inner(), &span) else { continue };
+            let signer = SignerIdentity { issuer, subject, trust: trust.clone(), group: first_group + signers.len() };
+            // Why: each entry is a group of its own, so one signer listed twice would let a
+            // single signature meet a threshold of 2.
+            if signers.iter().any(|s| s.label() == signer.label()) {
+                self.problem(&span, format!("signer {} is listed twice", signer.label()));
+                continue;
+            }
+            signers.push(signer);
+        }
+        signers
+    }
+
+    fn trust(&mut self, raw: RawTrust) -> Option<Arc<CertificateTrust>> {
+        if let Some(flag) = raw.ignore_tlog.filter(|f| *f.get_ref()) {
+            // sigstore-verify can skip the inclusion proof, but still needs a verified signing
+            // time, which a `.sig` signature without a log entry does not have: honouring the
+            // option would mean faking it.
+            let text = "ignore_tlog = true is not supported: a keyless signature needs its log entry \
+                        (SET) as the verified signing time its certificate is checked at";
+            self.problem(&flag.span(), text);
+            return None;
+        }
+        let sct = !raw.ignore_sct.is_some_and(|f| *f.get_ref());
+        let (path, span) = match raw.trusted_root {
+            Some(field) => (Some(load::resolve(self.path, field.get_ref())), Some(field.span())),
+            None => (None, None),
+        };
+        match self.loader.trusted_root(path.as_deref()) {
+            Ok(root) => {
+                let source = path.map_or(RootSource::BuiltIn, RootSource::File);
+                Some(Arc::new(CertificateTrust { root, source, sct }))
+            }
+            Err(e) => {
+                match span {
+                    Some(span) => self.problem(&span, e),
+                    None => self.loader.problem(self.path, None, e),
+                }
+                None
+            }
+        }
+    }
+
+    /// One `{ issuer… , subject… }` entry: exactly one of each pair, patterns compiled.
+    fn signer(&mut self, raw: RawSigner, span: &Range<usize>) -> Option<(Pattern, Pattern)> {
+        let issuer = self.pattern("issuer", raw.issuer, raw.issuer_regex, span);
+        let subject = self.pattern("subject", raw.subject, raw.subject_regex, span);
+        Some((issuer?, subject?))
+    }
+
+    fn pattern(
+        &mut self,
+        name: &str,
+        exact: Option<String>,
+        regex: Option<String>,
+        span: &Range<usize>,
+    ) -> Option<Pattern> {
+        let (key, built) = match (exact, regex) {
+            (Some(text), None) => (name.to_owned(), Pattern::exact(&text)),
+            (None, Some(text)) => (format!("{name}_regex"), Pattern::regex(&text)),
+            (Some(_), Some(_)) => {
+                self.problem(span, format!("an identity has both `{name}` and `{name}_regex`; give one"));
+                return None;
+            }
+            (None, None) => {
+                self.problem(span, format!("an identity needs `{name}` or `{name}_regex`"));
+                return None;
+            }
+        };
+        built.map_err(|e| self.problem(span, format!("identity {key} {e}"))).ok()
+    }
+
+    fn threshold(&mut self, field: Option<Spanned<i64>>, keys: usize, signers: usize) -> usize {
+        let listed = keys + signers;
         let Some(field) = field else { return 1 };
         let value = *field.get_ref();
         match usize::try_from(value) {
@@ -474,7 +625,8 @@ impl FileCtx<'_> {
             }
             // With no keys listed, that problem is already reported.
             Ok(n) if listed > 0 && n > listed => {
-                let message = format!("threshold {n} is more than the {listed} keys listed");
+                let what = if signers == 0 { "keys" } else { "keys and identities" };
+                let message = format!("threshold {n} is more than the {listed} {what} listed");
                 self.problem(&field.span(), message);
                 n
             }
@@ -940,5 +1092,112 @@ namespaces = ["kube-system", "team-a"]
         let expect = [("a.toml", Some(3)), ("a.toml", Some(4)), ("a.toml", Some(7)), ("b.toml", Some(4))];
         let expect: Vec<_> = expect.iter().map(|(f, l)| (f.to_string(), *l)).collect();
         assert_eq!(got, expect, "{err}");
+    }
+
+    // === keyless signers ===
+
+    const GITHUB: &str = "https://token.actions.githubusercontent.com";
+
+    /// `setup`, plus a trusted root (sigstore's staging root) at policy.d/roots/staging.json.
+    fn setup_keyless(rule: &str) -> TestDir {
+        let dir = setup(&[("a.toml", rule)]);
+        dir.write("policy.d/roots/staging.json", sigstore_verify::trust_root::SIGSTORE_STAGING_TRUSTED_ROOT);
+        dir
+    }
+
+    fn keyless_err(rule: &str) -> PolicyError {
+        let dir = setup_keyless(rule);
+        load(&dir).expect_err("a load error")
+    }
+
+    #[test]
+    fn identities_as_the_brief_writes_them() {
+        let rule = format!(
+            "{SIGNED}identities = [\n  {{ issuer = \"{GITHUB}\", subject = \"https://github.com/org/app/.github/workflows/release.yml@refs/tags/v1\" }},\n  \
+             {{ issuer_regex = \"https://accounts\\\\.example\\\\.com\", subject_regex = \".*@example\\\\.com\" }},\n]\n\
+             keys = [\"keys/a.pub\"]\ntrusted_root = \"roots/staging.json\"\nignore_tlog = false\nignore_sct = true\nthreshold = 3\n"
+        );
+        let dir = setup_keyless(&rule);
+        let policy = load(&dir).unwrap();
+        let rule = &policy.rules()[0];
+        assert_eq!((rule.keys.len(), rule.identities.len(), rule.threshold), (1, 2, 3));
+        // Groups: the key's, then one per identity.
+        let groups: Vec<usize> = rule.identities.iter().map(|s| s.group).collect();
+        assert_eq!((rule.keys[0].group, groups), (0, vec![1, 2]));
+        let (first, second) = (&rule.identities[0], &rule.identities[1]);
+        assert!(first.matches("https://github.com/org/app/.github/workflows/release.yml@refs/tags/v1", GITHUB));
+        assert!(!first.matches("https://github.com/org/app/.github/workflows/release.yml@refs/tags/v2", GITHUB));
+        assert!(second.matches("ann@example.com", "https://accounts.example.com"));
+        assert!(!second.matches("ann@example.com", "https://accounts.example.com.evil.io"));
+        let trust = &first.trust;
+        assert_eq!(trust.source, RootSource::File(dir.path("policy.d/roots/staging.json")));
+        assert!(!trust.sct, "ignore_sct = true");
+        assert!(Arc::ptr_eq(trust, &second.trust), "one rule, one trust");
+    }
+
+    #[test]
+    fn identities_alone_default_to_the_built_in_root_with_every_proof() {
+        let rule = format!("{SIGNED}identities = [{{ issuer = \"{GITHUB}\", subject_regex = \".*\" }}]\n");
+        let policy = load(&setup_keyless(&rule)).unwrap();
+        let rule = &policy.rules()[0];
+        assert_eq!((rule.keys.len(), rule.threshold), (0, 1));
+        assert_eq!(rule.identities[0].trust.source, RootSource::BuiltIn);
+        assert!(rule.identities[0].trust.sct);
+        assert_eq!(rule.identities[0].trust.root_label(), "the built-in Sigstore public-good root");
+    }
+
+    #[test]
+    fn bad_identity_entries_name_their_line() {
+        let cases = [
+            ("{ issuer = \"i\" }", "needs `subject` or `subject_regex`"),
+            ("{ subject = \"s\" }", "needs `issuer` or `issuer_regex`"),
+            ("{ issuer = \"i\", issuer_regex = \"i\", subject = \"s\" }", "both `issuer` and `issuer_regex`"),
+            ("{ issuer = \"i\", subject_regex = \"(unclosed\" }", "identity subject_regex is not a valid regex"),
+            ("{ issuer_regex = \"a)|(b\", subject = \"s\" }", "identity issuer_regex is not a valid regex"),
+            ("{ issuer = \"\", subject = \"s\" }", "identity issuer is empty"),
+            ("{ issuer = \"i\", subject = \"s\", email = \"x\" }", "unknown key"),
+        ];
+        for (entry, needle) in cases {
+            let err = keyless_err(&format!("{SIGNED}keys = [\"keys/a.pub\"]\nidentities = [\n  {entry},\n]\n"));
+            assert_one(&err, "a.toml", 6, needle);
+        }
+        let twice = format!(
+            "{SIGNED}identities = [\n{{ issuer = \"i\", subject = \"s\" }},\n{{ issuer = \"i\", subject = \"s\" }},\n]\n"
+        );
+        assert_one(&keyless_err(&twice), "a.toml", 6, "is listed twice");
+    }
+
+    #[test]
+    fn threshold_counts_keys_and_identities() {
+        let rule = |n| {
+            format!(
+                "{SIGNED}keys = [\"keys/a.pub\"]\nidentities = [{{ issuer = \"i\", subject = \"s\" }}]\nthreshold = {n}\n"
+            )
+        };
+        assert_eq!(load(&setup_keyless(&rule(2))).unwrap().rules()[0].threshold, 2);
+        assert_one(&keyless_err(&rule(3)), "a.toml", 6, "threshold 3 is more than the 2 keys and identities listed");
+        let none = format!("{SIGNED}identities = []\n");
+        assert_one(&keyless_err(&none), "a.toml", 3, "needs at least one key in `keys` or one signer in `identities`");
+    }
+
+    #[test]
+    fn keyless_options_need_signers_and_a_usable_root() {
+        let options = format!("{SIGNED}keys = [\"keys/a.pub\"]\ntrusted_root = \"roots/staging.json\"\n");
+        assert_one(&keyless_err(&options), "a.toml", 5, "`trusted_root` applies to keyless signers");
+        let signer = format!("{SIGNED}identities = [{{ issuer = \"i\", subject = \"s\" }}]\n");
+        let tlog = format!("{signer}ignore_tlog = true\n");
+        assert_one(&keyless_err(&tlog), "a.toml", 5, "ignore_tlog = true is not supported");
+        let missing = format!("{signer}trusted_root = \"roots/gone.json\"\n");
+        let err = keyless_err(&missing);
+        assert_one(&err, "a.toml", 5, "roots/gone.json: cannot open");
+        let dir = setup_keyless(&format!("{signer}trusted_root = \"keys/a.pub\"\n"));
+        assert_one(&load(&dir).unwrap_err(), "a.toml", 5, "keys/a.pub: unusable:");
+        let dir = setup_keyless(&format!("{signer}trusted_root = \"/dev/zero\"\n"));
+        assert_one(&load(&dir).unwrap_err(), "a.toml", 5, "/dev/zero: is a character device");
+        let accept = "[[rule]]\nscope = \"r.io\"\nrequire = \"accept\"\nidentities = []\ntrusted_root = \"x\"\nignore_tlog = false\nignore_sct = false\n";
+        let err = keyless_err(accept);
+        let names: Vec<&str> = err.problems.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(names.len(), 4, "{err}");
+        assert!(names.iter().all(|m| m.contains("is only allowed with require = \"signed\"")), "{err}");
     }
 }

@@ -49,7 +49,7 @@ impl Interest {
 }
 
 /// The directories to watch for one policy: `policy_dir`, and the directory of every file the
-/// policy was read from (policy.json, the policy files, key files), also where a symlink
+/// policy was read from (policy.json, the policy files, key files, trusted roots), also where a symlink
 /// points.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -69,6 +69,9 @@ impl Plan {
         for rule in policy.rules() {
             plan.file(&rule.source);
             for path in rule.keys.iter().filter_map(|key| key.path.as_deref()) {
+                plan.file(path);
+            }
+            for path in rule.identities.iter().flat_map(|signer| signer.trust.source.files()) {
                 plan.file(path);
             }
         }

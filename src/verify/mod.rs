@@ -381,6 +381,7 @@ mod tests {
             namespaces: None,
             require: Requirement::Signed,
             keys: keys.collect(),
+            identities: Vec::new(),
             threshold,
             identity: IdentityRule::MatchRepository,
             mode: Mode::Enforce,

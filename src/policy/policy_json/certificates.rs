@@ -21,6 +21,8 @@
 //! - Rekor keys beside public keys: containers/image then requires a Rekor SET for the key
 //!   signature; pullgate's key signatures carry no log check.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
@@ -30,8 +32,9 @@ use sigstore_verify::types::{DerCertificate, DerPublicKey};
 use super::super::input;
 use super::super::limits::{MAX_CA_FILE, MAX_KEY_FILE};
 use super::super::load;
+use super::super::{CertificateTrust, Pattern, RootSource, SignerIdentity};
 use super::JsonCtx;
-use crate::verify::keyless::{TrustRoot, root};
+use crate::verify::keyless::root;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -71,13 +74,6 @@ impl RekorKeys {
     }
 }
 
-/// A `fulcio` requirement, read and checked: whom it trusts and through what.
-pub(super) struct Fulcio {
-    pub root: TrustRoot,
-    pub issuer: String,
-    pub email: String,
-}
-
 /// serde's derived structs also take a JSON array of their fields in order; containers/image
 /// takes only objects.
 fn is_object(raw: &RawValue) -> bool {
@@ -115,8 +111,9 @@ impl JsonCtx<'_> {
         false
     }
 
-    /// A `fulcio` object and its Rekor keys; None when refused (already reported).
-    pub(super) fn fulcio(&mut self, raw: &RawValue, rekor: &RekorKeys, line: Option<usize>) -> Option<Fulcio> {
+    /// A `fulcio` object and its Rekor keys, as the one signer they trust (group 0); None when
+    /// refused (already reported).
+    pub(super) fn fulcio(&mut self, raw: &RawValue, rekor: &RekorKeys, line: Option<usize>) -> Option<SignerIdentity> {
         if !is_object(raw) {
             self.problem(line, "fulcio: must be a JSON object");
             return None;
@@ -129,29 +126,38 @@ impl JsonCtx<'_> {
             }
         };
         let before = self.loader.problem_count();
-        let required =
-            [(fulcio.oidc_issuer.as_deref(), "oidcIssuer"), (fulcio.subject_email.as_deref(), "subjectEmail")];
-        for (_, field) in required.iter().filter(|(value, _)| value.is_none_or(str::is_empty)) {
-            self.problem(line, format!("fulcio: {field} is required"));
-        }
+        let issuer = self.signer_pattern(line, "oidcIssuer", fulcio.oidc_issuer.as_deref());
+        let subject = self.signer_pattern(line, "subjectEmail", fulcio.subject_email.as_deref());
         let cas = self.one_pem_source(line, "fulcio", ("caPath", &fulcio.ca_path), ("caData", &fulcio.ca_data));
         let cas = cas.and_then(|pem| self.certificates(line, "fulcio CA", &pem));
         let keys = self.rekor_keys(rekor, line);
         if self.loader.problem_count() != before {
             return None;
         }
-        let (cas, keys) = (cas?, keys?);
-        match root::from_parts(FULCIO_LABEL, &cas, &keys) {
-            Ok(root) => Some(Fulcio {
-                root,
-                issuer: fulcio.oidc_issuer.unwrap_or_default(),
-                email: fulcio.subject_email.unwrap_or_default(),
-            }),
+        let (cas, keys, issuer, subject) = (cas?, keys?, issuer?, subject?);
+        let root = match root::from_parts(FULCIO_LABEL, &cas, &keys) {
+            Ok(root) => root,
             Err(e) => {
                 self.problem(line, format!("fulcio: {e}"));
-                None
+                return None;
             }
-        }
+        };
+        let files = fulcio.ca_path.iter().chain(rekor.path.iter()).chain(rekor.paths.iter().flatten());
+        let files = files.map(|path| load::resolve(self.path, path)).collect();
+        let source = RootSource::PolicyJson { policy_json: self.path.to_owned(), files };
+        // containers/image does not check the SCT (fulcio_cert.go says why), and this root
+        // has no CT log to check one against.
+        let trust = CertificateTrust { root: Arc::new(root), source, sct: false };
+        Some(SignerIdentity { issuer, subject, trust: Arc::new(trust), group: 0 })
+    }
+
+    /// `fulcio`'s issuer or email, matched exactly, as containers/image does.
+    fn signer_pattern(&mut self, line: Option<usize>, field: &str, value: Option<&str>) -> Option<Pattern> {
+        let pattern = match value {
+            None | Some("") => Err("is required".to_owned()),
+            Some(value) => Pattern::exact(value),
+        };
+        pattern.map_err(|e| self.problem(line, format!("fulcio: {field} {e}"))).ok()
     }
 
     /// A `pki` object: read and checked as containers/image does, so that every mistake in it
@@ -297,6 +303,32 @@ mod tests {
 
     const FULCIO: &str = r#""fulcio": {"caPath": "certs/fulcio.pem", "oidcIssuer": "https://accounts.example.com", "subjectEmail": "dev@example.com"}"#;
     const REKOR: &str = r#""rekorPublicKeyPath": "keys/a.pub""#;
+
+    #[test]
+    fn a_fulcio_requirement_becomes_a_keyless_signer_of_its_own_root() {
+        let requirement = format!(
+            r#"{{"type": "sigstoreSigned", {FULCIO}, {REKOR}, "signedIdentity": {{"type": "matchRepository"}}}},
+               {{"type": "sigstoreSigned", "keyPath": "keys/b.pub", "signedIdentity": {{"type": "matchRepository"}}}}"#
+        );
+        let (dir, loaded) = load(&requirement);
+        let policy = loaded.unwrap();
+        let rule = &policy.rules()[1];
+        // Both requirements must hold: the signer is group 0, the key group 1.
+        assert_eq!((rule.threshold, rule.identities.len(), rule.keys.len()), (2, 1, 1));
+        assert_eq!((rule.identities[0].group, rule.keys[0].group), (0, 1));
+        let signer = &rule.identities[0];
+        assert!(signer.matches("dev@example.com", "https://accounts.example.com"));
+        assert!(!signer.matches("dev@example.com", "https://accounts.example.com/"), "issuer matched exactly");
+        assert!(!signer.matches("Dev@example.com", "https://accounts.example.com"), "email matched exactly");
+        assert!(!signer.trust.sct, "containers/image does not check SCTs");
+        // Relative paths are the policy.json's directory's, and are watched for changes.
+        let files = vec![dir.path("certs/fulcio.pem"), dir.path("keys/a.pub")];
+        let source = RootSource::PolicyJson { policy_json: dir.path("policy.json"), files };
+        assert_eq!(signer.trust.source, source);
+        let kinds: Vec<root::AuthorityKind> = signer.trust.root.authorities().iter().map(|a| a.kind).collect();
+        use root::AuthorityKind::{CertificateAuthority as Ca, TransparencyLog as Log};
+        assert_eq!(kinds, [Ca, Ca, Log], "one anchor per CA certificate, one log per Rekor key, no CT log");
+    }
 
     /// What containers/image refuses as a policy error (or fails every pull over), refused at
     /// load here too; and what it accepts but pullgate cannot check as it does.

@@ -46,6 +46,12 @@ pub enum PublicGood {
     Staging,
 }
 
+impl std::fmt::Debug for TrustRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TrustRoot")
+    }
+}
+
 impl TrustRoot {
     pub fn public_good(instance: PublicGood) -> Result<TrustRoot, KeylessError> {
         let json = match instance {

@@ -330,4 +330,32 @@ mod tests {
         let future = key(AuthorityKind::CertificateAuthority, "2027-01-01T00:00:00Z", None);
         assert_eq!(warnings(&[future], at("2026-06-01T00:00:00Z")).len(), 1);
     }
+
+    /// Rekor (v1, the log that issues SETs) uses the SHA-256 of its key as its log ID: true of
+    /// the public-good one, and what the logs built from bare keys rely on to find the key a SET
+    /// names. (Rekor v2 logs derive theirs from the checkpoint origin too; they issue no SETs.)
+    #[test]
+    fn logs_built_from_keys_have_rekor_log_ids_and_cas_their_certificates_dates() {
+        let public_good = TrustedRoot::from_json(SIGSTORE_PRODUCTION_TRUSTED_ROOT).unwrap();
+        let v1 = public_good.tlogs.iter().filter(|log| log.base_url == "https://rekor.sigstore.dev");
+        assert_eq!(v1.clone().count(), 1);
+        for log in v1 {
+            let computed = BASE64.encode(Sha256::digest(log.public_key.raw_bytes.as_bytes()));
+            assert_eq!(computed, log.log_id.key_id.to_string(), "{}", log.base_url);
+        }
+        let ca = public_good.certificate_authorities.iter().find(|ca| ca.valid_for.is_some_and(|w| w.end.is_none()));
+        let certs: Vec<DerCertificate> =
+            ca.unwrap().cert_chain.certificates.iter().map(|c| c.raw_bytes.clone()).collect();
+        let keys: Vec<DerPublicKey> = public_good.tlogs.iter().map(|l| l.public_key.raw_bytes.clone()).collect();
+        let built = from_parts("test", &certs, &keys[..1]).unwrap();
+        let listed = built.authorities();
+        assert_eq!(listed.len(), certs.len() + 1, "{listed:?}");
+        for (authority, cert) in listed.iter().zip(&certs) {
+            let info = parse_certificate_info(cert).unwrap();
+            assert_eq!((authority.valid_from, authority.valid_until), (Some(info.not_before), Some(info.not_after)));
+        }
+        let ed25519 = DerPublicKey::from_pem(crate::policy::test_support::KEY_ED).unwrap();
+        let refused = from_parts("test", &certs, &[ed25519]).err().unwrap().to_string();
+        assert!(refused.contains("Rekor public key #1 is not an ECDSA P-256 or P-384 key"), "{refused}");
+    }
 }
