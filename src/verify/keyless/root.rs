@@ -19,6 +19,11 @@ use super::{KeylessError, TrustRoot};
 /// air-gapped nodes.
 pub const EXPIRY_WARNING: SignedDuration = SignedDuration::from_hours(30 * 24);
 
+/// Where the built-in Sigstore public-good root comes from: the `trusted_root.json` embedded in
+/// this version of sigstore-trust-root (a test checks Cargo.lock agrees). Refreshing the root
+/// means updating that crate; docs/keyless.md says how.
+pub const BUILT_IN_ROOT_SOURCE: &str = "sigstore-trust-root 0.15.1";
+
 /// Which part of a sigstore deployment an entry trusts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -357,5 +362,17 @@ mod tests {
         let ed25519 = DerPublicKey::from_pem(crate::policy::test_support::KEY_ED).unwrap();
         let refused = from_parts("test", &certs, &[ed25519]).err().unwrap().to_string();
         assert!(refused.contains("Rekor public key #1 is not an ECDSA P-256 or P-384 key"), "{refused}");
+    }
+
+    #[test]
+    fn the_built_in_root_source_names_the_crate_version_in_use() {
+        let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+        let version = lock.split("[[package]]").find_map(|package| {
+            package.contains("name = \"sigstore-trust-root\"\n").then(|| {
+                let line = package.lines().find(|l| l.starts_with("version = ")).unwrap();
+                line.trim_start_matches("version = ").trim_matches('"').to_owned()
+            })
+        });
+        assert_eq!(BUILT_IN_ROOT_SOURCE, format!("sigstore-trust-root {}", version.unwrap()));
     }
 }
