@@ -1,19 +1,20 @@
 //! A containers-policy.json(5) file, for nodes that already have one.
 //!
 //! Read: `default` and `transports.docker`, each scope with a list of requirements of type
-//! `insecureAcceptAnything`, `reject` or `sigstoreSigned` with public keys (exactly one of
-//! `keyPath`, `keyPaths`, `keyData`, `keyDatas`; base64 of PEM for the data forms) and
-//! `signedIdentity`. Other transports are ignored: they never apply to a CRI pull.
+//! `insecureAcceptAnything`, `reject` or `sigstoreSigned` with public keys (`keyPath`,
+//! `keyPaths`, `keyData`, `keyDatas`; base64 of PEM for the data forms) or a Fulcio CA with
+//! Rekor keys (`fulcio`, see `certificates`), and `signedIdentity`. Other transports are
+//! ignored: they never apply to a CRI pull.
 //!
 //! Refused with a load error, never silently accepted: every other requirement type
-//! (`signedBy`, `signedBaseLayer`, …), Fulcio/PKI certificates and Rekor keys (pullgate cannot
-//! honour them), `exactReference` identities, `sigstoreSigned` requirements of one scope with
-//! different identities, unknown or duplicate fields.
+//! (`signedBy`, `signedBaseLayer`, …), `pki` and Rekor keys beside public keys (pullgate cannot
+//! check them as containers/image does), `exactReference` identities, `sigstoreSigned`
+//! requirements of one scope with different identities, unknown or duplicate fields.
 //!
 //! Mapping, as CRI-O and Podman (containers/image) evaluate a list: every requirement must
 //! hold. A `reject` anywhere rejects; `insecureAcceptAnything` adds nothing to the others; each
-//! `sigstoreSigned` becomes a key group satisfied by any one of its keys, and the rule needs
-//! every group. A missing `signedIdentity` means matchRepoDigestOrExact (containers' default,
+//! `sigstoreSigned` becomes a group satisfied by any one of its keys (or by its Fulcio signer),
+//! and the rule needs every group. A missing `signedIdentity` means matchRepoDigestOrExact (containers' default,
 //! which cosign's tagless signatures only satisfy for pulls by digest); relative key paths are
 //! taken relative to the policy.json's directory; `transports.docker[""]`, being more specific
 //! for docker images, replaces `default` entirely.
