@@ -336,26 +336,23 @@ mod tests {
     fn combinations_containers_image_refuses_are_refused() {
         let pki = r#""pki": {"caRootsPath": "certs/fulcio.pem", "subjectEmail": "dev@example.com"}"#;
         let cases: Vec<(String, &str)> = vec![
-            (format!("{FULCIO}"), "fulcio needs one of rekorPublicKeyPath"),
+            (FULCIO.to_owned(), "fulcio needs one of rekorPublicKeyPath"),
             (
                 format!("{FULCIO}, \"keyPath\": \"keys/a.pub\", {REKOR}"),
                 "exactly one of keyPath, keyPaths, keyData, keyDatas, fulcio and pki",
             ),
             (format!("{FULCIO}, {pki}"), "exactly one of"),
             (String::new(), "exactly one of"),
-            (format!("{REKOR}"), "exactly one of"),
+            (REKOR.to_owned(), "exactly one of"),
             (
                 format!("{FULCIO}, {REKOR}, \"rekorPublicKeyData\": \"{}\"", b64(KEY_B)),
                 "at most one of rekorPublicKeyPath",
             ),
             (format!("{pki}, {REKOR}"), "Rekor keys cannot be used with pki"),
             (format!("\"keyPath\": \"keys/b.pub\", {REKOR}"), "Rekor keys beside public keys are not supported"),
-            (
-                format!("{pki}"),
-                "\"pki\" is not supported (containers/image checks a PKI certificate at the current time",
-            ),
+            (pki.to_owned(), "\"pki\" is not supported (containers/image checks a PKI certificate at the current time"),
             (format!("\"fulcio\": null, {REKOR}"), "fulcio: must be a JSON object"),
-            (format!("\"pki\": []"), "pki: must be a JSON object"),
+            ("\"pki\": []".to_owned(), "pki: must be a JSON object"),
             (format!("{FULCIO}, \"rekorPublicKeyPaths\": []"), "the Rekor key list is empty"),
         ];
         for (fields, needle) in cases {
