@@ -26,6 +26,12 @@ pub enum ReasonCode {
     IdentityMismatch,
     /// A trusted key signed another digest.
     DigestMismatch,
+    /// A keyless signature's certificate verified, but names a signer (subject, issuer) none of
+    /// the rule's identities matches.
+    SignerMismatch,
+    /// A keyless signature failed a check: certificate chain, SCT, log entry (SET), timestamp or
+    /// the signature itself.
+    UntrustedCertificate,
     /// A signature or its payload could not be used (wrong type, malformed, not served intact).
     UnusableSignature,
     /// Some, but too few, of the required keys signed.
@@ -71,6 +77,8 @@ impl ReasonCode {
             Shortfall::DigestMismatch => ReasonCode::DigestMismatch,
             Shortfall::UnusablePayload => ReasonCode::UnusableSignature,
             Shortfall::UntrustedKey => ReasonCode::UntrustedKey,
+            Shortfall::SignerMismatch => ReasonCode::SignerMismatch,
+            Shortfall::UntrustedCertificate => ReasonCode::UntrustedCertificate,
             Shortfall::NoSignatures => ReasonCode::NoSignatures,
         }
     }
@@ -86,6 +94,8 @@ impl ReasonCode {
             ReasonCode::UntrustedKey => "untrusted-key",
             ReasonCode::IdentityMismatch => "identity-mismatch",
             ReasonCode::DigestMismatch => "digest-mismatch",
+            ReasonCode::SignerMismatch => "signer-mismatch",
+            ReasonCode::UntrustedCertificate => "untrusted-certificate",
             ReasonCode::UnusableSignature => "unusable-signature",
             ReasonCode::Threshold => "threshold",
             ReasonCode::NotFound => "not-found",
@@ -103,7 +113,7 @@ impl ReasonCode {
 }
 
 #[cfg(test)]
-pub(crate) const ALL: [ReasonCode; 20] = [
+pub(crate) const ALL: [ReasonCode; 22] = [
     ReasonCode::Verified,
     ReasonCode::AcceptRule,
     ReasonCode::RejectedScope,
@@ -112,6 +122,8 @@ pub(crate) const ALL: [ReasonCode; 20] = [
     ReasonCode::UntrustedKey,
     ReasonCode::IdentityMismatch,
     ReasonCode::DigestMismatch,
+    ReasonCode::SignerMismatch,
+    ReasonCode::UntrustedCertificate,
     ReasonCode::UnusableSignature,
     ReasonCode::Threshold,
     ReasonCode::NotFound,

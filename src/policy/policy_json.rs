@@ -865,6 +865,7 @@ mod containers_examples {
                 digest: Digest::sha256_of(&payload),
                 size: payload.len() as u64,
                 signature: signature.to_der().as_bytes().to_vec(),
+                certificate: None,
             };
             (layer, Bytes::from(payload))
         }

@@ -4,13 +4,16 @@
 //! The bundle model (v0.1–v0.3, the DSSE envelope and its PAE, in-toto statements) is
 //! sigstore-rust's `sigstore-types`; the signature is checked with the rule's keys
 //! (`keys::TrustedKey`, RustCrypto), as for `.sig` signatures. Keyless bundles (a Fulcio
-//! certificate instead of a key hint) are refused until the keyless check exists.
+//! certificate instead of a key hint) are verified by sigstore-verify (`certificate`) against
+//! the rule's trusted roots and identities, over the image digest.
 
 use sigstore_types::bundle::VerificationMaterialContent;
 use sigstore_types::{Bundle, DsseEnvelope, SignatureContent, Statement};
 
+use sigstore_verify::types::{Artifact, Sha256Hash};
+
 use super::referrers::MAX_BUNDLE_BYTES;
-use super::{Checked, Shortfall, plural};
+use super::{Checked, Shortfall, certificate, plural};
 use crate::policy::{IdentityRule, KeyRef, Rule};
 use crate::reference::Digest;
 
@@ -31,29 +34,55 @@ pub(super) fn check_bundle<'k>(
     layer: &Digest,
     bytes: &[u8],
 ) -> Checked<'k> {
-    let envelope = match envelope(layer, bytes) {
+    let bundle = match parse(layer, bytes) {
+        Ok(bundle) => bundle,
+        Err((kind, text)) => return refused(None, kind, text),
+    };
+    let keyless = matches!(
+        bundle.verification_material.content,
+        VerificationMaterialContent::Certificate(_) | VerificationMaterialContent::X509CertificateChain { .. }
+    );
+    let envelope = match envelope(bundle) {
         Ok(envelope) => envelope,
         Err((kind, text)) => return refused(None, kind, text),
     };
-    let signature = envelope.signature.sig.as_bytes();
-    let pae = envelope.pae();
-    let Some(key) = keys.iter().copied().find(|k| k.key.verify(&pae, signature).is_ok()) else {
-        let n = keys.len();
-        let text = format!("{PREFIX}signature does not verify with any of the {n} trusted {}", plural(n, "key"));
-        return refused(None, Shortfall::UntrustedKey, text);
+    let verified = if keyless {
+        match check_certificate(digest, rule, bytes) {
+            Ok(signer) => Checked { key: None, signer: Some(signer), signed_name: None, problem: None },
+            Err((kind, text)) => return refused(None, kind, format!("{PREFIX}{text}")),
+        }
+    } else {
+        let signature = envelope.signature.sig.as_bytes();
+        let pae = envelope.pae();
+        let Some(key) = keys.iter().copied().find(|k| k.key.verify(&pae, signature).is_ok()) else {
+            let n = keys.len();
+            let text = format!("{PREFIX}signature does not verify with any of the {n} trusted {}", plural(n, "key"));
+            return refused(None, Shortfall::UntrustedKey, text);
+        };
+        Checked { key: Some(key), signer: None, signed_name: None, problem: None }
     };
-    match check_statement(digest, rule, &envelope) {
-        Ok(()) => Checked { key: Some(key), signed_name: None, problem: None },
-        Err((kind, text)) => refused(Some(key), kind, text),
-    }
+    Checked { problem: check_statement(digest, rule, &envelope).err(), ..verified }
+}
+
+/// sigstore-verify checks the certificate, the log entry and the DSSE signature, and that the
+/// statement's subject is `digest`; `check_statement` then reads the statement it vouched for.
+fn check_certificate(digest: &Digest, rule: &Rule, bytes: &[u8]) -> Result<certificate::Signer, (Shortfall, String)> {
+    let unusable = |text: String| (Shortfall::UnusablePayload, text);
+    // Parsed again: sigstore-verify takes its own bundle type, and `envelope` consumed ours.
+    let text = std::str::from_utf8(bytes).map_err(|_| unusable("not UTF-8 JSON".into()))?;
+    let bundle = sigstore_verify::types::Bundle::from_json(text)
+        .map_err(|e| unusable(format!("not a valid bundle: {}", truncated(&e))))?;
+    let hash = (digest.algorithm() == "sha256").then(|| Sha256Hash::from_hex(digest.hex()).ok()).flatten();
+    let hash = hash.ok_or_else(|| (Shortfall::DigestMismatch, format!("{digest} is not a sha256 digest")))?;
+    certificate::check(rule, &bundle, || Artifact::from_digest(hash))
 }
 
 fn refused(key: Option<&KeyRef>, kind: Shortfall, text: String) -> Checked<'_> {
-    Checked { key, signed_name: None, problem: Some((kind, text)) }
+    Checked { key, signer: None, signed_name: None, problem: Some((kind, text)) }
 }
 
-/// The DSSE envelope of a key-signed bundle.
-fn envelope(layer: &Digest, bytes: &[u8]) -> Result<DsseEnvelope, (Shortfall, String)> {
+/// The bundle in a layer, bounded and matching its digest.
+fn parse(layer: &Digest, bytes: &[u8]) -> Result<Bundle, (Shortfall, String)> {
     let unusable = |text: &str| (Shortfall::UnusablePayload, format!("{PREFIX}{text}"));
     if bytes.len() > MAX_BUNDLE_BYTES {
         return Err(unusable(&format!("{} bytes, more than the {MAX_BUNDLE_BYTES}-byte limit", bytes.len())));
@@ -62,13 +91,16 @@ fn envelope(layer: &Digest, bytes: &[u8]) -> Result<DsseEnvelope, (Shortfall, St
         return Err(unusable("blob does not match the layer digest"));
     }
     let text = std::str::from_utf8(bytes).map_err(|_| unusable("not UTF-8 JSON"))?;
-    let bundle = Bundle::from_json(text).map_err(|e| unusable(&format!("not a valid bundle: {}", truncated(&e))))?;
+    Bundle::from_json(text).map_err(|e| unusable(&format!("not a valid bundle: {}", truncated(&e))))
+}
+
+/// The DSSE envelope of a bundle signed with a key or a certificate.
+fn envelope(bundle: Bundle) -> Result<DsseEnvelope, (Shortfall, String)> {
+    let unusable = |text: &str| (Shortfall::UnusablePayload, format!("{PREFIX}{text}"));
     match bundle.verification_material.content {
-        VerificationMaterialContent::PublicKey(_) => {}
-        // The keyless check (certificate chain to Fulcio, identity, log proof) plugs in here.
-        VerificationMaterialContent::Certificate(_) | VerificationMaterialContent::X509CertificateChain { .. } => {
-            return Err((Shortfall::UntrustedKey, format!("{PREFIX}keyless bundle: not supported yet")));
-        }
+        VerificationMaterialContent::PublicKey(_)
+        | VerificationMaterialContent::Certificate(_)
+        | VerificationMaterialContent::X509CertificateChain { .. } => {}
         _ => return Err(unusable("verification material of an unknown kind")),
     }
     match bundle.content {

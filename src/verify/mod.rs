@@ -3,6 +3,7 @@
 //! (cosign v3's default, found as OCI referrers).
 
 mod bundle;
+mod certificate;
 pub mod keyless;
 pub mod keys;
 pub mod payload;
@@ -50,6 +51,12 @@ pub enum Shortfall {
     DigestMismatch,
     /// A trusted key signed something that is not a cosign image signature.
     UnusablePayload,
+    /// A certificate verified against the trusted root, but names a signer (subject, issuer)
+    /// none of the rule's identities matches.
+    SignerMismatch,
+    /// A keyless signature failed a check: certificate chain, SCT, log entry (SET), timestamp,
+    /// or the signature itself.
+    UntrustedCertificate,
     /// Signatures exist, but none verifies with a trusted key.
     UntrustedKey,
     /// There is no signature at all.
@@ -126,6 +133,9 @@ pub struct SignatureOutcome {
 /// What checking one signature found.
 struct Checked<'k> {
     key: Option<&'k KeyRef>,
+    /// A keyless signature's signer, when its certificate verified for one of the rule's
+    /// identities.
+    signer: Option<certificate::Signer>,
     signed_name: Option<String>,
     problem: Option<(Shortfall, String)>,
 }
@@ -153,6 +163,7 @@ pub fn evaluate_found(image: &ImageRef, digest: &Digest, rule: &Rule, sigs: &[Fo
     let mut satisfied: HashSet<usize> = HashSet::new();
     let mut outcomes = Vec::with_capacity(sigs.len());
     let mut worst = Shortfall::NoSignatures;
+    let mut signers: Vec<certificate::Signer> = Vec::new();
     for found in sigs {
         let (layer, format, checked) = match found {
             Found::Simple { layer, payload, format } => {
@@ -162,27 +173,33 @@ pub fn evaluate_found(image: &ImageRef, digest: &Digest, rule: &Rule, sigs: &[Fo
                 (layer, Format::Bundle(*via), bundle::check_bundle(digest, rule, &keys, layer, bundle))
             }
         };
-        let Checked { key, signed_name, problem } = checked;
-        match (key, &problem) {
-            (Some(key), None) => satisfied.extend(groups_of(rule, key)),
-            (_, Some((kind, _))) => worst = worst.min(*kind),
-            (None, None) => {}
+        let Checked { key, signer, signed_name, problem } = checked;
+        let verified_by = key.map(key_label).or_else(|| signer.as_ref().map(|s| s.label.clone()));
+        match (key, signer, &problem) {
+            (Some(key), _, None) => satisfied.extend(groups_of(rule, key)),
+            (None, Some(signer), None) => signers.push(signer),
+            (_, _, Some((kind, _))) => worst = worst.min(*kind),
+            (None, None, None) => {}
         }
         outcomes.push(SignatureOutcome {
             layer: layer.clone(),
             format,
-            verified_by: key.map(key_label),
+            verified_by,
             signed_name,
             rejected_because: problem.map(|(_, text)| text),
         });
     }
+    let by_signer: Vec<(&(String, String), &[usize])> = signers.iter().map(|s| (&s.id, s.groups.as_slice())).collect();
+    satisfied.extend(certificate::matched_groups(&by_signer));
     let accepted = satisfied.len() >= required;
     let missing_keys: Vec<String> = if accepted {
         Vec::new()
     } else {
         // A key is missing when no group it belongs to is satisfied: in a group of
         // alternatives that another key satisfied, it is not needed.
-        keys.iter().filter(|k| !groups_of(rule, k).any(|g| satisfied.contains(&g))).map(|k| key_label(k)).collect()
+        let keys = keys.iter().filter(|k| !groups_of(rule, k).any(|g| satisfied.contains(&g))).map(|k| key_label(k));
+        let signers = rule.identities.iter().filter(|s| !satisfied.contains(&s.group)).map(|s| s.label());
+        keys.chain(signers).collect()
     };
     let shortfall = match (accepted, satisfied.len()) {
         (true, _) => None,
@@ -231,25 +248,41 @@ fn check_signature<'k>(
     layer: &SignatureLayer,
     payload: &[u8],
 ) -> Checked<'k> {
-    let refused = |kind, text: String| Checked { key: None, signed_name: None, problem: Some((kind, text)) };
+    let refused =
+        |kind, text: String| Checked { key: None, signer: None, signed_name: None, problem: Some((kind, text)) };
     if !layer.digest.verify(payload) {
         return refused(Shortfall::UnusablePayload, "payload blob does not match the layer digest".to_string());
     }
-    let Some(key) = keys.iter().copied().find(|k| k.key.verify(payload, &layer.signature).is_ok()) else {
-        let n = keys.len();
-        let text = format!("signature does not verify with any of the {n} trusted {}", plural(n, "key"));
-        return refused(Shortfall::UntrustedKey, text);
+    let verified = match keys.iter().copied().find(|k| k.key.verify(payload, &layer.signature).is_ok()) {
+        Some(key) => Checked { key: Some(key), signer: None, signed_name: None, problem: None },
+        // Keys first: a key signature may carry a certificate too, and the key decides then.
+        None => match &layer.certificate {
+            Some(material) if !rule.identities.is_empty() => {
+                match certificate::check_legacy(rule, material, layer, payload) {
+                    Ok(signer) => Checked { key: None, signer: Some(signer), signed_name: None, problem: None },
+                    Err((kind, text)) => return refused(kind, text),
+                }
+            }
+            _ => {
+                let n = keys.len();
+                let mut text = format!("signature does not verify with any of the {n} trusted {}", plural(n, "key"));
+                if layer.certificate.is_some() {
+                    text.push_str(" (it is a keyless signature, and the rule lists no `identities`)");
+                }
+                return refused(Shortfall::UntrustedKey, text);
+            }
+        },
     };
     let signed = match SignedPayload::parse(payload) {
         Ok(signed) => signed,
         Err(PayloadError::WrongType(t)) => {
             let text = format!("signature payload has type {t:?}, not a cosign container image signature");
-            return Checked { key: Some(key), ..refused(Shortfall::UnusablePayload, text) };
+            return Checked { problem: Some((Shortfall::UnusablePayload, text)), ..verified };
         }
-        Err(other) => return Checked { key: Some(key), ..refused(Shortfall::UnusablePayload, other.to_string()) },
+        Err(other) => return Checked { problem: Some((Shortfall::UnusablePayload, other.to_string())), ..verified },
     };
     let problem = check_payload(image, digest, rule, &signed).err();
-    Checked { key: Some(key), signed_name: Some(signed.docker_reference), problem }
+    Checked { signed_name: Some(signed.docker_reference), problem, ..verified }
 }
 
 fn check_payload(
@@ -349,6 +382,7 @@ mod tests {
                 digest: Digest::sha256_of(payload),
                 size: payload.len() as u64,
                 signature: sig.to_der().as_bytes().to_vec(),
+                certificate: None,
             };
             (layer, Bytes::copy_from_slice(payload))
         }
@@ -734,7 +768,10 @@ mod tests {
             "messageSignature": {"messageDigest": {"algorithm": "SHA2_256", "digest": "qqo="}, "signature": "MAo="},
         });
         let cases = [
-            (found_bundle(keyless), "sigstore bundle: keyless bundle: not supported yet"),
+            (
+                found_bundle(keyless.clone()),
+                "sigstore bundle: keyless signature (a certificate), and the rule lists no `identities`",
+            ),
             (found_bundle(message), "sigstore bundle: holds a message signature"),
             (found_bundle(serde_json::json!({"mediaType": BUNDLE_V03})), "sigstore bundle: not a valid bundle"),
             (found_bundle(serde_json::json!([1, 2])), "sigstore bundle: not a valid bundle"),
@@ -747,5 +784,24 @@ mod tests {
         let swapped = Found::Bundle { layer, bundle: Bytes::from_static(b"{}"), via: Discovery::ReferrersApi };
         let ev = run_found(&r, &[swapped]);
         assert_eq!(only_reason(&ev), "sigstore bundle: blob does not match the layer digest");
+        // Under a rule with identities, sigstore-verify judges it, and names the check.
+        let ev = run_found(&with_identity(r), &[found_bundle(keyless)]);
+        assert!(only_reason(&ev).starts_with("sigstore bundle: keyless signature: "), "{}", only_reason(&ev));
+        assert!(only_reason(&ev).contains(" check failed: "), "{}", only_reason(&ev));
+        assert_eq!(ev.shortfall, Some(Shortfall::UntrustedCertificate));
+    }
+
+    /// `rule` with one keyless identity, under the built-in public-good root.
+    fn with_identity(rule: Rule) -> Rule {
+        use crate::policy::{CertificateTrust, Pattern, RootSource, SignerIdentity};
+        let root = Arc::new(keyless::TrustRoot::public_good(keyless::PublicGood::Production).unwrap());
+        let trust = Arc::new(CertificateTrust { root, source: RootSource::BuiltIn, sct: true });
+        let signer = SignerIdentity {
+            issuer: Pattern::exact("https://issuer.example.test").unwrap(),
+            subject: Pattern::exact("signer@example.test").unwrap(),
+            trust,
+            group: rule.keys.len(),
+        };
+        Rule { identities: vec![signer], ..rule }
     }
 }

@@ -21,12 +21,40 @@ pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_SIGNATURE_LAYERS: usize = 64;
 /// Base64 of a 8192-bit RSA signature is 1368 characters; anything far beyond is not a signature.
 const MAX_SIGNATURE_ANNOTATION_LEN: usize = 4096;
+/// Keyless signatures (cosign's legacy format): the signing certificate, the chain to its root
+/// and the Rekor SET ride in these annotations of the signature layer.
+pub const CERTIFICATE_ANNOTATION: &str = "dev.sigstore.cosign/certificate";
+pub const CHAIN_ANNOTATION: &str = "dev.sigstore.cosign/chain";
+pub const REKOR_BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
+/// A Fulcio leaf in PEM is about 1.5 KiB (its SAN, CI claims and SCT included); a leaf with
+/// many long extensions a few KiB.
+pub const MAX_CERTIFICATE_ANNOTATION_LEN: usize = 16 * 1024;
+/// Intermediates and root in PEM: Fulcio's are two certificates, under 2 KiB.
+pub const MAX_CHAIN_ANNOTATION_LEN: usize = 32 * 1024;
+/// The SET and the log entry's body, which holds the signature and the certificate again, in
+/// base64 inside JSON: about 4 KiB for a Fulcio certificate.
+pub const MAX_REKOR_BUNDLE_ANNOTATION_LEN: usize = 64 * 1024;
+/// Certificates in the chain annotation: Fulcio sends an intermediate and its root; a private
+/// PKI a few more. Path building is costly in the number of candidates an attacker may add.
+pub const MAX_CHAIN_CERTIFICATES: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureLayer {
     pub digest: Digest,
     pub size: u64,
     pub signature: Vec<u8>,
+    /// Set when the layer was signed keyless (it carries a certificate annotation).
+    pub certificate: Option<CertificateMaterial>,
+}
+
+/// A keyless `.sig` signature's annotations, as given (PEM, PEM, JSON); verified only by the
+/// keyless check, which turns them into a sigstore bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateMaterial {
+    pub certificate: String,
+    pub chain: Option<String>,
+    /// The Rekor SET with its log entry (`{"SignedEntryTimestamp": …, "Payload": {…}}`).
+    pub rekor_bundle: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -143,7 +171,27 @@ fn parse_layer(index: usize, value: &RawValue) -> Result<Option<SignatureLayer>,
         return Err(bad(format!("signature annotation is longer than {MAX_SIGNATURE_ANNOTATION_LEN} characters")));
     }
     let signature = STANDARD.decode(encoded).map_err(|_| bad("signature annotation is not valid base64".into()))?;
-    Ok(Some(SignatureLayer { digest, size: raw.size, signature }))
+    let certificate = certificate_material(&raw.annotations).map_err(bad)?;
+    Ok(Some(SignatureLayer { digest, size: raw.size, signature, certificate }))
+}
+
+/// The keyless annotations, bounded; None when the layer has no certificate (a key signature,
+/// even if it was logged and so has a Rekor bundle annotation).
+fn certificate_material(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<CertificateMaterial>, String> {
+    let bounded = |name: &str, limit: usize| match annotations.get(name) {
+        Some(value) if value.len() > limit => Err(format!("annotation {name} is longer than {limit} characters")),
+        value => Ok(value.cloned()),
+    };
+    let Some(certificate) = bounded(CERTIFICATE_ANNOTATION, MAX_CERTIFICATE_ANNOTATION_LEN)? else {
+        return Ok(None);
+    };
+    Ok(Some(CertificateMaterial {
+        certificate,
+        chain: bounded(CHAIN_ANNOTATION, MAX_CHAIN_ANNOTATION_LEN)?,
+        rekor_bundle: bounded(REKOR_BUNDLE_ANNOTATION, MAX_REKOR_BUNDLE_ANNOTATION_LEN)?,
+    }))
 }
 
 #[cfg(test)]
@@ -186,7 +234,9 @@ mod tests {
         ];
         let got = parse_signature_manifest(&manifest(Some(OCI_MANIFEST), layers), OCI_MANIFEST).unwrap();
         assert_eq!(got.len(), 2);
-        assert_eq!(got[0], SignatureLayer { digest: D1.parse().unwrap(), size: 250, signature: vec![0, 1, 2] });
+        let expected =
+            SignatureLayer { digest: D1.parse().unwrap(), size: 250, signature: vec![0, 1, 2], certificate: None };
+        assert_eq!(got[0], expected);
         assert_eq!(got[1].signature, vec![0xff]);
     }
 
@@ -268,5 +318,34 @@ mod tests {
         }
         let big = vec![b' '; MAX_MANIFEST_BYTES + 1];
         assert_eq!(parse_signature_manifest(&big, ""), Err(ManifestError::TooLarge { size: MAX_MANIFEST_BYTES + 1 }));
+    }
+
+    #[test]
+    fn keyless_annotations_are_kept_bounded() {
+        let layer = |extra: serde_json::Value| {
+            let mut layer = sig_layer(D1, Some("AAEC"));
+            for (name, value) in extra.as_object().unwrap() {
+                layer["annotations"][name] = value.clone();
+            }
+            parse_signature_manifest(&manifest(Some(OCI_MANIFEST), vec![layer]), "")
+        };
+        // A Rekor bundle alone (a logged key signature) is no certificate.
+        assert_eq!(layer(json!({})).unwrap()[0].certificate, None);
+        let got = layer(json!({ CERTIFICATE_ANNOTATION: "LEAF", CHAIN_ANNOTATION: "CHAIN" })).unwrap();
+        let material = got[0].certificate.clone().unwrap();
+        assert_eq!((material.certificate.as_str(), material.chain.as_deref()), ("LEAF", Some("CHAIN")));
+        assert_eq!(material.rekor_bundle.as_deref(), Some("{}"));
+        let cases = [
+            (CERTIFICATE_ANNOTATION, MAX_CERTIFICATE_ANNOTATION_LEN),
+            (CHAIN_ANNOTATION, MAX_CHAIN_ANNOTATION_LEN),
+            (REKOR_BUNDLE_ANNOTATION, MAX_REKOR_BUNDLE_ANNOTATION_LEN),
+        ];
+        for (name, limit) in cases {
+            let at_limit = json!({ CERTIFICATE_ANNOTATION: "LEAF", name: "x".repeat(limit) });
+            assert!(layer(at_limit).is_ok(), "{name} at its limit");
+            let over = json!({ CERTIFICATE_ANNOTATION: "LEAF", name: "x".repeat(limit + 1) });
+            let err = layer(over).unwrap_err().to_string();
+            assert!(err.contains(&format!("annotation {name} is longer than {limit}")), "{err}");
+        }
     }
 }

@@ -14,6 +14,7 @@
 //! sigstore-verify is verification only, follows the conformance suite, and builds without
 //! any network or C dependency once aws-lc-rs is left out.
 
+pub mod legacy;
 pub mod provider;
 pub mod root;
 
@@ -21,7 +22,9 @@ use std::path::Path;
 
 use sigstore_verify::trust_root::{SIGSTORE_PRODUCTION_TRUSTED_ROOT, SIGSTORE_STAGING_TRUSTED_ROOT, TrustedRoot};
 use sigstore_verify::types::{Artifact, Bundle, DerPublicKey, Sha256Hash};
-use sigstore_verify::{PublicKeyVerificationPolicy, VerificationPolicy, Verifier};
+use sigstore_verify::{
+    CertificateError, Error as VerifyError, PublicKeyVerificationPolicy, VerificationPolicy, Verifier,
+};
 
 /// A trusted root file: the public-good root is about 7 KiB, one with a long history of
 /// rotated keys a few tens; anything near this bound is not a trusted root.
@@ -151,6 +154,75 @@ pub fn verify_bundle(
         issuer: result.issuer().map(str::to_owned),
         signing_times: result.verified_timestamps().iter().map(ToString::to_string).collect(),
     })
+}
+
+/// What a certificate signature established once every check passed: who the certificate
+/// names, and the evidence its checks used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certified {
+    /// The certificate's SAN (email or URI).
+    pub subject: String,
+    /// Its OIDC issuer (OID 1.3.6.1.4.1.57264.1.8, else .1.1).
+    pub issuer: String,
+    /// RFC 3339: the log's integrated time (or a verified timestamp) the chain was checked at.
+    pub signing_time: String,
+    /// The log entry's index, when the signature carries one.
+    pub log_index: Option<u64>,
+}
+
+/// A certificate signature that failed, with the check that failed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `certificate chain`, `SCT`, `transparency log`, `timestamp`, `signature`, `digest`,
+    /// `identity`, `issuer` or `bundle`.
+    pub check: &'static str,
+    pub text: String,
+}
+
+/// sigstore-verify's checks of a certificate-signed `bundle` over `artifact`, for any identity:
+/// chain to a CA of `root` at the signing time, code-signing EKU, the SCT (when `sct`), the log
+/// entry's SET or proof, the entry's binding to this certificate, signature and artifact, and
+/// the signature. Which identities count is the caller's policy, matched on the result.
+pub fn verify_certificate(
+    root: &TrustRoot,
+    bundle: &Bundle,
+    artifact: Artifact<'_>,
+    sct: bool,
+) -> Result<Certified, Refusal> {
+    let mut policy = VerificationPolicy::any_identity();
+    if !sct {
+        policy = policy.skip_sct();
+    }
+    let result = root
+        .verifier
+        .verify(artifact, bundle, &policy)
+        .map_err(|e| Refusal { check: check_of(&e), text: e.to_string() })?;
+    // Fail closed on what the rule is matched against: a verified certificate without a SAN
+    // or an issuer names nobody.
+    let missing = |what: &str| Refusal { check: "identity", text: format!("certificate has no {what}") };
+    let subject = result.identity().ok_or_else(|| missing("SAN identity (email or URI)"))?.to_string();
+    let issuer = result.issuer().ok_or_else(|| missing("OIDC issuer extension"))?.to_owned();
+    let signing_time = result
+        .integrated_time()
+        .or_else(|| result.verified_timestamps().first().copied())
+        .map_or_else(|| "unknown".to_owned(), |t| t.to_string());
+    let log_index = bundle.verification_material.tlog_entries.first().map(|e| e.log_index.get());
+    Ok(Certified { subject, issuer, signing_time, log_index })
+}
+
+/// The check a sigstore-verify error is about, in the words of pullgate's reasons.
+fn check_of(error: &VerifyError) -> &'static str {
+    match error {
+        VerifyError::Certificate(CertificateError::Sct(_)) => "SCT",
+        VerifyError::Certificate(_) | VerifyError::TrustedCertificate(_) => "certificate chain",
+        VerifyError::TransparencyLog(_) => "transparency log",
+        VerifyError::Timestamp(_) => "timestamp",
+        VerifyError::SignatureInvalid(_) => "signature",
+        VerifyError::ArtifactMismatch(_) => "digest",
+        VerifyError::IdentityMismatch { .. } => "identity",
+        VerifyError::IssuerMismatch { .. } => "issuer",
+        _ => "bundle",
+    }
 }
 
 /// Reads a trusted root file within [`MAX_TRUSTED_ROOT_BYTES`].

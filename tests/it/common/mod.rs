@@ -12,4 +12,5 @@ pub mod private;
 pub mod process;
 pub mod pullgate;
 pub mod raw;
+pub mod sigstore;
 pub mod store;
