@@ -10,8 +10,9 @@ use serde::Serialize;
 use crate::config::{Config, Overrides};
 use crate::daemon;
 use crate::explain::{PolicyTable, RuleView, SCHEMA_VERSION};
-use crate::policy::Policy;
-use crate::policy::lint::{self, Warning, WarningKind};
+use crate::policy::lint::{self, RootInForce, Warning, WarningKind};
+use crate::policy::{Policy, RootSource};
+use crate::verify::keyless::root::{self, Authority, BUILT_IN_ROOT_SOURCE};
 
 use super::{ConfigArgs, EXIT_REFUSED, Failure, Output};
 
@@ -32,11 +33,63 @@ struct Report {
     policy_json: Option<PathBuf>,
     rules: Vec<RuleView>,
     warnings: Vec<WarningView>,
+    /// The trusted roots keyless rules verify against, each once.
+    trusted_roots: Vec<RootView>,
+}
+
+#[derive(Serialize)]
+struct RootView {
+    /// The built-in root's label, a root file, or the policy.json a fulcio root is built from.
+    root: String,
+    /// `built-in`, `file` or `policy-json`.
+    source: &'static str,
+    /// For the built-in root: the crate release it is embedded in.
+    built_in_from: Option<&'static str>,
+    /// The newest `validFor` start among its authorities: how recent the root is.
+    newest_start: Option<jiff::Timestamp>,
+    rules: usize,
+    authorities: Vec<Authority>,
+}
+
+impl RootView {
+    fn new(root: RootInForce) -> RootView {
+        let (source, built_in_from) = match root.source {
+            RootSource::BuiltIn => ("built-in", Some(BUILT_IN_ROOT_SOURCE)),
+            RootSource::File(_) => ("file", None),
+            RootSource::PolicyJson { .. } => ("policy-json", None),
+        };
+        RootView {
+            newest_start: root::newest_start(&root.authorities),
+            root: root.label,
+            source,
+            built_in_from,
+            rules: root.rules,
+            authorities: root.authorities,
+        }
+    }
+
+    /// Its heading line, then one line per authority.
+    fn text(&self) -> String {
+        let rules = if self.rules == 1 { "rule" } else { "rules" };
+        let mut from = String::new();
+        if let Some(crate_release) = self.built_in_from {
+            from = format!(", from {crate_release}");
+        }
+        if let Some(newest) = self.newest_start {
+            from.push_str(&format!(", newest authority from {}", newest.strftime("%Y-%m-%d")));
+        }
+        let mut text = format!("trusted root: {} ({} {rules}{from})\n", self.root, self.rules);
+        for authority in &self.authorities {
+            text.push_str(&format!("  {}\n", authority.describe()));
+        }
+        text
+    }
 }
 
 #[derive(Serialize)]
 struct WarningView {
-    /// `ignored`, `rule`, or `alias` (a note, not a problem).
+    /// `ignored`, `rule`, `root` (a trusted root that expires soon or has no CA valid now), or
+    /// `alias` (a note, not a problem).
     kind: WarningKind,
     file: PathBuf,
     message: String,
@@ -72,6 +125,11 @@ pub(super) fn run(args: &CheckArgs) -> ExitCode {
 fn print_text(config: &Config, policy: &Policy, warnings: &[Warning]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     write!(out, "{}", PolicyTable::new(policy))?;
+    let roots = lint::roots_in_force(policy);
+    if !roots.is_empty() {
+        writeln!(out)?;
+    }
+    roots.into_iter().try_for_each(|root| write!(out, "{}", RootView::new(root).text()))?;
     if !warnings.is_empty() {
         writeln!(out)?;
     }
@@ -103,6 +161,7 @@ fn print_json(config: &Config, policy: &Policy, warnings: Vec<Warning>) -> std::
             .chain(lint::alias_notes(policy))
             .map(|Warning { file, kind, message }| WarningView { kind, file, message })
             .collect(),
+        trusted_roots: lint::roots_in_force(policy).into_iter().map(RootView::new).collect(),
     };
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, &report)?;

@@ -17,3 +17,7 @@ pub const MAX_SIGNER_PATTERN_CHARS: usize = 1024;
 /// short pattern with nested repetition (`(\w{100}){100}`) from compiling into megabytes per
 /// rule.
 pub const MAX_SIGNER_REGEX_BYTES: usize = 256 * 1024;
+
+/// A CA file of a containers-policy.json `fulcio` or `pki` requirement: a few PEM certificates,
+/// a couple of KiB each; a whole system bundle is a few hundred KiB.
+pub const MAX_CA_FILE: u64 = 1024 * 1024;

@@ -8,7 +8,8 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::{IdentityRule, Policy, Requirement, Scope};
+use super::{IdentityRule, Policy, Requirement, RootSource, Scope};
+use crate::verify::keyless::{self, root::Authority};
 
 /// Extensions of files an operator may have meant as policy; compared without case.
 const POLICY_LIKE: [&str; 4] = ["toml", "json", "yaml", "yml"];
@@ -29,6 +30,8 @@ pub enum WarningKind {
     Rule,
     /// Not a problem: a scope's host also has other well-known spellings it covers.
     Alias,
+    /// A trusted root in force that stops working soon, or has no certificate authority valid now.
+    Root,
 }
 
 impl fmt::Display for Warning {
@@ -37,6 +40,7 @@ impl fmt::Display for Warning {
             WarningKind::Ignored => "ignored",
             WarningKind::Rule => "warning",
             WarningKind::Alias => "note",
+            WarningKind::Root => "warning",
         };
         write!(f, "{label}: {}: {}", self.file.display(), self.message)
     }
@@ -60,7 +64,62 @@ pub fn warnings(policy: &Policy, policy_dir: &Path, policy_json: Option<&Path>) 
             )));
         }
     }
+    warnings.extend(root_warnings(&roots_in_force(policy), jiff::Timestamp::now()));
     warnings
+}
+
+/// A trusted root some rule verifies keyless signatures against.
+pub struct RootInForce {
+    /// As `CertificateTrust::root_label` names it.
+    pub label: String,
+    pub source: RootSource,
+    /// The file its warnings are reported against: the root file, the policy.json it was built
+    /// from, or (for the built-in root) the first file with a rule using it.
+    pub file: PathBuf,
+    pub authorities: Vec<Authority>,
+    /// How many rules use it.
+    pub rules: usize,
+}
+
+/// Every distinct trusted root the rules use, in the order rules first name them.
+pub fn roots_in_force(policy: &Policy) -> Vec<RootInForce> {
+    let mut roots: Vec<RootInForce> = Vec::new();
+    for rule in policy.rules() {
+        let mut counted = BTreeSet::new();
+        for trust in rule.identities.iter().map(|signer| &signer.trust) {
+            let label = trust.root_label();
+            if !counted.insert(label.clone()) {
+                continue;
+            }
+            match roots.iter_mut().find(|root| root.label == label) {
+                Some(root) => root.rules += 1,
+                None => roots.push(RootInForce {
+                    file: match &trust.source {
+                        RootSource::File(path) | RootSource::PolicyJson { policy_json: path, .. } => path.clone(),
+                        RootSource::BuiltIn => rule.source.clone(),
+                    },
+                    label,
+                    source: trust.source.clone(),
+                    authorities: trust.root.authorities().to_vec(),
+                    rules: 1,
+                }),
+            }
+        }
+    }
+    roots
+}
+
+/// What to act on in the roots in force at `now` (see `keyless::root::warnings`).
+pub fn root_warnings(roots: &[RootInForce], now: jiff::Timestamp) -> Vec<Warning> {
+    let warn = |root: &RootInForce, message: String| Warning {
+        file: root.file.clone(),
+        kind: WarningKind::Root,
+        message: format!("trusted root {}: {message}", root.label),
+    };
+    roots
+        .iter()
+        .flat_map(|root| keyless::root::warnings(&root.authorities, now).into_iter().map(move |m| warn(root, m)))
+        .collect()
 }
 
 /// A scope naming `127.0.0.1:5000` also covers `localhost:5000`: said once per host, at the
@@ -202,5 +261,149 @@ mod tests {
             .map(|w| format!("{}", w.file.file_name().unwrap().to_string_lossy()))
             .collect();
         assert_eq!(named, ["20-extra.TOML", "30-extra.yaml", "policy.json"]);
+    }
+}
+
+/// The trusted roots keyless rules name: listed once each, warned about before they stop
+/// working, and hostile root files refused at load.
+#[cfg(test)]
+mod trusted_roots {
+    use sigstore_verify::trust_root::SIGSTORE_PRODUCTION_TRUSTED_ROOT;
+
+    use super::*;
+    use crate::policy::PolicyError;
+    use crate::policy::test_support::TestDir;
+    use crate::verify::keyless::MAX_TRUSTED_ROOT_BYTES;
+
+    /// A rule for `scope` trusting one keyless signer, against `root` (a path relative to
+    /// policy.d) or the built-in root.
+    fn rule(scope: &str, root: Option<&str>) -> String {
+        let root = root.map(|r| format!("trusted_root = {r:?}\n")).unwrap_or_default();
+        format!(
+            "[[rule]]\nscope = \"{scope}\"\nrequire = \"signed\"\n{root}identities = [{{ issuer = \"https://i.example\", subject = \"a@example.com\" }}]\n"
+        )
+    }
+
+    fn load(dir: &TestDir, rules: &[&str]) -> Result<Policy, PolicyError> {
+        dir.write("policy.d/a.toml", &rules.concat());
+        Policy::load(&dir.path("policy.d"), None)
+    }
+
+    /// The public-good root with every CA's window ending at `end` (None: no CA at all).
+    fn root_with_cas_ending(end: Option<jiff::Timestamp>) -> String {
+        let mut root: serde_json::Value = serde_json::from_str(SIGSTORE_PRODUCTION_TRUSTED_ROOT).unwrap();
+        let cas = root["certificateAuthorities"].as_array_mut().unwrap();
+        match end {
+            Some(end) => cas.iter_mut().for_each(|ca| ca["validFor"]["end"] = end.to_string().into()),
+            None => cas.clear(),
+        }
+        root.to_string()
+    }
+
+    fn days_from_now(days: i64) -> jiff::Timestamp {
+        jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * days)
+    }
+
+    #[test]
+    fn each_root_in_force_is_listed_once_with_the_rules_using_it() {
+        let dir = TestDir::new();
+        dir.write("policy.d/roots/staging.json", sigstore_verify::trust_root::SIGSTORE_STAGING_TRUSTED_ROOT);
+        let rules = [rule("r.io/a", None), rule("r.io/b", Some("roots/staging.json")), rule("r.io/c", None)];
+        let policy = load(&dir, &rules.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        let roots = roots_in_force(&policy);
+        let listed: Vec<(&str, usize)> = roots.iter().map(|r| (r.label.as_str(), r.rules)).collect();
+        let staging = dir.path("policy.d/roots/staging.json");
+        assert_eq!(listed, [("the built-in Sigstore public-good root", 2), (staging.to_str().unwrap(), 1)]);
+        assert_eq!((&roots[0].source, &roots[0].file), (&RootSource::BuiltIn, &dir.path("policy.d/a.toml")));
+        assert_eq!(roots[1].file, staging);
+        assert!(roots.iter().all(|r| !r.authorities.is_empty()));
+        // A policy without keyless rules has no root in force.
+        let keys_only = load(&dir, &["[[rule]]\nscope = \"*\"\nrequire = \"reject\"\n"]).unwrap();
+        assert!(roots_in_force(&keys_only).is_empty());
+    }
+
+    #[test]
+    fn a_root_ending_soon_an_expired_root_and_a_root_without_a_ca_are_warned_about() {
+        let dir = TestDir::new();
+        dir.write("policy.d/soon.json", &root_with_cas_ending(Some(days_from_now(10))));
+        dir.write("policy.d/expired.json", &root_with_cas_ending(Some("2023-01-01T00:00:00Z".parse().unwrap())));
+        dir.write("policy.d/no-ca.json", &root_with_cas_ending(None));
+        let rules = [
+            rule("r.io/soon", Some("soon.json")),
+            rule("r.io/old", Some("expired.json")),
+            rule("r.io/none", Some("no-ca.json")),
+        ];
+        let policy = load(&dir, &rules.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        let found: Vec<Warning> = warnings(&policy, &dir.path("policy.d"), None)
+            .into_iter()
+            .filter(|w| w.kind == WarningKind::Root)
+            .collect();
+        let about = |name: &str| -> Vec<&str> {
+            found
+                .iter()
+                .filter(|w| w.file == dir.path(&format!("policy.d/{name}")))
+                .map(|w| w.message.as_str())
+                .collect()
+        };
+        let soon = about("soon.json");
+        assert_eq!(soon.len(), 2, "{found:?}");
+        assert!(
+            soon.iter().all(|m| m.contains("certificate authority https://fulcio.sigstore.dev: stops being valid on"))
+        );
+        assert!(soon[0].contains("(in 9 days)") || soon[0].contains("(in 10 days)"), "{soon:?}");
+        assert_eq!(about("expired.json").len(), 1, "{found:?}");
+        assert!(
+            about("expired.json")[0]
+                .contains("no certificate authority is valid now (the last one ended on 2023-01-01)")
+        );
+        assert_eq!(
+            about("no-ca.json"),
+            [format!(
+                "trusted root {}: no certificate authority is valid now: no signing certificate can verify against this root",
+                dir.path("policy.d/no-ca.json").display()
+            )]
+        );
+        // The built-in root, valid for years, is not warned about.
+        let built_in = load(&dir, &[&rule("r.io", None)]).unwrap();
+        let about_roots =
+            warnings(&built_in, &dir.path("policy.d"), None).into_iter().filter(|w| w.kind == WarningKind::Root);
+        assert_eq!(about_roots.count(), 0);
+    }
+
+    #[test]
+    fn hostile_trusted_root_files_are_refused_at_load_naming_them() {
+        let dir = TestDir::new();
+        let fifo = dir.path("policy.d/fifo.json");
+        dir.write("policy.d/README", "");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        dir.write("policy.d/huge.json", &" ".repeat(MAX_TRUSTED_ROOT_BYTES as usize + 1));
+        dir.write("policy.d/not-json.json", "mediaType: yaml");
+        dir.write("policy.d/empty-object.json", "{}");
+        dir.write("policy.d/real.json", SIGSTORE_PRODUCTION_TRUSTED_ROOT);
+        std::os::unix::fs::symlink("real.json", dir.path("policy.d/link.json")).unwrap();
+        std::os::unix::fs::symlink("fifo.json", dir.path("policy.d/link-to-fifo.json")).unwrap();
+        let cases = [
+            ("fifo.json", "is a FIFO (named pipe), not a regular file"),
+            ("huge.json", "is larger than 1 MiB, the limit for a trusted root"),
+            ("not-json.json", "unusable:"),
+            ("empty-object.json", "unusable:"),
+            ("link-to-fifo.json", "is a FIFO (named pipe), not a regular file"),
+            ("missing.json", "cannot open"),
+        ];
+        for (name, needle) in cases {
+            let (done, result) = std::sync::mpsc::channel();
+            let text = rule("r.io", Some(name));
+            let policy_dir = dir.path("policy.d");
+            std::fs::write(policy_dir.join("a.toml"), &text).unwrap();
+            // On another thread: a load that blocks must fail the test, not hang it.
+            std::thread::spawn(move || done.send(Policy::load(&policy_dir, None)));
+            let loaded = result.recv_timeout(std::time::Duration::from_secs(5)).expect("load finished");
+            let err = loaded.err().unwrap_or_else(|| panic!("{name} loaded"));
+            let expected = format!("trusted root {}: {needle}", dir.path(&format!("policy.d/{name}")).display());
+            assert!(err.to_string().contains(&expected), "{name}: {err}");
+        }
+        // A symlink to a regular file is followed, as ConfigMap mounts need.
+        let policy = load(&dir, &[&rule("r.io", Some("link.json"))]).unwrap();
+        assert_eq!(roots_in_force(&policy)[0].source, RootSource::File(dir.path("policy.d/link.json")));
     }
 }

@@ -24,7 +24,7 @@ pub use identity::{IdentityConfigError, IdentityMismatch, IdentityRule};
 pub use input::read_bounded_text;
 pub use scope::{Scope, ScopeError, Specificity};
 pub use shared::SharedPolicy;
-pub use signer::{CertificateTrust, Pattern, SignerIdentity};
+pub use signer::{CertificateTrust, Pattern, RootSource, SignerIdentity};
 pub(crate) use toml_file::valid_namespace;
 
 use crate::reference::ImageRef;

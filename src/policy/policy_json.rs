@@ -1,19 +1,20 @@
 //! A containers-policy.json(5) file, for nodes that already have one.
 //!
 //! Read: `default` and `transports.docker`, each scope with a list of requirements of type
-//! `insecureAcceptAnything`, `reject` or `sigstoreSigned` with public keys (exactly one of
-//! `keyPath`, `keyPaths`, `keyData`, `keyDatas`; base64 of PEM for the data forms) and
-//! `signedIdentity`. Other transports are ignored: they never apply to a CRI pull.
+//! `insecureAcceptAnything`, `reject` or `sigstoreSigned` with public keys (`keyPath`,
+//! `keyPaths`, `keyData`, `keyDatas`; base64 of PEM for the data forms) or a Fulcio CA with
+//! Rekor keys (`fulcio`, see `certificates`), and `signedIdentity`. Other transports are
+//! ignored: they never apply to a CRI pull.
 //!
 //! Refused with a load error, never silently accepted: every other requirement type
-//! (`signedBy`, `signedBaseLayer`, …), Fulcio/PKI certificates and Rekor keys (pullgate cannot
-//! honour them), `exactReference` identities, `sigstoreSigned` requirements of one scope with
-//! different identities, unknown or duplicate fields.
+//! (`signedBy`, `signedBaseLayer`, …), `pki` and Rekor keys beside public keys (pullgate cannot
+//! check them as containers/image does), `exactReference` identities, `sigstoreSigned`
+//! requirements of one scope with different identities, unknown or duplicate fields.
 //!
 //! Mapping, as CRI-O and Podman (containers/image) evaluate a list: every requirement must
 //! hold. A `reject` anywhere rejects; `insecureAcceptAnything` adds nothing to the others; each
-//! `sigstoreSigned` becomes a key group satisfied by any one of its keys, and the rule needs
-//! every group. A missing `signedIdentity` means matchRepoDigestOrExact (containers' default,
+//! `sigstoreSigned` becomes a group satisfied by any one of its keys (or by its Fulcio signer),
+//! and the rule needs every group. A missing `signedIdentity` means matchRepoDigestOrExact (containers' default,
 //! which cosign's tagless signatures only satisfy for pulls by digest); relative key paths are
 //! taken relative to the policy.json's directory; `transports.docker[""]`, being more specific
 //! for docker images, replaces `default` entirely.
@@ -23,13 +24,15 @@ use std::path::Path;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::identity::IdentityRule;
 use super::input;
 use super::load::{self, Loader, line_of};
-use super::{KeyRef, Mode, Requirement, Rule, Scope};
+use super::{KeyRef, Mode, Requirement, Rule, Scope, SignerIdentity};
+
+mod certificates;
 
 // === raw serde types ===
 
@@ -89,7 +92,7 @@ struct Bare {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawSigstore {
+struct RawSigstore<'a> {
     #[serde(rename = "type")]
     _kind: String,
     key_path: Option<String>,
@@ -97,23 +100,19 @@ struct RawSigstore {
     key_data: Option<String>,
     key_datas: Option<Vec<String>>,
     signed_identity: Option<RawSignedIdentity>,
-    // Known but unsupported: recorded as present (even when null) so they can be refused.
-    #[serde(default, deserialize_with = "present")]
-    fulcio: bool,
-    #[serde(default, deserialize_with = "present")]
-    pki: bool,
-    #[serde(default, deserialize_with = "present")]
-    rekor_public_key_path: bool,
-    #[serde(default, deserialize_with = "present")]
-    rekor_public_key_paths: bool,
-    #[serde(default, deserialize_with = "present")]
-    rekor_public_key_data: bool,
-    #[serde(default, deserialize_with = "present")]
-    rekor_public_key_datas: bool,
+    // Kept raw, and present even when null (which is then refused as not an object).
+    #[serde(default, borrow, deserialize_with = "present")]
+    fulcio: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pki: Option<&'a RawValue>,
+    rekor_public_key_path: Option<String>,
+    rekor_public_key_paths: Option<Vec<String>>,
+    rekor_public_key_data: Option<String>,
+    rekor_public_key_datas: Option<Vec<String>>,
 }
 
-fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
-    IgnoredAny::deserialize(deserializer).map(|_| true)
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -266,16 +265,14 @@ impl<'a> JsonCtx<'a> {
 
 // === impl JsonCtx: requirements ===
 
-const CERTS: &str = "pullgate verifies with public keys only; use keyPath, keyPaths, keyData or keyDatas";
-const REKOR: &str = "pullgate does not check Rekor transparency-log entries";
-
 /// One requirement of a scope's list, as read.
 enum Read {
     Accept,
     Reject,
-    /// One group: a signature by any of `keys` satisfies it.
+    /// One group: a signature by any of `keys`, or by a `fulcio` signer, satisfies it.
     Signed {
         keys: Vec<KeyRef>,
+        signers: Vec<SignerIdentity>,
         identity: IdentityRule,
     },
 }
@@ -322,34 +319,38 @@ impl JsonCtx<'_> {
     fn sigstore(&mut self, raw: &RawValue) -> Option<Read> {
         let line = self.line(raw);
         let before = self.loader.problem_count();
-        let mut sig: RawSigstore = match serde_json::from_str(raw.get()) {
+        let mut sig: RawSigstore<'_> = match serde_json::from_str(raw.get()) {
             Ok(sig) => sig,
             Err(e) => {
                 self.json_problem(Some(raw), "sigstoreSigned: ", &e);
                 return None;
             }
         };
-        self.refuse_unsupported(&sig, line);
         let identity = self.identity(sig.signed_identity.take(), line);
-        let keys = self.keys(&sig, line);
+        let rekor = certificates::RekorKeys {
+            path: sig.rekor_public_key_path.take(),
+            paths: sig.rekor_public_key_paths.take(),
+            data: sig.rekor_public_key_data.take(),
+            datas: sig.rekor_public_key_datas.take(),
+        };
+        let key_forms =
+            [sig.key_path.is_some(), sig.key_paths.is_some(), sig.key_data.is_some(), sig.key_datas.is_some()];
+        let key_forms = key_forms.iter().filter(|given| **given).count();
+        if !self.check_sources(line, key_forms, sig.fulcio.is_some(), sig.pki.is_some(), &rekor) {
+            return None;
+        }
+        let (keys, fulcio): (Vec<KeyRef>, Vec<SignerIdentity>) = match (sig.fulcio, sig.pki) {
+            (Some(fulcio), _) => (Vec::new(), self.fulcio(fulcio, &rekor, line).into_iter().collect()),
+            (None, Some(pki)) => {
+                self.pki(pki, line);
+                return None;
+            }
+            (None, None) => (self.keys(&sig, line), Vec::new()),
+        };
         if let Err(e) = load::check_distinct_keys(&keys) {
             self.problem(line, e);
         }
-        (self.loader.problem_count() == before).then_some(Read::Signed { keys, identity })
-    }
-
-    fn refuse_unsupported(&mut self, sig: &RawSigstore, line: Option<usize>) {
-        let unsupported = [
-            (sig.fulcio, "fulcio", CERTS),
-            (sig.pki, "pki", CERTS),
-            (sig.rekor_public_key_path, "rekorPublicKeyPath", REKOR),
-            (sig.rekor_public_key_paths, "rekorPublicKeyPaths", REKOR),
-            (sig.rekor_public_key_data, "rekorPublicKeyData", REKOR),
-            (sig.rekor_public_key_datas, "rekorPublicKeyDatas", REKOR),
-        ];
-        for (_, field, why) in unsupported.into_iter().filter(|(set, _, _)| *set) {
-            self.problem(line, format!("sigstoreSigned: \"{field}\" is not supported ({why})"));
-        }
+        (self.loader.problem_count() == before).then_some(Read::Signed { keys, signers: fulcio, identity })
     }
 
     fn identity(&mut self, raw: Option<RawSignedIdentity>, line: Option<usize>) -> IdentityRule {
@@ -380,17 +381,29 @@ impl JsonCtx<'_> {
     /// and all are needed.
     fn combine(&mut self, scope: Scope, line: Option<usize>, list: Vec<Read>) {
         if list.iter().any(|read| matches!(read, Read::Reject)) {
-            return self.push(scope, line, Requirement::Reject, Vec::new(), 0, IdentityRule::MatchRepoDigestOrExact);
+            return self.push(
+                scope,
+                line,
+                Requirement::Reject,
+                Trusted::default(),
+                IdentityRule::MatchRepoDigestOrExact,
+            );
         }
-        let groups: Vec<(Vec<KeyRef>, IdentityRule)> = list
+        let groups: Vec<(Trusted, IdentityRule)> = list
             .into_iter()
             .filter_map(|read| match read {
-                Read::Signed { keys, identity } => Some((keys, identity)),
+                Read::Signed { keys, signers, identity } => Some((Trusted { keys, signers, threshold: 1 }, identity)),
                 Read::Accept | Read::Reject => None,
             })
             .collect();
         let Some(identity) = groups.first().map(|(_, identity)| identity.clone()) else {
-            return self.push(scope, line, Requirement::Accept, Vec::new(), 0, IdentityRule::MatchRepoDigestOrExact);
+            return self.push(
+                scope,
+                line,
+                Requirement::Accept,
+                Trusted::default(),
+                IdentityRule::MatchRepoDigestOrExact,
+            );
         };
         // Why refuse: a rule checks one identity for all its signatures; applying the first
         // requirement's to all would accept or refuse what containers/image would not.
@@ -400,13 +413,12 @@ impl JsonCtx<'_> {
             );
             return self.problem(line, message);
         }
-        let threshold = groups.len();
-        let keys = groups
-            .into_iter()
-            .enumerate()
-            .flat_map(|(group, (keys, _))| keys.into_iter().map(move |key| KeyRef { group, ..key }))
-            .collect();
-        self.push(scope, line, Requirement::Signed, keys, threshold, identity);
+        let mut all = Trusted { threshold: groups.len(), ..Trusted::default() };
+        for (group, (trusted, _)) in groups.into_iter().enumerate() {
+            all.keys.extend(trusted.keys.into_iter().map(|key| KeyRef { group, ..key }));
+            all.signers.extend(trusted.signers.into_iter().map(|signer| SignerIdentity { group, ..signer }));
+        }
+        self.push(scope, line, Requirement::Signed, all, identity);
     }
 
     fn push(
@@ -414,8 +426,7 @@ impl JsonCtx<'_> {
         scope: Scope,
         line: Option<usize>,
         require: Requirement,
-        keys: Vec<KeyRef>,
-        threshold: usize,
+        trusted: Trusted,
         identity: IdentityRule,
     ) {
         let source = self.path.to_owned();
@@ -423,9 +434,9 @@ impl JsonCtx<'_> {
             scope,
             namespaces: None,
             require,
-            keys,
-            identities: Vec::new(),
-            threshold,
+            keys: trusted.keys,
+            identities: trusted.signers,
+            threshold: trusted.threshold,
             identity,
             mode: Mode::Enforce,
             source,
@@ -437,25 +448,32 @@ impl JsonCtx<'_> {
     }
 }
 
+/// What a rule built from a scope trusts: keys and keyless signers, each in its group, and how
+/// many groups it needs.
+#[derive(Default)]
+struct Trusted {
+    keys: Vec<KeyRef>,
+    signers: Vec<SignerIdentity>,
+    threshold: usize,
+}
+
 // === impl JsonCtx: keys ===
 
 impl JsonCtx<'_> {
-    fn keys(&mut self, sig: &RawSigstore, line: Option<usize>) -> Vec<KeyRef> {
-        let given = [sig.key_path.is_some(), sig.key_paths.is_some(), sig.key_data.is_some(), sig.key_datas.is_some()];
-        let message = match given.iter().filter(|g| **g).count() {
-            // Fulcio/PKI without keys was already refused; one message is enough.
-            0 if sig.fulcio || sig.pki => return Vec::new(),
-            0 => "sigstoreSigned needs one of keyPath, keyPaths, keyData, keyDatas",
-            1 if sig.key_paths.as_ref().is_some_and(Vec::is_empty) => "sigstoreSigned: keyPaths is empty",
-            1 if sig.key_datas.as_ref().is_some_and(Vec::is_empty) => "sigstoreSigned: keyDatas is empty",
-            1 => return self.load_keys(sig, line),
-            _ => "sigstoreSigned: give only one of keyPath, keyPaths, keyData, keyDatas",
+    /// The keys of a requirement giving exactly one key form (`check_sources` made sure).
+    fn keys(&mut self, sig: &RawSigstore<'_>, line: Option<usize>) -> Vec<KeyRef> {
+        let message = if sig.key_paths.as_ref().is_some_and(Vec::is_empty) {
+            "sigstoreSigned: keyPaths is empty"
+        } else if sig.key_datas.as_ref().is_some_and(Vec::is_empty) {
+            "sigstoreSigned: keyDatas is empty"
+        } else {
+            return self.load_keys(sig, line);
         };
         self.problem(line, message);
         Vec::new()
     }
 
-    fn load_keys(&mut self, sig: &RawSigstore, line: Option<usize>) -> Vec<KeyRef> {
+    fn load_keys(&mut self, sig: &RawSigstore<'_>, line: Option<usize>) -> Vec<KeyRef> {
         let mut keys = Vec::new();
         for path in sig.key_path.iter().chain(sig.key_paths.iter().flatten()) {
             match self.loader.key_file(&load::resolve(self.path, path)) {
@@ -660,23 +678,10 @@ mod tests {
     }
 
     #[test]
-    fn fulcio_rekor_and_pki_are_refused() {
-        let fulcio = r#"{"type": "sigstoreSigned", "fulcio": {"caPath": "/x", "oidcIssuer": "https://i", "subjectEmail": "a@b"}, "rekorPublicKeyPath": "/r.pub"}"#;
-        let err = load_err(&with_scope("r.io", fulcio));
-        assert_eq!(err.problems.len(), 2, "{err}");
-        assert!(err.problems[0].message.contains("\"fulcio\" is not supported"), "{err}");
-        assert!(err.problems[1].message.contains("\"rekorPublicKeyPath\" is not supported"), "{err}");
-        let rekor = r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "rekorPublicKeyData": null}"#;
-        assert_one(&load_err(&with_scope("r.io", rekor)), Some(4), "\"rekorPublicKeyData\" is not supported");
-        let pki = r#"{"type": "sigstoreSigned", "pki": {}}"#;
-        assert_one(&load_err(&with_scope("r.io", pki)), Some(4), "\"pki\" is not supported");
-    }
-
-    #[test]
     fn key_source_problems() {
         let cases = [
-            (r#"{"type": "sigstoreSigned"}"#, "needs one of keyPath"),
-            (r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "keyData": "eA=="}"#, "only one of"),
+            (r#"{"type": "sigstoreSigned"}"#, "exactly one of keyPath, keyPaths"),
+            (r#"{"type": "sigstoreSigned", "keyPath": "keys/a.pub", "keyData": "eA=="}"#, "exactly one of"),
             (r#"{"type": "sigstoreSigned", "keyPaths": []}"#, "keyPaths is empty"),
             (r#"{"type": "sigstoreSigned", "keyDatas": []}"#, "keyDatas is empty"),
             (r#"{"type": "sigstoreSigned", "keyPath": "keys/missing.pub"}"#, "keys/missing.pub: cannot open"),
@@ -749,7 +754,7 @@ mod tests {
         let messages: Vec<&str> = err.problems.iter().map(|p| p.message.as_str()).collect();
         assert_eq!(messages.len(), 2, "{err}");
         assert!(messages[0].contains("\"signedBy\" is not supported"), "{err}");
-        assert!(messages[1].contains("\"pki\" is not supported"), "{err}");
+        assert!(messages[1].contains("exactly one of keyPath, keyPaths, keyData, keyDatas, fulcio and pki"), "{err}");
     }
 
     #[test]
@@ -886,8 +891,9 @@ mod containers_examples {
     }
 
     /// "A reasonably locked-down system", its comments and trailing commas removed, with its
-    /// `fulcio` and `pki` scopes (which pullgate refuses, see `the_fulcio_and_pki_scopes…`).
-    fn locked_down(key_path: &Path, certificates: bool) -> serde_json::Value {
+    /// `fulcio` and `pki` scopes when `certificates` names the directory their files are in
+    /// (see `the_fulcio_scope_loads…`).
+    fn locked_down(key_path: &Path, certificates: Option<&Path>) -> serde_json::Value {
         let mut docker = serde_json::json!({
             "docker.io/openshift": [{"type": "insecureAcceptAnything"}],
             "docker.io/library/busybox": [{"type": "insecureAcceptAnything"}],
@@ -895,12 +901,12 @@ mod containers_examples {
             FULL: [{"type": "sigstoreSigned", "keyPath": key_path}],
             SUBST: [{"type": "sigstoreSigned", "keyPath": key_path, "signedIdentity": {"type": "matchRepository"}}],
         });
-        if certificates {
+        if let Some(dir) = certificates {
             docker["hostname:5000/myns/sigstore-signed-fulcio-rekor"] = serde_json::json!([{"type": "sigstoreSigned",
-                "fulcio": {"caPath": "/path/to/fulcio_v1.crt.pem", "oidcIssuer": "https://github.com/login/oauth", "subjectEmail": "test-user@example.com"},
-                "rekorPublicKeyPath": "/path/to/rekor.pub"}]);
+                "fulcio": {"caPath": dir.join("fulcio_v1.crt.pem"), "oidcIssuer": "https://github.com/login/oauth", "subjectEmail": "test-user@example.com"},
+                "rekorPublicKeyPath": dir.join("rekor.pub")}]);
             docker["hostname:5000/myns/sigstore-signed-byopki"] = serde_json::json!([{"type": "sigstoreSigned",
-                "pki": {"caRootsPath": "/path/to/pki_root_crts.pem", "subjectEmail": "test-user@example.com"}}]);
+                "pki": {"caRootsPath": dir.join("pki_root_crts.pem"), "subjectEmail": "test-user@example.com"}}]);
         }
         serde_json::json!({
             "default": [{"type": "reject"}],
@@ -921,7 +927,7 @@ mod containers_examples {
         let dir = TestDir::new();
         let (trusted, mallory) = (Key::new(), Key::new());
         let key_path = dir.write("sigstore-pubkey.pub", &trusted.pem());
-        let policy = load_json(&dir, &locked_down(&key_path, false)).unwrap();
+        let policy = load_json(&dir, &locked_down(&key_path, None)).unwrap();
         let none: &[(SignatureLayer, Bytes)] = &[];
         let by_digest = format!("{FULL}@{DIGEST}");
         // (image, its signatures, containers/image's verdict)
@@ -954,17 +960,16 @@ mod containers_examples {
     }
 
     #[test]
-    fn the_fulcio_and_pki_scopes_are_refused_naming_the_fields() {
+    fn the_fulcio_scope_loads_and_the_pki_scope_is_refused() {
         let dir = TestDir::new();
         let key_path = dir.write("sigstore-pubkey.pub", &Key::new().pem());
-        let err = load_json(&dir, &locked_down(&key_path, true)).unwrap_err();
+        dir.write("certs/fulcio_v1.crt.pem", &super::super::test_support::public_good_fulcio_pem());
+        dir.write("certs/rekor.pub", &Key::new().pem());
+        dir.write("certs/pki_root_crts.pem", &super::super::test_support::public_good_fulcio_pem());
+        let err = load_json(&dir, &locked_down(&key_path, Some(&dir.path("certs")))).unwrap_err();
         let text = err.to_string();
-        assert_eq!(err.problems.len(), 3, "{text}");
-        for field in
-            ["\"fulcio\" is not supported", "\"rekorPublicKeyPath\" is not supported", "\"pki\" is not supported"]
-        {
-            assert!(text.contains(field), "{text}");
-        }
+        assert_eq!(err.problems.len(), 1, "{text}");
+        assert!(text.contains("\"pki\" is not supported"), "{text}");
     }
 
     #[test]

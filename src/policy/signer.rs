@@ -74,18 +74,43 @@ fn regex_error(error: &regex::Error) -> String {
 #[derive(Debug)]
 pub struct CertificateTrust {
     pub root: Arc<TrustRoot>,
-    /// None: the Sigstore public-good root built into pullgate.
-    pub path: Option<PathBuf>,
+    pub source: RootSource,
     /// An embedded SCT is required (TOML `ignore_sct = false`, the default).
     pub sct: bool,
+}
+
+/// What a trusted root was built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootSource {
+    /// The Sigstore public-good root built into pullgate.
+    BuiltIn,
+    /// A `TrustedRoot` file.
+    File(PathBuf),
+    /// A containers-policy.json `fulcio` requirement: its CA file and Rekor key files (none
+    /// for the `…Data` forms), watched like key files.
+    PolicyJson { policy_json: PathBuf, files: Vec<PathBuf> },
+}
+
+impl RootSource {
+    /// The files whose change must reload the policy.
+    pub fn files(&self) -> &[PathBuf] {
+        match self {
+            RootSource::BuiltIn => &[],
+            RootSource::File(path) => std::slice::from_ref(path),
+            RootSource::PolicyJson { files, .. } => files,
+        }
+    }
 }
 
 impl CertificateTrust {
     /// The root as operators name it: its file, or "the built-in Sigstore public-good root".
     pub fn root_label(&self) -> String {
-        match &self.path {
-            Some(path) => path.display().to_string(),
-            None => "the built-in Sigstore public-good root".to_owned(),
+        match &self.source {
+            RootSource::File(path) => path.display().to_string(),
+            RootSource::BuiltIn => "the built-in Sigstore public-good root".to_owned(),
+            RootSource::PolicyJson { policy_json, .. } => {
+                format!("the fulcio CA and Rekor keys of {}", policy_json.display())
+            }
         }
     }
 }

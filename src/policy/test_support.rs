@@ -19,6 +19,15 @@ MCowBQYDK2VwAyEAHUo5l4U+jaESK8rKSQwX0yX0WCE2OkSs0FXbRVQlszE=
 -----END PUBLIC KEY-----
 ";
 
+/// The Sigstore public-good Fulcio CA certificates in force (intermediate and root), as a
+/// containers-policy.json `caPath` file holds them: real certificates, without a network.
+pub fn public_good_fulcio_pem() -> String {
+    use sigstore_verify::trust_root::{SIGSTORE_PRODUCTION_TRUSTED_ROOT, TrustedRoot};
+    let root = TrustedRoot::from_json(SIGSTORE_PRODUCTION_TRUSTED_ROOT).unwrap();
+    let current = root.certificate_authorities.iter().find(|ca| ca.valid_for.is_some_and(|w| w.end.is_none()));
+    current.unwrap().cert_chain.certificates.iter().map(|c| c.raw_bytes.to_pem()).collect()
+}
+
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// A fresh directory under the system temp dir, removed on drop.

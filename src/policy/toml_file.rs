@@ -39,7 +39,7 @@ use toml::Spanned;
 use super::identity::IdentityRule;
 use super::input;
 use super::load::{self, Loader, line_of};
-use super::{CertificateTrust, KeyRef, Mode, Pattern, Requirement, Rule, Scope, SignerIdentity};
+use super::{CertificateTrust, KeyRef, Mode, Pattern, Requirement, RootSource, Rule, Scope, SignerIdentity};
 use crate::reference::ImageRef;
 
 /// Room for a ticket reference and whom to ask, short enough that the kubelet's event and the
@@ -570,7 +570,10 @@ impl FileCtx<'_> {
             None => (None, None),
         };
         match self.loader.trusted_root(path.as_deref()) {
-            Ok(root) => Some(Arc::new(CertificateTrust { root, path, sct })),
+            Ok(root) => {
+                let source = path.map_or(RootSource::BuiltIn, RootSource::File);
+                Some(Arc::new(CertificateTrust { root, source, sct }))
+            }
             Err(e) => {
                 match span {
                     Some(span) => self.problem(&span, e),
@@ -1127,7 +1130,7 @@ namespaces = ["kube-system", "team-a"]
         assert!(second.matches("ann@example.com", "https://accounts.example.com"));
         assert!(!second.matches("ann@example.com", "https://accounts.example.com.evil.io"));
         let trust = &first.trust;
-        assert_eq!(trust.path.as_deref(), Some(dir.path("policy.d/roots/staging.json").as_path()));
+        assert_eq!(trust.source, RootSource::File(dir.path("policy.d/roots/staging.json")));
         assert!(!trust.sct, "ignore_sct = true");
         assert!(Arc::ptr_eq(trust, &second.trust), "one rule, one trust");
     }
@@ -1138,7 +1141,7 @@ namespaces = ["kube-system", "team-a"]
         let policy = load(&setup_keyless(&rule)).unwrap();
         let rule = &policy.rules()[0];
         assert_eq!((rule.keys.len(), rule.threshold), (0, 1));
-        assert_eq!(rule.identities[0].trust.path, None);
+        assert_eq!(rule.identities[0].trust.source, RootSource::BuiltIn);
         assert!(rule.identities[0].trust.sct);
         assert_eq!(rule.identities[0].trust.root_label(), "the built-in Sigstore public-good root");
     }

@@ -83,7 +83,7 @@ impl Plan {
             for path in rule.keys.iter().filter_map(|key| key.path.as_deref()) {
                 plan.file(path);
             }
-            for path in rule.identities.iter().filter_map(|signer| signer.trust.path.as_deref()) {
+            for path in rule.identities.iter().flat_map(|signer| signer.trust.source.files()) {
                 plan.file(path);
             }
         }

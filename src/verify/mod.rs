@@ -852,9 +852,9 @@ mod tests {
 
     /// `rule` with one keyless identity, under the built-in public-good root.
     fn with_identity(rule: Rule) -> Rule {
-        use crate::policy::{CertificateTrust, Pattern, SignerIdentity};
+        use crate::policy::{CertificateTrust, Pattern, RootSource, SignerIdentity};
         let root = Arc::new(keyless::TrustRoot::public_good(keyless::PublicGood::Production).unwrap());
-        let trust = Arc::new(CertificateTrust { root, path: None, sct: true });
+        let trust = Arc::new(CertificateTrust { root, source: RootSource::BuiltIn, sct: true });
         let signer = SignerIdentity {
             issuer: Pattern::exact("https://issuer.example.test").unwrap(),
             subject: Pattern::exact("signer@example.test").unwrap(),

@@ -658,3 +658,79 @@ fn assert_at_a_line_of(shown: &str, file: &std::path::Path, image: &str) {
     let numbered = line.is_some_and(|n| n.parse::<usize>().is_ok_and(|n| n > 0));
     assert!(numbered, "{image}: rule shown at {shown:?}, not at a line of {}", file.display());
 }
+
+/// The trusted roots keyless rules verify against, listed with their authorities' windows;
+/// one whose CAs stop within 30 days is a warning, which does not fail the check.
+#[test]
+fn policy_check_lists_the_trusted_roots_in_force_and_warns_before_one_expires() {
+    use sigstore_verify::trust_root::SIGSTORE_PRODUCTION_TRUSTED_ROOT;
+    let mut soon: Value = serde_json::from_str(SIGSTORE_PRODUCTION_TRUSTED_ROOT).unwrap();
+    let end = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 20);
+    for ca in soon["certificateAuthorities"].as_array_mut().unwrap() {
+        ca["validFor"]["end"] = end.to_string().into();
+    }
+    let fulcio_pem: String = serde_json::from_str::<Value>(SIGSTORE_PRODUCTION_TRUSTED_ROOT).unwrap()
+        ["certificateAuthorities"][1]["certChain"]["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let der = sigstore_verify::types::DerCertificate::from_base64(c["rawBytes"].as_str().unwrap()).unwrap();
+            der.to_pem()
+        })
+        .collect();
+    let identity = "identities = [{ issuer = \"https://accounts.example.com\", subject = \"dev@example.com\" }]\n";
+    let rules = format!(
+        "[[rule]]\nscope = \"r.example/a\"\nrequire = \"signed\"\n{identity}\n\
+         [[rule]]\nscope = \"r.example/b\"\nrequire = \"signed\"\ntrusted_root = \"soon.json\"\n{identity}"
+    );
+    let rekor = unused_public_pem();
+    let soon = soon.to_string();
+    let files =
+        [("10-keyless.toml", rules.as_str()), ("soon.json", &soon), ("fulcio.pem", &fulcio_pem), ("rekor.pub", &rekor)];
+    let json = serde_json::json!({"default": [{"type": "reject"}], "transports": {"docker": {"r.example/c": [{
+        "type": "sigstoreSigned", "signedIdentity": {"type": "matchRepository"},
+        "fulcio": {"caPath": "policy.d/fulcio.pem", "oidcIssuer": "https://accounts.example.com", "subjectEmail": "dev@example.com"},
+        "rekorPublicKeyPath": "policy.d/rekor.pub"}]}}});
+    let node = Node::new("127.0.0.1:5000", &files, Some(&json));
+    let config = node.config();
+    let run = pullgate(&["policy", "check", "-c", config.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "warnings do not fail the check:\n{}{}", run.stdout, run.stderr);
+    let soon_path = node.policy_dir().join("soon.json").display().to_string();
+    let expected = [
+        "trusted root: the built-in Sigstore public-good root (1 rule, from sigstore-trust-root 0.15.1, newest authority from 20".to_owned(),
+        "  certificate authority: https://fulcio.sigstore.dev, valid 2022-04-13 to -, certificates until 20".to_owned(),
+        "  transparency log: https://rekor.sigstore.dev, valid 2021-01-12 to -".to_owned(),
+        "  CT log: https://ctfe.sigstore.dev/2022, valid 2022-10-20 to -".to_owned(),
+        "  timestamp authority: https://timestamp.sigstore.dev/api/v1/timestamp, valid 2025-07-04 to -".to_owned(),
+        format!("trusted root: {soon_path} (1 rule, newest authority from 20"),
+        format!("trusted root: the fulcio CA and Rekor keys of {} (1 rule", node.policy_json().display()),
+        "  certificate authority: policy.json fulcio CA #1, valid 2022-04-13 to 2031-10-05".to_owned(),
+        "  transparency log: policy.json fulcio Rekor key #1, valid - to -".to_owned(),
+        format!(
+            "warning: {soon_path}: trusted root {soon_path}: certificate authority https://fulcio.sigstore.dev: stops being valid on {} (in 19 days)",
+            end.strftime("%Y-%m-%d")
+        ),
+    ];
+    for line in expected {
+        assert!(run.stdout.contains(&line), "{line}\n{}", run.stdout);
+    }
+
+    let run = pullgate(&["policy", "check", "-c", config.to_str().unwrap(), "--output", "json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    let roots = report["trusted_roots"].as_array().unwrap();
+    let sources: Vec<&str> = roots.iter().map(|r| r["source"].as_str().unwrap()).collect();
+    assert_eq!(sources, ["built-in", "file", "policy-json"], "{report:#}");
+    assert_eq!(roots[0]["built_in_from"], "sigstore-trust-root 0.15.1", "{report:#}");
+    let ca = &roots[1]["authorities"][0];
+    assert_eq!(
+        (ca["kind"].as_str(), ca["valid_until"].as_str()),
+        (Some("certificate-authority"), Some(end.to_string().as_str())),
+        "{ca:#}"
+    );
+    let root_warnings: Vec<&Value> =
+        report["warnings"].as_array().unwrap().iter().filter(|w| w["kind"] == "root").collect();
+    assert_eq!(root_warnings.len(), 2, "both CAs of the file root: {report:#}");
+    assert!(root_warnings.iter().all(|w| w["file"] == soon_path.as_str()), "{report:#}");
+}

@@ -16,6 +16,7 @@
 
 pub mod legacy;
 pub mod provider;
+pub mod root;
 
 use std::path::Path;
 
@@ -36,6 +37,8 @@ pub const MAX_BUNDLE_BYTES: u64 = 16 * 1024 * 1024;
 /// keyless signature may chain to, ready to verify with.
 pub struct TrustRoot {
     verifier: Verifier,
+    /// What it trusts and until when, for `policy check`.
+    authorities: Vec<root::Authority>,
 }
 
 /// Which root: the Sigstore public-good instance (production or staging), as embedded in
@@ -67,7 +70,11 @@ impl TrustRoot {
         provider::install();
         let root = TrustedRoot::from_json(json).map_err(|e| KeylessError::TrustRoot(e.to_string()))?;
         let verifier = Verifier::new(&root).map_err(|e| KeylessError::TrustRoot(e.to_string()))?;
-        Ok(TrustRoot { verifier })
+        Ok(TrustRoot { verifier, authorities: root::authorities(&root) })
+    }
+
+    pub fn authorities(&self) -> &[root::Authority] {
+        &self.authorities
     }
 }
 

@@ -1,0 +1,88 @@
+//! A containers-policy.json `fulcio` requirement, through pullgate in front of the real
+//! containerd 2.x and the real registry, for images the real cosign signed keyless against a
+//! test sigstore instance (common/sigstore.rs). The CA file and the Rekor key are cut from the
+//! instance's trusted_root.json, as an operator would hold them. containers/image's semantics:
+//! the SET and the chain at its time are required, the email and issuer must match, the SCT
+//! is not checked.
+
+use crate::common;
+
+use std::path::Path;
+
+use common::cri;
+use common::lab::Lab;
+use common::sigstore::{ISSUER, SUBJECT, Sigstore, Spoil};
+use common::store;
+use pullgate::config::Config;
+use serde_json::Value;
+use sigstore_verify::types::{DerCertificate, DerPublicKey};
+
+/// The instance's CA certificates and Rekor key as PEM files in `dir`: (caPath, rekor key path).
+fn cut_files(trusted_root: &Path, dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let root: Value = serde_json::from_slice(&std::fs::read(trusted_root).unwrap()).unwrap();
+    let ca: String = root["certificateAuthorities"][0]["certChain"]["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| DerCertificate::from_base64(c["rawBytes"].as_str().unwrap()).unwrap().to_pem())
+        .collect();
+    let rekor = DerPublicKey::from_base64(root["tlogs"][0]["publicKey"]["rawBytes"].as_str().unwrap()).unwrap();
+    let (ca_path, rekor_path) = (dir.join("fulcio.pem"), dir.join("rekor.pub"));
+    std::fs::write(&ca_path, ca).unwrap();
+    std::fs::write(&rekor_path, rekor.to_pem()).unwrap();
+    (ca_path, rekor_path)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fulcio_requirement_admits_its_signer_and_refuses_others_as_containers_image_does() {
+    let lab = Lab::start();
+    let sigstore = Sigstore::new();
+    let sign = |repo: &str, spoil: Spoil, subject: &str| {
+        let digest = lab.push_image(&format!("{repo}:v1"), repo);
+        sigstore.signing(&lab.registry, repo, &digest).identity(subject, ISSUER).spoil(spoil).run();
+    };
+    sign("t/good", Spoil::None, SUBJECT);
+    sign("t/no-sct", Spoil::NoSct, SUBJECT);
+    sign("t/other", Spoil::None, "other@example.test");
+    sign("t/forged-set", Spoil::ForgedSet, SUBJECT);
+    sign("t/foreign-ca", Spoil::ForeignCa, SUBJECT);
+
+    let files = tempfile::tempdir().unwrap();
+    let (ca, rekor) = cut_files(&sigstore.trusted_root(), files.path());
+    let json = serde_json::json!({"default": [{"type": "reject"}], "transports": {"docker": {
+        format!("{}/t", lab.registry): [{"type": "sigstoreSigned",
+            "fulcio": {"caPath": ca, "oidcIssuer": ISSUER, "subjectEmail": SUBJECT},
+            "rekorPublicKeyPath": rekor, "signedIdentity": {"type": "matchRepository"}}]}}});
+    let policy_json = files.path().join("policy.json");
+    std::fs::write(&policy_json, json.to_string()).unwrap();
+    let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
+    config.registry.insecure = vec![lab.registry.clone()];
+    config.policy_json = Some(policy_json);
+    let running = common::pullgate::start_with(config, &[("README", "")]).await;
+    let pull = |repo: &str| {
+        let image = format!("{}/{repo}:v1", lab.registry);
+        let socket = running.socket.clone();
+        async move { (cri::images(&socket).pull_image(cri::pull_request(&image, None)).await, image) }
+    };
+
+    // An SCT is not required: containers/image does not check one.
+    for repo in ["t/good", "t/no-sct"] {
+        let (pulled, image) = pull(repo).await;
+        pulled.unwrap_or_else(|status| panic!("{image} refused: {}", status.message()));
+        let (verified, config_digest) = store::verified(&lab.registry, repo, "v1").await;
+        store::assert_pinned(&lab, &image, &verified, &config_digest).await;
+    }
+    // Each refusal names the check that failed.
+    let refusals = [
+        ("t/other", "identity mismatch"),
+        ("t/forged-set", "invalid inclusion promise"),
+        ("t/foreign-ca", "certificate chain is invalid"),
+    ];
+    for (repo, check) in refusals {
+        let (refused, image) = pull(repo).await;
+        let message = refused.expect_err(&format!("{image} was pulled")).message().to_owned();
+        assert!(message.contains(check), "{repo}: {message:?} does not name the check {check:?}");
+        store::assert_absent(&lab, &image).await;
+    }
+    running.stop().await;
+}
