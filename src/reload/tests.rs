@@ -134,6 +134,23 @@ async fn a_key_file_outside_the_policy_dir_is_watched() {
 }
 
 #[tokio::test]
+async fn a_trusted_root_outside_the_policy_dir_is_watched() {
+    use sigstore_verify::trust_root::{SIGSTORE_PRODUCTION_TRUSTED_ROOT, SIGSTORE_STAGING_TRUSTED_ROOT};
+    let policy = "[[rule]]\nscope = \"r.io\"\nrequire = \"signed\"\n\
+                  identities = [{ issuer = \"i\", subject = \"s\" }]\ntrusted_root = \"../roots/r.json\"\n";
+    let files = [("roots/r.json", SIGSTORE_STAGING_TRUSTED_ROOT), ("policy.d/a.toml", policy)];
+    let setup = Setup::start(&files, None).await;
+    let root = |s: &Setup| Arc::as_ptr(&s.policy.current().rules()[0].identities[0].trust.root);
+    let before = root(&setup);
+    // A root that no longer loads: the reload fails, and the rule keeps the root it had.
+    replace(&setup.path("roots/r.json"), "{ not a trusted root");
+    setup.within_limit("broken root counted", |s| s.reloads("failure") == 1).await;
+    assert_eq!(root(&setup), before);
+    replace(&setup.path("roots/r.json"), SIGSTORE_PRODUCTION_TRUSTED_ROOT);
+    setup.within_limit("root replaced", |s| root(s) != before).await;
+}
+
+#[tokio::test]
 async fn policy_json_is_watched() {
     let json = |kind: &str| format!(r#"{{"default": [{{"type": "{kind}"}}]}}"#);
     let setup = Setup::start(&[("etc/policy.json", &json("reject"))], Some("etc/policy.json")).await;

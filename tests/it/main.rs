@@ -16,6 +16,7 @@ mod hostile_clients;
 mod install;
 mod keyless;
 mod keyless_images;
+mod keyless_threshold;
 mod kubelet_client;
 mod lifecycle;
 mod media_types;

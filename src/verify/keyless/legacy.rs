@@ -21,8 +21,9 @@ use crate::verify::signatures::{CertificateMaterial, MAX_CHAIN_CERTIFICATES};
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RekorBundle {
+    /// cosign writes null here when the log answered without a SET.
     #[serde(rename = "SignedEntryTimestamp")]
-    signed_entry_timestamp: String,
+    signed_entry_timestamp: Option<String>,
     #[serde(rename = "Payload")]
     payload: RekorPayload,
 }
@@ -104,6 +105,8 @@ fn tlog_entry(annotation: Option<&str>) -> Result<serde_json::Value, LegacyError
     })?;
     let tlog = |text: String| LegacyError::Tlog(format!("Rekor bundle annotation: {text}"));
     let rekor: RekorBundle = serde_json::from_str(annotation).map_err(|e| tlog(short(&e)))?;
+    let set = rekor.signed_entry_timestamp.filter(|set| !set.is_empty());
+    let set = set.ok_or_else(|| tlog("no SET (SignedEntryTimestamp): no inclusion promise".into()))?;
     let payload = rekor.payload;
     let body = STANDARD.decode(&payload.body).map_err(|_| tlog("body is not base64".into()))?;
     let kind: BodyKind = serde_json::from_slice(&body).map_err(|e| tlog(format!("body: {}", short(&e))))?;
@@ -113,7 +116,7 @@ fn tlog_entry(annotation: Option<&str>) -> Result<serde_json::Value, LegacyError
         "logId": { "keyId": STANDARD.encode(log_id) },
         "kindVersion": { "kind": kind.kind, "version": kind.api_version },
         "integratedTime": payload.integrated_time.to_string(),
-        "inclusionPromise": { "signedEntryTimestamp": rekor.signed_entry_timestamp },
+        "inclusionPromise": { "signedEntryTimestamp": set },
         "canonicalizedBody": payload.body,
     }))
 }
@@ -170,6 +173,12 @@ mod tests {
         let body = json!({ "apiVersion": "0.0.1", "kind": "hashedrekord" });
         let no_set = bundle(&material(None, None), b"s", b"p").unwrap_err();
         assert!(matches!(&no_set, LegacyError::Tlog(t) if t.contains("no transparency-log entry")), "{no_set:?}");
+        let mut empty: serde_json::Value = serde_json::from_str(&rekor(&body)).unwrap();
+        for set in [json!(null), json!("")] {
+            empty["SignedEntryTimestamp"] = set;
+            let err = bundle(&material(None, Some(empty.to_string())), b"s", b"p").unwrap_err();
+            assert!(matches!(&err, LegacyError::Tlog(t) if t.contains("no SET")), "{err:?}");
+        }
         let garbage = bundle(&material(None, Some("{}".into())), b"s", b"p").unwrap_err();
         assert!(matches!(garbage, LegacyError::Tlog(_)));
         let key_chain = "-----BEGIN PUBLIC KEY-----\nAQID\n-----END PUBLIC KEY-----\n";
