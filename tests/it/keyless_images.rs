@@ -240,7 +240,7 @@ async fn a_missing_or_forged_set_is_refused() {
     let shared = shared();
     let pullgate = start_pullgate(shared).await;
     assert_refused(shared, &pullgate.socket, "k/no-tlog", &[TLOG_CHECK, "no transparency-log entry"]).await;
-    assert_refused(shared, &pullgate.socket, "k/empty-set", &[TLOG_CHECK, "Rekor bundle annotation"]).await;
+    assert_refused(shared, &pullgate.socket, "k/empty-set", &[TLOG_CHECK, "no SET"]).await;
     assert_refused(shared, &pullgate.socket, "k/forged-set", &[TLOG_CHECK, "SET verification failed"]).await;
     pullgate.stop().await;
 }
