@@ -209,8 +209,6 @@ async fn the_right_identity_is_accepted_and_pinned() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "rule k lacks identity = \"ignore\", which digest-only bundles need (docs/policy.md); \
-            keyless_threshold::a_keyless_bundle_counts_for_its_identity covers the bundle path"]
 async fn a_v3_bundle_with_a_certificate_is_accepted_and_pinned() {
     let shared = shared();
     let pullgate = start_pullgate(shared).await;
