@@ -6,13 +6,14 @@
 //! pullgate.
 //!
 //! Rule `k`: `identities = [{ issuer = ISSUER, subject = SUBJECT }]`, the instance's trusted
-//! root; rule `w`: a workflow identity by `issuer_regex`/`subject_regex`.
+//! root; rule `w`: a workflow identity by `issuer_regex`/`subject_regex`; rule `b`: as `k`, with
+//! `identity = "ignore"` (a v3 bundle's statement names the image by digest only).
 //!
 //! | image          | signed                                              | verdict              |
 //! |----------------|-----------------------------------------------------|----------------------|
 //! | k/good         | SUBJECT, ISSUER                                     | pulled, pinned       |
 //! | w/workflow     | a GitHub-workflow URI identity, ISSUER              | pulled, pinned       |
-//! | k/bundle       | SUBJECT, ISSUER, cosign v3 bundle referrer          | pulled, pinned       |
+//! | b/bundle       | SUBJECT, ISSUER, cosign v3 bundle referrer          | pulled, pinned       |
 //! | k/other-subject| another email, ISSUER                               | refused: identity    |
 //! | k/other-issuer | SUBJECT, another issuer                             | refused: issuer      |
 //! | k/expired      | certificate expired before the log entry's time     | refused: chain       |
@@ -90,7 +91,7 @@ const CASES: &[Case] = &[
 struct Shared {
     lab: Lab,
     sigstore: Sigstore,
-    /// `k/bundle`'s digest: signed in cosign v3's default format.
+    /// `b/bundle`'s digest: signed in cosign v3's default format.
     bundle: String,
 }
 
@@ -105,13 +106,13 @@ fn shared() -> &'static Shared {
             let signing = signing.identity(case.subject, case.issuer).spoil(case.spoil);
             if case.with_chain { signing.with_chain().run() } else { signing.run() }
         }
-        let bundle = lab.push_image("k/bundle:v1", "k/bundle");
-        sigstore.signing(&lab.registry, "k/bundle", &bundle).bundle().run();
+        let bundle = lab.push_image("b/bundle:v1", "b/bundle");
+        sigstore.signing(&lab.registry, "b/bundle", &bundle).bundle().run();
         Shared { lab, sigstore, bundle }
     })
 }
 
-/// The keyless rules: `k` for SUBJECT exactly, `w` for a release workflow by regexes.
+/// The keyless rules: `k` and `b` for SUBJECT exactly, `w` for a release workflow by regexes.
 fn policy(scope_registry: &str, trusted_root: &std::path::Path) -> String {
     let root = trusted_root.display();
     format!(
@@ -120,7 +121,9 @@ fn policy(scope_registry: &str, trusted_root: &std::path::Path) -> String {
          [[rule]]\nscope = \"{scope_registry}/w\"\nrequire = \"signed\"\n\
          identities = [{{ issuer_regex = 'https://issuer\\.example\\.test', \
          subject_regex = 'https://github\\.com/example/app/\\.github/workflows/release\\.yml@refs/tags/v.*' }}]\n\
-         trusted_root = \"{root}\"\n"
+         trusted_root = \"{root}\"\n\n\
+         [[rule]]\nscope = \"{scope_registry}/b\"\nrequire = \"signed\"\nidentity = \"ignore\"\n\
+         identities = [{{ issuer = \"{ISSUER}\", subject = \"{SUBJECT}\" }}]\ntrusted_root = \"{root}\"\n"
     )
 }
 
@@ -152,7 +155,7 @@ fn cosign_itself_judges_the_fixture_as_the_table_says() {
     // The routes differ where the table says: only `--certificate-chain` fills the chain.
     assert_eq!(chain_annotation(registry, "k/good"), "", "cosign keeps no chain from Fulcio");
     assert!(chain_annotation(registry, "k/chain").starts_with("-----BEGIN CERTIFICATE-----"));
-    let bundle = format!("{registry}/k/bundle@{}", shared.bundle);
+    let bundle = format!("{registry}/b/bundle@{}", shared.bundle);
     shared.sigstore.cosign_verify(&bundle, SUBJECT, ISSUER).expect("cosign verifies the v3 bundle");
 }
 
@@ -206,12 +209,10 @@ async fn the_right_identity_is_accepted_and_pinned() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "rule k lacks identity = \"ignore\", which digest-only bundles need (docs/policy.md); \
-            keyless_threshold::a_keyless_bundle_counts_for_its_identity covers the bundle path"]
 async fn a_v3_bundle_with_a_certificate_is_accepted_and_pinned() {
     let shared = shared();
     let pullgate = start_pullgate(shared).await;
-    assert_accepted(shared, &pullgate.socket, "k/bundle").await;
+    assert_accepted(shared, &pullgate.socket, "b/bundle").await;
     pullgate.stop().await;
 }
 
@@ -239,7 +240,7 @@ async fn a_missing_or_forged_set_is_refused() {
     let shared = shared();
     let pullgate = start_pullgate(shared).await;
     assert_refused(shared, &pullgate.socket, "k/no-tlog", &[TLOG_CHECK, "no transparency-log entry"]).await;
-    assert_refused(shared, &pullgate.socket, "k/empty-set", &[TLOG_CHECK, "SET"]).await;
+    assert_refused(shared, &pullgate.socket, "k/empty-set", &[TLOG_CHECK, "no SET"]).await;
     assert_refused(shared, &pullgate.socket, "k/forged-set", &[TLOG_CHECK, "SET verification failed"]).await;
     pullgate.stop().await;
 }

@@ -15,7 +15,7 @@ two APIs `cosign sign` calls when signing keyless, so that cosign itself signs, 
     POST /api/v2/signingCert   Fulcio: a short-lived certificate for the request's public key,
                                for the identity token's `email` (else `sub`, as a URI) and `iss`,
                                with an embedded SCT from the CT log key.
-    POST /api/v1/log/entries   Rekor v1: logs the proposed hashedrekord entry, answers with a
+    POST /api/v1/log/entries   Rekor v1: logs the proposed hashedrekord or dsse entry, answers with a
                                signed entry timestamp and a one-leaf inclusion proof.
 
 `--case` spoils one part of what is issued (see CASES). The certificate, SCT and SET are made by
@@ -139,24 +139,25 @@ def checkpoint(rekor_key, root_hash):
     return f"{note}\n\u2014 rekor.test {ts.b64(hint + signature)}\n"
 
 
-def canonical_spec(kind, spec):
-    """What Rekor v1 stores for a proposed entry: for dsse, hashes and signatures instead of
-    the envelope (verifiers must find the body in that shape); other kinds as proposed."""
-    if kind != "dsse" or "proposedContent" not in spec:
-        return spec
-    content = spec["proposedContent"]
+def canonical_spec(proposed):
+    """The entry as Rekor v1 stores it: hashedrekord as proposed; for dsse (cosign v3's
+    bundles) the envelope and payload hashes and the signatures with their verifier, in place
+    of the envelope."""
+    if proposed["kind"] != "dsse":
+        return proposed["spec"]
+    content = proposed["spec"]["proposedContent"]
     envelope = json.loads(content["envelope"])
-    payload = base64.b64decode(envelope["payload"])
-    return {"envelopeHash": {"algorithm": "sha256", "value": hashlib.sha256(content["envelope"].encode()).hexdigest()},
-            "payloadHash": {"algorithm": "sha256", "value": hashlib.sha256(payload).hexdigest()},
-            "signatures": [{"signature": sig["sig"], "verifier": content["verifiers"][0]}
-                           for sig in envelope["signatures"]]}
+    sha256 = lambda data: {"algorithm": "sha256", "value": hashlib.sha256(data).hexdigest()}
+    signatures = sorted(({"signature": s["sig"], "verifier": content["verifiers"][0]} for s in envelope["signatures"]),
+                        key=lambda s: s["signature"])
+    return {"envelopeHash": sha256(content["envelope"].encode()),
+            "payloadHash": sha256(base64.b64decode(envelope["payload"])), "signatures": signatures}
 
 
 def log_entry(instance, proposed):
-    spec = canonical_spec(proposed["kind"], proposed["spec"])
-    body = json.dumps({"apiVersion": proposed["apiVersion"], "kind": proposed["kind"], "spec": spec},
-                      separators=(",", ":")).encode()
+    # Sorted and compact, as Rekor's JSON canonicalization (JCS) writes these bodies.
+    entry = {"apiVersion": proposed["apiVersion"], "kind": proposed["kind"], "spec": canonical_spec(proposed)}
+    body = json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
     with instance.lock:
         index = instance.next_index
         instance.next_index += 1
