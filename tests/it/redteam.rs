@@ -54,7 +54,7 @@ async fn a_legacy_signature_replayed_as_a_message_bundle_signs_no_image() {
     let legacy_signature = key.sign_blob(&payload);
     let replayed = replayed_bundle(&key, &payload, &legacy_signature);
 
-    let fake = FakeRegistry::start(serving_as_image(payload.clone(), replayed)).await;
+    let fake = FakeRegistry::start(serving_as_image(payload.clone(), replayed, &[])).await;
     let registry = fake.authority();
     let target = cosign::sha256_digest(&payload);
     let gate = gate(&registry, &key);
@@ -81,9 +81,14 @@ fn replayed_bundle(key: &CosignKey, payload: &[u8], signature: &[u8]) -> Vec<u8>
     serde_json::to_vec(&bundle).expect("bundle")
 }
 
-/// A registry with the referrers API serving `image` (any bytes) as the manifest `b/evil@<its
-/// digest>`, with one referrer: `bundle`, attached the way cosign attaches bundles.
-fn serving_as_image(image: Vec<u8>, bundle: Vec<u8>) -> impl Fn(&Request) -> Reply + Send + Sync + 'static {
+/// A registry with the referrers API serving `image` (any bytes) as the manifest `b/<repo>@<its
+/// digest>` for any repo, with one referrer: `bundle`, attached the way cosign attaches bundles;
+/// the referrers API answers 404 for the repos in `without_api` (a repository it does not know).
+fn serving_as_image(
+    image: Vec<u8>,
+    bundle: Vec<u8>,
+    without_api: &'static [&'static str],
+) -> impl Fn(&Request) -> Reply + Send + Sync + 'static {
     let image_digest = cosign::sha256_digest(&image);
     let config = b"{}".to_vec();
     let referrer = serde_json::to_vec(&json!({
@@ -108,15 +113,54 @@ fn serving_as_image(image: Vec<u8>, bundle: Vec<u8>) -> impl Fn(&Request) -> Rep
         if path == "/v2/" {
             return Reply::ok("application/json", b"{}");
         }
-        let Some(rest) = path.strip_prefix("/v2/b/evil/") else { return Reply::status(404) };
+        let Some((repo, rest)) = path.strip_prefix("/v2/b/").and_then(|r| r.split_once('/')) else {
+            return Reply::status(404);
+        };
         match rest.split_once('/') {
             Some(("manifests", r)) if r == image_digest => Reply::ok(cosign::OCI_MANIFEST_MEDIA_TYPE, &image),
+            Some(("referrers", _)) if without_api.contains(&repo) => Reply::status(404),
             Some(("referrers", r)) if r == image_digest => Reply::ok(OCI_INDEX, &index),
             Some(("manifests", r)) if r == referrer_digest => Reply::ok(cosign::OCI_MANIFEST_MEDIA_TYPE, &referrer),
             Some(("blobs", b)) if b == bundle_digest => Reply::ok("application/octet-stream", &bundle),
             _ => Reply::status(404),
         }
     }
+}
+
+/// The referrers-API absence memory is keyed by host (API root and mirror namespace) only. A
+/// 404 for one repository — one that does not exist, or that the registry hides from a
+/// caller without credentials, as some do — turns the API off for every repository and every
+/// tenant of that host for `REFERRERS_API_ABSENT_TTL`: images signed only through the API are
+/// refused meanwhile. Refusal only (never admits), so a denial of service across tenants.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "red team: one repository's referrers-API 404 hides every other repository's API signatures for 5 minutes"]
+async fn one_repositorys_referrers_404_does_not_hide_another_repositorys_signatures() {
+    let key = CosignKey::generate();
+    let image = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": cosign::OCI_MANIFEST_MEDIA_TYPE,
+        "config": {"mediaType": EMPTY_CONFIG, "size": 2, "digest": cosign::sha256_digest(b"{}")}, "layers": []}))
+    .expect("image");
+    let bundle = key.sign_blob_bundle(&image);
+    let fake = FakeRegistry::start(serving_as_image(image.clone(), bundle, &["ghost"])).await;
+    let registry = fake.authority();
+    let digest = cosign::sha256_digest(&image);
+    let pull = |repo: &str| PullRequest { image: format!("{registry}/b/{repo}@{digest}"), ..Default::default() };
+
+    // Sanity: on a fresh client the API-signed image is admitted.
+    let fresh = gate(&registry, &key).decide(&pull("app")).await;
+    assert_eq!(fresh.verdict, Verdict::Accepted, "{}", fresh.reason);
+
+    let gate = gate(&registry, &key);
+    let ghost = gate.decide(&pull("ghost")).await;
+    assert_eq!(ghost.verdict, Verdict::Rejected, "{}", ghost.reason);
+    let asked = fake.count(&format!("/v2/b/app/referrers/{digest}"));
+    let after = gate.decide(&pull("app")).await;
+    assert_eq!(
+        after.verdict,
+        Verdict::Accepted,
+        "another repository's 404 hid this one's signatures (API asked again: {}): {}",
+        fake.count(&format!("/v2/b/app/referrers/{digest}")) > asked,
+        after.reason
+    );
 }
 
 /// containerd's CRI offers a pull secret with a `server_address` to a host only when Go's
