@@ -198,3 +198,67 @@ fn credentials_are_offered_to_mirrors_exactly_as_containerd_offers_them() {
     }
     assert!(wrong.is_empty(), "differs from containerd:\n{}", wrong.join("\n"));
 }
+
+/// containerd reads the host directory at each pull; pullgate reads it when the reloader sees
+/// a change. With `config_path` a symlink into a release directory that configuration
+/// management swaps (`certs.d -> /opt/cfg/current/certs.d`, `current -> v1` renamed to `v2`),
+/// containerd follows the new routes at once, but nothing pullgate watches changes (it
+/// watches the path and its resolved target, not the directory where `current` is swapped):
+/// pullgate keeps deciding on, and sending pull secrets to, the mirror the operator removed,
+/// until a SIGHUP.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "red team: a symlink swap above the host directory leaves pullgate on stale routes"]
+async fn a_release_symlink_swap_above_the_host_directory_is_seen() {
+    use pullgate::config::Config;
+    use pullgate::metrics::Metrics;
+    use pullgate::registry::hosts::{HostsTable, SharedHosts};
+    use pullgate::reload::{Reloader, Trigger};
+
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = dir.path().join("cfg");
+    let hosts_toml = |version: &str| cfg.join(version).join("certs.d/r.io/hosts.toml");
+    for (version, mirror) in [("v1", "old-mirror"), ("v2", "new-mirror")] {
+        std::fs::create_dir_all(hosts_toml(version).parent().expect("parent")).expect("mkdir");
+        std::fs::write(hosts_toml(version), format!("[host.\"https://{mirror}\"]\n")).expect("write");
+    }
+    std::os::unix::fs::symlink("v1", cfg.join("current")).expect("symlink");
+    let root = dir.path().join("certs.d");
+    std::os::unix::fs::symlink(cfg.join("current/certs.d"), &root).expect("symlink");
+    std::fs::create_dir_all(dir.path().join("policy.d")).expect("policy dir");
+    std::fs::write(dir.path().join("policy.d/a.toml"), "[[rule]]\nscope = \"r.io\"\nrequire = \"accept\"\n")
+        .expect("policy");
+
+    let mut config = Config { policy_dir: dir.path().join("policy.d"), ..Config::default() };
+    config.registry.config_path = Some(root.display().to_string());
+    let policy = SharedPolicy::new(Policy::load(&config.policy_dir, None).expect("policy"));
+    let hosts = SharedHosts::new(HostsTable::load(std::slice::from_ref(&root)));
+    let reloader = Reloader::new(&config, policy, hosts.clone(), Metrics::new(), Trigger::default());
+    let task = tokio::spawn(reloader.run());
+    let mirror = || {
+        let hosts = hosts.current().lookup("r.io").expect("lookup").expect("a host directory");
+        hosts[0].server.as_ref().map(|server| server.authority.clone()).unwrap_or_default()
+    };
+    let within = |want: &'static str| {
+        let mirror = &mirror;
+        async move {
+            let started = std::time::Instant::now();
+            while mirror() != want && started.elapsed() < Duration::from_secs(3) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            mirror()
+        }
+    };
+
+    // `run` arms its watches in the task: give it time (the control below proves it did).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Control: an edit of the file itself is seen (the watches are armed and work).
+    std::fs::write(hosts_toml("v1"), "[host.\"https://edited-mirror\"]\n").expect("edit");
+    assert_eq!(within("edited-mirror").await, "edited-mirror", "the reloader never saw a plain edit");
+
+    // The release swap, as `ln -sfn v2 current` does it: a new link renamed over the old one.
+    std::os::unix::fs::symlink("v2", cfg.join("current.tmp")).expect("symlink");
+    std::fs::rename(cfg.join("current.tmp"), cfg.join("current")).expect("rename");
+    let seen = within("new-mirror").await;
+    task.abort();
+    assert_eq!(seen, "new-mirror", "containerd now asks new-mirror; pullgate still routes to {seen}");
+}
