@@ -294,3 +294,85 @@ fn one_registrys_certificates_do_not_refuse_another_registry() {
         small.err().map(|e| e.to_string()).unwrap_or_default()
     );
 }
+
+/// Held (runs in the suite): a referrers page's `Link: rel="next"` that tries to leave the
+/// registry through URL tricks — absolute, scheme-relative, backslashes, userinfo, upper-case
+/// scheme, dot segments, encoded slashes — is never followed: the other host sees no request,
+/// and the pull is refused as not read to its end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_next_page_link_never_leaves_the_registry() {
+    let image = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": cosign::OCI_MANIFEST_MEDIA_TYPE,
+        "config": {"mediaType": EMPTY_CONFIG, "size": 2, "digest": cosign::sha256_digest(b"{}")}, "layers": []}))
+    .expect("image");
+    let digest = cosign::sha256_digest(&image);
+    let elsewhere = FakeRegistry::start(|_: &Request| Reply::status(404)).await;
+    let far = elsewhere.authority();
+    // Given the list's own path, the next link to serve.
+    let tricks: Vec<Box<dyn Fn(&str) -> String + Send + Sync>> = vec![
+        Box::new(move |list| format!("http://{far}{list}?n=2")),
+        Box::new({
+            let far = elsewhere.authority();
+            move |list| format!("//{far}{list}?n=2")
+        }),
+        Box::new({
+            let far = elsewhere.authority();
+            move |list| format!("\\\\{far}{}?n=2", list.replace('/', "\\"))
+        }),
+        Box::new({
+            let far = elsewhere.authority();
+            move |list| format!("http://registry@{far}{list}?n=2")
+        }),
+        Box::new({
+            let far = elsewhere.authority();
+            move |list| format!("HTTP://{far}{list}?n=2")
+        }),
+        Box::new({
+            let far = elsewhere.authority();
+            move |list| format!("http:{far}{list}")
+        }),
+        Box::new({
+            let far = elsewhere.authority();
+            move |list| format!("/%2F{far}{list}")
+        }),
+        Box::new(|list| format!("{list}/../../../../../b/other/referrers/x")),
+    ];
+    let count = tricks.len();
+    let empty =
+        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})).expect("index");
+    let image_path = format!("/manifests/{digest}");
+    let fake = FakeRegistry::start(move |request: &Request| {
+        let path = request.path();
+        if path == "/v2/" {
+            return Reply::ok("application/json", b"{}");
+        }
+        if path.ends_with(&image_path) {
+            return Reply::ok(cosign::OCI_MANIFEST_MEDIA_TYPE, &image);
+        }
+        let trick = path.strip_prefix("/v2/b/t").and_then(|rest| rest.split_once('/'));
+        match trick {
+            Some((n, rest)) if rest.starts_with("referrers/") && request.params().is_empty() => {
+                let link = n.parse::<usize>().ok().and_then(|n| tricks.get(n)).map(|trick| trick(path));
+                let reply = Reply::ok(OCI_INDEX, &empty);
+                match link {
+                    Some(link) => reply.header("Link", &format!("<{link}>; rel=\"next\"")),
+                    None => reply,
+                }
+            }
+            _ => Reply::status(404),
+        }
+    })
+    .await;
+    let registry = fake.authority();
+    let gate = gate(&registry, &CosignKey::generate());
+    for n in 0..count {
+        let pull = PullRequest { image: format!("{registry}/b/t{n}@{digest}"), ..Default::default() };
+        let decision = gate.decide(&pull).await;
+        assert_eq!(decision.verdict, Verdict::Rejected, "trick {n}: {}", decision.reason);
+        assert!(
+            decision.reason.contains("not read to its end"),
+            "trick {n} was followed or ignored: {}",
+            decision.reason
+        );
+    }
+    assert_eq!(elsewhere.requests().len(), 0, "a next-page link left the registry");
+}
