@@ -295,6 +295,9 @@ fn one_registrys_certificates_do_not_refuse_another_registry() {
     );
 }
 
+/// Given a referrers list's own path, the next-page link a hostile registry serves.
+type Trick = Box<dyn Fn(&str) -> String + Send + Sync>;
+
 /// Held (runs in the suite): a referrers page's `Link: rel="next"` that tries to leave the
 /// registry through URL tricks — absolute, scheme-relative, backslashes, userinfo, upper-case
 /// scheme, dot segments, encoded slashes — is never followed: the other host sees no request,
@@ -308,7 +311,7 @@ async fn a_next_page_link_never_leaves_the_registry() {
     let elsewhere = FakeRegistry::start(|_: &Request| Reply::status(404)).await;
     let far = elsewhere.authority();
     // Given the list's own path, the next link to serve.
-    let tricks: Vec<Box<dyn Fn(&str) -> String + Send + Sync>> = vec![
+    let tricks: Vec<Trick> = vec![
         Box::new(move |list| format!("http://{far}{list}?n=2")),
         Box::new({
             let far = elsewhere.authority();
