@@ -33,6 +33,7 @@ mod registry_names;
 mod registry_tls;
 mod relay;
 mod reload;
+mod redteam;
 mod round_trips;
 mod rule_choice;
 mod runtime_service;
