@@ -1,7 +1,11 @@
 //! A sigstore bundle as cosign v3 signs an image with a key: a DSSE envelope over an in-toto
-//! statement whose predicate type says "cosign signature" and whose subject is the image digest;
-//! or a message signature over the image digest itself (what `cosign sign-blob` makes of the
-//! manifest bytes).
+//! statement whose predicate type says "cosign signature" and whose subject is the image digest.
+//!
+//! A bundle holding a message signature (what `cosign sign-blob` writes) never counts: it signs
+//! bytes, not an image, so it cannot be told apart from the key's every other blob signature. A
+//! legacy `.sig` signature is one too (over its payload's SHA-256), and served as a "manifest"
+//! its payload would make the key approve an image it never signed. cosign signs images with a
+//! DSSE envelope, whose statement says what it is.
 //!
 //! The bundle model (v0.1–v0.3, the DSSE envelope and its PAE, in-toto statements) is
 //! sigstore-rust's `sigstore-types`; the signature is checked with the rule's keys
@@ -9,8 +13,8 @@
 //! certificate instead of a key hint) are verified by sigstore-verify (`certificate`) against
 //! the rule's trusted roots and identities, over the image digest.
 
-use sigstore_types::bundle::{MessageSignature, VerificationMaterialContent};
-use sigstore_types::{Bundle, DsseEnvelope, HashAlgorithm, SignatureContent, Statement};
+use sigstore_types::bundle::VerificationMaterialContent;
+use sigstore_types::{Bundle, DsseEnvelope, SignatureContent, Statement};
 use sigstore_verify::types::{Artifact, Sha256Hash};
 
 use super::referrers::MAX_BUNDLE_BYTES;
@@ -27,12 +31,6 @@ pub const COSIGN_SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
 /// Every refusal of a bundle says so, so a reason never leaves the format to be guessed.
 const PREFIX: &str = "sigstore bundle: ";
 
-/// What a bundle signs.
-enum Content {
-    Dsse(DsseEnvelope),
-    Message(MessageSignature),
-}
-
 /// The signature is checked before what it signs is read: until then it is anybody's text.
 pub(super) fn check_bundle<'k>(
     digest: &Digest,
@@ -41,32 +39,27 @@ pub(super) fn check_bundle<'k>(
     layer: &Digest,
     bytes: &[u8],
 ) -> Checked<'k> {
-    let (keyless, content) = match content(layer, bytes) {
+    let (keyless, envelope) = match envelope(layer, bytes) {
         Ok(parsed) => parsed,
         Err((kind, text)) => return refused(None, kind, text),
     };
-    if keyless {
-        return check_keyless(digest, rule, bytes, &content);
-    }
-    match content {
-        Content::Dsse(envelope) => check_dsse(digest, rule, keys, &envelope),
-        Content::Message(message) => check_message(digest, rule, keys, &message),
-    }
+    if keyless { check_keyless(digest, rule, bytes, &envelope) } else { check_dsse(digest, rule, keys, &envelope) }
 }
 
 /// sigstore-verify checks the certificate, the log entry, the signature, and that what was
-/// signed is `digest` (the DSSE statement's subject, or the message digest); what remains is
-/// what the signature vouched for.
-fn check_keyless<'k>(digest: &Digest, rule: &Rule, bytes: &[u8], content: &Content) -> Checked<'k> {
+/// signed is `digest` (the DSSE statement's subject); what remains is what the statement it
+/// vouched for says.
+fn check_keyless<'k>(digest: &Digest, rule: &Rule, bytes: &[u8], envelope: &DsseEnvelope) -> Checked<'k> {
     let signer = match check_certificate(digest, rule, bytes) {
         Ok(signer) => signer,
         Err((kind, text)) => return refused(None, kind, format!("{PREFIX}{text}")),
     };
-    let problem = match content {
-        Content::Dsse(envelope) => check_statement(digest, rule, envelope).err(),
-        Content::Message(_) => digest_only(rule).err(),
-    };
-    Checked { key: None, signer: Some(signer), signed_name: None, problem }
+    Checked {
+        key: None,
+        signer: Some(signer),
+        signed_name: None,
+        problem: check_statement(digest, rule, envelope).err(),
+    }
 }
 
 fn check_certificate(digest: &Digest, rule: &Rule, bytes: &[u8]) -> Result<certificate::Signer, (Shortfall, String)> {
@@ -84,7 +77,9 @@ fn check_dsse<'k>(digest: &Digest, rule: &Rule, keys: &[&'k KeyRef], envelope: &
     let signature = envelope.signature.sig.as_bytes();
     let pae = envelope.pae();
     let Some(key) = keys.iter().copied().find(|k| k.key.verify(&pae, signature).is_ok()) else {
-        return untrusted(keys.len());
+        let n = keys.len();
+        let text = format!("{PREFIX}signature does not verify with any of the {n} trusted {}", plural(n, "key"));
+        return refused(None, Shortfall::UntrustedKey, text);
     };
     match check_statement(digest, rule, envelope) {
         Ok(()) => Checked { key: Some(key), signer: None, signed_name: None, problem: None },
@@ -92,47 +87,13 @@ fn check_dsse<'k>(digest: &Digest, rule: &Rule, keys: &[&'k KeyRef], envelope: &
     }
 }
 
-/// A message signature is a signature over the manifest bytes, checked against their SHA-256:
-/// the bundle's message digest, which must then be the digest being pinned. Nothing else is
-/// signed, so this too names no image.
-fn check_message<'k>(digest: &Digest, rule: &Rule, keys: &[&'k KeyRef], message: &MessageSignature) -> Checked<'k> {
-    let unusable = |text: String| refused(None, Shortfall::UnusablePayload, format!("{PREFIX}{text}"));
-    let Some(signed) = &message.message_digest else {
-        return unusable("message signature without a message digest".to_owned());
-    };
-    if signed.algorithm != HashAlgorithm::Sha2256 {
-        return unusable(format!("message digest algorithm {}, not SHA2_256", signed.algorithm));
-    }
-    let Ok(hash) = <[u8; 32]>::try_from(signed.digest.as_bytes()) else {
-        return unusable(format!("message digest of {} bytes, not a SHA-256", signed.digest.as_bytes().len()));
-    };
-    let signature = message.signature.as_bytes();
-    let Some(key) = keys.iter().copied().find(|k| k.key.verify_prehashed(&hash, signature).is_ok()) else {
-        return untrusted(keys.len());
-    };
-    let hex = hex::encode(hash);
-    if digest.algorithm() != "sha256" || digest.hex() != hex {
-        let text = format!("{PREFIX}message signature is over sha256:{hex}, not {digest}");
-        return refused(Some(key), Shortfall::DigestMismatch, text);
-    }
-    match digest_only(rule) {
-        Ok(()) => Checked { key: Some(key), signer: None, signed_name: None, problem: None },
-        Err((kind, text)) => refused(Some(key), kind, text),
-    }
-}
-
-fn untrusted<'k>(n: usize) -> Checked<'k> {
-    let text = format!("{PREFIX}signature does not verify with any of the {n} trusted {}", plural(n, "key"));
-    refused(None, Shortfall::UntrustedKey, text)
-}
-
 fn refused(key: Option<&KeyRef>, kind: Shortfall, text: String) -> Checked<'_> {
     Checked { key, signer: None, signed_name: None, problem: Some((kind, text)) }
 }
 
 /// The bundle in a layer, bounded and matching its digest: whether it is signed with a
-/// certificate (keyless) rather than a key, and what it signs.
-fn content(layer: &Digest, bytes: &[u8]) -> Result<(bool, Content), (Shortfall, String)> {
+/// certificate (keyless) rather than a key, and its DSSE envelope.
+fn envelope(layer: &Digest, bytes: &[u8]) -> Result<(bool, DsseEnvelope), (Shortfall, String)> {
     let unusable = |text: &str| (Shortfall::UnusablePayload, format!("{PREFIX}{text}"));
     if bytes.len() > MAX_BUNDLE_BYTES {
         return Err(unusable(&format!("{} bytes, more than the {MAX_BUNDLE_BYTES}-byte limit", bytes.len())));
@@ -148,8 +109,10 @@ fn content(layer: &Digest, bytes: &[u8]) -> Result<(bool, Content), (Shortfall, 
         _ => return Err(unusable("verification material of an unknown kind")),
     };
     match bundle.content {
-        SignatureContent::DsseEnvelope(envelope) => Ok((keyless, Content::Dsse(envelope))),
-        SignatureContent::MessageSignature(message) => Ok((keyless, Content::Message(message))),
+        SignatureContent::DsseEnvelope(envelope) => Ok((keyless, envelope)),
+        SignatureContent::MessageSignature(_) => Err(unusable(
+            "holds a message signature, which signs bytes, not an image (cosign signs images with a DSSE envelope)",
+        )),
         _ => Err(unusable("content of an unknown kind")),
     }
 }

@@ -117,20 +117,6 @@ impl TrustedKey {
         if valid { Ok(()) } else { Err(BadSignature) }
     }
 
-    /// `Ok` only if `signature` is this key's signature over a message whose SHA-256 is
-    /// `sha256`, the message itself unseen (a sigstore bundle's message signature over an image
-    /// digest). Ed25519 signs the message itself, not its hash, so an Ed25519 key never verifies
-    /// here.
-    pub fn verify_prehashed(&self, sha256: &[u8; 32], signature: &[u8]) -> Result<(), BadSignature> {
-        let valid = match &self.kind {
-            KeyKind::EcdsaP256(key) => verify_p256(key, sha256, signature),
-            KeyKind::EcdsaP384(key) => verify_p384(key, sha256, signature),
-            KeyKind::Rsa(key) => verify_rsa(key, sha256, signature),
-            KeyKind::Ed25519(_) => false,
-        };
-        if valid { Ok(()) } else { Err(BadSignature) }
-    }
-
     /// "sha256:<hex>" over the SPKI DER, so the same key has the same fingerprint whatever the PEM formatting.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
@@ -285,29 +271,6 @@ mod tests {
             let key = TrustedKey::from_pem(pem.as_bytes()).unwrap();
             (sk, key)
         })
-    }
-
-    #[test]
-    fn a_prehashed_check_verifies_over_the_given_digest_and_never_with_ed25519() {
-        let hashed: [u8; 32] = Sha256::digest(PAYLOAD).into();
-        let (sk, key) = p256_key();
-        let sig = p256_der(&sk, PAYLOAD);
-        assert_eq!(key.verify_prehashed(&hashed, &sig), Ok(()));
-        let mut other = hashed;
-        other[0] ^= 1;
-        assert_eq!(key.verify_prehashed(&other, &sig), Err(BadSignature));
-        let (rsa_sk, rsa_key) = rsa_2048();
-        let v15 = rsa_sk.sign(Pkcs1v15Sign::new::<Sha256>(), &hashed).unwrap();
-        assert_eq!(rsa_key.verify_prehashed(&hashed, &v15), Ok(()));
-        assert_eq!(rsa_key.verify_prehashed(&other, &v15), Err(BadSignature));
-        let mut seed = [0u8; 32];
-        OsRng.fill_bytes(&mut seed);
-        let ed = ed25519_dalek::SigningKey::from_bytes(&seed);
-        let pem = ed.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
-        let ed_key = TrustedKey::from_pem(pem.as_bytes()).unwrap();
-        let ed_sig = ed.sign(&hashed).to_bytes();
-        assert_eq!(ed_key.verify(&hashed, &ed_sig), Ok(()), "a valid signature over the digest's bytes");
-        assert_eq!(ed_key.verify_prehashed(&hashed, &ed_sig), Err(BadSignature));
     }
 
     #[test]
