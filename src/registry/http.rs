@@ -546,16 +546,18 @@ impl HttpRegistry {
         digest: &Digest,
         creds: &Credentials,
     ) -> Result<Option<ReferrerPages>, RegistryError> {
-        let host = match &route.namespace {
-            Some(namespace) => format!("{}?ns={namespace}", route.base),
-            None => route.base.clone(),
+        // Per repository: a registry with the API may still answer 404 for a repository it
+        // hides from these credentials, and that must not turn the API off for its neighbours.
+        let repository = match &route.namespace {
+            Some(namespace) => format!("{}/{}?ns={namespace}", route.base, image.repository()),
+            None => format!("{}/{}", route.base, image.repository()),
         };
-        if self.referrers_api_absent.remembers(&host, Instant::now()) {
+        if self.referrers_api_absent.remembers(&repository, Instant::now()) {
             return Ok(None);
         }
         let list = self.referrers_from(route, image, digest, creds).await?;
         if list.is_none() {
-            self.referrers_api_absent.remember(&host, Instant::now());
+            self.referrers_api_absent.remember(&repository, Instant::now());
         }
         Ok(list)
     }

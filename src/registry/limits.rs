@@ -128,6 +128,6 @@ pub const MAX_TLS_CLIENTS: usize = 16;
 /// longest pull back-offs (5 min). Within it, a cold check asks one request fewer.
 pub const REFERRERS_API_ABSENT_TTL: Duration = Duration::from_secs(5 * 60);
 
-/// Hosts remembered without a referrers API; past this many the memory starts over, which
-/// only costs each host its API request again. Real nodes pull from a handful of registries.
-pub const MAX_REFERRERS_API_ABSENT_HOSTS: usize = 256;
+/// Repositories remembered without a referrers API; past this many the memory starts over,
+/// which only costs each its API request again. A node runs a few hundred images at most.
+pub const MAX_REFERRERS_API_ABSENT_REPOSITORIES: usize = 1024;

@@ -284,15 +284,18 @@ async fn concurrent_pulls_of_one_image_fetch_its_signatures_once() {
 
 /// The registry client keeps its connections across checks: a cold check asks for several
 /// documents at once (the `.sig` tag, the referrers tag and the referrers API), each on a
-/// connection, and the next cold check against the same registry opens none. A registry that
-/// answered 404 to the referrers API is not asked it again; its referrers tag still is read.
+/// connection, and the next cold check against the same registry opens none. A repository
+/// that answered 404 to the referrers API is not asked it again, for another image; its
+/// referrers tag still is read. Another repository of the same registry still is asked.
 /// (On the current-thread runtime a connection is back in the pool before the check ends.)
 #[tokio::test]
 async fn cold_checks_reuse_connections_and_remember_a_missing_referrers_api() {
-    const MANIFEST: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
-    let fake = FakeRegistry::start(|request: &Request| match request.path().ends_with("/manifests/v1") {
-        true => Reply::ok("application/vnd.oci.image.manifest.v1+json", MANIFEST),
-        false => Reply::status(404),
+    const MANIFEST: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[],"annotations":{"tag":"TAG"}}"#;
+    let fake = FakeRegistry::start(|request: &Request| match request.path().rsplit_once("/manifests/") {
+        Some((_, tag @ ("v1" | "v2"))) => {
+            Reply::ok("application/vnd.oci.image.manifest.v1+json", MANIFEST.replace("TAG", tag).as_bytes())
+        }
+        _ => Reply::status(404),
     })
     .await;
     let dir = tempfile::tempdir().expect("policy dir");
@@ -303,19 +306,23 @@ async fn cold_checks_reuse_connections_and_remember_a_missing_referrers_api() {
     let config = RegistryConfig { insecure: vec![fake.authority()], ..RegistryConfig::default() };
     let registry = Arc::new(HttpRegistry::new(&config).expect("registry client"));
     let gate = Gate::new(SharedPolicy::new(policy), registry, Duration::from_secs(10));
-    let decide = |repo: &str| PullRequest { image: format!("{}/{repo}:v1", fake.authority()), ..Default::default() };
+    let decide = |image: &str| PullRequest { image: format!("{}/{image}", fake.authority()), ..Default::default() };
     let api = |repo: &str| fake.count(&format!("/v2/{repo}/referrers/"));
     let tags = |repo: &str| fake.count(&format!("/v2/{repo}/manifests/sha256-"));
 
-    let first = gate.decide(&decide("rt/first")).await;
+    let first = gate.decide(&decide("rt/first:v1")).await;
     assert_eq!(first.verdict, Verdict::Rejected, "{}", first.reason);
     assert_eq!((api("rt/first"), tags("rt/first")), (1, 2), "referrers API, then `.sig` and referrers tags");
     let opened = fake.connections();
     assert!(opened <= 3, "the resolve, then three documents at once, opened {opened} connections");
 
-    let second = gate.decide(&decide("rt/second")).await;
+    let second = gate.decide(&decide("rt/first:v2")).await;
     assert_eq!(second.verdict, Verdict::Rejected, "{}", second.reason);
     assert_eq!(fake.connections(), opened, "a second cold check opened connections of its own");
-    assert_eq!(api("rt/second"), 0, "the referrers API was asked again after its 404");
-    assert_eq!(tags("rt/second"), 2, "the `.sig` tag and the referrers tag are still read");
+    assert_eq!(api("rt/first"), 1, "the referrers API was asked again after its 404");
+    assert_eq!(tags("rt/first"), 4, "the `.sig` tag and the referrers tag are still read");
+
+    let other = gate.decide(&decide("rt/other:v1")).await;
+    assert_eq!(other.verdict, Verdict::Rejected, "{}", other.reason);
+    assert_eq!(api("rt/other"), 1, "one repository's 404 turned the API off for another");
 }
