@@ -100,7 +100,9 @@ impl Credentials {
 
 /// The host part Go's `url.Parse` gives "scheme://[user@]host[:port]/…" or "//host…"; None
 /// when it gives none (no `//` after a valid scheme).
-fn url_host(address: &str) -> Option<&str> {
+/// The host of a URL as Go's `url.Parse` gives it: as written (case and port kept), without
+/// userinfo; None when there is no `//` authority.
+pub(crate) fn url_host(address: &str) -> Option<&str> {
     let after_scheme = match address.split_once(':') {
         Some((scheme, rest)) if valid_scheme(scheme) => rest,
         _ => address,

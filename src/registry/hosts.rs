@@ -93,6 +93,9 @@ impl Scheme {
 pub struct Server {
     pub scheme: Scheme,
     pub authority: String,
+    /// The host as written in hosts.toml (case and default port kept), which containerd's CRI
+    /// compares with a pull secret's `server_address` (see `Credentials::offered_to`).
+    pub written: String,
     pub path: String,
 }
 
@@ -255,7 +258,8 @@ fn server(url: &str, override_path: bool) -> Result<Server, String> {
         Some(port) => format!("{host}:{port}"),
         None => host.to_owned(),
     };
-    Ok(Server { scheme, authority, path: api_root(parsed.path(), override_path) })
+    let written = super::credentials::url_host(&full).unwrap_or(&authority).to_owned();
+    Ok(Server { scheme, authority, written, path: api_root(parsed.path(), override_path) })
 }
 
 /// Go's `path.Clean` of the URL's path, with "/v2" appended unless it ends so already or

@@ -81,6 +81,9 @@ struct ClientBase {
 struct Route {
     /// `host[:port]` as asked; what messages, reports and the auth state name.
     host: String,
+    /// The host a pull secret's `server_address` must name for it to be sent here: as written
+    /// in hosts.toml for a mirror, as containerd compares it.
+    secret_host: String,
     /// `scheme://host[:port]` and the API root (`/v2` unless `override_path`).
     base: String,
     scheme: Scheme,
@@ -248,13 +251,13 @@ impl HttpRegistry {
 
     fn route(&self, written: &RegistryHost, config: HostConfig) -> Result<Route, RegistryError> {
         let registry = written.as_str();
-        let (scheme, host, path) = match config.server {
-            Some(server) => (server.scheme, server.authority, server.path),
+        let (scheme, host, secret_host, path) = match config.server {
+            Some(server) => (server.scheme, server.authority, server.written, server.path),
             None => {
                 // The registry itself, reached as without a host directory: `insecure` decides.
                 let scheme = if self.insecure.covers(written) { Scheme::Http } else { Scheme::Https };
                 let host = if registry == DOCKER_HUB { DOCKER_HUB_API } else { registry };
-                (scheme, host.to_owned(), "/v2".to_owned())
+                (scheme, host.to_owned(), host.to_owned(), "/v2".to_owned())
             }
         };
         let is_registry = host == registry || registry == DOCKER_HUB && host == DOCKER_HUB_API;
@@ -262,6 +265,7 @@ impl HttpRegistry {
         Ok(Route {
             base: format!("{}://{host}{path}", scheme.as_str()),
             host,
+            secret_host,
             scheme,
             namespace: (!is_registry).then(|| registry.to_owned()),
             client,
@@ -313,7 +317,7 @@ impl HttpRegistry {
     async fn send(&self, target: &Target<'_>, creds: &Credentials) -> Result<Response, RegistryError> {
         // A mirror gets the image's credentials only where containerd would offer them.
         let anonymous = Credentials::anonymous();
-        let creds = if creds.offered_to(target.registry) { creds } else { &anonymous };
+        let creds = if creds.offered_to(&target.route.secret_host) { creds } else { &anonymous };
         let first = self.upfront_authorization(target, creds).await?;
         let response = self.send_once(target, first.header.as_ref()).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
@@ -829,6 +833,22 @@ mod tests {
     /// The request path reads no file: with the whole host directory gone (and a FIFO, which
     /// a read would refuse, where a `hosts.toml` was), routes stay what was loaded, until the
     /// table is replaced. (`hosts::tests` shows the same for the certificate files.)
+    /// containerd's CRI sends a pull secret with a `server_address` to a mirror only when the
+    /// address names the mirror as hosts.toml writes it (case and default port kept).
+    #[test]
+    fn a_mirror_is_offered_secrets_by_its_host_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("certs.d");
+        std::fs::create_dir_all(root.join("r.example")).unwrap();
+        std::fs::write(root.join("r.example/hosts.toml"), "[host.\"https://M.example:443\"]\n").unwrap();
+        let config = RegistryConfig { config_path: Some(root.display().to_string()), ..RegistryConfig::default() };
+        let registry = HttpRegistry::new(&config).unwrap();
+        let image: ImageRef = "r.example/app:v1".parse().unwrap();
+        let routes = registry.routes(&image, Operation::Pull).unwrap();
+        let hosts: Vec<_> = routes.iter().map(|route| (route.host.as_str(), route.secret_host.as_str())).collect();
+        assert_eq!(hosts, [("m.example", "M.example:443"), ("r.example", "r.example")]);
+    }
+
     #[test]
     fn routes_are_looked_up_in_memory_only() {
         let dir = tempfile::tempdir().unwrap();

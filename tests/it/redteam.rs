@@ -133,7 +133,6 @@ fn serving_as_image(
 /// in both directions. Same physical host each time: pullgate sends (or withholds) a pull
 /// secret where containerd would not, so it may decide on what containerd cannot fetch.
 #[test]
-#[ignore = "red team: server_address check compares against the normalised hosts.toml host, containerd the written one"]
 fn credentials_are_offered_to_mirrors_exactly_as_containerd_offers_them() {
     let dir = tempfile::tempdir().expect("dir");
     // (hosts.toml host, server_address, containerd offers?)
@@ -147,7 +146,7 @@ fn credentials_are_offered_to_mirrors_exactly_as_containerd_offers_them() {
     for (host, address, containerd) in cases {
         let text = format!("[host.\"{host}\"]\n");
         let parsed = hosts::parse(&text, dir.path()).expect("hosts.toml parses");
-        let authority = parsed[0].server.as_ref().expect("a mirror").authority.clone();
+        let authority = parsed[0].server.as_ref().expect("a mirror").written.clone();
         let creds = Credentials {
             username: "u".into(),
             password: "p".into(),
