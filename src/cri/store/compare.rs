@@ -27,14 +27,17 @@ pub async fn compare<R: Records>(
     verified: &Digest,
     image_id: &str,
 ) -> Result<(), StoreError> {
-    let Some(target) = records.target(pinned).await? else {
+    // Both at once, one round trip: the verified digest is known, so its bytes need not wait
+    // for the record to name it; they are only used once the record does.
+    let (target, bytes) = futures_util::join!(records.target(pinned), content(records, pinned, verified));
+    let Some(target) = target? else {
         return Err(Mismatch::NoRecord { name: pinned.to_owned() }.into());
     };
     if target.digest != verified.as_str() {
         let (name, verified) = (pinned.to_owned(), verified.to_string());
         return Err(Mismatch::Target { name, stored: target.digest, verified }.into());
     }
-    let Some(bytes) = content(records, pinned, verified).await? else {
+    let Some(bytes) = bytes? else {
         return Err(Mismatch::Missing { name: pinned.to_owned(), digest: verified.to_string() }.into());
     };
     let document = manifest::read(&bytes, &target.media_type).map_err(|error| Mismatch::Document {

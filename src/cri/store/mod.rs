@@ -17,8 +17,8 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
+use crate::cri::content_proto::ReadContentRequest;
 use crate::cri::content_proto::content_client::ContentClient;
-use crate::cri::content_proto::{InfoRequest, ReadContentRequest};
 use crate::cri::images_proto::images_client::ImagesClient;
 use crate::cri::images_proto::{DeleteImageRequest, Descriptor, GetImageRequest};
 use crate::cri::proto::image_service_client::ImageServiceClient;
@@ -162,32 +162,29 @@ impl Records for Store {
     }
 
     async fn content(&self, name: &str, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
-        let request = namespaced(InfoRequest { digest: digest.to_string() });
-        let size = match self.content.clone().info(request).await {
-            Ok(response) => response.into_inner().info.map_or(0, |info| info.size),
-            Err(status) if status.code() == Code::NotFound => return Ok(None),
-            Err(status) => return Err(unreadable(name, &status)),
-        };
-        let too_large = |size: u64| Mismatch::TooLarge { digest: digest.to_string(), size };
-        let size = u64::try_from(size).unwrap_or(0);
-        if size > MANIFEST_MAX_BYTES as u64 {
-            return Err(too_large(size).into());
-        }
-        let request = ReadContentRequest { digest: digest.to_string(), offset: 0, size: size as i64 };
+        // Read without asking its size first (size 0: to the end), one round trip instead of
+        // two on every pinned pull; the loop below bounds it as an Info answer would have.
+        let request = ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 };
         let mut stream = match self.content.clone().read(namespaced(request)).await {
             Ok(response) => response.into_inner(),
             Err(status) if status.code() == Code::NotFound => return Ok(None),
             Err(status) => return Err(unreadable(name, &status)),
         };
-        let mut bytes = Vec::with_capacity(size as usize);
-        while let Some(chunk) = stream.message().await.map_err(|status| unreadable(name, &status))? {
-            // Bounded whatever Info said: the blob could have been replaced in between.
+        let mut bytes = Vec::new();
+        loop {
+            let chunk = match stream.message().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => return Ok(Some(bytes)),
+                // containerd may say NotFound only once the stream has started.
+                Err(status) if status.code() == Code::NotFound && bytes.is_empty() => return Ok(None),
+                Err(status) => return Err(unreadable(name, &status)),
+            };
             if bytes.len() + chunk.data.len() > MANIFEST_MAX_BYTES {
-                return Err(too_large((bytes.len() + chunk.data.len()) as u64).into());
+                let size = (bytes.len() + chunk.data.len()) as u64;
+                return Err(Mismatch::TooLarge { digest: digest.to_string(), size }.into());
             }
             bytes.extend_from_slice(&chunk.data);
         }
-        Ok(Some(bytes))
     }
 }
 
