@@ -15,6 +15,7 @@
 //! any network or C dependency once aws-lc-rs is left out.
 
 pub mod legacy;
+pub mod pki;
 pub mod provider;
 pub mod root;
 
