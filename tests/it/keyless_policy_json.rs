@@ -160,4 +160,27 @@ async fn a_pki_requirement_admits_its_signer_at_the_current_time_and_refuses_oth
         store::assert_absent(&lab, &image).await;
     }
     running.stop().await;
+
+    // `pullgate verify` shows whom the certificate names and when its chain was checked, or
+    // which check failed.
+    let policy_dir = pki.path().join("policy.d");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    let config = pki.path().join("pullgate.toml");
+    let toml = format!(
+        "policy_dir = {policy_dir:?}\npolicy_json = {:?}\n[registry]\ninsecure = [{:?}]\n",
+        pki.path().join("policy.json"),
+        lab.registry
+    );
+    std::fs::write(&config, toml).unwrap();
+    let verify = |repo: &str| {
+        let image = format!("{}/{repo}:v1", lab.registry);
+        common::process::run(&["verify", &image, "--config", config.to_str().unwrap()], "")
+    };
+    let good = verify("t/good");
+    assert_eq!(good.code, 0, "{}{}", good.stdout, good.stderr);
+    let shown = "for email dev@example.com and hostname ci.build.example.com (chain checked at ";
+    assert!(good.stdout.contains("pki certificate sha256:") && good.stdout.contains(shown), "{}", good.stdout);
+    let outside = verify("t/outside");
+    assert_ne!(outside.code, 0);
+    assert!(outside.stdout.contains("pki certificate: certificate chain check failed"), "{}", outside.stdout);
 }
