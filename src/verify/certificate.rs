@@ -1,6 +1,8 @@
 //! Keyless signatures in a rule's decision: a certificate-signed `.sig` layer or bundle is
 //! verified by sigstore-verify against each trusted root the rule's identities use, and counts
-//! for the identities whose subject and issuer the verified certificate carries.
+//! for the identities whose subject and issuer the verified certificate carries. A `.sig`
+//! layer is first tried against the rule's containers-policy.json `pki` requirements, which
+//! `keyless::pki` checks at the current time, with no log.
 
 use std::sync::Arc;
 
