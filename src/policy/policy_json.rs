@@ -339,18 +339,15 @@ impl JsonCtx<'_> {
         if !self.check_sources(line, key_forms, sig.fulcio.is_some(), sig.pki.is_some(), &rekor) {
             return None;
         }
-        let (keys, fulcio): (Vec<KeyRef>, Vec<SignerIdentity>) = match (sig.fulcio, sig.pki) {
+        let (keys, signers): (Vec<KeyRef>, Vec<SignerIdentity>) = match (sig.fulcio, sig.pki) {
             (Some(fulcio), _) => (Vec::new(), self.fulcio(fulcio, &rekor, line).into_iter().collect()),
-            (None, Some(pki)) => {
-                self.pki(pki, line);
-                return None;
-            }
+            (None, Some(pki)) => (Vec::new(), self.pki(pki, line).into_iter().collect()),
             (None, None) => (self.keys(&sig, line), Vec::new()),
         };
         if let Err(e) = load::check_distinct_keys(&keys) {
             self.problem(line, e);
         }
-        (self.loader.problem_count() == before).then_some(Read::Signed { keys, signers: fulcio, identity })
+        (self.loader.problem_count() == before).then_some(Read::Signed { keys, signers, identity })
     }
 
     fn identity(&mut self, raw: Option<RawSignedIdentity>, line: Option<usize>) -> IdentityRule {
@@ -960,16 +957,18 @@ mod containers_examples {
     }
 
     #[test]
-    fn the_fulcio_scope_loads_and_the_pki_scope_is_refused() {
+    fn the_fulcio_and_pki_scopes_load() {
         let dir = TestDir::new();
         let key_path = dir.write("sigstore-pubkey.pub", &Key::new().pem());
         dir.write("certs/fulcio_v1.crt.pem", &super::super::test_support::public_good_fulcio_pem());
         dir.write("certs/rekor.pub", &Key::new().pem());
         dir.write("certs/pki_root_crts.pem", &super::super::test_support::public_good_fulcio_pem());
-        let err = load_json(&dir, &locked_down(&key_path, Some(&dir.path("certs")))).unwrap_err();
-        let text = err.to_string();
-        assert_eq!(err.problems.len(), 1, "{text}");
-        assert!(text.contains("\"pki\" is not supported"), "{text}");
+        let policy = load_json(&dir, &locked_down(&key_path, Some(&dir.path("certs")))).unwrap();
+        let image: ImageRef = "hostname:5000/myns/sigstore-signed-byopki:v1".parse().unwrap();
+        let rule = policy.find(&image, None).unwrap();
+        let signer = &rule.identities[0];
+        assert!(signer.trust.pki.is_some(), "{signer:?}");
+        assert!(signer.label().starts_with("subject \"email test-user@example.com\""), "{}", signer.label());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::limits::{MAX_SIGNER_PATTERN_CHARS, MAX_SIGNER_REGEX_BYTES};
 use crate::verify::keyless::TrustRoot;
+use crate::verify::keyless::pki::PkiTrust;
 
 /// How a subject or issuer is matched.
 #[derive(Clone, Debug)]
@@ -77,6 +78,10 @@ pub struct CertificateTrust {
     pub source: RootSource,
     /// An embedded SCT is required (TOML `ignore_sct = false`, the default).
     pub sct: bool,
+    /// A containers-policy.json `pki` requirement: its certificates are checked by
+    /// `verify::keyless::pki` at the current time, with no log, and carry the subject it asks
+    /// for; `root` then only lists its CA roots for `policy check`, and verifies nothing.
+    pub pki: Option<PkiTrust>,
 }
 
 /// What a trusted root was built from.
@@ -108,6 +113,9 @@ impl CertificateTrust {
         match &self.source {
             RootSource::File(path) => path.display().to_string(),
             RootSource::BuiltIn => "the built-in Sigstore public-good root".to_owned(),
+            RootSource::PolicyJson { policy_json, .. } if self.pki.is_some() => {
+                format!("the pki CA roots of {}", policy_json.display())
+            }
             RootSource::PolicyJson { policy_json, .. } => {
                 format!("the fulcio CA and Rekor keys of {}", policy_json.display())
             }

@@ -572,7 +572,7 @@ impl FileCtx<'_> {
         match self.loader.trusted_root(path.as_deref()) {
             Ok(root) => {
                 let source = path.map_or(RootSource::BuiltIn, RootSource::File);
-                Some(Arc::new(CertificateTrust { root, source, sct }))
+                Some(Arc::new(CertificateTrust { root, source, sct, pki: None }))
             }
             Err(e) => {
                 match span {

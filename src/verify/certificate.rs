@@ -1,12 +1,15 @@
 //! Keyless signatures in a rule's decision: a certificate-signed `.sig` layer or bundle is
 //! verified by sigstore-verify against each trusted root the rule's identities use, and counts
-//! for the identities whose subject and issuer the verified certificate carries.
+//! for the identities whose subject and issuer the verified certificate carries. A `.sig`
+//! layer is first tried against the rule's containers-policy.json `pki` requirements, which
+//! `keyless::pki` checks at the current time, with no log.
 
 use std::sync::Arc;
 
 use sigstore_verify::types::{Artifact, Bundle};
 
 use super::Shortfall;
+use super::keyless::pki::{PKI_ISSUER, PkiCertified};
 use super::keyless::{self, Certified, legacy};
 use super::signatures::{CertificateMaterial, SignatureLayer};
 use crate::policy::{CertificateTrust, Rule};
@@ -22,8 +25,65 @@ pub(super) struct Signer {
     pub label: String,
 }
 
-/// A `.sig` layer signed with a certificate: the annotations as the bundle they stand for.
+/// A `.sig` layer signed with a certificate: checked for the rule's `pki` requirements, then
+/// (the annotations as the bundle they stand for) against its sigstore roots.
 pub(super) fn check_legacy(
+    rule: &Rule,
+    material: &CertificateMaterial,
+    layer: &SignatureLayer,
+    payload: &[u8],
+) -> Result<Signer, (Shortfall, String)> {
+    let mut worst: Option<(Shortfall, String)> = None;
+    for (trust, pki) in distinct_trusts(rule).into_iter().filter_map(|t| t.pki.as_ref().map(|pki| (t, pki))) {
+        match check_pki(rule, trust, pki, material, layer, payload) {
+            Ok(signer) => return Ok(signer),
+            Err(problem) if worst.as_ref().is_none_or(|w| problem.0 < w.0) => worst = Some(problem),
+            Err(_) => {}
+        }
+    }
+    if sigstore_trusts(rule).is_empty() {
+        return Err(worst.unwrap_or_else(|| (Shortfall::UntrustedCertificate, "no trusted root to verify with".into())));
+    }
+    check_sigstore_legacy(rule, material, layer, payload).map_err(|problem| match worst {
+        Some(worst) if worst.0 < problem.0 => worst,
+        _ => problem,
+    })
+}
+
+/// containers-policy.json `pki`: chain to the requirement's roots at the current time (see
+/// `keyless::pki::verify` for why the clock), the signature, then the subject.
+fn check_pki(
+    rule: &Rule,
+    trust: &Arc<CertificateTrust>,
+    pki: &keyless::pki::PkiTrust,
+    material: &CertificateMaterial,
+    layer: &SignatureLayer,
+    payload: &[u8],
+) -> Result<Signer, (Shortfall, String)> {
+    let now = jiff::Timestamp::now();
+    let certified = keyless::pki::verify(pki, material, &layer.signature, payload, now).map_err(|refusal| {
+        let text: String = refusal.text.chars().take(800).collect();
+        match refusal.check {
+            "identity" => (Shortfall::SignerMismatch, format!("pki certificate: identity mismatch: {text}")),
+            check => (Shortfall::UntrustedCertificate, format!("pki certificate: {check} check failed: {text}")),
+        }
+    })?;
+    let PkiCertified { fingerprint, subject, checked_at } = certified;
+    let groups: Vec<usize> = rule
+        .identities
+        .iter()
+        .filter(|s| Arc::ptr_eq(&s.trust, trust) && s.matches(&subject, PKI_ISSUER))
+        .map(|s| s.group)
+        .collect();
+    let short = fingerprint.get(..16).unwrap_or(&fingerprint);
+    let label = format!(
+        "pki certificate sha256:{short}… for {subject} (chain checked at {checked_at}, the current time, no log; {})",
+        trust.root_label()
+    );
+    Ok(Signer { id: (fingerprint, PKI_ISSUER.to_owned()), groups, label })
+}
+
+fn check_sigstore_legacy(
     rule: &Rule,
     material: &CertificateMaterial,
     layer: &SignatureLayer,
@@ -49,8 +109,14 @@ pub(super) fn check<'a>(
         let text = "keyless signature (a certificate), and the rule lists no `identities`";
         return Err((Shortfall::UntrustedKey, text.to_owned()));
     }
+    let trusts = sigstore_trusts(rule);
+    if trusts.is_empty() {
+        let text = "keyless signature, and the rule's certificate requirements are all policy.json `pki`, which \
+                    applies to `.sig` signatures only";
+        return Err((Shortfall::UntrustedCertificate, text.to_owned()));
+    }
     let mut worst: Option<(Shortfall, String)> = None;
-    for trust in distinct_trusts(rule) {
+    for trust in trusts {
         let found = match keyless::verify_certificate(&trust.root, bundle, artifact(), trust.sct) {
             Ok(certified) => matched(rule, trust, certified),
             Err(refusal) => Err(refused(refusal.check, &format!("{}{}", refusal.text, claimed(bundle)))),
@@ -112,6 +178,11 @@ fn mismatch(rule: &Rule, subject: &str, issuer: &str) -> String {
 fn refused(check: &str, text: &str) -> (Shortfall, String) {
     let text: String = text.chars().take(800).collect();
     (Shortfall::UntrustedCertificate, format!("keyless signature: {check} check failed: {text}"))
+}
+
+/// The trusted roots sigstore-verify checks against: all but `pki` requirements'.
+fn sigstore_trusts(rule: &Rule) -> Vec<&Arc<CertificateTrust>> {
+    distinct_trusts(rule).into_iter().filter(|t| t.pki.is_none()).collect()
 }
 
 /// Each trusted root (with its options) once, however many identities use it.

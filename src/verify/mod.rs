@@ -823,7 +823,7 @@ mod tests {
     fn with_identity(rule: Rule) -> Rule {
         use crate::policy::{CertificateTrust, Pattern, RootSource, SignerIdentity};
         let root = Arc::new(keyless::TrustRoot::public_good(keyless::PublicGood::Production).unwrap());
-        let trust = Arc::new(CertificateTrust { root, source: RootSource::BuiltIn, sct: true });
+        let trust = Arc::new(CertificateTrust { root, source: RootSource::BuiltIn, sct: true, pki: None });
         let signer = SignerIdentity {
             issuer: Pattern::exact("https://issuer.example.test").unwrap(),
             subject: Pattern::exact("signer@example.test").unwrap(),
@@ -831,5 +831,104 @@ mod tests {
             group: rule.keys.len(),
         };
         Rule { identities: vec![signer], ..rule }
+    }
+
+    /// `rule` with one containers-policy.json `pki` signer (roots and intermediate of `pki`).
+    fn with_pki(rule: Rule, pki: &crate::policy::test_support::TestDir, email: &str) -> Rule {
+        use crate::policy::{CertificateTrust, Pattern, RootSource, SignerIdentity};
+        use sigstore_verify::types::DerCertificate;
+        let ders = |file: &str| -> Vec<DerCertificate> {
+            let pem = keyless::pki::tests::read(pki, file);
+            ::pem::parse_many(pem).unwrap().into_iter().map(|b| DerCertificate::new(b.into_contents())).collect()
+        };
+        let roots = ders("root.pem");
+        let trust = keyless::pki::PkiTrust::new(&roots, &ders("intermediate.pem"), Some(email), None).unwrap();
+        let subject = Pattern::exact(&trust.subject_label()).unwrap();
+        let root = Arc::new(keyless::root::from_parts("pki", &roots, &[]).unwrap());
+        let source =
+            RootSource::PolicyJson { policy_json: PathBuf::from("/etc/containers/policy.json"), files: vec![] };
+        let trust = Arc::new(CertificateTrust { root, source, sct: false, pki: Some(trust) });
+        let issuer = Pattern::exact(keyless::pki::PKI_ISSUER).unwrap();
+        let signer = SignerIdentity { issuer, subject, trust, group: rule.keys.len() };
+        Rule { identities: vec![signer], threshold: rule.keys.len() + 1, ..rule }
+    }
+
+    /// A `.sig` layer signed with `key` under the certificate `leaf` (chain annotation chain.pem).
+    fn pki_signed(
+        pki: &crate::policy::test_support::TestDir,
+        key: &str,
+        leaf: &str,
+        digest: &str,
+    ) -> (SignatureLayer, Bytes) {
+        use keyless::pki::tests::{read, sign};
+        let payload = payload_json(REPO, digest, payload::COSIGN_SIGNATURE_TYPE);
+        let certificate = signatures::CertificateMaterial {
+            certificate: read(pki, leaf),
+            chain: Some(read(pki, "chain.pem")),
+            rekor_bundle: None,
+        };
+        let layer = SignatureLayer {
+            digest: Digest::sha256_of(&payload),
+            size: payload.len() as u64,
+            signature: sign(pki, key, &payload),
+            certificate: Some(certificate),
+        };
+        (layer, Bytes::from(payload))
+    }
+
+    #[test]
+    fn a_pki_signature_counts_once_its_chain_signature_subject_and_payload_hold() {
+        let pki = keyless::pki::tests::make_pki();
+        let a = Signer::new();
+        let r = with_pki(rule(vec![], 0), &pki, "dev@example.com");
+        let good = pki_signed(&pki, "leaf.key", "leaf.pem", DIGEST);
+        let ev = run(&r, std::slice::from_ref(&good));
+        assert!(ev.accepted, "{}", ev.reason);
+        let verified_by = ev.signatures[0].verified_by.as_deref().unwrap();
+        assert!(verified_by.starts_with("pki certificate sha256:"), "{verified_by}");
+        assert!(verified_by.contains("for email dev@example.com (chain checked at "), "{verified_by}");
+        // With a key beside it (threshold 2), both are needed.
+        let both = with_pki(rule(vec![a.key_ref(None)], 1), &pki, "dev@example.com");
+        assert!(!run(&both, std::slice::from_ref(&good)).accepted);
+        assert!(run(&both, &[good.clone(), a.sign_for(REPO, DIGEST)]).accepted);
+        let cases = [
+            (
+                pki_signed(&pki, "leaf.key", "leaf.pem", OTHER),
+                Shortfall::DigestMismatch,
+                "signature payload names digest",
+            ),
+            (
+                pki_signed(&pki, "other.key", "leaf.pem", DIGEST),
+                Shortfall::UntrustedCertificate,
+                "pki certificate: signature check failed",
+            ),
+            (
+                pki_signed(&pki, "leaf.key", "expired.pem", DIGEST),
+                Shortfall::UntrustedCertificate,
+                "pki certificate: certificate chain check failed",
+            ),
+            (
+                pki_signed(&pki, "leaf.key", "outside.pem", DIGEST),
+                Shortfall::UntrustedCertificate,
+                "pki certificate: certificate chain check failed",
+            ),
+        ];
+        for (signature, shortfall, needle) in cases {
+            let ev = run(&r, &[signature]);
+            assert_eq!(ev.shortfall, Some(shortfall), "{}", ev.reason);
+            assert!(only_reason(&ev).starts_with(needle), "{}", ev.reason);
+        }
+        let other = with_pki(rule(vec![], 0), &pki, "ops@example.com");
+        let ev = run(&other, &[good]);
+        assert_eq!(ev.shortfall, Some(Shortfall::SignerMismatch), "{}", ev.reason);
+        assert!(only_reason(&ev).starts_with("pki certificate: identity mismatch: required email \"ops@example.com\""));
+        // containers/image reads no bundles: a keyless bundle never counts for `pki`.
+        let keyless = serde_json::json!({
+            "mediaType": BUNDLE_V03,
+            "verificationMaterial": {"certificate": {"rawBytes": "MAo="}},
+            "dsseEnvelope": envelope_json(bundle::IN_TOTO_PAYLOAD_TYPE, &statement(DIGEST, bundle::COSIGN_SIGN_PREDICATE), b"x"),
+        });
+        let ev = run_found(&Rule { identity: IdentityRule::Ignore, ..r }, &[found_bundle(keyless)]);
+        assert!(only_reason(&ev).contains("applies to `.sig` signatures only"), "{}", ev.reason);
     }
 }

@@ -86,3 +86,101 @@ async fn a_fulcio_requirement_admits_its_signer_and_refuses_others_as_containers
     }
     running.stop().await;
 }
+
+/// The real cosign signing `image` with a company-PKI certificate: its key imported from the
+/// PKI's PEM (cosign takes only its own encrypted format), the certificate and chain given as
+/// `--certificate`/`--certificate-chain`, no log, the legacy `.sig` format.
+fn pki_sign(pki: &Path, image: &str, leaf: &str, chain: &str) {
+    let home = tempfile::tempdir().unwrap();
+    let cosign = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(common::lab::peer("cosign"));
+        cmd.current_dir(home.path()).env_clear().env("HOME", home.path()).env("COSIGN_PASSWORD", "pki-test");
+        cmd.env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        let out = cmd.args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "cosign {}: {err}", args.join(" "));
+    };
+    let path = |file: &str| pki.join(file).display().to_string();
+    cosign(&["import-key-pair", "--key", &path("leaf.key")]);
+    let certificate = ["--certificate", &path(leaf), "--certificate-chain", &path(chain)];
+    let sign = ["sign", "--yes", "--key", "import-cosign.key", "--tlog-upload=false", "--new-bundle-format=false"];
+    let registry = ["--use-signing-config=false", "--allow-http-registry", image];
+    cosign(&[&sign[..], &certificate, &registry].concat());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pki_requirement_admits_its_signer_at_the_current_time_and_refuses_others() {
+    let lab = Lab::start();
+    let pki = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/keyless/test_pki.py");
+    assert!(std::process::Command::new("python3").arg(script).arg(pki.path()).status().unwrap().success());
+    std::fs::write(pki.path().join("outside-chain.pem"), std::fs::read(pki.path().join("outside-root.pem")).unwrap())
+        .unwrap();
+    let sign = |repo: &str, leaf: &str, chain: &str| {
+        let digest = lab.push_image(&format!("{repo}:v1"), repo);
+        pki_sign(pki.path(), &format!("{}/{repo}@{digest}", lab.registry), leaf, chain);
+    };
+    sign("t/good", "leaf.pem", "chain.pem");
+    sign("t/outside", "outside.pem", "outside-chain.pem");
+    sign("other/good", "leaf.pem", "chain.pem");
+
+    let requirement = |email: &str| {
+        serde_json::json!([{"type": "sigstoreSigned",
+            "pki": {"caRootsPath": pki.path().join("root.pem"), "caIntermediatesPath": pki.path().join("intermediate.pem"),
+                    "subjectEmail": email, "subjectHostname": "ci.build.example.com"},
+            "signedIdentity": {"type": "matchRepository"}}])
+    };
+    let json = serde_json::json!({"default": [{"type": "reject"}], "transports": {"docker": {
+        format!("{}/t", lab.registry): requirement("dev@example.com"),
+        format!("{}/other", lab.registry): requirement("ops@example.com")}}});
+    let policy_json = pki.path().join("policy.json");
+    std::fs::write(&policy_json, json.to_string()).unwrap();
+    let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
+    config.registry.insecure = vec![lab.registry.clone()];
+    config.policy_json = Some(policy_json);
+    let running = common::pullgate::start_with(config, &[("README", "")]).await;
+    let pull = |repo: &str| {
+        let image = format!("{}/{repo}:v1", lab.registry);
+        let socket = running.socket.clone();
+        async move { (cri::images(&socket).pull_image(cri::pull_request(&image, None)).await, image) }
+    };
+
+    let (pulled, image) = pull("t/good").await;
+    pulled.unwrap_or_else(|status| panic!("{image} refused: {}", status.message()));
+    let (verified, config_digest) = store::verified(&lab.registry, "t/good", "v1").await;
+    store::assert_pinned(&lab, &image, &verified, &config_digest).await;
+    let refusals = [
+        ("t/outside", "pki certificate: certificate chain check failed"),
+        ("other/good", "pki certificate: identity mismatch: required email \"ops@example.com\""),
+    ];
+    for (repo, check) in refusals {
+        let (refused, image) = pull(repo).await;
+        let message = refused.expect_err(&format!("{image} was pulled")).message().to_owned();
+        assert!(message.contains(check), "{repo}: {message:?} does not name the check {check:?}");
+        store::assert_absent(&lab, &image).await;
+    }
+    running.stop().await;
+
+    // `pullgate verify` shows whom the certificate names and when its chain was checked, or
+    // which check failed.
+    let policy_dir = pki.path().join("policy.d");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    let config = pki.path().join("pullgate.toml");
+    let toml = format!(
+        "policy_dir = {policy_dir:?}\npolicy_json = {:?}\n[registry]\ninsecure = [{:?}]\n",
+        pki.path().join("policy.json"),
+        lab.registry
+    );
+    std::fs::write(&config, toml).unwrap();
+    let verify = |repo: &str| {
+        let image = format!("{}/{repo}:v1", lab.registry);
+        common::process::run(&["verify", &image, "--config", config.to_str().unwrap()], "")
+    };
+    let good = verify("t/good");
+    assert_eq!(good.code, 0, "{}{}", good.stdout, good.stderr);
+    let shown = "for email dev@example.com and hostname ci.build.example.com (chain checked at ";
+    assert!(good.stdout.contains("pki certificate sha256:") && good.stdout.contains(shown), "{}", good.stdout);
+    let outside = verify("t/outside");
+    assert_ne!(outside.code, 0);
+    assert!(outside.stdout.contains("pki certificate: certificate chain check failed"), "{}", outside.stdout);
+}

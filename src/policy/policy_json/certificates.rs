@@ -14,12 +14,15 @@
 //! built here from the files: the CA certificates and the Rekor keys, no CT log, SCT not
 //! required.
 //!
+//! What containers/image checks for `pki` (pki_cert.go): the certificate chain, with the
+//! policy's intermediates and the chain annotation (but its last certificate) as
+//! intermediates, to a certificate of `caRoots…` at the current time, with the code-signing EKU
+//! where an EKU is given; `subjectEmail` among its email SANs; the certificate valid for
+//! `subjectHostname`. No log and no timestamp. `verify::keyless::pki` makes the same checks.
+//!
 //! Refused, because pullgate would check something other than what the author asked for:
-//! - `pki`: containers/image checks such a certificate at the current time, with neither a
-//!   transparency log nor a timestamp, and matches `subjectHostname` with Go's wildcard rules;
-//!   pullgate only checks certificates at a signing time a log or a timestamp authority proves.
-//! - Rekor keys beside public keys: containers/image then requires a Rekor SET for the key
-//!   signature; pullgate's key signatures carry no log check.
+//! Rekor keys beside public keys: containers/image then requires a Rekor SET for the key
+//! signature; pullgate's key signatures carry no log check.
 
 use std::sync::Arc;
 
@@ -34,6 +37,7 @@ use super::super::limits::{MAX_CA_FILE, MAX_KEY_FILE};
 use super::super::load;
 use super::super::{CertificateTrust, Pattern, RootSource, SignerIdentity};
 use super::JsonCtx;
+use crate::verify::keyless::pki::{PKI_ISSUER, PkiTrust};
 use crate::verify::keyless::root;
 
 #[derive(Deserialize)]
@@ -82,6 +86,7 @@ fn is_object(raw: &RawValue) -> bool {
 
 /// The label a built root's authorities carry in `policy check`.
 const FULCIO_LABEL: &str = "policy.json fulcio";
+const PKI_LABEL: &str = "policy.json pki";
 
 impl JsonCtx<'_> {
     /// Containers/image's rules on which sources a requirement combines; `keys` is how many
@@ -147,7 +152,7 @@ impl JsonCtx<'_> {
         let source = RootSource::PolicyJson { policy_json: self.path.to_owned(), files };
         // containers/image does not check the SCT (fulcio_cert.go says why), and this root
         // has no CT log to check one against.
-        let trust = CertificateTrust { root: Arc::new(root), source, sct: false };
+        let trust = CertificateTrust { root: Arc::new(root), source, sct: false, pki: None };
         Some(SignerIdentity { issuer, subject, trust: Arc::new(trust), group: 0 })
     }
 
@@ -160,45 +165,63 @@ impl JsonCtx<'_> {
         pattern.map_err(|e| self.problem(line, format!("fulcio: {field} {e}"))).ok()
     }
 
-    /// A `pki` object: read and checked as containers/image does, so that every mistake in it
-    /// is reported, then refused (see the module's comment).
-    pub(super) fn pki(&mut self, raw: &RawValue, line: Option<usize>) {
+    /// A `pki` object, read and checked as containers/image does, as the one signer it trusts
+    /// (group 0); None when refused (already reported).
+    pub(super) fn pki(&mut self, raw: &RawValue, line: Option<usize>) -> Option<SignerIdentity> {
         if !is_object(raw) {
-            return self.problem(line, "pki: must be a JSON object");
+            self.problem(line, "pki: must be a JSON object");
+            return None;
         }
         let pki: RawPki = match serde_json::from_str(raw.get()) {
             Ok(pki) => pki,
-            Err(e) => return self.json_problem(Some(raw), "pki: ", &e),
+            Err(e) => {
+                self.json_problem(Some(raw), "pki: ", &e);
+                return None;
+            }
         };
         let before = self.loader.problem_count();
-        if [&pki.subject_email, &pki.subject_hostname].iter().all(|s| s.as_deref().is_none_or(str::is_empty)) {
-            self.problem(line, "pki: subjectEmail or subjectHostname is required");
-        }
         let roots =
             self.one_pem_source(line, "pki", ("caRootsPath", &pki.ca_roots_path), ("caRootsData", &pki.ca_roots_data));
-        if let Some(pem) = roots {
-            self.certificates(line, "pki CA root", &pem);
-        }
+        let roots = roots.and_then(|pem| self.certificates(line, "pki CA root", &pem));
         let given = [&pki.ca_intermediates_path, &pki.ca_intermediates_data];
-        if given.iter().any(|g| g.is_some()) {
-            let intermediates = self.one_pem_source(
+        let intermediates = if given.iter().any(|g| g.is_some()) {
+            let pem = self.one_pem_source(
                 line,
                 "pki",
                 ("caIntermediatesPath", &pki.ca_intermediates_path),
                 ("caIntermediatesData", &pki.ca_intermediates_data),
             );
-            if let Some(pem) = intermediates {
-                self.certificates(line, "pki CA intermediate", &pem);
+            pem.and_then(|pem| self.certificates(line, "pki CA intermediate", &pem))
+        } else {
+            Some(Vec::new())
+        };
+        let (email, hostname) = (pki.subject_email.as_deref(), pki.subject_hostname.as_deref());
+        if [email, hostname].iter().all(|s| s.is_none_or(str::is_empty)) {
+            self.problem(line, "pki: subjectEmail or subjectHostname is required");
+        }
+        if self.loader.problem_count() != before {
+            return None;
+        }
+        let (roots, intermediates) = (roots?, intermediates?);
+        let built = PkiTrust::new(&roots, &intermediates, email, hostname)
+            .and_then(|trust| Ok((trust, root::from_parts(PKI_LABEL, &roots, &[]).map_err(|e| e.to_string())?)));
+        let (trust, listing) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                self.problem(line, format!("pki: {e}"));
+                return None;
             }
-        }
-        if self.loader.problem_count() == before {
-            self.problem(
-                line,
-                "sigstoreSigned: \"pki\" is not supported (containers/image checks a PKI certificate at the current time, \
-                 without a transparency log or timestamp; pullgate checks certificates only at a signing time a log or \
-                 a timestamp authority proves)",
-            );
-        }
+        };
+        let files = [&pki.ca_roots_path, &pki.ca_intermediates_path].into_iter().flatten();
+        let files = files.map(|path| load::resolve(self.path, path)).collect();
+        let source = RootSource::PolicyJson { policy_json: self.path.to_owned(), files };
+        // What the certificate must name is the trust's to check (an email among its SANs, a
+        // hostname with wildcards): the patterns only show it, and match what it reports.
+        let subject =
+            Pattern::exact(&trust.subject_label()).map_err(|e| self.problem(line, format!("pki: {e}"))).ok()?;
+        let issuer = Pattern::exact(PKI_ISSUER).ok()?;
+        let trust = CertificateTrust { root: Arc::new(listing), source, sct: false, pki: Some(trust) };
+        Some(SignerIdentity { issuer, subject, trust: Arc::new(trust), group: 0 })
     }
 
     /// The PEM text of exactly one of `path` (relative to the policy.json) and `data` (base64
@@ -330,8 +353,38 @@ mod tests {
         assert_eq!(kinds, [Ca, Ca, Log], "one anchor per CA certificate, one log per Rekor key, no CT log");
     }
 
+    #[test]
+    fn a_pki_requirement_becomes_a_signer_checked_at_the_current_time() {
+        let pki = crate::verify::keyless::pki::tests::make_pki();
+        let (roots, intermediates) = (pki.path("root.pem"), pki.path("intermediate.pem"));
+        let requirement = format!(
+            r#"{{"type": "sigstoreSigned", "pki": {{"caRootsPath": "{}", "caIntermediatesPath": "{}", "subjectEmail": "dev@example.com", "subjectHostname": "ci.build.example.com"}}, "signedIdentity": {{"type": "matchRepository"}}}}"#,
+            roots.display(),
+            intermediates.display()
+        );
+        let (dir, loaded) = load(&requirement);
+        let policy = loaded.unwrap();
+        let rule = &policy.rules()[1];
+        assert_eq!((rule.threshold, rule.identities.len(), rule.keys.len()), (1, 1, 0));
+        let signer = &rule.identities[0];
+        assert!(signer.trust.pki.is_some() && !signer.trust.sct);
+        assert_eq!(
+            signer.label(),
+            format!("subject \"email dev@example.com and hostname ci.build.example.com\" from issuer \"{PKI_ISSUER}\"")
+        );
+        let source = RootSource::PolicyJson { policy_json: dir.path("policy.json"), files: vec![roots, intermediates] };
+        assert_eq!(signer.trust.source, source, "the CA files are watched");
+        assert_eq!(signer.trust.root_label(), format!("the pki CA roots of {}", dir.path("policy.json").display()));
+        let kinds: Vec<root::AuthorityKind> = signer.trust.root.authorities().iter().map(|a| a.kind).collect();
+        assert_eq!(kinds, [root::AuthorityKind::CertificateAuthority], "policy check lists the root");
+        // A hostname that is no name is found at load.
+        let bad = requirement.replace("ci.build.example.com", "not a host!");
+        assert!(refusal(&bad).contains("pki: subjectHostname \"not a host!\" is not a DNS name or IP address"));
+    }
+
     /// What containers/image refuses as a policy error (or fails every pull over), refused at
-    /// load here too; and what it accepts but pullgate cannot check as it does.
+    /// load here too; and what it accepts but pullgate cannot check as it does (Rekor keys
+    /// beside public keys).
     #[test]
     fn combinations_containers_image_refuses_are_refused() {
         let pki = r#""pki": {"caRootsPath": "certs/fulcio.pem", "subjectEmail": "dev@example.com"}"#;
@@ -350,7 +403,6 @@ mod tests {
             ),
             (format!("{pki}, {REKOR}"), "Rekor keys cannot be used with pki"),
             (format!("\"keyPath\": \"keys/b.pub\", {REKOR}"), "Rekor keys beside public keys are not supported"),
-            (pki.to_owned(), "\"pki\" is not supported (containers/image checks a PKI certificate at the current time"),
             (format!("\"fulcio\": null, {REKOR}"), "fulcio: must be a JSON object"),
             ("\"pki\": []".to_owned(), "pki: must be a JSON object"),
             (format!("{FULCIO}, \"rekorPublicKeyPaths\": []"), "the Rekor key list is empty"),
@@ -374,6 +426,7 @@ mod tests {
         let ca_path = r#""caPath": "certs/fulcio.pem""#;
         let roots = r#""caRootsPath": "certs/fulcio.pem""#;
         let cases = [
+            (pki(&format!("{roots}, \"subjectEmail\": \"\"")), "pki: subjectEmail or subjectHostname is required"),
             (fulcio(&format!("{issuer}, {email}")), "fulcio: one of caPath and caData is required"),
             (
                 fulcio(&format!("{ca_path}, \"caData\": \"{}\", {issuer}, {email}", b64(&fulcio_pem()))),

@@ -7,7 +7,9 @@
 //! the clock), the code-signing EKU, the embedded SCT, the log entry's SET or inclusion proof
 //! and signed checkpoint, the binding of the entry's body to this certificate, signature and
 //! artifact, then the identity. What this module adds is the offline setup (our
-//! [`provider`], the embedded public-good roots) and bounds on what it is handed.
+//! [`provider`], the embedded public-good roots) and bounds on what it is handed. The one
+//! exception to "never the clock" is containers-policy.json `pki` ([`pki`]), which
+//! containers/image checks at the current time, with no log.
 //!
 //! Why sigstore-verify and not the `sigstore` crate 0.15: the latter's bundle support comes
 //! with its `sign` stack (oauth2, openidconnect, reqwest, webbrowser) and its own X.509 code;
@@ -15,6 +17,7 @@
 //! any network or C dependency once aws-lc-rs is left out.
 
 pub mod legacy;
+pub mod pki;
 pub mod provider;
 pub mod root;
 
