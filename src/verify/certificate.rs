@@ -33,6 +33,7 @@ pub(super) fn check_legacy(
         let (check, text) = match e {
             legacy::LegacyError::Certificate(text) => ("certificate chain", text),
             legacy::LegacyError::Tlog(text) => ("transparency log", text),
+            legacy::LegacyError::Timestamp(text) => ("timestamp", text),
         };
         refused(check, &text)
     })?;
