@@ -6,7 +6,7 @@ certificate, SCT embedded in it, Rekor SET) and the trusted_root.json that trust
 `--case` spoils one part so a test can see the matching check refuse it. Nothing here is
 copied from a real instance; every key is generated on the spot (python3-cryptography).
 
-Usage: test_sigstore.py OUT_DIR [--subject-email E | --subject-uri U] [--issuer I] [--case C]
+Usage: test_sigstore.py OUT_DIR [--subject-email E | --subject-uri U | --subject-dns H] [--issuer I] [--case C]
 Writes OUT_DIR/{artifact.txt,bundle.json,trusted_root.json}.
 """
 
