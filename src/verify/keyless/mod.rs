@@ -278,4 +278,47 @@ mod tests {
             assert_eq!(refusal.check, check, "{case}: {refusal:?}");
         }
     }
+
+    /// The `.sig` annotations standing for test_sigstore.py's bundle, with `timestamp` as the
+    /// RFC 3161 timestamp annotation, turned back into a bundle by [`legacy::bundle`].
+    fn as_sig_layer(bundle: &Bundle, artifact: &[u8], timestamp: Option<String>) -> Bundle {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::STANDARD;
+        let json: serde_json::Value = serde_json::from_str(&bundle.to_json().unwrap()).unwrap();
+        let material = &json["verificationMaterial"];
+        let leaf = material["x509CertificateChain"]["certificates"][0]["rawBytes"].as_str().unwrap();
+        let entry = &material["tlogEntries"][0];
+        let rekor = serde_json::json!({
+            "SignedEntryTimestamp": entry["inclusionPromise"]["signedEntryTimestamp"],
+            "Payload": {
+                "body": entry["canonicalizedBody"],
+                "integratedTime": entry["integratedTime"].as_str().unwrap().parse::<i64>().unwrap(),
+                "logIndex": entry["logIndex"].as_str().unwrap().parse::<i64>().unwrap(),
+                "logID": hex::encode(STANDARD.decode(entry["logId"]["keyId"].as_str().unwrap()).unwrap()),
+            },
+        });
+        let certificate = pem::encode(&pem::Pem::new("CERTIFICATE", STANDARD.decode(leaf).unwrap()));
+        let material = crate::verify::signatures::CertificateMaterial {
+            certificate,
+            chain: None,
+            rekor_bundle: Some(rekor.to_string()),
+            rfc3161_timestamp: timestamp,
+        };
+        let signature = STANDARD.decode(json["messageSignature"]["signature"].as_str().unwrap()).unwrap();
+        legacy::bundle(&material, &signature, artifact).unwrap()
+    }
+
+    #[test]
+    fn a_sig_layers_timestamp_is_verified_and_one_that_does_not_verify_refuses() {
+        use base64::Engine as _;
+        let (root, bundle, artifact) = signed(&[]);
+        let plain = as_sig_layer(&bundle, &artifact, None);
+        assert!(verify_certificate(&root, &plain, Artifact::from_blob(&artifact), true).is_ok());
+        // Not a timestamp from an authority of the root (it has none): the signature fails,
+        // where an ignored annotation would have let it count.
+        let bogus = serde_json::json!({ "SignedRFC3161Timestamp": base64::engine::general_purpose::STANDARD.encode(b"not a TimeStampResp") });
+        let timestamped = as_sig_layer(&bundle, &artifact, Some(bogus.to_string()));
+        let refusal = verify_certificate(&root, &timestamped, Artifact::from_blob(&artifact), true).unwrap_err();
+        assert_eq!(refusal.check, "timestamp", "{refusal:?}");
+    }
 }
