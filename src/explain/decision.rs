@@ -194,7 +194,10 @@ impl Explanation {
             return Ok(());
         };
         let found = self.signatures.len();
-        line(f, "signatures", &format!("{found} found; {satisfied} of {required} required keys satisfied"))?;
+        // Keyless signers count towards the threshold too, and are no keys.
+        let signers = self.rule.as_ref().is_some_and(|rule| !rule.identities.is_empty());
+        let counted = if signers { "signers" } else { "keys" };
+        line(f, "signatures", &format!("{found} found; {satisfied} of {required} required {counted} satisfied"))?;
         self.signatures.iter().try_for_each(|signature| writeln!(f, "  {signature}"))
     }
 }

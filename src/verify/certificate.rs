@@ -93,6 +93,7 @@ fn check_sigstore_legacy(
         let (check, text) = match e {
             legacy::LegacyError::Certificate(text) => ("certificate chain", text),
             legacy::LegacyError::Tlog(text) => ("transparency log", text),
+            legacy::LegacyError::Timestamp(text) => ("timestamp", text),
         };
         refused(check, &text)
     })?;
@@ -151,9 +152,10 @@ fn matched(rule: &Rule, trust: &Arc<CertificateTrust>, certified: Certified) -> 
 
 /// Whom the certificate names, unverified, so that an operator can tell whose signature failed.
 fn claimed(bundle: &Bundle) -> String {
-    let info = bundle.signing_certificate().and_then(|der| sigstore_verify::crypto::parse_certificate_info(der).ok());
-    let Some(info) = info else { return String::new() };
-    let subject = info.identity.as_ref().map_or("no SAN", |san| san.as_str());
+    let Some(der) = bundle.signing_certificate() else { return String::new() };
+    let Ok(info) = sigstore_verify::crypto::parse_certificate_info(der) else { return String::new() };
+    let subject = keyless::san::identity(info.identity.as_ref(), der);
+    let subject = subject.as_deref().unwrap_or("no SAN");
     let issuer = info.issuer.as_deref().unwrap_or("no issuer");
     let shown = |text: &str| text.chars().take(200).collect::<String>();
     format!(" (certificate of {:?} from {:?}, unverified)", shown(subject), shown(issuer))

@@ -206,7 +206,8 @@ pub fn evaluate_found(image: &ImageRef, digest: &Digest, rule: &Rule, sigs: &[Fo
         (false, 0) => Some(worst),
         (false, _) => Some(Shortfall::Threshold),
     };
-    let reason = summarize(accepted, satisfied.len(), required, &outcomes, &missing_keys);
+    let counted = Counted::of(rule);
+    let reason = summarize(counted, accepted, satisfied.len(), required, &outcomes, &missing_keys);
     Evaluation {
         accepted,
         satisfied_keys: satisfied.len(),
@@ -303,25 +304,50 @@ fn check_payload(
 /// Names both places looked in, so an image signed in a format not looked for is told apart.
 const NONE_FOUND: &str = "no signatures found (no .sig tag, no sigstore bundle or simple-signing referrer)";
 
+/// What a rule's threshold counts, as reasons name it: keys, or signers once identities count
+/// too (a keyless signer is no key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    Keys,
+    Signers,
+}
+
+impl Counted {
+    fn of(rule: &Rule) -> Counted {
+        if rule.identities.is_empty() { Counted::Keys } else { Counted::Signers }
+    }
+
+    /// "key" or "signer", plural unless `n` is 1.
+    fn noun(self, n: usize) -> String {
+        plural(n, if self == Counted::Keys { "key" } else { "signer" })
+    }
+}
+
 fn summarize(
+    counted: Counted,
     accepted: bool,
     satisfied: usize,
     required: usize,
     outcomes: &[SignatureOutcome],
     missing: &[String],
 ) -> String {
+    let trusted = counted.noun(1);
     if accepted {
-        return format!("signed by {satisfied} of {required} required {}", plural(required, "key"));
+        return format!("signed by {satisfied} of {required} required {}", counted.noun(required));
     }
     if outcomes.is_empty() {
-        return format!("no signature by a trusted key: {NONE_FOUND}");
+        return format!("no signature by a trusted {trusted}: {NONE_FOUND}");
     }
     let problems = problem_summary(outcomes);
     if satisfied == 0 {
-        format!("no signature by a trusted key ({problems})")
+        format!("no signature by a trusted {trusted} ({problems})")
     } else {
         // Naming the keys still missing tells the operator whom to ask for a signature.
-        format!("only {satisfied} of {required} required keys signed; missing: {} ({problems})", missing.join(", "))
+        let required_noun = counted.noun(required);
+        format!(
+            "only {satisfied} of {required} required {required_noun} signed; missing: {} ({problems})",
+            missing.join(", ")
+        )
     }
 }
 
@@ -866,6 +892,7 @@ mod tests {
             certificate: read(pki, leaf),
             chain: Some(read(pki, "chain.pem")),
             rekor_bundle: None,
+            rfc3161_timestamp: None,
         };
         let layer = SignatureLayer {
             digest: Digest::sha256_of(&payload),
@@ -930,5 +957,30 @@ mod tests {
         });
         let ev = run_found(&Rule { identity: IdentityRule::Ignore, ..r }, &[found_bundle(keyless)]);
         assert!(only_reason(&ev).contains("applies to `.sig` signatures only"), "{}", ev.reason);
+    }
+
+    #[test]
+    fn summaries_count_keys_or_signers_as_the_rule_does() {
+        let refused = SignatureOutcome {
+            layer: Digest::sha256_of(b"payload"),
+            format: Format::SigTag,
+            verified_by: None,
+            signed_name: None,
+            rejected_because: Some("x".to_owned()),
+        };
+        let missing = ["b.pub".to_owned()];
+        let summary = |counted, accepted, satisfied, outcomes: &[SignatureOutcome]| {
+            summarize(counted, accepted, satisfied, 2, outcomes, &missing)
+        };
+        let outcomes = [refused.clone()];
+        assert_eq!(summary(Counted::Keys, true, 2, &[]), "signed by 2 of 2 required keys");
+        assert_eq!(summary(Counted::Signers, true, 2, &[]), "signed by 2 of 2 required signers");
+        assert!(
+            summary(Counted::Keys, false, 1, &outcomes).starts_with("only 1 of 2 required keys signed; missing: b.pub")
+        );
+        assert!(summary(Counted::Signers, false, 1, &outcomes).starts_with("only 1 of 2 required signers signed"));
+        assert!(summary(Counted::Keys, false, 0, &outcomes).starts_with("no signature by a trusted key ("));
+        assert!(summary(Counted::Signers, false, 0, &[]).starts_with("no signature by a trusted signer: "));
+        assert_eq!(summarize(Counted::Signers, true, 1, 1, &[], &[]), "signed by 1 of 1 required signer");
     }
 }

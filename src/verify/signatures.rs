@@ -26,6 +26,9 @@ const MAX_SIGNATURE_ANNOTATION_LEN: usize = 4096;
 pub const CERTIFICATE_ANNOTATION: &str = "dev.sigstore.cosign/certificate";
 pub const CHAIN_ANNOTATION: &str = "dev.sigstore.cosign/chain";
 pub const REKOR_BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
+/// An RFC 3161 timestamp over the signature from a timestamp authority, as cosign writes it
+/// (`cosign sign --timestamp-server-url`): `{"SignedRFC3161Timestamp": base64 DER}`.
+pub const RFC3161_TIMESTAMP_ANNOTATION: &str = "dev.sigstore.cosign/rfc3161timestamp";
 /// A Fulcio leaf in PEM is about 1.5 KiB (its SAN, CI claims and SCT included); a leaf with
 /// many long extensions a few KiB.
 pub const MAX_CERTIFICATE_ANNOTATION_LEN: usize = 16 * 1024;
@@ -34,6 +37,9 @@ pub const MAX_CHAIN_ANNOTATION_LEN: usize = 32 * 1024;
 /// The SET and the log entry's body, which holds the signature and the certificate again, in
 /// base64 inside JSON: about 4 KiB for a Fulcio certificate.
 pub const MAX_REKOR_BUNDLE_ANNOTATION_LEN: usize = 64 * 1024;
+/// A timestamp response is a CMS SignedData holding the TSA's signature and, usually, its
+/// certificate chain: 2 to 6 KiB in base64 inside JSON; a TSA with a long chain a little more.
+pub const MAX_RFC3161_TIMESTAMP_ANNOTATION_LEN: usize = 32 * 1024;
 /// Certificates in the chain annotation: Fulcio sends an intermediate and its root; a private
 /// PKI a few more. Path building is costly in the number of candidates an attacker may add.
 pub const MAX_CHAIN_CERTIFICATES: usize = 8;
@@ -55,6 +61,8 @@ pub struct CertificateMaterial {
     pub chain: Option<String>,
     /// The Rekor SET with its log entry (`{"SignedEntryTimestamp": …, "Payload": {…}}`).
     pub rekor_bundle: Option<String>,
+    /// A TSA's timestamp over the signature (`{"SignedRFC3161Timestamp": …}`).
+    pub rfc3161_timestamp: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -191,6 +199,7 @@ fn certificate_material(
         certificate,
         chain: bounded(CHAIN_ANNOTATION, MAX_CHAIN_ANNOTATION_LEN)?,
         rekor_bundle: bounded(REKOR_BUNDLE_ANNOTATION, MAX_REKOR_BUNDLE_ANNOTATION_LEN)?,
+        rfc3161_timestamp: bounded(RFC3161_TIMESTAMP_ANNOTATION, MAX_RFC3161_TIMESTAMP_ANNOTATION_LEN)?,
     }))
 }
 
@@ -335,10 +344,14 @@ mod tests {
         let material = got[0].certificate.clone().unwrap();
         assert_eq!((material.certificate.as_str(), material.chain.as_deref()), ("LEAF", Some("CHAIN")));
         assert_eq!(material.rekor_bundle.as_deref(), Some("{}"));
+        assert_eq!(material.rfc3161_timestamp, None);
+        let got = layer(json!({ CERTIFICATE_ANNOTATION: "LEAF", RFC3161_TIMESTAMP_ANNOTATION: "TS" })).unwrap();
+        assert_eq!(got[0].certificate.as_ref().unwrap().rfc3161_timestamp.as_deref(), Some("TS"));
         let cases = [
             (CERTIFICATE_ANNOTATION, MAX_CERTIFICATE_ANNOTATION_LEN),
             (CHAIN_ANNOTATION, MAX_CHAIN_ANNOTATION_LEN),
             (REKOR_BUNDLE_ANNOTATION, MAX_REKOR_BUNDLE_ANNOTATION_LEN),
+            (RFC3161_TIMESTAMP_ANNOTATION, MAX_RFC3161_TIMESTAMP_ANNOTATION_LEN),
         ];
         for (name, limit) in cases {
             let at_limit = json!({ CERTIFICATE_ANNOTATION: "LEAF", name: "x".repeat(limit) });

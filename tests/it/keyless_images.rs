@@ -7,7 +7,8 @@
 //!
 //! Rule `k`: `identities = [{ issuer = ISSUER, subject = SUBJECT }]`, the instance's trusted
 //! root; rule `w`: a workflow identity by `issuer_regex`/`subject_regex`; rule `b`: as `k`, with
-//! `identity = "ignore"` (a v3 bundle's statement names the image by digest only).
+//! `identity = "ignore"` (a v3 bundle's statement names the image by digest only); rule `h`:
+//! HOST exactly or `web-.*\.example\.test`, host identities (DNS SANs).
 //!
 //! | image          | signed                                              | verdict              |
 //! |----------------|-----------------------------------------------------|----------------------|
@@ -25,6 +26,9 @@
 //! | k/foreign-ca   | certificate from a CA outside the root              | refused: chain       |
 //! | k/chain        | `--certificate`/`--certificate-chain` (the root CA)  | pulled, pinned       |
 //! | k/chain-foreign| the same from a CA outside the root, in the chain   | refused: chain       |
+//! | h/host         | HOST, ISSUER: a DNS SAN, the certificate's only SAN | pulled, pinned       |
+//! | h/web          | WEB_HOST (a DNS SAN), matched by `subject_regex`    | pulled, pinned       |
+//! | h/other-host   | another DNS name, ISSUER                            | refused: identity    |
 
 use crate::common;
 
@@ -41,6 +45,10 @@ use pullgate::config::Config;
 const WORKFLOW: &str = "https://github.com/example/app/.github/workflows/release.yml@refs/tags/v1";
 const OTHER_SUBJECT: &str = "someone@example.test";
 const OTHER_ISSUER: &str = "https://other.example.test";
+/// A host identity: the certificate's only SAN is this DNS name.
+const HOST: &str = "host.example.test";
+const WEB_HOST: &str = "web-1.example.test";
+const OTHER_HOST: &str = "other.example.test";
 
 /// How a refusal names the check that failed.
 const CHAIN_CHECK: &str = "certificate chain check failed";
@@ -84,6 +92,9 @@ const CASES: &[Case] = &[
         with_chain: true,
         ..case("k/chain-foreign", Spoil::ForeignCa, Some("leaf certificate verification failed"))
     },
+    Case { subject: HOST, ..case("h/host", Spoil::None, None) },
+    Case { subject: WEB_HOST, ..case("h/web", Spoil::None, None) },
+    Case { subject: OTHER_HOST, ..case("h/other-host", Spoil::None, Some("none of the expected identities")) },
 ];
 
 /// The lab, the instance and every case's image, signed once per test process: the tests only
@@ -123,7 +134,10 @@ fn policy(scope_registry: &str, trusted_root: &std::path::Path) -> String {
          subject_regex = 'https://github\\.com/example/app/\\.github/workflows/release\\.yml@refs/tags/v.*' }}]\n\
          trusted_root = \"{root}\"\n\n\
          [[rule]]\nscope = \"{scope_registry}/b\"\nrequire = \"signed\"\nidentity = \"ignore\"\n\
-         identities = [{{ issuer = \"{ISSUER}\", subject = \"{SUBJECT}\" }}]\ntrusted_root = \"{root}\"\n"
+         identities = [{{ issuer = \"{ISSUER}\", subject = \"{SUBJECT}\" }}]\ntrusted_root = \"{root}\"\n\n\
+         [[rule]]\nscope = \"{scope_registry}/h\"\nrequire = \"signed\"\n\
+         identities = [{{ issuer = \"{ISSUER}\", subject = \"{HOST}\" }}, \
+         {{ issuer = \"{ISSUER}\", subject_regex = 'web-.*\\.example\\.test' }}]\ntrusted_root = \"{root}\"\n"
     )
 }
 
@@ -144,7 +158,11 @@ fn cosign_itself_judges_the_fixture_as_the_table_says() {
     for case in CASES {
         let image = format!("{registry}/{}:v1", case.repo);
         // What the policy asks: the workflow for its own rule, SUBJECT and ISSUER for the rest.
-        let subject = if case.subject == WORKFLOW { WORKFLOW } else { SUBJECT };
+        let subject = match case.subject {
+            WORKFLOW | WEB_HOST => case.subject,
+            HOST | OTHER_HOST => HOST,
+            _ => SUBJECT,
+        };
         match (shared.sigstore.cosign_verify(&image, subject, ISSUER), case.cosign_refusal) {
             (Ok(_), None) => {}
             (Err(why), Some(words)) => assert!(why.contains(words), "{}: cosign said {why}", case.repo),
@@ -222,6 +240,18 @@ async fn another_subject_or_issuer_is_refused() {
     let pullgate = start_pullgate(shared).await;
     assert_refused(shared, &pullgate.socket, "k/other-subject", &["identity mismatch", OTHER_SUBJECT]).await;
     assert_refused(shared, &pullgate.socket, "k/other-issuer", &["issuer mismatch", OTHER_ISSUER]).await;
+    pullgate.stop().await;
+}
+
+/// A certificate whose only SAN is a DNS name (sigstore-crypto reads only email and URI SANs)
+/// counts for a rule naming that host, and names its host when it is another.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_identity_is_matched_by_its_dns_name() {
+    let shared = shared();
+    let pullgate = start_pullgate(shared).await;
+    assert_accepted(shared, &pullgate.socket, "h/host").await;
+    assert_accepted(shared, &pullgate.socket, "h/web").await;
+    assert_refused(shared, &pullgate.socket, "h/other-host", &["identity mismatch", OTHER_HOST]).await;
     pullgate.stop().await;
 }
 

@@ -58,7 +58,8 @@ async fn a_threshold_of_two_needs_the_key_and_the_identity() {
     for (repo, missing) in [("t/keyless", "a.pub"), ("t/key", SUBJECT), ("t/twice", "a.pub")] {
         let (refused, image) = pull(repo).await;
         let message = refused.expect_err(&format!("{image} was pulled")).message().to_owned();
-        assert!(message.contains("only 1 of 2 required keys signed"), "{repo}: {message}");
+        // Identities count towards the threshold: it counts signers, not keys.
+        assert!(message.contains("only 1 of 2 required signers signed"), "{repo}: {message}");
         assert!(message.contains(missing), "{repo}: {message:?} does not name {missing:?} as missing");
         store::assert_absent(&lab, &image).await;
     }
@@ -85,6 +86,7 @@ fn explained(lab: &Lab, policy: &str, pem: &str) {
     let counted = format!("counts, verified by certificate of {SUBJECT} from {ISSUER} (signed at ");
     assert!(run.stdout.contains(&counted), "{}{}", run.stdout, run.stderr);
     assert!(run.stdout.contains(", log index "), "{}", run.stdout);
+    assert!(run.stdout.contains("1 found; 1 of 2 required signers satisfied"), "{}", run.stdout);
     let rule = format!("signed by 2 of: a.pub, subject {SUBJECT:?} from issuer {ISSUER:?}, subject ~");
     assert!(run.stdout.contains(&rule), "{}", run.stdout);
     let run = verify("t/no-sct");

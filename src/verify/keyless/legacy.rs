@@ -6,7 +6,11 @@
 //! b64, "integratedTime": n, "logIndex": n, "logID": hex}}`); its blob is the signed payload.
 //! That is a v0.1 bundle: a message signature over the payload, an X.509 chain, one log entry
 //! with its inclusion promise and canonicalized body. The SET signs exactly these four
-//! fields, so nothing is lost in the translation and nothing can be added by it.
+//! fields, so nothing is lost in the translation and nothing can be added by it. A TSA's
+//! timestamp over the signature (`{"SignedRFC3161Timestamp": b64}`), when the layer has one,
+//! is the bundle's one RFC 3161 timestamp, as cosign itself translates it: sigstore-verify
+//! then verifies it against the root's timestamp authorities (refusing the signature if it
+//! does not) and checks the certificate at its time as well as at the log's.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -38,6 +42,15 @@ struct RekorPayload {
     log_id: String,
 }
 
+/// `dev.sigstore.cosign/rfc3161timestamp`, as cosign writes it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimestampAnnotation {
+    /// A DER `TimeStampResp`, base64.
+    #[serde(rename = "SignedRFC3161Timestamp")]
+    signed_rfc3161_timestamp: String,
+}
+
 /// Just what the entry's kind and version are read from; the rest of the body is
 /// sigstore-verify's to check against the certificate, signature and payload.
 #[derive(Deserialize)]
@@ -54,18 +67,25 @@ pub enum LegacyError {
     Certificate(String),
     /// No Rekor entry, or one that does not parse.
     Tlog(String),
+    /// A timestamp annotation that does not parse.
+    Timestamp(String),
 }
 
 /// The v0.1 bundle equivalent to a keyless `.sig` layer signing `payload` with `signature`.
 pub fn bundle(material: &CertificateMaterial, signature: &[u8], payload: &[u8]) -> Result<Bundle, LegacyError> {
     let certificates = chain(material)?;
     let entry = tlog_entry(material.rekor_bundle.as_deref())?;
+    let timestamps = match material.rfc3161_timestamp.as_deref() {
+        Some(annotation) => vec![timestamp(annotation)?],
+        None => Vec::new(),
+    };
     let digest = sha2::Sha256::digest(payload);
     let bundle = json!({
         "mediaType": "application/vnd.dev.sigstore.bundle+json;version=0.1",
         "verificationMaterial": {
             "x509CertificateChain": { "certificates": certificates },
             "tlogEntries": [entry],
+            "timestampVerificationData": { "rfc3161Timestamps": timestamps },
         },
         "messageSignature": {
             "messageDigest": { "algorithm": "SHA2_256", "digest": STANDARD.encode(digest) },
@@ -121,6 +141,18 @@ fn tlog_entry(annotation: Option<&str>) -> Result<serde_json::Value, LegacyError
     }))
 }
 
+/// The annotation's timestamp as a bundle's `rfc3161Timestamps` entry; its content is
+/// sigstore-verify's to check.
+fn timestamp(annotation: &str) -> Result<serde_json::Value, LegacyError> {
+    let timestamp = |text: String| LegacyError::Timestamp(format!("RFC 3161 timestamp annotation: {text}"));
+    let parsed: TimestampAnnotation = serde_json::from_str(annotation).map_err(|e| timestamp(short(&e)))?;
+    let der = STANDARD.decode(&parsed.signed_rfc3161_timestamp).map_err(|_| timestamp("not base64".into()))?;
+    if der.is_empty() {
+        return Err(timestamp("empty".into()));
+    }
+    Ok(json!({ "signedTimestamp": STANDARD.encode(der) }))
+}
+
 /// serde's message, bounded: it ends up in CRI errors.
 fn short(error: &serde_json::Error) -> String {
     error.to_string().chars().take(100).collect()
@@ -146,7 +178,12 @@ mod tests {
     }
 
     fn material(chain: Option<&str>, rekor_bundle: Option<String>) -> CertificateMaterial {
-        CertificateMaterial { certificate: PEM_CERT.into(), chain: chain.map(str::to_owned), rekor_bundle }
+        CertificateMaterial {
+            certificate: PEM_CERT.into(),
+            chain: chain.map(str::to_owned),
+            rekor_bundle,
+            rfc3161_timestamp: None,
+        }
     }
 
     #[test]
@@ -166,6 +203,34 @@ mod tests {
         let signature = &json["messageSignature"];
         assert_eq!(signature["signature"], STANDARD.encode(b"sig"));
         assert_eq!(signature["messageDigest"]["digest"], STANDARD.encode(sha2::Sha256::digest(b"payload")));
+        let timestamps = &material["timestampVerificationData"]["rfc3161Timestamps"];
+        assert!(timestamps.as_array().is_none_or(Vec::is_empty), "no annotation, no timestamp: {timestamps}");
+    }
+
+    #[test]
+    fn the_timestamp_annotation_becomes_the_bundles_rfc3161_timestamp() {
+        let body = json!({ "apiVersion": "0.0.1", "kind": "hashedrekord" });
+        let with = |annotation: &str| {
+            let material = CertificateMaterial {
+                rfc3161_timestamp: Some(annotation.to_owned()),
+                ..material(None, Some(rekor(&body)))
+            };
+            bundle(&material, b"s", b"p")
+        };
+        let annotation = json!({ "SignedRFC3161Timestamp": STANDARD.encode(b"tsr") }).to_string();
+        let json: serde_json::Value = serde_json::from_str(&with(&annotation).unwrap().to_json().unwrap()).unwrap();
+        let timestamps = &json["verificationMaterial"]["timestampVerificationData"]["rfc3161Timestamps"];
+        assert_eq!(timestamps, &json!([{ "signedTimestamp": STANDARD.encode(b"tsr") }]));
+        for bad in ["{}", "[]", "not json", r#"{"SignedRFC3161Timestamp": "!!"}"#, r#"{"SignedRFC3161Timestamp": ""}"#]
+        {
+            let err = with(bad).unwrap_err();
+            assert!(
+                matches!(&err, LegacyError::Timestamp(t) if t.starts_with("RFC 3161 timestamp annotation")),
+                "{bad}: {err:?}"
+            );
+        }
+        let extra = json!({ "SignedRFC3161Timestamp": STANDARD.encode(b"tsr"), "Other": "x" }).to_string();
+        assert!(matches!(with(&extra), Err(LegacyError::Timestamp(_))), "unknown fields are refused");
     }
 
     #[test]
@@ -187,7 +252,7 @@ mod tests {
         let long = PEM_CERT.repeat(MAX_CHAIN_CERTIFICATES + 1);
         let err = bundle(&material(Some(&long), Some(rekor(&body))), b"s", b"p").unwrap_err();
         assert!(matches!(&err, LegacyError::Certificate(t) if t.contains("more than 8")), "{err:?}");
-        let not_pem = CertificateMaterial { certificate: "junk".into(), chain: None, rekor_bundle: Some(rekor(&body)) };
+        let not_pem = CertificateMaterial { certificate: "junk".into(), ..material(None, Some(rekor(&body))) };
         assert!(matches!(bundle(&not_pem, b"s", b"p"), Err(LegacyError::Certificate(_))));
     }
 }

@@ -20,6 +20,7 @@ pub mod legacy;
 pub mod pki;
 pub mod provider;
 pub mod root;
+pub mod san;
 
 use std::path::Path;
 
@@ -163,7 +164,7 @@ pub fn verify_bundle(
 /// names, and the evidence its checks used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Certified {
-    /// The certificate's SAN (email or URI).
+    /// The certificate's SAN: its first email or URI, else its first DNS name.
     pub subject: String,
     /// Its OIDC issuer (OID 1.3.6.1.4.1.57264.1.8, else .1.1).
     pub issuer: String,
@@ -200,10 +201,16 @@ pub fn verify_certificate(
         .verifier
         .verify(artifact, bundle, &policy)
         .map_err(|e| Refusal { check: check_of(&e), text: e.to_string() })?;
+    // The identity is read only from the certificate just verified (chain, SCT, log entry),
+    // and never from one whose chain was skipped.
+    let certificate = bundle.signing_certificate().filter(|_| result.certificate_verified());
+    let certificate = certificate
+        .ok_or_else(|| Refusal { check: "certificate chain", text: "certificate was not verified".to_owned() })?;
     // Fail closed on what the rule is matched against: a verified certificate without a SAN
     // or an issuer names nobody.
     let missing = |what: &str| Refusal { check: "identity", text: format!("certificate has no {what}") };
-    let subject = result.identity().ok_or_else(|| missing("SAN identity (email or URI)"))?.to_string();
+    let subject =
+        san::identity(result.identity(), certificate).ok_or_else(|| missing("SAN identity (email, URI or DNS)"))?;
     let issuer = result.issuer().ok_or_else(|| missing("OIDC issuer extension"))?.to_owned();
     let signing_time = result
         .integrated_time()
@@ -233,4 +240,88 @@ pub fn read_trust_root(path: &Path) -> Result<TrustRoot, KeylessError> {
     let json = crate::policy::read_bounded_text(path, MAX_TRUSTED_ROOT_BYTES, "trusted root")
         .map_err(|e| KeylessError::TrustRoot(format!("{}: {e}", path.display())))?;
     TrustRoot::from_json(&json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A test instance and one signature made by tests/it/keyless/test_sigstore.py
+    /// (python3-cryptography), as `args` say: its root, bundle and artifact.
+    fn signed(args: &[&str]) -> (TrustRoot, Bundle, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/keyless/test_sigstore.py");
+        let status = std::process::Command::new("python3").arg(script).arg(dir.path()).args(args).status().unwrap();
+        assert!(status.success(), "test_sigstore.py {args:?}");
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        let root = TrustRoot::from_json(&read("trusted_root.json")).unwrap();
+        let bundle = Bundle::from_json(&read("bundle.json")).unwrap();
+        (root, bundle, std::fs::read(dir.path().join("artifact.txt")).unwrap())
+    }
+
+    #[test]
+    fn a_certificate_naming_only_a_host_names_that_host_once_verified() {
+        let (root, bundle, artifact) = signed(&["--subject-dns", "host.example.test"]);
+        let certified = verify_certificate(&root, &bundle, Artifact::from_blob(&artifact), true).unwrap();
+        assert_eq!(certified.subject, "host.example.test");
+        assert_eq!(certified.issuer, "https://issuer.example.test");
+        // An email certificate still names its email.
+        let (root, bundle, artifact) = signed(&["--subject-email", "ann@example.test"]);
+        let certified = verify_certificate(&root, &bundle, Artifact::from_blob(&artifact), true).unwrap();
+        assert_eq!(certified.subject, "ann@example.test");
+    }
+
+    #[test]
+    fn a_host_certificate_that_fails_a_check_names_nobody() {
+        for (case, check) in
+            [("forged-sct", "SCT"), ("foreign-ca", "certificate chain"), ("forged-set", "transparency log")]
+        {
+            let (root, bundle, artifact) = signed(&["--subject-dns", "host.example.test", "--case", case]);
+            let refusal = verify_certificate(&root, &bundle, Artifact::from_blob(&artifact), true).unwrap_err();
+            assert_eq!(refusal.check, check, "{case}: {refusal:?}");
+        }
+    }
+
+    /// The `.sig` annotations standing for test_sigstore.py's bundle, with `timestamp` as the
+    /// RFC 3161 timestamp annotation, turned back into a bundle by [`legacy::bundle`].
+    fn as_sig_layer(bundle: &Bundle, artifact: &[u8], timestamp: Option<String>) -> Bundle {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::STANDARD;
+        let json: serde_json::Value = serde_json::from_str(&bundle.to_json().unwrap()).unwrap();
+        let material = &json["verificationMaterial"];
+        let leaf = material["x509CertificateChain"]["certificates"][0]["rawBytes"].as_str().unwrap();
+        let entry = &material["tlogEntries"][0];
+        let rekor = serde_json::json!({
+            "SignedEntryTimestamp": entry["inclusionPromise"]["signedEntryTimestamp"],
+            "Payload": {
+                "body": entry["canonicalizedBody"],
+                "integratedTime": entry["integratedTime"].as_str().unwrap().parse::<i64>().unwrap(),
+                "logIndex": entry["logIndex"].as_str().unwrap().parse::<i64>().unwrap(),
+                "logID": hex::encode(STANDARD.decode(entry["logId"]["keyId"].as_str().unwrap()).unwrap()),
+            },
+        });
+        let certificate = pem::encode(&pem::Pem::new("CERTIFICATE", STANDARD.decode(leaf).unwrap()));
+        let material = crate::verify::signatures::CertificateMaterial {
+            certificate,
+            chain: None,
+            rekor_bundle: Some(rekor.to_string()),
+            rfc3161_timestamp: timestamp,
+        };
+        let signature = STANDARD.decode(json["messageSignature"]["signature"].as_str().unwrap()).unwrap();
+        legacy::bundle(&material, &signature, artifact).unwrap()
+    }
+
+    #[test]
+    fn a_sig_layers_timestamp_is_verified_and_one_that_does_not_verify_refuses() {
+        use base64::Engine as _;
+        let (root, bundle, artifact) = signed(&[]);
+        let plain = as_sig_layer(&bundle, &artifact, None);
+        assert!(verify_certificate(&root, &plain, Artifact::from_blob(&artifact), true).is_ok());
+        // Not a timestamp from an authority of the root (it has none): the signature fails,
+        // where an ignored annotation would have let it count.
+        let bogus = serde_json::json!({ "SignedRFC3161Timestamp": base64::engine::general_purpose::STANDARD.encode(b"not a TimeStampResp") });
+        let timestamped = as_sig_layer(&bundle, &artifact, Some(bogus.to_string()));
+        let refusal = verify_certificate(&root, &timestamped, Artifact::from_blob(&artifact), true).unwrap_err();
+        assert_eq!(refusal.check, "timestamp", "{refusal:?}");
+    }
 }

@@ -258,7 +258,12 @@ pub(crate) mod tests {
     }
 
     fn material(dir: &TestDir, leaf: &str, chain: Option<&str>) -> CertificateMaterial {
-        CertificateMaterial { certificate: read(dir, leaf), chain: chain.map(|c| read(dir, c)), rekor_bundle: None }
+        CertificateMaterial {
+            certificate: read(dir, leaf),
+            chain: chain.map(|c| read(dir, c)),
+            rekor_bundle: None,
+            rfc3161_timestamp: None,
+        }
     }
 
     const PAYLOAD: &[u8] = b"{\"critical\": {}}";

@@ -140,8 +140,9 @@ pub struct KeylessSigning<'a> {
 }
 
 impl KeylessSigning<'_> {
-    /// The identity token's claims: an email (a SAN email) or anything else (a SAN URI, as
-    /// for GitHub workflow identities), and the OIDC issuer.
+    /// The identity token's claims: an email (a SAN email), a URI (a SAN URI, as for GitHub
+    /// workflow identities) or anything else (a SAN DNS name, as a private CA issues to a
+    /// host), and the OIDC issuer.
     pub fn identity(mut self, subject: &str, issuer: &str) -> Self {
         (self.subject, self.issuer) = (subject.into(), issuer.into());
         self
@@ -230,10 +231,10 @@ const COSIGN_PASSWORD: &str = "pullgate-test-key";
 /// An unsigned JWT with the claims cosign reads (it never verifies the token: Fulcio would).
 /// cosign takes a token inline only if it parses as an RS256 JWT, so it is passed as a file.
 fn identity_token(subject: &str, issuer: &str) -> String {
-    let claims = if subject.contains("://") {
-        json!({"iss": issuer, "sub": subject, "aud": "sigstore"})
-    } else {
+    let claims = if subject.contains('@') && !subject.contains("://") {
         json!({"iss": issuer, "sub": subject, "email": subject, "email_verified": true, "aud": "sigstore"})
+    } else {
+        json!({"iss": issuer, "sub": subject, "aud": "sigstore"})
     };
     let part = |value: serde_json::Value| URL_SAFE_NO_PAD.encode(value.to_string());
     format!("{}.{}.{}", part(json!({"alg": "none", "typ": "JWT"})), part(claims), URL_SAFE_NO_PAD.encode("unsigned"))

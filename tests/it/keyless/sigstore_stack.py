@@ -13,7 +13,8 @@ two APIs `cosign sign` calls when signing keyless, so that cosign itself signs, 
                                      Fulcio would issue them, for a key cosign holds
   The server:
     POST /api/v2/signingCert   Fulcio: a short-lived certificate for the request's public key,
-                               for the identity token's `email` (else `sub`, as a URI) and `iss`,
+                               for the identity token's `email` (else `sub`: as a URI when it has
+                               `://`, else as a DNS name) and `iss`,
                                with an embedded SCT from the CT log key.
     POST /api/v1/log/entries   Rekor v1: logs the proposed hashedrekord or dsse entry, answers with a
                                signed entry timestamp and a one-leaf inclusion proof.
@@ -106,8 +107,11 @@ def token_claims(token):
 def issue(instance, public_pem, claims):
     """The certificate for `public_pem` and the identity in `claims`, and the CA that issued it."""
     public = serialization.load_pem_public_key(public_pem)
-    args = argparse.Namespace(case=instance.case, issuer=claims["iss"], subject_email=claims.get("email"),
-                              subject_uri=None if claims.get("email") else claims["sub"])
+    email, sub = claims.get("email"), claims["sub"]
+    uri = None if email or "://" not in sub else sub
+    dns = None if email or uri else sub
+    args = argparse.Namespace(case=instance.case, issuer=claims["iss"], subject_email=email, subject_uri=uri,
+                              subject_dns=dns)
     issuer = "foreign" if instance.case == "foreign-ca" else "ca"
     now = datetime.datetime.now(datetime.timezone.utc)
     leaf = ts.leaf_certificate(instance.certs[issuer], instance.keys[issuer], instance.keys["ct"], PublicOnly(public),

@@ -6,7 +6,7 @@ certificate, SCT embedded in it, Rekor SET) and the trusted_root.json that trust
 `--case` spoils one part so a test can see the matching check refuse it. Nothing here is
 copied from a real instance; every key is generated on the spot (python3-cryptography).
 
-Usage: test_sigstore.py OUT_DIR [--subject-email E | --subject-uri U] [--issuer I] [--case C]
+Usage: test_sigstore.py OUT_DIR [--subject-email E | --subject-uri U | --subject-dns H] [--issuer I] [--case C]
 Writes OUT_DIR/{artifact.txt,bundle.json,trusted_root.json}.
 """
 
@@ -56,7 +56,9 @@ def ca_certificate(key, name, now):
 
 
 def leaf_builder(ca, leaf_key, args, not_before, not_after):
-    if args.subject_uri:
+    if getattr(args, "subject_dns", None):
+        san = x509.DNSName(args.subject_dns)
+    elif args.subject_uri:
         san = x509.UniformResourceIdentifier(args.subject_uri)
     else:
         san = x509.RFC822Name(args.subject_email)
@@ -153,6 +155,7 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--subject-email", default="signer@example.test")
     parser.add_argument("--subject-uri")
+    parser.add_argument("--subject-dns", help="a DNS name as the only SAN (a private CA's host certificate)")
     parser.add_argument("--issuer", default="https://issuer.example.test")
     parser.add_argument("--case", choices=CASES, default="good")
     args = parser.parse_args()
