@@ -4,7 +4,7 @@
 #   fuzz/run.sh [SECONDS] [TARGET...]     default: 30 s each, every target in fuzz/Cargo.toml
 #
 # cargo-fuzz is installed, pinned, into a cache directory of its own the first time:
-#   PULLGATE_FUZZ_CACHE   where (default /var/cache/pullgate-fuzz): cargo-fuzz-VERSION/bin/cargo-fuzz
+#   FUZZ_CACHE   where (default /var/cache/pullgate-fuzz): cargo-fuzz-VERSION/bin/cargo-fuzz
 # The corpus of each target grows in fuzz/corpus/<target>/, a failure is written to
 # fuzz/artifacts/<target>/ and makes this script fail (see docs/fuzzing.md).
 set -euo pipefail
@@ -12,7 +12,7 @@ set -euo pipefail
 # Pinned: a new cargo-fuzz may change its flags or the libFuzzer it builds.
 CARGO_FUZZ_VERSION=0.13.2
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-CACHE="${PULLGATE_FUZZ_CACHE:-/var/cache/pullgate-fuzz}/cargo-fuzz-$CARGO_FUZZ_VERSION"
+CACHE="${FUZZ_CACHE:-/var/cache/pullgate-fuzz}/cargo-fuzz-$CARGO_FUZZ_VERSION"
 
 seconds="${1:-30}"
 shift || true

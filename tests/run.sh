@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# pullgate reads PULLGATE_* variables as configuration, and its config tests load the process
+# environment: one left in the caller's shell must not change what they see.
+for v in $(compgen -e); do if [[ "$v" == PULLGATE_* ]]; then unset "$v"; fi; done
+
 bash tests/lab/lab.sh install
 command -v systemd-analyze >/dev/null || { apt-get update -qq && apt-get install -y -qq systemd; }
 # tests/it/install.rs runs `make install` into a temp dir.

@@ -32,7 +32,7 @@
 #   LAB_LOCAL_PULL  with LAB_CONTAINERD=2: "1" sets use_local_image_pull = true (the
 #                   client-side pull of 1.x); otherwise 2.x pulls CRI images through
 #                   its transfer service, its default since 2.1
-#   PULLGATE_LAB_CACHE  where `install` keeps the peers it builds (default
+#   LAB_CACHE       where `install` keeps the peers it builds (default
 #                   /var/cache/pullgate-lab); bin/NAME beside bin/NAME.version
 set -euo pipefail
 
@@ -235,7 +235,7 @@ cmd_install() {
 CONTAINERD2_VERSION=v2.4.2
 CRICTL_VERSION=v1.37.0
 COSIGN_VERSION=v3.1.3
-PEER_CACHE="${PULLGATE_LAB_CACHE:-/var/cache/pullgate-lab}"
+PEER_CACHE="${LAB_CACHE:-/var/cache/pullgate-lab}"
 PEER_BIN="$PEER_CACHE/bin"
 
 # The Go toolchain: on PATH, else where the official tarball installs it.
