@@ -683,22 +683,20 @@ mod tests {
         }
         /// A key-signed bundle holding a message signature over `digest`, as `cosign sign-blob`
         /// writes one for the manifest bytes.
-        fn message_bundle(&self, digest: &[u8]) -> Found {
+        fn message_for(&self, digest: &str) -> Found {
             use base64::Engine as _;
             use p256::ecdsa::signature::hazmat::PrehashSigner as _;
-            let sig: p256::ecdsa::Signature = self.0.sign_prehash(digest).unwrap();
+            let digest = hex::decode(digest.trim_start_matches("sha256:")).unwrap();
+            let sig: p256::ecdsa::Signature = self.0.sign_prehash(&digest).unwrap();
             let b64 = base64::engine::general_purpose::STANDARD;
             found_bundle(serde_json::json!({
                 "mediaType": BUNDLE_V03,
                 "verificationMaterial": {"publicKey": {"hint": "unauthenticated"}},
                 "messageSignature": {
-                    "messageDigest": {"algorithm": "SHA2_256", "digest": b64.encode(digest)},
+                    "messageDigest": {"algorithm": "SHA2_256", "digest": b64.encode(&digest)},
                     "signature": b64.encode(sig.to_der().as_bytes()),
                 },
             }))
-        }
-        fn message_for(&self, digest: &str) -> Found {
-            self.message_bundle(&hex::decode(digest.trim_start_matches("sha256:")).unwrap())
         }
         fn bundle_for(&self, digest: &str) -> Found {
             self.bundle_of(bundle::IN_TOTO_PAYLOAD_TYPE, &statement(digest, bundle::COSIGN_SIGN_PREDICATE))

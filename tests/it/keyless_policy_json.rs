@@ -53,12 +53,7 @@ async fn a_fulcio_requirement_admits_its_signer_and_refuses_others_as_containers
         format!("{}/t", lab.registry): [{"type": "sigstoreSigned",
             "fulcio": {"caPath": ca, "oidcIssuer": ISSUER, "subjectEmail": SUBJECT},
             "rekorPublicKeyPath": rekor, "signedIdentity": {"type": "matchRepository"}}]}}});
-    let policy_json = files.path().join("policy.json");
-    std::fs::write(&policy_json, json.to_string()).unwrap();
-    let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
-    config.registry.insecure = vec![lab.registry.clone()];
-    config.policy_json = Some(policy_json);
-    let running = common::pullgate::start_with(config, &[("README", "")]).await;
+    let running = start_with_policy_json(&lab, files.path(), &json).await;
     let pull = |repo: &str| {
         let image = format!("{}/{repo}:v1", lab.registry);
         let socket = running.socket.clone();
@@ -133,12 +128,7 @@ async fn a_pki_requirement_admits_its_signer_at_the_current_time_and_refuses_oth
     let json = serde_json::json!({"default": [{"type": "reject"}], "transports": {"docker": {
         format!("{}/t", lab.registry): requirement("dev@example.com"),
         format!("{}/other", lab.registry): requirement("ops@example.com")}}});
-    let policy_json = pki.path().join("policy.json");
-    std::fs::write(&policy_json, json.to_string()).unwrap();
-    let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
-    config.registry.insecure = vec![lab.registry.clone()];
-    config.policy_json = Some(policy_json);
-    let running = common::pullgate::start_with(config, &[("README", "")]).await;
+    let running = start_with_policy_json(&lab, pki.path(), &json).await;
     let pull = |repo: &str| {
         let image = format!("{}/{repo}:v1", lab.registry);
         let socket = running.socket.clone();
@@ -183,4 +173,15 @@ async fn a_pki_requirement_admits_its_signer_at_the_current_time_and_refuses_oth
     let outside = verify("t/outside");
     assert_ne!(outside.code, 0);
     assert!(outside.stdout.contains("pki certificate: certificate chain check failed"), "{}", outside.stdout);
+}
+
+/// pullgate in front of the lab's containerd with `json` as its containers-policy.json
+/// (written into `dir`), and no policy.d rules.
+async fn start_with_policy_json(lab: &Lab, dir: &Path, json: &Value) -> common::pullgate::Running {
+    let policy_json = dir.join("policy.json");
+    std::fs::write(&policy_json, json.to_string()).unwrap();
+    let mut config = Config { upstream: lab.containerd_sock.clone(), ..Config::default() };
+    config.registry.insecure = vec![lab.registry.clone()];
+    config.policy_json = Some(policy_json);
+    common::pullgate::start_with(config, &[("README", "")]).await
 }

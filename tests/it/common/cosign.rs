@@ -264,7 +264,8 @@ pub fn http_get(url: &str, accept: &str, creds: Option<&str>) -> HttpResponse {
     }
 }
 
-fn run(mut cmd: Command, what: &str) -> String {
+/// Runs `cmd` to completion; its stdout, or a panic naming `what` with both outputs.
+pub fn run(mut cmd: Command, what: &str) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
