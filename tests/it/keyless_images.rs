@@ -191,38 +191,13 @@ fn chain_annotation(registry: &str, repo: &str) -> String {
     annotation.as_str().unwrap_or_else(|| panic!("{repo}: no chain annotation: {signatures}")).to_owned()
 }
 
-/// Pulls `repo:v1` through `pullgate`; asserts it was pulled pinned to what was verified.
-async fn assert_accepted(shared: &Shared, socket: &std::path::Path, repo: &str) {
-    let lab = &shared.lab;
-    let image = format!("{}/{repo}:v1", lab.registry);
-    let pulled = cri::images(socket).pull_image(cri::pull_request(&image, None)).await;
-    pulled.unwrap_or_else(|status| panic!("{image} refused: {}", status.message()));
-    let (verified, config) = store::verified(&lab.registry, repo, "v1").await;
-    store::assert_pinned(lab, &image, &verified, &config).await;
-}
-
-/// Pulls `repo:v1` through `pullgate`; asserts the refusal says each of `words` (the check
-/// that failed, then what it found) and containerd has nothing of it.
-async fn assert_refused(shared: &Shared, socket: &std::path::Path, repo: &str, words: &[&str]) {
-    let lab = &shared.lab;
-    let image = format!("{}/{repo}:v1", lab.registry);
-    let refused = cri::images(socket).pull_image(cri::pull_request(&image, None)).await;
-    let status = refused.expect_err(&format!("{image} was pulled"));
-    let message = status.message();
-    assert!(message.starts_with("SignatureValidationFailed: "), "{repo}: {message}");
-    for word in words {
-        assert!(message.contains(word), "{repo}: {message:?} does not say {word:?}");
-    }
-    store::assert_absent(lab, &image).await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_right_identity_is_accepted_and_pinned() {
     let shared = shared();
     let pullgate = start_pullgate(shared).await;
-    assert_accepted(shared, &pullgate.socket, "k/good").await;
-    assert_accepted(shared, &pullgate.socket, "w/workflow").await;
-    assert_accepted(shared, &pullgate.socket, "k/chain").await;
+    store::pull_pinned(&shared.lab, &pullgate.socket, "k/good").await;
+    store::pull_pinned(&shared.lab, &pullgate.socket, "w/workflow").await;
+    store::pull_pinned(&shared.lab, &pullgate.socket, "k/chain").await;
     pullgate.stop().await;
 }
 
@@ -230,7 +205,7 @@ async fn the_right_identity_is_accepted_and_pinned() {
 async fn a_v3_bundle_with_a_certificate_is_accepted_and_pinned() {
     let shared = shared();
     let pullgate = start_pullgate(shared).await;
-    assert_accepted(shared, &pullgate.socket, "b/bundle").await;
+    store::pull_pinned(&shared.lab, &pullgate.socket, "b/bundle").await;
     pullgate.stop().await;
 }
 
@@ -238,8 +213,8 @@ async fn a_v3_bundle_with_a_certificate_is_accepted_and_pinned() {
 async fn another_subject_or_issuer_is_refused() {
     let shared = shared();
     let pullgate = start_pullgate(shared).await;
-    assert_refused(shared, &pullgate.socket, "k/other-subject", &["identity mismatch", OTHER_SUBJECT]).await;
-    assert_refused(shared, &pullgate.socket, "k/other-issuer", &["issuer mismatch", OTHER_ISSUER]).await;
+    store::pull_refused(&shared.lab, &pullgate.socket, "k/other-subject", &["identity mismatch", OTHER_SUBJECT]).await;
+    store::pull_refused(&shared.lab, &pullgate.socket, "k/other-issuer", &["issuer mismatch", OTHER_ISSUER]).await;
     pullgate.stop().await;
 }
 
@@ -249,9 +224,9 @@ async fn another_subject_or_issuer_is_refused() {
 async fn a_host_identity_is_matched_by_its_dns_name() {
     let shared = shared();
     let pullgate = start_pullgate(shared).await;
-    assert_accepted(shared, &pullgate.socket, "h/host").await;
-    assert_accepted(shared, &pullgate.socket, "h/web").await;
-    assert_refused(shared, &pullgate.socket, "h/other-host", &["identity mismatch", OTHER_HOST]).await;
+    store::pull_pinned(&shared.lab, &pullgate.socket, "h/host").await;
+    store::pull_pinned(&shared.lab, &pullgate.socket, "h/web").await;
+    store::pull_refused(&shared.lab, &pullgate.socket, "h/other-host", &["identity mismatch", OTHER_HOST]).await;
     pullgate.stop().await;
 }
 
@@ -259,9 +234,9 @@ async fn a_host_identity_is_matched_by_its_dns_name() {
 async fn an_expired_chain_or_a_ca_outside_the_root_is_refused() {
     let shared = shared();
     let pullgate = start_pullgate(shared).await;
-    assert_refused(shared, &pullgate.socket, "k/expired", &[CHAIN_CHECK, "expired"]).await;
-    assert_refused(shared, &pullgate.socket, "k/foreign-ca", &[CHAIN_CHECK]).await;
-    assert_refused(shared, &pullgate.socket, "k/chain-foreign", &[CHAIN_CHECK]).await;
+    store::pull_refused(&shared.lab, &pullgate.socket, "k/expired", &[CHAIN_CHECK, "expired"]).await;
+    store::pull_refused(&shared.lab, &pullgate.socket, "k/foreign-ca", &[CHAIN_CHECK]).await;
+    store::pull_refused(&shared.lab, &pullgate.socket, "k/chain-foreign", &[CHAIN_CHECK]).await;
     pullgate.stop().await;
 }
 
@@ -269,9 +244,9 @@ async fn an_expired_chain_or_a_ca_outside_the_root_is_refused() {
 async fn a_missing_or_forged_set_is_refused() {
     let shared = shared();
     let pullgate = start_pullgate(shared).await;
-    assert_refused(shared, &pullgate.socket, "k/no-tlog", &[TLOG_CHECK, "no transparency-log entry"]).await;
-    assert_refused(shared, &pullgate.socket, "k/empty-set", &[TLOG_CHECK, "no SET"]).await;
-    assert_refused(shared, &pullgate.socket, "k/forged-set", &[TLOG_CHECK, "SET verification failed"]).await;
+    store::pull_refused(&shared.lab, &pullgate.socket, "k/no-tlog", &[TLOG_CHECK, "no transparency-log entry"]).await;
+    store::pull_refused(&shared.lab, &pullgate.socket, "k/empty-set", &[TLOG_CHECK, "no SET"]).await;
+    store::pull_refused(&shared.lab, &pullgate.socket, "k/forged-set", &[TLOG_CHECK, "SET verification failed"]).await;
     pullgate.stop().await;
 }
 
@@ -279,8 +254,14 @@ async fn a_missing_or_forged_set_is_refused() {
 async fn a_missing_or_forged_sct_is_refused() {
     let shared = shared();
     let pullgate = start_pullgate(shared).await;
-    assert_refused(shared, &pullgate.socket, "k/no-sct", &[SCT_CHECK, "missing SCT"]).await;
-    assert_refused(shared, &pullgate.socket, "k/forged-sct", &[SCT_CHECK, "SCT signature verification failed"]).await;
+    store::pull_refused(&shared.lab, &pullgate.socket, "k/no-sct", &[SCT_CHECK, "missing SCT"]).await;
+    store::pull_refused(
+        &shared.lab,
+        &pullgate.socket,
+        "k/forged-sct",
+        &[SCT_CHECK, "SCT signature verification failed"],
+    )
+    .await;
     pullgate.stop().await;
 }
 

@@ -9,7 +9,6 @@ use crate::common;
 
 use std::path::Path;
 
-use common::cri;
 use common::lab::Lab;
 use common::sigstore::{ISSUER, SUBJECT, Sigstore, Spoil};
 use common::store;
@@ -54,18 +53,10 @@ async fn a_fulcio_requirement_admits_its_signer_and_refuses_others_as_containers
             "fulcio": {"caPath": ca, "oidcIssuer": ISSUER, "subjectEmail": SUBJECT},
             "rekorPublicKeyPath": rekor, "signedIdentity": {"type": "matchRepository"}}]}}});
     let running = start_with_policy_json(&lab, files.path(), &json).await;
-    let pull = |repo: &str| {
-        let image = format!("{}/{repo}:v1", lab.registry);
-        let socket = running.socket.clone();
-        async move { (cri::images(&socket).pull_image(cri::pull_request(&image, None)).await, image) }
-    };
 
     // An SCT is not required: containers/image does not check one.
     for repo in ["t/good", "t/no-sct"] {
-        let (pulled, image) = pull(repo).await;
-        pulled.unwrap_or_else(|status| panic!("{image} refused: {}", status.message()));
-        let (verified, config_digest) = store::verified(&lab.registry, repo, "v1").await;
-        store::assert_pinned(&lab, &image, &verified, &config_digest).await;
+        store::pull_pinned(&lab, &running.socket, repo).await;
     }
     // Each refusal names the check that failed.
     let refusals = [
@@ -74,10 +65,7 @@ async fn a_fulcio_requirement_admits_its_signer_and_refuses_others_as_containers
         ("t/foreign-ca", "certificate chain is invalid"),
     ];
     for (repo, check) in refusals {
-        let (refused, image) = pull(repo).await;
-        let message = refused.expect_err(&format!("{image} was pulled")).message().to_owned();
-        assert!(message.contains(check), "{repo}: {message:?} does not name the check {check:?}");
-        store::assert_absent(&lab, &image).await;
+        store::pull_refused(&lab, &running.socket, repo, &[check]).await;
     }
     running.stop().await;
 }
@@ -129,25 +117,14 @@ async fn a_pki_requirement_admits_its_signer_at_the_current_time_and_refuses_oth
         format!("{}/t", lab.registry): requirement("dev@example.com"),
         format!("{}/other", lab.registry): requirement("ops@example.com")}}});
     let running = start_with_policy_json(&lab, pki.path(), &json).await;
-    let pull = |repo: &str| {
-        let image = format!("{}/{repo}:v1", lab.registry);
-        let socket = running.socket.clone();
-        async move { (cri::images(&socket).pull_image(cri::pull_request(&image, None)).await, image) }
-    };
 
-    let (pulled, image) = pull("t/good").await;
-    pulled.unwrap_or_else(|status| panic!("{image} refused: {}", status.message()));
-    let (verified, config_digest) = store::verified(&lab.registry, "t/good", "v1").await;
-    store::assert_pinned(&lab, &image, &verified, &config_digest).await;
+    store::pull_pinned(&lab, &running.socket, "t/good").await;
     let refusals = [
         ("t/outside", "pki certificate: certificate chain check failed"),
         ("other/good", "pki certificate: identity mismatch: required email \"ops@example.com\""),
     ];
     for (repo, check) in refusals {
-        let (refused, image) = pull(repo).await;
-        let message = refused.expect_err(&format!("{image} was pulled")).message().to_owned();
-        assert!(message.contains(check), "{repo}: {message:?} does not name the check {check:?}");
-        store::assert_absent(&lab, &image).await;
+        store::pull_refused(&lab, &running.socket, repo, &[check]).await;
     }
     running.stop().await;
 

@@ -165,3 +165,27 @@ pub fn config_over_tls(registry: &str, ca: &std::path::Path, repo: &str, digest:
     assert_eq!(super::cosign::sha256_digest(&out.stdout), digest, "the registry served other bytes");
     config_digest(&out.stdout)
 }
+
+/// Pulls `repo:v1` of the lab registry through the pullgate at `socket`; asserts it was pulled
+/// pinned to what the registry really holds.
+pub async fn pull_pinned(lab: &Lab, socket: &std::path::Path, repo: &str) {
+    let image = format!("{}/{repo}:v1", lab.registry);
+    let pulled = cri::images(socket).pull_image(cri::pull_request(&image, None)).await;
+    pulled.unwrap_or_else(|status| panic!("{image} refused: {}", status.message()));
+    let (verified, config) = verified(&lab.registry, repo, "v1").await;
+    assert_pinned(lab, &image, &verified, &config).await;
+}
+
+/// Pulls `repo:v1` of the lab registry through the pullgate at `socket`; asserts the refusal
+/// is a signature refusal that says each of `words`, and containerd has nothing of it.
+pub async fn pull_refused(lab: &Lab, socket: &std::path::Path, repo: &str, words: &[&str]) {
+    let image = format!("{}/{repo}:v1", lab.registry);
+    let refused = cri::images(socket).pull_image(cri::pull_request(&image, None)).await;
+    let status = refused.expect_err(&format!("{image} was pulled"));
+    let message = status.message();
+    assert!(message.starts_with("SignatureValidationFailed: "), "{repo}: {message}");
+    for word in words {
+        assert!(message.contains(word), "{repo}: {message:?} does not say {word:?}");
+    }
+    assert_absent(lab, &image).await;
+}
