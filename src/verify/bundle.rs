@@ -39,18 +39,22 @@ pub(super) fn check_bundle<'k>(
     layer: &Digest,
     bytes: &[u8],
 ) -> Checked<'k> {
-    let (keyless, envelope) = match envelope(layer, bytes) {
+    let (bundle, keyless) = match parse(layer, bytes) {
         Ok(parsed) => parsed,
         Err((kind, text)) => return refused(None, kind, text),
     };
-    if keyless { check_keyless(digest, rule, bytes, &envelope) } else { check_dsse(digest, rule, keys, &envelope) }
+    let envelope = match envelope(&bundle) {
+        Ok(envelope) => envelope,
+        Err((kind, text)) => return refused(None, kind, text),
+    };
+    if keyless { check_keyless(digest, rule, &bundle, envelope) } else { check_dsse(digest, rule, keys, envelope) }
 }
 
 /// sigstore-verify checks the certificate, the log entry, the signature, and that what was
 /// signed is `digest` (the DSSE statement's subject); what remains is what the statement it
 /// vouched for says.
-fn check_keyless<'k>(digest: &Digest, rule: &Rule, bytes: &[u8], envelope: &DsseEnvelope) -> Checked<'k> {
-    let signer = match check_certificate(digest, rule, bytes) {
+fn check_keyless<'k>(digest: &Digest, rule: &Rule, bundle: &Bundle, envelope: &DsseEnvelope) -> Checked<'k> {
+    let signer = match check_certificate(digest, rule, bundle) {
         Ok(signer) => signer,
         Err((kind, text)) => return refused(None, kind, format!("{PREFIX}{text}")),
     };
@@ -62,15 +66,14 @@ fn check_keyless<'k>(digest: &Digest, rule: &Rule, bytes: &[u8], envelope: &Dsse
     }
 }
 
-fn check_certificate(digest: &Digest, rule: &Rule, bytes: &[u8]) -> Result<certificate::Signer, (Shortfall, String)> {
-    let unusable = |text: String| (Shortfall::UnusablePayload, text);
-    // Parsed again: sigstore-verify takes its own bundle type.
-    let text = std::str::from_utf8(bytes).map_err(|_| unusable("not UTF-8 JSON".into()))?;
-    let bundle = sigstore_verify::types::Bundle::from_json(text)
-        .map_err(|e| unusable(format!("not a valid bundle: {}", truncated(&e))))?;
+fn check_certificate(
+    digest: &Digest,
+    rule: &Rule,
+    bundle: &Bundle,
+) -> Result<certificate::Signer, (Shortfall, String)> {
     let hash = (digest.algorithm() == "sha256").then(|| Sha256Hash::from_hex(digest.hex()).ok()).flatten();
     let hash = hash.ok_or_else(|| (Shortfall::DigestMismatch, format!("{digest} is not a sha256 digest")))?;
-    certificate::check(rule, &bundle, || Artifact::from_digest(hash))
+    certificate::check(rule, bundle, || Artifact::from_digest(hash))
 }
 
 fn check_dsse<'k>(digest: &Digest, rule: &Rule, keys: &[&'k KeyRef], envelope: &DsseEnvelope) -> Checked<'k> {
@@ -91,9 +94,10 @@ fn refused(key: Option<&KeyRef>, kind: Shortfall, text: String) -> Checked<'_> {
     Checked { key, signer: None, signed_name: None, problem: Some((kind, text)) }
 }
 
-/// The bundle in a layer, bounded and matching its digest: whether it is signed with a
-/// certificate (keyless) rather than a key, and its DSSE envelope.
-fn envelope(layer: &Digest, bytes: &[u8]) -> Result<(bool, DsseEnvelope), (Shortfall, String)> {
+/// The bundle in a layer, bounded and matching its digest (sigstore-verify reads the same
+/// type, so it is parsed once), and whether it is signed with a certificate (keyless) rather
+/// than a key.
+fn parse(layer: &Digest, bytes: &[u8]) -> Result<(Bundle, bool), (Shortfall, String)> {
     let unusable = |text: &str| (Shortfall::UnusablePayload, format!("{PREFIX}{text}"));
     if bytes.len() > MAX_BUNDLE_BYTES {
         return Err(unusable(&format!("{} bytes, more than the {MAX_BUNDLE_BYTES}-byte limit", bytes.len())));
@@ -108,8 +112,14 @@ fn envelope(layer: &Digest, bytes: &[u8]) -> Result<(bool, DsseEnvelope), (Short
         VerificationMaterialContent::Certificate(_) | VerificationMaterialContent::X509CertificateChain { .. } => true,
         _ => return Err(unusable("verification material of an unknown kind")),
     };
-    match bundle.content {
-        SignatureContent::DsseEnvelope(envelope) => Ok((keyless, envelope)),
+    Ok((bundle, keyless))
+}
+
+/// The bundle's DSSE envelope: cosign signs images with nothing else.
+fn envelope(bundle: &Bundle) -> Result<&DsseEnvelope, (Shortfall, String)> {
+    let unusable = |text: &str| (Shortfall::UnusablePayload, format!("{PREFIX}{text}"));
+    match &bundle.content {
+        SignatureContent::DsseEnvelope(envelope) => Ok(envelope),
         SignatureContent::MessageSignature(_) => Err(unusable(
             "holds a message signature, which signs bytes, not an image (cosign signs images with a DSSE envelope)",
         )),
